@@ -1,0 +1,3 @@
+module computesdk/agent
+
+go 1.22

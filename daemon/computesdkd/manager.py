@@ -1,0 +1,454 @@
+"""The sandbox manager: the daemon's domain layer.
+
+It owns ids, state, timeouts, events and persistence, and delegates the work
+on a platform to a Provider. Servicers call it; it raises domain errors only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from structlog.contextvars import bound_contextvars
+
+from . import logs
+from .errors import (
+    AlreadyExists,
+    ComputeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    sandbox_not_found,
+)
+from .events import EventBus
+from .model import (
+    Command,
+    ExitStatus,
+    FileInfo,
+    ProcessEvent,
+    ProcessInfo,
+    Sandbox,
+    SandboxSpec,
+    Started,
+    State,
+    Usage,
+)
+from .providers.base import ProcessRun, Provider, ProviderContext
+from .store import Store
+
+log = logs.get(__name__)
+
+DEFAULT_TIMEOUT_MS = 300_000
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_METADATA = 64
+MAX_METADATA_BYTES = 4096
+SWEEP_INTERVAL_S = 1.0
+# Event types (Event.type). New ones may be added; these are stable.
+CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
+PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State
+    uptime_ms: int
+    sandbox: Sandbox
+    usage: Usage | None
+
+
+class Manager:
+    def __init__(self, state_dir: Path, store: Store, bus: EventBus,
+                 providers: dict[str, Provider], default_provider: str) -> None:
+        self._state_dir = state_dir
+        self._store = store
+        self.bus = bus
+        self.providers = providers
+        self.default_provider = default_provider
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._creating: dict[str, asyncio.Future[Sandbox]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._oom_seen: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    # ------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        ctx = ProviderContext(state_dir=self._state_dir, emit=self.bus.emit)
+        for p in self.providers.values():
+            await p.start(ctx)
+        for sb in self._store.sandboxes():
+            await self._adopt(sb)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def _adopt(self, sb: Sandbox) -> None:
+        with bound_contextvars(sandbox_id=sb.id):
+            provider = self.providers.get(sb.spec.provider)
+            alive = False
+            if provider is not None and sb.state == State.RUNNING:
+                with contextlib.suppress(ComputeError):
+                    alive = await provider.adopt(sb)
+            if not alive:
+                log.warning("sandbox did not survive the daemon restart")
+                self.bus.emit(sb.id, ERROR, "sandbox was lost while the daemon was down",
+                              kind="lost")
+                if provider is not None:
+                    with contextlib.suppress(Exception):
+                        await provider.destroy(sb)
+                self._store.delete_sandbox(sb.id)
+                self.bus.emit(sb.id, DESTROYED, "lost", reason="lost")
+                return
+            self._sandboxes[sb.id] = sb
+            self._store.put_sandbox(sb)
+            self._oom_seen[sb.id] = (await provider.probe(sb)).oom_kills if provider else 0
+            for pid in self._store.unfinished_processes(sb.id):
+                self._watch(sb, pid)
+            log.info("re-adopted sandbox")
+
+    async def shutdown(self, destroy: bool) -> None:
+        self.accepting = False
+        if self._sweeper:
+            self._sweeper.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        if destroy:
+            await asyncio.gather(
+                *(self.destroy(i, graceful=True, graceful_timeout_ms=5000)
+                  for i in list(self._sandboxes)),
+                return_exceptions=True,
+            )
+        for p in self.providers.values():
+            await p.close()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _provider(self, name: str) -> Provider:
+        p = self.providers.get(name)
+        if p is None:
+            raise NotFound(f"provider {name!r} is not registered (known: "
+                           f"{', '.join(sorted(self.providers))})",
+                           reason="PROVIDER_NOT_FOUND", provider=name)
+        why = p.availability()
+        if why:
+            raise Unavailable(f"provider {name!r} cannot be used: {why}",
+                              reason="PROVIDER_UNAVAILABLE", provider=name)
+        return p
+
+    def _validate(self, spec: SandboxSpec) -> SandboxSpec:
+        if len(spec.metadata) > MAX_METADATA or sum(
+            len(k) + len(v) for k, v in spec.metadata.items()
+        ) > MAX_METADATA_BYTES:
+            raise InvalidArgument(f"metadata is limited to {MAX_METADATA} pairs and "
+                                  f"{MAX_METADATA_BYTES} bytes", reason="METADATA_TOO_LARGE")
+        if spec.timeout_ms > MAX_TIMEOUT_MS:
+            raise InvalidArgument(f"timeout_ms is at most {MAX_TIMEOUT_MS}",
+                                  reason="INVALID_TIMEOUT")
+        for k in spec.env:
+            if not k or "=" in k or "\x00" in k:
+                raise InvalidArgument(f"bad environment variable name {k!r}",
+                                      reason="INVALID_ENV")
+        return replace(spec, provider=spec.provider or self.default_provider,
+                       template=spec.template or "base",
+                       timeout_ms=spec.timeout_ms or DEFAULT_TIMEOUT_MS)
+
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        if not self.accepting:
+            raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
+        spec = self._validate(spec)
+        provider = self._provider(spec.provider)
+        if spec.request_id:
+            return await self._create_once(spec, provider)
+        return await self._create(spec, provider)
+
+    async def _create_once(self, spec: SandboxSpec, provider: Provider) -> Sandbox:
+        existing = self._store.sandbox_by_request_id(spec.request_id)
+        if existing is None and spec.request_id in self._creating:
+            existing = await asyncio.shield(self._creating[spec.request_id])
+        if existing is not None:
+            if existing.spec != spec:
+                raise AlreadyExists("request_id was already used for a different sandbox",
+                                    reason="REQUEST_ID_CONFLICT", sandbox_id=existing.id)
+            return self._sandboxes.get(existing.id, existing)
+        fut: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
+        self._creating[spec.request_id] = fut
+        try:
+            sb = await self._create(spec, provider)
+            fut.set_result(sb)
+            return sb
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._creating[spec.request_id]
+
+    async def _create(self, spec: SandboxSpec, provider: Provider) -> Sandbox:
+        now = time.time()
+        sb = Sandbox(id="sbx-" + secrets.token_hex(8), spec=spec, state=State.CREATING,
+                     created_at=now, expires_at=now + spec.timeout_ms / 1000)
+        with bound_contextvars(sandbox_id=sb.id):
+            self._sandboxes[sb.id] = sb
+            self._store.put_sandbox(sb)
+            self.bus.emit(sb.id, CREATED, provider=spec.provider, template=spec.template)
+            try:
+                await provider.create(sb)
+            except BaseException as exc:
+                self._sandboxes.pop(sb.id, None)
+                self._store.delete_sandbox(sb.id)
+                self.bus.emit(sb.id, ERROR, f"create failed: {exc}", kind="create")
+                self.bus.emit(sb.id, DESTROYED, "create failed", reason="create-failed")
+                raise
+            sb.state = State.RUNNING
+            sb.started_at = time.time()
+            self._store.put_sandbox(sb)
+            self._oom_seen[sb.id] = 0
+            self.bus.emit(sb.id, READY, startup_ms=str(int((sb.started_at - now) * 1000)))
+            log.info("sandbox ready", template=spec.template,
+                     startup_ms=int((sb.started_at - now) * 1000))
+            return sb
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sb = self._sandboxes.get(sandbox_id)
+        if sb is None:
+            raise sandbox_not_found(sandbox_id)
+        return sb
+
+    def _running(self, sandbox_id: str) -> tuple[Sandbox, Provider]:
+        sb = self.get(sandbox_id)
+        if sb.state != State.RUNNING:
+            raise FailedPrecondition(f"sandbox {sandbox_id!r} is {sb.state.name.lower()}",
+                                     reason="SANDBOX_NOT_RUNNING", sandbox_id=sandbox_id)
+        return sb, self.providers[sb.spec.provider]
+
+    def list(self, page_size: int, page_token: str, metadata: dict[str, str],
+             states: list[State], provider: str) -> tuple[list[Sandbox], str]:
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+        size = min(page_size or 100, 1000)
+        after: tuple[float, str] | None = None
+        if page_token:
+            try:
+                t = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+                after = (float(t[0]), str(t[1]))
+            except (ValueError, TypeError, IndexError) as exc:
+                raise InvalidArgument("page_token is not valid",
+                                      reason="INVALID_PAGE_TOKEN") from exc
+        items = sorted(self._sandboxes.values(), key=lambda s: (s.created_at, s.id))
+        out: list[Sandbox] = []
+        for sb in items:
+            if after is not None and (sb.created_at, sb.id) <= after:
+                continue
+            if states and sb.state not in states:
+                continue
+            if provider and sb.spec.provider != provider:
+                continue
+            if any(sb.spec.metadata.get(k) != v for k, v in metadata.items()):
+                continue
+            if len(out) == size:
+                last = out[-1]
+                token = base64.urlsafe_b64encode(
+                    json.dumps([last.created_at, last.id]).encode()).decode()
+                return out, token
+            out.append(sb)
+        return out, ""
+
+    async def destroy(self, sandbox_id: str, graceful: bool = False,
+                      graceful_timeout_ms: int = 0, reason: str = "requested") -> None:
+        lock = self._locks.setdefault(sandbox_id, asyncio.Lock())
+        async with lock:
+            sb = self.get(sandbox_id)
+            with bound_contextvars(sandbox_id=sandbox_id):
+                sb.state = State.STOPPING
+                self._store.put_sandbox(sb)
+                grace = (graceful_timeout_ms or 10_000) / 1000 if graceful else 0.0
+                try:
+                    await self.providers[sb.spec.provider].destroy(sb, grace)
+                except ComputeError as exc:
+                    sb.state = State.ERROR
+                    sb.error_message = f"destroy failed: {exc.message}"
+                    self._store.put_sandbox(sb)
+                    self.bus.emit(sb.id, ERROR, sb.error_message, kind="destroy")
+                    raise
+                self._sandboxes.pop(sandbox_id, None)
+                self._oom_seen.pop(sandbox_id, None)
+                self._store.delete_sandbox(sandbox_id)
+                self.bus.emit(sandbox_id, DESTROYED, reason=reason)
+                log.info("sandbox destroyed", reason=reason)
+        self._locks.pop(sandbox_id, None)
+
+    async def status(self, sandbox_id: str) -> Status:
+        sb = self.get(sandbox_id)
+        usage = None
+        if sb.state == State.RUNNING:
+            with contextlib.suppress(ComputeError):
+                usage = await self.providers[sb.spec.provider].usage(sb)
+        uptime = int((time.time() - sb.started_at) * 1000) if sb.started_at else 0
+        return Status(sb.state, uptime, sb, usage)
+
+    # ------------------------------------------------------------ sweeping
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    async def sweep(self) -> None:
+        """Enforces timeouts and notices sandboxes that died or hit OOM under us."""
+        now = time.time()
+        for sb in list(self._sandboxes.values()):
+            if sb.state != State.RUNNING:
+                continue
+            with bound_contextvars(sandbox_id=sb.id):
+                if not sb.spec.keep_alive and now >= sb.expires_at:
+                    log.info("sandbox timed out")
+                    self._spawn(self._destroy_quietly(sb.id, "timeout"))
+                    continue
+                provider = self.providers[sb.spec.provider]
+                with contextlib.suppress(ComputeError):
+                    probe = await provider.probe(sb)
+                    await self._check_oom(sb, probe.oom_kills)
+                    if not probe.alive:
+                        sb.state = State.ERROR
+                        sb.error_message = "the sandbox stopped unexpectedly"
+                        self._store.put_sandbox(sb)
+                        self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
+
+    async def _check_oom(self, sb: Sandbox, kills: int) -> bool:
+        seen = self._oom_seen.get(sb.id, 0)
+        if kills <= seen:
+            return False
+        self._oom_seen[sb.id] = kills
+        self.bus.emit(sb.id, OOM, "a process was killed for exceeding the memory limit",
+                      oom_kills=str(kills), memory_mb=str(sb.spec.resources.memory_mb))
+        return True
+
+    async def _destroy_quietly(self, sandbox_id: str, reason: str) -> None:
+        with contextlib.suppress(ComputeError):
+            await self.destroy(sandbox_id, reason=reason)
+
+    # ------------------------------------------------------------ processes
+
+    async def exec(self, sandbox_id: str, command: Command) -> tuple[ProcessRun,
+                                                                     AsyncIterator[ProcessEvent]]:
+        sb, provider = self._running(sandbox_id)
+        run = provider.run(sb, command)
+        return run, self._track(sb, provider, run)
+
+    async def _track(self, sb: Sandbox, provider: Provider,
+                     run: ProcessRun) -> AsyncIterator[ProcessEvent]:
+        process_id = ""
+        finished = False
+        try:
+            async for ev in run.events():
+                if isinstance(ev, Started):
+                    process_id = ev.process_id
+                    self._started(sb, ev)
+                elif isinstance(ev, ExitStatus):
+                    ev = await self._exited(sb, provider, process_id, ev)
+                    finished = True
+                yield ev
+        finally:
+            await run.aclose()
+            if process_id and not finished:  # the client left; learn the exit anyway
+                self._watch(sb, process_id)
+
+    def _started(self, sb: Sandbox, ev: Started) -> None:
+        self._store.add_process(sb.id, ev.process_id)
+        self.bus.emit(sb.id, PROCESS_STARTED, process_id=ev.process_id, pid=str(ev.pid))
+
+    async def _exited(self, sb: Sandbox, provider: Provider, process_id: str,
+                      status: ExitStatus) -> ExitStatus:
+        if status.signal == 9 and sb.id in self._sandboxes:
+            with contextlib.suppress(ComputeError):
+                if await self._check_oom(sb, (await provider.probe(sb)).oom_kills):
+                    status = replace(status, oom_killed=True)
+        if self._store.set_process_exit(sb.id, process_id, status):
+            self.bus.emit(sb.id, PROCESS_EXITED, process_id=process_id,
+                          exit_code=str(status.exit_code), signal=str(status.signal),
+                          oom_killed=str(status.oom_killed).lower())
+        return status
+
+    def _watch(self, sb: Sandbox, process_id: str) -> None:
+        async def watch() -> None:
+            provider = self.providers[sb.spec.provider]
+            with contextlib.suppress(ComputeError):
+                async for ev in provider.attach(sb, process_id, 0, 0, output=False):
+                    if isinstance(ev, ExitStatus):
+                        await self._exited(sb, provider, process_id, ev)
+
+        self._spawn(watch())
+
+    async def start_process(self, sandbox_id: str, command: Command, tag: str) -> ProcessInfo:
+        sb, provider = self._running(sandbox_id)
+        info = await provider.start_process(sb, command, tag)
+        self._started(sb, Started(info.process_id, info.pid))
+        self._watch(sb, info.process_id)
+        return info
+
+    def attach(self, sandbox_id: str, process_id: str, stdout_offset: int,
+               stderr_offset: int) -> AsyncIterator[ProcessEvent]:
+        sb, provider = self._running(sandbox_id)
+        return provider.attach(sb, process_id, stdout_offset, stderr_offset)
+
+    async def write_stdin(self, sandbox_id: str, process_id: str, data: bytes,
+                          close: bool) -> None:
+        sb, provider = self._running(sandbox_id)
+        await provider.write_stdin(sb, process_id, data, close)
+
+    async def signal(self, sandbox_id: str, process_id: str, signal: int) -> None:
+        sb, provider = self._running(sandbox_id)
+        await provider.signal(sb, process_id, signal)
+
+    async def list_processes(self, sandbox_id: str) -> list[ProcessInfo]:
+        sb, provider = self._running(sandbox_id)
+        return await provider.list_processes(sb)
+
+    # ------------------------------------------------------------ files
+
+    def read_file(self, sandbox_id: str, path: str, offset: int,
+                  length: int) -> AsyncIterator[bytes]:
+        sb, provider = self._running(sandbox_id)
+        return provider.read_file(sb, path, offset, length)
+
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes], *,
+                         mode: int, make_parents: bool, append: bool) -> tuple[FileInfo, int]:
+        sb, provider = self._running(sandbox_id)
+        return await provider.write_file(sb, path, chunks, mode=mode,
+                                         make_parents=make_parents, append=append)
+
+    async def list_dir(self, sandbox_id: str, path: str) -> list[FileInfo]:
+        sb, provider = self._running(sandbox_id)
+        return await provider.list_dir(sb, path)
+
+    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
+        sb, provider = self._running(sandbox_id)
+        return await provider.stat(sb, path)
+
+    async def mkdir(self, sandbox_id: str, path: str, parents: bool) -> FileInfo:
+        sb, provider = self._running(sandbox_id)
+        return await provider.mkdir(sb, path, parents)
+
+    async def remove(self, sandbox_id: str, path: str, recursive: bool) -> None:
+        sb, provider = self._running(sandbox_id)
+        await provider.remove(sb, path, recursive)
+
+    async def move(self, sandbox_id: str, source: str, destination: str) -> FileInfo:
+        sb, provider = self._running(sandbox_id)
+        return await provider.move(sb, source, destination)

@@ -1,0 +1,147 @@
+"""Domain types shared by the manager, the providers and the gRPC edge."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class State(enum.IntEnum):
+    # Values match computesdk.api.sandbox.v1.State.
+    CREATING = 1
+    RUNNING = 2
+    STOPPING = 3
+    STOPPED = 4
+    ERROR = 5
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_cores: float = 0.0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    pids_limit: int = 0
+    gpu_enabled: bool = False
+    gpu_type: str = ""
+    gpu_count: int = 0
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    provider: str
+    template: str
+    metadata: dict[str, str]
+    timeout_ms: int
+    keep_alive: bool
+    resources: Resources
+    env: dict[str, str]
+    request_id: str = ""
+
+
+@dataclass
+class Sandbox:
+    id: str
+    spec: SandboxSpec
+    state: State
+    created_at: float
+    expires_at: float
+    provider_sandbox_id: str = ""
+    # Provider-owned data persisted with the sandbox (paths, handles).
+    provider_data: dict[str, str] = field(default_factory=dict)
+    error_message: str = ""
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Command:
+    args: list[str]
+    cwd: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_ms: int = 0
+    stdin: bool = False
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int
+    signal: int = 0
+    duration_ms: int = 0
+    timed_out: bool = False
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    process_id: str
+    pid: int
+    args: list[str]
+    tag: str
+    running: bool
+    exit: ExitStatus | None
+    start_unix_ms: int
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Started:
+    process_id: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Output:
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+    offset: int
+
+
+ProcessEvent = Started | Output | ExitStatus
+
+
+class FileKind(enum.IntEnum):
+    # Values match computesdk.api.filesystem.v1.FileType.
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    OTHER = 4
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    path: str
+    kind: FileKind
+    size: int
+    mode: int
+    mtime: float
+    link_target: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    memory_used_bytes: int = 0
+    memory_limit_bytes: int = 0
+    process_count: int = 0
+    cpu_time_ns: int = 0
+    disk_used_bytes: int = 0
+    disk_limit_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a periodic look at a sandbox found."""
+
+    alive: bool
+    oom_kills: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    sequence: int
+    time: float
+    sandbox_id: str
+    type: str
+    message: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,204 @@
+"""The contract every back end implements.
+
+A provider turns domain calls into work on one platform: runc on this host, or a
+vendor's API. Anything it cannot carry raises errors.Unsupported naming itself and
+the feature, so no call ever succeeds silently. The daemon, not the provider,
+owns ids, timeouts, events and persistence; that is what lets every provider
+offer the same lifecycle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Unsupported
+from ..model import (
+    Command,
+    FileInfo,
+    ProcessEvent,
+    ProcessInfo,
+    Probe,
+    Sandbox,
+    Usage,
+)
+
+# Capability names, as reported by ProviderService.ListProviders.
+EXEC = "exec"
+EXEC_STDIN = "exec.stdin"
+EXEC_RESUME = "exec.resume"
+BACKGROUND = "process.background"
+SIGNALS = "process.signal"
+FILESYSTEM = "filesystem"
+EVENTS = "events"
+RESOURCE_LIMITS = "resources.limits"
+USAGE = "resources.usage"
+OOM_EVENTS = "events.out-of-memory"
+GPU = "resources.gpu"
+NETWORK_ISOLATION = "network.isolation"
+DISK_LIMIT = "resources.disk"
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What the daemon hands a provider when it starts."""
+
+    state_dir: Path
+    # Called with (sandbox_id, event type, message, attributes) for events the
+    # provider notices on its own.
+    emit: Callable[..., object]
+
+
+class Provider(ABC):
+    name: str = ""
+    capabilities: frozenset[str] = frozenset()
+
+    async def start(self, ctx: ProviderContext) -> None:  # noqa: B027 - optional hook
+        """Prepares the back end. Raise errors.Unavailable if it cannot run here."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases pools and sessions."""
+
+    def availability(self) -> str:
+        """Empty when usable, else why not."""
+        return ""
+
+    def templates(self) -> list[str]:
+        return []
+
+    def _unsupported(self, feature: str) -> Unsupported:
+        return Unsupported(self.name, feature)
+
+    # -------------------------------------------------------------- lifecycle
+
+    @abstractmethod
+    async def create(self, sandbox: Sandbox) -> None:
+        """Makes the sandbox and returns once it can run commands.
+
+        Fills sandbox.provider_sandbox_id and sandbox.provider_data, which the
+        daemon persists and hands back on every later call.
+        """
+
+    @abstractmethod
+    async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
+        """Frees everything the sandbox holds. Must succeed on a half-made sandbox."""
+
+    async def adopt(self, sandbox: Sandbox) -> bool:
+        """After a daemon restart: True when the sandbox still runs."""
+        raise self._unsupported("adopt")
+
+    async def probe(self, sandbox: Sandbox) -> Probe:
+        raise self._unsupported("probe")
+
+    async def usage(self, sandbox: Sandbox) -> Usage:
+        raise self._unsupported("resource usage")
+
+    # -------------------------------------------------------------- processes
+
+    def run(
+        self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
+    ) -> ProcessRun:
+        raise self._unsupported("exec")
+
+    async def attach(
+        self,
+        sandbox: Sandbox,
+        process_id: str,
+        stdout_offset: int,
+        stderr_offset: int,
+        output: bool = True,
+    ) -> AsyncIterator[ProcessEvent]:
+        raise self._unsupported("process attach")
+        yield  # pragma: no cover - marks this as an async generator
+
+    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
+        raise self._unsupported("background processes")
+
+    async def write_stdin(
+        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
+    ) -> None:
+        raise self._unsupported("stdin")
+
+    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
+        raise self._unsupported("signals")
+
+    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
+        raise self._unsupported("process listing")
+
+    # -------------------------------------------------------------- filesystem
+
+    async def read_file(
+        self, sandbox: Sandbox, path: str, offset: int, length: int
+    ) -> AsyncIterator[bytes]:
+        raise self._unsupported("filesystem")
+        yield b""  # pragma: no cover
+
+    async def write_file(
+        self,
+        sandbox: Sandbox,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        mode: int,
+        make_parents: bool,
+        append: bool,
+    ) -> tuple[FileInfo, int]:
+        raise self._unsupported("filesystem")
+
+    async def list_dir(self, sandbox: Sandbox, path: str) -> list[FileInfo]:
+        raise self._unsupported("filesystem")
+
+    async def stat(self, sandbox: Sandbox, path: str) -> FileInfo:
+        raise self._unsupported("filesystem")
+
+    async def mkdir(self, sandbox: Sandbox, path: str, parents: bool) -> FileInfo:
+        raise self._unsupported("filesystem")
+
+    async def remove(self, sandbox: Sandbox, path: str, recursive: bool) -> None:
+        raise self._unsupported("filesystem")
+
+    async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
+        raise self._unsupported("filesystem")
+
+
+class ProcessRun(ABC):
+    """A foreground command: its events, plus the means to feed and signal it."""
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[ProcessEvent]: ...
+
+    @abstractmethod
+    async def send_stdin(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def close_stdin(self) -> None: ...
+
+    @abstractmethod
+    async def send_signal(self, signal: int) -> None: ...
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stops listening; kills the command if it still runs and kill_on_close was set."""
+
+
+_REGISTRY: dict[str, Callable[[], Provider]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], Provider]], Callable[[], Provider]]:
+    """Registers a back end factory under a provider name."""
+
+    def deco(factory: Callable[[], Provider]) -> Callable[[], Provider]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_factory(name: str) -> Callable[[], Provider] | None:
+    return _REGISTRY.get(name)

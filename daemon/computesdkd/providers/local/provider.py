@@ -1,0 +1,416 @@
+"""The local provider: one runc container per sandbox.
+
+Layout of a sandbox under <state>/sandboxes/<id>/:
+  disk.img   sparse ext4 image: its size is the sandbox's disk limit
+  disk/      the image, mounted; holds the overlay's upper and work dirs
+  rootfs/    overlayfs: read-only Debian base + the sandbox's upper layer
+  run/       bind-mounted at /.computesdk/run: the agent's socket and output
+  config.json, agent.log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ... import logs
+from ...errors import FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, Unavailable
+from ...model import (
+    Command,
+    FileInfo,
+    ProcessEvent,
+    ProcessInfo,
+    Probe,
+    Resources,
+    Sandbox,
+    Usage,
+)
+from .. import base
+from ..base import ProcessRun, Provider, ProviderContext
+from . import rootfs as rootfs_mod
+from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, process_info
+from .fs import SandboxFS, normalize
+from .oci import AGENT_DIR, DEFAULT_PATH, runtime_spec
+from .templates import TEMPLATES, resolve
+
+log = logs.get(__name__)
+
+DEFAULTS = Resources(cpu_cores=1.0, memory_mb=1024, disk_mb=2048, pids_limit=512)
+MAX_CPU_CORES = float(os.cpu_count() or 1)
+READY_TIMEOUT_S = 10.0
+CGROUP_PARENT = "/computesdk"
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_MNT_DETACH = 2
+
+
+def _mount(source: str, target: str, fstype: str, options: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def _umount(target: str) -> None:
+    if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (22, 2):  # EINVAL: not mounted; ENOENT: gone
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+async def _run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> str:
+    """Runs a helper. With log_fd, its output (and the container's, for runc run) goes there."""
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=pipe if log_fd is None else log_fd,
+        stderr=pipe if log_fd is None else log_fd,
+        start_new_session=True,  # sandboxes must not share the daemon's terminal signals
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    if proc.returncode != 0:
+        raise Internal(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
+                       f"{(err or b'').decode(errors='replace').strip()}")
+    return (out or b"").decode()
+
+
+def default_agent_binary() -> Path:
+    env = os.environ.get("COMPUTESDK_AGENT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "_bin" / "computesdk-agent"
+
+
+@base.register("local")
+class LocalProvider(Provider):
+    name = "local"
+    capabilities = frozenset({
+        base.EXEC, base.EXEC_STDIN, base.EXEC_RESUME, base.BACKGROUND, base.SIGNALS,
+        base.FILESYSTEM, base.EVENTS, base.RESOURCE_LIMITS, base.USAGE, base.OOM_EVENTS,
+        base.NETWORK_ISOLATION, base.DISK_LIMIT,
+    })  # fmt: skip
+
+    def __init__(self) -> None:
+        self._state = Path()
+        self._base = rootfs_mod.base_path()
+        self._agent_binary = default_agent_binary()
+        self._unavailable = "not started"
+
+    # -------------------------------------------------------------- set-up
+
+    async def start(self, ctx: ProviderContext) -> None:
+        self._state = ctx.state_dir / "local"
+        (self._state / "sandboxes").mkdir(parents=True, exist_ok=True)
+        self._unavailable = self._check()
+        if self._unavailable:
+            log.warning("local provider unavailable", why=self._unavailable)
+
+    def _check(self) -> str:
+        if os.geteuid() != 0:
+            return "the local provider needs root (runc, overlayfs, cgroups)"
+        if shutil.which("runc") is None:
+            return "runc is not installed (apt-get install -y runc)"
+        if not rootfs_mod.is_built():
+            return (f"the base root filesystem is not built at {self._base} "
+                    "(python -m computesdkd.providers.local.rootfs)")
+        if not self._agent_binary.is_file():
+            return f"the sandbox agent is not built at {self._agent_binary} (scripts/setup.sh)"
+        return ""
+
+    def availability(self) -> str:
+        return self._unavailable
+
+    def templates(self) -> list[str]:
+        return sorted(TEMPLATES)
+
+    def _require(self) -> None:
+        if self._unavailable:
+            raise Unavailable(f"provider 'local' cannot run here: {self._unavailable}",
+                              reason="PROVIDER_UNAVAILABLE", provider="local")
+
+    def _runc(self, *args: str) -> list[str]:
+        return ["runc", "--root", str(self._state / "runc"), *args]
+
+    # -------------------------------------------------------------- lifecycle
+
+    def resolve_resources(self, sandbox: Sandbox) -> Resources:
+        r = sandbox.spec.resources
+        if r.gpu_enabled:
+            raise FailedPrecondition("provider 'local' has no GPU on this host",
+                                     reason="GPU_UNAVAILABLE", provider="local", feature="gpu")
+        cpu = r.cpu_cores or DEFAULTS.cpu_cores
+        if cpu > MAX_CPU_CORES:
+            raise ResourceExhausted(f"cpu_cores {cpu} exceeds this host's {MAX_CPU_CORES:g}",
+                                    reason="RESOURCES_UNAVAILABLE", resource="cpu_cores")
+        return Resources(
+            cpu_cores=cpu,
+            memory_mb=r.memory_mb or DEFAULTS.memory_mb,
+            disk_mb=r.disk_mb or DEFAULTS.disk_mb,
+            pids_limit=r.pids_limit or DEFAULTS.pids_limit,
+        )
+
+    async def create(self, sandbox: Sandbox) -> None:
+        self._require()
+        resolve(sandbox.spec.template)
+        res = self.resolve_resources(sandbox)
+        bundle = self._state / "sandboxes" / sandbox.id
+        sandbox.provider_sandbox_id = sandbox.id
+        sandbox.provider_data = {"bundle": str(bundle)}
+        try:
+            await self._make_bundle(sandbox, bundle, res)
+            log_path = bundle / "agent.log"
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                await _run(*self._runc("run", "--detach", "--bundle", str(bundle),
+                                       "--pid-file", str(bundle / "init.pid"), sandbox.id),
+                           log_fd=log_fd)
+            except Internal as exc:
+                tail = log_path.read_text(errors="replace")[-2000:].strip()
+                raise Internal(f"runc could not start the sandbox: {tail}") from exc
+            finally:
+                os.close(log_fd)
+            sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
+            await Agent(bundle / "run" / "agent.sock").wait_ready(READY_TIMEOUT_S)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.destroy(sandbox)
+            raise
+
+    async def _make_bundle(self, sandbox: Sandbox, bundle: Path, res: Resources) -> None:
+        uid = rootfs_mod.UID_SHIFT
+        for sub in ("disk", "rootfs", "run"):
+            (bundle / sub).mkdir(parents=True, exist_ok=True)
+        img = bundle / "disk.img"
+        with img.open("wb") as f:
+            f.truncate(res.disk_mb * 1024 * 1024)
+        await _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+                   "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(img))
+        await _run("mount", "-o", "loop,nosuid,nodev", str(img), str(bundle / "disk"))
+        for sub in ("upper", "work"):
+            (bundle / "disk" / sub).mkdir(exist_ok=True)
+        os.chown(bundle / "disk" / "upper", uid, uid)
+        (bundle / "disk" / "lost+found").rmdir()
+        _mount("overlay", str(bundle / "rootfs"), "overlay",
+               f"lowerdir={self._base},upperdir={bundle}/disk/upper,workdir={bundle}/disk/work")
+        os.chown(bundle / "run", uid, uid)
+        os.chmod(bundle / "run", 0o700)
+        spec = runtime_spec(sandbox_id=sandbox.id, run_dir=str(bundle / "run"),
+                            agent_binary=str(self._agent_binary), resources=res,
+                            cgroup_parent=CGROUP_PARENT)
+        (bundle / "config.json").write_text(json.dumps(spec))
+
+    async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
+        bundle = Path(sandbox.provider_data.get("bundle", self._state / "sandboxes" / sandbox.id))
+        if graceful_timeout_s > 0:
+            await self._stop_gracefully(sandbox, graceful_timeout_s)
+        with contextlib.suppress(Internal):
+            await _run(*self._runc("delete", "--force", sandbox.id))
+        _umount(str(bundle / "rootfs"))
+        _umount(str(bundle / "disk"))
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+
+    async def _stop_gracefully(self, sandbox: Sandbox, timeout_s: float) -> None:
+        agent = self._agent(sandbox)
+        with contextlib.suppress(Exception):
+            await agent.call({"op": "killall", "signal": 15})
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                procs = (await agent.call({"op": "list"}))["processes"]
+                if not any(p["running"] for p in procs):
+                    return
+                await asyncio.sleep(0.05)
+
+    async def adopt(self, sandbox: Sandbox) -> bool:
+        try:
+            state = json.loads(await _run(*self._runc("state", sandbox.id)))
+        except (Internal, ValueError):
+            return False
+        if state.get("status") != "running":
+            return False
+        sandbox.provider_data["init_pid"] = str(state.get("pid", ""))
+        try:
+            await self._agent(sandbox).ping()
+        except Exception:
+            return False
+        return True
+
+    def _cgroup_file(self, sandbox: Sandbox, controller: str, name: str) -> Path:
+        return Path("/sys/fs/cgroup") / controller / CGROUP_PARENT.strip("/") / sandbox.id / name
+
+    def _read_int(self, path: Path) -> int:
+        try:
+            return int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    async def probe(self, sandbox: Sandbox) -> Probe:
+        pid = int(sandbox.provider_data.get("init_pid") or 0)
+        alive = pid > 0 and Path(f"/proc/{pid}").exists()
+        oom = 0
+        with contextlib.suppress(OSError):
+            for line in self._cgroup_file(sandbox, "memory", "memory.oom_control").read_text(
+            ).splitlines():
+                if line.startswith("oom_kill "):
+                    oom = int(line.split()[1])
+        return Probe(alive=alive, oom_kills=oom)
+
+    async def usage(self, sandbox: Sandbox) -> Usage:
+        disk_used = disk_total = 0
+        bundle = Path(sandbox.provider_data["bundle"])
+        with contextlib.suppress(OSError):
+            st = os.statvfs(bundle / "disk")
+            disk_total = st.f_blocks * st.f_frsize
+            disk_used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        return Usage(
+            memory_used_bytes=self._read_int(self._cgroup_file(sandbox, "memory",
+                                                               "memory.usage_in_bytes")),
+            memory_limit_bytes=self._read_int(self._cgroup_file(sandbox, "memory",
+                                                                "memory.limit_in_bytes")),
+            process_count=self._read_int(self._cgroup_file(sandbox, "pids", "pids.current")),
+            cpu_time_ns=self._read_int(self._cgroup_file(sandbox, "cpuacct", "cpuacct.usage")),
+            disk_used_bytes=disk_used,
+            disk_limit_bytes=disk_total,
+        )
+
+    # -------------------------------------------------------------- processes
+
+    def _agent(self, sandbox: Sandbox) -> Agent:
+        return Agent(Path(sandbox.provider_data["bundle"]) / "run" / "agent.sock")
+
+    def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> dict[str, Any]:
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": "sandbox"}
+        env.update(TEMPLATES[sandbox.spec.template or "base"].env)
+        env.update(sandbox.spec.env)
+        env.update(command.env)
+        return {
+            "op": "start",
+            "args": command.args,
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": normalize(command.cwd or "/workspace"),
+            "timeout_ms": command.timeout_ms,
+            "stdin": command.stdin,
+            "tag": tag,
+        }
+
+    def run(
+        self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
+    ) -> ProcessRun:
+        req = self._start_request(sandbox, command, tag)
+        req.update(attach=True, kill_on_close=kill_on_close)
+        return _LocalRun(self._agent(sandbox), req)
+
+    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
+        return process_info(await self._agent(sandbox).call(
+            self._start_request(sandbox, command, tag)))
+
+    async def attach(
+        self,
+        sandbox: Sandbox,
+        process_id: str,
+        stdout_offset: int,
+        stderr_offset: int,
+        output: bool = True,
+    ) -> AsyncIterator[ProcessEvent]:
+        conn, started = await self._agent(sandbox).follow({
+            "op": "attach", "id": process_id, "stdout_offset": stdout_offset,
+            "stderr_offset": stderr_offset, "no_output": not output})
+        try:
+            yield started
+            async for ev in conn.events(stdout_offset, stderr_offset):
+                yield ev
+        finally:
+            await conn.close()
+
+    async def write_stdin(
+        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
+    ) -> None:
+        await self._agent(sandbox).call({"op": "stdin", "id": process_id, "close": close}, data)
+
+    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
+        if not 0 < signal < 65:
+            raise InvalidArgument(f"signal {signal} is not a valid signal number",
+                                  reason="INVALID_SIGNAL")
+        await self._agent(sandbox).call({"op": "signal", "id": process_id, "signal": signal})
+
+    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
+        reply = await self._agent(sandbox).call({"op": "list"})
+        return [process_info(p) for p in reply["processes"]]
+
+    # -------------------------------------------------------------- files
+
+    def _fs(self, sandbox: Sandbox) -> SandboxFS:
+        return SandboxFS(str(Path(sandbox.provider_data["bundle"]) / "rootfs"))
+
+    async def read_file(
+        self, sandbox: Sandbox, path: str, offset: int, length: int
+    ) -> AsyncIterator[bytes]:
+        async for chunk in self._fs(sandbox).read(normalize(path), offset, length):
+            yield chunk
+
+    async def write_file(
+        self,
+        sandbox: Sandbox,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        mode: int,
+        make_parents: bool,
+        append: bool,
+    ) -> tuple[FileInfo, int]:
+        return await self._fs(sandbox).write(normalize(path), chunks, mode, make_parents, append)
+
+    async def list_dir(self, sandbox: Sandbox, path: str) -> list[FileInfo]:
+        return await asyncio.to_thread(self._fs(sandbox).list_sync, normalize(path))
+
+    async def stat(self, sandbox: Sandbox, path: str) -> FileInfo:
+        return await asyncio.to_thread(self._fs(sandbox).stat_sync, normalize(path))
+
+    async def mkdir(self, sandbox: Sandbox, path: str, parents: bool) -> FileInfo:
+        return await asyncio.to_thread(self._fs(sandbox).mkdir_sync, normalize(path), parents)
+
+    async def remove(self, sandbox: Sandbox, path: str, recursive: bool) -> None:
+        await asyncio.to_thread(self._fs(sandbox).remove_sync, normalize(path), recursive)
+
+    async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
+        return await asyncio.to_thread(self._fs(sandbox).move_sync, normalize(source),
+                                       normalize(destination))
+
+
+class _LocalRun(ProcessRun):
+    def __init__(self, agent: Agent, req: dict[str, Any]) -> None:
+        self._agent = agent
+        self._req = req
+        self._conn: AgentConnection | None = None
+
+    async def events(self) -> AsyncIterator[ProcessEvent]:
+        self._conn, started = await self._agent.follow(self._req)
+        yield started
+        async for ev in self._conn.events():
+            yield ev
+
+    def _need(self) -> AgentConnection:
+        if self._conn is None:
+            raise FailedPrecondition("the process has not started yet", reason="NOT_STARTED")
+        return self._conn
+
+    async def send_stdin(self, data: bytes) -> None:
+        await self._need().send(STDIN, data)
+
+    async def close_stdin(self) -> None:
+        await self._need().send(CLOSE, b"")
+
+    async def send_signal(self, signal: int) -> None:
+        await self._need().send(SIGNAL, json.dumps({"signal": signal}).encode())
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()

@@ -1,0 +1,52 @@
+"""Templates the local provider can start from the Debian base out of the box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...errors import FailedPrecondition, NotFound
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    description: str
+    env: dict[str, str] = field(default_factory=dict)
+    # Set when the host cannot carry the template; create then fails with this.
+    unavailable: str = ""
+
+
+_TEMPLATES = [
+    Template("base", "Debian 12 minimal, with python3 and nodejs available"),
+    Template("python", "Python 3.11 with pip and venv", {"PYTHONUNBUFFERED": "1"}),
+    Template("python:3.11", "Python 3.11 with pip and venv", {"PYTHONUNBUFFERED": "1"}),
+    Template("node", "Node.js 18 (Debian)", {"NODE_ENV": "development"}),
+    Template("nodejs18", "Node.js 18 (Debian)", {"NODE_ENV": "development"}),
+    Template("nextjs", "Next.js", unavailable="needs npm packages that the offline base "
+             "does not carry; build it as a custom template"),
+    Template("full-stack-dev", "Node.js, Python and build tools",
+             unavailable="needs packages beyond the base; build it as a custom template"),
+    Template("pytorch-gpu", "PyTorch with CUDA",
+             unavailable="this host has no GPU for the local provider"),
+]
+TEMPLATES = {t.name: t for t in _TEMPLATES}
+
+
+def resolve(name: str) -> Template:
+    tpl = TEMPLATES.get(name or "base")
+    if tpl is None:
+        raise NotFound(
+            f"template {name!r} is not known to provider 'local' "
+            f"(known: {', '.join(sorted(TEMPLATES))})",
+            reason="TEMPLATE_NOT_FOUND",
+            template=name,
+            provider="local",
+        )
+    if tpl.unavailable:
+        raise FailedPrecondition(
+            f"template {name!r} cannot run on provider 'local': {tpl.unavailable}",
+            reason="TEMPLATE_UNAVAILABLE",
+            template=name,
+            provider="local",
+        )
+    return tpl
