@@ -336,7 +336,7 @@ class Manager:
             return False
         self._oom_seen[sb.id] = kills
         self.bus.emit(sb.id, OOM, "a process was killed for exceeding the memory limit",
-                      oom_kills=str(kills), memory_mb=str(sb.spec.resources.memory_mb))
+                      oom_kills=str(kills), memory_mb=str(sb.resources.memory_mb))
         return True
 
     async def _destroy_quietly(self, sandbox_id: str, reason: str) -> None:

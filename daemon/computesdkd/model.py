@@ -51,6 +51,8 @@ class Sandbox:
     provider_data: dict[str, str] = field(default_factory=dict)
     error_message: str = ""
     started_at: float = 0.0
+    # Limits in force, as the provider resolved them (spec.resources is what was asked).
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass(frozen=True)

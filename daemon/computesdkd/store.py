@@ -7,6 +7,7 @@ on the create/exec hot paths while surviving a kill -9 of the daemon.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -25,7 +26,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     expires_at REAL NOT NULL,
     provider_sandbox_id TEXT NOT NULL DEFAULT '',
     provider_data TEXT NOT NULL DEFAULT '{}',
-    error_message TEXT NOT NULL DEFAULT ''
+    error_message TEXT NOT NULL DEFAULT '',
+    resources TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS processes (
     sandbox_id TEXT NOT NULL,
@@ -50,6 +52,8 @@ MAX_EVENTS = 200_000
 
 class Store:
     def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -62,7 +66,7 @@ class Store:
 
     def put_sandbox(self, sb: Sandbox) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO sandboxes VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO sandboxes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 sb.id,
                 sb.spec.request_id or None,
@@ -74,6 +78,7 @@ class Store:
                 sb.provider_sandbox_id,
                 json.dumps(sb.provider_data),
                 sb.error_message,
+                json.dumps(asdict(sb.resources)),
             ),
         )
 
@@ -160,4 +165,5 @@ def _sandbox(row: tuple[object, ...]) -> Sandbox:
         provider_sandbox_id=str(row[7]),
         provider_data=json.loads(str(row[8])),
         error_message=str(row[9]),
+        resources=Resources(**json.loads(str(row[10]))),
     )

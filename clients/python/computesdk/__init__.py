@@ -1,0 +1,81 @@
+"""computesdk: the Python client of computesdkd.
+
+    from computesdk import compute
+
+    sandbox = await compute("local", template="python")
+    result = await sandbox.exec("python3 --version")
+    await sandbox.destroy()
+"""
+
+from .client import Client, compute, connect
+from .errors import (
+    AlreadyExistsError,
+    ComputeSDKError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PathOutsideSandboxError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ProcessNotFoundError,
+    ProviderNotFoundError,
+    ResourceExhaustedError,
+    SandboxFileNotFoundError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    SandboxTerminatedError,
+    TemplateNotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
+from .sandbox import ExecStream, Files, Process, Sandbox
+from .types import (
+    Event,
+    ExecResult,
+    FileInfo,
+    OutputChunk,
+    ProcessInfo,
+    Resources,
+    SandboxStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExistsError",
+    "Client",
+    "ComputeSDKError",
+    "DeadlineExceededError",
+    "Event",
+    "ExecResult",
+    "ExecStream",
+    "FailedPreconditionError",
+    "FileInfo",
+    "Files",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutputChunk",
+    "PathOutsideSandboxError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Process",
+    "ProcessInfo",
+    "ProcessNotFoundError",
+    "ProviderNotFoundError",
+    "ResourceExhaustedError",
+    "Resources",
+    "SandboxFileNotFoundError",
+    "Sandbox",
+    "SandboxNotFoundError",
+    "SandboxNotRunningError",
+    "SandboxStatus",
+    "SandboxTerminatedError",
+    "TemplateNotFoundError",
+    "UnavailableError",
+    "UnsupportedError",
+    "compute",
+    "connect",
+]

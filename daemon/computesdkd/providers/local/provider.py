@@ -110,6 +110,8 @@ class LocalProvider(Provider):
     async def start(self, ctx: ProviderContext) -> None:
         self._state = ctx.state_dir / "local"
         (self._state / "sandboxes").mkdir(parents=True, exist_ok=True)
+        for d in (self._state, self._state / "sandboxes"):
+            os.chmod(d, 0o711)  # the sandbox's unprivileged init must traverse to its bundle
         self._unavailable = self._check()
         if self._unavailable:
             log.warning("local provider unavailable", why=self._unavailable)
@@ -161,7 +163,7 @@ class LocalProvider(Provider):
     async def create(self, sandbox: Sandbox) -> None:
         self._require()
         resolve(sandbox.spec.template)
-        res = self.resolve_resources(sandbox)
+        res = sandbox.resources = self.resolve_resources(sandbox)
         bundle = self._state / "sandboxes" / sandbox.id
         sandbox.provider_sandbox_id = sandbox.id
         sandbox.provider_data = {"bundle": str(bundle)}

@@ -1,0 +1,203 @@
+"""The connection to computesdkd, and the calls that are not about one sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from ._rpc import open_channel, target_for, translated
+from .api.events.v1 import events_pb2, events_pb2_grpc
+from .api.filesystem.v1 import filesystem_pb2_grpc
+from .api.process.v1 import process_pb2_grpc
+from .api.provider.v1 import provider_pb2, provider_pb2_grpc
+from .api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from .errors import ComputeSDKError, from_rpc_error
+from .sandbox import Sandbox
+from .types import Event, Resources
+
+Callback = Callable[..., Any]
+# Client-side connection events.
+CONNECTED, DISCONNECTED, RECONNECTING = "connected", "disconnected", "reconnecting"
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
+
+
+async def fire(callbacks: Sequence[Callback], *args: Any) -> None:
+    for cb in list(callbacks):
+        result = cb(*args)
+        if inspect.isawaitable(result):
+            await result
+
+
+class Client:
+    """One channel to the daemon. Cheap to share; close it when done."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel = open_channel(target)
+        self.sandboxes = sandbox_pb2_grpc.SandboxServiceStub(self.channel)
+        self.processes = process_pb2_grpc.ProcessServiceStub(self.channel)
+        self.files = filesystem_pb2_grpc.FilesystemServiceStub(self.channel)
+        self.events_stub = events_pb2_grpc.EventServiceStub(self.channel)
+        self.providers_stub = provider_pb2_grpc.ProviderServiceStub(self.channel)
+        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
+
+    @classmethod
+    async def connect(cls, *, socket: str | os.PathLike[str] | None = None,
+                      target: str | None = None, timeout: float = 10.0) -> Client:
+        """Connects over the Unix socket (default: $COMPUTESDK_SOCKET) or a gRPC target."""
+        client = cls(target_for(socket, target))
+        try:
+            await asyncio.wait_for(client.channel.channel_ready(), timeout)
+        except TimeoutError:
+            await client.close()
+            raise ComputeSDKError(f"cannot reach computesdkd at {client.target}",
+                                  code=grpc.StatusCode.UNAVAILABLE,
+                                  reason="DAEMON_UNREACHABLE") from None
+        return client
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def on(self, event: str, callback: Callback) -> None:
+        """Registers a callback for 'connected', 'disconnected' or 'reconnecting'."""
+        self._callbacks[event].append(callback)
+
+    # ------------------------------------------------------------ sandboxes
+
+    async def create(
+        self,
+        provider: str = "",
+        *,
+        template: str = "",
+        metadata: Mapping[str, str] | None = None,
+        timeout_ms: int = 0,
+        keep_alive: bool = False,
+        resources: Resources | None = None,
+        env: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> Sandbox:
+        req = sandbox_pb2.CreateSandboxRequest(
+            provider=provider, template=template, metadata=dict(metadata or {}),
+            timeout_ms=timeout_ms, keep_alive=keep_alive,
+            resources=(resources or Resources()).to_proto(), env=dict(env or {}),
+            # Retries of this call are idempotent: the daemon dedupes on request_id.
+            request_id=request_id or uuid.uuid4().hex)
+        with translated():
+            resp = await self.sandboxes.CreateSandbox(req)
+        return Sandbox(self, resp.sandbox)
+
+    async def get(self, sandbox_id: str) -> Sandbox:
+        with translated():
+            resp = await self.sandboxes.GetSandbox(
+                sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+        return Sandbox(self, resp.sandbox)
+
+    async def list(self, *, metadata: Mapping[str, str] | None = None,
+                   states: Sequence[str] = (), provider: str = "",
+                   page_size: int = 100) -> list[Sandbox]:
+        """Every matching sandbox, following pages."""
+        names = {"creating": 1, "running": 2, "stopping": 3, "stopped": 4, "error": 5}
+        out: list[Sandbox] = []
+        token = ""
+        while True:
+            with translated():
+                resp = await self.sandboxes.ListSandboxes(sandbox_pb2.ListSandboxesRequest(
+                    page_size=page_size, page_token=token, metadata=dict(metadata or {}),
+                    states=[names[s] for s in states],  # type: ignore[misc]
+                    provider=provider))
+            out.extend(Sandbox(self, s) for s in resp.sandboxes)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def providers(self) -> list[provider_pb2.Provider]:
+        with translated():
+            resp = await self.providers_stub.ListProviders(provider_pb2.ListProvidersRequest())
+        return list(resp.providers)
+
+    # ------------------------------------------------------------ events
+
+    async def events(
+        self,
+        *,
+        sandbox_ids: Sequence[str] = (),
+        types: Sequence[str] = (),
+        after: int = 0,
+        follow: bool = True,
+    ) -> AsyncIterator[Event]:
+        """Lifecycle events. Survives daemon restarts: it reconnects by itself and
+        resumes after the last sequence it delivered, so nothing is lost or repeated."""
+        last = after
+        backoff = 0.05
+        while True:
+            req = events_pb2.SubscribeEventsRequest(sandbox_ids=list(sandbox_ids),
+                                                    types=list(types), after_sequence=last,
+                                                    no_follow=not follow)
+            try:
+                async for resp in self.events_stub.SubscribeEvents(req):
+                    ev = Event.from_proto(resp.event)
+                    last = ev.sequence
+                    backoff = 0.05
+                    yield ev
+                if not follow:
+                    return
+                # A following stream only ends when the daemon shuts down: reconnect.
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in _RETRYABLE:
+                    raise from_rpc_error(err) from None
+            await fire(self._callbacks[DISCONNECTED])
+            while True:
+                await fire(self._callbacks[RECONNECTING])
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                try:
+                    await asyncio.wait_for(self.channel.channel_ready(), 5.0)
+                    break
+                except TimeoutError:
+                    continue
+            await fire(self._callbacks[CONNECTED])
+
+
+async def connect(*, socket: str | os.PathLike[str] | None = None,
+                  target: str | None = None, timeout: float = 10.0) -> Client:
+    return await Client.connect(socket=socket, target=target, timeout=timeout)
+
+
+# grpc.aio channels belong to one event loop, so the shared client is per loop.
+_default_clients: dict[tuple[str, int], Client] = {}
+
+
+async def compute(
+    provider: str = "local",
+    *,
+    template: str = "",
+    metadata: Mapping[str, str] | None = None,
+    timeout_ms: int = 0,
+    keep_alive: bool = False,
+    resources: Resources | None = None,
+    env: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+    socket: str | os.PathLike[str] | None = None,
+    target: str | None = None,
+) -> Sandbox:
+    """Creates a sandbox, like the spec's compute(provider, options)."""
+    key = (target_for(socket, target), id(asyncio.get_running_loop()))
+    client = _default_clients.get(key)
+    if client is None:
+        client = _default_clients[key] = await Client.connect(socket=socket, target=target)
+    return await client.create(provider, template=template, metadata=metadata,
+                               timeout_ms=timeout_ms, keep_alive=keep_alive,
+                               resources=resources, env=env, request_id=request_id)

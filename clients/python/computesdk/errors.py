@@ -1,0 +1,85 @@
+"""Typed exceptions, mapped from the daemon's status code and ErrorInfo.reason."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+class ComputeSDKError(Exception):
+    """Base of every error the client raises for a failed call."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+                 reason: str = "", metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+
+    def __str__(self) -> str:
+        return f"{self.reason or self.code.name}: {self.message}"
+
+
+class NotFoundError(ComputeSDKError): ...
+class SandboxNotFoundError(NotFoundError): ...
+class TemplateNotFoundError(NotFoundError): ...
+class ProviderNotFoundError(NotFoundError): ...
+class ProcessNotFoundError(NotFoundError): ...
+class SandboxFileNotFoundError(NotFoundError): ...
+class InvalidArgumentError(ComputeSDKError): ...
+class PathOutsideSandboxError(InvalidArgumentError): ...
+class FailedPreconditionError(ComputeSDKError): ...
+class SandboxNotRunningError(FailedPreconditionError): ...
+class AlreadyExistsError(ComputeSDKError): ...
+class ResourceExhaustedError(ComputeSDKError): ...
+class PayloadTooLargeError(ResourceExhaustedError): ...
+class UnsupportedError(ComputeSDKError):
+    """The provider cannot carry the feature; metadata names both."""
+class UnavailableError(ComputeSDKError): ...
+class SandboxTerminatedError(ComputeSDKError):
+    """The sandbox went away while the call was running."""
+class DeadlineExceededError(ComputeSDKError): ...
+class PermissionDeniedError(ComputeSDKError): ...
+class InternalError(ComputeSDKError): ...
+
+
+_BY_REASON: dict[str, type[ComputeSDKError]] = {
+    "SANDBOX_NOT_FOUND": SandboxNotFoundError,
+    "TEMPLATE_NOT_FOUND": TemplateNotFoundError,
+    "PROVIDER_NOT_FOUND": ProviderNotFoundError,
+    "PROCESS_NOT_FOUND": ProcessNotFoundError,
+    "FILE_NOT_FOUND": SandboxFileNotFoundError,
+    "PATH_OUTSIDE_SANDBOX": PathOutsideSandboxError,
+    "SANDBOX_NOT_RUNNING": SandboxNotRunningError,
+    "PAYLOAD_TOO_LARGE": PayloadTooLargeError,
+    "SANDBOX_TERMINATED": SandboxTerminatedError,
+}
+_BY_CODE: dict[grpc.StatusCode, type[ComputeSDKError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.ABORTED: SandboxTerminatedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.INTERNAL: InternalError,
+}
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError) -> ComputeSDKError:
+    """Turns a failed call into the most specific exception, once, at the boundary."""
+    reason, metadata = "", {}
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason, metadata = info.reason, dict(info.metadata)
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(err.code(), ComputeSDKError)
+    return cls(err.details() or "", code=err.code(), reason=reason, metadata=metadata)

@@ -1,0 +1,390 @@
+"""A sandbox handle: processes, files, status and events of one sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._rpc import CHUNK, translated
+from .api.filesystem.v1 import filesystem_pb2 as fs_pb
+from .api.process.v1 import process_pb2 as proc_pb
+from .api.sandbox.v1 import sandbox_pb2
+from .types import (
+    STATE_NAMES,
+    Event,
+    ExecResult,
+    FileInfo,
+    OutputChunk,
+    ProcessInfo,
+    Resources,
+    SandboxStatus,
+)
+
+if TYPE_CHECKING:
+    from .client import Client
+
+Callback = Callable[..., Any]
+OutputCallback = Callable[[str], Any]
+
+
+def _command(command: str | Sequence[str], cwd: str, env: Mapping[str, str] | None,
+             timeout_ms: int, stdin: bool) -> proc_pb.Command:
+    c = proc_pb.Command(cwd=cwd, env=dict(env or {}), timeout_ms=timeout_ms, stdin=stdin)
+    if isinstance(command, str):
+        c.command = command
+    else:
+        c.args.extend(command)
+    return c
+
+
+async def _call(cb: Callable[..., Any] | None, *args: Any) -> None:
+    if cb is not None:
+        result = cb(*args)
+        if inspect.isawaitable(result):
+            await result
+
+
+class ExecStream:
+    """A running command. Iterate it for output chunks; afterwards .result holds the end."""
+
+    def __init__(self, sandbox: Sandbox, command: proc_pb.Command,
+                 stdin: bytes | None) -> None:
+        self._sandbox = sandbox
+        self._requests: asyncio.Queue[proc_pb.ExecRequest | None] = asyncio.Queue()
+        self._requests.put_nowait(proc_pb.ExecRequest(
+            start=proc_pb.ExecStart(sandbox_id=sandbox.id, command=command)))
+        if stdin is not None:
+            for i in range(0, len(stdin), CHUNK):
+                self._requests.put_nowait(proc_pb.ExecRequest(stdin=stdin[i:i + CHUNK]))
+            self._requests.put_nowait(proc_pb.ExecRequest(close_stdin=True))
+        self.process_id = ""
+        self.pid = 0
+        self.exited: proc_pb.Exited | None = None
+
+    async def _outgoing(self) -> AsyncIterator[proc_pb.ExecRequest]:
+        while (req := await self._requests.get()) is not None:
+            yield req
+
+    async def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        call = self._sandbox.client.processes.Exec(self._outgoing())
+        try:
+            with translated():
+                async for resp in call:
+                    kind = resp.WhichOneof("event")
+                    if kind == "started":
+                        self.process_id, self.pid = resp.started.process_id, resp.started.pid
+                    elif kind == "stdout":
+                        yield OutputChunk("stdout", resp.stdout.data, resp.stdout.offset)
+                    elif kind == "stderr":
+                        yield OutputChunk("stderr", resp.stderr.data, resp.stderr.offset)
+                    elif kind == "exited":
+                        self.exited = resp.exited
+        finally:
+            self._requests.put_nowait(None)
+            call.cancel()
+
+    async def send_stdin(self, data: bytes | str) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        for i in range(0, len(raw), CHUNK):
+            await self._requests.put(proc_pb.ExecRequest(stdin=raw[i:i + CHUNK]))
+
+    async def close_stdin(self) -> None:
+        await self._requests.put(proc_pb.ExecRequest(close_stdin=True))
+
+    async def signal(self, signal: int) -> None:
+        await self._requests.put(proc_pb.ExecRequest(signal=signal))
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.exited is None else self.exited.exit_code
+
+
+class Process:
+    """A background process; its output can be re-read from any byte offset."""
+
+    def __init__(self, sandbox: Sandbox, info: proc_pb.Process) -> None:
+        self.sandbox = sandbox
+        self.id = info.process_id
+        self.pid = info.pid
+        self.exited: proc_pb.Exited | None = None
+
+    async def attach(self, stdout_offset: int = 0, stderr_offset: int = 0
+                     ) -> AsyncIterator[OutputChunk]:
+        req = proc_pb.AttachProcessRequest(sandbox_id=self.sandbox.id, process_id=self.id,
+                                           stdout_offset=stdout_offset,
+                                           stderr_offset=stderr_offset)
+        call = self.sandbox.client.processes.AttachProcess(req)
+        try:
+            with translated():
+                async for resp in call:
+                    kind = resp.WhichOneof("event")
+                    if kind == "stdout":
+                        yield OutputChunk("stdout", resp.stdout.data, resp.stdout.offset)
+                    elif kind == "stderr":
+                        yield OutputChunk("stderr", resp.stderr.data, resp.stderr.offset)
+                    elif kind == "exited":
+                        self.exited = resp.exited
+        finally:
+            call.cancel()
+
+    async def wait(self) -> ExecResult:
+        """Collects all output from offset 0 until the process exits."""
+        out, err = bytearray(), bytearray()
+        async for chunk in self.attach():
+            (out if chunk.stream == "stdout" else err).extend(chunk.data)
+        assert self.exited is not None
+        return _result(bytes(out), bytes(err), self.exited, self.id)
+
+    async def write_stdin(self, data: bytes | str, *, close: bool = False) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        with translated():
+            await self.sandbox.client.processes.WriteStdin(proc_pb.WriteStdinRequest(
+                sandbox_id=self.sandbox.id, process_id=self.id, data=raw, close=close))
+
+    async def signal(self, signal: int) -> None:
+        with translated():
+            await self.sandbox.client.processes.SignalProcess(proc_pb.SignalProcessRequest(
+                sandbox_id=self.sandbox.id, process_id=self.id, signal=signal))
+
+    async def kill(self) -> None:
+        await self.signal(9)
+
+
+def _result(out: bytes, err: bytes, ex: proc_pb.Exited, process_id: str) -> ExecResult:
+    return ExecResult(stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
+                      exit_code=ex.exit_code, duration_ms=ex.duration_ms, signal=ex.signal,
+                      timed_out=ex.timed_out, oom_killed=ex.oom_killed,
+                      process_id=process_id, stdout_bytes=out, stderr_bytes=err)
+
+
+class Files:
+    """File operations inside the sandbox. Relative paths start at /workspace."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sb = sandbox
+
+    async def read(self, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        buf = bytearray()
+        async for chunk in self.read_stream(path, offset=offset, length=length):
+            buf.extend(chunk)
+        return bytes(buf)
+
+    async def read_text(self, path: str) -> str:
+        return (await self.read(path)).decode()
+
+    async def read_stream(self, path: str, *, offset: int = 0, length: int = 0
+                          ) -> AsyncIterator[bytes]:
+        call = self._sb.client.files.ReadFile(fs_pb.ReadFileRequest(
+            sandbox_id=self._sb.id, path=path, offset=offset, length=length))
+        with translated():
+            async for resp in call:
+                yield resp.data
+
+    async def write(self, path: str, data: bytes | str | AsyncIterator[bytes], *,
+                    mode: int = 0, make_parents: bool = True, append: bool = False) -> FileInfo:
+        async def requests() -> AsyncIterator[fs_pb.WriteFileRequest]:
+            yield fs_pb.WriteFileRequest(header=fs_pb.WriteFileHeader(
+                sandbox_id=self._sb.id, path=path, mode=mode, make_parents=make_parents,
+                append=append))
+            if isinstance(data, (bytes, str)):
+                raw = data.encode() if isinstance(data, str) else data
+                for i in range(0, len(raw), CHUNK):
+                    yield fs_pb.WriteFileRequest(data=raw[i:i + CHUNK])
+            else:
+                async for piece in data:
+                    yield fs_pb.WriteFileRequest(data=piece)
+
+        with translated():
+            resp = await self._sb.client.files.WriteFile(requests())
+        return FileInfo.from_proto(resp.info)
+
+    async def list(self, path: str = "/workspace") -> list[FileInfo]:
+        with translated():
+            resp = await self._sb.client.files.ListDirectory(
+                fs_pb.ListDirectoryRequest(sandbox_id=self._sb.id, path=path))
+        return [FileInfo.from_proto(e) for e in resp.entries]
+
+    async def stat(self, path: str) -> FileInfo:
+        with translated():
+            resp = await self._sb.client.files.StatPath(
+                fs_pb.StatPathRequest(sandbox_id=self._sb.id, path=path))
+        return FileInfo.from_proto(resp.info)
+
+    async def exists(self, path: str) -> bool:
+        from .errors import SandboxFileNotFoundError
+
+        try:
+            await self.stat(path)
+        except SandboxFileNotFoundError:
+            return False
+        return True
+
+    async def mkdir(self, path: str, *, parents: bool = True) -> FileInfo:
+        with translated():
+            resp = await self._sb.client.files.MakeDirectory(fs_pb.MakeDirectoryRequest(
+                sandbox_id=self._sb.id, path=path, make_parents=parents))
+        return FileInfo.from_proto(resp.info)
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        with translated():
+            await self._sb.client.files.RemovePath(fs_pb.RemovePathRequest(
+                sandbox_id=self._sb.id, path=path, recursive=recursive))
+
+    async def move(self, source: str, destination: str) -> FileInfo:
+        with translated():
+            resp = await self._sb.client.files.MovePath(fs_pb.MovePathRequest(
+                sandbox_id=self._sb.id, source=source, destination=destination))
+        return FileInfo.from_proto(resp.info)
+
+
+class Sandbox:
+    """One sandbox. Use `async with` to destroy it on exit."""
+
+    def __init__(self, client: Client, info: sandbox_pb2.Sandbox) -> None:
+        self.client = client
+        self.info = info
+        self.files = Files(self)
+        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def provider(self) -> str:
+        return self.info.provider
+
+    @property
+    def template(self) -> str:
+        return self.info.template
+
+    @property
+    def state(self) -> str:
+        return STATE_NAMES.get(self.info.state, "unknown")
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.info.metadata)
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, provider={self.provider!r}, state={self.state!r})"
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+    # ------------------------------------------------------------ processes
+
+    def exec_stream(self, command: str | Sequence[str], *, cwd: str = "",
+                    env: Mapping[str, str] | None = None, timeout_ms: int = 0,
+                    stdin: bytes | str | None = None, interactive: bool = False) -> ExecStream:
+        """Runs a command and streams its output as it is produced.
+
+        A string runs through /bin/sh -c; a sequence is the exact argv. With
+        interactive=True stdin stays open for ExecStream.send_stdin."""
+        raw = stdin.encode() if isinstance(stdin, str) else stdin
+        return ExecStream(self, _command(command, cwd, env, timeout_ms,
+                                         interactive or raw is not None), raw)
+
+    async def exec(self, command: str | Sequence[str], *, cwd: str = "",
+                   env: Mapping[str, str] | None = None, timeout_ms: int = 0,
+                   stdin: bytes | str | None = None, on_stdout: OutputCallback | None = None,
+                   on_stderr: OutputCallback | None = None) -> ExecResult:
+        """Runs a command to completion; on_stdout/on_stderr see output as it arrives."""
+        stream = self.exec_stream(command, cwd=cwd, env=env, timeout_ms=timeout_ms,
+                                  stdin=stdin)
+        out, err = bytearray(), bytearray()
+        async for chunk in stream:
+            if chunk.stream == "stdout":
+                out.extend(chunk.data)
+                await _call(on_stdout, chunk.text)
+            else:
+                err.extend(chunk.data)
+                await _call(on_stderr, chunk.text)
+        assert stream.exited is not None
+        return _result(bytes(out), bytes(err), stream.exited, stream.process_id)
+
+    async def start_process(self, command: str | Sequence[str], *, tag: str = "",
+                            cwd: str = "", env: Mapping[str, str] | None = None,
+                            timeout_ms: int = 0, stdin: bool = False) -> Process:
+        """Starts a background process that outlives this call and the connection."""
+        with translated():
+            resp = await self.client.processes.StartProcess(proc_pb.StartProcessRequest(
+                sandbox_id=self.id, command=_command(command, cwd, env, timeout_ms, stdin),
+                tag=tag))
+        return Process(self, resp.process)
+
+    def process(self, process_id: str) -> Process:
+        """A handle to re-attach to an earlier process by id."""
+        return Process(self, proc_pb.Process(process_id=process_id))
+
+    async def processes(self) -> list[ProcessInfo]:
+        with translated():
+            resp = await self.client.processes.ListProcesses(
+                proc_pb.ListProcessesRequest(sandbox_id=self.id))
+        return [ProcessInfo.from_proto(p) for p in resp.processes]
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def get_status(self) -> SandboxStatus:
+        with translated():
+            resp = await self.client.sandboxes.GetSandboxStatus(
+                sandbox_pb2.GetSandboxStatusRequest(sandbox_id=self.id))
+        return SandboxStatus.from_proto(resp)
+
+    async def refresh(self) -> Sandbox:
+        with translated():
+            resp = await self.client.sandboxes.GetSandbox(
+                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id))
+        self.info = resp.sandbox
+        return self
+
+    async def destroy(self, *, graceful: bool = False, timeout_ms: int = 0) -> None:
+        with translated():
+            await self.client.sandboxes.DestroySandbox(sandbox_pb2.DestroySandboxRequest(
+                sandbox_id=self.id, graceful=graceful, graceful_timeout_ms=timeout_ms))
+        await self._stop_listening()
+
+    # ------------------------------------------------------------ events
+
+    def on(self, event: str, callback: Callback) -> None:
+        """Calls callback(event) for this sandbox's events: 'created', 'ready', 'error',
+        'destroyed', 'process.started', 'process.exited', 'out-of-memory'; and with no
+        argument for the connection's 'connected', 'disconnected' and 'reconnecting'.
+        Events that already happened are replayed, so 'ready' is seen after create."""
+        if event in ("connected", "disconnected", "reconnecting"):
+            self.client.on(event, callback)
+            return
+        self._callbacks[event].append(callback)
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def events(self, *, types: Sequence[str] = (), after: int = 0,
+                     follow: bool = True) -> AsyncIterator[Event]:
+        async for ev in self.client.events(sandbox_ids=[self.id], types=types, after=after,
+                                           follow=follow):
+            yield ev
+
+    async def _listen(self) -> None:
+        async for ev in self.events():
+            for cb in list(self._callbacks.get(ev.type, ())):
+                await _call(cb, ev)
+            if ev.type == "destroyed":
+                return
+
+    async def _stop_listening(self) -> None:
+        if self._listener is not None and not self._listener.done():
+            # Let the 'destroyed' event reach callbacks before stopping.
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._listener), 2.0)
+            self._listener.cancel()
+
+
+__all__ = ["ExecStream", "Files", "Process", "Resources", "Sandbox"]

@@ -1,0 +1,143 @@
+"""Plain result types of the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from .api.events.v1 import events_pb2
+from .api.filesystem.v1 import filesystem_pb2
+from .api.process.v1 import process_pb2
+from .api.sandbox.v1 import sandbox_pb2
+
+STATE_NAMES = {
+    sandbox_pb2.STATE_CREATING: "creating",
+    sandbox_pb2.STATE_RUNNING: "running",
+    sandbox_pb2.STATE_STOPPING: "stopping",
+    sandbox_pb2.STATE_STOPPED: "stopped",
+    sandbox_pb2.STATE_ERROR: "error",
+}
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration_ms: int
+    signal: int = 0
+    timed_out: bool = False
+    oom_killed: bool = False
+    process_id: str = ""
+    stdout_bytes: bytes = b""
+    stderr_bytes: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+    offset: int
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_cores: float = 0.0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    pids_limit: int = 0
+    gpu: bool = False
+    gpu_type: str = ""
+
+    def to_proto(self) -> sandbox_pb2.Resources:
+        return sandbox_pb2.Resources(
+            cpu_cores=self.cpu_cores, memory_mb=self.memory_mb, disk_mb=self.disk_mb,
+            pids_limit=self.pids_limit,
+            gpu=sandbox_pb2.GpuSpec(enabled=self.gpu, type=self.gpu_type))
+
+    @classmethod
+    def from_proto(cls, r: sandbox_pb2.Resources) -> Resources:
+        return cls(r.cpu_cores, r.memory_mb, r.disk_mb, r.pids_limit, r.gpu.enabled, r.gpu.type)
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    state: str
+    uptime_ms: int
+    resources: Resources
+    memory_used_bytes: int = 0
+    memory_limit_bytes: int = 0
+    process_count: int = 0
+    cpu_time_ns: int = 0
+    disk_used_bytes: int = 0
+    disk_limit_bytes: int = 0
+
+    @classmethod
+    def from_proto(cls, r: sandbox_pb2.GetSandboxStatusResponse) -> SandboxStatus:
+        u = r.usage
+        return cls(STATE_NAMES.get(r.state, "unknown"), r.uptime_ms,
+                   Resources.from_proto(r.resources), u.memory_used_bytes, u.memory_limit_bytes,
+                   u.process_count, u.cpu_time_ns, u.disk_used_bytes, u.disk_limit_bytes)
+
+
+@dataclass(frozen=True)
+class Event:
+    sequence: int
+    time: datetime
+    sandbox_id: str
+    type: str
+    message: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, e: events_pb2.Event) -> Event:
+        return cls(e.sequence, e.time.ToDatetime(), e.sandbox_id, e.type, e.message,
+                   dict(e.attributes))
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    process_id: str
+    pid: int
+    args: list[str]
+    tag: str
+    running: bool
+    exit_code: int | None
+    stdout_bytes: int
+    stderr_bytes: int
+
+    @classmethod
+    def from_proto(cls, p: process_pb2.Process) -> ProcessInfo:
+        return cls(p.process_id, p.pid, list(p.args), p.tag, p.running,
+                   p.exited.exit_code if p.HasField("exited") else None,
+                   p.stdout_bytes, p.stderr_bytes)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    path: str
+    type: str
+    size: int
+    mode: int
+    modified: datetime
+    link_target: str = ""
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "directory"
+
+    @classmethod
+    def from_proto(cls, f: filesystem_pb2.FileInfo) -> FileInfo:
+        kinds = {1: "file", 2: "directory", 3: "symlink"}
+        return cls(f.name, f.path, kinds.get(f.type, "other"), f.size, f.mode,
+                   f.modify_time.ToDatetime(), f.link_target)

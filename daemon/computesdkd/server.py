@@ -1,0 +1,155 @@
+"""Wires the store, event bus, providers and manager to a grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from computesdk.api.events.v1 import events_pb2, events_pb2_grpc
+from computesdk.api.filesystem.v1 import filesystem_pb2, filesystem_pb2_grpc
+from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
+from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
+from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+from . import logs
+from .config import Config
+from .events import EventBus
+from .manager import Manager
+from .providers import get_factory, registered_names
+from .providers import local as _local  # noqa: F401 - registers the local provider
+from .servicers.events import EventServicer
+from .servicers.filesystem import FilesystemServicer
+from .servicers.process import ProcessServicer
+from .servicers.provider import ProviderServicer
+from .servicers.sandbox import SandboxServicer
+from .store import Store
+
+log = logs.get(__name__)
+
+# The transport takes messages well above the per-chunk limit (servicers/_edge.py)
+# so that an oversized chunk gets a PAYLOAD_TOO_LARGE reason rather than a bare status.
+MAX_MESSAGE = 64 * 1024 * 1024
+SERVICE_NAMES = [
+    sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name,
+    process_pb2.DESCRIPTOR.services_by_name["ProcessService"].full_name,
+    filesystem_pb2.DESCRIPTOR.services_by_name["FilesystemService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
+]
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # Traverse-only for others: a sandbox's init runs as an unprivileged host uid and
+    # must reach its bundle; nothing here can be listed, and the database is 0600.
+    os.chmod(state_dir, 0o711)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise DaemonError(f"another computesdkd already uses {state_dir}") from exc
+    return fd
+
+
+def _prepare_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale, left by a daemon that was killed
+        else:
+            raise DaemonError(f"another daemon is listening on {path}")
+        finally:
+            probe.close()
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        cfg = self.cfg
+        lock_fd = _lock_state_dir(cfg.state_dir)
+        store = Store(cfg.state_dir / "state.db")
+        bus = EventBus(store)
+        providers = {}
+        for name in registered_names():
+            factory = get_factory(name)
+            assert factory is not None
+            providers[name] = factory()
+        if cfg.default_provider not in providers:
+            raise DaemonError(f"default provider {cfg.default_provider!r} is not registered")
+        manager = Manager(cfg.state_dir, store, bus, providers, cfg.default_provider)
+        await manager.start()
+
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ])
+        sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(manager), server)
+        process_pb2_grpc.add_ProcessServiceServicer_to_server(ProcessServicer(manager), server)
+        filesystem_pb2_grpc.add_FilesystemServiceServicer_to_server(
+            FilesystemServicer(manager), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(manager), server)
+        provider_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(manager), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+        _prepare_socket(cfg.socket)
+        old_umask = os.umask(0o177)  # the socket is born 0600: only its owner may connect
+        try:
+            server.add_insecure_port(f"unix:{cfg.socket}")
+        finally:
+            os.umask(old_umask)
+        if cfg.listen:
+            server.add_insecure_port(cfg.listen)
+        await server.start()
+        os.chmod(cfg.socket, 0o600)
+        for svc in ["", *SERVICE_NAMES]:
+            await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        log.info("computesdkd serving", socket=str(cfg.socket), listen=cfg.listen or None,
+                 state_dir=str(cfg.state_dir),
+                 providers={n: (p.availability() or "ok") for n, p in providers.items()})
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("shutting down", destroy_sandboxes=cfg.destroy_on_exit)
+            manager.accepting = False
+            await health_servicer.enter_graceful_shutdown()
+            bus.close()  # event streams end cleanly; clients resume by sequence
+            await server.stop(cfg.grace_s)
+            await manager.shutdown(destroy=cfg.destroy_on_exit)
+            store.close()
+            with contextlib.suppress(OSError):
+                cfg.socket.unlink()
+            os.close(lock_fd)
+            log.info("stopped")

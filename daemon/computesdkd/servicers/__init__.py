@@ -1,0 +1,1 @@
+"""Thin gRPC adapters: validate, bind log context, call the manager, convert."""

@@ -1,0 +1,92 @@
+"""The one place where domain errors become gRPC statuses with google.rpc.ErrorInfo."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from structlog.contextvars import bound_contextvars
+
+from .. import logs
+from ..errors import DOMAIN, ComputeError, Internal, ResourceExhausted, Unavailable
+
+log = logs.get(__name__)
+
+# Largest stdin or file chunk a client may send in one message. The transport
+# accepts more, so that an oversized message gets a clear reason, not a bare status.
+MAX_CHUNK = 4 * 1024 * 1024
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def to_status(err: ComputeError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = getattr(code_pb2, err.code.name)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code, message=err.message, details=[detail])
+    )
+
+
+def check_chunk(data: bytes, what: str) -> None:
+    if len(data) > MAX_CHUNK:
+        raise ResourceExhausted(f"{what} chunk of {len(data)} bytes exceeds {MAX_CHUNK}",
+                                reason="PAYLOAD_TOO_LARGE", limit=str(MAX_CHUNK))
+
+
+def _translate(exc: BaseException) -> ComputeError:
+    if isinstance(exc, ComputeError):
+        return exc
+    log.error("unexpected error", exc_info=exc)
+    return Internal(f"internal error: {type(exc).__name__}")
+
+
+def _context_of(self: Any, request: Any) -> dict[str, str]:
+    sid = getattr(request, "sandbox_id", "")
+    return {"sandbox_id": sid} if isinstance(sid, str) and sid else {}
+
+
+def _refuse_when_draining(self: Any) -> None:
+    if not self.manager.accepting:
+        raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
+
+
+def edge(fn: F) -> F:
+    """Wraps a servicer method: binds sandbox_id, maps errors to status once."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                         ) -> AsyncIterator[Any]:
+            with bound_contextvars(**_context_of(self, request)):
+                try:
+                    _refuse_when_draining(self)
+                    async for item in fn(self, request, context):
+                        yield item
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await context.abort_with_status(to_status(_translate(exc)))
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with bound_contextvars(**_context_of(self, request)):
+            try:
+                _refuse_when_draining(self)
+                return await fn(self, request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await context.abort_with_status(to_status(_translate(exc)))
+
+    return unary  # type: ignore[return-value]

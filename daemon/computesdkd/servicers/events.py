@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc.aio import ServicerContext
+
+from computesdk.api.events.v1 import events_pb2 as pb
+from computesdk.api.events.v1 import events_pb2_grpc as pb_grpc
+
+from ..manager import Manager
+from . import convert
+from ._edge import edge
+
+Ctx = ServicerContext[Any, Any]
+
+
+class EventServicer(pb_grpc.EventServiceServicer):
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    @edge
+    async def SubscribeEvents(self, request: pb.SubscribeEventsRequest, context: Ctx
+                              ) -> AsyncIterator[pb.SubscribeEventsResponse]:
+        async for ev in self.manager.bus.subscribe(
+            after=request.after_sequence, sandbox_ids=list(request.sandbox_ids),
+            types=list(request.types), follow=not request.no_follow,
+        ):
+            yield pb.SubscribeEventsResponse(event=convert.event_to(ev))

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc.aio import ServicerContext
+from structlog.contextvars import bind_contextvars
+
+from computesdk.api.filesystem.v1 import filesystem_pb2 as pb
+from computesdk.api.filesystem.v1 import filesystem_pb2_grpc as pb_grpc
+
+from ..errors import InvalidArgument
+from ..manager import Manager
+from . import convert
+from ._edge import check_chunk, edge
+
+Ctx = ServicerContext[Any, Any]
+
+
+class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    @edge
+    async def ReadFile(self, request: pb.ReadFileRequest, context: Ctx
+                       ) -> AsyncIterator[pb.ReadFileResponse]:
+        async for chunk in self.manager.read_file(request.sandbox_id, request.path,
+                                                  request.offset, request.length):
+            yield pb.ReadFileResponse(data=chunk)
+
+    @edge
+    async def WriteFile(self, request_iterator: AsyncIterator[pb.WriteFileRequest],
+                        context: Ctx) -> pb.WriteFileResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("request") != "header":
+            raise InvalidArgument("the first WriteFile message must carry header",
+                                  reason="WRITE_HEADER_REQUIRED")
+        h = first.header
+        bind_contextvars(sandbox_id=h.sandbox_id)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for req in requests:
+                if req.WhichOneof("request") != "data":
+                    raise InvalidArgument("only the first WriteFile message may carry header",
+                                          reason="WRITE_HEADER_REPEATED")
+                check_chunk(req.data, "file")
+                yield req.data
+
+        info, written = await self.manager.write_file(
+            h.sandbox_id, h.path, chunks(), mode=h.mode, make_parents=h.make_parents,
+            append=h.append)
+        return pb.WriteFileResponse(info=convert.file_to(info), bytes_written=written)
+
+    @edge
+    async def ListDirectory(self, request: pb.ListDirectoryRequest, context: Ctx
+                            ) -> pb.ListDirectoryResponse:
+        entries = await self.manager.list_dir(request.sandbox_id, request.path)
+        return pb.ListDirectoryResponse(entries=[convert.file_to(e) for e in entries])
+
+    @edge
+    async def StatPath(self, request: pb.StatPathRequest, context: Ctx) -> pb.StatPathResponse:
+        info = await self.manager.stat(request.sandbox_id, request.path)
+        return pb.StatPathResponse(info=convert.file_to(info))
+
+    @edge
+    async def MakeDirectory(self, request: pb.MakeDirectoryRequest, context: Ctx
+                            ) -> pb.MakeDirectoryResponse:
+        info = await self.manager.mkdir(request.sandbox_id, request.path, request.make_parents)
+        return pb.MakeDirectoryResponse(info=convert.file_to(info))
+
+    @edge
+    async def RemovePath(self, request: pb.RemovePathRequest, context: Ctx
+                         ) -> pb.RemovePathResponse:
+        await self.manager.remove(request.sandbox_id, request.path, request.recursive)
+        return pb.RemovePathResponse()
+
+    @edge
+    async def MovePath(self, request: pb.MovePathRequest, context: Ctx) -> pb.MovePathResponse:
+        info = await self.manager.move(request.sandbox_id, request.source, request.destination)
+        return pb.MovePathResponse(info=convert.file_to(info))

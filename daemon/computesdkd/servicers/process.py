@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc.aio import ServicerContext
+from structlog.contextvars import bind_contextvars
+
+from computesdk.api.process.v1 import process_pb2 as pb
+from computesdk.api.process.v1 import process_pb2_grpc as pb_grpc
+
+from ..errors import ComputeError, InvalidArgument
+from ..manager import Manager
+from ..model import ExitStatus, Output, ProcessEvent, Started
+from ..providers.base import ProcessRun
+from . import convert
+from ._edge import check_chunk, edge
+
+Ctx = ServicerContext[Any, Any]
+
+
+def _event(ev: ProcessEvent) -> dict[str, Any]:
+    """Keyword arguments for ExecResponse / AttachProcessResponse."""
+    if isinstance(ev, Started):
+        return {"started": pb.Started(process_id=ev.process_id, pid=ev.pid)}
+    if isinstance(ev, Output):
+        return {ev.stream: pb.Output(data=ev.data, offset=ev.offset)}
+    assert isinstance(ev, ExitStatus)
+    return {"exited": convert.exited_to(ev)}
+
+
+
+
+async def _forward_input(requests: AsyncIterator[pb.ExecRequest], run: ProcessRun,
+                         failure: list[ComputeError]) -> None:
+    try:
+        async for req in requests:
+            kind = req.WhichOneof("request")
+            if kind == "stdin":
+                check_chunk(req.stdin, "stdin")
+                await run.send_stdin(req.stdin)
+            elif kind == "close_stdin":
+                await run.close_stdin()
+            elif kind == "signal":
+                await run.send_signal(req.signal)
+            else:
+                raise InvalidArgument("only the first Exec message may carry start",
+                                      reason="EXEC_START_REPEATED")
+    except ComputeError as exc:
+        failure.append(exc)
+        await run.aclose()  # ends the output stream, which then reports the failure
+
+
+class ProcessServicer(pb_grpc.ProcessServiceServicer):
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    @edge
+    async def Exec(self, request_iterator: AsyncIterator[pb.ExecRequest], context: Ctx
+                   ) -> AsyncIterator[pb.ExecResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("request") != "start":
+            raise InvalidArgument("the first Exec message must carry start",
+                                  reason="EXEC_START_REQUIRED")
+        bind_contextvars(sandbox_id=first.start.sandbox_id)
+        run, events = await self.manager.exec(first.start.sandbox_id,
+                                              convert.command_from(first.start.command))
+        failure: list[ComputeError] = []
+        forward: asyncio.Task[None] | None = None
+        try:
+            async for ev in events:
+                if isinstance(ev, Started):
+                    forward = asyncio.create_task(_forward_input(requests, run, failure))
+                yield pb.ExecResponse(**_event(ev))
+        except ComputeError:
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            if forward is not None:
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forward
+
+    @edge
+    async def StartProcess(self, request: pb.StartProcessRequest, context: Ctx
+                           ) -> pb.StartProcessResponse:
+        info = await self.manager.start_process(request.sandbox_id,
+                                                convert.command_from(request.command),
+                                                request.tag)
+        return pb.StartProcessResponse(process=convert.process_to(info))
+
+    @edge
+    async def AttachProcess(self, request: pb.AttachProcessRequest, context: Ctx
+                            ) -> AsyncIterator[pb.AttachProcessResponse]:
+        events = self.manager.attach(request.sandbox_id, request.process_id,
+                                     request.stdout_offset, request.stderr_offset)
+        async for ev in events:
+            yield pb.AttachProcessResponse(**_event(ev))
+
+    @edge
+    async def WriteStdin(self, request: pb.WriteStdinRequest, context: Ctx
+                         ) -> pb.WriteStdinResponse:
+        check_chunk(request.data, "stdin")
+        await self.manager.write_stdin(request.sandbox_id, request.process_id, request.data,
+                                       request.close)
+        return pb.WriteStdinResponse()
+
+    @edge
+    async def SignalProcess(self, request: pb.SignalProcessRequest, context: Ctx
+                            ) -> pb.SignalProcessResponse:
+        await self.manager.signal(request.sandbox_id, request.process_id, request.signal)
+        return pb.SignalProcessResponse()
+
+    @edge
+    async def ListProcesses(self, request: pb.ListProcessesRequest, context: Ctx
+                            ) -> pb.ListProcessesResponse:
+        procs = await self.manager.list_processes(request.sandbox_id)
+        return pb.ListProcessesResponse(processes=[convert.process_to(p) for p in procs])
