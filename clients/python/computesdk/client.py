@@ -53,6 +53,11 @@ class Client:
                       target: str | None = None, timeout: float = 10.0) -> Client:
         """Connects over the Unix socket (default: $COMPUTESDK_SOCKET) or a gRPC target."""
         client = cls(target_for(socket, target))
+        path = client.target.removeprefix("unix:")
+        if client.target.startswith("unix:") and not os.path.exists(path):
+            await client.close()  # fail fast: nothing will ever listen there by itself
+            raise ComputeSDKError(f"computesdkd is not running: no socket at {path}",
+                                  code=grpc.StatusCode.UNAVAILABLE, reason="DAEMON_UNREACHABLE")
         try:
             await asyncio.wait_for(client.channel.channel_ready(), timeout)
         except TimeoutError:

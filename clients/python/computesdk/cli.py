@@ -1,0 +1,272 @@
+"""computesdk: the command line client of computesdkd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from .client import Client
+from .errors import ComputeSDKError
+from .sandbox import Sandbox
+from .types import Resources
+
+
+def _kv(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"computesdk: --{what} takes KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str, sort_keys=True))
+
+
+def _sandbox_dict(sb: Sandbox) -> dict[str, Any]:
+    return MessageToDict(sb.info, preserving_proto_field_name=True)
+
+
+async def cmd_create(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.create(a.provider, template=a.template, metadata=_kv(a.metadata, "metadata"),
+                        timeout_ms=a.timeout_ms, keep_alive=a.keep_alive,
+                        env=_kv(a.env, "env"),
+                        resources=Resources(cpu_cores=a.cpu, memory_mb=a.memory_mb,
+                                            disk_mb=a.disk_mb))
+    if a.json:
+        _print_json(_sandbox_dict(sb))
+    else:
+        print(sb.id)
+    return 0
+
+
+async def cmd_ls(c: Client, a: argparse.Namespace) -> int:
+    items = await c.list(metadata=_kv(a.metadata, "metadata"), states=a.state or ())
+    if a.json:
+        _print_json([_sandbox_dict(s) for s in items])
+        return 0
+    print(f"{'ID':<22} {'PROVIDER':<9} {'TEMPLATE':<12} {'STATE':<9} METADATA")
+    for s in items:
+        meta = ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items()))
+        print(f"{s.id:<22} {s.provider:<9} {s.template:<12} {s.state:<9} {meta}")
+    return 0
+
+
+async def _pump_stdin(stream: Any) -> None:
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    while True:
+        data = await loop.run_in_executor(None, os.read, fd, 65536)
+        if not data:
+            await stream.close_stdin()
+            return
+        await stream.send_stdin(data)
+
+
+async def cmd_exec(c: Client, a: argparse.Namespace) -> int:
+    argv = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not argv:
+        raise SystemExit("computesdk: exec needs a command after --")
+    sb = await c.get(a.id)
+    command: str | list[str] = argv[0] if a.shell and len(argv) == 1 else argv
+    stream = sb.exec_stream(command, cwd=a.cwd, env=_kv(a.env, "env"),
+                            timeout_ms=a.timeout_ms, interactive=a.interactive)
+    feeder = asyncio.create_task(_pump_stdin(stream)) if a.interactive else None
+    out, err = bytearray(), bytearray()
+    try:
+        async for chunk in stream:
+            if a.json:
+                (out if chunk.stream == "stdout" else err).extend(chunk.data)
+                continue
+            target = sys.stdout.buffer if chunk.stream == "stdout" else sys.stderr.buffer
+            target.write(chunk.data)
+            target.flush()
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+    ex = stream.exited
+    assert ex is not None
+    if a.json:
+        _print_json({"process_id": stream.process_id, "exit_code": ex.exit_code,
+                     "signal": ex.signal, "duration_ms": ex.duration_ms,
+                     "timed_out": ex.timed_out, "oom_killed": ex.oom_killed,
+                     "stdout": out.decode(errors="replace"),
+                     "stderr": err.decode(errors="replace")})
+    return 128 + ex.signal if ex.signal else ex.exit_code
+
+
+async def cmd_rm(c: Client, a: argparse.Namespace) -> int:
+    for sid in a.ids:
+        sb = await c.get(sid)
+        await sb.destroy(graceful=a.graceful, timeout_ms=a.timeout_ms)
+        if a.json:
+            _print_json({"id": sid, "destroyed": True})
+        else:
+            print(sid)
+    return 0
+
+
+async def cmd_info(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.get(a.id)
+    status = await sb.get_status()
+    if a.json:
+        _print_json({"sandbox": _sandbox_dict(sb), "status": asdict(status)})
+        return 0
+    print(f"id:        {sb.id}\nprovider:  {sb.provider}\ntemplate:  {sb.template}")
+    print(f"state:     {status.state}\nuptime:    {status.uptime_ms / 1000:.1f}s")
+    r = status.resources
+    print(f"limits:    cpu={r.cpu_cores:g} memory={r.memory_mb}MB disk={r.disk_mb}MB "
+          f"pids={r.pids_limit}")
+    print(f"usage:     memory={status.memory_used_bytes / 2**20:.1f}MB "
+          f"processes={status.process_count} disk={status.disk_used_bytes / 2**20:.1f}MB")
+    for k, v in sorted(sb.metadata.items()):
+        print(f"metadata:  {k}={v}")
+    return 0
+
+
+async def cmd_events(c: Client, a: argparse.Namespace) -> int:
+    async for ev in c.events(sandbox_ids=a.sandbox or (), types=a.type or (), after=a.after,
+                             follow=a.follow):
+        if a.json:
+            _print_json(asdict(ev))
+        else:
+            attrs = " ".join(f"{k}={v}" for k, v in sorted(ev.attributes.items()))
+            print(f"{ev.sequence:>6} {ev.time:%H:%M:%S.%f} {ev.sandbox_id} {ev.type:<16} "
+                  f"{ev.message} {attrs}".rstrip(), flush=True)
+    return 0
+
+
+async def cmd_providers(c: Client, a: argparse.Namespace) -> int:
+    provs = await c.providers()
+    if a.json:
+        _print_json([MessageToDict(p, preserving_proto_field_name=True) for p in provs])
+        return 0
+    for p in provs:
+        state = "available" if p.available else f"unavailable: {p.unavailable_reason}"
+        print(f"{p.name}{' (default)' if p.is_default else ''}: {state}")
+        print(f"  capabilities: {', '.join(p.capabilities)}")
+    return 0
+
+
+async def cmd_ps(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.get(a.id)
+    procs = await sb.processes()
+    if a.json:
+        _print_json([asdict(p) for p in procs])
+        return 0
+    print(f"{'ID':<10} {'PID':>6} {'STATE':<8} {'EXIT':>5} COMMAND")
+    for p in procs:
+        ex = "" if p.exit_code is None else str(p.exit_code)
+        state = "running" if p.running else "exited"
+        print(f"{p.process_id:<10} {p.pid:>6} {state:<8} {ex:>5} {' '.join(p.args)}")
+    return 0
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    # Accepted before and after the subcommand; the subcommand's copy must not reset
+    # a value given before it, hence SUPPRESS there.
+    d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--socket", help="daemon socket (env COMPUTESDK_SOCKET)", **d)
+    p.add_argument("--target", help="gRPC target instead of the socket, e.g. host:port", **d)
+    p.add_argument("--json", action="store_true", help="machine-readable output", **d)
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common(suppress=True)
+    ap = argparse.ArgumentParser(prog="computesdk", parents=[_common(suppress=False)],
+                                 description="Command line client of computesdkd.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("create", parents=[common], help="create a sandbox, print its id")
+    p.add_argument("--provider", default="")
+    p.add_argument("--template", default="")
+    p.add_argument("--metadata", action="append", default=[], metavar="K=V")
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("--timeout-ms", type=int, default=0)
+    p.add_argument("--keep-alive", action="store_true")
+    p.add_argument("--cpu", type=float, default=0.0)
+    p.add_argument("--memory-mb", type=int, default=0)
+    p.add_argument("--disk-mb", type=int, default=0)
+    p.set_defaults(fn=cmd_create)
+
+    p = sub.add_parser("ls", parents=[common], help="list sandboxes")
+    p.add_argument("--metadata", action="append", default=[], metavar="K=V")
+    p.add_argument("--state", action="append",
+                   choices=["creating", "running", "stopping", "stopped", "error"])
+    p.set_defaults(fn=cmd_ls)
+
+    p = sub.add_parser("exec", parents=[common], help="run a command: exec ID -- CMD...")
+    p.add_argument("id")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("--cwd", default="")
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("--timeout-ms", type=int, default=0)
+    p.add_argument("--shell", action="store_true", help="run a single argument via /bin/sh -c")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_exec)
+
+    p = sub.add_parser("rm", parents=[common], help="destroy sandboxes")
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--graceful", action="store_true")
+    p.add_argument("--timeout-ms", type=int, default=0)
+    p.set_defaults(fn=cmd_rm)
+
+    p = sub.add_parser("info", parents=[common], help="show a sandbox and its status")
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("events", parents=[common], help="print lifecycle events")
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+    p.add_argument("--sandbox", action="append", metavar="ID")
+    p.add_argument("--type", action="append", metavar="TYPE")
+    p.add_argument("--after", type=int, default=0, metavar="SEQ")
+    p.set_defaults(fn=cmd_events)
+
+    p = sub.add_parser("ps", parents=[common], help="list a sandbox's processes")
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_ps)
+
+    p = sub.add_parser("providers", parents=[common], help="list providers")
+    p.set_defaults(fn=cmd_providers)
+    return ap
+
+
+async def _run(a: argparse.Namespace) -> int:
+    client = await Client.connect(socket=a.socket, target=a.target, timeout=5.0)
+    try:
+        code: int = await a.fn(client, a)
+        return code
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    try:
+        code = asyncio.run(_run(a))
+    except ComputeSDKError as exc:
+        if a.json:
+            _print_json({"error": {"code": exc.code.name, "reason": exc.reason,
+                                   "message": exc.message, "metadata": exc.metadata}})
+        else:
+            print(f"computesdk: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
