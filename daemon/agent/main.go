@@ -172,6 +172,28 @@ type process struct {
 	exited   bool
 	status   exitStatus
 	timedOut bool
+
+	// Live foreground readers pin their offsets: the pumps stop reading the
+	// process's pipes (so the process blocks, as on a full pipe) rather than
+	// let such a reader fall out of the retained window.
+	pins map[*pin]struct{}
+	room *sync.Cond
+}
+
+type pin struct{ out, err int64 }
+
+// behindLocked reports whether stream s is a full segment ahead of a pinned reader.
+func (p *process) behindLocked(s *stream) bool {
+	for pn := range p.pins {
+		off := pn.out
+		if s == p.err {
+			off = pn.err
+		}
+		if s.total-off >= segmentCap {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *process) notifyLocked() {
@@ -264,7 +286,9 @@ func startProcess(req *request) (*process, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	p := &process{id: id, args: req.Args, tag: req.Tag, changed: make(chan struct{})}
+	p := &process{id: id, args: req.Args, tag: req.Tag, changed: make(chan struct{}),
+		pins: map[*pin]struct{}{}}
+	p.room = sync.NewCond(&p.mu)
 	if p.out, err = newStream(dir, "stdout"); err != nil {
 		return nil, err
 	}
@@ -355,6 +379,9 @@ func pump(p *process, r *os.File, s *stream) {
 		n, err := r.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
+			for p.behindLocked(s) {
+				p.room.Wait()
+			}
 			werr := s.append(buf[:n])
 			p.notifyLocked()
 			p.mu.Unlock()
@@ -623,6 +650,19 @@ func writeStdin(p *process, data []byte, closeAfter bool) error {
 
 // follow streams output from the given offsets, then the exit status.
 func follow(c *conn, p *process, outOff, errOff int64, noOutput, killOnClose bool) {
+	var pn *pin
+	if killOnClose { // a foreground exec: its reader paces the process
+		pn = &pin{outOff, errOff}
+		p.mu.Lock()
+		p.pins[pn] = struct{}{}
+		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			delete(p.pins, pn)
+			p.room.Broadcast()
+			p.mu.Unlock()
+		}()
+	}
 	gone := make(chan struct{})
 	go func() { // input from the daemon; its end means the client went away
 		defer close(gone)
@@ -669,6 +709,10 @@ func follow(c *conn, p *process, outOff, errOff int64, noOutput, killOnClose boo
 				chunk, err = p.err.readAt(errOff, readChunk)
 				errOff += int64(len(chunk))
 			}
+		}
+		if pn != nil {
+			pn.out, pn.err = outOff, errOff
+			p.room.Broadcast()
 		}
 		finished := p.done()
 		status := p.status

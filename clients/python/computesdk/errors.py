@@ -40,6 +40,8 @@ class UnavailableError(ComputeSDKError): ...
 class SandboxTerminatedError(ComputeSDKError):
     """The sandbox went away while the call was running."""
 class DeadlineExceededError(ComputeSDKError): ...
+class OutOfRangeError(ComputeSDKError):
+    """For example OUTPUT_TRUNCATED: output before that offset is no longer kept."""
 class PermissionDeniedError(ComputeSDKError): ...
 class InternalError(ComputeSDKError): ...
 
@@ -67,6 +69,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ComputeSDKError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
 }
 
 

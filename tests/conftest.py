@@ -1,0 +1,116 @@
+"""Fixtures that run the real daemon, with runc, on a private socket and state dir."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from computesdk import Client, Sandbox
+
+BIN = Path(sys.executable).parent
+
+
+class DaemonProcess:
+    """A computesdkd subprocess that tests can stop, kill -9 and restart."""
+
+    def __init__(self, root: Path, on_exit: str = "destroy") -> None:
+        self.root = root
+        self.socket = root / "d.sock"
+        self.state = root / "state"
+        self.log = root / "daemon.log"
+        self.on_exit = on_exit
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "computesdkd"), "--socket", str(self.socket), "--state-dir",
+                 str(self.state), "--log-format", "json", "--grace", "2",
+                 "--on-exit", self.on_exit],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"computesdkd exited:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(self.socket))
+                return
+            time.sleep(0.02)
+        raise RuntimeError("computesdkd did not start")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def log_lines(self) -> list[dict[str, object]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def cleanup(self) -> None:
+        """Destroys whatever a failed test left running."""
+        self.stop()
+        runc_root = self.state / "local" / "runc"
+        if runc_root.exists():
+            ids = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"],
+                                 capture_output=True, text=True).stdout.split()
+            for cid in ids:
+                subprocess.run(["runc", "--root", str(runc_root), "delete", "-f", cid],
+                               capture_output=True)
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.root))]
+        for m in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        subprocess.run(["rm", "-rf", str(self.root)], capture_output=True)
+
+
+def new_daemon(on_exit: str = "destroy") -> DaemonProcess:
+    # Under /var/tmp: the bundle path must be reachable by the sandbox's unprivileged
+    # init, and pytest's tmp dirs are private to root.
+    root = Path(tempfile.mkdtemp(prefix="computesdk-test-", dir="/var/tmp"))
+    os.chmod(root, 0o711)
+    return DaemonProcess(root, on_exit)
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[DaemonProcess]:
+    d = new_daemon()
+    d.start()
+    yield d
+    d.cleanup()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
+    c = await Client.connect(socket=daemon.socket)
+    yield c
+    await c.close()
+
+
+@pytest_asyncio.fixture
+async def sandbox(client: Client) -> AsyncIterator[Sandbox]:
+    sb = await client.create("local", template="python", metadata={"test": "yes"})
+    yield sb
+    with contextlib.suppress(Exception):
+        await sb.destroy()
