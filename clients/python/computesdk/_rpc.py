@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -32,8 +33,36 @@ def target_for(socket: str | os.PathLike[str] | None, target: str | None) -> str
     return f"unix:{socket or default_socket()}"
 
 
+class _WaitForReady(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Calls wait for the daemon instead of failing while it restarts."""
+
+    @staticmethod
+    def _details(d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if d.wait_for_ready is not None:
+            return d
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, d.metadata, d.credentials, True)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any
+                                      ) -> Any:
+        return await continuation(self._details(details), requests)
+
+
 def open_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=[
+    return grpc.aio.insecure_channel(target, interceptors=[_WaitForReady()], options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
         # Quick reconnects after a daemon restart.
