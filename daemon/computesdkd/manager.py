@@ -122,7 +122,7 @@ class Manager:
             t.cancel()
         if destroy:
             await asyncio.gather(
-                *(self.destroy(i, graceful=True, graceful_timeout_ms=5000)
+                *(self.destroy(i, graceful=True, graceful_timeout_ms=5000, reason="shutdown")
                   for i in list(self._sandboxes)),
                 return_exceptions=True,
             )
