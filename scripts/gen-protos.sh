@@ -8,7 +8,7 @@ find "$out/computesdk/api" -name '*_pb2*.py*' -delete 2>/dev/null || true
 export PATH="$(dirname "$py"):$PATH"
 mapfile -t protos < <(cd proto && find computesdk -name '*.proto' | sort)
 (cd proto && "$py" -m grpc_tools.protoc -I . \
-  --python_out="../$out" --grpc_python_out="../$out" --mypy_out="../$out" \
+  --python_out="../$out" --grpc_python_out="../$out" --mypy_out="../$out" --mypy_grpc_out="../$out" \
   "${protos[@]}")
 # Every generated directory is a regular package so that setuptools ships it.
 find "$out/computesdk/api" -type d | while read -r d; do

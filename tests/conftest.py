@@ -36,10 +36,23 @@ class DaemonProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "computesdkd"), "--socket", str(self.socket), "--state-dir",
-                 str(self.state), "--log-format", "json", "--grace", "2",
-                 "--on-exit", self.on_exit],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(BIN / "computesdkd"),
+                    "--socket",
+                    str(self.socket),
+                    "--state-dir",
+                    str(self.state),
+                    "--log-format",
+                    "json",
+                    "--grace",
+                    "2",
+                    "--on-exit",
+                    self.on_exit,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -73,13 +86,18 @@ class DaemonProcess:
         self.stop()
         runc_root = self.state / "local" / "runc"
         if runc_root.exists():
-            ids = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"],
-                                 capture_output=True, text=True).stdout.split()
+            ids = subprocess.run(
+                ["runc", "--root", str(runc_root), "list", "-q"], capture_output=True, text=True
+            ).stdout.split()
             for cid in ids:
-                subprocess.run(["runc", "--root", str(runc_root), "delete", "-f", cid],
-                               capture_output=True)
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(str(self.root))]
+                subprocess.run(
+                    ["runc", "--root", str(runc_root), "delete", "-f", cid], capture_output=True
+                )
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.root))
+        ]
         for m in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
         subprocess.run(["rm", "-rf", str(self.root)], capture_output=True)

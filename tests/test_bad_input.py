@@ -66,8 +66,9 @@ async def test_oversized_stdin_chunk(sandbox: Sandbox) -> None:
 async def test_health_and_reflection(daemon: DaemonProcess) -> None:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket}") as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        resp = await health.Check(health_pb2.HealthCheckRequest(
-            service="computesdk.api.sandbox.v1.SandboxService"))
+        resp = await health.Check(
+            health_pb2.HealthCheckRequest(service="computesdk.api.sandbox.v1.SandboxService")
+        )
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
 
@@ -83,7 +84,18 @@ async def test_health_and_reflection(daemon: DaemonProcess) -> None:
 async def test_socket_is_private_to_its_owner(daemon: DaemonProcess) -> None:
     mode = stat.S_IMODE(daemon.socket.stat().st_mode)
     assert mode == 0o600
-    probe = (f"import socket;s=socket.socket(socket.AF_UNIX);s.connect('{daemon.socket}')")
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        sys.executable, "-c", probe], capture_output=True, text=True)
+    probe = f"import socket;s=socket.socket(socket.AF_UNIX);s.connect('{daemon.socket}')"
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "PermissionError" in r.stderr

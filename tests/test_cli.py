@@ -11,11 +11,13 @@ from conftest import DaemonProcess
 CLI = str(Path(sys.executable).parent / "computesdk")
 
 
-def run(daemon: DaemonProcess, *args: str, stdin: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def run(
+    daemon: DaemonProcess, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COMPUTESDK_SOCKET": str(daemon.socket)}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, input=stdin,
-                          timeout=60)
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60
+    )
 
 
 def test_create_exec_rm_as_a_new_user_would(daemon: DaemonProcess) -> None:
@@ -33,8 +35,10 @@ def test_create_exec_rm_as_a_new_user_would(daemon: DaemonProcess) -> None:
     info = json.loads(run(daemon, "info", sid, "--json").stdout)
     assert info["status"]["state"] == "running"
     events = run(daemon, "events", "--sandbox", sid, "--json")
-    assert [json.loads(line)["type"] for line in events.stdout.splitlines()][:2] == \
-        ["created", "ready"]
+    assert [json.loads(line)["type"] for line in events.stdout.splitlines()][:2] == [
+        "created",
+        "ready",
+    ]
     assert run(daemon, "rm", sid).returncode == 0
     gone = run(daemon, "--json", "info", sid)
     assert gone.returncode == 1
@@ -42,6 +46,10 @@ def test_create_exec_rm_as_a_new_user_would(daemon: DaemonProcess) -> None:
 
 
 def test_cli_reports_a_missing_daemon(tmp_path: Path) -> None:
-    r = subprocess.run([CLI, "--socket", str(tmp_path / "none.sock"), "ls"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [CLI, "--socket", str(tmp_path / "none.sock"), "ls"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and "DAEMON_UNREACHABLE" in r.stderr

@@ -24,7 +24,8 @@ def test_every_rpc_is_wrapped() -> None:
 
 
 def test_public_surface() -> None:
-    assert {"compute", "connect", "Client", "Sandbox", "ExecResult",
-            "ComputeSDKError"} <= set(computesdk.__all__)
+    assert {"compute", "connect", "Client", "Sandbox", "ExecResult", "ComputeSDKError"} <= set(
+        computesdk.__all__
+    )
     for name in computesdk.__all__:
         assert hasattr(computesdk, name), name

@@ -30,7 +30,8 @@ async def _wait_for(pred: object, timeout: float = 10.0) -> None:
 
 
 async def test_kill9_restart_keeps_sandbox_files_output_and_events(
-        private_daemon: DaemonProcess) -> None:
+    private_daemon: DaemonProcess,
+) -> None:
     d = private_daemon
     client = await Client.connect(socket=d.socket)
     conn: list[str] = []
@@ -75,8 +76,7 @@ async def test_kill9_restart_keeps_sandbox_files_output_and_events(
     await client.close()
 
 
-async def test_sigterm_keeps_sandboxes_for_the_next_daemon(private_daemon: DaemonProcess
-                                                           ) -> None:
+async def test_sigterm_keeps_sandboxes_for_the_next_daemon(private_daemon: DaemonProcess) -> None:
     d = private_daemon
     d.stop()
     d.on_exit = "keep"
@@ -90,8 +90,11 @@ async def test_sigterm_keeps_sandboxes_for_the_next_daemon(private_daemon: Daemo
     assert (await client.get(sb.id)).state == "running"
     assert (await sb.exec("echo back")).stdout == "back\n"
     assert d.stop() == 0  # --on-exit destroy
-    runc = subprocess.run(["runc", "--root", str(d.state / "local" / "runc"), "list", "-q"],
-                          capture_output=True, text=True)
+    runc = subprocess.run(
+        ["runc", "--root", str(d.state / "local" / "runc"), "list", "-q"],
+        capture_output=True,
+        text=True,
+    )
     assert runc.stdout.split() == []
     d.start()
     with pytest.raises(SandboxNotFoundError):
@@ -99,8 +102,9 @@ async def test_sigterm_keeps_sandboxes_for_the_next_daemon(private_daemon: Daemo
     await client.close()
 
 
-async def test_a_sandbox_killed_behind_the_daemon_is_reported(client: Client,
-                                                             daemon: DaemonProcess) -> None:
+async def test_a_sandbox_killed_behind_the_daemon_is_reported(
+    client: Client, daemon: DaemonProcess
+) -> None:
     sb = await client.create()
     stream = sb.exec_stream("echo started; sleep 30")
     errors: list[Event] = []
@@ -108,8 +112,10 @@ async def test_a_sandbox_killed_behind_the_daemon_is_reported(client: Client,
     with pytest.raises(Exception) as exc_info:
         async for chunk in stream:
             assert chunk.text == "started\n"
-            subprocess.run(["runc", "--root", str(daemon.state / "local" / "runc"), "kill",
-                            sb.id, "KILL"], check=True)
+            subprocess.run(
+                ["runc", "--root", str(daemon.state / "local" / "runc"), "kill", sb.id, "KILL"],
+                check=True,
+            )
     assert getattr(exc_info.value, "reason", "") == "SANDBOX_TERMINATED"
     await _wait_for(lambda: bool(errors))
     assert errors[0].attributes["kind"] == "lost"

@@ -12,13 +12,14 @@ async def test_filters_and_resume_after_sequence(client: Client) -> None:
     await b.exec("true")
     only_a = [e async for e in client.events(sandbox_ids=[a.id], follow=False)]
     assert {e.sandbox_id for e in only_a} == {a.id}
-    assert [e.type for e in only_a] == ["created", "ready", "process.started",
-                                        "process.exited"]
-    ready = [e async for e in client.events(types=["ready"], sandbox_ids=[a.id, b.id],
-                                            follow=False)]
+    assert [e.type for e in only_a] == ["created", "ready", "process.started", "process.exited"]
+    ready = [
+        e async for e in client.events(types=["ready"], sandbox_ids=[a.id, b.id], follow=False)
+    ]
     assert [e.sandbox_id for e in ready] == [a.id, b.id]
-    resumed = [e async for e in client.events(sandbox_ids=[a.id],
-                                              after=only_a[1].sequence, follow=False)]
+    resumed = [
+        e async for e in client.events(sandbox_ids=[a.id], after=only_a[1].sequence, follow=False)
+    ]
     assert resumed == only_a[2:]
     await asyncio.gather(a.destroy(), b.destroy())
 

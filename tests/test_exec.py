@@ -24,9 +24,11 @@ async def test_output_arrives_while_the_command_runs(sandbox: Sandbox) -> None:
 
 async def test_stdout_and_stderr_stay_separate(sandbox: Sandbox) -> None:
     seen: list[tuple[str, str]] = []
-    r = await sandbox.exec("echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3",
-                           on_stdout=lambda t: seen.append(("o", t)),
-                           on_stderr=lambda t: seen.append(("e", t)))
+    r = await sandbox.exec(
+        "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3",
+        on_stdout=lambda t: seen.append(("o", t)),
+        on_stderr=lambda t: seen.append(("e", t)),
+    )
     assert r.stdout == "out1\nout2\n"
     assert r.stderr == "err1\nerr2\n"
     assert r.exit_code == 3
@@ -34,13 +36,15 @@ async def test_stdout_and_stderr_stay_separate(sandbox: Sandbox) -> None:
 
 
 async def test_100_mb_of_output_arrives_intact(sandbox: Sandbox) -> None:
-    script = ("import hashlib,sys\n"
-              "h=hashlib.sha256()\n"
-              "b=bytes(range(256))*4096\n"
-              "for i in range(100):\n"
-              "  blk=bytes([i])+b[1:]\n"
-              "  h.update(blk); sys.stdout.buffer.write(blk)\n"
-              "sys.stderr.write(h.hexdigest())\n")
+    script = (
+        "import hashlib,sys\n"
+        "h=hashlib.sha256()\n"
+        "b=bytes(range(256))*4096\n"
+        "for i in range(100):\n"
+        "  blk=bytes([i])+b[1:]\n"
+        "  h.update(blk); sys.stdout.buffer.write(blk)\n"
+        "sys.stderr.write(h.hexdigest())\n"
+    )
     await sandbox.files.write("gen.py", script)
     digest = hashlib.sha256()
     total = 0
@@ -59,9 +63,17 @@ async def test_100_mb_of_output_arrives_intact(sandbox: Sandbox) -> None:
 
 
 async def test_stdin_env_cwd_and_argv(sandbox: Sandbox) -> None:
-    r = await sandbox.exec(["python3", "-c", "import sys,os;print(sys.stdin.read().upper(),"
-                            "os.getcwd(),os.environ['GREETING'],sep='|')"],
-                           stdin="hello", cwd="/tmp", env={"GREETING": "hi there"})
+    r = await sandbox.exec(
+        [
+            "python3",
+            "-c",
+            "import sys,os;print(sys.stdin.read().upper(),"
+            "os.getcwd(),os.environ['GREETING'],sep='|')",
+        ],
+        stdin="hello",
+        cwd="/tmp",
+        env={"GREETING": "hi there"},
+    )
     assert r.stdout == "HELLO|/tmp|hi there\n"
     r = await sandbox.exec(["printf", "%s", "a b; $(echo no)"])
     assert r.stdout == "a b; $(echo no)"
@@ -84,8 +96,9 @@ async def test_missing_executable_and_cwd(sandbox: Sandbox) -> None:
 
 
 async def test_background_process_reattach_from_any_offset(sandbox: Sandbox) -> None:
-    proc = await sandbox.start_process("for i in 1 2 3 4 5; do echo line$i; done; echo e >&2",
-                                       tag="counter")
+    proc = await sandbox.start_process(
+        "for i in 1 2 3 4 5; do echo line$i; done; echo e >&2", tag="counter"
+    )
     full = await proc.wait()
     assert full.stdout == "".join(f"line{i}\n" for i in range(1, 6))
     assert full.stderr == "e\n"
@@ -95,7 +108,7 @@ async def test_background_process_reattach_from_any_offset(sandbox: Sandbox) -> 
     # ... or resumes from where a broken stream stopped.
     tail = [c async for c in sandbox.process(proc.id).attach(stdout_offset=12, stderr_offset=2)]
     assert b"".join(c.data for c in tail if c.stream == "stdout") == full.stdout_bytes[12:]
-    assert [c.offset for c in tail if c.stream == "stdout"][0] == 12
+    assert next(c.offset for c in tail if c.stream == "stdout") == 12
     assert not [c for c in tail if c.stream == "stderr"]
 
 

@@ -67,9 +67,11 @@ async def test_paths_cannot_leave_the_sandbox(sandbox: Sandbox, daemon: DaemonPr
         with pytest.raises(SandboxFileNotFoundError):
             await sandbox.files.read(str(daemon.state / "state.db"))
         # Symlinks planted inside resolve inside, however many ".." they hold.
-        await sandbox.exec(f"ln -s /../../../..{secret} /workspace/link; "
-                           "ln -s ../../../../../.. /workspace/up; "
-                           "ln -s /etc/hostname /workspace/host")
+        await sandbox.exec(
+            f"ln -s /../../../..{secret} /workspace/link; "
+            "ln -s ../../../../../.. /workspace/up; "
+            "ln -s /etc/hostname /workspace/host"
+        )
         with pytest.raises(SandboxFileNotFoundError):
             await sandbox.files.read("link")
         with pytest.raises(SandboxFileNotFoundError):
@@ -94,11 +96,13 @@ async def test_bad_paths_get_clear_reasons(sandbox: Sandbox) -> None:
         await sandbox.files.read("x" * 5000)
 
 
-async def test_oversized_chunk_is_refused_and_daemon_serves_on(client: Client,
-                                                               sandbox: Sandbox) -> None:
+async def test_oversized_chunk_is_refused_and_daemon_serves_on(
+    client: Client, sandbox: Sandbox
+) -> None:
     async def one_big_chunk() -> object:
-        yield fs_pb.WriteFileRequest(header=fs_pb.WriteFileHeader(
-            sandbox_id=sandbox.id, path="/workspace/huge"))
+        yield fs_pb.WriteFileRequest(
+            header=fs_pb.WriteFileHeader(sandbox_id=sandbox.id, path="/workspace/huge")
+        )
         yield fs_pb.WriteFileRequest(data=b"x" * (5 * 1024 * 1024))
 
     from computesdk.errors import from_rpc_error
@@ -110,14 +114,19 @@ async def test_oversized_chunk_is_refused_and_daemon_serves_on(client: Client,
     # Beyond the transport's own limit, gRPC itself refuses with RESOURCE_EXHAUSTED.
     target = client.target
     async with grpc.aio.insecure_channel(
-            target, options=[("grpc.max_send_message_length", 100 << 20)]) as ch:
-        stub = __import__("computesdk.api.process.v1.process_pb2_grpc",
-                          fromlist=["x"]).ProcessServiceStub(ch)
+        target, options=[("grpc.max_send_message_length", 100 << 20)]
+    ) as ch:
+        stub = __import__(
+            "computesdk.api.process.v1.process_pb2_grpc", fromlist=["x"]
+        ).ProcessServiceStub(ch)
         from computesdk.api.process.v1 import process_pb2 as proc_pb
 
         with pytest.raises(grpc.aio.AioRpcError) as big:
-            await stub.WriteStdin(proc_pb.WriteStdinRequest(
-                sandbox_id=sandbox.id, process_id="proc-1", data=b"y" * (70 << 20)))
+            await stub.WriteStdin(
+                proc_pb.WriteStdinRequest(
+                    sandbox_id=sandbox.id, process_id="proc-1", data=b"y" * (70 << 20)
+                )
+            )
         assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (await sandbox.exec("echo fine")).stdout == "fine\n"
 

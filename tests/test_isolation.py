@@ -16,12 +16,14 @@ async def test_host_processes_are_invisible(sandbox: Sandbox) -> None:
     assert "computesdkd" not in r.stdout and "pytest" not in r.stdout
     pids = await sandbox.exec("ls -d /proc/[0-9]* | wc -l")
     assert int(pids.stdout) < 10
-    assert (await sandbox.exec("kill -0 1 && echo pid1-is-agent; cat /proc/1/comm")).stdout \
-        .endswith("agent\n")
+    assert (
+        await sandbox.exec("kill -0 1 && echo pid1-is-agent; cat /proc/1/comm")
+    ).stdout.endswith("agent\n")
 
 
-async def test_host_files_state_dir_and_root_are_invisible(sandbox: Sandbox,
-                                                           daemon: DaemonProcess) -> None:
+async def test_host_files_state_dir_and_root_are_invisible(
+    sandbox: Sandbox, daemon: DaemonProcess
+) -> None:
     marker = Path("/root") / f"computesdk-marker-{uuid.uuid4().hex}"
     marker.write_text("host secret")
     try:
@@ -55,19 +57,26 @@ async def test_no_network_but_loopback(sandbox: Sandbox) -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        probe = ("import socket\n"
-                 f"try:\n  s=socket.create_connection(('127.0.0.1',{port}),timeout=2)\n"
-                 "  print('CONNECTED', s.recv(64))\n"
-                 "except OSError as e:\n  print('refused', e.errno)\n")
+        probe = (
+            "import socket\n"
+            f"try:\n  s=socket.create_connection(('127.0.0.1',{port}),timeout=2)\n"
+            "  print('CONNECTED', s.recv(64))\n"
+            "except OSError as e:\n  print('refused', e.errno)\n"
+        )
         r = await sandbox.exec(["python3", "-c", probe])
         assert r.stdout.startswith("refused"), r.stdout
         ifaces = await sandbox.exec("ls /sys/class/net")
         assert ifaces.stdout.split() == ["lo"]
         # Loopback inside the sandbox works, for servers the sandbox runs itself.
-        inner = await sandbox.exec(["python3", "-c",
-                                    "import socket;s=socket.socket();s.bind(('127.0.0.1',0));"
-                                    "s.listen();c=socket.create_connection(s.getsockname());"
-                                    "print('ok')"])
+        inner = await sandbox.exec(
+            [
+                "python3",
+                "-c",
+                "import socket;s=socket.socket();s.bind(('127.0.0.1',0));"
+                "s.listen();c=socket.create_connection(s.getsockname());"
+                "print('ok')",
+            ]
+        )
         assert inner.stdout == "ok\n"
     finally:
         server.close()
@@ -116,8 +125,9 @@ async def test_cpu_and_memory_limits_are_in_the_cgroup(client: Client) -> None:
 
 
 async def test_root_owns_its_system_but_nothing_more(sandbox: Sandbox) -> None:
-    r = await sandbox.exec("echo changed >> /etc/motd && touch /usr/local/bin/mine && "
-                           "stat -c %u /usr && id -u")
+    r = await sandbox.exec(
+        "echo changed >> /etc/motd && touch /usr/local/bin/mine && stat -c %u /usr && id -u"
+    )
     assert r.exit_code == 0 and r.stdout == "0\n0\n"
     status = (await sandbox.exec("cat /proc/self/status")).stdout
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
@@ -131,7 +141,8 @@ async def test_root_owns_its_system_but_nothing_more(sandbox: Sandbox) -> None:
 
 
 async def test_host_view_of_sandbox_files_is_owned_by_the_shifted_root(
-        sandbox: Sandbox, daemon: DaemonProcess) -> None:
+    sandbox: Sandbox, daemon: DaemonProcess
+) -> None:
     await sandbox.exec("echo x > /workspace/made-inside")
     upper = daemon.state / "local" / "sandboxes" / sandbox.id / "disk" / "upper" / "workspace"
     st = os.stat(upper / "made-inside")

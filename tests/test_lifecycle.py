@@ -18,8 +18,9 @@ from computesdk.errors import FailedPreconditionError
 
 
 async def test_create_exec_destroy(client: Client) -> None:
-    sb = await client.create("local", template="python", metadata={"project": "my-app"},
-                             timeout_ms=60_000)
+    sb = await client.create(
+        "local", template="python", metadata={"project": "my-app"}, timeout_ms=60_000
+    )
     assert sb.id.startswith("sbx-")
     assert sb.state == "running"
     assert sb.metadata == {"project": "my-app"}
@@ -87,8 +88,10 @@ async def test_list_filters_and_paginates(client: Client) -> None:
         assert [s.id for s in one] == [made[1].id]
         assert await client.list(metadata={"batch": tag}, states=["error"]) == []
         page = await client.sandboxes.ListSandboxes(
-            __import__("computesdk.api.sandbox.v1.sandbox_pb2", fromlist=["x"])
-            .ListSandboxesRequest(page_size=2, metadata={"batch": tag}))
+            __import__(
+                "computesdk.api.sandbox.v1.sandbox_pb2", fromlist=["x"]
+            ).ListSandboxesRequest(page_size=2, metadata={"batch": tag})
+        )
         assert len(page.sandboxes) == 2 and page.next_page_token
     finally:
         for s in made:
@@ -101,7 +104,8 @@ async def test_bad_page_token_and_metadata(client: Client) -> None:
 
     with pytest.raises(Exception) as e:
         await client.sandboxes.ListSandboxes(
-            sandbox_pb2.ListSandboxesRequest(page_token="%%%not-a-token"))
+            sandbox_pb2.ListSandboxesRequest(page_token="%%%not-a-token")
+        )
     err = from_rpc_error(e.value)  # type: ignore[arg-type]
     assert isinstance(err, InvalidArgumentError) and err.reason == "INVALID_PAGE_TOKEN"
     with pytest.raises(InvalidArgumentError) as m:
@@ -110,8 +114,9 @@ async def test_bad_page_token_and_metadata(client: Client) -> None:
 
 
 async def test_status_reports_limits_and_usage(client: Client) -> None:
-    async with await client.create(resources=Resources(cpu_cores=0.5, memory_mb=256,
-                                                       disk_mb=512)) as sb:
+    async with await client.create(
+        resources=Resources(cpu_cores=0.5, memory_mb=256, disk_mb=512)
+    ) as sb:
         st = await sb.get_status()
         assert st.state == "running"
         assert st.resources.memory_mb == 256 and st.resources.cpu_cores == 0.5

@@ -14,23 +14,50 @@ from .server import Daemon, DaemonError
 
 def parse(argv: list[str] | None = None) -> Config:
     ap = argparse.ArgumentParser(prog="computesdkd", description="Sandbox-management daemon.")
-    ap.add_argument("--socket", type=Path, default=default_socket(),
-                    help="Unix socket to serve on, mode 0600 (env COMPUTESDK_SOCKET)")
-    ap.add_argument("--listen", default="", metavar="HOST:PORT",
-                    help="also serve plain TCP here (opt-in; no authentication)")
-    ap.add_argument("--state-dir", type=Path, default=default_state_dir(),
-                    help="where the daemon keeps its database and sandboxes")
+    ap.add_argument(
+        "--socket",
+        type=Path,
+        default=default_socket(),
+        help="Unix socket to serve on, mode 0600 (env COMPUTESDK_SOCKET)",
+    )
+    ap.add_argument(
+        "--listen",
+        default="",
+        metavar="HOST:PORT",
+        help="also serve plain TCP here (opt-in; no authentication)",
+    )
+    ap.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where the daemon keeps its database and sandboxes",
+    )
     ap.add_argument("--default-provider", default="local")
-    ap.add_argument("--on-exit", choices=["keep", "destroy"], default="keep",
-                    help="on SIGTERM/SIGINT keep sandboxes for the next daemon or destroy them")
-    ap.add_argument("--grace", type=float, default=10.0,
-                    help="seconds to let streams in progress finish on shutdown")
+    ap.add_argument(
+        "--on-exit",
+        choices=["keep", "destroy"],
+        default="keep",
+        help="on SIGTERM/SIGINT keep sandboxes for the next daemon or destroy them",
+    )
+    ap.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds to let streams in progress finish on shutdown",
+    )
     ap.add_argument("--log-format", choices=["console", "json"], default="console")
     ap.add_argument("--log-level", default="info")
     a = ap.parse_args(argv)
-    return Config(socket=a.socket, state_dir=a.state_dir, listen=a.listen,
-                  default_provider=a.default_provider, destroy_on_exit=a.on_exit == "destroy",
-                  grace_s=a.grace, log_format=a.log_format, log_level=a.log_level)
+    return Config(
+        socket=a.socket,
+        state_dir=a.state_dir,
+        listen=a.listen,
+        default_provider=a.default_provider,
+        destroy_on_exit=a.on_exit == "destroy",
+        grace_s=a.grace,
+        log_format=a.log_format,
+        log_level=a.log_level,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

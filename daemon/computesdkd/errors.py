@@ -87,8 +87,9 @@ class Internal(ComputeError):
 
 
 def sandbox_not_found(sandbox_id: str) -> NotFound:
-    return NotFound(f"sandbox {sandbox_id!r} not found", reason="SANDBOX_NOT_FOUND",
-                    sandbox_id=sandbox_id)
+    return NotFound(
+        f"sandbox {sandbox_id!r} not found", reason="SANDBOX_NOT_FOUND", sandbox_id=sandbox_id
+    )
 
 
 # Reasons the agent inside a local sandbox reports, mapped to domain errors.

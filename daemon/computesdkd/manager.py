@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from structlog.contextvars import bound_contextvars
 
@@ -65,8 +67,14 @@ class Status:
 
 
 class Manager:
-    def __init__(self, state_dir: Path, store: Store, bus: EventBus,
-                 providers: dict[str, Provider], default_provider: str) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        store: Store,
+        bus: EventBus,
+        providers: dict[str, Provider],
+        default_provider: str,
+    ) -> None:
         self._state_dir = state_dir
         self._store = store
         self.bus = bus
@@ -99,8 +107,9 @@ class Manager:
                     alive = await provider.adopt(sb)
             if not alive:
                 log.warning("sandbox did not survive the daemon restart")
-                self.bus.emit(sb.id, ERROR, "sandbox was lost while the daemon was down",
-                              kind="lost")
+                self.bus.emit(
+                    sb.id, ERROR, "sandbox was lost while the daemon was down", kind="lost"
+                )
                 if provider is not None:
                     with contextlib.suppress(Exception):
                         await provider.destroy(sb)
@@ -122,15 +131,17 @@ class Manager:
             t.cancel()
         if destroy:
             await asyncio.gather(
-                *(self.destroy(i, graceful=True, graceful_timeout_ms=5000, reason="shutdown")
-                  for i in list(self._sandboxes)),
+                *(
+                    self.destroy(i, graceful=True, graceful_timeout_ms=5000, reason="shutdown")
+                    for i in list(self._sandboxes)
+                ),
                 return_exceptions=True,
             )
         for p in self.providers.values():
             await p.close()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -139,31 +150,42 @@ class Manager:
     def _provider(self, name: str) -> Provider:
         p = self.providers.get(name)
         if p is None:
-            raise NotFound(f"provider {name!r} is not registered (known: "
-                           f"{', '.join(sorted(self.providers))})",
-                           reason="PROVIDER_NOT_FOUND", provider=name)
+            raise NotFound(
+                f"provider {name!r} is not registered (known: {', '.join(sorted(self.providers))})",
+                reason="PROVIDER_NOT_FOUND",
+                provider=name,
+            )
         why = p.availability()
         if why:
-            raise Unavailable(f"provider {name!r} cannot be used: {why}",
-                              reason="PROVIDER_UNAVAILABLE", provider=name)
+            raise Unavailable(
+                f"provider {name!r} cannot be used: {why}",
+                reason="PROVIDER_UNAVAILABLE",
+                provider=name,
+            )
         return p
 
     def _validate(self, spec: SandboxSpec) -> SandboxSpec:
-        if len(spec.metadata) > MAX_METADATA or sum(
-            len(k) + len(v) for k, v in spec.metadata.items()
-        ) > MAX_METADATA_BYTES:
-            raise InvalidArgument(f"metadata is limited to {MAX_METADATA} pairs and "
-                                  f"{MAX_METADATA_BYTES} bytes", reason="METADATA_TOO_LARGE")
+        if (
+            len(spec.metadata) > MAX_METADATA
+            or sum(len(k) + len(v) for k, v in spec.metadata.items()) > MAX_METADATA_BYTES
+        ):
+            raise InvalidArgument(
+                f"metadata is limited to {MAX_METADATA} pairs and {MAX_METADATA_BYTES} bytes",
+                reason="METADATA_TOO_LARGE",
+            )
         if spec.timeout_ms > MAX_TIMEOUT_MS:
-            raise InvalidArgument(f"timeout_ms is at most {MAX_TIMEOUT_MS}",
-                                  reason="INVALID_TIMEOUT")
+            raise InvalidArgument(
+                f"timeout_ms is at most {MAX_TIMEOUT_MS}", reason="INVALID_TIMEOUT"
+            )
         for k in spec.env:
             if not k or "=" in k or "\x00" in k:
-                raise InvalidArgument(f"bad environment variable name {k!r}",
-                                      reason="INVALID_ENV")
-        return replace(spec, provider=spec.provider or self.default_provider,
-                       template=spec.template or "base",
-                       timeout_ms=spec.timeout_ms or DEFAULT_TIMEOUT_MS)
+                raise InvalidArgument(f"bad environment variable name {k!r}", reason="INVALID_ENV")
+        return replace(
+            spec,
+            provider=spec.provider or self.default_provider,
+            template=spec.template or "base",
+            timeout_ms=spec.timeout_ms or DEFAULT_TIMEOUT_MS,
+        )
 
     async def create(self, spec: SandboxSpec) -> Sandbox:
         if not self.accepting:
@@ -180,8 +202,11 @@ class Manager:
             existing = await asyncio.shield(self._creating[spec.request_id])
         if existing is not None:
             if existing.spec != spec:
-                raise AlreadyExists("request_id was already used for a different sandbox",
-                                    reason="REQUEST_ID_CONFLICT", sandbox_id=existing.id)
+                raise AlreadyExists(
+                    "request_id was already used for a different sandbox",
+                    reason="REQUEST_ID_CONFLICT",
+                    sandbox_id=existing.id,
+                )
             return self._sandboxes.get(existing.id, existing)
         fut: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
         self._creating[spec.request_id] = fut
@@ -198,8 +223,13 @@ class Manager:
 
     async def _create(self, spec: SandboxSpec, provider: Provider) -> Sandbox:
         now = time.time()
-        sb = Sandbox(id="sbx-" + secrets.token_hex(8), spec=spec, state=State.CREATING,
-                     created_at=now, expires_at=now + spec.timeout_ms / 1000)
+        sb = Sandbox(
+            id="sbx-" + secrets.token_hex(8),
+            spec=spec,
+            state=State.CREATING,
+            created_at=now,
+            expires_at=now + spec.timeout_ms / 1000,
+        )
         with bound_contextvars(sandbox_id=sb.id):
             self._sandboxes[sb.id] = sb
             self._store.put_sandbox(sb)
@@ -217,8 +247,11 @@ class Manager:
             self._store.put_sandbox(sb)
             self._oom_seen[sb.id] = 0
             self.bus.emit(sb.id, READY, startup_ms=str(int((sb.started_at - now) * 1000)))
-            log.info("sandbox ready", template=spec.template,
-                     startup_ms=int((sb.started_at - now) * 1000))
+            log.info(
+                "sandbox ready",
+                template=spec.template,
+                startup_ms=int((sb.started_at - now) * 1000),
+            )
             return sb
 
     def get(self, sandbox_id: str) -> Sandbox:
@@ -230,12 +263,21 @@ class Manager:
     def _running(self, sandbox_id: str) -> tuple[Sandbox, Provider]:
         sb = self.get(sandbox_id)
         if sb.state != State.RUNNING:
-            raise FailedPrecondition(f"sandbox {sandbox_id!r} is {sb.state.name.lower()}",
-                                     reason="SANDBOX_NOT_RUNNING", sandbox_id=sandbox_id)
+            raise FailedPrecondition(
+                f"sandbox {sandbox_id!r} is {sb.state.name.lower()}",
+                reason="SANDBOX_NOT_RUNNING",
+                sandbox_id=sandbox_id,
+            )
         return sb, self.providers[sb.spec.provider]
 
-    def list(self, page_size: int, page_token: str, metadata: dict[str, str],
-             states: list[State], provider: str) -> tuple[list[Sandbox], str]:
+    def list(
+        self,
+        page_size: int,
+        page_token: str,
+        metadata: dict[str, str],
+        states: list[State],
+        provider: str,
+    ) -> tuple[list[Sandbox], str]:
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
         size = min(page_size or 100, 1000)
@@ -245,8 +287,9 @@ class Manager:
                 t = json.loads(base64.urlsafe_b64decode(page_token.encode()))
                 after = (float(t[0]), str(t[1]))
             except (ValueError, TypeError, IndexError) as exc:
-                raise InvalidArgument("page_token is not valid",
-                                      reason="INVALID_PAGE_TOKEN") from exc
+                raise InvalidArgument(
+                    "page_token is not valid", reason="INVALID_PAGE_TOKEN"
+                ) from exc
         items = sorted(self._sandboxes.values(), key=lambda s: (s.created_at, s.id))
         out: list[Sandbox] = []
         for sb in items:
@@ -261,13 +304,19 @@ class Manager:
             if len(out) == size:
                 last = out[-1]
                 token = base64.urlsafe_b64encode(
-                    json.dumps([last.created_at, last.id]).encode()).decode()
+                    json.dumps([last.created_at, last.id]).encode()
+                ).decode()
                 return out, token
             out.append(sb)
         return out, ""
 
-    async def destroy(self, sandbox_id: str, graceful: bool = False,
-                      graceful_timeout_ms: int = 0, reason: str = "requested") -> None:
+    async def destroy(
+        self,
+        sandbox_id: str,
+        graceful: bool = False,
+        graceful_timeout_ms: int = 0,
+        reason: str = "requested",
+    ) -> None:
         lock = self._locks.setdefault(sandbox_id, asyncio.Lock())
         async with lock:
             sb = self.get(sandbox_id)
@@ -335,8 +384,13 @@ class Manager:
         if kills <= seen:
             return False
         self._oom_seen[sb.id] = kills
-        self.bus.emit(sb.id, OOM, "a process was killed for exceeding the memory limit",
-                      oom_kills=str(kills), memory_mb=str(sb.resources.memory_mb))
+        self.bus.emit(
+            sb.id,
+            OOM,
+            "a process was killed for exceeding the memory limit",
+            oom_kills=str(kills),
+            memory_mb=str(sb.resources.memory_mb),
+        )
         return True
 
     async def _destroy_quietly(self, sandbox_id: str, reason: str) -> None:
@@ -345,14 +399,16 @@ class Manager:
 
     # ------------------------------------------------------------ processes
 
-    async def exec(self, sandbox_id: str, command: Command) -> tuple[ProcessRun,
-                                                                     AsyncIterator[ProcessEvent]]:
+    async def exec(
+        self, sandbox_id: str, command: Command
+    ) -> tuple[ProcessRun, AsyncIterator[ProcessEvent]]:
         sb, provider = self._running(sandbox_id)
         run = provider.run(sb, command)
         return run, self._track(sb, provider, run)
 
-    async def _track(self, sb: Sandbox, provider: Provider,
-                     run: ProcessRun) -> AsyncIterator[ProcessEvent]:
+    async def _track(
+        self, sb: Sandbox, provider: Provider, run: ProcessRun
+    ) -> AsyncIterator[ProcessEvent]:
         process_id = ""
         finished = False
         try:
@@ -373,16 +429,22 @@ class Manager:
         self._store.add_process(sb.id, ev.process_id)
         self.bus.emit(sb.id, PROCESS_STARTED, process_id=ev.process_id, pid=str(ev.pid))
 
-    async def _exited(self, sb: Sandbox, provider: Provider, process_id: str,
-                      status: ExitStatus) -> ExitStatus:
+    async def _exited(
+        self, sb: Sandbox, provider: Provider, process_id: str, status: ExitStatus
+    ) -> ExitStatus:
         if status.signal == 9 and sb.id in self._sandboxes:
             with contextlib.suppress(ComputeError):
                 if await self._check_oom(sb, (await provider.probe(sb)).oom_kills):
                     status = replace(status, oom_killed=True)
         if self._store.set_process_exit(sb.id, process_id, status):
-            self.bus.emit(sb.id, PROCESS_EXITED, process_id=process_id,
-                          exit_code=str(status.exit_code), signal=str(status.signal),
-                          oom_killed=str(status.oom_killed).lower())
+            self.bus.emit(
+                sb.id,
+                PROCESS_EXITED,
+                process_id=process_id,
+                exit_code=str(status.exit_code),
+                signal=str(status.signal),
+                oom_killed=str(status.oom_killed).lower(),
+            )
         return status
 
     def _watch(self, sb: Sandbox, process_id: str) -> None:
@@ -402,13 +464,13 @@ class Manager:
         self._watch(sb, info.process_id)
         return info
 
-    def attach(self, sandbox_id: str, process_id: str, stdout_offset: int,
-               stderr_offset: int) -> AsyncIterator[ProcessEvent]:
+    def attach(
+        self, sandbox_id: str, process_id: str, stdout_offset: int, stderr_offset: int
+    ) -> AsyncIterator[ProcessEvent]:
         sb, provider = self._running(sandbox_id)
         return provider.attach(sb, process_id, stdout_offset, stderr_offset)
 
-    async def write_stdin(self, sandbox_id: str, process_id: str, data: bytes,
-                          close: bool) -> None:
+    async def write_stdin(self, sandbox_id: str, process_id: str, data: bytes, close: bool) -> None:
         sb, provider = self._running(sandbox_id)
         await provider.write_stdin(sb, process_id, data, close)
 
@@ -416,24 +478,34 @@ class Manager:
         sb, provider = self._running(sandbox_id)
         await provider.signal(sb, process_id, signal)
 
-    async def list_processes(self, sandbox_id: str) -> list[ProcessInfo]:
+    async def list_processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
         sb, provider = self._running(sandbox_id)
         return await provider.list_processes(sb)
 
     # ------------------------------------------------------------ files
 
-    def read_file(self, sandbox_id: str, path: str, offset: int,
-                  length: int) -> AsyncIterator[bytes]:
+    def read_file(
+        self, sandbox_id: str, path: str, offset: int, length: int
+    ) -> AsyncIterator[bytes]:
         sb, provider = self._running(sandbox_id)
         return provider.read_file(sb, path, offset, length)
 
-    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes], *,
-                         mode: int, make_parents: bool, append: bool) -> tuple[FileInfo, int]:
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        mode: int,
+        make_parents: bool,
+        append: bool,
+    ) -> tuple[FileInfo, int]:
         sb, provider = self._running(sandbox_id)
-        return await provider.write_file(sb, path, chunks, mode=mode,
-                                         make_parents=make_parents, append=append)
+        return await provider.write_file(
+            sb, path, chunks, mode=mode, make_parents=make_parents, append=append
+        )
 
-    async def list_dir(self, sandbox_id: str, path: str) -> list[FileInfo]:
+    async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
         sb, provider = self._running(sandbox_id)
         return await provider.list_dir(sb, path)
 

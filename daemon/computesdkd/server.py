@@ -102,21 +102,25 @@ class Daemon:
         manager = Manager(cfg.state_dir, store, bus, providers, cfg.default_provider)
         await manager.start()
 
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.so_reuseport", 0),
-        ])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
         sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(manager), server)
         process_pb2_grpc.add_ProcessServiceServicer_to_server(ProcessServicer(manager), server)
         filesystem_pb2_grpc.add_FilesystemServiceServicer_to_server(
-            FilesystemServicer(manager), server)
+            FilesystemServicer(manager), server
+        )
         events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(manager), server)
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(manager), server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
 
         _prepare_socket(cfg.socket)
         old_umask = os.umask(0o177)  # the socket is born 0600: only its owner may connect
@@ -134,9 +138,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        log.info("computesdkd serving", socket=str(cfg.socket), listen=cfg.listen or None,
-                 state_dir=str(cfg.state_dir),
-                 providers={n: (p.availability() or "ok") for n, p in providers.items()})
+        log.info(
+            "computesdkd serving",
+            socket=str(cfg.socket),
+            listen=cfg.listen or None,
+            state_dir=str(cfg.state_dir),
+            providers={n: (p.availability() or "ok") for n, p in providers.items()},
+        )
         if ready is not None:
             ready.set()
         try:

@@ -1,10 +1,10 @@
 """computesdk: the Python client of computesdkd.
 
-    from computesdk import compute
+from computesdk import compute
 
-    sandbox = await compute("local", template="python")
-    result = await sandbox.exec("python3 --version")
-    await sandbox.destroy()
+sandbox = await compute("local", template="python")
+result = await sandbox.exec("python3 --version")
+await sandbox.destroy()
 """
 
 from .client import Client, compute, connect
@@ -69,8 +69,8 @@ __all__ = [
     "ProviderNotFoundError",
     "ResourceExhaustedError",
     "Resources",
-    "SandboxFileNotFoundError",
     "Sandbox",
+    "SandboxFileNotFoundError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SandboxStatus",

@@ -38,11 +38,15 @@ def _sandbox_dict(sb: Sandbox) -> dict[str, Any]:
 
 
 async def cmd_create(c: Client, a: argparse.Namespace) -> int:
-    sb = await c.create(a.provider, template=a.template, metadata=_kv(a.metadata, "metadata"),
-                        timeout_ms=a.timeout_ms, keep_alive=a.keep_alive,
-                        env=_kv(a.env, "env"),
-                        resources=Resources(cpu_cores=a.cpu, memory_mb=a.memory_mb,
-                                            disk_mb=a.disk_mb))
+    sb = await c.create(
+        a.provider,
+        template=a.template,
+        metadata=_kv(a.metadata, "metadata"),
+        timeout_ms=a.timeout_ms,
+        keep_alive=a.keep_alive,
+        env=_kv(a.env, "env"),
+        resources=Resources(cpu_cores=a.cpu, memory_mb=a.memory_mb, disk_mb=a.disk_mb),
+    )
     if a.json:
         _print_json(_sandbox_dict(sb))
     else:
@@ -79,8 +83,13 @@ async def cmd_exec(c: Client, a: argparse.Namespace) -> int:
         raise SystemExit("computesdk: exec needs a command after --")
     sb = await c.get(a.id)
     command: str | list[str] = argv[0] if a.shell and len(argv) == 1 else argv
-    stream = sb.exec_stream(command, cwd=a.cwd, env=_kv(a.env, "env"),
-                            timeout_ms=a.timeout_ms, interactive=a.interactive)
+    stream = sb.exec_stream(
+        command,
+        cwd=a.cwd,
+        env=_kv(a.env, "env"),
+        timeout_ms=a.timeout_ms,
+        interactive=a.interactive,
+    )
     feeder = asyncio.create_task(_pump_stdin(stream)) if a.interactive else None
     out, err = bytearray(), bytearray()
     try:
@@ -97,11 +106,18 @@ async def cmd_exec(c: Client, a: argparse.Namespace) -> int:
     ex = stream.exited
     assert ex is not None
     if a.json:
-        _print_json({"process_id": stream.process_id, "exit_code": ex.exit_code,
-                     "signal": ex.signal, "duration_ms": ex.duration_ms,
-                     "timed_out": ex.timed_out, "oom_killed": ex.oom_killed,
-                     "stdout": out.decode(errors="replace"),
-                     "stderr": err.decode(errors="replace")})
+        _print_json(
+            {
+                "process_id": stream.process_id,
+                "exit_code": ex.exit_code,
+                "signal": ex.signal,
+                "duration_ms": ex.duration_ms,
+                "timed_out": ex.timed_out,
+                "oom_killed": ex.oom_killed,
+                "stdout": out.decode(errors="replace"),
+                "stderr": err.decode(errors="replace"),
+            }
+        )
     return 128 + ex.signal if ex.signal else ex.exit_code
 
 
@@ -125,24 +141,32 @@ async def cmd_info(c: Client, a: argparse.Namespace) -> int:
     print(f"id:        {sb.id}\nprovider:  {sb.provider}\ntemplate:  {sb.template}")
     print(f"state:     {status.state}\nuptime:    {status.uptime_ms / 1000:.1f}s")
     r = status.resources
-    print(f"limits:    cpu={r.cpu_cores:g} memory={r.memory_mb}MB disk={r.disk_mb}MB "
-          f"pids={r.pids_limit}")
-    print(f"usage:     memory={status.memory_used_bytes / 2**20:.1f}MB "
-          f"processes={status.process_count} disk={status.disk_used_bytes / 2**20:.1f}MB")
+    print(
+        f"limits:    cpu={r.cpu_cores:g} memory={r.memory_mb}MB disk={r.disk_mb}MB "
+        f"pids={r.pids_limit}"
+    )
+    print(
+        f"usage:     memory={status.memory_used_bytes / 2**20:.1f}MB "
+        f"processes={status.process_count} disk={status.disk_used_bytes / 2**20:.1f}MB"
+    )
     for k, v in sorted(sb.metadata.items()):
         print(f"metadata:  {k}={v}")
     return 0
 
 
 async def cmd_events(c: Client, a: argparse.Namespace) -> int:
-    async for ev in c.events(sandbox_ids=a.sandbox or (), types=a.type or (), after=a.after,
-                             follow=a.follow):
+    async for ev in c.events(
+        sandbox_ids=a.sandbox or (), types=a.type or (), after=a.after, follow=a.follow
+    ):
         if a.json:
             _print_json(asdict(ev))
         else:
             attrs = " ".join(f"{k}={v}" for k, v in sorted(ev.attributes.items()))
-            print(f"{ev.sequence:>6} {ev.time:%H:%M:%S.%f} {ev.sandbox_id} {ev.type:<16} "
-                  f"{ev.message} {attrs}".rstrip(), flush=True)
+            print(
+                f"{ev.sequence:>6} {ev.time:%H:%M:%S.%f} {ev.sandbox_id} {ev.type:<16} "
+                f"{ev.message} {attrs}".rstrip(),
+                flush=True,
+            )
     return 0
 
 
@@ -185,8 +209,11 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
 
 def parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
-    ap = argparse.ArgumentParser(prog="computesdk", parents=[_common(suppress=False)],
-                                 description="Command line client of computesdkd.")
+    ap = argparse.ArgumentParser(
+        prog="computesdk",
+        parents=[_common(suppress=False)],
+        description="Command line client of computesdkd.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("create", parents=[common], help="create a sandbox, print its id")
@@ -203,8 +230,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", parents=[common], help="list sandboxes")
     p.add_argument("--metadata", action="append", default=[], metavar="K=V")
-    p.add_argument("--state", action="append",
-                   choices=["creating", "running", "stopping", "stopped", "error"])
+    p.add_argument(
+        "--state", action="append", choices=["creating", "running", "stopping", "stopped", "error"]
+    )
     p.set_defaults(fn=cmd_ls)
 
     p = sub.add_parser("exec", parents=[common], help="run a command: exec ID -- CMD...")
@@ -258,8 +286,16 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(_run(a))
     except ComputeSDKError as exc:
         if a.json:
-            _print_json({"error": {"code": exc.code.name, "reason": exc.reason,
-                                   "message": exc.message, "metadata": exc.metadata}})
+            _print_json(
+                {
+                    "error": {
+                        "code": exc.code.name,
+                        "reason": exc.reason,
+                        "message": exc.message,
+                        "metadata": exc.metadata,
+                    }
+                }
+            )
         else:
             print(f"computesdk: {exc}", file=sys.stderr)
         code = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import inspect
 import os
 import uuid
@@ -49,26 +50,36 @@ class Client:
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
 
     @classmethod
-    async def connect(cls, *, socket: str | os.PathLike[str] | None = None,
-                      target: str | None = None, timeout: float = 10.0) -> Client:
+    async def connect(
+        cls,
+        *,
+        socket: str | os.PathLike[str] | None = None,
+        target: str | None = None,
+        timeout: float = 10.0,
+    ) -> Client:
         """Connects over the Unix socket (default: $COMPUTESDK_SOCKET) or a gRPC target."""
         client = cls(target_for(socket, target))
         path = client.target.removeprefix("unix:")
         if client.target.startswith("unix:") and not os.path.exists(path):
             await client.close()  # fail fast: nothing will ever listen there by itself
-            raise ComputeSDKError(f"computesdkd is not running: no socket at {path}",
-                                  code=grpc.StatusCode.UNAVAILABLE, reason="DAEMON_UNREACHABLE")
+            raise ComputeSDKError(
+                f"computesdkd is not running: no socket at {path}",
+                code=grpc.StatusCode.UNAVAILABLE,
+                reason="DAEMON_UNREACHABLE",
+            )
         try:
             await asyncio.wait_for(client.channel.channel_ready(), timeout)
         except TimeoutError:
             await client.close()
-            raise ComputeSDKError(f"cannot reach computesdkd at {client.target}",
-                                  code=grpc.StatusCode.UNAVAILABLE,
-                                  reason="DAEMON_UNREACHABLE") from None
+            raise ComputeSDKError(
+                f"cannot reach computesdkd at {client.target}",
+                code=grpc.StatusCode.UNAVAILABLE,
+                reason="DAEMON_UNREACHABLE",
+            ) from None
         return client
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self) -> Client:
         return self
@@ -95,11 +106,16 @@ class Client:
         request_id: str | None = None,
     ) -> Sandbox:
         req = sandbox_pb2.CreateSandboxRequest(
-            provider=provider, template=template, metadata=dict(metadata or {}),
-            timeout_ms=timeout_ms, keep_alive=keep_alive,
-            resources=(resources or Resources()).to_proto(), env=dict(env or {}),
+            provider=provider,
+            template=template,
+            metadata=dict(metadata or {}),
+            timeout_ms=timeout_ms,
+            keep_alive=keep_alive,
+            resources=(resources or Resources()).to_proto(),
+            env=dict(env or {}),
             # Retries of this call are idempotent: the daemon dedupes on request_id.
-            request_id=request_id or uuid.uuid4().hex)
+            request_id=request_id or uuid.uuid4().hex,
+        )
         with translated():
             resp = await self.sandboxes.CreateSandbox(req)
         return Sandbox(self, resp.sandbox)
@@ -107,28 +123,39 @@ class Client:
     async def get(self, sandbox_id: str) -> Sandbox:
         with translated():
             resp = await self.sandboxes.GetSandbox(
-                sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id))
+                sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id)
+            )
         return Sandbox(self, resp.sandbox)
 
-    async def list(self, *, metadata: Mapping[str, str] | None = None,
-                   states: Sequence[str] = (), provider: str = "",
-                   page_size: int = 100) -> list[Sandbox]:
+    async def list(
+        self,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        states: Sequence[str] = (),
+        provider: str = "",
+        page_size: int = 100,
+    ) -> list[Sandbox]:
         """Every matching sandbox, following pages."""
         names = {"creating": 1, "running": 2, "stopping": 3, "stopped": 4, "error": 5}
         out: list[Sandbox] = []
         token = ""
         while True:
             with translated():
-                resp = await self.sandboxes.ListSandboxes(sandbox_pb2.ListSandboxesRequest(
-                    page_size=page_size, page_token=token, metadata=dict(metadata or {}),
-                    states=[names[s] for s in states],  # type: ignore[misc]
-                    provider=provider))
+                resp = await self.sandboxes.ListSandboxes(
+                    sandbox_pb2.ListSandboxesRequest(
+                        page_size=page_size,
+                        page_token=token,
+                        metadata=dict(metadata or {}),
+                        states=[names[s] for s in states],  # type: ignore[misc]
+                        provider=provider,
+                    )
+                )
             out.extend(Sandbox(self, s) for s in resp.sandboxes)
             token = resp.next_page_token
             if not token:
                 return out
 
-    async def providers(self) -> list[provider_pb2.Provider]:
+    async def providers(self) -> builtins.list[provider_pb2.Provider]:
         with translated():
             resp = await self.providers_stub.ListProviders(provider_pb2.ListProvidersRequest())
         return list(resp.providers)
@@ -148,9 +175,12 @@ class Client:
         last = after
         backoff = 0.05
         while True:
-            req = events_pb2.SubscribeEventsRequest(sandbox_ids=list(sandbox_ids),
-                                                    types=list(types), after_sequence=last,
-                                                    no_follow=not follow)
+            req = events_pb2.SubscribeEventsRequest(
+                sandbox_ids=list(sandbox_ids),
+                types=list(types),
+                after_sequence=last,
+                no_follow=not follow,
+            )
             try:
                 async for resp in self.events_stub.SubscribeEvents(req):
                     ev = Event.from_proto(resp.event)
@@ -176,8 +206,12 @@ class Client:
             await fire(self._callbacks[CONNECTED])
 
 
-async def connect(*, socket: str | os.PathLike[str] | None = None,
-                  target: str | None = None, timeout: float = 10.0) -> Client:
+async def connect(
+    *,
+    socket: str | os.PathLike[str] | None = None,
+    target: str | None = None,
+    timeout: float = 10.0,
+) -> Client:
     return await Client.connect(socket=socket, target=target, timeout=timeout)
 
 
@@ -203,6 +237,13 @@ async def compute(
     client = _default_clients.get(key)
     if client is None:
         client = _default_clients[key] = await Client.connect(socket=socket, target=target)
-    return await client.create(provider, template=template, metadata=metadata,
-                               timeout_ms=timeout_ms, keep_alive=keep_alive,
-                               resources=resources, env=env, request_id=request_id)
+    return await client.create(
+        provider,
+        template=template,
+        metadata=metadata,
+        timeout_ms=timeout_ms,
+        keep_alive=keep_alive,
+        resources=resources,
+        env=env,
+        request_id=request_id,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
@@ -9,8 +11,14 @@ from google.rpc import error_details_pb2, status_pb2
 class ComputeSDKError(Exception):
     """Base of every error the client raises for a failed call."""
 
-    def __init__(self, message: str, *, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
-                 reason: str = "", metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -22,27 +30,65 @@ class ComputeSDKError(Exception):
 
 
 class NotFoundError(ComputeSDKError): ...
+
+
 class SandboxNotFoundError(NotFoundError): ...
+
+
 class TemplateNotFoundError(NotFoundError): ...
+
+
 class ProviderNotFoundError(NotFoundError): ...
+
+
 class ProcessNotFoundError(NotFoundError): ...
+
+
 class SandboxFileNotFoundError(NotFoundError): ...
+
+
 class InvalidArgumentError(ComputeSDKError): ...
+
+
 class PathOutsideSandboxError(InvalidArgumentError): ...
+
+
 class FailedPreconditionError(ComputeSDKError): ...
+
+
 class SandboxNotRunningError(FailedPreconditionError): ...
+
+
 class AlreadyExistsError(ComputeSDKError): ...
+
+
 class ResourceExhaustedError(ComputeSDKError): ...
+
+
 class PayloadTooLargeError(ResourceExhaustedError): ...
+
+
 class UnsupportedError(ComputeSDKError):
     """The provider cannot carry the feature; metadata names both."""
+
+
 class UnavailableError(ComputeSDKError): ...
+
+
 class SandboxTerminatedError(ComputeSDKError):
     """The sandbox went away while the call was running."""
+
+
 class DeadlineExceededError(ComputeSDKError): ...
+
+
 class OutOfRangeError(ComputeSDKError):
     """For example OUTPUT_TRUNCATED: output before that offset is no longer kept."""
+
+
 class PermissionDeniedError(ComputeSDKError): ...
+
+
 class InternalError(ComputeSDKError): ...
 
 
@@ -76,7 +122,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ComputeSDKError]] = {
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ComputeSDKError:
     """Turns a failed call into the most specific exception, once, at the boundary."""
     reason, metadata = "", {}
-    for key, value in err.trailing_metadata() or ():
+    trailers: Any = err.trailing_metadata() or ()
+    for key, value in trailers:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:

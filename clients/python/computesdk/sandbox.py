@@ -31,8 +31,13 @@ Callback = Callable[..., Any]
 OutputCallback = Callable[[str], Any]
 
 
-def _command(command: str | Sequence[str], cwd: str, env: Mapping[str, str] | None,
-             timeout_ms: int, stdin: bool) -> proc_pb.Command:
+def _command(
+    command: str | Sequence[str],
+    cwd: str,
+    env: Mapping[str, str] | None,
+    timeout_ms: int,
+    stdin: bool,
+) -> proc_pb.Command:
     c = proc_pb.Command(cwd=cwd, env=dict(env or {}), timeout_ms=timeout_ms, stdin=stdin)
     if isinstance(command, str):
         c.command = command
@@ -51,15 +56,15 @@ async def _call(cb: Callable[..., Any] | None, *args: Any) -> None:
 class ExecStream:
     """A running command. Iterate it for output chunks; afterwards .result holds the end."""
 
-    def __init__(self, sandbox: Sandbox, command: proc_pb.Command,
-                 stdin: bytes | None) -> None:
+    def __init__(self, sandbox: Sandbox, command: proc_pb.Command, stdin: bytes | None) -> None:
         self._sandbox = sandbox
         self._requests: asyncio.Queue[proc_pb.ExecRequest | None] = asyncio.Queue()
-        self._requests.put_nowait(proc_pb.ExecRequest(
-            start=proc_pb.ExecStart(sandbox_id=sandbox.id, command=command)))
+        self._requests.put_nowait(
+            proc_pb.ExecRequest(start=proc_pb.ExecStart(sandbox_id=sandbox.id, command=command))
+        )
         if stdin is not None:
             for i in range(0, len(stdin), CHUNK):
-                self._requests.put_nowait(proc_pb.ExecRequest(stdin=stdin[i:i + CHUNK]))
+                self._requests.put_nowait(proc_pb.ExecRequest(stdin=stdin[i : i + CHUNK]))
             self._requests.put_nowait(proc_pb.ExecRequest(close_stdin=True))
         self.process_id = ""
         self.pid = 0
@@ -90,7 +95,7 @@ class ExecStream:
     async def send_stdin(self, data: bytes | str) -> None:
         raw = data.encode() if isinstance(data, str) else data
         for i in range(0, len(raw), CHUNK):
-            await self._requests.put(proc_pb.ExecRequest(stdin=raw[i:i + CHUNK]))
+            await self._requests.put(proc_pb.ExecRequest(stdin=raw[i : i + CHUNK]))
 
     async def close_stdin(self) -> None:
         await self._requests.put(proc_pb.ExecRequest(close_stdin=True))
@@ -112,11 +117,15 @@ class Process:
         self.pid = info.pid
         self.exited: proc_pb.Exited | None = None
 
-    async def attach(self, stdout_offset: int = 0, stderr_offset: int = 0
-                     ) -> AsyncIterator[OutputChunk]:
-        req = proc_pb.AttachProcessRequest(sandbox_id=self.sandbox.id, process_id=self.id,
-                                           stdout_offset=stdout_offset,
-                                           stderr_offset=stderr_offset)
+    async def attach(
+        self, stdout_offset: int = 0, stderr_offset: int = 0
+    ) -> AsyncIterator[OutputChunk]:
+        req = proc_pb.AttachProcessRequest(
+            sandbox_id=self.sandbox.id,
+            process_id=self.id,
+            stdout_offset=stdout_offset,
+            stderr_offset=stderr_offset,
+        )
         call = self.sandbox.client.processes.AttachProcess(req)
         try:
             with translated():
@@ -142,23 +151,37 @@ class Process:
     async def write_stdin(self, data: bytes | str, *, close: bool = False) -> None:
         raw = data.encode() if isinstance(data, str) else data
         with translated():
-            await self.sandbox.client.processes.WriteStdin(proc_pb.WriteStdinRequest(
-                sandbox_id=self.sandbox.id, process_id=self.id, data=raw, close=close))
+            await self.sandbox.client.processes.WriteStdin(
+                proc_pb.WriteStdinRequest(
+                    sandbox_id=self.sandbox.id, process_id=self.id, data=raw, close=close
+                )
+            )
 
     async def signal(self, signal: int) -> None:
         with translated():
-            await self.sandbox.client.processes.SignalProcess(proc_pb.SignalProcessRequest(
-                sandbox_id=self.sandbox.id, process_id=self.id, signal=signal))
+            await self.sandbox.client.processes.SignalProcess(
+                proc_pb.SignalProcessRequest(
+                    sandbox_id=self.sandbox.id, process_id=self.id, signal=signal
+                )
+            )
 
     async def kill(self) -> None:
         await self.signal(9)
 
 
 def _result(out: bytes, err: bytes, ex: proc_pb.Exited, process_id: str) -> ExecResult:
-    return ExecResult(stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
-                      exit_code=ex.exit_code, duration_ms=ex.duration_ms, signal=ex.signal,
-                      timed_out=ex.timed_out, oom_killed=ex.oom_killed,
-                      process_id=process_id, stdout_bytes=out, stderr_bytes=err)
+    return ExecResult(
+        stdout=out.decode(errors="replace"),
+        stderr=err.decode(errors="replace"),
+        exit_code=ex.exit_code,
+        duration_ms=ex.duration_ms,
+        signal=ex.signal,
+        timed_out=ex.timed_out,
+        oom_killed=ex.oom_killed,
+        process_id=process_id,
+        stdout_bytes=out,
+        stderr_bytes=err,
+    )
 
 
 class Files:
@@ -176,24 +199,39 @@ class Files:
     async def read_text(self, path: str) -> str:
         return (await self.read(path)).decode()
 
-    async def read_stream(self, path: str, *, offset: int = 0, length: int = 0
-                          ) -> AsyncIterator[bytes]:
-        call = self._sb.client.files.ReadFile(fs_pb.ReadFileRequest(
-            sandbox_id=self._sb.id, path=path, offset=offset, length=length))
+    async def read_stream(
+        self, path: str, *, offset: int = 0, length: int = 0
+    ) -> AsyncIterator[bytes]:
+        call = self._sb.client.files.ReadFile(
+            fs_pb.ReadFileRequest(sandbox_id=self._sb.id, path=path, offset=offset, length=length)
+        )
         with translated():
             async for resp in call:
                 yield resp.data
 
-    async def write(self, path: str, data: bytes | str | AsyncIterator[bytes], *,
-                    mode: int = 0, make_parents: bool = True, append: bool = False) -> FileInfo:
+    async def write(
+        self,
+        path: str,
+        data: bytes | str | AsyncIterator[bytes],
+        *,
+        mode: int = 0,
+        make_parents: bool = True,
+        append: bool = False,
+    ) -> FileInfo:
         async def requests() -> AsyncIterator[fs_pb.WriteFileRequest]:
-            yield fs_pb.WriteFileRequest(header=fs_pb.WriteFileHeader(
-                sandbox_id=self._sb.id, path=path, mode=mode, make_parents=make_parents,
-                append=append))
+            yield fs_pb.WriteFileRequest(
+                header=fs_pb.WriteFileHeader(
+                    sandbox_id=self._sb.id,
+                    path=path,
+                    mode=mode,
+                    make_parents=make_parents,
+                    append=append,
+                )
+            )
             if isinstance(data, (bytes, str)):
                 raw = data.encode() if isinstance(data, str) else data
                 for i in range(0, len(raw), CHUNK):
-                    yield fs_pb.WriteFileRequest(data=raw[i:i + CHUNK])
+                    yield fs_pb.WriteFileRequest(data=raw[i : i + CHUNK])
             else:
                 async for piece in data:
                     yield fs_pb.WriteFileRequest(data=piece)
@@ -205,13 +243,15 @@ class Files:
     async def list(self, path: str = "/workspace") -> list[FileInfo]:
         with translated():
             resp = await self._sb.client.files.ListDirectory(
-                fs_pb.ListDirectoryRequest(sandbox_id=self._sb.id, path=path))
+                fs_pb.ListDirectoryRequest(sandbox_id=self._sb.id, path=path)
+            )
         return [FileInfo.from_proto(e) for e in resp.entries]
 
     async def stat(self, path: str) -> FileInfo:
         with translated():
             resp = await self._sb.client.files.StatPath(
-                fs_pb.StatPathRequest(sandbox_id=self._sb.id, path=path))
+                fs_pb.StatPathRequest(sandbox_id=self._sb.id, path=path)
+            )
         return FileInfo.from_proto(resp.info)
 
     async def exists(self, path: str) -> bool:
@@ -225,19 +265,24 @@ class Files:
 
     async def mkdir(self, path: str, *, parents: bool = True) -> FileInfo:
         with translated():
-            resp = await self._sb.client.files.MakeDirectory(fs_pb.MakeDirectoryRequest(
-                sandbox_id=self._sb.id, path=path, make_parents=parents))
+            resp = await self._sb.client.files.MakeDirectory(
+                fs_pb.MakeDirectoryRequest(sandbox_id=self._sb.id, path=path, make_parents=parents)
+            )
         return FileInfo.from_proto(resp.info)
 
     async def remove(self, path: str, *, recursive: bool = False) -> None:
         with translated():
-            await self._sb.client.files.RemovePath(fs_pb.RemovePathRequest(
-                sandbox_id=self._sb.id, path=path, recursive=recursive))
+            await self._sb.client.files.RemovePath(
+                fs_pb.RemovePathRequest(sandbox_id=self._sb.id, path=path, recursive=recursive)
+            )
 
     async def move(self, source: str, destination: str) -> FileInfo:
         with translated():
-            resp = await self._sb.client.files.MovePath(fs_pb.MovePathRequest(
-                sandbox_id=self._sb.id, source=source, destination=destination))
+            resp = await self._sb.client.files.MovePath(
+                fs_pb.MovePathRequest(
+                    sandbox_id=self._sb.id, source=source, destination=destination
+                )
+            )
         return FileInfo.from_proto(resp.info)
 
 
@@ -282,24 +327,38 @@ class Sandbox:
 
     # ------------------------------------------------------------ processes
 
-    def exec_stream(self, command: str | Sequence[str], *, cwd: str = "",
-                    env: Mapping[str, str] | None = None, timeout_ms: int = 0,
-                    stdin: bytes | str | None = None, interactive: bool = False) -> ExecStream:
+    def exec_stream(
+        self,
+        command: str | Sequence[str],
+        *,
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int = 0,
+        stdin: bytes | str | None = None,
+        interactive: bool = False,
+    ) -> ExecStream:
         """Runs a command and streams its output as it is produced.
 
         A string runs through /bin/sh -c; a sequence is the exact argv. With
         interactive=True stdin stays open for ExecStream.send_stdin."""
         raw = stdin.encode() if isinstance(stdin, str) else stdin
-        return ExecStream(self, _command(command, cwd, env, timeout_ms,
-                                         interactive or raw is not None), raw)
+        return ExecStream(
+            self, _command(command, cwd, env, timeout_ms, interactive or raw is not None), raw
+        )
 
-    async def exec(self, command: str | Sequence[str], *, cwd: str = "",
-                   env: Mapping[str, str] | None = None, timeout_ms: int = 0,
-                   stdin: bytes | str | None = None, on_stdout: OutputCallback | None = None,
-                   on_stderr: OutputCallback | None = None) -> ExecResult:
+    async def exec(
+        self,
+        command: str | Sequence[str],
+        *,
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int = 0,
+        stdin: bytes | str | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
         """Runs a command to completion; on_stdout/on_stderr see output as it arrives."""
-        stream = self.exec_stream(command, cwd=cwd, env=env, timeout_ms=timeout_ms,
-                                  stdin=stdin)
+        stream = self.exec_stream(command, cwd=cwd, env=env, timeout_ms=timeout_ms, stdin=stdin)
         out, err = bytearray(), bytearray()
         async for chunk in stream:
             if chunk.stream == "stdout":
@@ -311,14 +370,25 @@ class Sandbox:
         assert stream.exited is not None
         return _result(bytes(out), bytes(err), stream.exited, stream.process_id)
 
-    async def start_process(self, command: str | Sequence[str], *, tag: str = "",
-                            cwd: str = "", env: Mapping[str, str] | None = None,
-                            timeout_ms: int = 0, stdin: bool = False) -> Process:
+    async def start_process(
+        self,
+        command: str | Sequence[str],
+        *,
+        tag: str = "",
+        cwd: str = "",
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int = 0,
+        stdin: bool = False,
+    ) -> Process:
         """Starts a background process that outlives this call and the connection."""
         with translated():
-            resp = await self.client.processes.StartProcess(proc_pb.StartProcessRequest(
-                sandbox_id=self.id, command=_command(command, cwd, env, timeout_ms, stdin),
-                tag=tag))
+            resp = await self.client.processes.StartProcess(
+                proc_pb.StartProcessRequest(
+                    sandbox_id=self.id,
+                    command=_command(command, cwd, env, timeout_ms, stdin),
+                    tag=tag,
+                )
+            )
         return Process(self, resp.process)
 
     def process(self, process_id: str) -> Process:
@@ -328,7 +398,8 @@ class Sandbox:
     async def processes(self) -> list[ProcessInfo]:
         with translated():
             resp = await self.client.processes.ListProcesses(
-                proc_pb.ListProcessesRequest(sandbox_id=self.id))
+                proc_pb.ListProcessesRequest(sandbox_id=self.id)
+            )
         return [ProcessInfo.from_proto(p) for p in resp.processes]
 
     # ------------------------------------------------------------ lifecycle
@@ -336,20 +407,25 @@ class Sandbox:
     async def get_status(self) -> SandboxStatus:
         with translated():
             resp = await self.client.sandboxes.GetSandboxStatus(
-                sandbox_pb2.GetSandboxStatusRequest(sandbox_id=self.id))
+                sandbox_pb2.GetSandboxStatusRequest(sandbox_id=self.id)
+            )
         return SandboxStatus.from_proto(resp)
 
     async def refresh(self) -> Sandbox:
         with translated():
             resp = await self.client.sandboxes.GetSandbox(
-                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id))
+                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
+            )
         self.info = resp.sandbox
         return self
 
     async def destroy(self, *, graceful: bool = False, timeout_ms: int = 0) -> None:
         with translated():
-            await self.client.sandboxes.DestroySandbox(sandbox_pb2.DestroySandboxRequest(
-                sandbox_id=self.id, graceful=graceful, graceful_timeout_ms=timeout_ms))
+            await self.client.sandboxes.DestroySandbox(
+                sandbox_pb2.DestroySandboxRequest(
+                    sandbox_id=self.id, graceful=graceful, graceful_timeout_ms=timeout_ms
+                )
+            )
         await self._stop_listening()
 
     # ------------------------------------------------------------ events
@@ -366,10 +442,12 @@ class Sandbox:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
 
-    async def events(self, *, types: Sequence[str] = (), after: int = 0,
-                     follow: bool = True) -> AsyncIterator[Event]:
-        async for ev in self.client.events(sandbox_ids=[self.id], types=types, after=after,
-                                           follow=follow):
+    async def events(
+        self, *, types: Sequence[str] = (), after: int = 0, follow: bool = True
+    ) -> AsyncIterator[Event]:
+        async for ev in self.client.events(
+            sandbox_ids=[self.id], types=types, after=after, follow=follow
+        ):
             yield ev
 
     async def _listen(self) -> None:

@@ -60,9 +60,12 @@ class Resources:
 
     def to_proto(self) -> sandbox_pb2.Resources:
         return sandbox_pb2.Resources(
-            cpu_cores=self.cpu_cores, memory_mb=self.memory_mb, disk_mb=self.disk_mb,
+            cpu_cores=self.cpu_cores,
+            memory_mb=self.memory_mb,
+            disk_mb=self.disk_mb,
             pids_limit=self.pids_limit,
-            gpu=sandbox_pb2.GpuSpec(enabled=self.gpu, type=self.gpu_type))
+            gpu=sandbox_pb2.GpuSpec(enabled=self.gpu, type=self.gpu_type),
+        )
 
     @classmethod
     def from_proto(cls, r: sandbox_pb2.Resources) -> Resources:
@@ -84,9 +87,17 @@ class SandboxStatus:
     @classmethod
     def from_proto(cls, r: sandbox_pb2.GetSandboxStatusResponse) -> SandboxStatus:
         u = r.usage
-        return cls(STATE_NAMES.get(r.state, "unknown"), r.uptime_ms,
-                   Resources.from_proto(r.resources), u.memory_used_bytes, u.memory_limit_bytes,
-                   u.process_count, u.cpu_time_ns, u.disk_used_bytes, u.disk_limit_bytes)
+        return cls(
+            STATE_NAMES.get(r.state, "unknown"),
+            r.uptime_ms,
+            Resources.from_proto(r.resources),
+            u.memory_used_bytes,
+            u.memory_limit_bytes,
+            u.process_count,
+            u.cpu_time_ns,
+            u.disk_used_bytes,
+            u.disk_limit_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,9 @@ class Event:
 
     @classmethod
     def from_proto(cls, e: events_pb2.Event) -> Event:
-        return cls(e.sequence, e.time.ToDatetime(), e.sandbox_id, e.type, e.message,
-                   dict(e.attributes))
+        return cls(
+            e.sequence, e.time.ToDatetime(), e.sandbox_id, e.type, e.message, dict(e.attributes)
+        )
 
 
 @dataclass(frozen=True)
@@ -117,9 +129,16 @@ class ProcessInfo:
 
     @classmethod
     def from_proto(cls, p: process_pb2.Process) -> ProcessInfo:
-        return cls(p.process_id, p.pid, list(p.args), p.tag, p.running,
-                   p.exited.exit_code if p.HasField("exited") else None,
-                   p.stdout_bytes, p.stderr_bytes)
+        return cls(
+            p.process_id,
+            p.pid,
+            list(p.args),
+            p.tag,
+            p.running,
+            p.exited.exit_code if p.HasField("exited") else None,
+            p.stdout_bytes,
+            p.stderr_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -139,5 +158,12 @@ class FileInfo:
     @classmethod
     def from_proto(cls, f: filesystem_pb2.FileInfo) -> FileInfo:
         kinds = {1: "file", 2: "directory", 3: "symlink"}
-        return cls(f.name, f.path, kinds.get(f.type, "other"), f.size, f.mode,
-                   f.modify_time.ToDatetime(), f.link_target)
+        return cls(
+            f.name,
+            f.path,
+            kinds.get(f.type, "other"),
+            f.size,
+            f.mode,
+            f.modify_time.ToDatetime(),
+            f.link_target,
+        )

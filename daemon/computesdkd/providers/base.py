@@ -18,9 +18,9 @@ from ..errors import Unsupported
 from ..model import (
     Command,
     FileInfo,
+    Probe,
     ProcessEvent,
     ProcessInfo,
-    Probe,
     Sandbox,
     Usage,
 )

@@ -31,15 +31,16 @@ def to_status(err: ComputeError) -> grpc.Status:
     detail = any_pb2.Any()
     detail.Pack(info)
     code = getattr(code_pb2, err.code.name)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code, message=err.message, details=[detail])
-    )
+    return rpc_status.to_status(status_pb2.Status(code=code, message=err.message, details=[detail]))
 
 
 def check_chunk(data: bytes, what: str) -> None:
     if len(data) > MAX_CHUNK:
-        raise ResourceExhausted(f"{what} chunk of {len(data)} bytes exceeds {MAX_CHUNK}",
-                                reason="PAYLOAD_TOO_LARGE", limit=str(MAX_CHUNK))
+        raise ResourceExhausted(
+            f"{what} chunk of {len(data)} bytes exceeds {MAX_CHUNK}",
+            reason="PAYLOAD_TOO_LARGE",
+            limit=str(MAX_CHUNK),
+        )
 
 
 def _translate(exc: BaseException) -> ComputeError:
@@ -59,13 +60,19 @@ def _refuse_when_draining(self: Any) -> None:
         raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
 
 
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    st = to_status(_translate(exc))
+    await context.abort(st.code, st.details, st.trailing_metadata)
+
+
 def edge(fn: F) -> F:
     """Wraps a servicer method: binds sandbox_id, maps errors to status once."""
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-                         ) -> AsyncIterator[Any]:
+        async def stream(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             with bound_contextvars(**_context_of(self, request)):
                 try:
                     _refuse_when_draining(self)
@@ -74,7 +81,7 @@ def edge(fn: F) -> F:
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as exc:
-                    await context.abort_with_status(to_status(_translate(exc)))
+                    await _abort(context, exc)
 
         return stream  # type: ignore[return-value]
 
@@ -87,6 +94,6 @@ def edge(fn: F) -> F:
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await context.abort_with_status(to_status(_translate(exc)))
+                await _abort(context, exc)
 
     return unary  # type: ignore[return-value]

@@ -20,10 +20,13 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self.manager = manager
 
     @edge
-    async def SubscribeEvents(self, request: pb.SubscribeEventsRequest, context: Ctx
-                              ) -> AsyncIterator[pb.SubscribeEventsResponse]:
+    async def SubscribeEvents(
+        self, request: pb.SubscribeEventsRequest, context: Ctx
+    ) -> AsyncIterator[pb.SubscribeEventsResponse]:
         async for ev in self.manager.bus.subscribe(
-            after=request.after_sequence, sandbox_ids=list(request.sandbox_ids),
-            types=list(request.types), follow=not request.no_follow,
+            after=request.after_sequence,
+            sandbox_ids=list(request.sandbox_ids),
+            types=list(request.types),
+            follow=not request.no_follow,
         ):
             yield pb.SubscribeEventsResponse(event=convert.event_to(ev))

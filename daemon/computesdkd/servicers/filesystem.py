@@ -43,43 +43,55 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
         self.manager = manager
 
     @edge
-    async def ReadFile(self, request: pb.ReadFileRequest, context: Ctx
-                       ) -> AsyncIterator[pb.ReadFileResponse]:
-        async for chunk in self.manager.read_file(request.sandbox_id, request.path,
-                                                  request.offset, request.length):
+    async def ReadFile(
+        self, request: pb.ReadFileRequest, context: Ctx
+    ) -> AsyncIterator[pb.ReadFileResponse]:
+        async for chunk in self.manager.read_file(
+            request.sandbox_id, request.path, request.offset, request.length
+        ):
             yield pb.ReadFileResponse(data=chunk)
 
     @edge
-    async def WriteFile(self, request_iterator: AsyncIterator[pb.WriteFileRequest],
-                        context: Ctx) -> pb.WriteFileResponse:
+    async def WriteFile(
+        self, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Ctx
+    ) -> pb.WriteFileResponse:
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("request") != "header":
-            raise InvalidArgument("the first WriteFile message must carry header",
-                                  reason="WRITE_HEADER_REQUIRED")
+            raise InvalidArgument(
+                "the first WriteFile message must carry header", reason="WRITE_HEADER_REQUIRED"
+            )
         h = first.header
         bind_contextvars(sandbox_id=h.sandbox_id)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for req in requests:
                 if req.WhichOneof("request") != "data":
-                    raise InvalidArgument("only the first WriteFile message may carry header",
-                                          reason="WRITE_HEADER_REPEATED")
+                    raise InvalidArgument(
+                        "only the first WriteFile message may carry header",
+                        reason="WRITE_HEADER_REPEATED",
+                    )
                 check_chunk(req.data, "file")
                 yield req.data
 
         try:
             info, written = await self.manager.write_file(
-                h.sandbox_id, h.path, chunks(), mode=h.mode, make_parents=h.make_parents,
-                append=h.append)
+                h.sandbox_id,
+                h.path,
+                chunks(),
+                mode=h.mode,
+                make_parents=h.make_parents,
+                append=h.append,
+            )
         except ComputeError:
             await _drain(requests)
             raise
         return pb.WriteFileResponse(info=convert.file_to(info), bytes_written=written)
 
     @edge
-    async def ListDirectory(self, request: pb.ListDirectoryRequest, context: Ctx
-                            ) -> pb.ListDirectoryResponse:
+    async def ListDirectory(
+        self, request: pb.ListDirectoryRequest, context: Ctx
+    ) -> pb.ListDirectoryResponse:
         entries = await self.manager.list_dir(request.sandbox_id, request.path)
         return pb.ListDirectoryResponse(entries=[convert.file_to(e) for e in entries])
 
@@ -89,14 +101,16 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
         return pb.StatPathResponse(info=convert.file_to(info))
 
     @edge
-    async def MakeDirectory(self, request: pb.MakeDirectoryRequest, context: Ctx
-                            ) -> pb.MakeDirectoryResponse:
+    async def MakeDirectory(
+        self, request: pb.MakeDirectoryRequest, context: Ctx
+    ) -> pb.MakeDirectoryResponse:
         info = await self.manager.mkdir(request.sandbox_id, request.path, request.make_parents)
         return pb.MakeDirectoryResponse(info=convert.file_to(info))
 
     @edge
-    async def RemovePath(self, request: pb.RemovePathRequest, context: Ctx
-                         ) -> pb.RemovePathResponse:
+    async def RemovePath(
+        self, request: pb.RemovePathRequest, context: Ctx
+    ) -> pb.RemovePathResponse:
         await self.manager.remove(request.sandbox_id, request.path, request.recursive)
         return pb.RemovePathResponse()
 

@@ -31,10 +31,9 @@ def _event(ev: ProcessEvent) -> dict[str, Any]:
     return {"exited": convert.exited_to(ev)}
 
 
-
-
-async def _forward_input(requests: AsyncIterator[pb.ExecRequest], run: ProcessRun,
-                         failure: list[ComputeError]) -> None:
+async def _forward_input(
+    requests: AsyncIterator[pb.ExecRequest], run: ProcessRun, failure: list[ComputeError]
+) -> None:
     try:
         async for req in requests:
             kind = req.WhichOneof("request")
@@ -46,8 +45,9 @@ async def _forward_input(requests: AsyncIterator[pb.ExecRequest], run: ProcessRu
             elif kind == "signal":
                 await run.send_signal(req.signal)
             else:
-                raise InvalidArgument("only the first Exec message may carry start",
-                                      reason="EXEC_START_REPEATED")
+                raise InvalidArgument(
+                    "only the first Exec message may carry start", reason="EXEC_START_REPEATED"
+                )
     except ComputeError as exc:
         failure.append(exc)
         await run.aclose()  # ends the output stream, which then reports the failure
@@ -58,16 +58,19 @@ class ProcessServicer(pb_grpc.ProcessServiceServicer):
         self.manager = manager
 
     @edge
-    async def Exec(self, request_iterator: AsyncIterator[pb.ExecRequest], context: Ctx
-                   ) -> AsyncIterator[pb.ExecResponse]:
+    async def Exec(
+        self, request_iterator: AsyncIterator[pb.ExecRequest], context: Ctx
+    ) -> AsyncIterator[pb.ExecResponse]:
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("request") != "start":
-            raise InvalidArgument("the first Exec message must carry start",
-                                  reason="EXEC_START_REQUIRED")
+            raise InvalidArgument(
+                "the first Exec message must carry start", reason="EXEC_START_REQUIRED"
+            )
         bind_contextvars(sandbox_id=first.start.sandbox_id)
-        run, events = await self.manager.exec(first.start.sandbox_id,
-                                              convert.command_from(first.start.command))
+        run, events = await self.manager.exec(
+            first.start.sandbox_id, convert.command_from(first.start.command)
+        )
         failure: list[ComputeError] = []
         forward: asyncio.Task[None] | None = None
         try:
@@ -86,37 +89,44 @@ class ProcessServicer(pb_grpc.ProcessServiceServicer):
                     await forward
 
     @edge
-    async def StartProcess(self, request: pb.StartProcessRequest, context: Ctx
-                           ) -> pb.StartProcessResponse:
-        info = await self.manager.start_process(request.sandbox_id,
-                                                convert.command_from(request.command),
-                                                request.tag)
+    async def StartProcess(
+        self, request: pb.StartProcessRequest, context: Ctx
+    ) -> pb.StartProcessResponse:
+        info = await self.manager.start_process(
+            request.sandbox_id, convert.command_from(request.command), request.tag
+        )
         return pb.StartProcessResponse(process=convert.process_to(info))
 
     @edge
-    async def AttachProcess(self, request: pb.AttachProcessRequest, context: Ctx
-                            ) -> AsyncIterator[pb.AttachProcessResponse]:
-        events = self.manager.attach(request.sandbox_id, request.process_id,
-                                     request.stdout_offset, request.stderr_offset)
+    async def AttachProcess(
+        self, request: pb.AttachProcessRequest, context: Ctx
+    ) -> AsyncIterator[pb.AttachProcessResponse]:
+        events = self.manager.attach(
+            request.sandbox_id, request.process_id, request.stdout_offset, request.stderr_offset
+        )
         async for ev in events:
             yield pb.AttachProcessResponse(**_event(ev))
 
     @edge
-    async def WriteStdin(self, request: pb.WriteStdinRequest, context: Ctx
-                         ) -> pb.WriteStdinResponse:
+    async def WriteStdin(
+        self, request: pb.WriteStdinRequest, context: Ctx
+    ) -> pb.WriteStdinResponse:
         check_chunk(request.data, "stdin")
-        await self.manager.write_stdin(request.sandbox_id, request.process_id, request.data,
-                                       request.close)
+        await self.manager.write_stdin(
+            request.sandbox_id, request.process_id, request.data, request.close
+        )
         return pb.WriteStdinResponse()
 
     @edge
-    async def SignalProcess(self, request: pb.SignalProcessRequest, context: Ctx
-                            ) -> pb.SignalProcessResponse:
+    async def SignalProcess(
+        self, request: pb.SignalProcessRequest, context: Ctx
+    ) -> pb.SignalProcessResponse:
         await self.manager.signal(request.sandbox_id, request.process_id, request.signal)
         return pb.SignalProcessResponse()
 
     @edge
-    async def ListProcesses(self, request: pb.ListProcessesRequest, context: Ctx
-                            ) -> pb.ListProcessesResponse:
+    async def ListProcesses(
+        self, request: pb.ListProcessesRequest, context: Ctx
+    ) -> pb.ListProcessesResponse:
         procs = await self.manager.list_processes(request.sandbox_id)
         return pb.ListProcessesResponse(processes=[convert.process_to(p) for p in procs])

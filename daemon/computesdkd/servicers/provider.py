@@ -18,13 +18,20 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
         self.manager = manager
 
     @edge
-    async def ListProviders(self, request: pb.ListProvidersRequest, context: Ctx
-                            ) -> pb.ListProvidersResponse:
+    async def ListProviders(
+        self, request: pb.ListProvidersRequest, context: Ctx
+    ) -> pb.ListProvidersResponse:
         out = []
         for name, p in sorted(self.manager.providers.items()):
             why = p.availability()
-            out.append(pb.Provider(name=name, capabilities=sorted(p.capabilities),
-                                   available=not why, unavailable_reason=why,
-                                   is_default=name == self.manager.default_provider,
-                                   templates=p.templates()))
+            out.append(
+                pb.Provider(
+                    name=name,
+                    capabilities=sorted(p.capabilities),
+                    available=not why,
+                    unavailable_reason=why,
+                    is_default=name == self.manager.default_provider,
+                    templates=p.templates(),
+                )
+            )
         return pb.ListProvidersResponse(providers=out)

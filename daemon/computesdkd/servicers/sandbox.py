@@ -20,41 +20,51 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self.manager = manager
 
     @edge
-    async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Ctx
-                            ) -> pb.CreateSandboxResponse:
+    async def CreateSandbox(
+        self, request: pb.CreateSandboxRequest, context: Ctx
+    ) -> pb.CreateSandboxResponse:
         sb = await self.manager.create(convert.spec_from(request))
         return pb.CreateSandboxResponse(sandbox=convert.sandbox_to(sb))
 
     @edge
-    async def GetSandbox(self, request: pb.GetSandboxRequest, context: Ctx
-                         ) -> pb.GetSandboxResponse:
+    async def GetSandbox(
+        self, request: pb.GetSandboxRequest, context: Ctx
+    ) -> pb.GetSandboxResponse:
         return pb.GetSandboxResponse(
-            sandbox=convert.sandbox_to(self.manager.get(request.sandbox_id)))
+            sandbox=convert.sandbox_to(self.manager.get(request.sandbox_id))
+        )
 
     @edge
-    async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Ctx
-                            ) -> pb.ListSandboxesResponse:
+    async def ListSandboxes(
+        self, request: pb.ListSandboxesRequest, context: Ctx
+    ) -> pb.ListSandboxesResponse:
         states = [State(s) for s in request.states if s in State._value2member_map_]
-        items, token = self.manager.list(request.page_size, request.page_token,
-                                         dict(request.metadata), states, request.provider)
-        return pb.ListSandboxesResponse(sandboxes=[convert.sandbox_to(s) for s in items],
-                                        next_page_token=token)
+        items, token = self.manager.list(
+            request.page_size, request.page_token, dict(request.metadata), states, request.provider
+        )
+        return pb.ListSandboxesResponse(
+            sandboxes=[convert.sandbox_to(s) for s in items], next_page_token=token
+        )
 
     @edge
-    async def DestroySandbox(self, request: pb.DestroySandboxRequest, context: Ctx
-                             ) -> pb.DestroySandboxResponse:
-        await self.manager.destroy(request.sandbox_id, request.graceful,
-                                   request.graceful_timeout_ms)
+    async def DestroySandbox(
+        self, request: pb.DestroySandboxRequest, context: Ctx
+    ) -> pb.DestroySandboxResponse:
+        await self.manager.destroy(
+            request.sandbox_id, request.graceful, request.graceful_timeout_ms
+        )
         return pb.DestroySandboxResponse()
 
     @edge
-    async def GetSandboxStatus(self, request: pb.GetSandboxStatusRequest, context: Ctx
-                               ) -> pb.GetSandboxStatusResponse:
+    async def GetSandboxStatus(
+        self, request: pb.GetSandboxStatusRequest, context: Ctx
+    ) -> pb.GetSandboxStatusResponse:
         st = await self.manager.status(request.sandbox_id)
         resp = pb.GetSandboxStatusResponse(
             state=int(st.state),  # type: ignore[arg-type]
             uptime_ms=st.uptime_ms,
-            resources=convert.resources_to(st.sandbox.resources))
+            resources=convert.resources_to(st.sandbox.resources),
+        )
         if st.usage is not None:
             resp.usage.CopyFrom(convert.usage_to(st.usage))
         return resp

@@ -7,6 +7,7 @@ first frame on a connection is a JSON request; each connection carries one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator
@@ -101,16 +102,15 @@ class AgentConnection:
         out: dict[str, Any] = json.loads(body)
         return out
 
-    async def events(self, stdout_offset: int = 0, stderr_offset: int = 0) -> AsyncIterator[
-        ProcessEvent
-    ]:
+    async def events(
+        self, stdout_offset: int = 0, stderr_offset: int = 0
+    ) -> AsyncIterator[ProcessEvent]:
         """Yields Output and finally ExitStatus from a following connection."""
         offsets = {STDOUT: stdout_offset, STDERR: stderr_offset}
         while True:
             kind, body = await self.recv()
             if kind in offsets:
-                name = "stdout" if kind == STDOUT else "stderr"
-                yield Output(name, body, offsets[kind])
+                yield Output("stdout" if kind == STDOUT else "stderr", body, offsets[kind])
                 offsets[kind] += len(body)
             elif kind == EXIT:
                 yield exit_status(json.loads(body))
@@ -122,10 +122,8 @@ class AgentConnection:
 
     async def close(self) -> None:
         self._w.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self._w.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 class Agent:

@@ -86,21 +86,25 @@ def _os_error(exc: OSError, path: str) -> ComputeError:
     if e == errno.EEXIST:
         return AlreadyExists(f"{path}: already exists", reason="FILE_EXISTS", path=path)
     if e == errno.ENOTDIR:
-        return FailedPrecondition(f"{path}: not a directory", reason="NOT_A_DIRECTORY",
-                                  path=path)
+        return FailedPrecondition(f"{path}: not a directory", reason="NOT_A_DIRECTORY", path=path)
     if e == errno.EISDIR:
         return FailedPrecondition(f"{path}: is a directory", reason="IS_A_DIRECTORY", path=path)
     if e == errno.ENOTEMPTY:
-        return FailedPrecondition(f"{path}: directory not empty", reason="DIRECTORY_NOT_EMPTY",
-                                  path=path)
+        return FailedPrecondition(
+            f"{path}: directory not empty", reason="DIRECTORY_NOT_EMPTY", path=path
+        )
     if e in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted("the sandbox's disk is full", reason="DISK_FULL", path=path)
     if e in (errno.ELOOP, errno.EXDEV):
-        return InvalidArgument(f"{path}: cannot be resolved inside the sandbox",
-                               reason="PATH_OUTSIDE_SANDBOX", path=path)
+        return InvalidArgument(
+            f"{path}: cannot be resolved inside the sandbox",
+            reason="PATH_OUTSIDE_SANDBOX",
+            path=path,
+        )
     if e in (errno.EACCES, errno.EPERM):
-        return FailedPrecondition(f"{path}: permission denied", reason="PERMISSION_DENIED",
-                                  path=path)
+        return FailedPrecondition(
+            f"{path}: permission denied", reason="PERMISSION_DENIED", path=path
+        )
     return Internal(f"{path}: {exc.strerror}")
 
 
@@ -122,10 +126,10 @@ class SandboxFS:
         return os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _open(self, root: int, path: str, flags: int, mode: int = 0) -> int:
-        how = _OpenHow(flags | os.O_CLOEXEC, mode,
-                       _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_XDEV)
-        fd = _libc.syscall(_SYS_OPENAT2, root, path.encode(), ctypes.byref(how),
-                           ctypes.sizeof(how))
+        how = _OpenHow(
+            flags | os.O_CLOEXEC, mode, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_XDEV
+        )
+        fd = _libc.syscall(_SYS_OPENAT2, root, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
@@ -136,8 +140,9 @@ class SandboxFS:
         """Yields (fd of the parent directory, final name)."""
         parent, name = posixpath.split(path)
         if not name:
-            raise InvalidArgument("the sandbox root itself cannot be changed",
-                                  reason="INVALID_PATH")
+            raise InvalidArgument(
+                "the sandbox root itself cannot be changed", reason="INVALID_PATH"
+            )
         root = self._root()
         try:
             pfd = self._open(root, parent, os.O_PATH | os.O_DIRECTORY)
@@ -157,8 +162,15 @@ class SandboxFS:
             kind = FileKind.SYMLINK
         else:
             kind = FileKind.OTHER
-        return FileInfo(posixpath.basename(path) or "/", path, kind, st.st_size,
-                        stat.S_IMODE(st.st_mode), st.st_mtime, link)
+        return FileInfo(
+            posixpath.basename(path) or "/",
+            path,
+            kind,
+            st.st_size,
+            stat.S_IMODE(st.st_mode),
+            st.st_mtime,
+            link,
+        )
 
     def _mkdirs(self, path: str) -> None:
         root = self._root()
@@ -171,10 +183,9 @@ class SandboxFS:
                     continue
                 except FileNotFoundError:
                     pass
-                with self._parent(sub) as (pfd, name):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, 0o755, dir_fd=pfd)
-                        os.chown(name, UID_SHIFT, UID_SHIFT, dir_fd=pfd, follow_symlinks=False)
+                with self._parent(sub) as (pfd, name), contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=pfd)
+                    os.chown(name, UID_SHIFT, UID_SHIFT, dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(root)
 
@@ -233,9 +244,12 @@ class SandboxFS:
                 os.unlink(name, dir_fd=pfd)
 
     def move_sync(self, source: str, destination: str) -> FileInfo:
-        with _errors(source), self._parent(source) as (sfd, sname):
-            with self._parent(destination) as (dfd, dname):
-                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+        with (
+            _errors(source),
+            self._parent(source) as (sfd, sname),
+            self._parent(destination) as (dfd, dname),
+        ):
+            os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
         return self.stat_sync(destination)
 
     async def read(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:

@@ -26,9 +26,9 @@ from ...errors import FailedPrecondition, Internal, InvalidArgument, ResourceExh
 from ...model import (
     Command,
     FileInfo,
+    Probe,
     ProcessEvent,
     ProcessInfo,
-    Probe,
     Resources,
     Sandbox,
     Usage,
@@ -38,7 +38,7 @@ from ..base import ProcessRun, Provider, ProviderContext
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, process_info
 from .fs import SandboxFS, normalize
-from .oci import AGENT_DIR, DEFAULT_PATH, runtime_spec
+from .oci import DEFAULT_PATH, runtime_spec
 from .templates import TEMPLATES, resolve
 
 log = logs.get(__name__)
@@ -78,8 +78,10 @@ async def _run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> 
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     if proc.returncode != 0:
-        raise Internal(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
-                       f"{(err or b'').decode(errors='replace').strip()}")
+        raise Internal(
+            f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
+            f"{(err or b'').decode(errors='replace').strip()}"
+        )
     return (out or b"").decode()
 
 
@@ -122,8 +124,10 @@ class LocalProvider(Provider):
         if shutil.which("runc") is None:
             return "runc is not installed (apt-get install -y runc)"
         if not rootfs_mod.is_built():
-            return (f"the base root filesystem is not built at {self._base} "
-                    "(python -m computesdkd.providers.local.rootfs)")
+            return (
+                f"the base root filesystem is not built at {self._base} "
+                "(python -m computesdkd.providers.local.rootfs)"
+            )
         if not self._agent_binary.is_file():
             return f"the sandbox agent is not built at {self._agent_binary} (scripts/setup.sh)"
         return ""
@@ -136,8 +140,11 @@ class LocalProvider(Provider):
 
     def _require(self) -> None:
         if self._unavailable:
-            raise Unavailable(f"provider 'local' cannot run here: {self._unavailable}",
-                              reason="PROVIDER_UNAVAILABLE", provider="local")
+            raise Unavailable(
+                f"provider 'local' cannot run here: {self._unavailable}",
+                reason="PROVIDER_UNAVAILABLE",
+                provider="local",
+            )
 
     def _runc(self, *args: str) -> list[str]:
         return ["runc", "--root", str(self._state / "runc"), *args]
@@ -147,12 +154,19 @@ class LocalProvider(Provider):
     def resolve_resources(self, sandbox: Sandbox) -> Resources:
         r = sandbox.spec.resources
         if r.gpu_enabled:
-            raise FailedPrecondition("provider 'local' has no GPU on this host",
-                                     reason="GPU_UNAVAILABLE", provider="local", feature="gpu")
+            raise FailedPrecondition(
+                "provider 'local' has no GPU on this host",
+                reason="GPU_UNAVAILABLE",
+                provider="local",
+                feature="gpu",
+            )
         cpu = r.cpu_cores or DEFAULTS.cpu_cores
         if cpu > MAX_CPU_CORES:
-            raise ResourceExhausted(f"cpu_cores {cpu} exceeds this host's {MAX_CPU_CORES:g}",
-                                    reason="RESOURCES_UNAVAILABLE", resource="cpu_cores")
+            raise ResourceExhausted(
+                f"cpu_cores {cpu} exceeds this host's {MAX_CPU_CORES:g}",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="cpu_cores",
+            )
         return Resources(
             cpu_cores=cpu,
             memory_mb=r.memory_mb or DEFAULTS.memory_mb,
@@ -172,9 +186,18 @@ class LocalProvider(Provider):
             log_path = bundle / "agent.log"
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                await _run(*self._runc("run", "--detach", "--bundle", str(bundle),
-                                       "--pid-file", str(bundle / "init.pid"), sandbox.id),
-                           log_fd=log_fd)
+                await _run(
+                    *self._runc(
+                        "run",
+                        "--detach",
+                        "--bundle",
+                        str(bundle),
+                        "--pid-file",
+                        str(bundle / "init.pid"),
+                        sandbox.id,
+                    ),
+                    log_fd=log_fd,
+                )
             except Internal as exc:
                 tail = log_path.read_text(errors="replace")[-2000:].strip()
                 raise Internal(f"runc could not start the sandbox: {tail}") from exc
@@ -194,20 +217,38 @@ class LocalProvider(Provider):
         img = bundle / "disk.img"
         with img.open("wb") as f:
             f.truncate(res.disk_mb * 1024 * 1024)
-        await _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
-                   "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(img))
+        await _run(
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+            str(img),
+        )
         await _run("mount", "-o", "loop,nosuid,nodev", str(img), str(bundle / "disk"))
         for sub in ("upper", "work"):
             (bundle / "disk" / sub).mkdir(exist_ok=True)
         os.chown(bundle / "disk" / "upper", uid, uid)
         (bundle / "disk" / "lost+found").rmdir()
-        _mount("overlay", str(bundle / "rootfs"), "overlay",
-               f"lowerdir={self._base},upperdir={bundle}/disk/upper,workdir={bundle}/disk/work")
+        _mount(
+            "overlay",
+            str(bundle / "rootfs"),
+            "overlay",
+            f"lowerdir={self._base},upperdir={bundle}/disk/upper,workdir={bundle}/disk/work",
+        )
         os.chown(bundle / "run", uid, uid)
         os.chmod(bundle / "run", 0o700)
-        spec = runtime_spec(sandbox_id=sandbox.id, run_dir=str(bundle / "run"),
-                            agent_binary=str(self._agent_binary), resources=res,
-                            cgroup_parent=CGROUP_PARENT)
+        spec = runtime_spec(
+            sandbox_id=sandbox.id,
+            run_dir=str(bundle / "run"),
+            agent_binary=str(self._agent_binary),
+            resources=res,
+            cgroup_parent=CGROUP_PARENT,
+        )
         (bundle / "config.json").write_text(json.dumps(spec))
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
@@ -259,8 +300,9 @@ class LocalProvider(Provider):
         alive = pid > 0 and Path(f"/proc/{pid}").exists()
         oom = 0
         with contextlib.suppress(OSError):
-            for line in self._cgroup_file(sandbox, "memory", "memory.oom_control").read_text(
-            ).splitlines():
+            for line in (
+                self._cgroup_file(sandbox, "memory", "memory.oom_control").read_text().splitlines()
+            ):
                 if line.startswith("oom_kill "):
                     oom = int(line.split()[1])
         return Probe(alive=alive, oom_kills=oom)
@@ -273,10 +315,12 @@ class LocalProvider(Provider):
             disk_total = st.f_blocks * st.f_frsize
             disk_used = (st.f_blocks - st.f_bfree) * st.f_frsize
         return Usage(
-            memory_used_bytes=self._read_int(self._cgroup_file(sandbox, "memory",
-                                                               "memory.usage_in_bytes")),
-            memory_limit_bytes=self._read_int(self._cgroup_file(sandbox, "memory",
-                                                                "memory.limit_in_bytes")),
+            memory_used_bytes=self._read_int(
+                self._cgroup_file(sandbox, "memory", "memory.usage_in_bytes")
+            ),
+            memory_limit_bytes=self._read_int(
+                self._cgroup_file(sandbox, "memory", "memory.limit_in_bytes")
+            ),
             process_count=self._read_int(self._cgroup_file(sandbox, "pids", "pids.current")),
             cpu_time_ns=self._read_int(self._cgroup_file(sandbox, "cpuacct", "cpuacct.usage")),
             disk_used_bytes=disk_used,
@@ -311,8 +355,9 @@ class LocalProvider(Provider):
         return _LocalRun(self._agent(sandbox), req)
 
     async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        return process_info(await self._agent(sandbox).call(
-            self._start_request(sandbox, command, tag)))
+        return process_info(
+            await self._agent(sandbox).call(self._start_request(sandbox, command, tag))
+        )
 
     async def attach(
         self,
@@ -322,9 +367,15 @@ class LocalProvider(Provider):
         stderr_offset: int,
         output: bool = True,
     ) -> AsyncIterator[ProcessEvent]:
-        conn, started = await self._agent(sandbox).follow({
-            "op": "attach", "id": process_id, "stdout_offset": stdout_offset,
-            "stderr_offset": stderr_offset, "no_output": not output})
+        conn, started = await self._agent(sandbox).follow(
+            {
+                "op": "attach",
+                "id": process_id,
+                "stdout_offset": stdout_offset,
+                "stderr_offset": stderr_offset,
+                "no_output": not output,
+            }
+        )
         try:
             yield started
             async for ev in conn.events(stdout_offset, stderr_offset):
@@ -339,8 +390,9 @@ class LocalProvider(Provider):
 
     async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
         if not 0 < signal < 65:
-            raise InvalidArgument(f"signal {signal} is not a valid signal number",
-                                  reason="INVALID_SIGNAL")
+            raise InvalidArgument(
+                f"signal {signal} is not a valid signal number", reason="INVALID_SIGNAL"
+            )
         await self._agent(sandbox).call({"op": "signal", "id": process_id, "signal": signal})
 
     async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
@@ -383,8 +435,9 @@ class LocalProvider(Provider):
         await asyncio.to_thread(self._fs(sandbox).remove_sync, normalize(path), recursive)
 
     async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
-        return await asyncio.to_thread(self._fs(sandbox).move_sync, normalize(source),
-                                       normalize(destination))
+        return await asyncio.to_thread(
+            self._fs(sandbox).move_sync, normalize(source), normalize(destination)
+        )
 
 
 class _LocalRun(ProcessRun):

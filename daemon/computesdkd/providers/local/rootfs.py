@@ -46,8 +46,9 @@ def is_built(image_dir: Path = DEFAULT_IMAGE_DIR) -> bool:
 
 
 def _apt_sources() -> str:
-    for cand in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [
-        Path("/etc/apt/sources.list")
+    for cand in [
+        *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+        Path("/etc/apt/sources.list"),
     ]:
         if cand.is_file() and cand.stat().st_size > 0:
             return str(cand)

@@ -22,12 +22,22 @@ _TEMPLATES = [
     Template("python:3.11", "Python 3.11 with pip and venv", {"PYTHONUNBUFFERED": "1"}),
     Template("node", "Node.js 18 (Debian)", {"NODE_ENV": "development"}),
     Template("nodejs18", "Node.js 18 (Debian)", {"NODE_ENV": "development"}),
-    Template("nextjs", "Next.js", unavailable="needs npm packages that the offline base "
-             "does not carry; build it as a custom template"),
-    Template("full-stack-dev", "Node.js, Python and build tools",
-             unavailable="needs packages beyond the base; build it as a custom template"),
-    Template("pytorch-gpu", "PyTorch with CUDA",
-             unavailable="this host has no GPU for the local provider"),
+    Template(
+        "nextjs",
+        "Next.js",
+        unavailable="needs npm packages that the offline base "
+        "does not carry; build it as a custom template",
+    ),
+    Template(
+        "full-stack-dev",
+        "Node.js, Python and build tools",
+        unavailable="needs packages beyond the base; build it as a custom template",
+    ),
+    Template(
+        "pytorch-gpu",
+        "PyTorch with CUDA",
+        unavailable="this host has no GPU for the local provider",
+    ),
 ]
 TEMPLATES = {t.name: t for t in _TEMPLATES}
 
