@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up everything computesdk needs on a fresh Debian 12 machine, idempotently:
+# system packages, the Python environment, the in-sandbox agent, the sandbox base
+# root filesystem, and (with --dev) the proto linter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh must run as root: sandboxes need runc, overlayfs, loop devices and cgroups" >&2
+  exit 1
+fi
+
+need=()
+for tool in runc:runc mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs setpriv:util-linux \
+            ip:iproute2 go:golang-go; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing system packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+step "python environment in .venv"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+step "building the in-sandbox agent (static Go binary)"
+(cd daemon/agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
+  -o ../computesdkd/_bin/computesdk-agent .)
+
+step "base root filesystem for local sandboxes (cached after the first build)"
+.venv/bin/python -m computesdkd.providers.local.rootfs
+
+if [ "$dev" = 1 ]; then
+  step "buf, for proto lint"
+  if [ ! -x .tools/node_modules/.bin/buf ]; then
+    npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 >/dev/null 2>&1 || true
+  fi
+  .tools/node_modules/.bin/buf --version >/dev/null
+fi
+step "setup done"
