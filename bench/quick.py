@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from computesdk import Client  # noqa: E402
+from computesdk import Client
 
 
 def pct(xs: list[float], p: float) -> float:
