@@ -14,6 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# Go from the machine image lives here; Debian's golang-go is the fallback.
+export PATH="$PATH:/usr/local/go/bin"
 need=()
 for tool in runc:runc mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs setpriv:util-linux \
             ip:iproute2 go:golang-go; do

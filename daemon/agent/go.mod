@@ -1,3 +1,3 @@
 module computesdk/agent
 
-go 1.22
+go 1.19
