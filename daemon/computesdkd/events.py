@@ -48,7 +48,8 @@ class EventBus:
         now = time.time()
         seq = self._store.append_event(now, sandbox_id, type_, message, attributes)
         ev = Event(seq, now, sandbox_id, type_, message, dict(attributes))
-        log.info("event", sandbox_id=sandbox_id, type=type_, seq=seq, event_message=message)
+        detail = {"detail": message} if message else {}
+        log.info(f"event {type_}", sandbox_id=sandbox_id, seq=seq, **attributes, **detail)
         for sub in list(self._subs):
             if not sub.wants(ev):
                 continue

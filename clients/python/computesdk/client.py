@@ -222,28 +222,16 @@ _default_clients: dict[tuple[str, int], Client] = {}
 async def compute(
     provider: str = "local",
     *,
-    template: str = "",
-    metadata: Mapping[str, str] | None = None,
-    timeout_ms: int = 0,
-    keep_alive: bool = False,
-    resources: Resources | None = None,
-    env: Mapping[str, str] | None = None,
-    request_id: str | None = None,
     socket: str | os.PathLike[str] | None = None,
     target: str | None = None,
+    **options: Any,
 ) -> Sandbox:
-    """Creates a sandbox, like the spec's compute(provider, options)."""
+    """Creates a sandbox, like the spec's compute(provider, options).
+
+    options are Client.create's: template, metadata, timeout_ms, keep_alive,
+    resources, env, request_id."""
     key = (target_for(socket, target), id(asyncio.get_running_loop()))
     client = _default_clients.get(key)
     if client is None:
         client = _default_clients[key] = await Client.connect(socket=socket, target=target)
-    return await client.create(
-        provider,
-        template=template,
-        metadata=metadata,
-        timeout_ms=timeout_ms,
-        keep_alive=keep_alive,
-        resources=resources,
-        env=env,
-        request_id=request_id,
-    )
+    return await client.create(provider, **options)

@@ -7,7 +7,7 @@ import contextlib
 import inspect
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._rpc import CHUNK, translated
 from .api.filesystem.v1 import filesystem_pb2 as fs_pb
@@ -53,6 +53,33 @@ async def _call(cb: Callable[..., Any] | None, *args: Any) -> None:
             await result
 
 
+def _stdin_requests(raw: bytes) -> list[proc_pb.ExecRequest]:
+    return [proc_pb.ExecRequest(stdin=raw[i : i + CHUNK]) for i in range(0, len(raw), CHUNK)]
+
+
+class _Tracked(Protocol):
+    process_id: str
+    pid: int
+    exited: proc_pb.Exited | None
+
+
+async def _output(call: Any, proc: _Tracked) -> AsyncIterator[OutputChunk]:
+    """Turns an Exec or AttachProcess stream into chunks, noting start and exit on proc."""
+    try:
+        with translated():
+            async for resp in call:
+                kind = resp.WhichOneof("event")
+                if kind == "started":
+                    proc.process_id, proc.pid = resp.started.process_id, resp.started.pid
+                elif kind in ("stdout", "stderr"):
+                    out = getattr(resp, kind)
+                    yield OutputChunk(kind, out.data, out.offset)
+                elif kind == "exited":
+                    proc.exited = resp.exited
+    finally:
+        call.cancel()
+
+
 class ExecStream:
     """A running command. Iterate it for output chunks; afterwards .result holds the end."""
 
@@ -63,8 +90,8 @@ class ExecStream:
             proc_pb.ExecRequest(start=proc_pb.ExecStart(sandbox_id=sandbox.id, command=command))
         )
         if stdin is not None:
-            for i in range(0, len(stdin), CHUNK):
-                self._requests.put_nowait(proc_pb.ExecRequest(stdin=stdin[i : i + CHUNK]))
+            for req in _stdin_requests(stdin):
+                self._requests.put_nowait(req)
             self._requests.put_nowait(proc_pb.ExecRequest(close_stdin=True))
         self.process_id = ""
         self.pid = 0
@@ -75,27 +102,15 @@ class ExecStream:
             yield req
 
     async def __aiter__(self) -> AsyncIterator[OutputChunk]:
-        call = self._sandbox.client.processes.Exec(self._outgoing())
         try:
-            with translated():
-                async for resp in call:
-                    kind = resp.WhichOneof("event")
-                    if kind == "started":
-                        self.process_id, self.pid = resp.started.process_id, resp.started.pid
-                    elif kind == "stdout":
-                        yield OutputChunk("stdout", resp.stdout.data, resp.stdout.offset)
-                    elif kind == "stderr":
-                        yield OutputChunk("stderr", resp.stderr.data, resp.stderr.offset)
-                    elif kind == "exited":
-                        self.exited = resp.exited
+            async for chunk in _output(self._sandbox.client.processes.Exec(self._outgoing()), self):
+                yield chunk
         finally:
             self._requests.put_nowait(None)
-            call.cancel()
 
     async def send_stdin(self, data: bytes | str) -> None:
-        raw = data.encode() if isinstance(data, str) else data
-        for i in range(0, len(raw), CHUNK):
-            await self._requests.put(proc_pb.ExecRequest(stdin=raw[i : i + CHUNK]))
+        for req in _stdin_requests(data.encode() if isinstance(data, str) else data):
+            await self._requests.put(req)
 
     async def close_stdin(self) -> None:
         await self._requests.put(proc_pb.ExecRequest(close_stdin=True))
@@ -111,9 +126,13 @@ class ExecStream:
 class Process:
     """A background process; its output can be re-read from any byte offset."""
 
+    @property
+    def id(self) -> str:
+        return self.process_id
+
     def __init__(self, sandbox: Sandbox, info: proc_pb.Process) -> None:
         self.sandbox = sandbox
-        self.id = info.process_id
+        self.process_id = info.process_id
         self.pid = info.pid
         self.exited: proc_pb.Exited | None = None
 
@@ -126,19 +145,8 @@ class Process:
             stdout_offset=stdout_offset,
             stderr_offset=stderr_offset,
         )
-        call = self.sandbox.client.processes.AttachProcess(req)
-        try:
-            with translated():
-                async for resp in call:
-                    kind = resp.WhichOneof("event")
-                    if kind == "stdout":
-                        yield OutputChunk("stdout", resp.stdout.data, resp.stdout.offset)
-                    elif kind == "stderr":
-                        yield OutputChunk("stderr", resp.stderr.data, resp.stderr.offset)
-                    elif kind == "exited":
-                        self.exited = resp.exited
-        finally:
-            call.cancel()
+        async for chunk in _output(self.sandbox.client.processes.AttachProcess(req), self):
+            yield chunk
 
     async def wait(self) -> ExecResult:
         """Collects all output from offset 0 until the process exits."""
