@@ -44,6 +44,7 @@ from .model import (
     Usage,
 )
 from .providers.base import ProcessRun, Provider, ProviderContext
+from .providers.paths import WORKDIR, normalize
 from .store import Store
 
 log = logs.get(__name__)
@@ -64,6 +65,11 @@ class Status:
     uptime_ms: int
     sandbox: Sandbox
     usage: Usage | None
+
+
+def _with_cwd(command: Command) -> Command:
+    """Every provider gets an absolute, checked working directory."""
+    return replace(command, cwd=normalize(command.cwd or WORKDIR))
 
 
 class Manager:
@@ -403,7 +409,7 @@ class Manager:
         self, sandbox_id: str, command: Command
     ) -> tuple[ProcessRun, AsyncIterator[ProcessEvent]]:
         sb, provider = self._running(sandbox_id)
-        run = provider.run(sb, command)
+        run = provider.run(sb, _with_cwd(command))
         return run, self._track(sb, provider, run)
 
     async def _track(
@@ -459,7 +465,7 @@ class Manager:
 
     async def start_process(self, sandbox_id: str, command: Command, tag: str) -> ProcessInfo:
         sb, provider = self._running(sandbox_id)
-        info = await provider.start_process(sb, command, tag)
+        info = await provider.start_process(sb, _with_cwd(command), tag)
         self._started(sb, Started(info.process_id, info.pid))
         self._watch(sb, info.process_id)
         return info
@@ -488,7 +494,7 @@ class Manager:
         self, sandbox_id: str, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
         sb, provider = self._running(sandbox_id)
-        return provider.read_file(sb, path, offset, length)
+        return provider.read_file(sb, normalize(path), offset, length)
 
     async def write_file(
         self,
@@ -502,25 +508,25 @@ class Manager:
     ) -> tuple[FileInfo, int]:
         sb, provider = self._running(sandbox_id)
         return await provider.write_file(
-            sb, path, chunks, mode=mode, make_parents=make_parents, append=append
+            sb, normalize(path), chunks, mode=mode, make_parents=make_parents, append=append
         )
 
     async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
         sb, provider = self._running(sandbox_id)
-        return await provider.list_dir(sb, path)
+        return await provider.list_dir(sb, normalize(path))
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
         sb, provider = self._running(sandbox_id)
-        return await provider.stat(sb, path)
+        return await provider.stat(sb, normalize(path))
 
     async def mkdir(self, sandbox_id: str, path: str, parents: bool) -> FileInfo:
         sb, provider = self._running(sandbox_id)
-        return await provider.mkdir(sb, path, parents)
+        return await provider.mkdir(sb, normalize(path), parents)
 
     async def remove(self, sandbox_id: str, path: str, recursive: bool) -> None:
         sb, provider = self._running(sandbox_id)
-        await provider.remove(sb, path, recursive)
+        await provider.remove(sb, normalize(path), recursive)
 
     async def move(self, sandbox_id: str, source: str, destination: str) -> FileInfo:
         sb, provider = self._running(sandbox_id)
-        return await provider.move(sb, source, destination)
+        return await provider.move(sb, normalize(source), normalize(destination))

@@ -1,6 +1,6 @@
 """File access inside a sandbox's root, from the host side, that cannot escape it.
 
-Paths are normalised lexically first, so ".." that would climb above "/" is
+Paths arrive normalised (providers/paths.py), so ".." that would climb above "/" is
 refused outright. Every open then goes through openat2(2) with RESOLVE_IN_ROOT,
 so symlinks planted by sandboxed code resolve inside the sandbox, never on the
 host. Files the daemon creates belong to the sandbox's root user.
@@ -37,46 +37,12 @@ _RESOLVE_IN_ROOT = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
-MAX_PATH = 4096
 CHUNK = 256 * 1024
-WORKDIR = "/workspace"
-# Paths whose host-side view differs from what the sandbox sees.
-_RESERVED = ("/.computesdk", "/proc", "/sys", "/dev")
 
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64)]  # fmt: skip
-
-
-def normalize(path: str) -> str:
-    """Returns the absolute in-sandbox path, or raises for one that leaves the sandbox."""
-    if not path:
-        raise InvalidArgument("path is empty", reason="INVALID_PATH")
-    if "\x00" in path or len(path) > MAX_PATH:
-        raise InvalidArgument("path has a NUL byte or is too long", reason="INVALID_PATH")
-    full = path if path.startswith("/") else f"{WORKDIR}/{path}"
-    parts: list[str] = []
-    for comp in full.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not parts:
-                raise InvalidArgument(
-                    f"path {path!r} leaves the sandbox", reason="PATH_OUTSIDE_SANDBOX", path=path
-                )
-            parts.pop()
-        else:
-            parts.append(comp)
-    norm = "/" + "/".join(parts)
-    for r in _RESERVED:
-        if norm == r or norm.startswith(r + "/"):
-            raise FailedPrecondition(
-                f"{r} is not served by the file API; read it with exec",
-                reason="PATH_NOT_ACCESSIBLE",
-                path=path,
-            )
-    return norm
 
 
 def _os_error(exc: OSError, path: str) -> ComputeError:

@@ -37,7 +37,7 @@ from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, process_info
-from .fs import SandboxFS, normalize
+from .fs import SandboxFS
 from .oci import DEFAULT_PATH, runtime_spec
 from .templates import TEMPLATES, resolve
 
@@ -341,7 +341,7 @@ class LocalProvider(Provider):
             "op": "start",
             "args": command.args,
             "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": normalize(command.cwd or "/workspace"),
+            "cwd": command.cwd,
             "timeout_ms": command.timeout_ms,
             "stdin": command.stdin,
             "tag": tag,
@@ -407,7 +407,7 @@ class LocalProvider(Provider):
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
-        async for chunk in self._fs(sandbox).read(normalize(path), offset, length):
+        async for chunk in self._fs(sandbox).read(path, offset, length):
             yield chunk
 
     async def write_file(
@@ -420,24 +420,22 @@ class LocalProvider(Provider):
         make_parents: bool,
         append: bool,
     ) -> tuple[FileInfo, int]:
-        return await self._fs(sandbox).write(normalize(path), chunks, mode, make_parents, append)
+        return await self._fs(sandbox).write(path, chunks, mode, make_parents, append)
 
     async def list_dir(self, sandbox: Sandbox, path: str) -> list[FileInfo]:
-        return await asyncio.to_thread(self._fs(sandbox).list_sync, normalize(path))
+        return await asyncio.to_thread(self._fs(sandbox).list_sync, path)
 
     async def stat(self, sandbox: Sandbox, path: str) -> FileInfo:
-        return await asyncio.to_thread(self._fs(sandbox).stat_sync, normalize(path))
+        return await asyncio.to_thread(self._fs(sandbox).stat_sync, path)
 
     async def mkdir(self, sandbox: Sandbox, path: str, parents: bool) -> FileInfo:
-        return await asyncio.to_thread(self._fs(sandbox).mkdir_sync, normalize(path), parents)
+        return await asyncio.to_thread(self._fs(sandbox).mkdir_sync, path, parents)
 
     async def remove(self, sandbox: Sandbox, path: str, recursive: bool) -> None:
-        await asyncio.to_thread(self._fs(sandbox).remove_sync, normalize(path), recursive)
+        await asyncio.to_thread(self._fs(sandbox).remove_sync, path, recursive)
 
     async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
-        return await asyncio.to_thread(
-            self._fs(sandbox).move_sync, normalize(source), normalize(destination)
-        )
+        return await asyncio.to_thread(self._fs(sandbox).move_sync, source, destination)
 
 
 class _LocalRun(ProcessRun):
