@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything computesdk needs on a fresh Debian 12 machine, idempotently:
 # system packages, the Python environment, the in-sandbox agent, the sandbox base
-# root filesystem, and (with --dev) the proto linter.
+# root filesystem, and (with --dev) dockerd, the docker provider's image and the
+# proto linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -39,6 +40,14 @@ step "base root filesystem for local sandboxes (cached after the first build)"
 .venv/bin/python -m computesdkd.providers.local.rootfs
 
 if [ "$dev" = 1 ]; then
+  step "dockerd and the docker provider's image (built locally, no registry)"
+  command -v dockerd >/dev/null 2>&1 || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  }
+  ./scripts/start-dockerd.sh
+  .venv/bin/python -m computesdkd.providers.docker.image
+
   step "buf, for proto lint"
   if [ ! -x .tools/node_modules/.bin/buf ]; then
     npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 >/dev/null 2>&1 || true

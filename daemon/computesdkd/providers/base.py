@@ -24,6 +24,7 @@ from ..model import (
     Sandbox,
     Usage,
 )
+from .execfs import ExecFS
 
 # Capability names, as reported by ProviderService.ListProviders.
 EXEC = "exec"
@@ -93,7 +94,10 @@ class Provider(ABC):
         raise self._unsupported("probe")
 
     async def usage(self, sandbox: Sandbox) -> Usage:
-        raise self._unsupported("resource usage")
+        """Default: sampled by a command inside the sandbox."""
+        if USAGE not in self.capabilities:
+            raise self._unsupported("resource usage")
+        return await self._files(sandbox).usage()
 
     # -------------------------------------------------------------- processes
 
@@ -128,12 +132,19 @@ class Provider(ABC):
         raise self._unsupported("process listing")
 
     # -------------------------------------------------------------- filesystem
+    # Defaults run commands inside the sandbox (execfs.py), so every provider that
+    # can exec serves the same file calls; providers with a native API override them.
+
+    def _files(self, sandbox: Sandbox) -> ExecFS:
+        if EXEC not in self.capabilities:
+            raise self._unsupported("filesystem")
+        return ExecFS(lambda cmd: self.run(sandbox, cmd))
 
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
-        raise self._unsupported("filesystem")
-        yield b""  # pragma: no cover
+        async for chunk in self._files(sandbox).read(path, offset, length):
+            yield chunk
 
     async def write_file(
         self,
@@ -145,22 +156,22 @@ class Provider(ABC):
         make_parents: bool,
         append: bool,
     ) -> tuple[FileInfo, int]:
-        raise self._unsupported("filesystem")
+        return await self._files(sandbox).write(path, chunks, mode, make_parents, append)
 
     async def list_dir(self, sandbox: Sandbox, path: str) -> list[FileInfo]:
-        raise self._unsupported("filesystem")
+        return await self._files(sandbox).list_dir(path)
 
     async def stat(self, sandbox: Sandbox, path: str) -> FileInfo:
-        raise self._unsupported("filesystem")
+        return await self._files(sandbox).stat(path)
 
     async def mkdir(self, sandbox: Sandbox, path: str, parents: bool) -> FileInfo:
-        raise self._unsupported("filesystem")
+        return await self._files(sandbox).mkdir(path, parents)
 
     async def remove(self, sandbox: Sandbox, path: str, recursive: bool) -> None:
-        raise self._unsupported("filesystem")
+        await self._files(sandbox).remove(path, recursive)
 
     async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
-        raise self._unsupported("filesystem")
+        return await self._files(sandbox).move(source, destination)
 
 
 class ProcessRun(ABC):

@@ -11,9 +11,9 @@ from typing import Any
 
 from ...model import Resources
 from .rootfs import ID_RANGE, UID_SHIFT
+from .templates import DEFAULT_PATH
 
 AGENT_DIR = "/.computesdk"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Docker's default set: enough for apt-get and pip as root, nothing that reaches the host.
 CAPABILITIES = [

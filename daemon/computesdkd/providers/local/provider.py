@@ -38,8 +38,8 @@ from ..base import ProcessRun, Provider, ProviderContext
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, process_info
 from .fs import SandboxFS
-from .oci import DEFAULT_PATH, runtime_spec
-from .templates import TEMPLATES, resolve
+from .oci import runtime_spec
+from .templates import TEMPLATES, process_env, resolve
 
 log = logs.get(__name__)
 
@@ -333,10 +333,7 @@ class LocalProvider(Provider):
         return Agent(Path(sandbox.provider_data["bundle"]) / "run" / "agent.sock")
 
     def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> dict[str, Any]:
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": "sandbox"}
-        env.update(TEMPLATES[sandbox.spec.template or "base"].env)
-        env.update(sandbox.spec.env)
-        env.update(command.env)
+        env = process_env(sandbox, command)
         return {
             "op": "start",
             "args": command.args,

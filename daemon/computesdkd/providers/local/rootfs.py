@@ -55,6 +55,20 @@ def _apt_sources() -> str:
     raise RuntimeError("no apt sources found in /etc/apt; cannot build the base root filesystem")
 
 
+def mmdebstrap_argv(target: str, *hooks: str) -> list[str]:
+    """The one recipe for a Debian base; target "-" writes a tarball to stdout."""
+    hook_args = [f"--customize-hook={h}" for h in hooks]
+    return [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--include=" + ",".join(PACKAGES),
+        *hook_args,
+        SUITE,
+        target,
+        _apt_sources(),
+    ]
+
+
 def shift_ids(root: Path, shift: int = UID_SHIFT) -> int:
     """Re-owns every file by +shift, keeping setuid/setgid bits that chown clears."""
     count = 0
@@ -84,17 +98,7 @@ def build(image_dir: Path = DEFAULT_IMAGE_DIR, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.monotonic()
     _step(f"mmdebstrap {SUITE} with {', '.join(PACKAGES)}")
-    subprocess.run(
-        [
-            "mmdebstrap",
-            "--variant=minbase",
-            "--include=" + ",".join(PACKAGES),
-            SUITE,
-            str(tmp),
-            _apt_sources(),
-        ],
-        check=True,
-    )
+    subprocess.run(mmdebstrap_argv(str(tmp)), check=True)
     _step("preparing /workspace and sandbox defaults")
     (tmp / "workspace").mkdir(mode=0o755, exist_ok=True)
     (tmp / ".computesdk").mkdir(mode=0o755, exist_ok=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...errors import FailedPrecondition, NotFound
+from ...model import Command, Sandbox
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -42,21 +45,30 @@ _TEMPLATES = [
 TEMPLATES = {t.name: t for t in _TEMPLATES}
 
 
-def resolve(name: str) -> Template:
+def resolve(name: str, provider: str = "local") -> Template:
     tpl = TEMPLATES.get(name or "base")
     if tpl is None:
         raise NotFound(
-            f"template {name!r} is not known to provider 'local' "
+            f"template {name!r} is not known to provider {provider!r} "
             f"(known: {', '.join(sorted(TEMPLATES))})",
             reason="TEMPLATE_NOT_FOUND",
             template=name,
-            provider="local",
+            provider=provider,
         )
     if tpl.unavailable:
         raise FailedPrecondition(
-            f"template {name!r} cannot run on provider 'local': {tpl.unavailable}",
+            f"template {name!r} cannot run on provider {provider!r}: {tpl.unavailable}",
             reason="TEMPLATE_UNAVAILABLE",
             template=name,
-            provider="local",
+            provider=provider,
         )
     return tpl
+
+
+def process_env(sandbox: Sandbox, command: Command) -> dict[str, str]:
+    """Defaults, then the template's, the sandbox's and the command's variables."""
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": "sandbox"}
+    env.update(TEMPLATES[sandbox.spec.template or "base"].env)
+    env.update(sandbox.spec.env)
+    env.update(command.env)
+    return env

@@ -1,0 +1,5 @@
+"""The docker provider: containers on a Docker Engine, over its API socket."""
+
+from .provider import DockerProvider
+
+__all__ = ["DockerProvider"]

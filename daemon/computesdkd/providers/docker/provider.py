@@ -1,0 +1,310 @@
+"""The docker provider: one container per sandbox on a Docker Engine.
+
+Containers run with no network, no_new_privs, Docker's default seccomp profile
+and capability set, memory/CPU/pids limits, and tini as PID 1. Exec goes
+through the Engine's exec API on a hijacked connection (stdout and stderr
+stay separate; stdin streams). Files and disk usage go through commands in the
+container (providers/execfs.py).
+
+What the Engine cannot carry is refused by name: re-attaching to a process's
+output (exec output is not kept), background processes, and a disk limit
+(overlay2 on ext4 has no per-container quota).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal as signals
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ... import logs
+from ...errors import FailedPrecondition, ResourceExhausted, Unavailable, Unsupported
+from ...model import (
+    Command,
+    ExitStatus,
+    Output,
+    Probe,
+    ProcessEvent,
+    ProcessInfo,
+    Resources,
+    Sandbox,
+    Started,
+    Usage,
+)
+from .. import base
+from ..base import ProcessRun, Provider, ProviderContext
+from ..local.templates import TEMPLATES, process_env, resolve
+from . import image as image_mod
+from .engine import Engine, HijackedExec
+
+log = logs.get(__name__)
+
+NAME = "docker"
+DEFAULTS = Resources(cpu_cores=1.0, memory_mb=1024, pids_limit=512)
+LABEL = "dev.computesdk.sandbox"
+
+
+@base.register(NAME)
+class DockerProvider(Provider):
+    name = NAME
+    capabilities = frozenset(
+        {
+            base.EXEC,
+            base.EXEC_STDIN,
+            base.SIGNALS,
+            base.FILESYSTEM,
+            base.EVENTS,
+            base.RESOURCE_LIMITS,
+            base.USAGE,
+            base.NETWORK_ISOLATION,
+        }
+    )
+
+    def __init__(self) -> None:
+        self._engine = Engine()
+        self._image = os.environ.get("COMPUTESDK_DOCKER_IMAGE", image_mod.IMAGE)
+        self._unavailable = "not started"
+
+    async def start(self, ctx: ProviderContext) -> None:
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        try:
+            await self._engine.ping()
+        except Unavailable as exc:
+            self._unavailable = exc.message
+            return
+        if not await image_mod.exists(self._engine, self._image):
+            self._unavailable = (
+                f"image {self._image} is not built (python -m computesdkd.providers.docker.image)"
+            )
+            return
+        self._unavailable = ""
+
+    async def close(self) -> None:
+        await self._engine.close()
+
+    def availability(self) -> str:
+        return self._unavailable
+
+    def templates(self) -> list[str]:
+        return sorted(TEMPLATES)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def _resources(self, sandbox: Sandbox) -> Resources:
+        r = sandbox.spec.resources
+        if r.gpu_enabled:
+            raise FailedPrecondition(
+                "provider 'docker' has no GPU on this host",
+                reason="GPU_UNAVAILABLE",
+                provider=NAME,
+                feature="gpu",
+            )
+        if r.disk_mb:
+            raise Unsupported(
+                NAME, "disk limit", "overlay2 on this host has no per-container quota"
+            )
+        cpu = r.cpu_cores or DEFAULTS.cpu_cores
+        if cpu > (os.cpu_count() or 1):
+            raise ResourceExhausted(
+                f"cpu_cores {cpu} exceeds this host's {os.cpu_count()}",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="cpu_cores",
+            )
+        return Resources(
+            cpu_cores=cpu,
+            memory_mb=r.memory_mb or DEFAULTS.memory_mb,
+            pids_limit=r.pids_limit or DEFAULTS.pids_limit,
+        )
+
+    async def create(self, sandbox: Sandbox) -> None:
+        if self._unavailable:
+            await self._refresh()  # dockerd may have come up since
+        if self._unavailable:
+            raise Unavailable(
+                f"provider 'docker' cannot run here: {self._unavailable}",
+                reason="PROVIDER_UNAVAILABLE",
+                provider=NAME,
+            )
+        resolve(sandbox.spec.template, NAME)
+        res = sandbox.resources = self._resources(sandbox)
+        mem = res.memory_mb << 20
+        body = {
+            "Image": self._image,
+            "Cmd": ["sleep", "infinity"],
+            "Hostname": "sandbox",
+            "WorkingDir": "/workspace",
+            "Labels": {LABEL: sandbox.id},
+            "HostConfig": {
+                "Init": True,
+                "Memory": mem,
+                "MemorySwap": mem,
+                "NanoCpus": int(res.cpu_cores * 1e9),
+                "PidsLimit": res.pids_limit,
+                "NetworkMode": "none",
+                "SecurityOpt": ["no-new-privileges"],
+            },
+        }
+        out = await self._engine.json(
+            "POST",
+            "/containers/create",
+            "create",
+            json=body,
+            params={"name": f"computesdk-{sandbox.id}"},
+        )
+        sandbox.provider_sandbox_id = out["Id"]
+        sandbox.provider_data = {"container": out["Id"]}
+        try:
+            await self._engine.request("POST", f"/containers/{out['Id']}/start", "start")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.destroy(sandbox)
+            raise
+
+    def _cid(self, sandbox: Sandbox) -> str:
+        return sandbox.provider_data.get("container") or f"computesdk-{sandbox.id}"
+
+    async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
+        cid = self._cid(sandbox)
+        if graceful_timeout_s > 0:
+            await self._engine.request(
+                "POST",
+                f"/containers/{cid}/stop",
+                "stop",
+                params={"t": math.ceil(graceful_timeout_s)},
+                ok=(304, 404),
+            )
+        await self._engine.request(
+            "DELETE",
+            f"/containers/{cid}",
+            "remove",
+            params={"force": "true", "v": "true"},
+            ok=(404,),
+        )
+
+    async def _inspect(self, sandbox: Sandbox) -> dict[str, Any]:
+        out: dict[str, Any] = await self._engine.json(
+            "GET", f"/containers/{self._cid(sandbox)}/json", "inspect"
+        )
+        return out
+
+    async def adopt(self, sandbox: Sandbox) -> bool:
+        try:
+            return bool((await self._inspect(sandbox))["State"]["Running"])
+        except Exception:
+            return False
+
+    async def probe(self, sandbox: Sandbox) -> Probe:
+        state = (await self._inspect(sandbox))["State"]
+        return Probe(alive=bool(state["Running"]), oom_kills=int(bool(state.get("OOMKilled"))))
+
+    async def usage(self, sandbox: Sandbox) -> Usage:
+        stats = await self._engine.json(
+            "GET", f"/containers/{self._cid(sandbox)}/stats", "stats", params={"stream": "false"}
+        )
+        mem = stats.get("memory_stats", {})
+        return Usage(
+            memory_used_bytes=int(mem.get("usage", 0)),
+            memory_limit_bytes=int(mem.get("limit", 0)),
+            process_count=int(stats.get("pids_stats", {}).get("current", 0)),
+            cpu_time_ns=int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0)),
+        )
+
+    # -------------------------------------------------------------- processes
+
+    def run(
+        self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
+    ) -> ProcessRun:
+        if tag:
+            raise self._unsupported("process tags")
+        return _DockerRun(self._engine, self._cid(sandbox), sandbox, command, kill_on_close)
+
+    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
+        raise Unsupported(
+            NAME, "background processes", "the Engine keeps no exec output to re-attach to"
+        )
+
+    async def attach(
+        self,
+        sandbox: Sandbox,
+        process_id: str,
+        stdout_offset: int,
+        stderr_offset: int,
+        output: bool = True,
+    ) -> AsyncIterator[ProcessEvent]:
+        raise Unsupported(NAME, "process attach", "the Engine keeps no exec output")
+        yield  # pragma: no cover
+
+    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
+        raise self._unsupported("process listing")
+
+
+class _DockerRun(ProcessRun):
+    def __init__(
+        self, engine: Engine, cid: str, sandbox: Sandbox, command: Command, kill_on_close: bool
+    ) -> None:
+        self._engine = engine
+        self._cid = cid
+        self._sandbox = sandbox
+        self._command = command
+        self._kill_on_close = kill_on_close
+        self._conn: HijackedExec | None = None
+        self._exec_id = ""
+        self._pid = 0
+        self._done = False
+
+    async def events(self) -> AsyncIterator[ProcessEvent]:
+        cmd = self._command
+        args = list(cmd.args)
+        if cmd.timeout_ms:  # the Engine has no exec timeout: enforce it inside
+            args = ["timeout", "-s", "KILL", f"{cmd.timeout_ms / 1000:.3f}", *args]
+        env = [f"{k}={v}" for k, v in process_env(self._sandbox, cmd).items()]
+        self._exec_id = await self._engine.exec_create(self._cid, args, env, cmd.cwd, cmd.stdin)
+        started = time.monotonic()
+        self._conn = await self._engine.exec_attach(self._exec_id)
+        info = await self._engine.json("GET", f"/exec/{self._exec_id}/json", "exec inspect")
+        self._pid = int(info.get("Pid") or 0)
+        yield Started(self._exec_id[:12], self._pid)
+        offsets = {1: 0, 2: 0}
+        async for stream, data in self._conn.frames():
+            if stream in offsets:
+                yield Output("stdout" if stream == 1 else "stderr", data, offsets[stream])
+                offsets[stream] += len(data)
+        info = await self._engine.json("GET", f"/exec/{self._exec_id}/json", "exec inspect")
+        self._done = True
+        code = int(info.get("ExitCode") or 0)
+        duration = int((time.monotonic() - started) * 1000)
+        timed_out = bool(cmd.timeout_ms) and code == 137 and duration >= cmd.timeout_ms
+        if code > 128 and (timed_out or code - 128 in (signals.SIGKILL, signals.SIGTERM)):
+            yield ExitStatus(-1, code - 128, duration, timed_out)
+        else:
+            yield ExitStatus(code, 0, duration, timed_out)
+
+    def _need(self) -> HijackedExec:
+        if self._conn is None:
+            raise FailedPrecondition("the process has not started yet", reason="NOT_STARTED")
+        return self._conn
+
+    async def send_stdin(self, data: bytes) -> None:
+        await self._need().write(data)
+
+    async def close_stdin(self) -> None:
+        await self._need().close_stdin()
+
+    async def send_signal(self, signal: int) -> None:
+        # The Engine has no exec signal call; dockerd is on this host, so its pid is ours.
+        if self._pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal)
+
+    async def aclose(self) -> None:
+        if self._kill_on_close and not self._done and self._pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signals.SIGKILL)
+        if self._conn is not None:
+            await self._conn.close()

@@ -1,0 +1,120 @@
+"""One scenario list, run over every provider this machine can carry for real.
+
+The cloud providers join this list against their wire-level fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from computesdk import (
+    Client,
+    FailedPreconditionError,
+    PathOutsideSandboxError,
+    Resources,
+    Sandbox,
+    SandboxFileNotFoundError,
+    SandboxNotFoundError,
+    UnsupportedError,
+)
+
+PROVIDERS = ["local", "docker"]
+
+
+@pytest_asyncio.fixture(params=PROVIDERS)
+async def box(request: pytest.FixtureRequest, client: Client) -> AsyncIterator[Sandbox]:
+    sb = await client.create(request.param, template="python", metadata={"suite": "providers"},
+                             env={"GREETING": "hello"}, timeout_ms=120_000,
+                             resources=Resources(memory_mb=256))  # fmt: skip
+    yield sb
+    try:
+        await sb.destroy()
+    except SandboxNotFoundError:
+        pass
+
+
+async def test_create_with_template_metadata_env_and_timeout(box: Sandbox) -> None:
+    assert box.provider in PROVIDERS and box.template == "python"
+    assert box.metadata == {"suite": "providers"}
+    assert box.info.timeout_ms == 120_000
+    r = await box.exec("echo $GREETING; python3 -c 'import sys; print(sys.version_info[0])'")
+    assert r.stdout == "hello\n3\n"
+
+
+async def test_exec_streaming_stdin_and_exit_codes(box: Sandbox) -> None:
+    stream = box.exec_stream("echo ready; read line; echo got:$line; echo oops >&2; exit 3",
+                             interactive=True)  # fmt: skip
+    out, err = [], []
+    async for chunk in stream:
+        (out if chunk.stream == "stdout" else err).append(chunk.text)
+        if chunk.text == "ready\n":
+            await stream.send_stdin("abc\n")
+    assert "".join(out) == "ready\ngot:abc\n" and "".join(err) == "oops\n"
+    assert stream.exit_code == 3
+    assert (await box.exec(["cat"], stdin="piped")).stdout == "piped"
+    timed = await box.exec("sleep 20", timeout_ms=500)
+    assert timed.timed_out and timed.exit_code == -1
+
+
+async def test_files(box: Sandbox) -> None:
+    data = bytes(range(256)) * 4096
+    await box.files.write("/workspace/d/blob.bin", data)
+    assert await box.files.read("d/blob.bin") == data
+    assert await box.files.read("d/blob.bin", offset=3, length=4) == data[3:7]
+    info = await box.files.stat("/workspace/d/blob.bin")
+    assert (info.type, info.size) == ("file", len(data))
+    await box.files.mkdir("/workspace/d/sub")
+    assert [(f.name, f.type) for f in await box.files.list("/workspace/d")] == [
+        ("blob.bin", "file"), ("sub", "directory")]  # fmt: skip
+    await box.files.move("/workspace/d/blob.bin", "/workspace/d/sub/moved.bin")
+    assert (await box.exec("wc -c < /workspace/d/sub/moved.bin")).stdout.strip() == str(len(data))
+    with pytest.raises(FailedPreconditionError):
+        await box.files.remove("/workspace/d")
+    await box.files.remove("/workspace/d", recursive=True)
+    with pytest.raises(SandboxFileNotFoundError):
+        await box.files.stat("/workspace/d")
+    with pytest.raises(PathOutsideSandboxError):
+        await box.files.read("../../etc/shadow")
+
+
+async def test_events(box: Sandbox, client: Client) -> None:
+    await box.exec("true")
+    sid = box.id
+    await box.destroy()
+    types = [e.type async for e in client.events(sandbox_ids=[sid], follow=False)]
+    assert types == ["created", "ready", "process.started", "process.exited", "destroyed"]
+
+
+async def test_status_and_metrics(box: Sandbox) -> None:
+    st = await box.get_status()
+    assert st.state == "running" and st.resources.memory_mb == 256
+    assert st.memory_limit_bytes == 256 << 20
+    assert st.process_count >= 1 and st.memory_used_bytes > 0
+    await asyncio.sleep(0.01)
+    assert (await box.get_status()).uptime_ms >= st.uptime_ms
+
+
+async def test_destroy(box: Sandbox, client: Client) -> None:
+    await box.destroy()
+    with pytest.raises(SandboxNotFoundError):
+        await client.get(box.id)
+    with pytest.raises(SandboxNotFoundError):
+        await box.exec("true")
+
+
+async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
+    if box.provider == "docker":
+        with pytest.raises(UnsupportedError) as e:
+            await box.start_process("sleep 1")
+        assert e.value.metadata == {"provider": "docker", "feature": "background processes"}
+        assert e.value.reason == "FEATURE_UNSUPPORTED"
+        with pytest.raises(UnsupportedError) as d:
+            await client.create("docker", resources=Resources(disk_mb=100))
+        assert d.value.metadata["feature"] == "disk limit"
+    with pytest.raises(FailedPreconditionError) as g:
+        await client.create(box.provider, resources=Resources(gpu=True))
+    assert g.value.reason == "GPU_UNAVAILABLE"
+    assert g.value.metadata["provider"] == box.provider
