@@ -5,6 +5,7 @@ The cloud providers join this list against their wire-level fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -30,10 +31,8 @@ async def box(request: pytest.FixtureRequest, client: Client) -> AsyncIterator[S
                              env={"GREETING": "hello"}, timeout_ms=120_000,
                              resources=Resources(memory_mb=256))  # fmt: skip
     yield sb
-    try:
+    with contextlib.suppress(SandboxNotFoundError):
         await sb.destroy()
-    except SandboxNotFoundError:
-        pass
 
 
 async def test_create_with_template_metadata_env_and_timeout(box: Sandbox) -> None:
