@@ -31,27 +31,20 @@ class DaemonProcess:
         self.state = root / "state"
         self.log = root / "daemon.log"
         self.on_exit = on_exit
+        self.env: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        argv = [str(BIN / "computesdkd"), "--socket", str(self.socket),
+                "--state-dir", str(self.state), "--log-format", "json",
+                "--grace", "2", "--on-exit", self.on_exit]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    str(BIN / "computesdkd"),
-                    "--socket",
-                    str(self.socket),
-                    "--state-dir",
-                    str(self.state),
-                    "--log-format",
-                    "json",
-                    "--grace",
-                    "2",
-                    "--on-exit",
-                    self.on_exit,
-                ],
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

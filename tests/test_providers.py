@@ -27,9 +27,14 @@ PROVIDERS = ["local", "docker"]
 
 @pytest_asyncio.fixture(params=PROVIDERS)
 async def box(request: pytest.FixtureRequest, client: Client) -> AsyncIterator[Sandbox]:
-    sb = await client.create(request.param, template="python", metadata={"suite": "providers"},
-                             env={"GREETING": "hello"}, timeout_ms=120_000,
-                             resources=Resources(memory_mb=256))  # fmt: skip
+    sb = await client.create(
+        request.param,
+        template="python",
+        metadata={"suite": "providers"},
+        env={"GREETING": "hello"},
+        timeout_ms=120_000,
+        resources=Resources(memory_mb=256),
+    )
     yield sb
     with contextlib.suppress(SandboxNotFoundError):
         await sb.destroy()
@@ -44,8 +49,9 @@ async def test_create_with_template_metadata_env_and_timeout(box: Sandbox) -> No
 
 
 async def test_exec_streaming_stdin_and_exit_codes(box: Sandbox) -> None:
-    stream = box.exec_stream("echo ready; read line; echo got:$line; echo oops >&2; exit 3",
-                             interactive=True)  # fmt: skip
+    stream = box.exec_stream(
+        "echo ready; read line; echo got:$line; echo oops >&2; exit 3", interactive=True
+    )
     out, err = [], []
     async for chunk in stream:
         (out if chunk.stream == "stdout" else err).append(chunk.text)
@@ -67,7 +73,9 @@ async def test_files(box: Sandbox) -> None:
     assert (info.type, info.size) == ("file", len(data))
     await box.files.mkdir("/workspace/d/sub")
     assert [(f.name, f.type) for f in await box.files.list("/workspace/d")] == [
-        ("blob.bin", "file"), ("sub", "directory")]  # fmt: skip
+        ("blob.bin", "file"),
+        ("sub", "directory"),
+    ]
     await box.files.move("/workspace/d/blob.bin", "/workspace/d/sub/moved.bin")
     assert (await box.exec("wc -c < /workspace/d/sub/moved.bin")).stdout.strip() == str(len(data))
     with pytest.raises(FailedPreconditionError):

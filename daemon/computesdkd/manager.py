@@ -10,17 +10,19 @@ import asyncio
 import base64
 import builtins
 import contextlib
+import inspect
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
 from . import logs
+from .breaker import Circuit, CircuitBreaker, is_provider_fault
 from .errors import (
     AlreadyExists,
     ComputeError,
@@ -54,9 +56,13 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_METADATA = 64
 MAX_METADATA_BYTES = 4096
 SWEEP_INTERVAL_S = 1.0
+PROVIDER_START_TIMEOUT_S = 10.0
 # Event types (Event.type). New ones may be added; these are stable.
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
+# A provider's circuit breaker changed state; sandbox_id is empty.
+CIRCUIT = "provider.circuit"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,21 @@ class Manager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
+        self.breakers = {name: CircuitBreaker(name, self._circuit_changed) for name in providers}
 
     # ------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
         ctx = ProviderContext(state_dir=self._state_dir, emit=self.bus.emit)
-        for p in self.providers.values():
-            await p.start(ctx)
+        # Providers start side by side, each bounded: a dead one cannot hold up the rest.
+        results = await asyncio.gather(
+            *(asyncio.wait_for(p.start(ctx), PROVIDER_START_TIMEOUT_S)
+              for p in self.providers.values()),
+            return_exceptions=True,
+        )  # fmt: skip
+        for p, result in zip(self.providers.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("provider failed to start", provider=p.name, error=repr(result))
         for sb in self._store.sandboxes():
             await self._adopt(sb)
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -146,6 +160,27 @@ class Manager:
         for p in self.providers.values():
             await p.close()
 
+    def _circuit_changed(self, provider: str, state: Circuit, why: str) -> None:
+        log.warning("provider circuit changed", provider=provider, state=state.name, why=why)
+        self.bus.emit("", CIRCUIT, why, provider=provider, state=state.name.lower())
+
+    async def _guarded(self, provider: Provider, call: Awaitable[T]) -> T:
+        """Runs a provider call under its circuit breaker."""
+        breaker = self.breakers[provider.name]
+        try:
+            breaker.before_call()
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise
+        try:
+            result = await call
+        except BaseException as exc:
+            breaker.record(exc)
+            raise
+        breaker.record(None)
+        return result
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -153,19 +188,12 @@ class Manager:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _provider(self, name: str) -> Provider:
+    def _registered(self, name: str) -> Provider:
         p = self.providers.get(name)
         if p is None:
             raise NotFound(
                 f"provider {name!r} is not registered (known: {', '.join(sorted(self.providers))})",
                 reason="PROVIDER_NOT_FOUND",
-                provider=name,
-            )
-        why = p.availability()
-        if why:
-            raise Unavailable(
-                f"provider {name!r} cannot be used: {why}",
-                reason="PROVIDER_UNAVAILABLE",
                 provider=name,
             )
         return p
@@ -197,17 +225,31 @@ class Manager:
         if not self.accepting:
             raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
         spec = self._validate(spec)
-        provider = self._provider(spec.provider)
         if spec.request_id:
-            return await self._create_once(spec, provider)
-        return await self._create(spec, provider)
+            return await self._create_once(spec)
+        return await self._create_with_fallback(spec)
 
-    async def _create_once(self, spec: SandboxSpec, provider: Provider) -> Sandbox:
+    async def _create_with_fallback(self, spec: SandboxSpec) -> Sandbox:
+        """Tries spec.provider, then each fallback in order, while the failure is the
+        provider's (down, circuit open); a bad request fails at once."""
+        names = [spec.provider, *(p for p in spec.fallback_providers if p != spec.provider)]
+        for i, name in enumerate(names):
+            last = i == len(names) - 1
+            try:
+                provider = self._registered(name)
+                return await self._create(replace(spec, provider=name), provider)
+            except ComputeError as exc:
+                if last or not (is_provider_fault(exc) or exc.reason == "CIRCUIT_OPEN"):
+                    raise
+                log.warning("create falls back", failed=name, to=names[i + 1], why=exc.message)
+        raise AssertionError("unreachable")
+
+    async def _create_once(self, spec: SandboxSpec) -> Sandbox:
         existing = self._store.sandbox_by_request_id(spec.request_id)
         if existing is None and spec.request_id in self._creating:
             existing = await asyncio.shield(self._creating[spec.request_id])
         if existing is not None:
-            if existing.spec != spec:
+            if replace(existing.spec, provider=spec.provider) != spec:
                 raise AlreadyExists(
                     "request_id was already used for a different sandbox",
                     reason="REQUEST_ID_CONFLICT",
@@ -217,7 +259,7 @@ class Manager:
         fut: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
         self._creating[spec.request_id] = fut
         try:
-            sb = await self._create(spec, provider)
+            sb = await self._create_with_fallback(spec)
             fut.set_result(sb)
             return sb
         except BaseException as exc:
@@ -241,7 +283,8 @@ class Manager:
             self._store.put_sandbox(sb)
             self.bus.emit(sb.id, CREATED, provider=spec.provider, template=spec.template)
             try:
-                await provider.create(sb)
+                # The provider says itself when it cannot run (and may recover).
+                await self._guarded(provider, provider.create(sb))
             except BaseException as exc:
                 self._sandboxes.pop(sb.id, None)
                 self._store.delete_sandbox(sb.id)
@@ -330,8 +373,9 @@ class Manager:
                 sb.state = State.STOPPING
                 self._store.put_sandbox(sb)
                 grace = (graceful_timeout_ms or 10_000) / 1000 if graceful else 0.0
+                provider = self.providers[sb.spec.provider]
                 try:
-                    await self.providers[sb.spec.provider].destroy(sb, grace)
+                    await self._guarded(provider, provider.destroy(sb, grace))
                 except ComputeError as exc:
                     sb.state = State.ERROR
                     sb.error_message = f"destroy failed: {exc.message}"

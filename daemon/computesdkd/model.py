@@ -37,6 +37,7 @@ class SandboxSpec:
     resources: Resources
     env: dict[str, str]
     request_id: str = ""
+    fallback_providers: tuple[str, ...] = ()
 
 
 @dataclass

@@ -155,6 +155,7 @@ class Store:
 def _sandbox(row: tuple[object, ...]) -> Sandbox:
     spec = json.loads(str(row[3]))
     spec["resources"] = Resources(**spec["resources"])
+    spec["fallback_providers"] = tuple(spec.get("fallback_providers", ()))
     return Sandbox(
         id=str(row[0]),
         spec=SandboxSpec(**spec),

@@ -18,6 +18,8 @@ from .errors import ComputeSDKError
 from .sandbox import Sandbox
 from .types import Resources
 
+CIRCUIT_NAMES = {1: "closed", 2: "open", 3: "half-open"}
+
 
 def _kv(items: Sequence[str], what: str) -> dict[str, str]:
     out = {}
@@ -46,6 +48,7 @@ async def cmd_create(c: Client, a: argparse.Namespace) -> int:
         keep_alive=a.keep_alive,
         env=_kv(a.env, "env"),
         resources=Resources(cpu_cores=a.cpu, memory_mb=a.memory_mb, disk_mb=a.disk_mb),
+        fallback_providers=a.fallback or (),
     )
     if a.json:
         _print_json(_sandbox_dict(sb))
@@ -179,6 +182,7 @@ async def cmd_providers(c: Client, a: argparse.Namespace) -> int:
         state = "available" if p.available else f"unavailable: {p.unavailable_reason}"
         print(f"{p.name}{' (default)' if p.is_default else ''}: {state}")
         print(f"  capabilities: {', '.join(p.capabilities)}")
+        print(f"  circuit: {CIRCUIT_NAMES.get(p.circuit_state, 'unknown')}")
     return 0
 
 
@@ -219,6 +223,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create", parents=[common], help="create a sandbox, print its id")
     p.add_argument("--provider", default="")
     p.add_argument("--template", default="")
+    p.add_argument(
+        "--fallback",
+        action="append",
+        metavar="PROVIDER",
+        help="provider to try next when the first is down (repeatable)",
+    )
     p.add_argument("--metadata", action="append", default=[], metavar="K=V")
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--timeout-ms", type=int, default=0)

@@ -104,7 +104,10 @@ class Client:
         resources: Resources | None = None,
         env: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        fallback_providers: Sequence[str] = (),
     ) -> Sandbox:
+        """Creates a sandbox and returns once it is ready. fallback_providers are tried
+        in order when the provider is down or its circuit breaker is open."""
         req = sandbox_pb2.CreateSandboxRequest(
             provider=provider,
             template=template,
@@ -115,6 +118,7 @@ class Client:
             env=dict(env or {}),
             # Retries of this call are idempotent: the daemon dedupes on request_id.
             request_id=request_id or uuid.uuid4().hex,
+            fallback_providers=list(fallback_providers),
         )
         with translated():
             resp = await self.sandboxes.CreateSandbox(req)

@@ -63,6 +63,7 @@ def spec_from(req: sb_pb.CreateSandboxRequest) -> SandboxSpec:
         resources=resources_from(req.resources),
         env=dict(req.env),
         request_id=req.request_id,
+        fallback_providers=tuple(req.fallback_providers),
     )
 
 

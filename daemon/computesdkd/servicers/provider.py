@@ -32,6 +32,7 @@ class ProviderServicer(pb_grpc.ProviderServiceServicer):
                     unavailable_reason=why,
                     is_default=name == self.manager.default_provider,
                     templates=p.templates(),
+                    circuit_state=self.manager.breakers[name].state.value,  # type: ignore[arg-type]
                 )
             )
         return pb.ListProvidersResponse(providers=out)

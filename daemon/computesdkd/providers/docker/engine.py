@@ -67,7 +67,7 @@ class Engine:
         return resp
 
     async def ping(self) -> None:
-        await self.request("GET", "/_ping", "ping")
+        await self.request("GET", "/_ping", "ping", timeout=3.0)
 
     async def json(self, method: str, path: str, what: str, **kw: Any) -> Any:
         return (await self.request(method, path, what, **kw)).json()

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Calls flow; failures are counted."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
+    """Calls fail fast until the reset timeout passes."""
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
+    """One trial call decides whether to close or open again."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """CircuitState is the state of a provider's circuit breaker."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Calls flow; failures are counted."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
+"""Calls fail fast until the reset timeout passes."""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 3
+"""One trial call decides whether to close or open again."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
 
 @_typing.final
 class Provider(_message.Message):
@@ -30,12 +57,15 @@ class Provider(_message.Message):
     UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     TEMPLATES_FIELD_NUMBER: _builtins.int
+    CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     available: _builtins.bool
     """False when the provider is registered but cannot be used now."""
     unavailable_reason: _builtins.str
     """Why the provider is unavailable."""
     is_default: _builtins.bool
+    circuit_state: Global___CircuitState.ValueType
+    """The daemon's circuit breaker for this provider."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Feature names, for example "exec", "exec.resume", "filesystem", "events"."""
@@ -51,10 +81,11 @@ class Provider(_message.Message):
         unavailable_reason: _builtins.str = ...,
         is_default: _builtins.bool = ...,
         templates: _abc.Iterable[_builtins.str] | None = ...,
+        circuit_state: Global___CircuitState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capabilities", b"capabilities", "is_default", b"is_default", "name", b"name", "templates", b"templates", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "capabilities", b"capabilities", "circuit_state", b"circuit_state", "is_default", b"is_default", "name", b"name", "templates", b"templates", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

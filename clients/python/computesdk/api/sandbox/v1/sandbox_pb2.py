@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'computesdk/api/sandbox/v1/sandbox.proto\x12\x19\x63omputesdk.api.sandbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x07GpuSpec\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x87\x01\n\tResources\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x11\n\tmemory_mb\x18\x02 \x01(\x04\x12\x0f\n\x07\x64isk_mb\x18\x03 \x01(\x04\x12/\n\x03gpu\x18\x04 \x01(\x0b\x32\".computesdk.api.sandbox.v1.GpuSpec\x12\x12\n\npids_limit\x18\x05 \x01(\r\"\xd6\x03\n\x07Sandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .computesdk.api.sandbox.v1.State\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.computesdk.api.sandbox.v1.Sandbox.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimeout_ms\x18\x08 \x01(\x04\x12\x12\n\nkeep_alive\x18\t \x01(\x08\x12\x37\n\tresources\x18\n \x01(\x0b\x32$.computesdk.api.sandbox.v1.Resources\x12\x1b\n\x13provider_sandbox_id\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x03\n\x14\x43reateSandboxRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12O\n\x08metadata\x18\x03 \x03(\x0b\x32=.computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x12\n\nkeep_alive\x18\x05 \x01(\x08\x12\x37\n\tresources\x18\x06 \x01(\x0b\x32$.computesdk.api.sandbox.v1.Resources\x12\x45\n\x03\x65nv\x18\x07 \x03(\x0b\x32\x38.computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x15\x43reateSandboxResponse\x12\x33\n\x07sandbox\x18\x01 \x01(\x0b\x32\".computesdk.api.sandbox.v1.Sandbox\"\'\n\x11GetSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"I\n\x12GetSandboxResponse\x12\x33\n\x07sandbox\x18\x01 \x01(\x0b\x32\".computesdk.api.sandbox.v1.Sandbox\"\x83\x02\n\x14ListSandboxesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12O\n\x08metadata\x18\x03 \x03(\x0b\x32=.computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry\x12\x30\n\x06states\x18\x04 \x03(\x0e\x32 .computesdk.api.sandbox.v1.State\x12\x10\n\x08provider\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x15ListSandboxesResponse\x12\x35\n\tsandboxes\x18\x01 \x03(\x0b\x32\".computesdk.api.sandbox.v1.Sandbox\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x15\x44\x65stroySandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08graceful\x18\x02 \x01(\x08\x12\x1b\n\x13graceful_timeout_ms\x18\x03 \x01(\x04\"\x18\n\x16\x44\x65stroySandboxResponse\"-\n\x17GetSandboxStatusRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"\xd0\x01\n\x18GetSandboxStatusResponse\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .computesdk.api.sandbox.v1.State\x12\x11\n\tuptime_ms\x18\x02 \x01(\x04\x12\x37\n\tresources\x18\x03 \x01(\x0b\x32$.computesdk.api.sandbox.v1.Resources\x12\x37\n\x05usage\x18\x04 \x01(\x0b\x32(.computesdk.api.sandbox.v1.ResourceUsage\"\xa5\x01\n\rResourceUsage\x12\x19\n\x11memory_used_bytes\x18\x01 \x01(\x04\x12\x1a\n\x12memory_limit_bytes\x18\x02 \x01(\x04\x12\x15\n\rprocess_count\x18\x03 \x01(\r\x12\x13\n\x0b\x63pu_time_ns\x18\x04 \x01(\x04\x12\x17\n\x0f\x64isk_used_bytes\x18\x05 \x01(\x04\x12\x18\n\x10\x64isk_limit_bytes\x18\x06 \x01(\x04*}\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_CREATING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x12\n\x0eSTATE_STOPPING\x10\x03\x12\x11\n\rSTATE_STOPPED\x10\x04\x12\x0f\n\x0bSTATE_ERROR\x10\x05\x32\xd7\x04\n\x0eSandboxService\x12r\n\rCreateSandbox\x12/.computesdk.api.sandbox.v1.CreateSandboxRequest\x1a\x30.computesdk.api.sandbox.v1.CreateSandboxResponse\x12i\n\nGetSandbox\x12,.computesdk.api.sandbox.v1.GetSandboxRequest\x1a-.computesdk.api.sandbox.v1.GetSandboxResponse\x12r\n\rListSandboxes\x12/.computesdk.api.sandbox.v1.ListSandboxesRequest\x1a\x30.computesdk.api.sandbox.v1.ListSandboxesResponse\x12u\n\x0e\x44\x65stroySandbox\x12\x30.computesdk.api.sandbox.v1.DestroySandboxRequest\x1a\x31.computesdk.api.sandbox.v1.DestroySandboxResponse\x12{\n\x10GetSandboxStatus\x12\x32.computesdk.api.sandbox.v1.GetSandboxStatusRequest\x1a\x33.computesdk.api.sandbox.v1.GetSandboxStatusResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/sandbox/v1;sandboxv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'computesdk/api/sandbox/v1/sandbox.proto\x12\x19\x63omputesdk.api.sandbox.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x07GpuSpec\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x87\x01\n\tResources\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x11\n\tmemory_mb\x18\x02 \x01(\x04\x12\x0f\n\x07\x64isk_mb\x18\x03 \x01(\x04\x12/\n\x03gpu\x18\x04 \x01(\x0b\x32\".computesdk.api.sandbox.v1.GpuSpec\x12\x12\n\npids_limit\x18\x05 \x01(\r\"\xd6\x03\n\x07Sandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .computesdk.api.sandbox.v1.State\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.computesdk.api.sandbox.v1.Sandbox.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimeout_ms\x18\x08 \x01(\x04\x12\x12\n\nkeep_alive\x18\t \x01(\x08\x12\x37\n\tresources\x18\n \x01(\x0b\x32$.computesdk.api.sandbox.v1.Resources\x12\x1b\n\x13provider_sandbox_id\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x03\n\x14\x43reateSandboxRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12O\n\x08metadata\x18\x03 \x03(\x0b\x32=.computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x12\n\nkeep_alive\x18\x05 \x01(\x08\x12\x37\n\tresources\x18\x06 \x01(\x0b\x32$.computesdk.api.sandbox.v1.Resources\x12\x45\n\x03\x65nv\x18\x07 \x03(\x0b\x32\x38.computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x1a\n\x12\x66\x61llback_providers\x18\t \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x15\x43reateSandboxResponse\x12\x33\n\x07sandbox\x18\x01 \x01(\x0b\x32\".computesdk.api.sandbox.v1.Sandbox\"\'\n\x11GetSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"I\n\x12GetSandboxResponse\x12\x33\n\x07sandbox\x18\x01 \x01(\x0b\x32\".computesdk.api.sandbox.v1.Sandbox\"\x83\x02\n\x14ListSandboxesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12O\n\x08metadata\x18\x03 \x03(\x0b\x32=.computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry\x12\x30\n\x06states\x18\x04 \x03(\x0e\x32 .computesdk.api.sandbox.v1.State\x12\x10\n\x08provider\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x15ListSandboxesResponse\x12\x35\n\tsandboxes\x18\x01 \x03(\x0b\x32\".computesdk.api.sandbox.v1.Sandbox\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x15\x44\x65stroySandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08graceful\x18\x02 \x01(\x08\x12\x1b\n\x13graceful_timeout_ms\x18\x03 \x01(\x04\"\x18\n\x16\x44\x65stroySandboxResponse\"-\n\x17GetSandboxStatusRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"\xd0\x01\n\x18GetSandboxStatusResponse\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .computesdk.api.sandbox.v1.State\x12\x11\n\tuptime_ms\x18\x02 \x01(\x04\x12\x37\n\tresources\x18\x03 \x01(\x0b\x32$.computesdk.api.sandbox.v1.Resources\x12\x37\n\x05usage\x18\x04 \x01(\x0b\x32(.computesdk.api.sandbox.v1.ResourceUsage\"\xa5\x01\n\rResourceUsage\x12\x19\n\x11memory_used_bytes\x18\x01 \x01(\x04\x12\x1a\n\x12memory_limit_bytes\x18\x02 \x01(\x04\x12\x15\n\rprocess_count\x18\x03 \x01(\r\x12\x13\n\x0b\x63pu_time_ns\x18\x04 \x01(\x04\x12\x17\n\x0f\x64isk_used_bytes\x18\x05 \x01(\x04\x12\x18\n\x10\x64isk_limit_bytes\x18\x06 \x01(\x04*}\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_CREATING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x12\n\x0eSTATE_STOPPING\x10\x03\x12\x11\n\rSTATE_STOPPED\x10\x04\x12\x0f\n\x0bSTATE_ERROR\x10\x05\x32\xd7\x04\n\x0eSandboxService\x12r\n\rCreateSandbox\x12/.computesdk.api.sandbox.v1.CreateSandboxRequest\x1a\x30.computesdk.api.sandbox.v1.CreateSandboxResponse\x12i\n\nGetSandbox\x12,.computesdk.api.sandbox.v1.GetSandboxRequest\x1a-.computesdk.api.sandbox.v1.GetSandboxResponse\x12r\n\rListSandboxes\x12/.computesdk.api.sandbox.v1.ListSandboxesRequest\x1a\x30.computesdk.api.sandbox.v1.ListSandboxesResponse\x12u\n\x0e\x44\x65stroySandbox\x12\x30.computesdk.api.sandbox.v1.DestroySandboxRequest\x1a\x31.computesdk.api.sandbox.v1.DestroySandboxResponse\x12{\n\x10GetSandboxStatus\x12\x32.computesdk.api.sandbox.v1.GetSandboxStatusRequest\x1a\x33.computesdk.api.sandbox.v1.GetSandboxStatusResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/sandbox/v1;sandboxv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATESANDBOXREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_LISTSANDBOXESREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_LISTSANDBOXESREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_STATE']._serialized_start=2299
-  _globals['_STATE']._serialized_end=2424
+  _globals['_STATE']._serialized_start=2327
+  _globals['_STATE']._serialized_end=2452
   _globals['_GPUSPEC']._serialized_start=103
   _globals['_GPUSPEC']._serialized_end=158
   _globals['_RESOURCES']._serialized_start=161
@@ -52,33 +52,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOX_METADATAENTRY']._serialized_start=722
   _globals['_SANDBOX_METADATAENTRY']._serialized_end=769
   _globals['_CREATESANDBOXREQUEST']._serialized_start=772
-  _globals['_CREATESANDBOXREQUEST']._serialized_end=1192
+  _globals['_CREATESANDBOXREQUEST']._serialized_end=1220
   _globals['_CREATESANDBOXREQUEST_METADATAENTRY']._serialized_start=722
   _globals['_CREATESANDBOXREQUEST_METADATAENTRY']._serialized_end=769
-  _globals['_CREATESANDBOXREQUEST_ENVENTRY']._serialized_start=1150
-  _globals['_CREATESANDBOXREQUEST_ENVENTRY']._serialized_end=1192
-  _globals['_CREATESANDBOXRESPONSE']._serialized_start=1194
-  _globals['_CREATESANDBOXRESPONSE']._serialized_end=1270
-  _globals['_GETSANDBOXREQUEST']._serialized_start=1272
-  _globals['_GETSANDBOXREQUEST']._serialized_end=1311
-  _globals['_GETSANDBOXRESPONSE']._serialized_start=1313
-  _globals['_GETSANDBOXRESPONSE']._serialized_end=1386
-  _globals['_LISTSANDBOXESREQUEST']._serialized_start=1389
-  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1648
+  _globals['_CREATESANDBOXREQUEST_ENVENTRY']._serialized_start=1178
+  _globals['_CREATESANDBOXREQUEST_ENVENTRY']._serialized_end=1220
+  _globals['_CREATESANDBOXRESPONSE']._serialized_start=1222
+  _globals['_CREATESANDBOXRESPONSE']._serialized_end=1298
+  _globals['_GETSANDBOXREQUEST']._serialized_start=1300
+  _globals['_GETSANDBOXREQUEST']._serialized_end=1339
+  _globals['_GETSANDBOXRESPONSE']._serialized_start=1341
+  _globals['_GETSANDBOXRESPONSE']._serialized_end=1414
+  _globals['_LISTSANDBOXESREQUEST']._serialized_start=1417
+  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1676
   _globals['_LISTSANDBOXESREQUEST_METADATAENTRY']._serialized_start=722
   _globals['_LISTSANDBOXESREQUEST_METADATAENTRY']._serialized_end=769
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1650
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1753
-  _globals['_DESTROYSANDBOXREQUEST']._serialized_start=1755
-  _globals['_DESTROYSANDBOXREQUEST']._serialized_end=1845
-  _globals['_DESTROYSANDBOXRESPONSE']._serialized_start=1847
-  _globals['_DESTROYSANDBOXRESPONSE']._serialized_end=1871
-  _globals['_GETSANDBOXSTATUSREQUEST']._serialized_start=1873
-  _globals['_GETSANDBOXSTATUSREQUEST']._serialized_end=1918
-  _globals['_GETSANDBOXSTATUSRESPONSE']._serialized_start=1921
-  _globals['_GETSANDBOXSTATUSRESPONSE']._serialized_end=2129
-  _globals['_RESOURCEUSAGE']._serialized_start=2132
-  _globals['_RESOURCEUSAGE']._serialized_end=2297
-  _globals['_SANDBOXSERVICE']._serialized_start=2427
-  _globals['_SANDBOXSERVICE']._serialized_end=3026
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1678
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1781
+  _globals['_DESTROYSANDBOXREQUEST']._serialized_start=1783
+  _globals['_DESTROYSANDBOXREQUEST']._serialized_end=1873
+  _globals['_DESTROYSANDBOXRESPONSE']._serialized_start=1875
+  _globals['_DESTROYSANDBOXRESPONSE']._serialized_end=1899
+  _globals['_GETSANDBOXSTATUSREQUEST']._serialized_start=1901
+  _globals['_GETSANDBOXSTATUSREQUEST']._serialized_end=1946
+  _globals['_GETSANDBOXSTATUSRESPONSE']._serialized_start=1949
+  _globals['_GETSANDBOXSTATUSRESPONSE']._serialized_end=2157
+  _globals['_RESOURCEUSAGE']._serialized_start=2160
+  _globals['_RESOURCEUSAGE']._serialized_end=2325
+  _globals['_SANDBOXSERVICE']._serialized_start=2455
+  _globals['_SANDBOXSERVICE']._serialized_end=3054
 # @@protoc_insertion_point(module_scope)

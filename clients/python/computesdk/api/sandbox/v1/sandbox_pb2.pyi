@@ -243,6 +243,7 @@ class CreateSandboxRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FALLBACK_PROVIDERS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, as listed by ProviderService. Empty means the daemon's default."""
     template: _builtins.str
@@ -261,6 +262,10 @@ class CreateSandboxRequest(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Environment applied to every process in the sandbox."""
 
+    @_builtins.property
+    def fallback_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Providers to try, in order, when `provider` is down or its circuit is open."""
+
     def __init__(
         self,
         *,
@@ -272,10 +277,11 @@ class CreateSandboxRequest(_message.Message):
         resources: Global___Resources | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        fallback_providers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "keep_alive", b"keep_alive", "metadata", b"metadata", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
