@@ -13,11 +13,15 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from computesdk import Client, Sandbox
+from fakes import e2b as e2b_fake
+from fakes.asgi import ServerThread
+from fakes.e2b import FakeE2B
 
 BIN = Path(sys.executable).parent
 
@@ -32,6 +36,7 @@ class DaemonProcess:
         self.log = root / "daemon.log"
         self.on_exit = on_exit
         self.env: dict[str, str] = {}
+        self.fakes: dict[str, Any] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -106,10 +111,21 @@ def new_daemon(on_exit: str = "destroy") -> DaemonProcess:
 
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[DaemonProcess]:
+    """The shared daemon; its cloud providers point at the wire-level fakes."""
     d = new_daemon()
+    fake = FakeE2B(str(d.socket))
+    servers = ServerThread([fake.api, fake.envd], cleanup=fake.close).start()
+    api_port, envd_port = servers.ports
+    d.env = {
+        "E2B_API_KEY": e2b_fake.API_KEY,
+        "E2B_API_URL": f"http://127.0.0.1:{api_port}",
+        "E2B_SANDBOX_URL": f"http://127.0.0.1:{envd_port}",
+    }
+    d.fakes = {"e2b": fake}
     d.start()
     yield d
     d.cleanup()
+    servers.stop()
 
 
 @pytest_asyncio.fixture(scope="session")

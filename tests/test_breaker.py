@@ -18,6 +18,9 @@ from computesdk import Client, UnavailableError
 from computesdkd.breaker import Circuit, CircuitBreaker
 from computesdkd.errors import InvalidArgument, Unavailable
 from conftest import DaemonProcess, new_daemon
+from fakes import e2b as e2b_fake
+from fakes.asgi import ServerThread
+from fakes.e2b import FakeE2B
 
 
 class _Always503(http.server.BaseHTTPRequestHandler):
@@ -132,3 +135,43 @@ def test_breaker_half_opens_after_the_reset_timeout() -> None:
         Circuit.HALF_OPEN,
         Circuit.CLOSED,
     ]
+
+
+@pytest_asyncio.fixture
+async def daemon_with_failing_e2b() -> AsyncIterator[tuple[DaemonProcess, FakeE2B]]:
+    d = new_daemon()
+    fake = FakeE2B(str(d.socket))
+    fake.fail_with = 503
+    servers = ServerThread([fake.api, fake.envd], cleanup=fake.close).start()
+    d.env = {"E2B_API_KEY": e2b_fake.API_KEY,
+             "E2B_API_URL": f"http://127.0.0.1:{servers.ports[0]}",
+             "E2B_SANDBOX_URL": f"http://127.0.0.1:{servers.ports[1]}"}  # fmt: skip
+    d.start()
+    yield d, fake
+    d.cleanup()
+    servers.stop()
+
+
+async def test_e2b_answering_503_opens_the_circuit_and_others_keep_serving(
+    daemon_with_failing_e2b: tuple[DaemonProcess, FakeE2B],
+) -> None:
+    d, fake = daemon_with_failing_e2b
+    client = await Client.connect(socket=d.socket)
+    for _ in range(5):
+        with pytest.raises(UnavailableError) as e:
+            await client.create("e2b")
+        assert e.value.reason == "PROVIDER_UNAVAILABLE" and "503" in e.value.message
+    # Each failed create was retried with backoff before counting as one failure.
+    assert fake.requests.count("POST /sandboxes") == 5 * 4
+    with pytest.raises(UnavailableError) as fast:
+        await client.create("e2b")
+    assert fast.value.reason == "CIRCUIT_OPEN"
+    assert fake.requests.count("POST /sandboxes") == 20  # the open circuit did not call out
+    sb = await client.create("e2b", fallback_providers=["docker", "local"])
+    assert sb.provider == "docker"
+    assert (await sb.exec("echo served")).stdout == "served\n"
+    await sb.destroy()
+    other = await client.create("local")
+    assert (await other.exec("echo local")).stdout == "local\n"
+    await other.destroy()
+    await client.close()

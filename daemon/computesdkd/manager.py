@@ -421,6 +421,8 @@ class Manager:
                     continue
                 provider = self.providers[sb.spec.provider]
                 with contextlib.suppress(ComputeError):
+                    if sb.spec.keep_alive:
+                        await provider.refresh_lease(sb)
                     probe = await provider.probe(sb)
                     await self._check_oom(sb, probe.oom_kills)
                     if not probe.alive:

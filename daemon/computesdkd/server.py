@@ -25,6 +25,7 @@ from .config import Config
 from .events import EventBus
 from .manager import Manager
 from .providers import docker as _docker  # noqa: F401 - registers the docker provider
+from .providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
 from .providers import get_factory, registered_names
 from .providers import local as _local  # noqa: F401 - registers the local provider
 from .servicers.events import EventServicer

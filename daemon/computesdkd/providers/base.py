@@ -86,6 +86,10 @@ class Provider(ABC):
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         """Frees everything the sandbox holds. Must succeed on a half-made sandbox."""
 
+    async def refresh_lease(self, sandbox: Sandbox) -> None:  # noqa: B027 - optional hook
+        """Called now and then for keep-alive sandboxes, for vendors whose sandboxes end
+        at a timeout of their own; extend it here when it runs low."""
+
     async def adopt(self, sandbox: Sandbox) -> bool:
         """After a daemon restart: True when the sandbox still runs."""
         raise self._unsupported("adopt")

@@ -1,0 +1,115 @@
+"""A minimal Connect-protocol client with the JSON codec, over httpx.
+
+Unary calls POST application/json. Server streams POST application/connect+json
+with enveloped messages: 1 flag byte, 4-byte big-endian length, JSON; the last
+envelope has flag 0x02 and carries the end-of-stream error, if any.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ...errors import ComputeError, Unavailable
+from ..http import error_for
+
+_ENVELOPE = struct.Struct(">BI")
+END_STREAM = 0x02
+HEADERS = {"Connect-Protocol-Version": "1"}
+
+
+def envelope(msg: dict[str, Any], flags: int = 0) -> bytes:
+    body = json.dumps(msg).encode()
+    return _ENVELOPE.pack(flags, len(body)) + body
+
+
+def connect_error(
+    provider: str, what: str, err: dict[str, Any], not_found: str = "NOT_FOUND"
+) -> ComputeError:
+    """Maps a Connect error body {code, message} through the HTTP status it stands for."""
+    status = {
+        "not_found": 404,
+        "invalid_argument": 400,
+        "already_exists": 409,
+        "permission_denied": 403,
+        "unauthenticated": 401,
+        "unavailable": 503,
+        "resource_exhausted": 429,
+        "failed_precondition": 400,
+    }.get(err.get("code", ""), 500)
+    return error_for(provider, what, httpx.Response(status, json=err), not_found)
+
+
+async def unary(
+    client: httpx.AsyncClient,
+    url: str,
+    msg: dict[str, Any],
+    *,
+    provider: str,
+    what: str,
+    headers: dict[str, str],
+    not_found: str = "NOT_FOUND",
+) -> dict[str, Any]:
+    try:
+        resp = await client.post(url, json=msg, headers={**HEADERS, **headers})
+    except httpx.TransportError as exc:
+        raise Unavailable(
+            f"{provider}: {what}: {type(exc).__name__}",
+            reason="PROVIDER_UNAVAILABLE",
+            provider=provider,
+        ) from exc
+    if resp.status_code != 200:
+        try:
+            err = resp.json()
+        except ValueError:
+            err = {"code": "unknown", "message": resp.text[:300]}
+        raise connect_error(provider, what, err, not_found)
+    out: dict[str, Any] = resp.json()
+    return out
+
+
+async def server_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    msg: dict[str, Any],
+    *,
+    provider: str,
+    what: str,
+    headers: dict[str, str],
+) -> AsyncIterator[dict[str, Any]]:
+    hdrs = {**HEADERS, **headers, "Content-Type": "application/connect+json"}
+    try:
+        async with client.stream(
+            "POST",
+            url,
+            content=envelope(msg),
+            headers=hdrs,
+            timeout=httpx.Timeout(None, connect=10.0),
+        ) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                raise connect_error(provider, what, resp.json() if resp.content else {})
+            buf = b""
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                while len(buf) >= _ENVELOPE.size:
+                    flags, n = _ENVELOPE.unpack_from(buf)
+                    if len(buf) < _ENVELOPE.size + n:
+                        break
+                    body = json.loads(buf[_ENVELOPE.size : _ENVELOPE.size + n] or b"{}")
+                    buf = buf[_ENVELOPE.size + n :]
+                    if flags & END_STREAM:
+                        if body.get("error"):
+                            raise connect_error(provider, what, body["error"])
+                        return
+                    yield body
+    except httpx.TransportError as exc:
+        raise Unavailable(
+            f"{provider}: {what}: stream broke ({type(exc).__name__})",
+            reason="PROVIDER_UNAVAILABLE",
+            provider=provider,
+        ) from exc
