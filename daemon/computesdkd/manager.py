@@ -27,6 +27,7 @@ from .errors import (
     AlreadyExists,
     ComputeError,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -37,8 +38,10 @@ from .model import (
     Command,
     ExitStatus,
     FileInfo,
+    Output,
     ProcessEvent,
     ProcessInfo,
+    Resources,
     Sandbox,
     SandboxSpec,
     Started,
@@ -60,6 +63,9 @@ PROVIDER_START_TIMEOUT_S = 10.0
 # Event types (Event.type). New ones may be added; these are stable.
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
+CLONED, MIGRATED = "cloned", "migrated"
+# Stdin chunks of a workspace copy stay well under every provider's message limits.
+COPY_CHUNK = 256 * 1024
 # A provider's circuit breaker changed state; sandbox_id is empty.
 CIRCUIT = "provider.circuit"
 T = TypeVar("T")
@@ -107,10 +113,12 @@ class Manager:
         ctx = ProviderContext(state_dir=self._state_dir, emit=self.bus.emit)
         # Providers start side by side, each bounded: a dead one cannot hold up the rest.
         results = await asyncio.gather(
-            *(asyncio.wait_for(p.start(ctx), PROVIDER_START_TIMEOUT_S)
-              for p in self.providers.values()),
+            *(
+                asyncio.wait_for(p.start(ctx), PROVIDER_START_TIMEOUT_S)
+                for p in self.providers.values()
+            ),
             return_exceptions=True,
-        )  # fmt: skip
+        )
         for p, result in zip(self.providers.values(), results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("provider failed to start", provider=p.name, error=repr(result))
@@ -397,6 +405,115 @@ class Manager:
                 usage = await self.providers[sb.spec.provider].usage(sb)
         uptime = int((time.time() - sb.started_at) * 1000) if sb.started_at else 0
         return Status(sb.state, uptime, sb, usage)
+
+    # ------------------------------------------------------------ clone and migrate
+
+    async def clone(
+        self,
+        sandbox_id: str,
+        *,
+        provider: str = "",
+        template: str = "",
+        env: dict[str, str] | None = None,
+        resources: Resources | None = None,
+    ) -> Sandbox:
+        src, _ = self._running(sandbox_id)
+        target = provider or src.spec.provider
+        if resources is None:  # another provider may not take this one's sizing
+            resources = src.spec.resources if target == src.spec.provider else Resources()
+        spec = replace(
+            src.spec,
+            provider=target,
+            template=template or src.spec.template,
+            env={**src.spec.env, **(env or {})},
+            resources=resources,
+            request_id="",
+            fallback_providers=(),
+        )
+        dst = await self._copy_into_new(src, spec, files=True)
+        self.bus.emit(dst.id, CLONED, source=src.id, source_provider=src.spec.provider)
+        return dst
+
+    async def migrate(
+        self,
+        sandbox_id: str,
+        provider: str,
+        *,
+        template: str = "",
+        preserve_files: bool = True,
+        preserve_env: bool = True,
+        template_mapping: dict[str, str] | None = None,
+        env_mapping: dict[str, str] | None = None,
+    ) -> Sandbox:
+        src, _ = self._running(sandbox_id)
+        tpl = template or (template_mapping or {}).get(src.spec.template, src.spec.template)
+        mapping = env_mapping or {}
+        env = {mapping.get(k, k): v for k, v in src.spec.env.items()} if preserve_env else {}
+        spec = replace(
+            src.spec,
+            provider=provider,
+            template=tpl,
+            env=env,
+            resources=Resources(),
+            request_id="",
+            fallback_providers=(),
+        )
+        dst = await self._copy_into_new(src, spec, files=preserve_files)
+        # Only now that the target is complete does the source go.
+        self.bus.emit(src.id, MIGRATED, target=dst.id, target_provider=provider)
+        await self.destroy(src.id, reason="migrated")
+        return dst
+
+    async def _copy_into_new(self, src: Sandbox, spec: SandboxSpec, files: bool) -> Sandbox:
+        dst = await self._create_with_fallback(self._validate(spec))
+        if not files:
+            return dst
+        try:
+            await self._copy_workspace(src, dst)
+        except BaseException:
+            with contextlib.suppress(ComputeError):
+                await self.destroy(dst.id, reason="copy-failed")
+            raise
+        return dst
+
+    async def _copy_workspace(self, src: Sandbox, dst: Sandbox) -> None:
+        """Streams /workspace from one sandbox into another as a tar stream.
+
+        It needs only exec with stdin on both sides, so it works between any
+        two providers, whatever their file APIs."""
+        reader = self.providers[src.spec.provider].run(
+            src, Command(args=["tar", "-C", WORKDIR, "-cf", "-", "."], cwd="/")
+        )
+        writer = self.providers[dst.spec.provider].run(
+            dst, Command(args=["tar", "-C", WORKDIR, "-xf", "-"], cwd="/", stdin=True)
+        )
+        try:
+            out = aiter(writer.events())
+            await anext(out)  # started
+            errors = bytearray()
+            async for ev in reader.events():
+                if isinstance(ev, Output) and ev.stream == "stdout":
+                    for i in range(0, len(ev.data), COPY_CHUNK):
+                        await writer.send_stdin(ev.data[i : i + COPY_CHUNK])
+                elif isinstance(ev, Output):
+                    errors.extend(ev.data)
+                elif isinstance(ev, ExitStatus) and ev.exit_code != 0:
+                    raise Internal(
+                        f"reading /workspace failed: {errors.decode(errors='replace')}",
+                        reason="COPY_FAILED",
+                    )
+            await writer.close_stdin()
+            async for ev in out:
+                if isinstance(ev, Output):
+                    errors.extend(ev.data)
+                elif isinstance(ev, ExitStatus) and ev.exit_code != 0:
+                    raise Internal(
+                        f"writing /workspace failed: {errors.decode(errors='replace')}",
+                        reason="COPY_FAILED",
+                    )
+        finally:
+            await reader.aclose()
+            await writer.aclose()
 
     # ------------------------------------------------------------ sweeping
 

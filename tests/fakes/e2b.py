@@ -88,6 +88,8 @@ class FakeE2B:
         self.daemon_socket = daemon_socket
         self.boxes: dict[str, _Box] = {}
         self.fail_with = 0  # when set, every request gets this status
+        # When set, envd serves this many more requests, then answers 503.
+        self.envd_budget: int | None = None
         self.requests: list[str] = []
         self._client: Client | None = None
 
@@ -210,9 +212,11 @@ class FakeE2B:
     async def envd(self, scope: Scope, receive: Receive, send: Send) -> None:
         req = Request(scope, receive)
         self.requests.append(f"envd {req.method} {req.path}")
-        if self.fail_with:
+        if self.envd_budget is not None:
+            self.envd_budget -= 1
+        if self.fail_with or (self.envd_budget is not None and self.envd_budget < 0):
             return await respond_json(
-                send, self.fail_with, {"code": "unavailable", "message": "service unavailable"}
+                send, self.fail_with or 503, {"code": "unavailable", "message": "unavailable"}
             )
         box = self.boxes.get(req.headers.get("e2b-sandbox-id", ""))
         if box is None:

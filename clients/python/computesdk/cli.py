@@ -135,6 +135,27 @@ async def cmd_rm(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_clone(c: Client, a: argparse.Namespace) -> int:
+    src = await c.get(a.id)
+    dst = await src.clone(provider=a.provider, template=a.template, env=_kv(a.env, "env"))
+    print(json.dumps(_sandbox_dict(dst)) if a.json else dst.id)
+    return 0
+
+
+async def cmd_migrate(c: Client, a: argparse.Namespace) -> int:
+    src = await c.get(a.id)
+    dst = await src.migrate(
+        a.provider,
+        template=a.template,
+        preserve_files=not a.no_files,
+        preserve_env=not a.no_env,
+        template_mapping=_kv(a.template_map, "template-map"),
+        env_mapping=_kv(a.env_map, "env-map"),
+    )
+    print(json.dumps(_sandbox_dict(dst)) if a.json else dst.id)
+    return 0
+
+
 async def cmd_info(c: Client, a: argparse.Namespace) -> int:
     sb = await c.get(a.id)
     status = await sb.get_status()
@@ -260,6 +281,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--graceful", action="store_true")
     p.add_argument("--timeout-ms", type=int, default=0)
     p.set_defaults(fn=cmd_rm)
+
+    p = sub.add_parser("clone", parents=[common], help="copy a sandbox, print the new id")
+    p.add_argument("id")
+    p.add_argument("--provider", default="")
+    p.add_argument("--template", default="")
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.set_defaults(fn=cmd_clone)
+
+    p = sub.add_parser(
+        "migrate", parents=[common], help="move a sandbox to another provider, print the new id"
+    )
+    p.add_argument("id")
+    p.add_argument("provider")
+    p.add_argument("--template", default="")
+    p.add_argument("--no-files", action="store_true")
+    p.add_argument("--no-env", action="store_true")
+    p.add_argument("--template-map", action="append", default=[], metavar="FROM=TO")
+    p.add_argument("--env-map", action="append", default=[], metavar="FROM=TO")
+    p.set_defaults(fn=cmd_migrate)
 
     p = sub.add_parser("info", parents=[common], help="show a sandbox and its status")
     p.add_argument("id")

@@ -436,6 +436,49 @@ class Sandbox:
             )
         await self._stop_listening()
 
+    async def clone(
+        self,
+        *,
+        provider: str = "",
+        template: str = "",
+        env: Mapping[str, str] | None = None,
+        resources: Resources | None = None,
+    ) -> Sandbox:
+        """A new sandbox with a copy of /workspace and the env, on any provider."""
+        req = sandbox_pb2.CloneSandboxRequest(
+            sandbox_id=self.id, provider=provider, template=template, env=dict(env or {})
+        )
+        if resources is not None:
+            req.resources.CopyFrom(resources.to_proto())
+        with translated():
+            resp = await self.client.sandboxes.CloneSandbox(req)
+        return Sandbox(self.client, resp.sandbox)
+
+    async def migrate(
+        self,
+        provider: str,
+        *,
+        template: str = "",
+        preserve_files: bool = True,
+        preserve_env: bool = True,
+        template_mapping: Mapping[str, str] | None = None,
+        env_mapping: Mapping[str, str] | None = None,
+    ) -> Sandbox:
+        """Moves to another provider; this sandbox is destroyed once the move succeeded."""
+        with translated():
+            resp = await self.client.sandboxes.MigrateSandbox(
+                sandbox_pb2.MigrateSandboxRequest(
+                    sandbox_id=self.id,
+                    provider=provider,
+                    template=template,
+                    preserve_files=preserve_files,
+                    preserve_env=preserve_env,
+                    template_mapping=dict(template_mapping or {}),
+                    env_mapping=dict(env_mapping or {}),
+                )
+            )
+        return Sandbox(self.client, resp.sandbox)
+
     # ------------------------------------------------------------ events
 
     def on(self, event: str, callback: Callback) -> None:

@@ -7,6 +7,7 @@ from grpc.aio import ServicerContext
 from computesdk.api.sandbox.v1 import sandbox_pb2 as pb
 from computesdk.api.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 
+from ..errors import InvalidArgument
 from ..manager import Manager
 from ..model import State
 from . import convert
@@ -68,3 +69,36 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         if st.usage is not None:
             resp.usage.CopyFrom(convert.usage_to(st.usage))
         return resp
+
+    @edge
+    async def CloneSandbox(
+        self, request: pb.CloneSandboxRequest, context: Ctx
+    ) -> pb.CloneSandboxResponse:
+        resources = (
+            convert.resources_from(request.resources) if request.HasField("resources") else None
+        )
+        sb = await self.manager.clone(
+            request.sandbox_id,
+            provider=request.provider,
+            template=request.template,
+            env=dict(request.env),
+            resources=resources,
+        )
+        return pb.CloneSandboxResponse(sandbox=convert.sandbox_to(sb))
+
+    @edge
+    async def MigrateSandbox(
+        self, request: pb.MigrateSandboxRequest, context: Ctx
+    ) -> pb.MigrateSandboxResponse:
+        if not request.provider:
+            raise InvalidArgument("migrate needs a target provider", reason="PROVIDER_REQUIRED")
+        sb = await self.manager.migrate(
+            request.sandbox_id,
+            request.provider,
+            template=request.template,
+            preserve_files=request.preserve_files,
+            preserve_env=request.preserve_env,
+            template_mapping=dict(request.template_mapping),
+            env_mapping=dict(request.env_mapping),
+        )
+        return pb.MigrateSandboxResponse(sandbox=convert.sandbox_to(sb))

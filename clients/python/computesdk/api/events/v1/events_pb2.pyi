@@ -56,7 +56,8 @@ class Event(_message.Message):
     sandbox_id: _builtins.str
     type: _builtins.str
     """One of: created, ready, error, destroyed, process.started,
-    process.exited, out-of-memory. New types may be added.
+    process.exited, out-of-memory, cloned, migrated, provider.circuit (with an
+    empty sandbox_id). New types may be added.
     """
     message: _builtins.str
     @_builtins.property

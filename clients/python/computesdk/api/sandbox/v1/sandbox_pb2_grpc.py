@@ -60,6 +60,16 @@ class SandboxServiceStub:
                 request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.GetSandboxStatusRequest.SerializeToString,
                 response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.GetSandboxStatusResponse.FromString,
                 _registered_method=True)
+        self.CloneSandbox = channel.unary_unary(
+                '/computesdk.api.sandbox.v1.SandboxService/CloneSandbox',
+                request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.CloneSandboxRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.CloneSandboxResponse.FromString,
+                _registered_method=True)
+        self.MigrateSandbox = channel.unary_unary(
+                '/computesdk.api.sandbox.v1.SandboxService/MigrateSandbox',
+                request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -102,6 +112,23 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloneSandbox(self, request, context):
+        """CloneSandbox makes a new sandbox with a copy of the source's /workspace and
+        env, on the same or another provider. The source is not changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateSandbox(self, request, context):
+        """MigrateSandbox moves a sandbox to another provider: a new sandbox gets its
+        files and env, then the source is destroyed. A migrate that fails part-way
+        destroys what it made and leaves the source untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +156,16 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.GetSandboxStatus,
                     request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.GetSandboxStatusRequest.FromString,
                     response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.GetSandboxStatusResponse.SerializeToString,
+            ),
+            'CloneSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloneSandbox,
+                    request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.CloneSandboxRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.CloneSandboxResponse.SerializeToString,
+            ),
+            'MigrateSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateSandbox,
+                    request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +304,60 @@ class SandboxService:
             '/computesdk.api.sandbox.v1.SandboxService/GetSandboxStatus',
             computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.GetSandboxStatusRequest.SerializeToString,
             computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.GetSandboxStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloneSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.sandbox.v1.SandboxService/CloneSandbox',
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.CloneSandboxRequest.SerializeToString,
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.CloneSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.sandbox.v1.SandboxService/MigrateSandbox',
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxRequest.SerializeToString,
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

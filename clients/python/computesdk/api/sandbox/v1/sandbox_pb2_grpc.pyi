@@ -45,6 +45,15 @@ class SandboxServiceStub:
     """DestroySandbox stops a sandbox and frees everything it holds."""
     GetSandboxStatus: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.GetSandboxStatusRequest, _sandbox_pb2.GetSandboxStatusResponse]
     """GetSandboxStatus returns state, uptime and resources."""
+    CloneSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.CloneSandboxRequest, _sandbox_pb2.CloneSandboxResponse]
+    """CloneSandbox makes a new sandbox with a copy of the source's /workspace and
+    env, on the same or another provider. The source is not changed.
+    """
+    MigrateSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.MigrateSandboxRequest, _sandbox_pb2.MigrateSandboxResponse]
+    """MigrateSandbox moves a sandbox to another provider: a new sandbox gets its
+    files and env, then the source is destroyed. A migrate that fails part-way
+    destroys what it made and leaves the source untouched.
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -63,6 +72,15 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """DestroySandbox stops a sandbox and frees everything it holds."""
     GetSandboxStatus: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.GetSandboxStatusRequest, _sandbox_pb2.GetSandboxStatusResponse]  # type: ignore[assignment]
     """GetSandboxStatus returns state, uptime and resources."""
+    CloneSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.CloneSandboxRequest, _sandbox_pb2.CloneSandboxResponse]  # type: ignore[assignment]
+    """CloneSandbox makes a new sandbox with a copy of the source's /workspace and
+    env, on the same or another provider. The source is not changed.
+    """
+    MigrateSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.MigrateSandboxRequest, _sandbox_pb2.MigrateSandboxResponse]  # type: ignore[assignment]
+    """MigrateSandbox moves a sandbox to another provider: a new sandbox gets its
+    files and env, then the source is destroyed. A migrate that fails part-way
+    destroys what it made and leaves the source untouched.
+    """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     """SandboxService owns the lifecycle of sandboxes on every provider."""
@@ -108,5 +126,26 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.GetSandboxStatusResponse, _abc.Awaitable[_sandbox_pb2.GetSandboxStatusResponse]]:
         """GetSandboxStatus returns state, uptime and resources."""
+
+    @_abc_1.abstractmethod
+    def CloneSandbox(
+        self,
+        request: _sandbox_pb2.CloneSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.CloneSandboxResponse, _abc.Awaitable[_sandbox_pb2.CloneSandboxResponse]]:
+        """CloneSandbox makes a new sandbox with a copy of the source's /workspace and
+        env, on the same or another provider. The source is not changed.
+        """
+
+    @_abc_1.abstractmethod
+    def MigrateSandbox(
+        self,
+        request: _sandbox_pb2.MigrateSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.MigrateSandboxResponse, _abc.Awaitable[_sandbox_pb2.MigrateSandboxResponse]]:
+        """MigrateSandbox moves a sandbox to another provider: a new sandbox gets its
+        files and env, then the source is destroyed. A migrate that fails part-way
+        destroys what it made and leaves the source untouched.
+        """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
