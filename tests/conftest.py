@@ -20,8 +20,10 @@ import pytest_asyncio
 
 from computesdk import Client, Sandbox
 from fakes import e2b as e2b_fake
+from fakes import vercel as vercel_fake
 from fakes.asgi import ServerThread
 from fakes.e2b import FakeE2B
+from fakes.vercel import FakeVercel
 
 BIN = Path(sys.executable).parent
 
@@ -121,11 +123,20 @@ def daemon() -> Iterator[DaemonProcess]:
         "E2B_API_URL": f"http://127.0.0.1:{api_port}",
         "E2B_SANDBOX_URL": f"http://127.0.0.1:{envd_port}",
     }
-    d.fakes = {"e2b": fake}
+    vercel = FakeVercel(str(d.socket))
+    vercel_server = ServerThread([vercel.app], cleanup=vercel.close).start()
+    d.env.update(
+        VERCEL_TOKEN=vercel_fake.TOKEN,
+        VERCEL_TEAM_ID=vercel_fake.TEAM,
+        VERCEL_PROJECT_ID=vercel_fake.PROJECT,
+        VERCEL_API_URL=f"http://127.0.0.1:{vercel_server.ports[0]}/api",
+    )
+    d.fakes = {"e2b": fake, "vercel": vercel}
     d.start()
     yield d
     d.cleanup()
     servers.stop()
+    vercel_server.stop()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -22,7 +22,16 @@ from computesdk import (
     UnsupportedError,
 )
 
-PROVIDERS = ["local", "docker", "e2b"]
+PROVIDERS = ["local", "docker", "e2b", "vercel"]
+# E2B sizes sandboxes by template; Vercel by vCPUs (2048 MB each); the others take limits.
+SIZING = {
+    "local": Resources(memory_mb=256),
+    "docker": Resources(memory_mb=256),
+    "e2b": None,
+    "vercel": Resources(cpu_cores=1),
+}
+NO_STDIN = {"vercel"}  # Vercel's command API takes no input
+MEMORY_MB = {"local": 256, "docker": 256, "e2b": 1024, "vercel": 2048}
 
 
 @pytest_asyncio.fixture(params=PROVIDERS)
@@ -34,7 +43,7 @@ async def box(request: pytest.FixtureRequest, client: Client) -> AsyncIterator[S
         env={"GREETING": "hello"},
         timeout_ms=120_000,
         # E2B sizes sandboxes by template and refuses per-sandbox resources by name.
-        resources=None if request.param == "e2b" else Resources(memory_mb=256),
+        resources=SIZING[request.param],
     )
     yield sb
     with contextlib.suppress(SandboxNotFoundError):
@@ -50,19 +59,27 @@ async def test_create_with_template_metadata_env_and_timeout(box: Sandbox) -> No
 
 
 async def test_exec_streaming_stdin_and_exit_codes(box: Sandbox) -> None:
-    stream = box.exec_stream(
-        "echo ready; read line; echo got:$line; echo oops >&2; exit 3", interactive=True
-    )
-    out, err = [], []
-    async for chunk in stream:
-        (out if chunk.stream == "stdout" else err).append(chunk.text)
-        if chunk.text == "ready\n":
-            await stream.send_stdin("abc\n")
-    assert "".join(out) == "ready\ngot:abc\n" and "".join(err) == "oops\n"
-    assert stream.exit_code == 3
-    assert (await box.exec(["cat"], stdin="piped")).stdout == "piped"
+    chunks = []
+    async for chunk in box.exec_stream("echo out; echo oops >&2; sleep 0.2; echo done; exit 3"):
+        chunks.append((chunk.stream, chunk.text))
+    assert "".join(t for s, t in chunks if s == "stdout") == "out\ndone\n"
+    assert "".join(t for s, t in chunks if s == "stderr") == "oops\n"
+    assert (await box.exec("exit 7")).exit_code == 7
     timed = await box.exec("sleep 20", timeout_ms=500)
     assert timed.timed_out and timed.exit_code == -1
+    if box.provider in NO_STDIN:
+        with pytest.raises(UnsupportedError) as e:
+            await box.exec(["cat"], stdin="piped")
+        assert e.value.metadata == {"provider": box.provider, "feature": "stdin"}
+        return
+    stream = box.exec_stream("echo ready; read line; echo got:$line", interactive=True)
+    out = []
+    async for chunk in stream:
+        out.append(chunk.text)
+        if chunk.text == "ready\n":
+            await stream.send_stdin("abc\n")
+    assert "".join(out) == "ready\ngot:abc\n" and stream.exit_code == 0
+    assert (await box.exec(["cat"], stdin="piped")).stdout == "piped"
 
 
 async def test_files(box: Sandbox) -> None:
@@ -99,8 +116,7 @@ async def test_events(box: Sandbox, client: Client) -> None:
 async def test_status_and_metrics(box: Sandbox) -> None:
     st = await box.get_status()
     assert st.state == "running" and st.memory_used_bytes > 0
-    # E2B sizes by template; the others were asked for 256 MB.
-    assert st.resources.memory_mb == (1024 if box.provider == "e2b" else 256)
+    assert st.resources.memory_mb == MEMORY_MB[box.provider]
     assert st.memory_limit_bytes == st.resources.memory_mb << 20
     if box.provider != "e2b":  # envd lists only the processes it started
         assert st.process_count >= 1
@@ -118,7 +134,7 @@ async def test_destroy(box: Sandbox, client: Client) -> None:
 
 async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
     """What a provider cannot carry fails by name: never a silent success."""
-    if box.provider in ("docker", "e2b"):
+    if box.provider != "local":
         with pytest.raises(UnsupportedError) as e:
             await box.start_process("sleep 1")
         assert e.value.metadata == {"provider": box.provider, "feature": "background processes"}
@@ -126,17 +142,18 @@ async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
     refused = {
         "docker": ("disk limit", Resources(disk_mb=100)),
         "e2b": ("per-sandbox resources", Resources(memory_mb=512)),
+        "vercel": ("memory, disk and pids limits", Resources(memory_mb=512)),
     }
     if box.provider in refused:
         feature, resources = refused[box.provider]
         with pytest.raises(UnsupportedError) as d:
             await client.create(box.provider, resources=resources)
         assert d.value.metadata == {"provider": box.provider, "feature": feature}
-    if box.provider == "e2b":
+    if box.provider in ("e2b", "vercel"):  # no GPUs at all
         with pytest.raises(UnsupportedError) as u:
-            await client.create("e2b", resources=Resources(gpu=True))
-        assert u.value.metadata == {"provider": "e2b", "feature": "gpu"}
-    else:
+            await client.create(box.provider, resources=Resources(gpu=True))
+        assert u.value.metadata == {"provider": box.provider, "feature": "gpu"}
+    else:  # GPUs exist for these runtimes, just not on this host
         with pytest.raises(FailedPreconditionError) as g:
             await client.create(box.provider, resources=Resources(gpu=True))
         assert g.value.reason == "GPU_UNAVAILABLE"

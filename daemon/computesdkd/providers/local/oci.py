@@ -135,6 +135,13 @@ def runtime_spec(
                 "source": "sysfs",
                 "options": ["nosuid", "noexec", "nodev", "ro"],
             },
+            # The sandbox's own cgroup, read-only: runtimes size themselves from it.
+            {
+                "destination": "/sys/fs/cgroup",
+                "type": "cgroup",
+                "source": "cgroup",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+            },
             {
                 "destination": f"{AGENT_DIR}/run",
                 "type": "bind",
