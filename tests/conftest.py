@@ -19,9 +19,11 @@ import pytest
 import pytest_asyncio
 
 from computesdk import Client, Sandbox
+from fakes import daytona as daytona_fake
 from fakes import e2b as e2b_fake
 from fakes import vercel as vercel_fake
 from fakes.asgi import ServerThread
+from fakes.daytona import FakeDaytona
 from fakes.e2b import FakeE2B
 from fakes.vercel import FakeVercel
 
@@ -131,12 +133,18 @@ def daemon() -> Iterator[DaemonProcess]:
         VERCEL_PROJECT_ID=vercel_fake.PROJECT,
         VERCEL_API_URL=f"http://127.0.0.1:{vercel_server.ports[0]}/api",
     )
-    d.fakes = {"e2b": fake, "vercel": vercel}
+    daytona = FakeDaytona(str(d.socket))
+    daytona_server = ServerThread([daytona.app], cleanup=daytona.close).start()
+    daytona.port = daytona_server.ports[0]
+    d.env.update(
+        DAYTONA_API_KEY=daytona_fake.API_KEY, DAYTONA_API_URL=f"http://127.0.0.1:{daytona.port}/api"
+    )
+    d.fakes = {"e2b": fake, "vercel": vercel, "daytona": daytona}
     d.start()
     yield d
     d.cleanup()
-    servers.stop()
-    vercel_server.stop()
+    for server in (servers, vercel_server, daytona_server):
+        server.stop()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest_asyncio
 from computesdk import (
     Client,
     FailedPreconditionError,
+    InvalidArgumentError,
     PathOutsideSandboxError,
     Resources,
     Sandbox,
@@ -22,16 +23,18 @@ from computesdk import (
     UnsupportedError,
 )
 
-PROVIDERS = ["local", "docker", "e2b", "vercel"]
+PROVIDERS = ["local", "docker", "e2b", "vercel", "daytona"]
 # E2B sizes sandboxes by template; Vercel by vCPUs (2048 MB each); the others take limits.
 SIZING = {
     "local": Resources(memory_mb=256),
     "docker": Resources(memory_mb=256),
     "e2b": None,
     "vercel": Resources(cpu_cores=1),
+    "daytona": Resources(memory_mb=1024),  # Daytona sizes memory in GiB
 }
-NO_STDIN = {"vercel"}  # Vercel's command API takes no input
-MEMORY_MB = {"local": 256, "docker": 256, "e2b": 1024, "vercel": 2048}
+# Neither Vercel's command API nor Daytona's toolbox can close a command's input.
+NO_STDIN = {"vercel", "daytona"}
+MEMORY_MB = {"local": 256, "docker": 256, "e2b": 1024, "vercel": 2048, "daytona": 1024}
 
 
 @pytest_asyncio.fixture(params=PROVIDERS)
@@ -143,6 +146,7 @@ async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
         "docker": ("disk limit", Resources(disk_mb=100)),
         "e2b": ("per-sandbox resources", Resources(memory_mb=512)),
         "vercel": ("memory, disk and pids limits", Resources(memory_mb=512)),
+        "daytona": ("pids limit", Resources(pids_limit=64)),
     }
     if box.provider in refused:
         feature, resources = refused[box.provider]
@@ -153,6 +157,11 @@ async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
         with pytest.raises(UnsupportedError) as u:
             await client.create(box.provider, resources=Resources(gpu=True))
         assert u.value.metadata == {"provider": box.provider, "feature": "gpu"}
+    elif box.provider == "daytona":  # Daytona has GPUs; the vendor says there are none free
+        with pytest.raises(InvalidArgumentError) as v:
+            await client.create("daytona", resources=Resources(gpu=True))
+        assert v.value.reason == "PROVIDER_REJECTED" and "GPU" in v.value.message
+        assert v.value.metadata["provider"] == "daytona"
     else:  # GPUs exist for these runtimes, just not on this host
         with pytest.raises(FailedPreconditionError) as g:
             await client.create(box.provider, resources=Resources(gpu=True))

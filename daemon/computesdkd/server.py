@@ -24,6 +24,7 @@ from . import logs
 from .config import Config
 from .events import EventBus
 from .manager import Manager
+from .providers import daytona as _daytona  # noqa: F401 - registers the daytona provider
 from .providers import docker as _docker  # noqa: F401 - registers the docker provider
 from .providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
 from .providers import get_factory, registered_names
