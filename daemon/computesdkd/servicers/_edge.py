@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,26 @@ def check_chunk(data: bytes, what: str) -> None:
             reason="PAYLOAD_TOO_LARGE",
             limit=str(MAX_CHUNK),
         )
+
+
+# Failing a client-streaming call while the client still sends can surface on the
+# client as a bare INTERNAL ("Internal error from Core") instead of our status;
+# reading what is in flight first lets the real error through. Bounded, so a huge
+# upload to a full disk is not read whole.
+DRAIN_LIMIT = 32 * 1024 * 1024
+DRAIN_SECONDS = 2.0
+
+
+async def drain_requests(requests: AsyncIterator[Any], seconds: float = DRAIN_SECONDS) -> None:
+    async def consume() -> None:
+        seen = 0
+        async for req in requests:
+            seen += req.ByteSize()
+            if seen > DRAIN_LIMIT:
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(consume(), seconds)
 
 
 def _translate(exc: BaseException) -> ComputeError:

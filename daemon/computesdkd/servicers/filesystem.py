@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,28 +12,9 @@ from computesdk.api.filesystem.v1 import filesystem_pb2_grpc as pb_grpc
 from ..errors import ComputeError, InvalidArgument
 from ..manager import Manager
 from . import convert
-from ._edge import check_chunk, edge
+from ._edge import check_chunk, drain_requests, edge
 
 Ctx = ServicerContext[Any, Any]
-
-
-# Failing a client-streaming call while the client still sends can surface on the
-# client as a bare INTERNAL instead of our status; reading a little more first lets
-# the real error through. Bounded, so a huge upload to a full disk is not read whole.
-DRAIN_LIMIT = 32 * 1024 * 1024
-DRAIN_SECONDS = 2.0
-
-
-async def _drain(requests: AsyncIterator[pb.WriteFileRequest]) -> None:
-    async def consume() -> None:
-        seen = 0
-        async for req in requests:
-            seen += len(req.data)
-            if seen > DRAIN_LIMIT:
-                return
-
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(consume(), DRAIN_SECONDS)
 
 
 class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
@@ -84,7 +63,7 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
                 append=h.append,
             )
         except ComputeError:
-            await _drain(requests)
+            await drain_requests(requests)
             raise
         return pb.WriteFileResponse(info=convert.file_to(info), bytes_written=written)
 

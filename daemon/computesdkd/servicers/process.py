@@ -16,7 +16,7 @@ from ..manager import Manager
 from ..model import ExitStatus, Output, ProcessEvent, Started
 from ..providers.base import ProcessRun
 from . import convert
-from ._edge import check_chunk, edge
+from ._edge import check_chunk, drain_requests, edge
 
 Ctx = ServicerContext[Any, Any]
 
@@ -53,6 +53,11 @@ async def _forward_input(
         await run.aclose()  # ends the output stream, which then reports the failure
 
 
+# An Exec client keeps its request stream open until the call ends, so only the
+# messages already in flight are read before failing.
+EXEC_DRAIN_SECONDS = 0.1
+
+
 class ProcessServicer(pb_grpc.ProcessServiceServicer):
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
@@ -68,9 +73,13 @@ class ProcessServicer(pb_grpc.ProcessServiceServicer):
                 "the first Exec message must carry start", reason="EXEC_START_REQUIRED"
             )
         bind_contextvars(sandbox_id=first.start.sandbox_id)
-        run, events = await self.manager.exec(
-            first.start.sandbox_id, convert.command_from(first.start.command)
-        )
+        try:
+            run, events = await self.manager.exec(
+                first.start.sandbox_id, convert.command_from(first.start.command)
+            )
+        except ComputeError:
+            await drain_requests(requests, EXEC_DRAIN_SECONDS)
+            raise
         failure: list[ComputeError] = []
         forward: asyncio.Task[None] | None = None
         try:
@@ -81,6 +90,8 @@ class ProcessServicer(pb_grpc.ProcessServiceServicer):
         except ComputeError:
             if failure:
                 raise failure[0] from None
+            if forward is None:  # failed before any input was read
+                await drain_requests(requests, EXEC_DRAIN_SECONDS)
             raise
         finally:
             if forward is not None:
