@@ -21,10 +21,12 @@ import pytest_asyncio
 from computesdk import Client, Sandbox
 from fakes import daytona as daytona_fake
 from fakes import e2b as e2b_fake
+from fakes import modal as modal_fake
 from fakes import vercel as vercel_fake
 from fakes.asgi import ServerThread
 from fakes.daytona import FakeDaytona
 from fakes.e2b import FakeE2B
+from fakes.modal import FakeModal, GrpcServerThread
 from fakes.vercel import FakeVercel
 
 BIN = Path(sys.executable).parent
@@ -139,11 +141,18 @@ def daemon() -> Iterator[DaemonProcess]:
     d.env.update(
         DAYTONA_API_KEY=daytona_fake.API_KEY, DAYTONA_API_URL=f"http://127.0.0.1:{daytona.port}/api"
     )
-    d.fakes = {"e2b": fake, "vercel": vercel, "daytona": daytona}
+    modal = FakeModal(str(d.socket))
+    modal_server = GrpcServerThread(modal).start()
+    d.env.update(
+        MODAL_TOKEN_ID=modal_fake.TOKEN_ID,
+        MODAL_TOKEN_SECRET=modal_fake.TOKEN_SECRET,
+        MODAL_SERVER_URL=f"http://127.0.0.1:{modal_server.ports[0]}",
+    )
+    d.fakes = {"e2b": fake, "vercel": vercel, "daytona": daytona, "modal": modal}
     d.start()
     yield d
     d.cleanup()
-    for server in (servers, vercel_server, daytona_server):
+    for server in (servers, vercel_server, daytona_server, modal_server):
         server.stop()
 
 

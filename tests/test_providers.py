@@ -23,7 +23,7 @@ from computesdk import (
     UnsupportedError,
 )
 
-PROVIDERS = ["local", "docker", "e2b", "vercel", "daytona"]
+PROVIDERS = ["local", "docker", "e2b", "vercel", "daytona", "modal"]
 # E2B sizes sandboxes by template; Vercel by vCPUs (2048 MB each); the others take limits.
 SIZING = {
     "local": Resources(memory_mb=256),
@@ -31,10 +31,18 @@ SIZING = {
     "e2b": None,
     "vercel": Resources(cpu_cores=1),
     "daytona": Resources(memory_mb=1024),  # Daytona sizes memory in GiB
+    "modal": Resources(memory_mb=512),
 }
 # Neither Vercel's command API nor Daytona's toolbox can close a command's input.
 NO_STDIN = {"vercel", "daytona"}
-MEMORY_MB = {"local": 256, "docker": 256, "e2b": 1024, "vercel": 2048, "daytona": 1024}
+MEMORY_MB = {
+    "local": 256,
+    "docker": 256,
+    "e2b": 1024,
+    "vercel": 2048,
+    "daytona": 1024,
+    "modal": 512,
+}
 
 
 @pytest_asyncio.fixture(params=PROVIDERS)
@@ -137,7 +145,16 @@ async def test_destroy(box: Sandbox, client: Client) -> None:
 
 async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
     """What a provider cannot carry fails by name: never a silent success."""
-    if box.provider != "local":
+    if box.provider == "modal":  # Modal reads output by offset: background and resume work
+        proc = await box.start_process("echo one; echo two >&2")
+        result = await proc.wait()
+        assert (result.stdout, result.stderr, result.exit_code) == ("one\n", "two\n", 0)
+        tail = [(c.stream, c.data) async for c in box.process(proc.id).attach(stdout_offset=2)]
+        assert sorted(tail) == [("stderr", b"two\n"), ("stdout", b"e\n")]
+        with pytest.raises(UnsupportedError) as sig:
+            await proc.signal(15)
+        assert sig.value.metadata == {"provider": "modal", "feature": "signals"}
+    elif box.provider != "local":
         with pytest.raises(UnsupportedError) as e:
             await box.start_process("sleep 1")
         assert e.value.metadata == {"provider": box.provider, "feature": "background processes"}
@@ -147,6 +164,7 @@ async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
         "e2b": ("per-sandbox resources", Resources(memory_mb=512)),
         "vercel": ("memory, disk and pids limits", Resources(memory_mb=512)),
         "daytona": ("pids limit", Resources(pids_limit=64)),
+        "modal": ("pids limit", Resources(pids_limit=64)),
     }
     if box.provider in refused:
         feature, resources = refused[box.provider]
@@ -157,11 +175,11 @@ async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
         with pytest.raises(UnsupportedError) as u:
             await client.create(box.provider, resources=Resources(gpu=True))
         assert u.value.metadata == {"provider": box.provider, "feature": "gpu"}
-    elif box.provider == "daytona":  # Daytona has GPUs; the vendor says there are none free
-        with pytest.raises(InvalidArgumentError) as v:
-            await client.create("daytona", resources=Resources(gpu=True))
+    elif box.provider in ("daytona", "modal"):  # they have GPUs; the vendor says none are free
+        with pytest.raises((InvalidArgumentError, FailedPreconditionError)) as v:
+            await client.create(box.provider, resources=Resources(gpu=True))
         assert v.value.reason == "PROVIDER_REJECTED" and "GPU" in v.value.message
-        assert v.value.metadata["provider"] == "daytona"
+        assert v.value.metadata["provider"] == box.provider
     else:  # GPUs exist for these runtimes, just not on this host
         with pytest.raises(FailedPreconditionError) as g:
             await client.create(box.provider, resources=Resources(gpu=True))

@@ -29,6 +29,7 @@ from .providers import docker as _docker  # noqa: F401 - registers the docker pr
 from .providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
 from .providers import get_factory, registered_names
 from .providers import local as _local  # noqa: F401 - registers the local provider
+from .providers import modal as _modal  # noqa: F401 - registers the modal provider
 from .providers import vercel as _vercel  # noqa: F401 - registers the vercel provider
 from .servicers.events import EventServicer
 from .servicers.filesystem import FilesystemServicer
