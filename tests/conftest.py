@@ -43,12 +43,13 @@ class DaemonProcess:
         self.on_exit = on_exit
         self.env: dict[str, str] = {}
         self.fakes: dict[str, Any] = {}
+        self.extra_args: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         argv = [str(BIN / "computesdkd"), "--socket", str(self.socket),
                 "--state-dir", str(self.state), "--log-format", "json",
-                "--grace", "2", "--on-exit", self.on_exit]  # fmt: skip
+                "--grace", "2", "--on-exit", self.on_exit, *self.extra_args]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 argv,

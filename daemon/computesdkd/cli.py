@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import logs
-from .config import Config, default_socket, default_state_dir
+from .config import Config, ConfigError, apply_provider_env, default_socket, default_state_dir
 from .server import Daemon, DaemonError
 
 
@@ -45,6 +45,12 @@ def parse(argv: list[str] | None = None) -> Config:
         default=10.0,
         help="seconds to let streams in progress finish on shutdown",
     )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file naming the variables that hold each provider's credentials",
+    )
     ap.add_argument("--log-format", choices=["console", "json"], default="console")
     ap.add_argument("--log-level", default="info")
     a = ap.parse_args(argv)
@@ -57,12 +63,20 @@ def parse(argv: list[str] | None = None) -> Config:
         grace_s=a.grace,
         log_format=a.log_format,
         log_level=a.log_level,
+        config=a.config,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse(argv)
     logs.configure(cfg.log_format, cfg.log_level)
+    if cfg.config is not None:
+        try:
+            for warning in apply_provider_env(cfg.config):
+                logs.get(__name__).warning(warning)
+        except ConfigError as exc:
+            print(f"computesdkd: {exc}", file=sys.stderr)
+            sys.exit(2)
     try:
         asyncio.run(Daemon(cfg).run())
     except DaemonError as exc:
