@@ -60,6 +60,7 @@ MAX_METADATA = 64
 MAX_METADATA_BYTES = 4096
 SWEEP_INTERVAL_S = 1.0
 PROVIDER_START_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 10.0
 # Event types (Event.type). New ones may be added; these are stable.
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
@@ -102,6 +103,7 @@ class Manager:
         self._creating: dict[str, asyncio.Future[Sandbox]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._oom_seen: dict[str, int] = {}
+        self._last_probe: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
@@ -392,6 +394,7 @@ class Manager:
                     raise
                 self._sandboxes.pop(sandbox_id, None)
                 self._oom_seen.pop(sandbox_id, None)
+                self._last_probe.pop(sandbox_id, None)
                 self._store.delete_sandbox(sandbox_id)
                 self.bus.emit(sandbox_id, DESTROYED, reason=reason)
                 log.info("sandbox destroyed", reason=reason)
@@ -526,27 +529,38 @@ class Manager:
                 log.exception("sweep failed")
 
     async def sweep(self) -> None:
-        """Enforces timeouts and notices sandboxes that died or hit OOM under us."""
-        now = time.time()
+        """Enforces timeouts and notices sandboxes that died or hit OOM under us.
+
+        Probes run side by side, each bounded and at its provider's own pace, so a
+        slow or dead vendor cannot hold up the timeouts of any other sandbox."""
+        now, mono = time.time(), time.monotonic()
+        probes = []
         for sb in list(self._sandboxes.values()):
             if sb.state != State.RUNNING:
                 continue
-            with bound_contextvars(sandbox_id=sb.id):
-                if not sb.spec.keep_alive and now >= sb.expires_at:
+            if not sb.spec.keep_alive and now >= sb.expires_at:
+                with bound_contextvars(sandbox_id=sb.id):
                     log.info("sandbox timed out")
-                    self._spawn(self._destroy_quietly(sb.id, "timeout"))
-                    continue
-                provider = self.providers[sb.spec.provider]
-                with contextlib.suppress(ComputeError):
-                    if sb.spec.keep_alive:
-                        await provider.refresh_lease(sb)
-                    probe = await provider.probe(sb)
-                    await self._check_oom(sb, probe.oom_kills)
-                    if not probe.alive:
-                        sb.state = State.ERROR
-                        sb.error_message = "the sandbox stopped unexpectedly"
-                        self._store.put_sandbox(sb)
-                        self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
+                self._spawn(self._destroy_quietly(sb.id, "timeout"))
+                continue
+            provider = self.providers[sb.spec.provider]
+            if mono - self._last_probe.get(sb.id, 0.0) < provider.probe_interval_s:
+                continue
+            self._last_probe[sb.id] = mono
+            probes.append(self._probe(sb, provider))
+        await asyncio.gather(*probes)
+
+    async def _probe(self, sb: Sandbox, provider: Provider) -> None:
+        with bound_contextvars(sandbox_id=sb.id), contextlib.suppress(ComputeError, TimeoutError):
+            if sb.spec.keep_alive:
+                await asyncio.wait_for(provider.refresh_lease(sb), PROBE_TIMEOUT_S)
+            probe = await asyncio.wait_for(provider.probe(sb), PROBE_TIMEOUT_S)
+            await self._check_oom(sb, probe.oom_kills)
+            if not probe.alive and sb.state == State.RUNNING:
+                sb.state = State.ERROR
+                sb.error_message = "the sandbox stopped unexpectedly"
+                self._store.put_sandbox(sb)
+                self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
 
     async def _check_oom(self, sb: Sandbox, kills: int) -> bool:
         seen = self._oom_seen.get(sb.id, 0)

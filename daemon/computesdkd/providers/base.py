@@ -55,6 +55,9 @@ class ProviderContext:
 class Provider(ABC):
     name: str = ""
     capabilities: frozenset[str] = frozenset()
+    # How often the daemon looks at each sandbox (liveness, OOM). Cloud vendors are
+    # asked less often, to stay well inside their rate limits.
+    probe_interval_s: float = 1.0
 
     async def start(self, ctx: ProviderContext) -> None:  # noqa: B027 - optional hook
         """Prepares the back end. Raise errors.Unavailable if it cannot run here."""

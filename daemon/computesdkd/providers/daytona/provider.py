@@ -72,6 +72,7 @@ CREATE_TIMEOUT_S = 120.0
 @base.register(NAME)
 class DaytonaProvider(Provider):
     name = NAME
+    probe_interval_s = 30.0
     capabilities = frozenset(
         {base.EXEC, base.FILESYSTEM, base.EVENTS, base.USAGE, base.RESOURCE_LIMITS, base.DISK_LIMIT}
     )

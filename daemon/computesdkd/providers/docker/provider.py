@@ -51,6 +51,7 @@ LABEL = "dev.computesdk.sandbox"
 @base.register(NAME)
 class DockerProvider(Provider):
     name = NAME
+    probe_interval_s = 5.0
     capabilities = frozenset(
         {
             base.EXEC,

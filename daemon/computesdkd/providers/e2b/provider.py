@@ -75,6 +75,7 @@ def _b64(data: bytes) -> str:
 @base.register(NAME)
 class E2BProvider(Provider):
     name = NAME
+    probe_interval_s = 30.0
     capabilities = frozenset(
         {base.EXEC, base.EXEC_STDIN, base.SIGNALS, base.FILESYSTEM, base.EVENTS, base.USAGE}
     )

@@ -112,6 +112,7 @@ def _channel(url: str) -> grpc.aio.Channel:
 @base.register(NAME)
 class ModalProvider(Provider):
     name = NAME
+    probe_interval_s = 30.0
     capabilities = frozenset(
         {
             base.EXEC,

@@ -67,6 +67,7 @@ MAX_UPLOAD = 256 * 1024 * 1024
 @base.register(NAME)
 class VercelProvider(Provider):
     name = NAME
+    probe_interval_s = 30.0
     capabilities = frozenset(
         {base.EXEC, base.SIGNALS, base.FILESYSTEM, base.EVENTS, base.USAGE, base.RESOURCE_LIMITS}
     )
