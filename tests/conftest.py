@@ -44,6 +44,7 @@ class DaemonProcess:
         self.env: dict[str, str] = {}
         self.fakes: dict[str, Any] = {}
         self.extra_args: list[str] = []
+        self.metrics_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -150,6 +151,10 @@ def daemon() -> Iterator[DaemonProcess]:
         MODAL_SERVER_URL=f"http://127.0.0.1:{modal_server.ports[0]}",
     )
     d.fakes = {"e2b": fake, "vercel": vercel, "daytona": daytona, "modal": modal}
+    with socket.socket() as probe:  # a free loopback port for the Prometheus endpoint
+        probe.bind(("127.0.0.1", 0))
+        d.metrics_port = probe.getsockname()[1]
+    d.extra_args = ["--metrics-listen", f"127.0.0.1:{d.metrics_port}"]
     d.start()
     yield d
     d.cleanup()

@@ -51,6 +51,12 @@ def parse(argv: list[str] | None = None) -> Config:
         default=None,
         help="TOML file naming the variables that hold each provider's credentials",
     )
+    ap.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP here, e.g. 127.0.0.1:9464",
+    )
     ap.add_argument("--log-format", choices=["console", "json"], default="console")
     ap.add_argument("--log-level", default="info")
     a = ap.parse_args(argv)
@@ -64,6 +70,7 @@ def parse(argv: list[str] | None = None) -> Config:
         log_format=a.log_format,
         log_level=a.log_level,
         config=a.config,
+        metrics_listen=a.metrics_listen,
     )
 
 

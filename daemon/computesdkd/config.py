@@ -36,6 +36,8 @@ class Config:
     log_format: str = "console"
     log_level: str = "info"
     config: Path | None = None
+    # HOST:PORT for the Prometheus text endpoint; empty means off.
+    metrics_listen: str = ""
 
 
 class ConfigError(ValueError):

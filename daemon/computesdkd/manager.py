@@ -14,14 +14,14 @@ import inspect
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
-from . import logs
+from . import logs, metrics
 from .breaker import Circuit, CircuitBreaker, is_provider_fault
 from .errors import (
     AlreadyExists,
@@ -48,6 +48,7 @@ from .model import (
     State,
     Usage,
 )
+from .monitor import Monitor
 from .providers.base import ProcessRun, Provider, ProviderContext
 from .providers.paths import WORKDIR, normalize
 from .store import Store
@@ -64,7 +65,7 @@ PROBE_TIMEOUT_S = 10.0
 # Event types (Event.type). New ones may be added; these are stable.
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
-CLONED, MIGRATED = "cloned", "migrated"
+CLONED, MIGRATED, RESOURCES_CHANGED = "cloned", "migrated", "resources.changed"
 # Stdin chunks of a workspace copy stay well under every provider's message limits.
 COPY_CHUNK = 256 * 1024
 # A provider's circuit breaker changed state; sandbox_id is empty.
@@ -107,6 +108,8 @@ class Manager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
+        self.monitor = Monitor(bus.emit)
+        metrics.watch_state(self._counts, lambda: bus.subscriber_count)
         self.breakers = {name: CircuitBreaker(name, self._circuit_changed) for name in providers}
 
     # ------------------------------------------------------------ start / stop
@@ -395,6 +398,7 @@ class Manager:
                 self._sandboxes.pop(sandbox_id, None)
                 self._oom_seen.pop(sandbox_id, None)
                 self._last_probe.pop(sandbox_id, None)
+                self.monitor.forget(sandbox_id)
                 self._store.delete_sandbox(sandbox_id)
                 self.bus.emit(sandbox_id, DESTROYED, reason=reason)
                 log.info("sandbox destroyed", reason=reason)
@@ -408,6 +412,81 @@ class Manager:
                 usage = await self.providers[sb.spec.provider].usage(sb)
         uptime = int((time.time() - sb.started_at) * 1000) if sb.started_at else 0
         return Status(sb.state, uptime, sb, usage)
+
+    # ------------------------------------------------------------ usage and limits
+
+    def _counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for sb in self._sandboxes.values():
+            key = (sb.state.name.lower(), sb.spec.provider)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _sampler(self, sandbox_id: str) -> Callable[[], Awaitable[Usage]]:
+        sb, provider = self._running(sandbox_id)
+
+        async def sample() -> Usage:
+            if sb.state != State.RUNNING:
+                raise FailedPrecondition(
+                    f"sandbox {sandbox_id!r} is {sb.state.name.lower()}",
+                    reason="SANDBOX_NOT_RUNNING",
+                    sandbox_id=sandbox_id,
+                )
+            return await provider.usage(sb)
+
+        return sample
+
+    async def usage(self, sandbox_id: str) -> Usage:
+        return await self.monitor.sample_once(sandbox_id, self._sampler(sandbox_id))
+
+    def monitor_usage(self, sandbox_id: str, interval_s: float) -> AsyncIterator[Usage]:
+        return self.monitor.subscribe(sandbox_id, interval_s, self._sampler(sandbox_id))
+
+    def set_alerts(
+        self,
+        sandbox_id: str,
+        thresholds: builtins.list[tuple[str, float, float]],
+        interval_s: float,
+    ) -> None:
+        sb, _ = self._running(sandbox_id)
+        for kind, percent, clear in thresholds:
+            if kind not in ("cpu", "memory", "disk") or percent <= 0 or clear >= percent:
+                raise InvalidArgument(
+                    f"bad alert threshold {kind}:{percent}/{clear}; types are "
+                    "cpu, memory, disk, and clear_percent must be below percent",
+                    reason="INVALID_THRESHOLD",
+                )
+        self.monitor.set_alerts(
+            sandbox_id,
+            thresholds,
+            interval_s,
+            sb.resources.cpu_cores or 1.0,
+            self._sampler(sandbox_id),
+        )
+
+    async def set_limits(
+        self, sandbox_id: str, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
+    ) -> Resources:
+        if cpu_cores < 0:
+            raise InvalidArgument("cpu must not be negative", reason="INVALID_RESOURCES")
+        sb, provider = self._running(sandbox_id)
+        with bound_contextvars(sandbox_id=sandbox_id):
+            before = sb.resources
+            sb.resources = await provider.set_limits(
+                sb, cpu_cores=cpu_cores, memory_mb=memory_mb, disk_mb=disk_mb
+            )
+            self._store.put_sandbox(sb)
+            self.bus.emit(
+                sb.id,
+                RESOURCES_CHANGED,
+                f"cpu {before.cpu_cores:g}->{sb.resources.cpu_cores:g} cores, memory "
+                f"{before.memory_mb}->{sb.resources.memory_mb} MB, disk "
+                f"{before.disk_mb}->{sb.resources.disk_mb} MB",
+                cpu_cores=f"{sb.resources.cpu_cores:g}",
+                memory_mb=str(sb.resources.memory_mb),
+                disk_mb=str(sb.resources.disk_mb),
+            )
+            return sb.resources
 
     # ------------------------------------------------------------ clone and migrate
 
@@ -609,6 +688,7 @@ class Manager:
                 self._watch(sb, process_id)
 
     def _started(self, sb: Sandbox, ev: Started) -> None:
+        metrics.EXECS.labels(sb.spec.provider).inc()
         self._store.add_process(sb.id, ev.process_id)
         self.bus.emit(sb.id, PROCESS_STARTED, process_id=ev.process_id, pid=str(ev.pid))
 

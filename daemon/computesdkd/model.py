@@ -130,6 +130,12 @@ class Usage:
     cpu_time_ns: int = 0
     disk_used_bytes: int = 0
     disk_limit_bytes: int = 0
+    network_rx_bytes: int = 0
+    network_tx_bytes: int = 0
+    has_network: bool = False
+    # Filled in by the daemon's sampler from two cpu_time_ns readings.
+    cpu_percent: float = 0.0
+    sample_time: float = 0.0
 
 
 @dataclass(frozen=True)

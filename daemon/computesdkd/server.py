@@ -16,11 +16,12 @@ from grpc_reflection.v1alpha import reflection
 
 from computesdk.api.events.v1 import events_pb2, events_pb2_grpc
 from computesdk.api.filesystem.v1 import filesystem_pb2, filesystem_pb2_grpc
+from computesdk.api.monitoring.v1 import monitoring_pb2, monitoring_pb2_grpc
 from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
 from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
 from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
-from . import logs
+from . import logs, metrics
 from .config import Config
 from .events import EventBus
 from .manager import Manager
@@ -33,6 +34,7 @@ from .providers import modal as _modal  # noqa: F401 - registers the modal provi
 from .providers import vercel as _vercel  # noqa: F401 - registers the vercel provider
 from .servicers.events import EventServicer
 from .servicers.filesystem import FilesystemServicer
+from .servicers.monitoring import MonitoringServicer
 from .servicers.process import ProcessServicer
 from .servicers.provider import ProviderServicer
 from .servicers.sandbox import SandboxServicer
@@ -49,6 +51,7 @@ SERVICE_NAMES = [
     filesystem_pb2.DESCRIPTOR.services_by_name["FilesystemService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
+    monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
 ]
 
 
@@ -121,6 +124,9 @@ class Daemon:
         )
         events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(manager), server)
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(manager), server)
+        monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
+            MonitoringServicer(manager), server
+        )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -136,6 +142,8 @@ class Daemon:
         if cfg.listen:
             server.add_insecure_port(cfg.listen)
         await server.start()
+        if cfg.metrics_listen:
+            metrics.serve(cfg.metrics_listen)
         os.chmod(cfg.socket, 0o600)
         for svc in ["", *SERVICE_NAMES]:
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)

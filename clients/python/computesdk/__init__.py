@@ -33,18 +33,21 @@ from .errors import (
 )
 from .sandbox import ExecStream, Files, Process, Sandbox
 from .types import (
+    AlertThreshold,
     Event,
     ExecResult,
     FileInfo,
     OutputChunk,
     ProcessInfo,
     Resources,
+    ResourceUsage,
     SandboxStatus,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlertThreshold",
     "AlreadyExistsError",
     "Client",
     "ComputeSDKError",
@@ -68,6 +71,7 @@ __all__ = [
     "ProcessNotFoundError",
     "ProviderNotFoundError",
     "ResourceExhaustedError",
+    "ResourceUsage",
     "Resources",
     "Sandbox",
     "SandboxFileNotFoundError",

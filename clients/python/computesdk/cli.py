@@ -194,6 +194,38 @@ async def cmd_events(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_top(c: Client, a: argparse.Namespace) -> int:
+    """Live usage per sandbox, redrawn in place (like top); --once prints one frame."""
+    while True:
+        rows = []
+        for sb in await c.list(states=["running"]):
+            try:
+                rows.append((sb, await sb.get_resource_usage()))
+            except ComputeSDKError:
+                continue  # it went away between list and sample
+        if a.json:
+            _print_json([{"id": sb.id, "provider": sb.provider, **asdict(u)} for sb, u in rows])
+        else:
+            if not a.once:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: redraw in place
+            print(
+                f"{'ID':<22} {'PROVIDER':<9} {'CPU%':>6} {'MEM MB':>13} {'DISK MB':>13} "
+                f"{'PROCS':>5} {'NET RX/TX':>15}"
+            )
+            for sb, u in rows:
+                net = f"{u.network_rx_bytes}/{u.network_tx_bytes}" if u.has_network else "-"
+                print(
+                    f"{sb.id:<22} {sb.provider:<9} {u.cpu_percent:>6.1f} "
+                    f"{u.memory_used_mb:>6.0f}/{u.memory_total_mb:<6.0f} "
+                    f"{u.disk_used_mb:>6.0f}/{u.disk_total_mb:<6.0f} {u.process_count:>5} "
+                    f"{net:>15}"
+                )
+            sys.stdout.flush()
+        if a.once:
+            return 0
+        await asyncio.sleep(a.interval)
+
+
 async def cmd_providers(c: Client, a: argparse.Namespace) -> int:
     provs = await c.providers()
     if a.json:
@@ -315,6 +347,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ps", parents=[common], help="list a sandbox's processes")
     p.add_argument("id")
     p.set_defaults(fn=cmd_ps)
+
+    p = sub.add_parser("top", parents=[common], help="live resource usage per sandbox")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(fn=cmd_top)
 
     p = sub.add_parser("providers", parents=[common], help="list providers")
     p.set_defaults(fn=cmd_providers)

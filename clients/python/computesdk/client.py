@@ -16,6 +16,7 @@ import grpc
 from ._rpc import open_channel, target_for, translated
 from .api.events.v1 import events_pb2, events_pb2_grpc
 from .api.filesystem.v1 import filesystem_pb2_grpc
+from .api.monitoring.v1 import monitoring_pb2_grpc
 from .api.process.v1 import process_pb2_grpc
 from .api.provider.v1 import provider_pb2, provider_pb2_grpc
 from .api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
@@ -47,6 +48,7 @@ class Client:
         self.files = filesystem_pb2_grpc.FilesystemServiceStub(self.channel)
         self.events_stub = events_pb2_grpc.EventServiceStub(self.channel)
         self.providers_stub = provider_pb2_grpc.ProviderServiceStub(self.channel)
+        self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(self.channel)
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
 
     @classmethod

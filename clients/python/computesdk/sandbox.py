@@ -11,16 +11,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._rpc import CHUNK, translated
 from .api.filesystem.v1 import filesystem_pb2 as fs_pb
+from .api.monitoring.v1 import monitoring_pb2 as mon_pb
 from .api.process.v1 import process_pb2 as proc_pb
 from .api.sandbox.v1 import sandbox_pb2
 from .types import (
     STATE_NAMES,
+    AlertThreshold,
     Event,
     ExecResult,
     FileInfo,
     OutputChunk,
     ProcessInfo,
     Resources,
+    ResourceUsage,
     SandboxStatus,
 )
 
@@ -478,6 +481,70 @@ class Sandbox:
                 )
             )
         return Sandbox(self.client, resp.sandbox)
+
+    # ------------------------------------------------------------ usage and limits
+
+    async def get_resource_usage(self) -> ResourceUsage:
+        with translated():
+            resp = await self.client.monitoring.GetResourceUsage(
+                mon_pb.GetResourceUsageRequest(sandbox_id=self.id)
+            )
+        return ResourceUsage.from_proto(resp.usage)
+
+    async def monitor(
+        self, *, interval_ms: int = 1000, metrics: Sequence[str] = ()
+    ) -> AsyncIterator[ResourceUsage]:
+        """Samples at a steady pace until the caller stops iterating."""
+        call = self.client.monitoring.Monitor(
+            mon_pb.MonitorRequest(
+                sandbox_id=self.id, interval_ms=interval_ms, metrics=list(metrics)
+            )
+        )
+        try:
+            with translated():
+                async for resp in call:
+                    yield ResourceUsage.from_proto(resp.usage)
+        finally:
+            call.cancel()
+
+    async def set_resource_limits(
+        self, *, cpu_percent: float = 0, memory_mb: int = 0, disk_mb: int = 0
+    ) -> Resources:
+        with translated():
+            resp = await self.client.monitoring.SetResourceLimits(
+                mon_pb.SetResourceLimitsRequest(
+                    sandbox_id=self.id,
+                    cpu_percent=cpu_percent,
+                    memory_mb=memory_mb,
+                    disk_mb=disk_mb,
+                )
+            )
+        return Resources.from_proto(resp.resources)
+
+    async def scale(self, *, cpu_cores: float = 0, memory_mb: int = 0) -> Resources:
+        with translated():
+            resp = await self.client.monitoring.Scale(
+                mon_pb.ScaleRequest(sandbox_id=self.id, cpu_cores=cpu_cores, memory_mb=memory_mb)
+            )
+        return Resources.from_proto(resp.resources)
+
+    async def set_alert_thresholds(
+        self, thresholds: Sequence[AlertThreshold], *, interval_ms: int = 1000
+    ) -> None:
+        """Replaces the alerts; each crossing becomes one resourceAlert event."""
+        with translated():
+            await self.client.monitoring.SetAlertThresholds(
+                mon_pb.SetAlertThresholdsRequest(
+                    sandbox_id=self.id,
+                    interval_ms=interval_ms,
+                    thresholds=[
+                        mon_pb.AlertThreshold(
+                            type=t.type, percent=t.percent, clear_percent=t.clear_percent
+                        )
+                        for t in thresholds
+                    ],
+                )
+            )
 
     # ------------------------------------------------------------ events
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from .api.events.v1 import events_pb2
 from .api.filesystem.v1 import filesystem_pb2
+from .api.monitoring.v1 import monitoring_pb2
 from .api.process.v1 import process_pb2
 from .api.sandbox.v1 import sandbox_pb2
 
@@ -167,3 +168,43 @@ class FileInfo:
             f.modify_time.ToDatetime(),
             f.link_target,
         )
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    time: datetime
+    cpu_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    disk_used_mb: float
+    disk_total_mb: float
+    network_rx_bytes: int
+    network_tx_bytes: int
+    has_network: bool
+    process_count: int
+
+    @classmethod
+    def from_proto(cls, u: monitoring_pb2.Usage) -> ResourceUsage:
+        mb = 1024 * 1024
+        return cls(
+            u.sample_time.ToDatetime(),
+            u.cpu_percent,
+            u.memory_used_bytes / mb,
+            u.memory_limit_bytes / mb,
+            u.disk_used_bytes / mb,
+            u.disk_limit_bytes / mb,
+            u.network_rx_bytes,
+            u.network_tx_bytes,
+            u.has_network,
+            u.process_count,
+        )
+
+
+@dataclass(frozen=True)
+class AlertThreshold:
+    """Fires a resourceAlert event when use crosses percent of the limit; re-arms below
+    clear_percent (default percent - 10)."""
+
+    type: Literal["cpu", "memory", "disk"]
+    percent: float
+    clear_percent: float = 0.0

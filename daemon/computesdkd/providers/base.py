@@ -21,6 +21,7 @@ from ..model import (
     Probe,
     ProcessEvent,
     ProcessInfo,
+    Resources,
     Sandbox,
     Usage,
 )
@@ -92,6 +93,18 @@ class Provider(ABC):
     async def refresh_lease(self, sandbox: Sandbox) -> None:  # noqa: B027 - optional hook
         """Called now and then for keep-alive sandboxes, for vendors whose sandboxes end
         at a timeout of their own; extend it here when it runs low."""
+
+    async def set_limits(
+        self,
+        sandbox: Sandbox,
+        *,
+        cpu_cores: float = 0.0,
+        memory_mb: int = 0,
+        disk_mb: int = 0,
+    ) -> Resources:
+        """Changes limits of a running sandbox; zero leaves one as it is. Returns the
+        limits now in force."""
+        raise self._unsupported("live limits")
 
     async def adopt(self, sandbox: Sandbox) -> bool:
         """After a daemon restart: True when the sandbox still runs."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from structlog.contextvars import bound_contextvars
 
-from .. import logs
+from .. import logs, metrics
 from ..errors import DOMAIN, ComputeError, Internal, ResourceExhausted, Unavailable
 
 log = logs.get(__name__)
@@ -81,40 +82,62 @@ def _refuse_when_draining(self: Any) -> None:
         raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    st = to_status(_translate(exc))
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: ComputeError) -> None:
+    st = to_status(err)
     await context.abort(st.code, st.details, st.trailing_metadata)
 
 
 def edge(fn: F) -> F:
-    """Wraps a servicer method: binds sandbox_id, maps errors to status once."""
+    """Wraps a servicer method: binds sandbox_id, maps errors to status once, and
+    records the call's latency and, for streams, that it is open."""
+    method = fn.__name__
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
         async def stream(
             self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            started, code = time.perf_counter(), "OK"
+            metrics.OPEN_STREAMS.labels(method).inc()
             with bound_contextvars(**_context_of(self, request)):
                 try:
                     _refuse_when_draining(self)
                     async for item in fn(self, request, context):
                         yield item
-                except (asyncio.CancelledError, grpc.aio.AbortError):
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except grpc.aio.AbortError:
+                    code = "ABORTED_BY_HANDLER"
                     raise
                 except Exception as exc:
-                    await _abort(context, exc)
+                    err = _translate(exc)
+                    code = err.code.name
+                    await _abort(context, err)
+                finally:
+                    metrics.OPEN_STREAMS.labels(method).dec()
+                    metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
 
         return stream  # type: ignore[return-value]
 
     @functools.wraps(fn)
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started, code = time.perf_counter(), "OK"
         with bound_contextvars(**_context_of(self, request)):
             try:
                 _refuse_when_draining(self)
                 return await fn(self, request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
                 raise
             except Exception as exc:
-                await _abort(context, exc)
+                err = _translate(exc)
+                code = err.code.name
+                await _abort(context, err)
+            finally:
+                metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
 
     return unary  # type: ignore[return-value]

@@ -216,6 +216,27 @@ class DockerProvider(Provider):
             cpu_time_ns=int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0)),
         )
 
+    async def set_limits(
+        self, sandbox: Sandbox, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
+    ) -> Resources:
+        if disk_mb:
+            raise Unsupported(NAME, "disk limit", "overlay2 on this host has no quota")
+        cur = sandbox.resources
+        body: dict[str, Any] = {}
+        if cpu_cores:
+            body["NanoCpus"] = int(cpu_cores * 1e9)
+        if memory_mb:
+            body["Memory"] = body["MemorySwap"] = memory_mb << 20
+        if body:
+            await self._engine.request(
+                "POST", f"/containers/{self._cid(sandbox)}/update", "update", json=body
+            )
+        return Resources(
+            cpu_cores=cpu_cores or cur.cpu_cores,
+            memory_mb=memory_mb or cur.memory_mb,
+            pids_limit=cur.pids_limit,
+        )
+
     # -------------------------------------------------------------- processes
 
     def run(

@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from .templates import TEMPLATES, process_env, resolve
 
 log = logs.get(__name__)
 
+NAME = "local"
 DEFAULTS = Resources(cpu_cores=1.0, memory_mb=1024, disk_mb=2048, pids_limit=512)
 MAX_CPU_CORES = float(os.cpu_count() or 1)
 READY_TIMEOUT_S = 10.0
@@ -50,6 +52,12 @@ CGROUP_PARENT = "/computesdk"
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 _MNT_DETACH = 2
 
 
@@ -106,10 +114,12 @@ class LocalProvider(Provider):
         self._base = rootfs_mod.base_path()
         self._agent_binary = default_agent_binary()
         self._unavailable = "not started"
+        self._emit: Callable[..., object] | None = None
 
     # -------------------------------------------------------------- set-up
 
     async def start(self, ctx: ProviderContext) -> None:
+        self._emit = ctx.emit
         self._state = ctx.state_dir / "local"
         (self._state / "sandboxes").mkdir(parents=True, exist_ok=True)
         for d in (self._state, self._state / "sandboxes"):
@@ -314,6 +324,7 @@ class LocalProvider(Provider):
             st = os.statvfs(bundle / "disk")
             disk_total = st.f_blocks * st.f_frsize
             disk_used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        rx, tx, has_net = self._network(sandbox)
         return Usage(
             memory_used_bytes=self._read_int(
                 self._cgroup_file(sandbox, "memory", "memory.usage_in_bytes")
@@ -325,7 +336,145 @@ class LocalProvider(Provider):
             cpu_time_ns=self._read_int(self._cgroup_file(sandbox, "cpuacct", "cpuacct.usage")),
             disk_used_bytes=disk_used,
             disk_limit_bytes=disk_total,
+            network_rx_bytes=rx,
+            network_tx_bytes=tx,
+            has_network=has_net,
         )
+
+    def _network(self, sandbox: Sandbox) -> tuple[int, int, bool]:
+        """Bytes through the sandbox's interfaces other than loopback, from its netns."""
+        pid = sandbox.provider_data.get("init_pid", "")
+        rx = tx = 0
+        has_net = False
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+                name, _, fields = line.partition(":")
+                if name.strip() == "lo":
+                    continue
+                cols = fields.split()
+                rx, tx, has_net = rx + int(cols[0]), tx + int(cols[8]), True
+        return rx, tx, has_net
+
+    async def set_limits(
+        self, sandbox: Sandbox, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
+    ) -> Resources:
+        cur = sandbox.resources
+        if cpu_cores > MAX_CPU_CORES:
+            raise ResourceExhausted(
+                f"cpu_cores {cpu_cores:g} exceeds this host's {MAX_CPU_CORES:g}",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="cpu_cores",
+            )
+        if memory_mb and memory_mb * 1024 * 1024 > _host_memory():
+            raise ResourceExhausted(
+                f"memory_mb {memory_mb} exceeds this host's memory",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="memory_mb",
+            )
+        if disk_mb and disk_mb < cur.disk_mb:
+            raise FailedPrecondition(
+                "a running sandbox's disk can grow but not shrink",
+                reason="DISK_SHRINK_UNSUPPORTED",
+                provider=NAME,
+            )
+        args: list[str] = []
+        if cpu_cores:
+            args += [
+                "--cpu-quota",
+                str(int(cpu_cores * 100_000)),
+                "--cpu-period",
+                "100000",
+                "--cpu-share",
+                str(max(2, int(cpu_cores * 1024))),
+            ]
+        if args:
+            await _run(*self._runc("update", *args, sandbox.id))
+        if memory_mb:
+            await self._set_memory(sandbox, memory_mb)
+        if disk_mb and disk_mb > cur.disk_mb:
+            await self._grow_disk(sandbox, disk_mb)
+        return replace(
+            cur,
+            cpu_cores=cpu_cores or cur.cpu_cores,
+            memory_mb=memory_mb or cur.memory_mb,
+            disk_mb=disk_mb or cur.disk_mb,
+        )
+
+    async def _set_memory(self, sandbox: Sandbox, memory_mb: int) -> None:
+        """cgroup v1 refuses a limit below current use rather than reclaiming it, so
+        the daemon does what the OOM killer would: it kills the largest process
+        (never the agent) until the limit fits, and says so in an event."""
+        limit = str(memory_mb * 1024 * 1024)
+        for _ in range(20):
+            try:
+                await _run(
+                    *self._runc("update", "--memory", limit, "--memory-swap", limit, sandbox.id)
+                )
+                return
+            except Internal as exc:
+                if "unable to set memory limit" not in exc.message:
+                    raise
+            victim = self._largest_process(sandbox)
+            if victim is None:
+                break
+            pid, rss = victim
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+            log.warning(
+                "killed the largest process to fit a lowered memory limit",
+                pid=pid,
+                rss_mb=rss >> 20,
+                memory_mb=memory_mb,
+            )
+            if self._emit is not None:
+                self._emit(
+                    sandbox.id,
+                    "out-of-memory",
+                    f"a process using {rss >> 20} MB was killed to fit the new "
+                    f"{memory_mb} MB limit",
+                    cause="limit-lowered",
+                    rss_bytes=str(rss),
+                    memory_mb=str(memory_mb),
+                )
+            await asyncio.sleep(0.05)
+        raise FailedPrecondition(
+            f"the sandbox cannot fit in {memory_mb} MB",
+            reason="MEMORY_LIMIT_TOO_LOW",
+            memory_mb=str(memory_mb),
+        )
+
+    def _largest_process(self, sandbox: Sandbox) -> tuple[int, int] | None:
+        init = int(sandbox.provider_data.get("init_pid") or 0)
+        best: tuple[int, int] | None = None
+        with contextlib.suppress(OSError):
+            pids = self._cgroup_file(sandbox, "memory", "cgroup.procs").read_text().split()
+            for pid in map(int, pids):
+                if pid == init:
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            rss = int(line.split()[1]) * 1024
+                            if best is None or rss > best[1]:
+                                best = (pid, rss)
+        return best
+
+    async def _grow_disk(self, sandbox: Sandbox, disk_mb: int) -> None:
+        bundle = Path(sandbox.provider_data["bundle"])
+        device = next(
+            (
+                line.split()[0]
+                for line in Path("/proc/mounts").read_text().splitlines()
+                if line.split()[1] == str(bundle / "disk")
+            ),
+            "",
+        )
+        if not device.startswith("/dev/loop"):
+            raise Internal(f"cannot find the loop device of {bundle / 'disk'}")
+        with (bundle / "disk.img").open("r+b") as f:
+            f.truncate(disk_mb * 1024 * 1024)
+        await _run("losetup", "-c", device)
+        await _run("resize2fs", device)
 
     # -------------------------------------------------------------- processes
 

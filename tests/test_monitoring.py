@@ -1,0 +1,202 @@
+"""Usage from cgroups, shared samplers, live limits, alerts and the daemon's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from computesdk import AlertThreshold, Client, Event, Resources
+from conftest import DaemonProcess
+
+BURN = "import time\nend=time.time()+{secs}\nwhile time.time()<end: pass\n"
+
+
+def scrape(daemon: DaemonProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):  # prometheus-client's own parser
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def _within(samples: object, count: int, pred: object) -> bool:
+    n = 0
+    async for u in samples:  # type: ignore[attr-defined]
+        if pred(u):  # type: ignore[operator]
+            return True
+        n += 1
+        if n >= count:
+            return False
+    return False
+
+
+async def test_cpu_and_memory_show_within_two_intervals(client: Client) -> None:
+    async with await client.create(
+        template="python", resources=Resources(cpu_cores=1, memory_mb=512)
+    ) as sb:
+        burner = await sb.start_process(["python3", "-c", BURN.format(secs=20)])
+        await asyncio.sleep(0.3)
+        samples = sb.monitor(interval_ms=1000)
+        assert await _within(samples, 3, lambda u: u.cpu_percent >= 80)  # first has no rate yet
+        await samples.aclose()
+        await burner.kill()
+        hog = await sb.start_process(
+            [
+                "python3",
+                "-c",
+                "import time\nx=bytearray(200<<20)\n"
+                "for i in range(0,len(x),4096): x[i]=1\ntime.sleep(30)",
+            ]
+        )
+        samples = sb.monitor(interval_ms=1000)
+        assert await _within(samples, 3, lambda u: u.memory_used_mb >= 200)
+        await samples.aclose()
+        usage = await sb.get_resource_usage()
+        assert usage.memory_total_mb == 512 and usage.process_count >= 2
+        assert usage.disk_total_mb > 0 and not usage.has_network
+        await hog.kill()
+
+
+async def test_lowering_memory_below_a_hog_kills_it_and_the_sandbox_lives(client: Client) -> None:
+    async with await client.create(template="python", resources=Resources(memory_mb=512)) as sb:
+        ooms: list[Event] = []
+        sb.on("out-of-memory", ooms.append)
+        hog = await sb.start_process(
+            [
+                "python3",
+                "-c",
+                "import time\nx=bytearray(300<<20)\n"
+                "for i in range(0,len(x),4096): x[i]=1\ntime.sleep(60)",
+            ]
+        )
+        for _ in range(100):
+            if (await sb.get_resource_usage()).memory_used_mb > 300:
+                break
+            await asyncio.sleep(0.1)
+        res = await sb.set_resource_limits(memory_mb=128)
+        assert res.memory_mb == 128
+        result = await hog.wait()
+        assert result.signal == 9
+        for _ in range(100):
+            if ooms:
+                break
+            await asyncio.sleep(0.05)
+        assert ooms and ooms[0].attributes["cause"] == "limit-lowered"
+        assert (await sb.exec("echo alive")).stdout == "alive\n"
+        assert (await sb.get_status()).memory_limit_bytes == 128 << 20
+
+
+async def test_raising_cpu_cores_live_raises_a_two_thread_burner(client: Client) -> None:
+    async with await client.create(template="python", resources=Resources(cpu_cores=0.5)) as sb:
+        burn = BURN.format(secs=30)
+        two = (
+            "import multiprocessing as m\n"
+            f"ps=[m.Process(target=exec, args=({burn!r},)) for _ in range(2)]\n"
+            "[p.start() for p in ps]\n[p.join() for p in ps]\n"
+        )
+        burner = await sb.start_process(["python3", "-c", two])
+        await asyncio.sleep(0.5)
+
+        async def busy() -> float:
+            samples = [u.cpu_percent async for u in _take(sb.monitor(interval_ms=500), 4)]
+            return max(samples[1:])
+
+        before = await busy()
+        assert before <= 65  # held to half a core
+        res = await sb.scale(cpu_cores=2)
+        assert res.cpu_cores == 2
+        after = await busy()
+        assert after >= 130 and after > 2 * before
+        await burner.kill()
+
+
+async def _take(it: object, n: int) -> object:
+    i = 0
+    async for item in it:  # type: ignore[attr-defined]
+        yield item
+        i += 1
+        if i == n:
+            await it.aclose()  # type: ignore[attr-defined]
+            return
+
+
+async def test_alert_fires_once_per_crossing(client: Client) -> None:
+    async with await client.create(template="python", resources=Resources(memory_mb=128)) as sb:
+        alerts: list[Event] = []
+        sb.on("resourceAlert", alerts.append)
+        await sb.set_alert_thresholds([AlertThreshold("memory", 50, 30)], interval_ms=200)
+        spike = (
+            "import time\nx=bytearray(80<<20)\nfor i in range(0,len(x),4096): x[i]=1\n"
+            "time.sleep(1.5)\n"
+        )
+        for _ in range(2):  # two crossings, each held for several samples
+            await sb.exec(["python3", "-c", spike])
+            await asyncio.sleep(0.8)
+        await asyncio.sleep(0.5)
+        assert len(alerts) == 2, [a.message for a in alerts]
+        assert alerts[0].attributes["type"] == "memory"
+        assert float(alerts[0].attributes["current"]) >= 50
+        assert alerts[0].attributes["threshold"] == "50"
+
+
+async def test_ten_subscribers_share_one_sampler(client: Client, daemon: DaemonProcess) -> None:
+    async with await client.create() as sb:
+        streams = [sb.monitor(interval_ms=300) for _ in range(10)]
+        firsts = await asyncio.gather(*(anext(s) for s in streams))
+        assert len(firsts) == 10
+        assert scrape(daemon)[("computesdk_samplers", ())] == 1
+        for s in streams:
+            await s.aclose()
+        for _ in range(50):
+            if scrape(daemon)[("computesdk_samplers", ())] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert scrape(daemon)[("computesdk_samplers", ())] == 0
+
+
+async def test_prometheus_figures_move_with_sandboxes(
+    client: Client, daemon: DaemonProcess
+) -> None:
+    key = ("computesdk_sandboxes", (("provider", "local"), ("state", "running")))
+    before = scrape(daemon).get(key, 0)
+    sb = await client.create()
+    await sb.exec("true")
+    during = scrape(daemon)
+    assert during[key] == before + 1
+    assert during[("computesdk_execs_total", (("provider", "local"),))] >= 1
+    assert any(
+        name == "computesdk_rpc_duration_seconds_count"
+        and dict(labels).get("method") == "CreateSandbox"
+        for name, labels in during
+    )
+    await sb.destroy()
+    assert scrape(daemon).get(key, 0) == before
+    with contextlib.suppress(Exception):
+        await sb.destroy()
+
+
+async def test_top_prints_live_usage(client: Client, daemon: DaemonProcess) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    async with await client.create(metadata={"top": "yes"}) as sb:
+        cli = str(Path(sys.executable).parent / "computesdk")
+        env = {**os.environ, "COMPUTESDK_SOCKET": str(daemon.socket)}
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [cli, "top", "--once", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        rows = {r["id"]: r for r in json.loads(out.stdout)}
+        assert rows[sb.id]["memory_total_mb"] > 0
