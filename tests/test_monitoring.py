@@ -200,3 +200,71 @@ async def test_top_prints_live_usage(client: Client, daemon: DaemonProcess) -> N
         )
         rows = {r["id"]: r for r in json.loads(out.stdout)}
         assert rows[sb.id]["memory_total_mb"] > 0
+
+
+async def test_autoscaling_raises_within_the_cap_and_comes_back_down(client: Client) -> None:
+    async with await client.create(template="python", resources=Resources(cpu_cores=0.5)) as sb:
+        decisions: list[Event] = []
+        sb.on("autoscale", decisions.append)
+        await sb.configure_auto_scaling(
+            cpu_threshold=80, max_cpu_cores=2, cooldown_ms=600, interval_ms=300
+        )
+        burn = BURN.format(secs=60)
+        two = (
+            "import multiprocessing as m\n"
+            f"ps=[m.Process(target=exec, args=({burn!r},)) for _ in range(2)]\n"
+            "[p.start() for p in ps]\n[p.join() for p in ps]\n"
+        )
+        burner = await sb.start_process(["python3", "-c", two])
+        for _ in range(150):
+            if (await sb.get_status()).resources.cpu_cores == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert (await sb.get_status()).resources.cpu_cores == 2  # never above the cap
+        await burner.kill()
+        for _ in range(150):
+            if (await sb.get_status()).resources.cpu_cores == 0.5:
+                break
+            await asyncio.sleep(0.1)
+        assert (await sb.get_status()).resources.cpu_cores == 0.5  # back where it began
+        await asyncio.sleep(0.2)
+        steps = [(d.attributes["before"], d.attributes["after"]) for d in decisions]
+        assert steps == [("0.5", "1"), ("1", "2"), ("2", "1"), ("1", "0.5")]
+
+
+async def test_health_checks_builtin_and_custom(client: Client) -> None:
+    async with await client.create(template="python") as sb:
+        report = await sb.health_check()
+        assert report.healthy and set(report.results) == {"agent", "exec", "disk", "memory"}
+        events: list[Event] = []
+        sb.on("health", events.append)
+        await sb.register_health_check("marker", "test -f /workspace/ok", interval_ms=200)
+        report = await sb.health_check()
+        assert not report and report.results["marker"][0] is False
+        await sb.files.write("/workspace/ok", "")
+        for _ in range(50):
+            if any(e.attributes["healthy"] == "true" for e in events):
+                break
+            await asyncio.sleep(0.1)
+        assert events[0].attributes == {
+            **events[0].attributes,
+            "check": "marker",
+            "healthy": "false",
+        }
+        assert any(e.attributes["healthy"] == "true" for e in events)
+        assert (await sb.health_check()).healthy
+        await sb.unregister_health_check("marker")
+        assert set((await sb.health_check()).results) == {"agent", "exec", "disk", "memory"}
+
+
+async def test_monitor_sends_only_the_metrics_asked_for(client: Client) -> None:
+    import pytest
+
+    from computesdk import InvalidArgumentError
+
+    async with await client.create() as sb:
+        first = await anext(sb.monitor(interval_ms=200, metrics=["memory"]))
+        assert first.memory_total_mb > 0 and first.disk_total_mb == 0
+        with pytest.raises(InvalidArgumentError) as e:
+            await anext(sb.monitor(metrics=["gpu-temperature"]))
+        assert e.value.reason == "INVALID_METRICS"

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"sort"
 	"strconv"
@@ -746,6 +747,26 @@ func follow(c *conn, p *process, outOff, errOff int64, noOutput, killOnClose boo
 	}
 }
 
+// reserveThreads makes the runtime start n OS threads now and keep them idle.
+// Threads count against the sandbox's pids limit; a fork bomb can leave none to
+// create later, and a Go program that cannot make a thread it needs aborts.
+// Parked threads are reused, so the agent outlives pid exhaustion.
+func reserveThreads(n int) {
+	var started, release sync.WaitGroup
+	started.Add(n)
+	release.Add(1)
+	for i := 0; i < n; i++ {
+		go func() {
+			runtime.LockOSThread()
+			started.Done()
+			release.Wait()
+			runtime.UnlockOSThread() // back to the idle pool rather than exiting
+		}()
+	}
+	started.Wait()
+	release.Done()
+}
+
 // ---------------------------------------------------------------- main
 
 func main() {
@@ -754,6 +775,7 @@ func main() {
 	flag.Int64Var(&segmentCap, "segment-bytes", 32<<20, "output kept per stream is at most twice this")
 	flag.Parse()
 	debug.SetGCPercent(50) // density: many agents run side by side
+	reserveThreads(16)
 
 	sigchld := make(chan os.Signal, 64)
 	signal.Notify(sigchld, syscall.SIGCHLD)

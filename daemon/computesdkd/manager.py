@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
-from . import logs, metrics
+from . import autoscale, logs, metrics
 from .breaker import Circuit, CircuitBreaker, is_provider_fault
 from .errors import (
     AlreadyExists,
@@ -38,12 +38,14 @@ from .model import (
     Command,
     ExitStatus,
     FileInfo,
+    HealthResult,
     Output,
     ProcessEvent,
     ProcessInfo,
     Resources,
     Sandbox,
     SandboxSpec,
+    ScalingPolicy,
     Started,
     State,
     Usage,
@@ -66,11 +68,23 @@ PROBE_TIMEOUT_S = 10.0
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
 CLONED, MIGRATED, RESOURCES_CHANGED = "cloned", "migrated", "resources.changed"
+AUTOSCALE, HEALTH = "autoscale", "health"
+HEALTH_TIMEOUT_S = 15.0
+MIN_FREE_PERCENT = 10.0
 # Stdin chunks of a workspace copy stay well under every provider's message limits.
 COPY_CHUNK = 256 * 1024
 # A provider's circuit breaker changed state; sandbox_id is empty.
 CIRCUIT = "provider.circuit"
 T = TypeVar("T")
+
+
+@dataclass
+class CustomCheck:
+    name: str
+    command: str
+    interval_s: float
+    timeout_ms: int
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,8 @@ class Manager:
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
         self.monitor = Monitor(bus.emit)
+        self._autoscalers: dict[str, asyncio.Task[None]] = {}
+        self._health: dict[str, dict[str, CustomCheck]] = {}
         metrics.watch_state(self._counts, lambda: bus.subscriber_count)
         self.breakers = {name: CircuitBreaker(name, self._circuit_changed) for name in providers}
 
@@ -398,7 +414,7 @@ class Manager:
                 self._sandboxes.pop(sandbox_id, None)
                 self._oom_seen.pop(sandbox_id, None)
                 self._last_probe.pop(sandbox_id, None)
-                self.monitor.forget(sandbox_id)
+                self._forget_watchers(sandbox_id)
                 self._store.delete_sandbox(sandbox_id)
                 self.bus.emit(sandbox_id, DESTROYED, reason=reason)
                 log.info("sandbox destroyed", reason=reason)
@@ -487,6 +503,175 @@ class Manager:
                 disk_mb=str(sb.resources.disk_mb),
             )
             return sb.resources
+
+    # ------------------------------------------------------------ autoscaling
+
+    def configure_autoscaling(self, sandbox_id: str, enabled: bool, policy: ScalingPolicy) -> None:
+        sb, _ = self._running(sandbox_id)
+        old = self._autoscalers.pop(sandbox_id, None)
+        if old is not None:
+            old.cancel()
+        if not enabled:
+            return
+        if (policy.max_cpu_cores and policy.max_cpu_cores < sb.resources.cpu_cores) or (
+            policy.max_memory_mb and policy.max_memory_mb < sb.resources.memory_mb
+        ):
+            raise InvalidArgument(
+                "autoscaling caps are below the sandbox's current limits",
+                reason="INVALID_SCALING_LIMITS",
+            )
+        if not (policy.cpu_threshold or policy.memory_threshold):
+            raise InvalidArgument(
+                "autoscaling needs a cpu or memory rule", reason="INVALID_SCALING_RULES"
+            )
+        task = asyncio.create_task(self._autoscale(sb, policy, sb.resources))
+        self._autoscalers[sandbox_id] = task
+
+    async def _autoscale(self, sb: Sandbox, policy: ScalingPolicy, base: Resources) -> None:
+        last = 0.0
+        with bound_contextvars(sandbox_id=sb.id), contextlib.suppress(ComputeError):
+            async for usage in self.monitor_usage(sb.id, policy.interval_s):
+                if time.monotonic() - last < policy.cooldown_s:
+                    continue
+                decision = autoscale.decide(policy, base, sb.resources, usage)
+                if decision is None:
+                    continue
+                last = time.monotonic()
+                kwargs = (
+                    {"cpu_cores": decision.after}
+                    if decision.resource == "cpu"
+                    else {"memory_mb": int(decision.after)}
+                )
+                await self.set_limits(sb.id, **kwargs)
+                log.info("autoscaled", resource=decision.resource, to=decision.after)
+                self.bus.emit(
+                    sb.id,
+                    AUTOSCALE,
+                    decision.reason,
+                    resource=decision.resource,
+                    before=f"{decision.before:g}",
+                    after=f"{decision.after:g}",
+                )
+
+    # ------------------------------------------------------------ health
+
+    async def _run_check(
+        self, sb: Sandbox, provider: Provider, args: builtins.list[str], timeout_ms: int
+    ) -> tuple[int, str]:
+        run = provider.run(sb, Command(args=args, cwd=WORKDIR, timeout_ms=timeout_ms))
+        out = bytearray()
+        code = -1
+        try:
+            async for ev in run.events():
+                if isinstance(ev, Output):
+                    out.extend(ev.data[: 4096 - len(out)])
+                elif isinstance(ev, ExitStatus):
+                    code = ev.exit_code
+        finally:
+            await run.aclose()
+        return code, out.decode(errors="replace").strip()
+
+    async def check_health(self, sandbox_id: str) -> builtins.list[HealthResult]:
+        sb, provider = self._running(sandbox_id)
+
+        async def timed(name: str, check: Coroutine[Any, Any, tuple[bool, str]]) -> HealthResult:
+            started = time.monotonic()
+            try:
+                ok, message = await asyncio.wait_for(check, HEALTH_TIMEOUT_S)
+            except (ComputeError, TimeoutError) as exc:
+                ok, message = False, getattr(exc, "message", "timed out")
+            return HealthResult(name, ok, message, int((time.monotonic() - started) * 1000))
+
+        async def agent() -> tuple[bool, str]:
+            probe = await provider.probe(sb)
+            return probe.alive, "responding" if probe.alive else "not running"
+
+        async def exec_() -> tuple[bool, str]:
+            code, _ = await self._run_check(sb, provider, ["true"], 5000)
+            return code == 0, "ran true" if code == 0 else f"true exited {code}"
+
+        async def disk() -> tuple[bool, str]:
+            u = await provider.usage(sb)
+            if not u.disk_limit_bytes:
+                return True, "no disk limit to measure"
+            free = 100 * (1 - u.disk_used_bytes / u.disk_limit_bytes)
+            return free >= MIN_FREE_PERCENT, f"{free:.0f}% free"
+
+        async def memory() -> tuple[bool, str]:
+            u = await provider.usage(sb)
+            if not u.memory_limit_bytes:
+                return True, "no memory limit to measure"
+            free = 100 * (1 - u.memory_used_bytes / u.memory_limit_bytes)
+            return free >= MIN_FREE_PERCENT, f"{free:.0f}% headroom"
+
+        checks = [
+            timed("agent", agent()),
+            timed("exec", exec_()),
+            timed("disk", disk()),
+            timed("memory", memory()),
+        ]
+        checks += [
+            self._custom_check(sb, provider, c) for c in self._health.get(sandbox_id, {}).values()
+        ]
+        return builtins.list(await asyncio.gather(*checks))
+
+    async def _custom_check(
+        self, sb: Sandbox, provider: Provider, check: CustomCheck
+    ) -> HealthResult:
+        started = time.monotonic()
+        try:
+            code, out = await self._run_check(
+                sb, provider, ["/bin/sh", "-c", check.command], check.timeout_ms
+            )
+            ok, message = code == 0, out or f"exit {code}"
+        except ComputeError as exc:
+            ok, message = False, exc.message
+        result = HealthResult(
+            check.name, ok, message[:500], int((time.monotonic() - started) * 1000)
+        )
+        self.bus.emit(
+            sb.id,
+            HEALTH,
+            result.message,
+            check=check.name,
+            healthy=str(ok).lower(),
+            duration_ms=str(result.duration_ms),
+        )
+        return result
+
+    def register_health_check(self, sandbox_id: str, check: CustomCheck) -> None:
+        sb, provider = self._running(sandbox_id)
+        if not check.name or not check.command.strip():
+            raise InvalidArgument(
+                "a health check needs a name and a command", reason="INVALID_HEALTH_CHECK"
+            )
+        self.unregister_health_check(sandbox_id, check.name, missing_ok=True)
+        self._health.setdefault(sandbox_id, {})[check.name] = check
+        if check.interval_s:
+
+            async def every() -> None:
+                with contextlib.suppress(ComputeError):
+                    while sb.state == State.RUNNING:
+                        await self._custom_check(sb, provider, check)
+                        await asyncio.sleep(check.interval_s)
+
+            check.task = asyncio.create_task(every())
+
+    def unregister_health_check(self, sandbox_id: str, name: str, missing_ok: bool = False) -> None:
+        check = self._health.get(sandbox_id, {}).pop(name, None)
+        if check is None and not missing_ok:
+            raise NotFound(f"no health check {name!r}", reason="HEALTH_CHECK_NOT_FOUND")
+        if check is not None and check.task is not None:
+            check.task.cancel()
+
+    def _forget_watchers(self, sandbox_id: str) -> None:
+        self.monitor.forget(sandbox_id)
+        task = self._autoscalers.pop(sandbox_id, None)
+        if task is not None:
+            task.cancel()
+        for check in self._health.pop(sandbox_id, {}).values():
+            if check.task is not None:
+                check.task.cancel()
 
     # ------------------------------------------------------------ clone and migrate
 

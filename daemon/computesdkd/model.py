@@ -154,3 +154,21 @@ class Event:
     type: str
     message: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    name: str
+    healthy: bool
+    message: str
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    cpu_threshold: float  # percent of the current limit; 0 = not scaled
+    memory_threshold: float
+    max_cpu_cores: float
+    max_memory_mb: int
+    cooldown_s: float
+    interval_s: float

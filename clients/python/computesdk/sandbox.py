@@ -20,6 +20,7 @@ from .types import (
     Event,
     ExecResult,
     FileInfo,
+    HealthReport,
     OutputChunk,
     ProcessInfo,
     Resources,
@@ -544,6 +545,61 @@ class Sandbox:
                         for t in thresholds
                     ],
                 )
+            )
+
+    async def configure_auto_scaling(
+        self,
+        *,
+        enabled: bool = True,
+        cpu_threshold: float = 0,
+        memory_threshold: float = 0,
+        max_cpu_cores: float = 0,
+        max_memory_mb: int = 0,
+        cooldown_ms: int = 30_000,
+        interval_ms: int = 1000,
+    ) -> None:
+        """Lets the daemon scale this sandbox within the caps; each decision is an
+        autoscale event. Thresholds are percents of the current limits."""
+        with translated():
+            await self.client.monitoring.ConfigureAutoScaling(
+                mon_pb.ConfigureAutoScalingRequest(
+                    sandbox_id=self.id,
+                    enabled=enabled,
+                    cpu=mon_pb.ScalingRule(threshold=cpu_threshold, action="scale-up"),
+                    memory=mon_pb.ScalingRule(threshold=memory_threshold, action="scale-up"),
+                    max_cpu_cores=max_cpu_cores,
+                    max_memory_mb=max_memory_mb,
+                    cooldown_ms=cooldown_ms,
+                    interval_ms=interval_ms,
+                )
+            )
+
+    async def health_check(self) -> HealthReport:
+        """Built-in checks (agent, exec, disk, memory) plus the registered ones."""
+        with translated():
+            resp = await self.client.monitoring.CheckHealth(
+                mon_pb.CheckHealthRequest(sandbox_id=self.id)
+            )
+        return HealthReport.from_proto(resp)
+
+    async def register_health_check(
+        self, name: str, command: str, *, interval_ms: int = 0, timeout_ms: int = 0
+    ) -> None:
+        with translated():
+            await self.client.monitoring.RegisterHealthCheck(
+                mon_pb.RegisterHealthCheckRequest(
+                    sandbox_id=self.id,
+                    name=name,
+                    command=command,
+                    interval_ms=interval_ms,
+                    timeout_ms=timeout_ms,
+                )
+            )
+
+    async def unregister_health_check(self, name: str) -> None:
+        with translated():
+            await self.client.monitoring.UnregisterHealthCheck(
+                mon_pb.UnregisterHealthCheckRequest(sandbox_id=self.id, name=name)
             )
 
     # ------------------------------------------------------------ events

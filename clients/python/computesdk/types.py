@@ -208,3 +208,16 @@ class AlertThreshold:
     type: Literal["cpu", "memory", "disk"]
     percent: float
     clear_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    healthy: bool
+    results: dict[str, tuple[bool, str]]  # check name -> (healthy, message)
+
+    def __bool__(self) -> bool:
+        return self.healthy
+
+    @classmethod
+    def from_proto(cls, r: monitoring_pb2.CheckHealthResponse) -> HealthReport:
+        return cls(r.healthy, {x.name: (x.healthy, x.message) for x in r.results})

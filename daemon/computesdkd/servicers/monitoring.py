@@ -9,8 +9,8 @@ from computesdk.api.monitoring.v1 import monitoring_pb2 as pb
 from computesdk.api.monitoring.v1 import monitoring_pb2_grpc as pb_grpc
 
 from ..errors import InvalidArgument
-from ..manager import Manager
-from ..model import Usage
+from ..manager import CustomCheck, Manager
+from ..model import ScalingPolicy, Usage
 from . import convert
 from ._edge import edge
 
@@ -30,6 +30,25 @@ def _usage(u: Usage) -> pb.Usage:
         has_network=u.has_network,
         process_count=u.process_count,
     )
+
+
+METRICS = {
+    "cpu": ("cpu_percent",),
+    "memory": ("memory_used_bytes", "memory_limit_bytes"),
+    "disk": ("disk_used_bytes", "disk_limit_bytes"),
+    "network": ("network_rx_bytes", "network_tx_bytes", "has_network"),
+    "processes": ("process_count",),
+}
+
+
+def _fields(metrics: list[str]) -> set[str] | None:
+    """The Usage fields a subscriber asked for; None means all."""
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown metrics {sorted(unknown)}; known: {sorted(METRICS)}", reason="INVALID_METRICS"
+        )
+    return {f for m in metrics for f in METRICS[m]} | {"sample_time"} if metrics else None
 
 
 def _interval(ms: int) -> float:
@@ -54,10 +73,16 @@ class MonitoringServicer(pb_grpc.MonitoringServiceServicer):
     async def Monitor(
         self, request: pb.MonitorRequest, context: Ctx
     ) -> AsyncIterator[pb.MonitorResponse]:
+        wanted = _fields(list(request.metrics))
         async for u in self.manager.monitor_usage(
             request.sandbox_id, _interval(request.interval_ms)
         ):
-            yield pb.MonitorResponse(usage=_usage(u))
+            usage = _usage(u)
+            if wanted is not None:
+                for field in pb.Usage.DESCRIPTOR.fields_by_name:
+                    if field not in wanted:
+                        usage.ClearField(field)  # type: ignore[arg-type]
+            yield pb.MonitorResponse(usage=usage)
 
     @edge
     async def SetResourceLimits(
@@ -88,3 +113,62 @@ class MonitoringServicer(pb_grpc.MonitoringServiceServicer):
         ]
         self.manager.set_alerts(request.sandbox_id, thresholds, _interval(request.interval_ms))
         return pb.SetAlertThresholdsResponse()
+
+    @edge
+    async def ConfigureAutoScaling(
+        self, request: pb.ConfigureAutoScalingRequest, context: Ctx
+    ) -> pb.ConfigureAutoScalingResponse:
+        for rule in (request.cpu, request.memory):
+            if rule.threshold and rule.action not in ("", "scale-up"):
+                raise InvalidArgument(
+                    f"unknown scaling action {rule.action!r}", reason="INVALID_SCALING_RULES"
+                )
+        policy = ScalingPolicy(
+            cpu_threshold=request.cpu.threshold,
+            memory_threshold=request.memory.threshold,
+            max_cpu_cores=request.max_cpu_cores,
+            max_memory_mb=request.max_memory_mb,
+            cooldown_s=(request.cooldown_ms or 30_000) / 1000,
+            interval_s=_interval(request.interval_ms),
+        )
+        self.manager.configure_autoscaling(request.sandbox_id, request.enabled, policy)
+        return pb.ConfigureAutoScalingResponse()
+
+    @edge
+    async def CheckHealth(
+        self, request: pb.CheckHealthRequest, context: Ctx
+    ) -> pb.CheckHealthResponse:
+        results = await self.manager.check_health(request.sandbox_id)
+        return pb.CheckHealthResponse(
+            healthy=all(r.healthy for r in results),
+            results=[
+                pb.HealthResult(
+                    name=r.name, healthy=r.healthy, message=r.message, duration_ms=r.duration_ms
+                )
+                for r in results
+            ],
+        )
+
+    @edge
+    async def RegisterHealthCheck(
+        self, request: pb.RegisterHealthCheckRequest, context: Ctx
+    ) -> pb.RegisterHealthCheckResponse:
+        if request.interval_ms and request.interval_ms < 100:
+            raise InvalidArgument("interval_ms is at least 100", reason="INVALID_INTERVAL")
+        self.manager.register_health_check(
+            request.sandbox_id,
+            CustomCheck(
+                name=request.name,
+                command=request.command,
+                interval_s=request.interval_ms / 1000,
+                timeout_ms=request.timeout_ms or 10_000,
+            ),
+        )
+        return pb.RegisterHealthCheckResponse()
+
+    @edge
+    async def UnregisterHealthCheck(
+        self, request: pb.UnregisterHealthCheckRequest, context: Ctx
+    ) -> pb.UnregisterHealthCheckResponse:
+        self.manager.unregister_health_check(request.sandbox_id, request.name)
+        return pb.UnregisterHealthCheckResponse()

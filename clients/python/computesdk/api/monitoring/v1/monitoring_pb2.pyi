@@ -343,3 +343,264 @@ class SetAlertThresholdsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetAlertThresholdsResponse: _TypeAlias = SetAlertThresholdsResponse  # noqa: Y015
+
+@_typing.final
+class ScalingRule(_message.Message):
+    """ScalingRule says when a resource scales."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.float
+    """Percent of the current limit that triggers the action."""
+    action: _builtins.str
+    """"scale-up" (the only action so far): raise the limit when use crosses the
+    threshold, lower it back when use falls well below.
+    """
+    def __init__(
+        self,
+        *,
+        threshold: _builtins.float = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScalingRule: _TypeAlias = ScalingRule  # noqa: Y015
+
+@_typing.final
+class ConfigureAutoScalingRequest(_message.Message):
+    """ConfigureAutoScalingRequest configures (or, with enabled false, stops) autoscaling."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    CPU_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    MAX_CPU_CORES_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_MB_FIELD_NUMBER: _builtins.int
+    COOLDOWN_MS_FIELD_NUMBER: _builtins.int
+    INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    enabled: _builtins.bool
+    max_cpu_cores: _builtins.float
+    max_memory_mb: _builtins.int
+    cooldown_ms: _builtins.int
+    """Least time between two decisions; zero means 30000."""
+    interval_ms: _builtins.int
+    """Sampling pace; zero means 1000."""
+    @_builtins.property
+    def cpu(self) -> Global___ScalingRule: ...
+    @_builtins.property
+    def memory(self) -> Global___ScalingRule: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        cpu: Global___ScalingRule | None = ...,
+        memory: Global___ScalingRule | None = ...,
+        max_cpu_cores: _builtins.float = ...,
+        max_memory_mb: _builtins.int = ...,
+        cooldown_ms: _builtins.int = ...,
+        interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "memory", b"memory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_ms", b"cooldown_ms", "cpu", b"cpu", "enabled", b"enabled", "interval_ms", b"interval_ms", "max_cpu_cores", b"max_cpu_cores", "max_memory_mb", b"max_memory_mb", "memory", b"memory", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigureAutoScalingRequest: _TypeAlias = ConfigureAutoScalingRequest  # noqa: Y015
+
+@_typing.final
+class ConfigureAutoScalingResponse(_message.Message):
+    """ConfigureAutoScalingResponse is empty on success."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigureAutoScalingResponse: _TypeAlias = ConfigureAutoScalingResponse  # noqa: Y015
+
+@_typing.final
+class CheckHealthRequest(_message.Message):
+    """CheckHealthRequest names a sandbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckHealthRequest: _TypeAlias = CheckHealthRequest  # noqa: Y015
+
+@_typing.final
+class HealthResult(_message.Message):
+    """HealthResult is the outcome of one check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    healthy: _builtins.bool
+    message: _builtins.str
+    duration_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        healthy: _builtins.bool = ...,
+        message: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "healthy", b"healthy", "message", b"message", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthResult: _TypeAlias = HealthResult  # noqa: Y015
+
+@_typing.final
+class CheckHealthResponse(_message.Message):
+    """CheckHealthResponse reports every check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    healthy: _builtins.bool
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthResult]: ...
+    def __init__(
+        self,
+        *,
+        healthy: _builtins.bool = ...,
+        results: _abc.Iterable[Global___HealthResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["healthy", b"healthy", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckHealthResponse: _TypeAlias = CheckHealthResponse  # noqa: Y015
+
+@_typing.final
+class RegisterHealthCheckRequest(_message.Message):
+    """RegisterHealthCheckRequest describes a custom check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    name: _builtins.str
+    command: _builtins.str
+    """Run by /bin/sh -c; healthy when it exits 0."""
+    interval_ms: _builtins.int
+    """Zero means on demand only."""
+    timeout_ms: _builtins.int
+    """Zero means 10000."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        interval_ms: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "interval_ms", b"interval_ms", "name", b"name", "sandbox_id", b"sandbox_id", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterHealthCheckRequest: _TypeAlias = RegisterHealthCheckRequest  # noqa: Y015
+
+@_typing.final
+class RegisterHealthCheckResponse(_message.Message):
+    """RegisterHealthCheckResponse is empty on success."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterHealthCheckResponse: _TypeAlias = RegisterHealthCheckResponse  # noqa: Y015
+
+@_typing.final
+class UnregisterHealthCheckRequest(_message.Message):
+    """UnregisterHealthCheckRequest names a custom check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterHealthCheckRequest: _TypeAlias = UnregisterHealthCheckRequest  # noqa: Y015
+
+@_typing.final
+class UnregisterHealthCheckResponse(_message.Message):
+    """UnregisterHealthCheckResponse is empty on success."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterHealthCheckResponse: _TypeAlias = UnregisterHealthCheckResponse  # noqa: Y015

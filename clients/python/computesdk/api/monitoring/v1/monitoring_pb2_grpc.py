@@ -60,6 +60,26 @@ class MonitoringServiceStub:
                 request_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.SetAlertThresholdsRequest.SerializeToString,
                 response_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.SetAlertThresholdsResponse.FromString,
                 _registered_method=True)
+        self.ConfigureAutoScaling = channel.unary_unary(
+                '/computesdk.api.monitoring.v1.MonitoringService/ConfigureAutoScaling',
+                request_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.ConfigureAutoScalingRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.ConfigureAutoScalingResponse.FromString,
+                _registered_method=True)
+        self.CheckHealth = channel.unary_unary(
+                '/computesdk.api.monitoring.v1.MonitoringService/CheckHealth',
+                request_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.CheckHealthRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.CheckHealthResponse.FromString,
+                _registered_method=True)
+        self.RegisterHealthCheck = channel.unary_unary(
+                '/computesdk.api.monitoring.v1.MonitoringService/RegisterHealthCheck',
+                request_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.RegisterHealthCheckRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.RegisterHealthCheckResponse.FromString,
+                _registered_method=True)
+        self.UnregisterHealthCheck = channel.unary_unary(
+                '/computesdk.api.monitoring.v1.MonitoringService/UnregisterHealthCheck',
+                request_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.UnregisterHealthCheckRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.UnregisterHealthCheckResponse.FromString,
+                _registered_method=True)
 
 
 class MonitoringServiceServicer:
@@ -104,6 +124,37 @@ class MonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureAutoScaling(self, request, context):
+        """ConfigureAutoScaling lets the daemon raise and lower a sandbox's limits within
+        caps as its use crosses thresholds. Every decision is an autoscale event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckHealth(self, request, context):
+        """CheckHealth runs the built-in checks (agent, exec, disk, memory) and the
+        sandbox's custom checks, and reports each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterHealthCheck(self, request, context):
+        """RegisterHealthCheck adds a custom check: a command that must exit 0. With an
+        interval it also runs on its own, and each result is a health event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterHealthCheck(self, request, context):
+        """UnregisterHealthCheck removes a custom check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +182,26 @@ def add_MonitoringServiceServicer_to_server(servicer, server):
                     servicer.SetAlertThresholds,
                     request_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.SetAlertThresholdsRequest.FromString,
                     response_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.SetAlertThresholdsResponse.SerializeToString,
+            ),
+            'ConfigureAutoScaling': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureAutoScaling,
+                    request_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.ConfigureAutoScalingRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.ConfigureAutoScalingResponse.SerializeToString,
+            ),
+            'CheckHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckHealth,
+                    request_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.CheckHealthRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.CheckHealthResponse.SerializeToString,
+            ),
+            'RegisterHealthCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterHealthCheck,
+                    request_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.RegisterHealthCheckRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.RegisterHealthCheckResponse.SerializeToString,
+            ),
+            'UnregisterHealthCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterHealthCheck,
+                    request_deserializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.UnregisterHealthCheckRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.UnregisterHealthCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +340,114 @@ class MonitoringService:
             '/computesdk.api.monitoring.v1.MonitoringService/SetAlertThresholds',
             computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.SetAlertThresholdsRequest.SerializeToString,
             computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.SetAlertThresholdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureAutoScaling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.monitoring.v1.MonitoringService/ConfigureAutoScaling',
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.ConfigureAutoScalingRequest.SerializeToString,
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.ConfigureAutoScalingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.monitoring.v1.MonitoringService/CheckHealth',
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.CheckHealthRequest.SerializeToString,
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.CheckHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterHealthCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.monitoring.v1.MonitoringService/RegisterHealthCheck',
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.RegisterHealthCheckRequest.SerializeToString,
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.RegisterHealthCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterHealthCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.monitoring.v1.MonitoringService/UnregisterHealthCheck',
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.UnregisterHealthCheckRequest.SerializeToString,
+            computesdk_dot_api_dot_monitoring_dot_v1_dot_monitoring__pb2.UnregisterHealthCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

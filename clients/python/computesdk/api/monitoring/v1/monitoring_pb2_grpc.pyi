@@ -48,6 +48,20 @@ class MonitoringServiceStub:
     one resourceAlert event; the alert re-arms only after usage falls back below
     the clear level.
     """
+    ConfigureAutoScaling: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.ConfigureAutoScalingRequest, _monitoring_pb2.ConfigureAutoScalingResponse]
+    """ConfigureAutoScaling lets the daemon raise and lower a sandbox's limits within
+    caps as its use crosses thresholds. Every decision is an autoscale event.
+    """
+    CheckHealth: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.CheckHealthRequest, _monitoring_pb2.CheckHealthResponse]
+    """CheckHealth runs the built-in checks (agent, exec, disk, memory) and the
+    sandbox's custom checks, and reports each.
+    """
+    RegisterHealthCheck: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.RegisterHealthCheckRequest, _monitoring_pb2.RegisterHealthCheckResponse]
+    """RegisterHealthCheck adds a custom check: a command that must exit 0. With an
+    interval it also runs on its own, and each result is a health event.
+    """
+    UnregisterHealthCheck: _grpc.UnaryUnaryMultiCallable[_monitoring_pb2.UnregisterHealthCheckRequest, _monitoring_pb2.UnregisterHealthCheckResponse]
+    """UnregisterHealthCheck removes a custom check."""
 
 @_typing.type_check_only
 class MonitoringServiceAsyncStub(MonitoringServiceStub):
@@ -69,6 +83,20 @@ class MonitoringServiceAsyncStub(MonitoringServiceStub):
     one resourceAlert event; the alert re-arms only after usage falls back below
     the clear level.
     """
+    ConfigureAutoScaling: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.ConfigureAutoScalingRequest, _monitoring_pb2.ConfigureAutoScalingResponse]  # type: ignore[assignment]
+    """ConfigureAutoScaling lets the daemon raise and lower a sandbox's limits within
+    caps as its use crosses thresholds. Every decision is an autoscale event.
+    """
+    CheckHealth: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.CheckHealthRequest, _monitoring_pb2.CheckHealthResponse]  # type: ignore[assignment]
+    """CheckHealth runs the built-in checks (agent, exec, disk, memory) and the
+    sandbox's custom checks, and reports each.
+    """
+    RegisterHealthCheck: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.RegisterHealthCheckRequest, _monitoring_pb2.RegisterHealthCheckResponse]  # type: ignore[assignment]
+    """RegisterHealthCheck adds a custom check: a command that must exit 0. With an
+    interval it also runs on its own, and each result is a health event.
+    """
+    UnregisterHealthCheck: _aio.UnaryUnaryMultiCallable[_monitoring_pb2.UnregisterHealthCheckRequest, _monitoring_pb2.UnregisterHealthCheckResponse]  # type: ignore[assignment]
+    """UnregisterHealthCheck removes a custom check."""
 
 class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     """MonitoringService reports what sandboxes use and changes their limits live."""
@@ -117,5 +145,43 @@ class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         one resourceAlert event; the alert re-arms only after usage falls back below
         the clear level.
         """
+
+    @_abc_1.abstractmethod
+    def ConfigureAutoScaling(
+        self,
+        request: _monitoring_pb2.ConfigureAutoScalingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.ConfigureAutoScalingResponse, _abc.Awaitable[_monitoring_pb2.ConfigureAutoScalingResponse]]:
+        """ConfigureAutoScaling lets the daemon raise and lower a sandbox's limits within
+        caps as its use crosses thresholds. Every decision is an autoscale event.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckHealth(
+        self,
+        request: _monitoring_pb2.CheckHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.CheckHealthResponse, _abc.Awaitable[_monitoring_pb2.CheckHealthResponse]]:
+        """CheckHealth runs the built-in checks (agent, exec, disk, memory) and the
+        sandbox's custom checks, and reports each.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterHealthCheck(
+        self,
+        request: _monitoring_pb2.RegisterHealthCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.RegisterHealthCheckResponse, _abc.Awaitable[_monitoring_pb2.RegisterHealthCheckResponse]]:
+        """RegisterHealthCheck adds a custom check: a command that must exit 0. With an
+        interval it also runs on its own, and each result is a health event.
+        """
+
+    @_abc_1.abstractmethod
+    def UnregisterHealthCheck(
+        self,
+        request: _monitoring_pb2.UnregisterHealthCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_monitoring_pb2.UnregisterHealthCheckResponse, _abc.Awaitable[_monitoring_pb2.UnregisterHealthCheckResponse]]:
+        """UnregisterHealthCheck removes a custom check."""
 
 def add_MonitoringServiceServicer_to_server(servicer: MonitoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
