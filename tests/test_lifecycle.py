@@ -11,6 +11,7 @@ from computesdk import (
     InvalidArgumentError,
     ProviderNotFoundError,
     Resources,
+    Sandbox,
     SandboxNotFoundError,
     TemplateNotFoundError,
 )
@@ -155,3 +156,17 @@ async def test_provider_capabilities_are_listed(client: Client) -> None:
     assert local.available and local.is_default
     assert {"exec", "exec.resume", "filesystem", "events"} <= set(local.capabilities)
     assert "python" in local.templates
+
+
+async def test_more_than_two_hundred_sandboxes_start(client: Client) -> None:
+    """Every sandbox's root is one host uid, and the kernel gives a uid 200 keys:
+    a session keyring per container once capped density at 200."""
+    made: list[Sandbox] = []
+    try:
+        for _ in range(11):
+            made += await asyncio.gather(*(client.create() for _ in range(20)))
+        assert len(made) == 220
+        assert (await made[-1].exec("echo last")).stdout == "last\n"
+    finally:
+        for i in range(0, len(made), 20):
+            await asyncio.gather(*(sb.destroy() for sb in made[i : i + 20]))

@@ -200,6 +200,9 @@ class LocalProvider(Provider):
                     *self._runc(
                         "run",
                         "--detach",
+                        # Every sandbox's root is the same host uid, and the kernel
+                        # allows one uid 200 keys: a keyring per sandbox caps density.
+                        "--no-new-keyring",
                         "--bundle",
                         str(bundle),
                         "--pid-file",
