@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -99,14 +100,16 @@ class DaemonProcess:
                 subprocess.run(
                     ["runc", "--root", str(runc_root), "delete", "-f", cid], capture_output=True
                 )
+        key = hashlib.sha256(str((self.state / "local").resolve()).encode()).hexdigest()[:12]
+        runtime = Path("/run/computesdk-sandboxes") / key
         mounts = [
             line.split()[1]
             for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(str(self.root))
+            if line.split()[1].startswith((str(self.root), str(runtime)))
         ]
         for m in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
-        subprocess.run(["rm", "-rf", str(self.root)], capture_output=True)
+        subprocess.run(["rm", "-rf", str(self.root), str(runtime)], capture_output=True)
 
 
 def new_daemon(on_exit: str = "destroy") -> DaemonProcess:

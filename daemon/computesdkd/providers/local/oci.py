@@ -70,6 +70,7 @@ def seccomp_profile() -> dict[str, Any]:
 def runtime_spec(
     *,
     sandbox_id: str,
+    root_path: str,
     run_dir: str,
     agent_binary: str,
     resources: Resources,
@@ -96,7 +97,7 @@ def runtime_spec(
             "noNewPrivileges": True,
             "oomScoreAdj": 500,
         },
-        "root": {"path": "rootfs", "readonly": False},
+        "root": {"path": root_path, "readonly": False},
         "hostname": "sandbox",
         "mounts": [
             {

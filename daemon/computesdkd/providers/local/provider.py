@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ MAX_CPU_CORES = float(os.cpu_count() or 1)
 READY_TIMEOUT_S = 10.0
 CGROUP_PARENT = "/computesdk"
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+RUNTIME_ROOT = Path("/run/computesdk-sandboxes")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -113,6 +115,8 @@ class LocalProvider(Provider):
         self._state = Path()
         self._base = rootfs_mod.base_path()
         self._agent_binary = default_agent_binary()
+        self._agent_copy = self._agent_binary
+        self._runtime = RUNTIME_ROOT
         self._unavailable = "not started"
         self._emit: Callable[..., object] | None = None
 
@@ -122,9 +126,21 @@ class LocalProvider(Provider):
         self._emit = ctx.emit
         self._state = ctx.state_dir / "local"
         (self._state / "sandboxes").mkdir(parents=True, exist_ok=True)
-        for d in (self._state, self._state / "sandboxes"):
-            os.chmod(d, 0o711)  # the sandbox's unprivileged init must traverse to its bundle
+        # What the sandbox's unprivileged init must reach (its root mount, the agent
+        # and its run dir) lives under /run, whose parents anyone may traverse, so the
+        # state dir may sit under a private directory (a mktemp dir, /root).
+        key = hashlib.sha256(str(self._state.resolve()).encode()).hexdigest()[:12]
+        self._runtime = RUNTIME_ROOT / key
+        self._runtime.mkdir(parents=True, exist_ok=True)
+        for d in (RUNTIME_ROOT, self._runtime):
+            os.chmod(d, 0o711)
         self._unavailable = self._check()
+        if not self._unavailable:
+            self._agent_copy = self._runtime / "computesdk-agent"
+            tmp = self._runtime / f".agent-{os.getpid()}"
+            shutil.copyfile(self._agent_binary, tmp)
+            os.chmod(tmp, 0o755)
+            tmp.rename(self._agent_copy)  # running sandboxes keep the inode they mounted
         if self._unavailable:
             log.warning("local provider unavailable", why=self._unavailable)
 
@@ -190,7 +206,7 @@ class LocalProvider(Provider):
         res = sandbox.resources = self.resolve_resources(sandbox)
         bundle = self._state / "sandboxes" / sandbox.id
         sandbox.provider_sandbox_id = sandbox.id
-        sandbox.provider_data = {"bundle": str(bundle)}
+        sandbox.provider_data = {"bundle": str(bundle), "runtime": str(self._runtime / sandbox.id)}
         try:
             await self._make_bundle(sandbox, bundle, res)
             log_path = bundle / "agent.log"
@@ -217,7 +233,7 @@ class LocalProvider(Provider):
             finally:
                 os.close(log_fd)
             sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
-            await Agent(bundle / "run" / "agent.sock").wait_ready(READY_TIMEOUT_S)
+            await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.destroy(sandbox)
@@ -225,8 +241,10 @@ class LocalProvider(Provider):
 
     async def _make_bundle(self, sandbox: Sandbox, bundle: Path, res: Resources) -> None:
         uid = rootfs_mod.UID_SHIFT
-        for sub in ("disk", "rootfs", "run"):
-            (bundle / sub).mkdir(parents=True, exist_ok=True)
+        rt = _runtime_dir(sandbox)
+        (bundle / "disk").mkdir(parents=True, exist_ok=True)
+        for sub in ("rootfs", "run"):
+            (rt / sub).mkdir(parents=True, exist_ok=True)
         img = bundle / "disk.img"
         with img.open("wb") as f:
             f.truncate(res.disk_mb * 1024 * 1024)
@@ -249,16 +267,17 @@ class LocalProvider(Provider):
         (bundle / "disk" / "lost+found").rmdir()
         _mount(
             "overlay",
-            str(bundle / "rootfs"),
+            str(rt / "rootfs"),
             "overlay",
             f"lowerdir={self._base},upperdir={bundle}/disk/upper,workdir={bundle}/disk/work",
         )
-        os.chown(bundle / "run", uid, uid)
-        os.chmod(bundle / "run", 0o700)
+        os.chown(rt / "run", uid, uid)
+        os.chmod(rt / "run", 0o700)
         spec = runtime_spec(
             sandbox_id=sandbox.id,
-            run_dir=str(bundle / "run"),
-            agent_binary=str(self._agent_binary),
+            root_path=str(rt / "rootfs"),
+            run_dir=str(rt / "run"),
+            agent_binary=str(self._agent_copy),
             resources=res,
             cgroup_parent=CGROUP_PARENT,
         )
@@ -270,9 +289,11 @@ class LocalProvider(Provider):
             await self._stop_gracefully(sandbox, graceful_timeout_s)
         with contextlib.suppress(Internal):
             await _run(*self._runc("delete", "--force", sandbox.id))
-        _umount(str(bundle / "rootfs"))
+        rt = _runtime_dir(sandbox)
+        _umount(str(rt / "rootfs"))
         _umount(str(bundle / "disk"))
         await asyncio.to_thread(shutil.rmtree, bundle, True)
+        await asyncio.to_thread(shutil.rmtree, rt, True)
 
     async def _stop_gracefully(self, sandbox: Sandbox, timeout_s: float) -> None:
         agent = self._agent(sandbox)
@@ -482,7 +503,7 @@ class LocalProvider(Provider):
     # -------------------------------------------------------------- processes
 
     def _agent(self, sandbox: Sandbox) -> Agent:
-        return Agent(Path(sandbox.provider_data["bundle"]) / "run" / "agent.sock")
+        return Agent(_runtime_dir(sandbox) / "run" / "agent.sock")
 
     def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> dict[str, Any]:
         env = process_env(sandbox, command)
@@ -551,7 +572,7 @@ class LocalProvider(Provider):
     # -------------------------------------------------------------- files
 
     def _fs(self, sandbox: Sandbox) -> SandboxFS:
-        return SandboxFS(str(Path(sandbox.provider_data["bundle"]) / "rootfs"))
+        return SandboxFS(str(_runtime_dir(sandbox) / "rootfs"))
 
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
@@ -585,6 +606,11 @@ class LocalProvider(Provider):
 
     async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
         return await asyncio.to_thread(self._fs(sandbox).move_sync, source, destination)
+
+
+def _runtime_dir(sandbox: Sandbox) -> Path:
+    """Where the sandbox's root mount and run dir live (older sandboxes: the bundle)."""
+    return Path(sandbox.provider_data.get("runtime") or sandbox.provider_data["bundle"])
 
 
 class _LocalRun(ProcessRun):
