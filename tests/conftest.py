@@ -120,18 +120,25 @@ def new_daemon(on_exit: str = "destroy") -> DaemonProcess:
     return DaemonProcess(root, on_exit)
 
 
+def start_e2b_fake(d: DaemonProcess, api_key: str | None = e2b_fake.API_KEY
+                   ) -> tuple[FakeE2B, ServerThread]:  # fmt: skip
+    """Serves an E2B fake for d and points d's e2b provider at it (with the key, if any)."""
+    fake = FakeE2B(str(d.socket))
+    servers = ServerThread([fake.api, fake.envd], cleanup=fake.close).start()
+    d.env.update(
+        E2B_API_URL=f"http://127.0.0.1:{servers.ports[0]}",
+        E2B_SANDBOX_URL=f"http://127.0.0.1:{servers.ports[1]}",
+    )
+    if api_key:
+        d.env["E2B_API_KEY"] = api_key
+    return fake, servers
+
+
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[DaemonProcess]:
     """The shared daemon; its cloud providers point at the wire-level fakes."""
     d = new_daemon()
-    fake = FakeE2B(str(d.socket))
-    servers = ServerThread([fake.api, fake.envd], cleanup=fake.close).start()
-    api_port, envd_port = servers.ports
-    d.env = {
-        "E2B_API_KEY": e2b_fake.API_KEY,
-        "E2B_API_URL": f"http://127.0.0.1:{api_port}",
-        "E2B_SANDBOX_URL": f"http://127.0.0.1:{envd_port}",
-    }
+    fake, servers = start_e2b_fake(d)
     vercel = FakeVercel(str(d.socket))
     vercel_server = ServerThread([vercel.app], cleanup=vercel.close).start()
     d.env.update(

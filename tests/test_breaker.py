@@ -17,9 +17,7 @@ import pytest_asyncio
 from computesdk import Client, UnavailableError
 from computesdkd.breaker import Circuit, CircuitBreaker
 from computesdkd.errors import InvalidArgument, Unavailable
-from conftest import DaemonProcess, new_daemon
-from fakes import e2b as e2b_fake
-from fakes.asgi import ServerThread
+from conftest import DaemonProcess, new_daemon, start_e2b_fake
 from fakes.e2b import FakeE2B
 
 
@@ -140,12 +138,8 @@ def test_breaker_half_opens_after_the_reset_timeout() -> None:
 @pytest_asyncio.fixture
 async def daemon_with_failing_e2b() -> AsyncIterator[tuple[DaemonProcess, FakeE2B]]:
     d = new_daemon()
-    fake = FakeE2B(str(d.socket))
+    fake, servers = start_e2b_fake(d)
     fake.fail_with = 503
-    servers = ServerThread([fake.api, fake.envd], cleanup=fake.close).start()
-    d.env = {"E2B_API_KEY": e2b_fake.API_KEY,
-             "E2B_API_URL": f"http://127.0.0.1:{servers.ports[0]}",
-             "E2B_SANDBOX_URL": f"http://127.0.0.1:{servers.ports[1]}"}  # fmt: skip
     d.start()
     yield d, fake
     d.cleanup()

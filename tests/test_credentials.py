@@ -9,19 +9,15 @@ import pytest
 import pytest_asyncio
 
 from computesdk import Client, FailedPreconditionError
-from conftest import DaemonProcess, new_daemon
+from conftest import DaemonProcess, new_daemon, start_e2b_fake
 from fakes import e2b as e2b_fake
 from fakes.asgi import ServerThread
-from fakes.e2b import FakeE2B
 
 
 @pytest_asyncio.fixture
 async def e2b_daemon() -> AsyncIterator[tuple[DaemonProcess, ServerThread]]:
     d = new_daemon()
-    fake = FakeE2B(str(d.socket))
-    servers = ServerThread([fake.api, fake.envd], cleanup=fake.close).start()
-    d.env = {"E2B_API_URL": f"http://127.0.0.1:{servers.ports[0]}",
-             "E2B_SANDBOX_URL": f"http://127.0.0.1:{servers.ports[1]}"}  # fmt: skip
+    _, servers = start_e2b_fake(d, api_key=None)
     yield d, servers
     d.cleanup()
     servers.stop()
