@@ -44,7 +44,7 @@ const (
 	frameError   = 'R' // agent -> daemon: JSON {"code", "message"}
 
 	maxFrame     = 8 << 20
-	readChunk    = 256 << 10
+	readChunk    = 1 << 20
 	pipeDrainFor = 250 * time.Millisecond
 	keepExited   = 256
 )
