@@ -178,6 +178,8 @@ class Manager:
             self._sweeper.cancel()
         for t in list(self._tasks):
             t.cancel()
+        for sandbox_id in list(self._sandboxes):  # alerts, autoscalers, health checks
+            self._forget_watchers(sandbox_id)
         if destroy:
             await asyncio.gather(
                 *(
