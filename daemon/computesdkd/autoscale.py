@@ -1,4 +1,4 @@
-"""Autoscaling decisions, kept apart from the I/O so they can be read at a glance.
+"""Autoscaling: decide() is the pure rule; AutoScaler runs it on a sampler.
 
 Up: use at or above the threshold doubles the limit, up to the cap. Down: use
 below a third of the threshold halves it, never under where the sandbox began.
@@ -8,9 +8,23 @@ scale-down never kills anything.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .model import Resources, ScalingPolicy, Usage
+from structlog.contextvars import bound_contextvars
+
+from . import logs
+from .errors import ComputeError, InvalidArgument
+from .model import Resources, Sandbox, ScalingPolicy, Usage
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logs.get(__name__)
+AUTOSCALE = "autoscale"
 
 DOWN_FRACTION = 1 / 3
 
@@ -56,3 +70,63 @@ def decide(policy: ScalingPolicy, base: Resources, now: Resources, usage: Usage)
         ):
             return Decision("memory", now.memory_mb, down, f"memory down to {pct:.0f}%")
     return None
+
+
+class AutoScaler:
+    """One sampling task per sandbox that applies decide() through the manager."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._m = manager
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def configure(self, sandbox_id: str, enabled: bool, policy: ScalingPolicy) -> None:
+        sb, _ = self._m.running(sandbox_id)
+        old = self._tasks.pop(sandbox_id, None)
+        if old is not None:
+            old.cancel()
+        if not enabled:
+            return
+        if (policy.max_cpu_cores and policy.max_cpu_cores < sb.resources.cpu_cores) or (
+            policy.max_memory_mb and policy.max_memory_mb < sb.resources.memory_mb
+        ):
+            raise InvalidArgument(
+                "autoscaling caps are below the sandbox's current limits",
+                reason="INVALID_SCALING_LIMITS",
+            )
+        if not (policy.cpu_threshold or policy.memory_threshold):
+            raise InvalidArgument(
+                "autoscaling needs a cpu or memory rule", reason="INVALID_SCALING_RULES"
+            )
+        task = asyncio.create_task(self._run(sb, policy, sb.resources))
+        self._tasks[sandbox_id] = task
+
+    async def _run(self, sb: Sandbox, policy: ScalingPolicy, base: Resources) -> None:
+        last = 0.0
+        with bound_contextvars(sandbox_id=sb.id), contextlib.suppress(ComputeError):
+            async for usage in self._m.monitor_usage(sb.id, policy.interval_s):
+                if time.monotonic() - last < policy.cooldown_s:
+                    continue
+                decision = decide(policy, base, sb.resources, usage)
+                if decision is None:
+                    continue
+                last = time.monotonic()
+                kwargs = (
+                    {"cpu_cores": decision.after}
+                    if decision.resource == "cpu"
+                    else {"memory_mb": int(decision.after)}
+                )
+                await self._m.set_limits(sb.id, **kwargs)
+                log.info("autoscaled", resource=decision.resource, to=decision.after)
+                self._m.bus.emit(
+                    sb.id,
+                    AUTOSCALE,
+                    decision.reason,
+                    resource=decision.resource,
+                    before=f"{decision.before:g}",
+                    after=f"{decision.after:g}",
+                )
+
+    def forget(self, sandbox_id: str) -> None:
+        task = self._tasks.pop(sandbox_id, None)
+        if task is not None:
+            task.cancel()

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
-from . import autoscale, logs, metrics
+from . import logs, metrics
+from .autoscale import AutoScaler
 from .breaker import Circuit, CircuitBreaker, is_provider_fault
 from .errors import (
     AlreadyExists,
@@ -34,6 +35,7 @@ from .errors import (
     sandbox_not_found,
 )
 from .events import EventBus
+from .health import CustomCheck, HealthChecks
 from .model import (
     Command,
     ExitStatus,
@@ -68,23 +70,11 @@ PROBE_TIMEOUT_S = 10.0
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
 CLONED, MIGRATED, RESOURCES_CHANGED = "cloned", "migrated", "resources.changed"
-AUTOSCALE, HEALTH = "autoscale", "health"
-HEALTH_TIMEOUT_S = 15.0
-MIN_FREE_PERCENT = 10.0
 # Stdin chunks of a workspace copy stay well under every provider's message limits.
 COPY_CHUNK = 256 * 1024
 # A provider's circuit breaker changed state; sandbox_id is empty.
 CIRCUIT = "provider.circuit"
 T = TypeVar("T")
-
-
-@dataclass
-class CustomCheck:
-    name: str
-    command: str
-    interval_s: float
-    timeout_ms: int
-    task: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +113,8 @@ class Manager:
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
         self.monitor = Monitor(bus.emit)
-        self._autoscalers: dict[str, asyncio.Task[None]] = {}
-        self._health: dict[str, dict[str, CustomCheck]] = {}
+        self.autoscaler = AutoScaler(self)
+        self.health = HealthChecks(self)
         metrics.watch_state(self._counts, lambda: bus.subscriber_count)
         self.breakers = {name: CircuitBreaker(name, self._circuit_changed) for name in providers}
 
@@ -340,7 +330,8 @@ class Manager:
             raise sandbox_not_found(sandbox_id)
         return sb
 
-    def _running(self, sandbox_id: str) -> tuple[Sandbox, Provider]:
+    def running(self, sandbox_id: str) -> tuple[Sandbox, Provider]:
+        """The sandbox and its provider; refuses one that is not running."""
         sb = self.get(sandbox_id)
         if sb.state != State.RUNNING:
             raise FailedPrecondition(
@@ -441,7 +432,7 @@ class Manager:
         return counts
 
     def _sampler(self, sandbox_id: str) -> Callable[[], Awaitable[Usage]]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
 
         async def sample() -> Usage:
             if sb.state != State.RUNNING:
@@ -466,7 +457,7 @@ class Manager:
         thresholds: builtins.list[tuple[str, float, float]],
         interval_s: float,
     ) -> None:
-        sb, _ = self._running(sandbox_id)
+        sb, _ = self.running(sandbox_id)
         for kind, percent, clear in thresholds:
             if kind not in ("cpu", "memory", "disk") or percent <= 0 or clear >= percent:
                 raise InvalidArgument(
@@ -487,7 +478,7 @@ class Manager:
     ) -> Resources:
         if cpu_cores < 0:
             raise InvalidArgument("cpu must not be negative", reason="INVALID_RESOURCES")
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         with bound_contextvars(sandbox_id=sandbox_id):
             before = sb.resources
             sb.resources = await provider.set_limits(
@@ -506,174 +497,24 @@ class Manager:
             )
             return sb.resources
 
-    # ------------------------------------------------------------ autoscaling
+    # ------------------------------------------------------------ autoscaling and health
 
     def configure_autoscaling(self, sandbox_id: str, enabled: bool, policy: ScalingPolicy) -> None:
-        sb, _ = self._running(sandbox_id)
-        old = self._autoscalers.pop(sandbox_id, None)
-        if old is not None:
-            old.cancel()
-        if not enabled:
-            return
-        if (policy.max_cpu_cores and policy.max_cpu_cores < sb.resources.cpu_cores) or (
-            policy.max_memory_mb and policy.max_memory_mb < sb.resources.memory_mb
-        ):
-            raise InvalidArgument(
-                "autoscaling caps are below the sandbox's current limits",
-                reason="INVALID_SCALING_LIMITS",
-            )
-        if not (policy.cpu_threshold or policy.memory_threshold):
-            raise InvalidArgument(
-                "autoscaling needs a cpu or memory rule", reason="INVALID_SCALING_RULES"
-            )
-        task = asyncio.create_task(self._autoscale(sb, policy, sb.resources))
-        self._autoscalers[sandbox_id] = task
-
-    async def _autoscale(self, sb: Sandbox, policy: ScalingPolicy, base: Resources) -> None:
-        last = 0.0
-        with bound_contextvars(sandbox_id=sb.id), contextlib.suppress(ComputeError):
-            async for usage in self.monitor_usage(sb.id, policy.interval_s):
-                if time.monotonic() - last < policy.cooldown_s:
-                    continue
-                decision = autoscale.decide(policy, base, sb.resources, usage)
-                if decision is None:
-                    continue
-                last = time.monotonic()
-                kwargs = (
-                    {"cpu_cores": decision.after}
-                    if decision.resource == "cpu"
-                    else {"memory_mb": int(decision.after)}
-                )
-                await self.set_limits(sb.id, **kwargs)
-                log.info("autoscaled", resource=decision.resource, to=decision.after)
-                self.bus.emit(
-                    sb.id,
-                    AUTOSCALE,
-                    decision.reason,
-                    resource=decision.resource,
-                    before=f"{decision.before:g}",
-                    after=f"{decision.after:g}",
-                )
-
-    # ------------------------------------------------------------ health
-
-    async def _run_check(
-        self, sb: Sandbox, provider: Provider, args: builtins.list[str], timeout_ms: int
-    ) -> tuple[int, str]:
-        run = provider.run(sb, Command(args=args, cwd=WORKDIR, timeout_ms=timeout_ms))
-        out = bytearray()
-        code = -1
-        try:
-            async for ev in run.events():
-                if isinstance(ev, Output):
-                    out.extend(ev.data[: 4096 - len(out)])
-                elif isinstance(ev, ExitStatus):
-                    code = ev.exit_code
-        finally:
-            await run.aclose()
-        return code, out.decode(errors="replace").strip()
+        self.autoscaler.configure(sandbox_id, enabled, policy)
 
     async def check_health(self, sandbox_id: str) -> builtins.list[HealthResult]:
-        sb, provider = self._running(sandbox_id)
-
-        async def timed(name: str, check: Coroutine[Any, Any, tuple[bool, str]]) -> HealthResult:
-            started = time.monotonic()
-            try:
-                ok, message = await asyncio.wait_for(check, HEALTH_TIMEOUT_S)
-            except (ComputeError, TimeoutError) as exc:
-                ok, message = False, getattr(exc, "message", "timed out")
-            return HealthResult(name, ok, message, int((time.monotonic() - started) * 1000))
-
-        async def agent() -> tuple[bool, str]:
-            probe = await provider.probe(sb)
-            return probe.alive, "responding" if probe.alive else "not running"
-
-        async def exec_() -> tuple[bool, str]:
-            code, _ = await self._run_check(sb, provider, ["true"], 5000)
-            return code == 0, "ran true" if code == 0 else f"true exited {code}"
-
-        async def disk() -> tuple[bool, str]:
-            u = await provider.usage(sb)
-            if not u.disk_limit_bytes:
-                return True, "no disk limit to measure"
-            free = 100 * (1 - u.disk_used_bytes / u.disk_limit_bytes)
-            return free >= MIN_FREE_PERCENT, f"{free:.0f}% free"
-
-        async def memory() -> tuple[bool, str]:
-            u = await provider.usage(sb)
-            if not u.memory_limit_bytes:
-                return True, "no memory limit to measure"
-            free = 100 * (1 - u.memory_used_bytes / u.memory_limit_bytes)
-            return free >= MIN_FREE_PERCENT, f"{free:.0f}% headroom"
-
-        checks = [
-            timed("agent", agent()),
-            timed("exec", exec_()),
-            timed("disk", disk()),
-            timed("memory", memory()),
-        ]
-        checks += [
-            self._custom_check(sb, provider, c) for c in self._health.get(sandbox_id, {}).values()
-        ]
-        return builtins.list(await asyncio.gather(*checks))
-
-    async def _custom_check(
-        self, sb: Sandbox, provider: Provider, check: CustomCheck
-    ) -> HealthResult:
-        started = time.monotonic()
-        try:
-            code, out = await self._run_check(
-                sb, provider, ["/bin/sh", "-c", check.command], check.timeout_ms
-            )
-            ok, message = code == 0, out or f"exit {code}"
-        except ComputeError as exc:
-            ok, message = False, exc.message
-        result = HealthResult(
-            check.name, ok, message[:500], int((time.monotonic() - started) * 1000)
-        )
-        self.bus.emit(
-            sb.id,
-            HEALTH,
-            result.message,
-            check=check.name,
-            healthy=str(ok).lower(),
-            duration_ms=str(result.duration_ms),
-        )
-        return result
+        return await self.health.check(sandbox_id)
 
     def register_health_check(self, sandbox_id: str, check: CustomCheck) -> None:
-        sb, provider = self._running(sandbox_id)
-        if not check.name or not check.command.strip():
-            raise InvalidArgument(
-                "a health check needs a name and a command", reason="INVALID_HEALTH_CHECK"
-            )
-        self.unregister_health_check(sandbox_id, check.name, missing_ok=True)
-        self._health.setdefault(sandbox_id, {})[check.name] = check
-        if check.interval_s:
+        self.health.register(sandbox_id, check)
 
-            async def every() -> None:
-                with contextlib.suppress(ComputeError):
-                    while sb.state == State.RUNNING:
-                        await self._custom_check(sb, provider, check)
-                        await asyncio.sleep(check.interval_s)
-
-            check.task = asyncio.create_task(every())
-
-    def unregister_health_check(self, sandbox_id: str, name: str, missing_ok: bool = False) -> None:
-        check = self._health.get(sandbox_id, {}).pop(name, None)
-        if check is None and not missing_ok:
-            raise NotFound(f"no health check {name!r}", reason="HEALTH_CHECK_NOT_FOUND")
-        if check is not None and check.task is not None:
-            check.task.cancel()
+    def unregister_health_check(self, sandbox_id: str, name: str) -> None:
+        self.health.unregister(sandbox_id, name)
 
     def _forget_watchers(self, sandbox_id: str) -> None:
         self.monitor.forget(sandbox_id)
-        task = self._autoscalers.pop(sandbox_id, None)
-        if task is not None:
-            task.cancel()
-        for check in self._health.pop(sandbox_id, {}).values():
-            if check.task is not None:
-                check.task.cancel()
+        self.autoscaler.forget(sandbox_id)
+        self.health.forget(sandbox_id)
 
     # ------------------------------------------------------------ clone and migrate
 
@@ -686,7 +527,7 @@ class Manager:
         env: dict[str, str] | None = None,
         resources: Resources | None = None,
     ) -> Sandbox:
-        src, _ = self._running(sandbox_id)
+        src, _ = self.running(sandbox_id)
         target = provider or src.spec.provider
         if resources is None:  # another provider may not take this one's sizing
             resources = src.spec.resources if target == src.spec.provider else Resources()
@@ -714,7 +555,7 @@ class Manager:
         template_mapping: dict[str, str] | None = None,
         env_mapping: dict[str, str] | None = None,
     ) -> Sandbox:
-        src, _ = self._running(sandbox_id)
+        src, _ = self.running(sandbox_id)
         tpl = template or (template_mapping or {}).get(src.spec.template, src.spec.template)
         mapping = env_mapping or {}
         env = {mapping.get(k, k): v for k, v in src.spec.env.items()} if preserve_env else {}
@@ -851,7 +692,7 @@ class Manager:
     async def exec(
         self, sandbox_id: str, command: Command
     ) -> tuple[ProcessRun, AsyncIterator[ProcessEvent]]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         run = provider.run(sb, _with_cwd(command))
         return run, self._track(sb, provider, run)
 
@@ -908,7 +749,7 @@ class Manager:
         self._spawn(watch())
 
     async def start_process(self, sandbox_id: str, command: Command, tag: str) -> ProcessInfo:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         info = await provider.start_process(sb, _with_cwd(command), tag)
         self._started(sb, Started(info.process_id, info.pid))
         self._watch(sb, info.process_id)
@@ -917,19 +758,19 @@ class Manager:
     def attach(
         self, sandbox_id: str, process_id: str, stdout_offset: int, stderr_offset: int
     ) -> AsyncIterator[ProcessEvent]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return provider.attach(sb, process_id, stdout_offset, stderr_offset)
 
     async def write_stdin(self, sandbox_id: str, process_id: str, data: bytes, close: bool) -> None:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         await provider.write_stdin(sb, process_id, data, close)
 
     async def signal(self, sandbox_id: str, process_id: str, signal: int) -> None:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         await provider.signal(sb, process_id, signal)
 
     async def list_processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return await provider.list_processes(sb)
 
     # ------------------------------------------------------------ files
@@ -937,7 +778,7 @@ class Manager:
     def read_file(
         self, sandbox_id: str, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return provider.read_file(sb, normalize(path), offset, length)
 
     async def write_file(
@@ -950,27 +791,27 @@ class Manager:
         make_parents: bool,
         append: bool,
     ) -> tuple[FileInfo, int]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return await provider.write_file(
             sb, normalize(path), chunks, mode=mode, make_parents=make_parents, append=append
         )
 
     async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return await provider.list_dir(sb, normalize(path))
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return await provider.stat(sb, normalize(path))
 
     async def mkdir(self, sandbox_id: str, path: str, parents: bool) -> FileInfo:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return await provider.mkdir(sb, normalize(path), parents)
 
     async def remove(self, sandbox_id: str, path: str, recursive: bool) -> None:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         await provider.remove(sb, normalize(path), recursive)
 
     async def move(self, sandbox_id: str, source: str, destination: str) -> FileInfo:
-        sb, provider = self._running(sandbox_id)
+        sb, provider = self.running(sandbox_id)
         return await provider.move(sb, normalize(source), normalize(destination))

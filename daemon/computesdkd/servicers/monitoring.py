@@ -9,7 +9,8 @@ from computesdk.api.monitoring.v1 import monitoring_pb2 as pb
 from computesdk.api.monitoring.v1 import monitoring_pb2_grpc as pb_grpc
 
 from ..errors import InvalidArgument
-from ..manager import CustomCheck, Manager
+from ..health import CustomCheck
+from ..manager import Manager
 from ..model import ScalingPolicy, Usage
 from . import convert
 from ._edge import edge
