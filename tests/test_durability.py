@@ -121,3 +121,31 @@ async def test_a_sandbox_killed_behind_the_daemon_is_reported(
     assert errors[0].attributes["kind"] == "lost"
     assert (await sb.refresh()).state == "error"
     await sb.destroy()  # a dead sandbox can still be cleaned up
+
+
+async def test_alerts_and_health_checks_survive_kill9(private_daemon: DaemonProcess) -> None:
+    from computesdk import AlertThreshold, Resources
+
+    d = private_daemon
+    client = await Client.connect(socket=d.socket)
+    sb = await client.create(template="python", resources=Resources(memory_mb=128))
+    await sb.register_health_check("marker", "test -f /workspace/ok")
+    await sb.set_alert_thresholds([AlertThreshold("memory", 50, 30)], interval_ms=200)
+    d.kill9()
+    d.start()
+    report = await sb.health_check()  # the client rides out the restart
+    assert report.results["marker"][0] is False
+    alerts: list[Event] = []
+    sb.on("resourceAlert", alerts.append)
+    await sb.exec(
+        [
+            "python3",
+            "-c",
+            "import time\nx=bytearray(80<<20)\n"
+            "for i in range(0,len(x),4096): x[i]=1\ntime.sleep(1.5)",
+        ]
+    )
+    await _wait_for(lambda: bool(alerts))
+    assert alerts[0].attributes["type"] == "memory"
+    await sb.destroy()
+    await client.close()

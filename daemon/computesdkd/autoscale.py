@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from structlog.contextvars import bound_contextvars
@@ -85,6 +85,7 @@ class AutoScaler:
         if old is not None:
             old.cancel()
         if not enabled:
+            self._m.store.delete_setting(sandbox_id, "autoscale")
             return
         if (policy.max_cpu_cores and policy.max_cpu_cores < sb.resources.cpu_cores) or (
             policy.max_memory_mb and policy.max_memory_mb < sb.resources.memory_mb
@@ -97,8 +98,15 @@ class AutoScaler:
             raise InvalidArgument(
                 "autoscaling needs a cpu or memory rule", reason="INVALID_SCALING_RULES"
             )
-        task = asyncio.create_task(self._run(sb, policy, sb.resources))
-        self._tasks[sandbox_id] = task
+        self._m.store.put_setting(
+            sandbox_id, "autoscale", "", {"policy": asdict(policy), "base": asdict(sb.resources)}
+        )
+        self._tasks[sandbox_id] = asyncio.create_task(self._run(sb, policy, sb.resources))
+
+    def restore(self, sandbox_id: str, policy: ScalingPolicy, base: Resources) -> None:
+        """After a daemon restart: carry on, scaling back down to the original base."""
+        sb, _ = self._m.running(sandbox_id)
+        self._tasks[sandbox_id] = asyncio.create_task(self._run(sb, policy, base))
 
     async def _run(self, sb: Sandbox, policy: ScalingPolicy, base: Resources) -> None:
         last = 0.0

@@ -134,6 +134,16 @@ class HealthChecks:
             )
         self.unregister(sandbox_id, check.name, missing_ok=True)
         self._checks.setdefault(sandbox_id, {})[check.name] = check
+        self._m.store.put_setting(
+            sandbox_id,
+            "health",
+            check.name,
+            {
+                "command": check.command,
+                "interval_s": check.interval_s,
+                "timeout_ms": check.timeout_ms,
+            },
+        )
         if check.interval_s:
 
             async def every() -> None:
@@ -145,6 +155,7 @@ class HealthChecks:
             check.task = asyncio.create_task(every())
 
     def unregister(self, sandbox_id: str, name: str, missing_ok: bool = False) -> None:
+        self._m.store.delete_setting(sandbox_id, "health", name)
         check = self._checks.get(sandbox_id, {}).pop(name, None)
         if check is None and not missing_ok:
             raise NotFound(f"no health check {name!r}", reason="HEALTH_CHECK_NOT_FOUND")

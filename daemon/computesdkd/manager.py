@@ -100,7 +100,7 @@ class Manager:
         default_provider: str,
     ) -> None:
         self._state_dir = state_dir
-        self._store = store
+        self.store = store
         self.bus = bus
         self.providers = providers
         self.default_provider = default_provider
@@ -133,7 +133,7 @@ class Manager:
         for p, result in zip(self.providers.values(), results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("provider failed to start", provider=p.name, error=repr(result))
-        for sb in self._store.sandboxes():
+        for sb in self.store.sandboxes():
             await self._adopt(sb)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
@@ -152,15 +152,33 @@ class Manager:
                 if provider is not None:
                     with contextlib.suppress(Exception):
                         await provider.destroy(sb)
-                self._store.delete_sandbox(sb.id)
+                self.store.delete_sandbox(sb.id)
                 self.bus.emit(sb.id, DESTROYED, "lost", reason="lost")
                 return
             self._sandboxes[sb.id] = sb
-            self._store.put_sandbox(sb)
+            self.store.put_sandbox(sb)
             self._oom_seen[sb.id] = (await provider.probe(sb)).oom_kills if provider else 0
-            for pid in self._store.unfinished_processes(sb.id):
+            for pid in self.store.unfinished_processes(sb.id):
                 self._watch(sb, pid)
+            self._restore_settings(sb)
             log.info("re-adopted sandbox")
+
+    def _restore_settings(self, sb: Sandbox) -> None:
+        """Alerts, autoscaling and health checks carry on after a daemon restart."""
+        for kind, name, value in self.store.settings(sb.id):
+            try:
+                if kind == "alerts":
+                    self.set_alerts(
+                        sb.id, [tuple(t) for t in value["thresholds"]], value["interval_s"]
+                    )
+                elif kind == "autoscale":
+                    self.autoscaler.restore(
+                        sb.id, ScalingPolicy(**value["policy"]), Resources(**value["base"])
+                    )
+                elif kind == "health":
+                    self.health.register(sb.id, CustomCheck(name=name, **value))
+            except (ComputeError, TypeError, KeyError) as exc:
+                log.warning("could not restore a setting", kind=kind, name=name, error=str(exc))
 
     async def shutdown(self, destroy: bool) -> None:
         self.accepting = False
@@ -266,7 +284,7 @@ class Manager:
         raise AssertionError("unreachable")
 
     async def _create_once(self, spec: SandboxSpec) -> Sandbox:
-        existing = self._store.sandbox_by_request_id(spec.request_id)
+        existing = self.store.sandbox_by_request_id(spec.request_id)
         if existing is None and spec.request_id in self._creating:
             existing = await asyncio.shield(self._creating[spec.request_id])
         if existing is not None:
@@ -301,20 +319,20 @@ class Manager:
         )
         with bound_contextvars(sandbox_id=sb.id):
             self._sandboxes[sb.id] = sb
-            self._store.put_sandbox(sb)
+            self.store.put_sandbox(sb)
             self.bus.emit(sb.id, CREATED, provider=spec.provider, template=spec.template)
             try:
                 # The provider says itself when it cannot run (and may recover).
                 await self._guarded(provider, provider.create(sb))
             except BaseException as exc:
                 self._sandboxes.pop(sb.id, None)
-                self._store.delete_sandbox(sb.id)
+                self.store.delete_sandbox(sb.id)
                 self.bus.emit(sb.id, ERROR, f"create failed: {exc}", kind="create")
                 self.bus.emit(sb.id, DESTROYED, "create failed", reason="create-failed")
                 raise
             sb.state = State.RUNNING
             sb.started_at = time.time()
-            self._store.put_sandbox(sb)
+            self.store.put_sandbox(sb)
             self._oom_seen[sb.id] = 0
             self.bus.emit(sb.id, READY, startup_ms=str(int((sb.started_at - now) * 1000)))
             log.info(
@@ -393,7 +411,7 @@ class Manager:
             sb = self.get(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
                 sb.state = State.STOPPING
-                self._store.put_sandbox(sb)
+                self.store.put_sandbox(sb)
                 grace = (graceful_timeout_ms or 10_000) / 1000 if graceful else 0.0
                 provider = self.providers[sb.spec.provider]
                 try:
@@ -401,14 +419,14 @@ class Manager:
                 except ComputeError as exc:
                     sb.state = State.ERROR
                     sb.error_message = f"destroy failed: {exc.message}"
-                    self._store.put_sandbox(sb)
+                    self.store.put_sandbox(sb)
                     self.bus.emit(sb.id, ERROR, sb.error_message, kind="destroy")
                     raise
                 self._sandboxes.pop(sandbox_id, None)
                 self._oom_seen.pop(sandbox_id, None)
                 self._last_probe.pop(sandbox_id, None)
                 self._forget_watchers(sandbox_id)
-                self._store.delete_sandbox(sandbox_id)
+                self.store.delete_sandbox(sandbox_id)
                 self.bus.emit(sandbox_id, DESTROYED, reason=reason)
                 log.info("sandbox destroyed", reason=reason)
         self._locks.pop(sandbox_id, None)
@@ -472,6 +490,12 @@ class Manager:
             sb.resources.cpu_cores or 1.0,
             self._sampler(sandbox_id),
         )
+        if thresholds:
+            self.store.put_setting(
+                sandbox_id, "alerts", "", {"thresholds": thresholds, "interval_s": interval_s}
+            )
+        else:
+            self.store.delete_setting(sandbox_id, "alerts")
 
     async def set_limits(
         self, sandbox_id: str, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
@@ -484,7 +508,7 @@ class Manager:
             sb.resources = await provider.set_limits(
                 sb, cpu_cores=cpu_cores, memory_mb=memory_mb, disk_mb=disk_mb
             )
-            self._store.put_sandbox(sb)
+            self.store.put_sandbox(sb)
             self.bus.emit(
                 sb.id,
                 RESOURCES_CHANGED,
@@ -666,7 +690,7 @@ class Manager:
             if not probe.alive and sb.state == State.RUNNING:
                 sb.state = State.ERROR
                 sb.error_message = "the sandbox stopped unexpectedly"
-                self._store.put_sandbox(sb)
+                self.store.put_sandbox(sb)
                 self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
 
     async def _check_oom(self, sb: Sandbox, kills: int) -> bool:
@@ -717,7 +741,7 @@ class Manager:
 
     def _started(self, sb: Sandbox, ev: Started) -> None:
         metrics.EXECS.labels(sb.spec.provider).inc()
-        self._store.add_process(sb.id, ev.process_id)
+        self.store.add_process(sb.id, ev.process_id)
         self.bus.emit(sb.id, PROCESS_STARTED, process_id=ev.process_id, pid=str(ev.pid))
 
     async def _exited(
@@ -727,7 +751,7 @@ class Manager:
             with contextlib.suppress(ComputeError):
                 if await self._check_oom(sb, (await provider.probe(sb)).oom_kills):
                     status = replace(status, oom_killed=True)
-        if self._store.set_process_exit(sb.id, process_id, status):
+        if self.store.set_process_exit(sb.id, process_id, status):
             self.bus.emit(
                 sb.id,
                 PROCESS_EXITED,

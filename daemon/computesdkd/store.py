@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .model import Event, ExitStatus, Resources, Sandbox, SandboxSpec, State
 
@@ -44,6 +45,13 @@ CREATE TABLE IF NOT EXISTS events (
     attributes TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox_id, seq);
+CREATE TABLE IF NOT EXISTS settings (
+    sandbox_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (sandbox_id, kind, name)
+);
 """
 
 # Events kept in the log; older ones are trimmed so the file cannot grow without bound.
@@ -85,6 +93,30 @@ class Store:
     def delete_sandbox(self, sandbox_id: str) -> None:
         self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
         self._db.execute("DELETE FROM processes WHERE sandbox_id = ?", (sandbox_id,))
+        self._db.execute("DELETE FROM settings WHERE sandbox_id = ?", (sandbox_id,))
+
+    # ------------------------------------------------------------ settings
+    # Per-sandbox configuration the daemon acts on (alerts, autoscaling, health
+    # checks), kept so that a restarted daemon carries on with it.
+
+    def put_setting(self, sandbox_id: str, kind: str, name: str, value: object) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO settings VALUES (?,?,?,?)",
+            (sandbox_id, kind, name, json.dumps(value)),
+        )
+
+    def delete_setting(self, sandbox_id: str, kind: str, name: str = "") -> None:
+        self._db.execute(
+            "DELETE FROM settings WHERE sandbox_id = ? AND kind = ? AND name = ?",
+            (sandbox_id, kind, name),
+        )
+
+    def settings(self, sandbox_id: str) -> list[tuple[str, str, Any]]:
+        rows = self._db.execute(
+            "SELECT kind, name, value FROM settings WHERE sandbox_id = ? ORDER BY kind, name",
+            (sandbox_id,),
+        ).fetchall()
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
     def sandboxes(self) -> list[Sandbox]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created_at, id").fetchall()
