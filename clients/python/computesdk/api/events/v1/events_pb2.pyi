@@ -56,8 +56,9 @@ class Event(_message.Message):
     sandbox_id: _builtins.str
     type: _builtins.str
     """One of: created, ready, error, destroyed, process.started,
-    process.exited, out-of-memory, cloned, migrated, provider.circuit (with an
-    empty sandbox_id). New types may be added.
+    process.exited, out-of-memory, resourceAlert, resources.changed, autoscale,
+    health, cloned, migrated, provider.circuit (with an empty sandbox_id).
+    New types may be added.
     """
     message: _builtins.str
     @_builtins.property
