@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from computesdk import Client, Sandbox
+from computesdk.sync import SyncClient
 from fakes import daytona as daytona_fake
 from fakes import e2b as e2b_fake
 from fakes import modal as modal_fake
@@ -167,6 +168,12 @@ def daemon() -> Iterator[DaemonProcess]:
     d.extra_args = ["--metrics-listen", f"127.0.0.1:{d.metrics_port}"]
     d.start()
     yield d
+    # Sandboxes a failed test left behind go first, while the daemon still serves
+    # the fakes (whose own sandboxes live in this same daemon).
+    with contextlib.suppress(Exception), SyncClient(socket=d.socket) as c:
+        for sb in c.list():
+            with contextlib.suppress(Exception):
+                sb.destroy()
     d.cleanup()
     for server in (servers, vercel_server, daytona_server, modal_server):
         server.stop()

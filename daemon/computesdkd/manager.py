@@ -66,12 +66,14 @@ MAX_METADATA_BYTES = 4096
 SWEEP_INTERVAL_S = 1.0
 PROVIDER_START_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 10.0
+SHUTDOWN_DESTROY_TIMEOUT_S = 30.0
 # Event types (Event.type). New ones may be added; these are stable.
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
 CLONED, MIGRATED, RESOURCES_CHANGED = "cloned", "migrated", "resources.changed"
 # Stdin chunks of a workspace copy stay well under every provider's message limits.
 COPY_CHUNK = 256 * 1024
+COPY_EXIT_WAIT_S = 5.0
 # A provider's circuit breaker changed state; sandbox_id is empty.
 CIRCUIT = "provider.circuit"
 T = TypeVar("T")
@@ -189,13 +191,20 @@ class Manager:
         for sandbox_id in list(self._sandboxes):  # alerts, autoscalers, health checks
             self._forget_watchers(sandbox_id)
         if destroy:
-            await asyncio.gather(
-                *(
-                    self.destroy(i, graceful=True, graceful_timeout_ms=5000, reason="shutdown")
-                    for i in list(self._sandboxes)
-                ),
-                return_exceptions=True,
-            )
+            # Bounded: a vendor that does not answer must not hold the daemon's exit.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(
+                        *(
+                            self.destroy(
+                                i, graceful=True, graceful_timeout_ms=5000, reason="shutdown"
+                            )
+                            for i in list(self._sandboxes)
+                        ),
+                        return_exceptions=True,
+                    ),
+                    SHUTDOWN_DESTROY_TIMEOUT_S,
+                )
         for p in self.providers.values():
             await p.close()
 
@@ -621,14 +630,35 @@ class Manager:
         writer = self.providers[dst.spec.provider].run(
             dst, Command(args=["tar", "-C", WORKDIR, "-xf", "-"], cwd="/", stdin=True)
         )
+        errors = bytearray()
+
+        async def writer_exit(events: AsyncIterator[ProcessEvent]) -> None:
+            async for ev in events:
+                if isinstance(ev, Output):
+                    errors.extend(ev.data)
+                elif isinstance(ev, ExitStatus) and ev.exit_code != 0:
+                    raise Internal(
+                        f"writing /workspace failed: {errors.decode(errors='replace')}",
+                        reason="COPY_FAILED",
+                    )
+
         try:
             out = aiter(writer.events())
             await anext(out)  # started
-            errors = bytearray()
             async for ev in reader.events():
                 if isinstance(ev, Output) and ev.stream == "stdout":
-                    for i in range(0, len(ev.data), COPY_CHUNK):
-                        await writer.send_stdin(ev.data[i : i + COPY_CHUNK])
+                    try:
+                        for i in range(0, len(ev.data), COPY_CHUNK):
+                            await writer.send_stdin(ev.data[i : i + COPY_CHUNK])
+                    except ComputeError as send_error:
+                        # tar -x stops at the end-of-archive blocks and may exit before
+                        # the record padding arrives: a writer that already ended well
+                        # is a finished copy; anything else is the failure it says.
+                        try:
+                            await asyncio.wait_for(writer_exit(out), COPY_EXIT_WAIT_S)
+                        except TimeoutError:
+                            raise send_error from None
+                        return
                 elif isinstance(ev, Output):
                     errors.extend(ev.data)
                 elif isinstance(ev, ExitStatus) and ev.exit_code != 0:
@@ -637,14 +667,7 @@ class Manager:
                         reason="COPY_FAILED",
                     )
             await writer.close_stdin()
-            async for ev in out:
-                if isinstance(ev, Output):
-                    errors.extend(ev.data)
-                elif isinstance(ev, ExitStatus) and ev.exit_code != 0:
-                    raise Internal(
-                        f"writing /workspace failed: {errors.decode(errors='replace')}",
-                        reason="COPY_FAILED",
-                    )
+            await writer_exit(out)
         finally:
             await reader.aclose()
             await writer.aclose()

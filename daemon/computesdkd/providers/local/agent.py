@@ -77,8 +77,11 @@ class AgentConnection:
         return cls(r, w)
 
     async def send(self, kind: bytes, payload: bytes) -> None:
-        self._w.write(_HDR.pack(kind[0], len(payload)) + payload)
-        await self._w.drain()
+        try:
+            self._w.write(_HDR.pack(kind[0], len(payload)) + payload)
+            await self._w.drain()
+        except ConnectionError as exc:
+            raise AgentGone("the process or its sandbox went away while taking input") from exc
 
     async def request(self, req: dict[str, Any]) -> None:
         await self.send(REQUEST, json.dumps(req).encode())
