@@ -239,9 +239,6 @@ class DaytonaProvider(Provider):
             "not carried by this adapter yet; sessions could replay logs",
         )
 
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        raise self._unsupported("process listing")
-
     # -------------------------------------------------------------- files
 
     def _info(self, f: dict[str, Any], path: str) -> FileInfo:

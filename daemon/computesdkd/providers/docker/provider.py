@@ -262,9 +262,6 @@ class DockerProvider(Provider):
         raise Unsupported(NAME, "process attach", "the Engine keeps no exec output")
         yield  # pragma: no cover
 
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        raise self._unsupported("process listing")
-
 
 class _DockerRun(ProcessRun):
     def __init__(

@@ -50,7 +50,6 @@ DEFAULTS = Resources(cpu_cores=1.0, memory_mb=1024, disk_mb=2048, pids_limit=512
 MAX_CPU_CORES = float(os.cpu_count() or 1)
 READY_TIMEOUT_S = 10.0
 CGROUP_PARENT = "/computesdk"
-MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 RUNTIME_ROOT = Path("/run/computesdk-sandboxes")
 
 _libc = ctypes.CDLL(None, use_errno=True)

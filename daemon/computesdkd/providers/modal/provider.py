@@ -515,9 +515,6 @@ class ModalProvider(Provider):
     async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
         raise Unsupported(NAME, "signals", "the task command router has no signal call")
 
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        raise self._unsupported("process listing")
-
 
 class _ModalRun(ProcessRun):
     def __init__(self, p: ModalProvider, sandbox: Sandbox, command: Command, tag: str) -> None:

@@ -209,9 +209,6 @@ class VercelProvider(Provider):
             "the daemon cannot re-read Vercel command logs from an offset",
         )
 
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        raise self._unsupported("process listing")
-
     # -------------------------------------------------------------- files
 
     async def read_file(
