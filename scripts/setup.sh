@@ -48,10 +48,18 @@ if [ "$dev" = 1 ]; then
   ./scripts/start-dockerd.sh
   .venv/bin/python -m computesdkd.providers.docker.image
 
-  step "buf, for proto lint"
+  step "buf and the pinned stub generators (buf.gen.yaml)"
   if [ ! -x .tools/node_modules/.bin/buf ]; then
     npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 >/dev/null 2>&1 || true
   fi
   .tools/node_modules/.bin/buf --version >/dev/null
+  GOBIN="$PWD/.tools/bin" go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+  GOBIN="$PWD/.tools/bin" go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+
+  step "TypeScript client dependencies (clients/typescript/package-lock.json)"
+  (cd clients/typescript && npm ci --silent --no-audit --no-fund)
+
+  step "Go client dependencies (clients/go/go.sum)"
+  (cd clients/go && go mod download)
 fi
 step "setup done"

@@ -2,15 +2,24 @@
 # Sets everything up, runs every static check, then every test against a real daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
 ./scripts/setup.sh --dev
 
 echo "==> buf lint" >&2
 (cd proto && ../.tools/node_modules/.bin/buf lint)
 
-echo "==> generated stubs are up to date" >&2
-./scripts/gen-protos.sh >/dev/null
-if [ -n "$(git status --porcelain -- clients/python/computesdk/api)" ]; then
-  git status --porcelain -- clients/python/computesdk/api >&2
+echo "==> buf breaking against main" >&2
+if git rev-parse --verify -q main >/dev/null; then
+  (cd proto && ../.tools/node_modules/.bin/buf breaking --against '../.git#branch=main,subdir=proto')
+else
+  echo "no local main branch to compare against; skipped" >&2
+fi
+
+echo "==> generated stubs are up to date (Python, TypeScript, Go)" >&2
+./scripts/gen-protos.sh
+generated=(clients/python/computesdk/api clients/python/computesdk/proto clients/typescript/src/gen clients/go/api)
+if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
+  git status --porcelain -- "${generated[@]}" >&2
   echo "generated stubs drifted from proto/: run scripts/gen-protos.sh and commit" >&2
   exit 1
 fi
@@ -22,8 +31,20 @@ echo "==> ruff" >&2
 echo "==> mypy (strict)" >&2
 .venv/bin/mypy
 
-echo "==> go vet, gofmt (agent)" >&2
-(cd daemon/agent && go vet ./... && test -z "$(gofmt -l .)")
+echo "==> go vet, gofmt (agent, Go client)" >&2
+for dir in daemon/agent clients/go; do
+  (cd "$dir" && go vet ./... && test -z "$(gofmt -l .)")
+done
 
-echo "==> pytest" >&2
+echo "==> TypeScript client: type-check, build" >&2
+(cd clients/typescript && npm run --silent build)
+
+echo "==> pytest (daemon, providers, Python client and its conformance run)" >&2
 .venv/bin/pytest "$@"
+
+# Each client suite starts its own computesdkd and runs tests/conformance/scenarios.json.
+echo "==> Go client tests" >&2
+(cd clients/go && go test -count=1 ./...)
+
+echo "==> TypeScript client tests" >&2
+(cd clients/typescript && npm test --silent)

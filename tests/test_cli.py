@@ -53,3 +53,25 @@ def test_cli_reports_a_missing_daemon(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode == 1 and "DAEMON_UNREACHABLE" in r.stderr
+
+
+def test_stubs_hand_out_the_protos_and_python_modules(tmp_path: Path) -> None:
+    repo_protos = Path(__file__).parent.parent / "proto"
+    # No daemon needed: a build machine can run this offline.
+    env = {**os.environ, "COMPUTESDK_SOCKET": "/nonexistent.sock"}
+
+    def stubs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, "stubs", *args], capture_output=True, text=True, env=env)
+
+    assert stubs("--lang", "go", "--out", str(tmp_path / "go")).returncode == 0
+    for proto in repo_protos.rglob("*.proto"):
+        shipped = tmp_path / "go" / proto.relative_to(repo_protos)
+        assert shipped.read_text() == proto.read_text(), proto
+    assert "protoc-gen-go-grpc" in (tmp_path / "go" / "buf.gen.yaml").read_text()
+
+    assert stubs("--lang", "python", "--out", str(tmp_path / "py")).returncode == 0
+    assert (tmp_path / "py" / "computesdk/api/sandbox/v1/sandbox_pb2_grpc.py").is_file()
+
+    bad = stubs("--lang", "cobol", "--out", str(tmp_path / "x"), "--json")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["error"]["reason"] == "UNKNOWN_LANGUAGE"

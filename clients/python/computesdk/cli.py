@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.json_format import MessageToDict
 
 from .client import Client
@@ -355,7 +358,68 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("providers", parents=[common], help="list providers")
     p.set_defaults(fn=cmd_providers)
+    p = sub.add_parser(
+        "stubs",
+        parents=[common],
+        help="write the API's protos, or generated stubs, for your own build",
+        description="--lang proto writes the .proto files; python writes generated "
+        "modules; any other language (go, typescript, java, rust, ...) writes the "
+        "protos with a buf.gen.yaml for that language's protoc plugin.",
+    )
+    p.add_argument("--lang", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(fn=None)
     return ap
+
+
+# The protoc plugin (protoc-gen-NAME) per language, for the buf.gen.yaml that stubs writes.
+_PLUGINS = {
+    "go": ["go", "go-grpc"],
+    "typescript": ["es"],
+    "ts": ["es"],
+    "java": ["java", "grpc-java"],
+    "kotlin": ["kotlin", "grpc-java"],
+    "rust": ["prost", "tonic"],
+    "csharp": ["csharp", "grpc-csharp"],
+    "cpp": ["cpp", "grpc-cpp"],
+    "ruby": ["ruby", "grpc-ruby"],
+}
+
+
+def write_stubs(lang: str, out: Path) -> list[Path]:
+    """Copies the shipped protos (or Python stubs) to out; returns what it wrote."""
+    root = Path(__file__).parent
+    lang = lang.lower()
+    if lang == "python":
+        sources = [p for p in (root / "api").rglob("*") if p.suffix in (".py", ".pyi")]
+        base = root.parent
+    else:
+        sources = list((root / "proto").rglob("*.proto"))
+        base = root / "proto"
+        if lang != "proto" and lang not in _PLUGINS:
+            known = ", ".join(["proto", "python", *sorted(_PLUGINS)])
+            raise ComputeSDKError(
+                f"no stubs for language {lang!r} (known: {known})",
+                code=grpc.StatusCode.INVALID_ARGUMENT,
+                reason="UNKNOWN_LANGUAGE",
+            )
+    written = []
+    for src in sorted(sources):
+        dst = out / src.relative_to(base)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        written.append(dst)
+    if lang in _PLUGINS:
+        plugins = "".join(
+            f"  - local: protoc-gen-{name}\n    out: gen/{lang}\n" for name in _PLUGINS[lang]
+        )
+        gen = out / "buf.gen.yaml"
+        gen.write_text(
+            "# Written by `computesdk stubs`: run `buf generate` here with these plugins on PATH.\n"
+            f"version: v2\ninputs:\n  - directory: .\nplugins:\n{plugins}"
+        )
+        written.append(gen)
+    return written
 
 
 async def _run(a: argparse.Namespace) -> int:
@@ -370,7 +434,15 @@ async def _run(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
     try:
-        code = asyncio.run(_run(a))
+        if a.cmd == "stubs":
+            written = write_stubs(a.lang, a.out)
+            if a.json:
+                _print_json({"written": [str(p) for p in written]})
+            else:
+                print(f"wrote {len(written)} files under {a.out}")
+            code = 0
+        else:
+            code = asyncio.run(_run(a))
     except ComputeSDKError as exc:
         if a.json:
             _print_json(

@@ -23,9 +23,19 @@ UID_SHIFT = 100_000
 ID_RANGE = 65_536
 
 SUITE = "bookworm"
-PACKAGES = ["python3", "python3-pip", "python3-venv", "nodejs", "ca-certificates", "procps"]
+# python-is-python3: `python` is what users type (the spec's Quick Start runs
+# `python --version`), as on E2B's and Modal's images.
+PACKAGES = [
+    "python3",
+    "python-is-python3",
+    "python3-pip",
+    "python3-venv",
+    "nodejs",
+    "ca-certificates",
+    "procps",
+]
 # Bumped whenever the recipe changes, so a stale cache is rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_IMAGE_DIR = Path(os.environ.get("COMPUTESDK_IMAGE_DIR", "/var/lib/computesdk/images"))
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%computesdk/api/events/v1/events.proto\x12\x18\x63omputesdk.api.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsandbox_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x43\n\nattributes\x18\x06 \x03(\x0b\x32/.computesdk.api.events.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x16SubscribeEventsRequest\x12\x13\n\x0bsandbox_ids\x18\x01 \x03(\t\x12\r\n\x05types\x18\x02 \x03(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\x12\x11\n\tno_follow\x18\x04 \x01(\x08\"I\n\x17SubscribeEventsResponse\x12.\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1f.computesdk.api.events.v1.Event2\x88\x01\n\x0c\x45ventService\x12x\n\x0fSubscribeEvents\x12\x30.computesdk.api.events.v1.SubscribeEventsRequest\x1a\x31.computesdk.api.events.v1.SubscribeEventsResponse0\x01\x42\x44ZBgithub.com/computesdk/computesdk/clients/go/api/events/v1;eventsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%computesdk/api/events/v1/events.proto\x12\x18\x63omputesdk.api.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n\x05\x45vent\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n\nsandbox_id\x18\x03 \x01(\tR\tsandboxId\x12\x12\n\x04type\x18\x04 \x01(\tR\x04type\x12\x18\n\x07message\x18\x05 \x01(\tR\x07message\x12O\n\nattributes\x18\x06 \x03(\x0b\x32/.computesdk.api.events.v1.Event.AttributesEntryR\nattributes\x1a=\n\x0f\x41ttributesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x93\x01\n\x16SubscribeEventsRequest\x12\x1f\n\x0bsandbox_ids\x18\x01 \x03(\tR\nsandboxIds\x12\x14\n\x05types\x18\x02 \x03(\tR\x05types\x12%\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04R\rafterSequence\x12\x1b\n\tno_follow\x18\x04 \x01(\x08R\x08noFollow\"P\n\x17SubscribeEventsResponse\x12\x35\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1f.computesdk.api.events.v1.EventR\x05\x65vent2\x88\x01\n\x0c\x45ventService\x12x\n\x0fSubscribeEvents\x12\x30.computesdk.api.events.v1.SubscribeEventsRequest\x1a\x31.computesdk.api.events.v1.SubscribeEventsResponse0\x01\x42\x44ZBgithub.com/computesdk/computesdk/clients/go/api/events/v1;eventsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_EVENT']._serialized_start=101
-  _globals['_EVENT']._serialized_end=339
-  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=290
-  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=339
-  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_start=341
-  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_end=444
-  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_start=446
-  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_end=519
-  _globals['_EVENTSERVICE']._serialized_start=522
-  _globals['_EVENTSERVICE']._serialized_end=658
+  _globals['_EVENT']._serialized_end=405
+  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=344
+  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=405
+  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_start=408
+  _globals['_SUBSCRIBEEVENTSREQUEST']._serialized_end=555
+  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_start=557
+  _globals['_SUBSCRIBEEVENTSRESPONSE']._serialized_end=637
+  _globals['_EVENTSERVICE']._serialized_start=640
+  _globals['_EVENTSERVICE']._serialized_end=776
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)computesdk/api/provider/v1/provider.proto\x12\x1a\x63omputesdk.api.provider.v1\"\xc5\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x1a\n\x12unavailable_reason\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x11\n\ttemplates\x18\x06 \x03(\t\x12?\n\rcircuit_state\x18\x07 \x01(\x0e\x32(.computesdk.api.provider.v1.CircuitState\"\x16\n\x14ListProvidersRequest\"P\n\x15ListProvidersResponse\x12\x37\n\tproviders\x18\x01 \x03(\x0b\x32$.computesdk.api.provider.v1.Provider*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\x87\x01\n\x0fProviderService\x12t\n\rListProviders\x12\x30.computesdk.api.provider.v1.ListProvidersRequest\x1a\x31.computesdk.api.provider.v1.ListProvidersResponseBHZFgithub.com/computesdk/computesdk/clients/go/api/provider/v1;providerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)computesdk/api/provider/v1/provider.proto\x12\x1a\x63omputesdk.api.provider.v1\"\x9b\x02\n\x08Provider\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\"\n\x0c\x63\x61pabilities\x18\x02 \x03(\tR\x0c\x63\x61pabilities\x12\x1c\n\tavailable\x18\x03 \x01(\x08R\tavailable\x12-\n\x12unavailable_reason\x18\x04 \x01(\tR\x11unavailableReason\x12\x1d\n\nis_default\x18\x05 \x01(\x08R\tisDefault\x12\x1c\n\ttemplates\x18\x06 \x03(\tR\ttemplates\x12M\n\rcircuit_state\x18\x07 \x01(\x0e\x32(.computesdk.api.provider.v1.CircuitStateR\x0c\x63ircuitState\"\x16\n\x14ListProvidersRequest\"[\n\x15ListProvidersResponse\x12\x42\n\tproviders\x18\x01 \x03(\x0b\x32$.computesdk.api.provider.v1.ProviderR\tproviders*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\x87\x01\n\x0fProviderService\x12t\n\rListProviders\x12\x30.computesdk.api.provider.v1.ListProvidersRequest\x1a\x31.computesdk.api.provider.v1.ListProvidersResponseBHZFgithub.com/computesdk/computesdk/clients/go/api/provider/v1;providerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,14 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'computesdk.api.provider.v1.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/computesdk/computesdk/clients/go/api/provider/v1;providerv1'
-  _globals['_CIRCUITSTATE']._serialized_start=379
-  _globals['_CIRCUITSTATE']._serialized_end=503
+  _globals['_CIRCUITSTATE']._serialized_start=476
+  _globals['_CIRCUITSTATE']._serialized_end=600
   _globals['_PROVIDER']._serialized_start=74
-  _globals['_PROVIDER']._serialized_end=271
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=273
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=295
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=297
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=377
-  _globals['_PROVIDERSERVICE']._serialized_start=506
-  _globals['_PROVIDERSERVICE']._serialized_end=641
+  _globals['_PROVIDER']._serialized_end=357
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=359
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=381
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=383
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=474
+  _globals['_PROVIDERSERVICE']._serialized_start=603
+  _globals['_PROVIDERSERVICE']._serialized_end=738
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,458 @@
+// Package computesdk is the Go client of computesdkd, the sandbox-management
+// daemon. It wraps the generated gRPC stubs (still reachable as Client.Raw)
+// with context-first calls, functional options, typed errors and streams as
+// iterators.
+//
+//	sb, err := computesdk.Compute(ctx, "local", computesdk.WithTemplate("python"))
+//	res, err := sb.Exec(ctx, "python --version")
+//	err = sb.Destroy(ctx)
+package computesdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
+	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
+	monitoringv1 "github.com/computesdk/computesdk/clients/go/api/monitoring/v1"
+	processv1 "github.com/computesdk/computesdk/clients/go/api/process/v1"
+	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
+	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
+)
+
+// maxMessage matches the daemon's limit; output chunks are at most 1 MiB.
+const maxMessage = 64 << 20
+
+// Raw holds the generated stubs, for calls this package does not wrap yet.
+type Raw struct {
+	Sandboxes  sandboxv1.SandboxServiceClient
+	Processes  processv1.ProcessServiceClient
+	Files      filesystemv1.FilesystemServiceClient
+	Events     eventsv1.EventServiceClient
+	Providers  providerv1.ProviderServiceClient
+	Monitoring monitoringv1.MonitoringServiceClient
+}
+
+// ConnState is the client's view of its connection, reported by event streams
+// as they lose the daemon and find it again.
+type ConnState int
+
+const (
+	Connected ConnState = iota
+	Disconnected
+	Reconnecting
+)
+
+func (s ConnState) String() string {
+	return [...]string{"connected", "disconnected", "reconnecting"}[s]
+}
+
+// Client is one connection to the daemon. It is safe for concurrent use.
+type Client struct {
+	Raw    Raw
+	target string
+	conn   *grpc.ClientConn
+
+	mu       sync.Mutex
+	handlers []func(ConnState)
+}
+
+type connectConfig struct {
+	socket  string
+	target  string
+	timeout time.Duration
+	dial    []grpc.DialOption
+}
+
+// ConnectOption configures Connect.
+type ConnectOption func(*connectConfig)
+
+// WithSocket connects over this Unix socket (default: $COMPUTESDK_SOCKET, then
+// the daemon's own default for this user).
+func WithSocket(path string) ConnectOption { return func(c *connectConfig) { c.socket = path } }
+
+// WithTarget connects to any gRPC target instead, e.g. "127.0.0.1:7777".
+func WithTarget(target string) ConnectOption { return func(c *connectConfig) { c.target = target } }
+
+// WithConnectTimeout bounds how long Connect waits for the daemon (default 10s).
+func WithConnectTimeout(d time.Duration) ConnectOption {
+	return func(c *connectConfig) { c.timeout = d }
+}
+
+// WithDialOptions adds grpc dial options, e.g. interceptors.
+func WithDialOptions(opts ...grpc.DialOption) ConnectOption {
+	return func(c *connectConfig) { c.dial = append(c.dial, opts...) }
+}
+
+// DefaultSocket is where the daemon listens unless told otherwise.
+func DefaultSocket() string {
+	if s := os.Getenv("COMPUTESDK_SOCKET"); s != "" {
+		return s
+	}
+	if os.Geteuid() == 0 {
+		return "/run/computesdk/computesdkd.sock"
+	}
+	runtime := os.Getenv("XDG_RUNTIME_DIR")
+	if runtime == "" {
+		runtime = fmt.Sprintf("/tmp/computesdk-%d", os.Geteuid())
+	}
+	return filepath.Join(runtime, "computesdk", "computesdkd.sock")
+}
+
+// Connect opens a connection and waits until the daemon answers.
+func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
+	cfg := connectConfig{timeout: 10 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	target := cfg.target
+	if target == "" {
+		socket := cfg.socket
+		if socket == "" {
+			socket = DefaultSocket()
+		}
+		abs, err := filepath.Abs(socket)
+		if err != nil {
+			return nil, err
+		}
+		// Fail fast: nothing will ever listen on a socket that does not exist.
+		if _, err := os.Stat(abs); err != nil {
+			return nil, &Error{Code: codes.Unavailable, Reason: "DAEMON_UNREACHABLE",
+				Message: "computesdkd is not running: no socket at " + abs}
+		}
+		target = "unix://" + abs
+	}
+	dial := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Calls wait for a restarting daemon instead of failing at once.
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true),
+			grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+	}, cfg.dial...)
+	conn, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{target: target, conn: conn, Raw: Raw{
+		Sandboxes:  sandboxv1.NewSandboxServiceClient(conn),
+		Processes:  processv1.NewProcessServiceClient(conn),
+		Files:      filesystemv1.NewFilesystemServiceClient(conn),
+		Events:     eventsv1.NewEventServiceClient(conn),
+		Providers:  providerv1.NewProviderServiceClient(conn),
+		Monitoring: monitoringv1.NewMonitoringServiceClient(conn),
+	}}
+	// A cheap call proves the daemon is there; WaitForReady rides out a restart.
+	pctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	if _, err := c.Raw.Providers.ListProviders(pctx, &providerv1.ListProvidersRequest{}); err != nil {
+		_ = conn.Close()
+		if errors.Is(pctx.Err(), context.DeadlineExceeded) {
+			return nil, &Error{Code: codes.Unavailable, Reason: "DAEMON_UNREACHABLE",
+				Message: "cannot reach computesdkd at " + target}
+		}
+		return nil, fromRPC(err)
+	}
+	return c, nil
+}
+
+// Target is the gRPC target this client is connected to.
+func (c *Client) Target() string { return c.target }
+
+// Close releases the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// OnConnectionChange registers a handler for connected/disconnected/reconnecting.
+func (c *Client) OnConnectionChange(h func(ConnState)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.handlers = append(c.handlers, h)
+}
+
+func (c *Client) notify(s ConnState) {
+	c.mu.Lock()
+	hs := append([]func(ConnState){}, c.handlers...)
+	c.mu.Unlock()
+	for _, h := range hs {
+		h(s)
+	}
+}
+
+// ---------------------------------------------------------------- sandboxes
+
+// Resources asks for CPU, memory, disk and pids; zero means the provider's default.
+type Resources struct {
+	CPUCores  float64
+	MemoryMB  uint64
+	DiskMB    uint64
+	PidsLimit uint32
+	GPU       *GPU
+}
+
+// GPU asks for an accelerator.
+type GPU struct {
+	Type  string
+	Count uint32
+}
+
+func (r Resources) proto() *sandboxv1.Resources {
+	out := &sandboxv1.Resources{CpuCores: r.CPUCores, MemoryMb: r.MemoryMB, DiskMb: r.DiskMB,
+		PidsLimit: r.PidsLimit}
+	if r.GPU != nil {
+		out.Gpu = &sandboxv1.GpuSpec{Enabled: true, Type: r.GPU.Type, Count: r.GPU.Count}
+	}
+	return out
+}
+
+func resourcesFrom(p *sandboxv1.Resources) Resources {
+	r := Resources{CPUCores: p.GetCpuCores(), MemoryMB: p.GetMemoryMb(), DiskMB: p.GetDiskMb(),
+		PidsLimit: p.GetPidsLimit()}
+	if g := p.GetGpu(); g.GetEnabled() {
+		r.GPU = &GPU{Type: g.GetType(), Count: g.GetCount()}
+	}
+	return r
+}
+
+// CreateOption configures Create and Compute.
+type CreateOption func(*sandboxv1.CreateSandboxRequest)
+
+func WithTemplate(name string) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.Template = name }
+}
+
+func WithMetadata(md map[string]string) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.Metadata = md }
+}
+
+// WithTimeout sets how long the sandbox may live idle before the daemon reaps it.
+func WithTimeout(d time.Duration) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.TimeoutMs = uint64(d.Milliseconds()) }
+}
+
+func WithKeepAlive(on bool) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.KeepAlive = on }
+}
+
+func WithEnv(env map[string]string) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.Env = env }
+}
+
+func WithResources(res Resources) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.Resources = res.proto() }
+}
+
+// WithRequestID makes retries of one create idempotent (a random id is the default).
+func WithRequestID(id string) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.RequestId = id }
+}
+
+// WithFallbackProviders are tried in order when the provider is down.
+func WithFallbackProviders(names ...string) CreateOption {
+	return func(r *sandboxv1.CreateSandboxRequest) { r.FallbackProviders = names }
+}
+
+// Create makes a sandbox on provider ("" = the daemon's default) and returns once it is ready.
+func (c *Client) Create(ctx context.Context, provider string, opts ...CreateOption) (*Sandbox, error) {
+	req := &sandboxv1.CreateSandboxRequest{Provider: provider, RequestId: randomID()}
+	for _, o := range opts {
+		o(req)
+	}
+	resp, err := c.Raw.Sandboxes.CreateSandbox(ctx, req)
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
+}
+
+// Compute connects to the daemon and creates a sandbox in one step, as the
+// spec's compute() does. The sandbox owns that connection: Destroy closes it.
+func Compute(ctx context.Context, provider string, opts ...CreateOption) (*Sandbox, error) {
+	c, err := Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := c.Create(ctx, provider, opts...)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	sb.ownsClient = true
+	return sb, nil
+}
+
+// Get returns a handle to an existing sandbox.
+func (c *Client) Get(ctx context.Context, sandboxID string) (*Sandbox, error) {
+	resp, err := c.Raw.Sandboxes.GetSandbox(ctx, &sandboxv1.GetSandboxRequest{SandboxId: sandboxID})
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
+}
+
+// ListOption filters List.
+type ListOption func(*sandboxv1.ListSandboxesRequest)
+
+func ListByMetadata(md map[string]string) ListOption {
+	return func(r *sandboxv1.ListSandboxesRequest) { r.Metadata = md }
+}
+
+func ListByProvider(name string) ListOption {
+	return func(r *sandboxv1.ListSandboxesRequest) { r.Provider = name }
+}
+
+func ListByState(states ...State) ListOption {
+	return func(r *sandboxv1.ListSandboxesRequest) {
+		for _, s := range states {
+			r.States = append(r.States, sandboxv1.State(s))
+		}
+	}
+}
+
+// List yields every matching sandbox, following pages as it goes.
+func (c *Client) List(ctx context.Context, opts ...ListOption) iter.Seq2[*Sandbox, error] {
+	return func(yield func(*Sandbox, error) bool) {
+		req := &sandboxv1.ListSandboxesRequest{PageSize: 100}
+		for _, o := range opts {
+			o(req)
+		}
+		for {
+			resp, err := c.Raw.Sandboxes.ListSandboxes(ctx, req)
+			if err != nil {
+				yield(nil, fromRPC(err))
+				return
+			}
+			for _, s := range resp.GetSandboxes() {
+				if !yield(&Sandbox{client: c, info: s}, nil) {
+					return
+				}
+			}
+			if resp.GetNextPageToken() == "" {
+				return
+			}
+			req.PageToken = resp.GetNextPageToken()
+		}
+	}
+}
+
+// Provider describes one back end and what it can do.
+type Provider = providerv1.Provider
+
+// Providers lists the daemon's back ends.
+func (c *Client) Providers(ctx context.Context) ([]*Provider, error) {
+	resp, err := c.Raw.Providers.ListProviders(ctx, &providerv1.ListProvidersRequest{})
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	return resp.GetProviders(), nil
+}
+
+// ---------------------------------------------------------------- events
+
+// Event is one lifecycle event; Sequence orders every event the daemon emits.
+type Event struct {
+	Sequence   uint64
+	Time       time.Time
+	SandboxID  string
+	Type       string
+	Message    string
+	Attributes map[string]string
+}
+
+func eventFrom(p *eventsv1.Event) Event {
+	return Event{Sequence: p.GetSequence(), Time: tsTime(p.GetTime()), SandboxID: p.GetSandboxId(),
+		Type: p.GetType(), Message: p.GetMessage(), Attributes: p.GetAttributes()}
+}
+
+// EventOption filters Events.
+type EventOption func(*eventsv1.SubscribeEventsRequest)
+
+func ForSandboxes(ids ...string) EventOption {
+	return func(r *eventsv1.SubscribeEventsRequest) { r.SandboxIds = ids }
+}
+
+func OfTypes(types ...string) EventOption {
+	return func(r *eventsv1.SubscribeEventsRequest) { r.Types = types }
+}
+
+// After resumes after this sequence number.
+func After(seq uint64) EventOption {
+	return func(r *eventsv1.SubscribeEventsRequest) { r.AfterSequence = seq }
+}
+
+// History replays what is stored and ends instead of following new events.
+func History() EventOption {
+	return func(r *eventsv1.SubscribeEventsRequest) { r.NoFollow = true }
+}
+
+// Events yields lifecycle events until ctx ends. It survives daemon restarts:
+// it reconnects by itself and resumes after the last sequence it yielded, so
+// nothing is lost or repeated.
+func (c *Client) Events(ctx context.Context, opts ...EventOption) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		req := &eventsv1.SubscribeEventsRequest{}
+		for _, o := range opts {
+			o(req)
+		}
+		backoff := 50 * time.Millisecond
+		lost := false
+		for {
+			stream, err := c.Raw.Events.SubscribeEvents(ctx, req)
+			for err == nil {
+				var resp *eventsv1.SubscribeEventsResponse
+				if resp, err = stream.Recv(); err != nil {
+					break
+				}
+				if lost {
+					lost = false
+					c.notify(Connected)
+				}
+				backoff = 50 * time.Millisecond
+				ev := eventFrom(resp.GetEvent())
+				req.AfterSequence = ev.Sequence
+				if !yield(ev, nil) {
+					return
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			converted := fromRPC(err)
+			if req.NoFollow && isEOF(err) {
+				return
+			}
+			// A following stream only ends when the daemon goes away; anything
+			// but that is the caller's error to see.
+			if !isEOF(err) && !errors.Is(converted, ErrUnavailable) && !errors.Is(converted, codeSentinel(codes.Aborted)) {
+				yield(Event{}, converted)
+				return
+			}
+			if !lost {
+				lost = true
+				c.notify(Disconnected)
+			}
+			c.notify(Reconnecting)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+		}
+	}
+}
+
+func tsTime(t *timestamppb.Timestamp) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.AsTime()
+}

@@ -1,0 +1,162 @@
+package computesdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	computesdk "github.com/computesdk/computesdk/clients/go"
+	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
+	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
+	monitoringv1 "github.com/computesdk/computesdk/clients/go/api/monitoring/v1"
+	processv1 "github.com/computesdk/computesdk/clients/go/api/process/v1"
+	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
+	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
+)
+
+// Drift: every RPC in the protos is called somewhere in the idiomatic client.
+func TestEveryRPCIsWrapped(t *testing.T) {
+	files := []protoreflect.FileDescriptor{
+		sandboxv1.File_computesdk_api_sandbox_v1_sandbox_proto,
+		processv1.File_computesdk_api_process_v1_process_proto,
+		filesystemv1.File_computesdk_api_filesystem_v1_filesystem_proto,
+		eventsv1.File_computesdk_api_events_v1_events_proto,
+		providerv1.File_computesdk_api_provider_v1_provider_proto,
+		monitoringv1.File_computesdk_api_monitoring_v1_monitoring_proto,
+	}
+	sources, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var code strings.Builder
+	for _, name := range sources {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code.Write(b)
+	}
+	var missing []string
+	total := 0
+	for _, f := range files {
+		for i := 0; i < f.Services().Len(); i++ {
+			svc := f.Services().Get(i)
+			for j := 0; j < svc.Methods().Len(); j++ {
+				total++
+				m := svc.Methods().Get(j)
+				if !strings.Contains(code.String(), "."+string(m.Name())+"(") {
+					missing = append(missing, fmt.Sprintf("%s.%s", svc.Name(), m.Name()))
+				}
+			}
+		}
+	}
+	sort.Strings(missing)
+	if total < 30 || len(missing) > 0 {
+		t.Fatalf("%d RPCs, not wrapped: %v", total, missing)
+	}
+}
+
+func TestErrorsIsMatchesReasonAndCode(t *testing.T) {
+	err := fmt.Errorf("wrapped: %w", &computesdk.Error{Code: codes.NotFound, Reason: "SANDBOX_NOT_FOUND"})
+	if !errors.Is(err, computesdk.ErrSandboxNotFound) || !errors.Is(err, computesdk.ErrNotFound) {
+		t.Fatal("errors.Is must match the reason and the code")
+	}
+	if errors.Is(err, computesdk.ErrFileNotFound) || errors.Is(err, computesdk.ErrInvalidArgument) {
+		t.Fatal("errors.Is matched another reason or code")
+	}
+}
+
+func TestConnectToMissingSocketFailsFast(t *testing.T) {
+	start := time.Now()
+	_, err := computesdk.Connect(context.Background(), computesdk.WithSocket("/nonexistent/d.sock"))
+	if !errors.Is(err, computesdk.ErrDaemonUnreachable) || time.Since(start) > 5*time.Second {
+		t.Fatalf("want a quick DAEMON_UNREACHABLE, got %v after %s", err, time.Since(start))
+	}
+}
+
+// The spec's Quick Start, in Go.
+func TestQuickStart(t *testing.T) {
+	t.Setenv("COMPUTESDK_SOCKET", testDaemon.socket)
+	ctx := context.Background()
+
+	sandbox, err := computesdk.Compute(ctx, "local",
+		computesdk.WithTemplate("python"),
+		computesdk.WithMetadata(map[string]string{"project": "my-app"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := sandbox.Exec(ctx, "python --version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sandbox.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if res.ExitCode != 0 || !strings.HasPrefix(string(res.Stdout), "Python 3.") {
+		t.Fatalf("python --version: exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	if sandbox.Metadata()["project"] != "my-app" {
+		t.Fatalf("metadata: %v", sandbox.Metadata())
+	}
+}
+
+// A background process outlives the call that started it, takes stdin later
+// and can be re-attached from any offset.
+func TestBackgroundProcessAndMonitoring(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := connect(t)
+	sb, err := c.Create(ctx, "local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	p, err := sb.StartProcessArgv(ctx, []string{"sh", "-c", "read x; echo got-$x"}, computesdk.Interactive(), computesdk.WithTag("reader"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WriteStdin(ctx, []byte("ping\n"), true); err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(res.Stdout) != "got-ping\n" || res.ExitCode != 0 {
+		t.Fatalf("process result: %+v", res)
+	}
+	var tail []byte
+	for chunk, err := range sb.Process(p.ID).Attach(ctx, 4, 0) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail = append(tail, chunk.Data...)
+	}
+	if string(tail) != "ping\n" {
+		t.Fatalf("attach from offset 4: %q", tail)
+	}
+	u, err := sb.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.GetMemoryUsedBytes() == 0 || u.GetMemoryLimitBytes() == 0 {
+		t.Fatalf("usage: %v", u)
+	}
+	procs, err := sb.Processes(ctx)
+	if err != nil || len(procs) == 0 || procs[0].GetTag() != "reader" {
+		t.Fatalf("processes: %v %v", procs, err)
+	}
+}

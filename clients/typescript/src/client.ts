@@ -1,0 +1,318 @@
+// The connection to computesdkd, and the calls that are not about one sandbox.
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { existsSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, createClient, type Client as RpcClient } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+
+import { SandboxService, State, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
+import { ProcessService } from "./gen/computesdk/api/process/v1/process_pb.js";
+import { FilesystemService } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
+import { EventService, type Event as EventMessage } from "./gen/computesdk/api/events/v1/events_pb.js";
+import { ProviderService, type Provider } from "./gen/computesdk/api/provider/v1/provider_pb.js";
+import { MonitoringService } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
+import { ComputeSDKError, fromError, translated } from "./errors.js";
+import { Sandbox, resourcesToProto, stateName, type Resources } from "./sandbox.js";
+
+/** The generated service clients, for calls the idiomatic layer does not wrap. */
+export interface Raw {
+  sandboxes: RpcClient<typeof SandboxService>;
+  processes: RpcClient<typeof ProcessService>;
+  files: RpcClient<typeof FilesystemService>;
+  events: RpcClient<typeof EventService>;
+  providers: RpcClient<typeof ProviderService>;
+  monitoring: RpcClient<typeof MonitoringService>;
+}
+
+export type ConnectionState = "connected" | "disconnected" | "reconnecting";
+
+export interface ConnectOptions {
+  /** Unix socket of the daemon (default: $COMPUTESDK_SOCKET, then the daemon's default). */
+  socket?: string;
+  /** Any other gRPC target, as "http://host:port". */
+  target?: string;
+  /** How long connect() waits for the daemon (default 10 s). */
+  timeoutMs?: number;
+}
+
+export interface CreateOptions {
+  template?: string;
+  metadata?: Record<string, string>;
+  /** Idle lifetime before the daemon reaps the sandbox. */
+  timeoutMs?: number;
+  keepAlive?: boolean;
+  resources?: Resources;
+  env?: Record<string, string>;
+  /** Makes retries of this create idempotent (a random id is the default). */
+  requestId?: string;
+  /** Tried in order when the provider is down. */
+  fallbackProviders?: string[];
+}
+
+export interface Event {
+  sequence: number;
+  time: Date | undefined;
+  sandboxId: string;
+  type: string;
+  message: string;
+  attributes: Record<string, string>;
+}
+
+export interface EventsOptions {
+  sandboxIds?: string[];
+  types?: string[];
+  /** Resume after this sequence number. */
+  after?: number;
+  /** false replays what is stored and ends. */
+  follow?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface ListOptions {
+  metadata?: Record<string, string>;
+  states?: string[];
+  provider?: string;
+}
+
+const MAX_MESSAGE = 64 * 1024 * 1024;
+
+export function defaultSocket(): string {
+  if (process.env.COMPUTESDK_SOCKET) return process.env.COMPUTESDK_SOCKET;
+  const uid = os.userInfo().uid;
+  if (uid === 0) return "/run/computesdk/computesdkd.sock";
+  const runtime = process.env.XDG_RUNTIME_DIR || `/tmp/computesdk-${uid}`;
+  return path.join(runtime, "computesdk", "computesdkd.sock");
+}
+
+export function eventFromProto(e: EventMessage): Event {
+  return {
+    sequence: Number(e.sequence),
+    time: e.time ? new Date(Number(e.time.seconds) * 1000 + Math.floor(e.time.nanos / 1e6)) : undefined,
+    sandboxId: e.sandboxId,
+    type: e.type,
+    message: e.message,
+    attributes: { ...e.attributes },
+  };
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+  });
+
+const SOCKET_ERRORS = new Set(["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE"]);
+
+/** The daemon went away (restart, crash): worth reconnecting, unlike a refused call. */
+function isConnectionLoss(err: unknown): boolean {
+  if (!(err instanceof ConnectError)) return false;
+  if (err.code === Code.Unavailable || err.code === Code.Aborted) return true;
+  // connect-node reports a socket that cannot be dialled as INTERNAL with the errno as cause.
+  const cause = err.cause as { code?: unknown } | undefined;
+  return typeof cause?.code === "string" && SOCKET_ERRORS.has(cause.code);
+}
+
+/** One connection to the daemon. Share it; close() it when done. */
+export class Client {
+  readonly raw: Raw;
+  readonly target: string;
+  private readonly session: Http2SessionManager;
+  private readonly listeners = new Map<ConnectionState, Set<() => void>>();
+  private closed = false;
+
+  private constructor(target: string, socket: string | undefined) {
+    this.target = target;
+    this.session = new Http2SessionManager(
+      target,
+      { pingIntervalMs: 30_000 },
+      socket ? { createConnection: () => net.connect(socket) } : {},
+    );
+    const transport = createGrpcTransport({
+      baseUrl: target,
+      sessionManager: this.session,
+      readMaxBytes: MAX_MESSAGE,
+      writeMaxBytes: MAX_MESSAGE,
+    });
+    this.raw = {
+      sandboxes: createClient(SandboxService, transport),
+      processes: createClient(ProcessService, transport),
+      files: createClient(FilesystemService, transport),
+      events: createClient(EventService, transport),
+      providers: createClient(ProviderService, transport),
+      monitoring: createClient(MonitoringService, transport),
+    };
+  }
+
+  /** Connects and waits until the daemon answers. */
+  static async connect(options: ConnectOptions = {}): Promise<Client> {
+    let socket: string | undefined;
+    let target = options.target;
+    if (!target) {
+      socket = path.resolve(options.socket ?? defaultSocket());
+      // Fail fast: nothing will ever listen on a socket that does not exist.
+      if (!existsSync(socket)) {
+        throw new ComputeSDKError(`computesdkd is not running: no socket at ${socket}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
+      }
+      target = "http://localhost";
+    }
+    const client = new Client(target, socket);
+    try {
+      await client.raw.providers.listProviders({}, { timeoutMs: options.timeoutMs ?? 10_000 });
+    } catch (err) {
+      client.close();
+      if (err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded)) {
+        throw new ComputeSDKError(`cannot reach computesdkd at ${socket ?? target}: ${err.rawMessage}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
+      }
+      throw fromError(err);
+    }
+    return client;
+  }
+
+  /** Closes the connection; calls in flight fail. */
+  close(): void {
+    this.closed = true;
+    this.session.abort();
+  }
+
+  /** Connection events: 'connected', 'disconnected', 'reconnecting'. */
+  on(event: ConnectionState, listener: () => void): this {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(listener);
+    return this;
+  }
+
+  off(event: ConnectionState, listener: () => void): this {
+    this.listeners.get(event)?.delete(listener);
+    return this;
+  }
+
+  private emit(event: ConnectionState): void {
+    for (const l of [...(this.listeners.get(event) ?? [])]) l();
+  }
+
+  /** Creates a sandbox on provider ("" = the daemon's default) once it is ready. */
+  async create(provider = "", options: CreateOptions = {}): Promise<Sandbox> {
+    const resp = await translated(() =>
+      this.raw.sandboxes.createSandbox({
+        provider,
+        template: options.template ?? "",
+        metadata: options.metadata ?? {},
+        timeoutMs: BigInt(options.timeoutMs ?? 0),
+        keepAlive: options.keepAlive ?? false,
+        resources: resourcesToProto(options.resources),
+        env: options.env ?? {},
+        requestId: options.requestId ?? randomUUID(),
+        fallbackProviders: options.fallbackProviders ?? [],
+      }),
+    );
+    return new Sandbox(this, resp.sandbox as SandboxMessage);
+  }
+
+  async get(sandboxId: string): Promise<Sandbox> {
+    const resp = await translated(() => this.raw.sandboxes.getSandbox({ sandboxId }));
+    return new Sandbox(this, resp.sandbox as SandboxMessage);
+  }
+
+  /** Every matching sandbox, following pages. */
+  async list(options: ListOptions = {}): Promise<Sandbox[]> {
+    const out: Sandbox[] = [];
+    let pageToken = "";
+    const states = (options.states ?? []).map((s) => {
+      const v = State[`STATE_${s.toUpperCase()}` as keyof typeof State];
+      if (v === undefined) throw new ComputeSDKError(`unknown state ${s}`, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+      return v;
+    });
+    for (;;) {
+      const resp = await translated(() =>
+        this.raw.sandboxes.listSandboxes({
+          pageSize: 100,
+          pageToken,
+          metadata: options.metadata ?? {},
+          states,
+          provider: options.provider ?? "",
+        }),
+      );
+      out.push(...resp.sandboxes.map((s) => new Sandbox(this, s)));
+      pageToken = resp.nextPageToken;
+      if (!pageToken) return out;
+    }
+  }
+
+  async providers(): Promise<Provider[]> {
+    const resp = await translated(() => this.raw.providers.listProviders({}));
+    return resp.providers;
+  }
+
+  /**
+   * Lifecycle events. Survives daemon restarts: it reconnects by itself and
+   * resumes after the last sequence it yielded, so nothing is lost or repeated.
+   */
+  async *events(options: EventsOptions = {}): AsyncGenerator<Event> {
+    let last = options.after ?? 0;
+    let backoff = 50;
+    let lost = false;
+    const follow = options.follow ?? true;
+    for (;;) {
+      try {
+        const stream = this.raw.events.subscribeEvents(
+          {
+            sandboxIds: options.sandboxIds ?? [],
+            types: options.types ?? [],
+            afterSequence: BigInt(last),
+            noFollow: !follow,
+          },
+          { signal: options.signal },
+        );
+        for await (const resp of stream) {
+          if (lost) {
+            lost = false;
+            this.emit("connected");
+          }
+          backoff = 50;
+          const ev = eventFromProto(resp.event!);
+          last = ev.sequence;
+          yield ev;
+        }
+        if (!follow) return;
+        // A following stream only ends when the daemon shuts down: reconnect.
+      } catch (err) {
+        if (options.signal?.aborted || this.closed) return;
+        if (!isConnectionLoss(err)) throw fromError(err);
+      }
+      if (options.signal?.aborted) return;
+      if (!lost) {
+        lost = true;
+        this.emit("disconnected");
+      }
+      this.emit("reconnecting");
+      await sleep(backoff, options.signal);
+      backoff = Math.min(backoff * 2, 2000);
+    }
+  }
+}
+
+/** Connects with the default options (or $COMPUTESDK_SOCKET). */
+export function connect(options: ConnectOptions = {}): Promise<Client> {
+  return Client.connect(options);
+}
+
+/**
+ * Connects and creates a sandbox in one step, as the spec's compute() does.
+ * The sandbox owns that connection: destroy() closes it.
+ */
+export async function compute(provider = "", options: CreateOptions & ConnectOptions = {}): Promise<Sandbox> {
+  const client = await Client.connect(options);
+  try {
+    const sandbox = await client.create(provider, options);
+    sandbox.ownsClient = true;
+    return sandbox;
+  } catch (err) {
+    client.close();
+    throw err;
+  }
+}
+
+export { stateName };

@@ -1,0 +1,6 @@
+// computesdk: the TypeScript client of computesdkd.
+export { Client, compute, connect, defaultSocket } from "./client.js";
+export type { ConnectOptions, ConnectionState, CreateOptions, Event, EventsOptions, ListOptions, Raw } from "./client.js";
+export { ExecStream, Files, Monitor, Process, Sandbox, stateName } from "./sandbox.js";
+export type { CommandLine, ExecOptions, ExecResult, FileInfo, OutputChunk, Resources, SandboxStatus, Usage } from "./sandbox.js";
+export * from "./errors.js";

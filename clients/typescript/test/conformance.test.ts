@@ -1,0 +1,216 @@
+// Runs tests/conformance/scenarios.json, the list every client runs, against a real daemon.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+
+import { Client, ComputeSDKError, type Event, type Sandbox } from "../src/index.js";
+import { Daemon, repoRoot } from "./daemon.js";
+
+interface Step {
+  op: string;
+  provider?: string;
+  template?: string;
+  metadata?: Record<string, string>;
+  env?: Record<string, string>;
+  sandbox_id?: string;
+  command?: string;
+  argv?: string[];
+  cwd?: string;
+  stdin?: string;
+  stdin_repeat?: { text: string; count: number };
+  send?: string[];
+  path?: string;
+  content?: string;
+  content_base64?: string;
+  type?: string;
+  expect?: Record<string, unknown>;
+  error?: { code: string; reason: string };
+}
+
+const file = JSON.parse(readFileSync(path.join(repoRoot, "tests/conformance/scenarios.json"), "utf8")) as {
+  scenarios: { name: string; steps: Step[] }[];
+};
+
+const daemon = new Daemon();
+let failed = false;
+
+before(() => daemon.start());
+after(() => daemon.shutdown(failed));
+
+class Runner {
+  sandbox: Sandbox | undefined;
+  events: Event[] = [];
+  states: string[] = [];
+  private readonly abort = new AbortController();
+
+  constructor(readonly client: Client) {
+    for (const s of ["connected", "disconnected", "reconnecting"] as const) client.on(s, () => this.states.push(s));
+  }
+
+  close(): void {
+    this.abort.abort();
+    this.client.close();
+  }
+
+  private get sb(): Sandbox {
+    assert.ok(this.sandbox, "no sandbox yet");
+    return this.sandbox;
+  }
+
+  private command(st: Step): string | string[] {
+    return st.argv ?? st.command ?? "";
+  }
+
+  private stdin(st: Step): string | undefined {
+    if (st.stdin_repeat) return st.stdin_repeat.text.repeat(st.stdin_repeat.count);
+    return st.stdin;
+  }
+
+  private checkExec(st: Step, r: { stdout: string; stderr: string; exitCode: number; signal: number }): void {
+    const e = st.expect ?? {};
+    if ("stdout" in e) assert.equal(r.stdout, e.stdout, `${st.op}: stdout`);
+    if ("stderr" in e) assert.equal(r.stderr, e.stderr, `${st.op}: stderr`);
+    if ("exit_code" in e) assert.equal(r.exitCode, e.exit_code, `${st.op}: exit_code`);
+    if ("signal" in e) assert.equal(r.signal, e.signal, `${st.op}: signal`);
+  }
+
+  async run(st: Step): Promise<void> {
+    const e = st.expect ?? {};
+    switch (st.op) {
+      case "create":
+        this.sandbox = await this.client.create(st.provider ?? "", { template: st.template ?? "", metadata: st.metadata ?? {}, env: st.env ?? {} });
+        return;
+      case "destroy":
+        return this.sb.destroy();
+      case "status": {
+        const s = await this.sb.getStatus();
+        assert.equal(s.state, e.state);
+        return;
+      }
+      case "get": {
+        const sb = await this.client.get(st.sandbox_id ?? this.sb.id);
+        assert.equal(sb.state, e.state);
+        if (e.template) assert.equal(sb.template, e.template);
+        for (const [k, v] of Object.entries((e.metadata as Record<string, string>) ?? {})) assert.equal(sb.metadata[k], v);
+        return;
+      }
+      case "exec":
+      case "exec_stream": {
+        const stream = this.sb.execStream(this.command(st), { env: st.env ?? {}, cwd: st.cwd ?? "", stdin: this.stdin(st) });
+        let stdout = "";
+        let stderr = "";
+        let chunks = 0;
+        let offset = 0;
+        for await (const c of stream) {
+          if (c.stream === "stdout") {
+            assert.equal(c.offset, offset, "stdout chunk offset");
+            offset += c.data.length;
+            stdout += c.text;
+            chunks++;
+          } else stderr += c.text;
+        }
+        assert.ok(stream.exited, "no exit status");
+        this.checkExec(st, { stdout, stderr, exitCode: stream.exited.exitCode, signal: stream.exited.signal });
+        assert.ok(chunks >= ((e.min_stdout_chunks as number) ?? 0), `stdout came in ${chunks} chunks (not streamed)`);
+        return;
+      }
+      case "exec_interactive": {
+        const stream = this.sb.execStream(this.command(st), { interactive: true });
+        for (const line of st.send ?? []) stream.sendStdin(line);
+        stream.closeStdin();
+        this.checkExec(st, await stream.wait());
+        return;
+      }
+      case "write_file": {
+        const data = st.content_base64 !== undefined ? Buffer.from(st.content_base64, "base64") : (st.content ?? "");
+        const info = await this.sb.files.write(st.path!, data);
+        if ("size" in e) assert.equal(info.size, e.size);
+        return;
+      }
+      case "read_file": {
+        const got = Buffer.from(await this.sb.files.read(st.path!));
+        const want = e.content_base64 !== undefined ? Buffer.from(e.content_base64 as string, "base64") : Buffer.from((e.content as string) ?? "");
+        assert.deepEqual(got, want);
+        return;
+      }
+      case "list_dir": {
+        const names = (await this.sb.files.list(st.path!)).map((f) => f.name).sort();
+        assert.deepEqual(names, e.names);
+        return;
+      }
+      case "stat": {
+        const info = await this.sb.files.stat(st.path!);
+        if ("is_dir" in e) assert.equal(info.isDirectory, e.is_dir);
+        return;
+      }
+      case "remove":
+        return this.sb.files.remove(st.path!);
+      case "subscribe": {
+        const it = this.sb.events({ signal: this.abort.signal });
+        void (async () => {
+          try {
+            for await (const ev of it) this.events.push(ev);
+          } catch {
+            // Reported by wait_event timing out.
+          }
+        })();
+        return;
+      }
+      case "wait_event": {
+        const deadline = Date.now() + 30_000;
+        while (!this.events.some((ev) => ev.type === st.type)) {
+          assert.ok(Date.now() < deadline, `no ${st.type} event within 30s`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        return;
+      }
+      case "restart_daemon":
+        return daemon.restart();
+      case "expect_events": {
+        this.events.forEach((ev, i) => {
+          if (i > 0) assert.ok(ev.sequence > this.events[i - 1]!.sequence, "events out of order or repeated");
+        });
+        assertSubsequence(e.types_in_order as string[], this.events.map((ev) => ev.type));
+        assertSubsequence(e.connection_states as string[], this.states);
+        return;
+      }
+      default:
+        assert.fail(`unknown op ${st.op}`);
+    }
+  }
+}
+
+function assertSubsequence(want: string[] = [], got: string[]): void {
+  let i = 0;
+  for (const g of got) if (i < want.length && g === want[i]) i++;
+  assert.equal(i, want.length, `${JSON.stringify(got)} does not contain ${JSON.stringify(want)} in order`);
+}
+
+describe("conformance", () => {
+  assert.ok(file.scenarios.length > 0);
+  for (const sc of file.scenarios) {
+    it(sc.name, async () => {
+      const runner = new Runner(await Client.connect({ socket: daemon.socket }));
+      try {
+        for (const [i, st] of sc.steps.entries()) {
+          if (st.error) {
+            await assert.rejects(runner.run(st), (err: unknown) => {
+              assert.ok(err instanceof ComputeSDKError, `step ${i} (${st.op}): want a ComputeSDKError, got ${err}`);
+              assert.equal(err.reason, st.error!.reason, `step ${i} (${st.op}): reason`);
+              assert.equal(err.code, st.error!.code, `step ${i} (${st.op}): code`);
+              return true;
+            });
+          } else {
+            await runner.run(st);
+          }
+        }
+      } catch (err) {
+        failed = true;
+        throw err;
+      } finally {
+        runner.close();
+      }
+    });
+  }
+});
