@@ -149,3 +149,27 @@ async def test_alerts_and_health_checks_survive_kill9(private_daemon: DaemonProc
     assert alerts[0].attributes["type"] == "memory"
     await sb.destroy()
     await client.close()
+
+
+async def test_streaming_calls_wait_for_a_restarting_daemon() -> None:
+    d = new_daemon(on_exit="keep")
+    d.start()
+    try:
+        client = await Client.connect(socket=d.socket)
+        sb = await client.create("local")
+        await asyncio.to_thread(d.stop)
+
+        async def restart_later() -> None:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(d.start)
+
+        restart = asyncio.create_task(restart_later())
+        # Exec is a bidi stream and ReadFile a server stream: both must wait, not fail.
+        result = await sb.exec(["echo", "after-restart"])
+        assert result.stdout == "after-restart\n"
+        assert await sb.files.read("/etc/hostname")
+        await restart
+        await sb.destroy()
+        await client.close()
+    finally:
+        d.cleanup()

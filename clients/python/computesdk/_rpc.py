@@ -39,7 +39,10 @@ class _WaitForReady(
     grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
     grpc.aio.StreamStreamClientInterceptor,  # type: ignore[type-arg]
 ):
-    """Calls wait for the daemon instead of failing while it restarts."""
+    """Calls wait for the daemon instead of failing while it restarts.
+
+    grpc.aio (1.85) drops this for streaming calls made through an interceptor,
+    so every streaming call site also passes wait_for_ready=True itself."""
 
     @staticmethod
     def _details(d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

@@ -188,7 +188,7 @@ class Client:
                 no_follow=not follow,
             )
             try:
-                async for resp in self.events_stub.SubscribeEvents(req):
+                async for resp in self.events_stub.SubscribeEvents(req, wait_for_ready=True):
                     ev = Event.from_proto(resp.event)
                     last = ev.sequence
                     backoff = 0.05

@@ -107,7 +107,9 @@ class ExecStream:
 
     async def __aiter__(self) -> AsyncIterator[OutputChunk]:
         try:
-            async for chunk in _output(self._sandbox.client.processes.Exec(self._outgoing()), self):
+            async for chunk in _output(
+                self._sandbox.client.processes.Exec(self._outgoing(), wait_for_ready=True), self
+            ):
                 yield chunk
         finally:
             self._requests.put_nowait(None)
@@ -149,7 +151,9 @@ class Process:
             stdout_offset=stdout_offset,
             stderr_offset=stderr_offset,
         )
-        async for chunk in _output(self.sandbox.client.processes.AttachProcess(req), self):
+        async for chunk in _output(
+            self.sandbox.client.processes.AttachProcess(req, wait_for_ready=True), self
+        ):
             yield chunk
 
     async def wait(self) -> ExecResult:
@@ -215,7 +219,8 @@ class Files:
         self, path: str, *, offset: int = 0, length: int = 0
     ) -> AsyncIterator[bytes]:
         call = self._sb.client.files.ReadFile(
-            fs_pb.ReadFileRequest(sandbox_id=self._sb.id, path=path, offset=offset, length=length)
+            fs_pb.ReadFileRequest(sandbox_id=self._sb.id, path=path, offset=offset, length=length),
+            wait_for_ready=True,
         )
         with translated():
             async for resp in call:
@@ -249,7 +254,7 @@ class Files:
                     yield fs_pb.WriteFileRequest(data=piece)
 
         with translated():
-            resp = await self._sb.client.files.WriteFile(requests())
+            resp = await self._sb.client.files.WriteFile(requests(), wait_for_ready=True)
         return FileInfo.from_proto(resp.info)
 
     async def list(self, path: str = "/workspace") -> list[FileInfo]:
@@ -499,7 +504,8 @@ class Sandbox:
         call = self.client.monitoring.Monitor(
             mon_pb.MonitorRequest(
                 sandbox_id=self.id, interval_ms=interval_ms, metrics=list(metrics)
-            )
+            ),
+            wait_for_ready=True,
         )
         try:
             with translated():
