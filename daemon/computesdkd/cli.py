@@ -57,6 +57,18 @@ def parse(argv: list[str] | None = None) -> Config:
         metavar="HOST:PORT",
         help="serve Prometheus metrics over HTTP here, e.g. 127.0.0.1:9464",
     )
+    ap.add_argument(
+        "--warm-pool",
+        action="append",
+        default=[],
+        metavar="NAME=PROVIDER/TEMPLATE:MIN:MAX",
+        help="keep MIN sandboxes warm (up to MAX) from the start, e.g. node=local/node:8:64",
+    )
+    ap.add_argument(
+        "--no-pool-create",
+        action="store_true",
+        help="CreateSandbox never takes warm pooled sandboxes unless a request asks",
+    )
     ap.add_argument("--log-format", choices=["console", "json"], default="console")
     ap.add_argument("--log-level", default="info")
     a = ap.parse_args(argv)
@@ -71,6 +83,8 @@ def parse(argv: list[str] | None = None) -> Config:
         log_level=a.log_level,
         config=a.config,
         metrics_listen=a.metrics_listen,
+        warm_pools=tuple(a.warm_pool),
+        pool_create=not a.no_pool_create,
     )
 
 

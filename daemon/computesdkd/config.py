@@ -38,6 +38,10 @@ class Config:
     config: Path | None = None
     # HOST:PORT for the Prometheus text endpoint; empty means off.
     metrics_listen: str = ""
+    # Warm pools made at start when missing: NAME=PROVIDER/TEMPLATE:MIN:MAX.
+    warm_pools: tuple[str, ...] = ()
+    # Whether CreateSandbox takes a matching warm sandbox unless told not to.
+    pool_create: bool = True
 
 
 class ConfigError(ValueError):

@@ -35,7 +35,9 @@ from .errors import (
     sandbox_not_found,
 )
 from .events import EventBus
+from .groups import Groups
 from .health import CustomCheck, HealthChecks
+from .messaging import Messaging
 from .model import (
     Command,
     ExitStatus,
@@ -53,6 +55,8 @@ from .model import (
     Usage,
 )
 from .monitor import Monitor
+from .networks import Networks
+from .pools import POOL_LABEL, Pools
 from .providers.base import ProcessRun, Provider, ProviderContext
 from .providers.paths import WORKDIR, normalize
 from .store import Store
@@ -71,6 +75,11 @@ SHUTDOWN_DESTROY_TIMEOUT_S = 30.0
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
 CLONED, MIGRATED, RESOURCES_CHANGED = "cloned", "migrated", "resources.changed"
+RESET, ENV_CHANGED = "reset", "env.changed"
+POOL_ALLOW, POOL_NEVER = 1, 2
+# Creates of one batch run at once; more only queue behind runc on a small host.
+BATCH_CONCURRENCY = 8
+MAX_BATCH = 1000
 # Stdin chunks of a workspace copy stay well under every provider's message limits.
 COPY_CHUNK = 256 * 1024
 COPY_EXIT_WAIT_S = 5.0
@@ -87,9 +96,12 @@ class Status:
     usage: Usage | None
 
 
-def _with_cwd(command: Command) -> Command:
-    """Every provider gets an absolute, checked working directory."""
-    return replace(command, cwd=normalize(command.cwd or WORKDIR))
+def _prepared(sb: Sandbox, command: Command) -> Command:
+    """Every provider gets an absolute, checked working directory, and the
+    sandbox's env as it is now (SetSandboxEnv changes it after create)."""
+    return replace(
+        command, cwd=normalize(command.cwd or WORKDIR), env={**sb.spec.env, **command.env}
+    )
 
 
 class Manager:
@@ -100,8 +112,11 @@ class Manager:
         bus: EventBus,
         providers: dict[str, Provider],
         default_provider: str,
+        pool_create: bool = True,
     ) -> None:
         self._state_dir = state_dir
+        # Whether create takes warm pooled sandboxes unless the request says otherwise.
+        self.pool_create = pool_create
         self.store = store
         self.bus = bus
         self.providers = providers
@@ -119,6 +134,12 @@ class Manager:
         self.health = HealthChecks(self)
         metrics.watch_state(self._counts, lambda: bus.subscriber_count)
         self.breakers = {name: CircuitBreaker(name, self._circuit_changed) for name in providers}
+        self.pools = Pools(self)
+        # Called with the id of every sandbox that goes away (groups, networks, pools).
+        self.on_destroyed: list[Callable[[str], object]] = [self.pools.forget_sandbox]
+        self.groups = Groups(self)
+        self.networks = Networks(self)
+        self.messaging = Messaging(self)
 
     # ------------------------------------------------------------ start / stop
 
@@ -138,6 +159,10 @@ class Manager:
         for sb in self.store.sandboxes():
             await self._adopt(sb)
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        await self.pools.start()
+        self.groups.start()
+        self.networks.start()
+        self.messaging.start()
 
     async def _adopt(self, sb: Sandbox) -> None:
         with bound_contextvars(sandbox_id=sb.id):
@@ -156,6 +181,7 @@ class Manager:
                         await provider.destroy(sb)
                 self.store.delete_sandbox(sb.id)
                 self.bus.emit(sb.id, DESTROYED, "lost", reason="lost")
+                self._notify_destroyed(sb.id)
                 return
             self._sandboxes[sb.id] = sb
             self.store.put_sandbox(sb)
@@ -184,6 +210,8 @@ class Manager:
 
     async def shutdown(self, destroy: bool) -> None:
         self.accepting = False
+        await self.pools.shutdown()
+        await self.networks.shutdown()
         if self._sweeper:
             self._sweeper.cancel()
         for t in list(self._tasks):
@@ -229,7 +257,7 @@ class Manager:
         breaker.record(None)
         return result
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -278,8 +306,13 @@ class Manager:
         return await self._create_with_fallback(spec)
 
     async def _create_with_fallback(self, spec: SandboxSpec) -> Sandbox:
-        """Tries spec.provider, then each fallback in order, while the failure is the
+        """Takes a warm pooled sandbox when allowed and one matches; else tries
+        spec.provider, then each fallback in order, while the failure is the
         provider's (down, circuit open); a bad request fails at once."""
+        if spec.pool_policy == POOL_ALLOW or (spec.pool_policy != POOL_NEVER and self.pool_create):
+            pooled = await self.pools.draw(spec)
+            if pooled is not None:
+                return pooled
         names = [spec.provider, *(p for p in spec.fallback_providers if p != spec.provider)]
         for i, name in enumerate(names):
             last = i == len(names) - 1
@@ -399,6 +432,8 @@ class Manager:
                 continue
             if any(sb.spec.metadata.get(k) != v for k, v in metadata.items()):
                 continue
+            if self.pools.is_idle(sb.id):
+                continue
             if len(out) == size:
                 last = out[-1]
                 token = base64.urlsafe_b64encode(
@@ -439,6 +474,14 @@ class Manager:
                 self.bus.emit(sandbox_id, DESTROYED, reason=reason)
                 log.info("sandbox destroyed", reason=reason)
         self._locks.pop(sandbox_id, None)
+        self._notify_destroyed(sandbox_id)
+
+    def _notify_destroyed(self, sandbox_id: str) -> None:
+        for hook in self.on_destroyed:
+            try:
+                hook(sandbox_id)
+            except Exception as exc:  # one listener's bug must not fail a destroy
+                log.error("destroy hook failed", sandbox_id=sandbox_id, error=repr(exc))
 
     async def status(self, sandbox_id: str) -> Status:
         sb = self.get(sandbox_id)
@@ -543,6 +586,110 @@ class Manager:
 
     def unregister_health_check(self, sandbox_id: str, name: str) -> None:
         self.health.unregister(sandbox_id, name)
+
+    # ------------------------------------------------------------ batch, reset, env, pools
+
+    async def batch_create(
+        self, specs: builtins.list[SandboxSpec]
+    ) -> builtins.list[Sandbox | ComputeError]:
+        """One result per spec, in order; a failed item does not fail the others."""
+        if len(specs) > MAX_BATCH:
+            raise InvalidArgument(
+                f"a batch holds at most {MAX_BATCH} creates", reason="BATCH_TOO_LARGE"
+            )
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(spec: SandboxSpec) -> Sandbox | ComputeError:
+            async with gate:
+                try:
+                    return await self.create(spec)
+                except ComputeError as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(s) for s in specs)))
+
+    async def reset(self, sandbox_id: str, hard: bool) -> Sandbox:
+        """Soft: every process killed, files kept. Hard: files back to the template's."""
+        lock = self._locks.setdefault(sandbox_id, asyncio.Lock())
+        async with lock:
+            sb, provider = self.running(sandbox_id)
+            with bound_contextvars(sandbox_id=sandbox_id):
+                self._forget_watchers(sandbox_id)
+                await self._guarded(provider, provider.reset(sb, hard))
+                self.store.forget_processes(sandbox_id)
+                self.store.put_sandbox(sb)
+                self.bus.emit(sandbox_id, RESET, hard=str(hard).lower())
+                log.info("sandbox reset", hard=hard)
+        return sb
+
+    def set_env(
+        self, sandbox_id: str, env: dict[str, str], unset: builtins.list[str]
+    ) -> dict[str, str]:
+        sb = self.get(sandbox_id)
+        for k in env:
+            if not k or "=" in k or "\x00" in k:
+                raise InvalidArgument(f"bad environment variable name {k!r}", reason="INVALID_ENV")
+        merged = {k: v for k, v in {**sb.spec.env, **env}.items() if k not in set(unset)}
+        sb.spec = replace(sb.spec, env=merged)
+        self.store.put_sandbox(sb)
+        self.bus.emit(
+            sandbox_id, ENV_CHANGED, set=",".join(sorted(env)), unset=",".join(sorted(unset))
+        )
+        return merged
+
+    def sandboxes_by_id(self) -> dict[str, Sandbox]:
+        return self._sandboxes
+
+    def pool_defaults(self, provider: str, template: str) -> tuple[str, str]:
+        """Checks a pool's provider and template up front; fills in the defaults."""
+        name = provider or self.default_provider
+        p = self._registered(name)
+        template = template or "base"
+        known = p.templates()
+        if known and template not in known:
+            raise NotFound(
+                f"template {template!r} is not known to provider {name!r}",
+                reason="TEMPLATE_NOT_FOUND",
+                template=template,
+                provider=name,
+            )
+        return name, template
+
+    async def create_pooled(self, spec: SandboxSpec) -> Sandbox:
+        if not self.accepting:
+            raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
+        spec = self._validate(spec)
+        return await self._create(spec, self._registered(spec.provider))
+
+    async def sandbox_healthy(self, sandbox_id: str) -> bool:
+        sb = self._sandboxes.get(sandbox_id)
+        if sb is None or sb.state != State.RUNNING:
+            return False
+        try:
+            return await self.providers[sb.spec.provider].healthy(sb)
+        except ComputeError:
+            return False
+
+    def lease_pooled(
+        self,
+        sandbox_id: str,
+        metadata: dict[str, str],
+        spec: SandboxSpec | None,
+        event: str,
+        idle: bool = False,
+    ) -> Sandbox:
+        """Relabels a pooled sandbox for its next holder (or for the pool, when idle)."""
+        sb = self.get(sandbox_id)
+        now = time.time()
+        if spec is not None:  # drawn by create: it takes the caller's lifetime and labels
+            sb.spec = replace(sb.spec, metadata=metadata, timeout_ms=spec.timeout_ms,
+                              keep_alive=spec.keep_alive, request_id=spec.request_id)  # fmt: skip
+        else:
+            sb.spec = replace(sb.spec, metadata=metadata, keep_alive=idle or sb.spec.keep_alive)
+        sb.expires_at = now + sb.spec.timeout_ms / 1000
+        self.store.put_sandbox(sb)
+        self.bus.emit(sandbox_id, event, pool=metadata.get(POOL_LABEL, ""))
+        return sb
 
     def _forget_watchers(self, sandbox_id: str) -> None:
         self.monitor.forget(sandbox_id)
@@ -695,7 +842,7 @@ class Manager:
             if not sb.spec.keep_alive and now >= sb.expires_at:
                 with bound_contextvars(sandbox_id=sb.id):
                     log.info("sandbox timed out")
-                self._spawn(self._destroy_quietly(sb.id, "timeout"))
+                self.spawn(self._destroy_quietly(sb.id, "timeout"))
                 continue
             provider = self.providers[sb.spec.provider]
             if mono - self._last_probe.get(sb.id, 0.0) < provider.probe_interval_s:
@@ -740,7 +887,7 @@ class Manager:
         self, sandbox_id: str, command: Command
     ) -> tuple[ProcessRun, AsyncIterator[ProcessEvent]]:
         sb, provider = self.running(sandbox_id)
-        run = provider.run(sb, _with_cwd(command))
+        run = provider.run(sb, _prepared(sb, command))
         return run, self._track(sb, provider, run)
 
     async def _track(
@@ -793,11 +940,11 @@ class Manager:
                     if isinstance(ev, ExitStatus):
                         await self._exited(sb, provider, process_id, ev)
 
-        self._spawn(watch())
+        self.spawn(watch())
 
     async def start_process(self, sandbox_id: str, command: Command, tag: str) -> ProcessInfo:
         sb, provider = self.running(sandbox_id)
-        info = await provider.start_process(sb, _with_cwd(command), tag)
+        info = await provider.start_process(sb, _prepared(sb, command), tag)
         self._started(sb, Started(info.process_id, info.pid))
         self._watch(sb, info.process_id)
         return info

@@ -38,6 +38,8 @@ class SandboxSpec:
     env: dict[str, str]
     request_id: str = ""
     fallback_providers: tuple[str, ...] = ()
+    # 0: the daemon's default, 1: may take a warm pooled sandbox, 2: never.
+    pool_policy: int = 0
 
 
 @dataclass

@@ -16,15 +16,21 @@ from grpc_reflection.v1alpha import reflection
 
 from computesdk.api.events.v1 import events_pb2, events_pb2_grpc
 from computesdk.api.filesystem.v1 import filesystem_pb2, filesystem_pb2_grpc
+from computesdk.api.group.v1 import group_pb2, group_pb2_grpc
+from computesdk.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from computesdk.api.monitoring.v1 import monitoring_pb2, monitoring_pb2_grpc
+from computesdk.api.network.v1 import network_pb2, network_pb2_grpc
+from computesdk.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
 from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
 from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from . import logs, metrics
 from .config import Config
+from .errors import ComputeError
 from .events import EventBus
 from .manager import Manager
+from .pools import parse_warm_pool
 from .providers import daytona as _daytona  # noqa: F401 - registers the daytona provider
 from .providers import docker as _docker  # noqa: F401 - registers the docker provider
 from .providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
@@ -34,7 +40,11 @@ from .providers import modal as _modal  # noqa: F401 - registers the modal provi
 from .providers import vercel as _vercel  # noqa: F401 - registers the vercel provider
 from .servicers.events import EventServicer
 from .servicers.filesystem import FilesystemServicer
+from .servicers.group import GroupServicer
+from .servicers.messaging import MessagingServicer
 from .servicers.monitoring import MonitoringServicer
+from .servicers.network import NetworkServicer
+from .servicers.pool import PoolServicer
 from .servicers.process import ProcessServicer
 from .servicers.provider import ProviderServicer
 from .servicers.sandbox import SandboxServicer
@@ -52,6 +62,10 @@ SERVICE_NAMES = [
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
     monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
+    pool_pb2.DESCRIPTOR.services_by_name["PoolService"].full_name,
+    group_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
+    network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
+    messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
 ]
 
 
@@ -107,8 +121,16 @@ class Daemon:
             providers[name] = factory()
         if cfg.default_provider not in providers:
             raise DaemonError(f"default provider {cfg.default_provider!r} is not registered")
-        manager = Manager(cfg.state_dir, store, bus, providers, cfg.default_provider)
+        manager = Manager(
+            cfg.state_dir, store, bus, providers, cfg.default_provider, cfg.pool_create
+        )
         await manager.start()
+        for text in cfg.warm_pools:
+            try:
+                manager.pools.ensure(parse_warm_pool(text))
+            except ComputeError as exc:
+                await manager.shutdown(destroy=False)
+                raise DaemonError(exc.message) from exc
 
         server = grpc.aio.server(
             options=[
@@ -126,6 +148,12 @@ class Daemon:
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(manager), server)
         monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
             MonitoringServicer(manager), server
+        )
+        pool_pb2_grpc.add_PoolServiceServicer_to_server(PoolServicer(manager), server)
+        group_pb2_grpc.add_GroupServiceServicer_to_server(GroupServicer(manager), server)
+        network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(manager), server)
+        messaging_pb2_grpc.add_MessagingServiceServicer_to_server(
+            MessagingServicer(manager), server
         )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

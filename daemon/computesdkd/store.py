@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS events (
     attributes TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox_id, seq);
+CREATE TABLE IF NOT EXISTS messages (
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    sender_seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (channel, recipient, seq)
+);
 CREATE TABLE IF NOT EXISTS settings (
     sandbox_id TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -118,6 +128,33 @@ class Store:
         ).fetchall()
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
+    # ------------------------------------------------------------ messages
+    # Channel queues: a row per delivery, deleted when the recipient acknowledges it.
+
+    def put_message(self, channel: str, recipient: str, seq: int, sender: str,
+                    sender_seq: int, payload: bytes, time: float) -> None:  # fmt: skip
+        self._db.execute(
+            "INSERT INTO messages VALUES (?,?,?,?,?,?,?)",
+            (channel, recipient, seq, sender, sender_seq, payload, time),
+        )
+
+    def ack_messages(self, channel: str, recipient: str, upto: int) -> None:
+        self._db.execute(
+            "DELETE FROM messages WHERE channel = ? AND recipient = ? AND seq <= ?",
+            (channel, recipient, upto),
+        )
+
+    def messages(self, channel: str) -> list[tuple[str, int, str, int, bytes, float]]:
+        rows = self._db.execute(
+            "SELECT recipient, seq, sender, sender_seq, payload, time FROM messages "
+            "WHERE channel = ? ORDER BY recipient, seq",
+            (channel,),
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+
+    def delete_messages(self, channel: str) -> None:
+        self._db.execute("DELETE FROM messages WHERE channel = ?", (channel,))
+
     def sandboxes(self) -> list[Sandbox]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created_at, id").fetchall()
         return [_sandbox(r) for r in rows]
@@ -143,6 +180,9 @@ class Store:
             (sandbox_id, process_id, json.dumps(asdict(status))),
         )
         return cur.rowcount > 0
+
+    def forget_processes(self, sandbox_id: str) -> None:
+        self._db.execute("DELETE FROM processes WHERE sandbox_id = ?", (sandbox_id,))
 
     def unfinished_processes(self, sandbox_id: str) -> list[str]:
         rows = self._db.execute(

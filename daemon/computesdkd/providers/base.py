@@ -9,6 +9,7 @@ offer the same lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ OOM_EVENTS = "events.out-of-memory"
 GPU = "resources.gpu"
 NETWORK_ISOLATION = "network.isolation"
 DISK_LIMIT = "resources.disk"
+RESET = "lifecycle.reset"
+RESET_HARD = "lifecycle.reset.hard"
+SHARED_NETWORK = "network.shared"
+PORT_FORWARD = "network.port-forward"
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,49 @@ class Provider(ABC):
     async def probe(self, sandbox: Sandbox) -> Probe:
         raise self._unsupported("probe")
 
+    async def healthy(self, sandbox: Sandbox) -> bool:
+        """Whether the sandbox can take work now; pools ask before handing one out."""
+        return (await self.probe(sandbox)).alive
+
+    async def reset(self, sandbox: Sandbox, hard: bool) -> None:
+        """Soft: kill every process, keep the files. Hard: also return the files to
+        the template's initial state, keeping the sandbox id."""
+        if hard:
+            raise self._unsupported("hard reset")
+        if BACKGROUND not in self.capabilities:
+            raise self._unsupported("reset")
+        for proc in await self.list_processes(sandbox):
+            if proc.running:
+                await self.signal(sandbox, proc.process_id, 9)
+
     async def usage(self, sandbox: Sandbox) -> Usage:
         """Default: sampled by a command inside the sandbox."""
         if USAGE not in self.capabilities:
             raise self._unsupported("resource usage")
         return await self._files(sandbox).usage()
+
+    # -------------------------------------------------------------- networks
+
+    async def create_network(self, network_id: str) -> None:
+        """Makes an isolated segment that sandboxes of this provider can join."""
+        raise self._unsupported("shared networks")
+
+    async def delete_network(self, network_id: str) -> None:
+        raise self._unsupported("shared networks")
+
+    async def attach_network(
+        self, sandbox: Sandbox, network_id: str, ifname: str, address: str, prefix: int
+    ) -> None:
+        raise self._unsupported("shared networks")
+
+    async def detach_network(self, sandbox: Sandbox, ifname: str) -> None:
+        raise self._unsupported("shared networks")
+
+    async def open_port(
+        self, sandbox: Sandbox, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a port the sandbox listens on (its own loopback)."""
+        raise self._unsupported("port forwarding")
 
     # -------------------------------------------------------------- processes
 

@@ -64,6 +64,7 @@ def spec_from(req: sb_pb.CreateSandboxRequest) -> SandboxSpec:
         env=dict(req.env),
         request_id=req.request_id,
         fallback_providers=tuple(req.fallback_providers),
+        pool_policy=int(req.pool_policy),
     )
 
 

@@ -7,7 +7,7 @@ from grpc.aio import ServicerContext
 from computesdk.api.sandbox.v1 import sandbox_pb2 as pb
 from computesdk.api.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 
-from ..errors import InvalidArgument
+from ..errors import ComputeError, InvalidArgument
 from ..manager import Manager
 from ..model import State
 from . import convert
@@ -102,3 +102,31 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
             env_mapping=dict(request.env_mapping),
         )
         return pb.MigrateSandboxResponse(sandbox=convert.sandbox_to(sb))
+
+    @edge
+    async def BatchCreateSandboxes(
+        self, request: pb.BatchCreateSandboxesRequest, context: Ctx
+    ) -> pb.BatchCreateSandboxesResponse:
+        results = await self.manager.batch_create([convert.spec_from(r) for r in request.requests])
+        out = pb.BatchCreateSandboxesResponse()
+        for r in results:
+            if isinstance(r, ComputeError):
+                err = pb.ItemError(code=r.code.name, reason=r.reason, message=r.message)
+                out.results.append(pb.BatchCreateResult(error=err))
+            else:
+                out.results.append(pb.BatchCreateResult(sandbox=convert.sandbox_to(r)))
+        return out
+
+    @edge
+    async def ResetSandbox(
+        self, request: pb.ResetSandboxRequest, context: Ctx
+    ) -> pb.ResetSandboxResponse:
+        sb = await self.manager.reset(request.sandbox_id, request.hard)
+        return pb.ResetSandboxResponse(sandbox=convert.sandbox_to(sb))
+
+    @edge
+    async def SetSandboxEnv(
+        self, request: pb.SetSandboxEnvRequest, context: Ctx
+    ) -> pb.SetSandboxEnvResponse:
+        env = self.manager.set_env(request.sandbox_id, dict(request.env), list(request.unset))
+        return pb.SetSandboxEnvResponse(env=env)

@@ -37,6 +37,7 @@ from ...model import (
 )
 from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
+from . import network
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, process_info
 from .fs import SandboxFS
@@ -107,7 +108,8 @@ class LocalProvider(Provider):
     capabilities = frozenset({
         base.EXEC, base.EXEC_STDIN, base.EXEC_RESUME, base.BACKGROUND, base.SIGNALS,
         base.FILESYSTEM, base.EVENTS, base.RESOURCE_LIMITS, base.USAGE, base.OOM_EVENTS,
-        base.NETWORK_ISOLATION, base.DISK_LIMIT,
+        base.NETWORK_ISOLATION, base.DISK_LIMIT, base.RESET, base.RESET_HARD,
+        base.SHARED_NETWORK, base.PORT_FORWARD,
     })  # fmt: skip
 
     def __init__(self) -> None:
@@ -318,6 +320,54 @@ class LocalProvider(Provider):
         except Exception:
             return False
         return True
+
+    async def healthy(self, sandbox: Sandbox) -> bool:
+        # A round trip to the agent: the container runs and can start processes.
+        try:
+            await asyncio.wait_for(self._agent(sandbox).ping(), 2.0)
+        except Exception:
+            return False
+        return True
+
+    async def reset(self, sandbox: Sandbox, hard: bool) -> None:
+        if hard:
+            # A new container on a new upper layer, under the same id: nothing of
+            # the old one (files, processes, mounts) can survive.
+            await self.destroy(sandbox)
+            await self.create(sandbox)
+            return
+        agent = self._agent(sandbox)
+        await agent.call({"op": "killall", "signal": 9})
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            procs = (await agent.call({"op": "list"}))["processes"]
+            if not any(p["running"] for p in procs):
+                return
+            await asyncio.sleep(0.01)
+        raise Internal("processes survived SIGKILL during reset")
+
+    def _init_pid(self, sandbox: Sandbox) -> int:
+        return int(sandbox.provider_data.get("init_pid") or 0)
+
+    async def create_network(self, network_id: str) -> None:
+        self._require()
+        await network.create_bridge(network_id)
+
+    async def delete_network(self, network_id: str) -> None:
+        await network.delete_bridge(network_id)
+
+    async def attach_network(
+        self, sandbox: Sandbox, network_id: str, ifname: str, address: str, prefix: int
+    ) -> None:
+        await network.attach(network_id, self._init_pid(sandbox), ifname, address, prefix)
+
+    async def detach_network(self, sandbox: Sandbox, ifname: str) -> None:
+        await network.detach(self._init_pid(sandbox), ifname)
+
+    async def open_port(
+        self, sandbox: Sandbox, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await network.open_port(self._init_pid(sandbox), port)
 
     def _cgroup_file(self, sandbox: Sandbox, controller: str, name: str) -> Path:
         return Path("/sys/fs/cgroup") / controller / CGROUP_PARENT.strip("/") / sandbox.id / name

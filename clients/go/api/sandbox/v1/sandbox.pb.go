@@ -81,6 +81,60 @@ func (State) EnumDescriptor() ([]byte, []int) {
 	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{0}
 }
 
+// PoolPolicy says whether CreateSandbox may draw from a warm pool. A pooled
+// sandbox handed out by create has never been used, or was hard reset.
+type PoolPolicy int32
+
+const (
+	// The daemon's default (--pool-create, on unless turned off).
+	PoolPolicy_POOL_POLICY_UNSPECIFIED PoolPolicy = 0
+	// Take a warm sandbox when a pool matches provider, template, resources and env.
+	PoolPolicy_POOL_POLICY_ALLOW PoolPolicy = 1
+	// Always create a new sandbox.
+	PoolPolicy_POOL_POLICY_NEVER PoolPolicy = 2
+)
+
+// Enum value maps for PoolPolicy.
+var (
+	PoolPolicy_name = map[int32]string{
+		0: "POOL_POLICY_UNSPECIFIED",
+		1: "POOL_POLICY_ALLOW",
+		2: "POOL_POLICY_NEVER",
+	}
+	PoolPolicy_value = map[string]int32{
+		"POOL_POLICY_UNSPECIFIED": 0,
+		"POOL_POLICY_ALLOW":       1,
+		"POOL_POLICY_NEVER":       2,
+	}
+)
+
+func (x PoolPolicy) Enum() *PoolPolicy {
+	p := new(PoolPolicy)
+	*p = x
+	return p
+}
+
+func (x PoolPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PoolPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_enumTypes[1].Descriptor()
+}
+
+func (PoolPolicy) Type() protoreflect.EnumType {
+	return &file_computesdk_api_sandbox_v1_sandbox_proto_enumTypes[1]
+}
+
+func (x PoolPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PoolPolicy.Descriptor instead.
+func (PoolPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{1}
+}
+
 // GpuSpec asks for an accelerator.
 type GpuSpec struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -376,8 +430,10 @@ type CreateSandboxRequest struct {
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Providers to try, in order, when `provider` is down or its circuit is open.
 	FallbackProviders []string `protobuf:"bytes,9,rep,name=fallback_providers,json=fallbackProviders,proto3" json:"fallback_providers,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Whether create may hand out a warm sandbox from a matching pool.
+	PoolPolicy    PoolPolicy `protobuf:"varint,10,opt,name=pool_policy,json=poolPolicy,proto3,enum=computesdk.api.sandbox.v1.PoolPolicy" json:"pool_policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
@@ -473,6 +529,454 @@ func (x *CreateSandboxRequest) GetFallbackProviders() []string {
 	return nil
 }
 
+func (x *CreateSandboxRequest) GetPoolPolicy() PoolPolicy {
+	if x != nil {
+		return x.PoolPolicy
+	}
+	return PoolPolicy_POOL_POLICY_UNSPECIFIED
+}
+
+// BatchCreateSandboxesRequest holds one create per sandbox.
+type BatchCreateSandboxesRequest struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Requests      []*CreateSandboxRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateSandboxesRequest) Reset() {
+	*x = BatchCreateSandboxesRequest{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateSandboxesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateSandboxesRequest) ProtoMessage() {}
+
+func (x *BatchCreateSandboxesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateSandboxesRequest.ProtoReflect.Descriptor instead.
+func (*BatchCreateSandboxesRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BatchCreateSandboxesRequest) GetRequests() []*CreateSandboxRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// BatchCreateResult is the outcome of one item, in request order.
+type BatchCreateResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*BatchCreateResult_Sandbox
+	//	*BatchCreateResult_Error
+	Result        isBatchCreateResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateResult) Reset() {
+	*x = BatchCreateResult{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateResult) ProtoMessage() {}
+
+func (x *BatchCreateResult) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateResult.ProtoReflect.Descriptor instead.
+func (*BatchCreateResult) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *BatchCreateResult) GetResult() isBatchCreateResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *BatchCreateResult) GetSandbox() *Sandbox {
+	if x != nil {
+		if x, ok := x.Result.(*BatchCreateResult_Sandbox); ok {
+			return x.Sandbox
+		}
+	}
+	return nil
+}
+
+func (x *BatchCreateResult) GetError() *ItemError {
+	if x != nil {
+		if x, ok := x.Result.(*BatchCreateResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isBatchCreateResult_Result interface {
+	isBatchCreateResult_Result()
+}
+
+type BatchCreateResult_Sandbox struct {
+	Sandbox *Sandbox `protobuf:"bytes,1,opt,name=sandbox,proto3,oneof"`
+}
+
+type BatchCreateResult_Error struct {
+	Error *ItemError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*BatchCreateResult_Sandbox) isBatchCreateResult_Result() {}
+
+func (*BatchCreateResult_Error) isBatchCreateResult_Result() {}
+
+// ItemError is why one item of a batch failed: the status it would have had alone.
+type ItemError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Canonical code name, e.g. "NOT_FOUND".
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// Stable ErrorInfo reason, e.g. "TEMPLATE_NOT_FOUND".
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ItemError) Reset() {
+	*x = ItemError{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ItemError) ProtoMessage() {}
+
+func (x *ItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
+func (*ItemError) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ItemError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ItemError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// BatchCreateSandboxesResponse has one result per request, in order.
+type BatchCreateSandboxesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*BatchCreateResult   `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateSandboxesResponse) Reset() {
+	*x = BatchCreateSandboxesResponse{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateSandboxesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateSandboxesResponse) ProtoMessage() {}
+
+func (x *BatchCreateSandboxesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateSandboxesResponse.ProtoReflect.Descriptor instead.
+func (*BatchCreateSandboxesResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BatchCreateSandboxesResponse) GetResults() []*BatchCreateResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ResetSandboxRequest names the sandbox and how deep to reset.
+type ResetSandboxRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// Also return every file to the template's initial state.
+	Hard          bool `protobuf:"varint,2,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetSandboxRequest) Reset() {
+	*x = ResetSandboxRequest{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetSandboxRequest) ProtoMessage() {}
+
+func (x *ResetSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetSandboxRequest.ProtoReflect.Descriptor instead.
+func (*ResetSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ResetSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ResetSandboxRequest) GetHard() bool {
+	if x != nil {
+		return x.Hard
+	}
+	return false
+}
+
+// ResetSandboxResponse carries the sandbox after the reset.
+type ResetSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetSandboxResponse) Reset() {
+	*x = ResetSandboxResponse{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetSandboxResponse) ProtoMessage() {}
+
+func (x *ResetSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetSandboxResponse.ProtoReflect.Descriptor instead.
+func (*ResetSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResetSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+// SetSandboxEnvRequest sets and unsets environment variables.
+type SetSandboxEnvRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Env           map[string]string      `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Unset         []string               `protobuf:"bytes,3,rep,name=unset,proto3" json:"unset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxEnvRequest) Reset() {
+	*x = SetSandboxEnvRequest{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxEnvRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxEnvRequest) ProtoMessage() {}
+
+func (x *SetSandboxEnvRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxEnvRequest.ProtoReflect.Descriptor instead.
+func (*SetSandboxEnvRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetSandboxEnvRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SetSandboxEnvRequest) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *SetSandboxEnvRequest) GetUnset() []string {
+	if x != nil {
+		return x.Unset
+	}
+	return nil
+}
+
+// SetSandboxEnvResponse carries the whole environment now in effect.
+type SetSandboxEnvResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Env           map[string]string      `protobuf:"bytes,1,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxEnvResponse) Reset() {
+	*x = SetSandboxEnvResponse{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxEnvResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxEnvResponse) ProtoMessage() {}
+
+func (x *SetSandboxEnvResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxEnvResponse.ProtoReflect.Descriptor instead.
+func (*SetSandboxEnvResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetSandboxEnvResponse) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
 // CreateSandboxResponse carries the ready sandbox.
 type CreateSandboxResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -483,7 +987,7 @@ type CreateSandboxResponse struct {
 
 func (x *CreateSandboxResponse) Reset() {
 	*x = CreateSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +999,7 @@ func (x *CreateSandboxResponse) String() string {
 func (*CreateSandboxResponse) ProtoMessage() {}
 
 func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +1012,7 @@ func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
@@ -528,7 +1032,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +1044,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +1057,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{5}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetSandboxRequest) GetSandboxId() string {
@@ -573,7 +1077,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +1089,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +1102,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{6}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -626,7 +1130,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +1142,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +1155,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{7}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSandboxesRequest) GetPageSize() int32 {
@@ -700,7 +1204,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +1216,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +1229,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{8}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -755,7 +1259,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +1271,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +1284,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{9}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DestroySandboxRequest) GetSandboxId() string {
@@ -813,7 +1317,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1329,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1342,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{10}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
 }
 
 // GetSandboxStatusRequest names a sandbox.
@@ -851,7 +1355,7 @@ type GetSandboxStatusRequest struct {
 
 func (x *GetSandboxStatusRequest) Reset() {
 	*x = GetSandboxStatusRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1367,7 @@ func (x *GetSandboxStatusRequest) String() string {
 func (*GetSandboxStatusRequest) ProtoMessage() {}
 
 func (x *GetSandboxStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1380,7 @@ func (x *GetSandboxStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxStatusRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{11}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetSandboxStatusRequest) GetSandboxId() string {
@@ -901,7 +1405,7 @@ type GetSandboxStatusResponse struct {
 
 func (x *GetSandboxStatusResponse) Reset() {
 	*x = GetSandboxStatusResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1417,7 @@ func (x *GetSandboxStatusResponse) String() string {
 func (*GetSandboxStatusResponse) ProtoMessage() {}
 
 func (x *GetSandboxStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1430,7 @@ func (x *GetSandboxStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxStatusResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{12}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetSandboxStatusResponse) GetState() State {
@@ -972,7 +1476,7 @@ type ResourceUsage struct {
 
 func (x *ResourceUsage) Reset() {
 	*x = ResourceUsage{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1488,7 @@ func (x *ResourceUsage) String() string {
 func (*ResourceUsage) ProtoMessage() {}
 
 func (x *ResourceUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1501,7 @@ func (x *ResourceUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceUsage.ProtoReflect.Descriptor instead.
 func (*ResourceUsage) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{13}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ResourceUsage) GetMemoryUsedBytes() uint64 {
@@ -1060,7 +1564,7 @@ type CloneSandboxRequest struct {
 
 func (x *CloneSandboxRequest) Reset() {
 	*x = CloneSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1576,7 @@ func (x *CloneSandboxRequest) String() string {
 func (*CloneSandboxRequest) ProtoMessage() {}
 
 func (x *CloneSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1589,7 @@ func (x *CloneSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloneSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CloneSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CloneSandboxRequest) GetSandboxId() string {
@@ -1133,7 +1637,7 @@ type CloneSandboxResponse struct {
 
 func (x *CloneSandboxResponse) Reset() {
 	*x = CloneSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1649,7 @@ func (x *CloneSandboxResponse) String() string {
 func (*CloneSandboxResponse) ProtoMessage() {}
 
 func (x *CloneSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1662,7 @@ func (x *CloneSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloneSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CloneSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CloneSandboxResponse) GetSandbox() *Sandbox {
@@ -1187,7 +1691,7 @@ type MigrateSandboxRequest struct {
 
 func (x *MigrateSandboxRequest) Reset() {
 	*x = MigrateSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1703,7 @@ func (x *MigrateSandboxRequest) String() string {
 func (*MigrateSandboxRequest) ProtoMessage() {}
 
 func (x *MigrateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1716,7 @@ func (x *MigrateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*MigrateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MigrateSandboxRequest) GetSandboxId() string {
@@ -1274,7 +1778,7 @@ type MigrateSandboxResponse struct {
 
 func (x *MigrateSandboxResponse) Reset() {
 	*x = MigrateSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1790,7 @@ func (x *MigrateSandboxResponse) String() string {
 func (*MigrateSandboxResponse) ProtoMessage() {}
 
 func (x *MigrateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1803,7 @@ func (x *MigrateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*MigrateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MigrateSandboxResponse) GetSandbox() *Sandbox {
@@ -1345,7 +1849,7 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\rerror_message\x18\f \x01(\tR\ferrorMessage\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12Y\n" +
@@ -1358,10 +1862,44 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03env\x18\a \x03(\v28.computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntryR\x03env\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x12-\n" +
-	"\x12fallback_providers\x18\t \x03(\tR\x11fallbackProviders\x1a;\n" +
+	"\x12fallback_providers\x18\t \x03(\tR\x11fallbackProviders\x12F\n" +
+	"\vpool_policy\x18\n" +
+	" \x01(\x0e2%.computesdk.api.sandbox.v1.PoolPolicyR\n" +
+	"poolPolicy\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"j\n" +
+	"\x1bBatchCreateSandboxesRequest\x12K\n" +
+	"\brequests\x18\x01 \x03(\v2/.computesdk.api.sandbox.v1.CreateSandboxRequestR\brequests\"\x9b\x01\n" +
+	"\x11BatchCreateResult\x12>\n" +
+	"\asandbox\x18\x01 \x01(\v2\".computesdk.api.sandbox.v1.SandboxH\x00R\asandbox\x12<\n" +
+	"\x05error\x18\x02 \x01(\v2$.computesdk.api.sandbox.v1.ItemErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"Q\n" +
+	"\tItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"f\n" +
+	"\x1cBatchCreateSandboxesResponse\x12F\n" +
+	"\aresults\x18\x01 \x03(\v2,.computesdk.api.sandbox.v1.BatchCreateResultR\aresults\"H\n" +
+	"\x13ResetSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04hard\x18\x02 \x01(\bR\x04hard\"T\n" +
+	"\x14ResetSandboxResponse\x12<\n" +
+	"\asandbox\x18\x01 \x01(\v2\".computesdk.api.sandbox.v1.SandboxR\asandbox\"\xcf\x01\n" +
+	"\x14SetSandboxEnvRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12J\n" +
+	"\x03env\x18\x02 \x03(\v28.computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntryR\x03env\x12\x14\n" +
+	"\x05unset\x18\x03 \x03(\tR\x05unset\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9c\x01\n" +
+	"\x15SetSandboxEnvResponse\x12K\n" +
+	"\x03env\x18\x01 \x03(\v29.computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntryR\x03env\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
@@ -1442,7 +1980,12 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\rSTATE_RUNNING\x10\x02\x12\x12\n" +
 	"\x0eSTATE_STOPPING\x10\x03\x12\x11\n" +
 	"\rSTATE_STOPPED\x10\x04\x12\x0f\n" +
-	"\vSTATE_ERROR\x10\x052\xbf\x06\n" +
+	"\vSTATE_ERROR\x10\x05*W\n" +
+	"\n" +
+	"PoolPolicy\x12\x1b\n" +
+	"\x17POOL_POLICY_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11POOL_POLICY_ALLOW\x10\x01\x12\x15\n" +
+	"\x11POOL_POLICY_NEVER\x10\x022\xae\t\n" +
 	"\x0eSandboxService\x12r\n" +
 	"\rCreateSandbox\x12/.computesdk.api.sandbox.v1.CreateSandboxRequest\x1a0.computesdk.api.sandbox.v1.CreateSandboxResponse\x12i\n" +
 	"\n" +
@@ -1451,7 +1994,10 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x0eDestroySandbox\x120.computesdk.api.sandbox.v1.DestroySandboxRequest\x1a1.computesdk.api.sandbox.v1.DestroySandboxResponse\x12{\n" +
 	"\x10GetSandboxStatus\x122.computesdk.api.sandbox.v1.GetSandboxStatusRequest\x1a3.computesdk.api.sandbox.v1.GetSandboxStatusResponse\x12o\n" +
 	"\fCloneSandbox\x12..computesdk.api.sandbox.v1.CloneSandboxRequest\x1a/.computesdk.api.sandbox.v1.CloneSandboxResponse\x12u\n" +
-	"\x0eMigrateSandbox\x120.computesdk.api.sandbox.v1.MigrateSandboxRequest\x1a1.computesdk.api.sandbox.v1.MigrateSandboxResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/sandbox/v1;sandboxv1b\x06proto3"
+	"\x0eMigrateSandbox\x120.computesdk.api.sandbox.v1.MigrateSandboxRequest\x1a1.computesdk.api.sandbox.v1.MigrateSandboxResponse\x12\x87\x01\n" +
+	"\x14BatchCreateSandboxes\x126.computesdk.api.sandbox.v1.BatchCreateSandboxesRequest\x1a7.computesdk.api.sandbox.v1.BatchCreateSandboxesResponse\x12o\n" +
+	"\fResetSandbox\x12..computesdk.api.sandbox.v1.ResetSandboxRequest\x1a/.computesdk.api.sandbox.v1.ResetSandboxResponse\x12r\n" +
+	"\rSetSandboxEnv\x12/.computesdk.api.sandbox.v1.SetSandboxEnvRequest\x1a0.computesdk.api.sandbox.v1.SetSandboxEnvResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/sandbox/v1;sandboxv1b\x06proto3"
 
 var (
 	file_computesdk_api_sandbox_v1_sandbox_proto_rawDescOnce sync.Once
@@ -1465,80 +2011,105 @@ func file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescData
 }
 
-var file_computesdk_api_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_computesdk_api_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_computesdk_api_sandbox_v1_sandbox_proto_goTypes = []any{
-	(State)(0),                       // 0: computesdk.api.sandbox.v1.State
-	(*GpuSpec)(nil),                  // 1: computesdk.api.sandbox.v1.GpuSpec
-	(*Resources)(nil),                // 2: computesdk.api.sandbox.v1.Resources
-	(*Sandbox)(nil),                  // 3: computesdk.api.sandbox.v1.Sandbox
-	(*CreateSandboxRequest)(nil),     // 4: computesdk.api.sandbox.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),    // 5: computesdk.api.sandbox.v1.CreateSandboxResponse
-	(*GetSandboxRequest)(nil),        // 6: computesdk.api.sandbox.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),       // 7: computesdk.api.sandbox.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),     // 8: computesdk.api.sandbox.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),    // 9: computesdk.api.sandbox.v1.ListSandboxesResponse
-	(*DestroySandboxRequest)(nil),    // 10: computesdk.api.sandbox.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),   // 11: computesdk.api.sandbox.v1.DestroySandboxResponse
-	(*GetSandboxStatusRequest)(nil),  // 12: computesdk.api.sandbox.v1.GetSandboxStatusRequest
-	(*GetSandboxStatusResponse)(nil), // 13: computesdk.api.sandbox.v1.GetSandboxStatusResponse
-	(*ResourceUsage)(nil),            // 14: computesdk.api.sandbox.v1.ResourceUsage
-	(*CloneSandboxRequest)(nil),      // 15: computesdk.api.sandbox.v1.CloneSandboxRequest
-	(*CloneSandboxResponse)(nil),     // 16: computesdk.api.sandbox.v1.CloneSandboxResponse
-	(*MigrateSandboxRequest)(nil),    // 17: computesdk.api.sandbox.v1.MigrateSandboxRequest
-	(*MigrateSandboxResponse)(nil),   // 18: computesdk.api.sandbox.v1.MigrateSandboxResponse
-	nil,                              // 19: computesdk.api.sandbox.v1.Sandbox.MetadataEntry
-	nil,                              // 20: computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
-	nil,                              // 21: computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
-	nil,                              // 22: computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
-	nil,                              // 23: computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
-	nil,                              // 24: computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
-	nil,                              // 25: computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
-	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
+	(State)(0),                           // 0: computesdk.api.sandbox.v1.State
+	(PoolPolicy)(0),                      // 1: computesdk.api.sandbox.v1.PoolPolicy
+	(*GpuSpec)(nil),                      // 2: computesdk.api.sandbox.v1.GpuSpec
+	(*Resources)(nil),                    // 3: computesdk.api.sandbox.v1.Resources
+	(*Sandbox)(nil),                      // 4: computesdk.api.sandbox.v1.Sandbox
+	(*CreateSandboxRequest)(nil),         // 5: computesdk.api.sandbox.v1.CreateSandboxRequest
+	(*BatchCreateSandboxesRequest)(nil),  // 6: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
+	(*BatchCreateResult)(nil),            // 7: computesdk.api.sandbox.v1.BatchCreateResult
+	(*ItemError)(nil),                    // 8: computesdk.api.sandbox.v1.ItemError
+	(*BatchCreateSandboxesResponse)(nil), // 9: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
+	(*ResetSandboxRequest)(nil),          // 10: computesdk.api.sandbox.v1.ResetSandboxRequest
+	(*ResetSandboxResponse)(nil),         // 11: computesdk.api.sandbox.v1.ResetSandboxResponse
+	(*SetSandboxEnvRequest)(nil),         // 12: computesdk.api.sandbox.v1.SetSandboxEnvRequest
+	(*SetSandboxEnvResponse)(nil),        // 13: computesdk.api.sandbox.v1.SetSandboxEnvResponse
+	(*CreateSandboxResponse)(nil),        // 14: computesdk.api.sandbox.v1.CreateSandboxResponse
+	(*GetSandboxRequest)(nil),            // 15: computesdk.api.sandbox.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),           // 16: computesdk.api.sandbox.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),         // 17: computesdk.api.sandbox.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),        // 18: computesdk.api.sandbox.v1.ListSandboxesResponse
+	(*DestroySandboxRequest)(nil),        // 19: computesdk.api.sandbox.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),       // 20: computesdk.api.sandbox.v1.DestroySandboxResponse
+	(*GetSandboxStatusRequest)(nil),      // 21: computesdk.api.sandbox.v1.GetSandboxStatusRequest
+	(*GetSandboxStatusResponse)(nil),     // 22: computesdk.api.sandbox.v1.GetSandboxStatusResponse
+	(*ResourceUsage)(nil),                // 23: computesdk.api.sandbox.v1.ResourceUsage
+	(*CloneSandboxRequest)(nil),          // 24: computesdk.api.sandbox.v1.CloneSandboxRequest
+	(*CloneSandboxResponse)(nil),         // 25: computesdk.api.sandbox.v1.CloneSandboxResponse
+	(*MigrateSandboxRequest)(nil),        // 26: computesdk.api.sandbox.v1.MigrateSandboxRequest
+	(*MigrateSandboxResponse)(nil),       // 27: computesdk.api.sandbox.v1.MigrateSandboxResponse
+	nil,                                  // 28: computesdk.api.sandbox.v1.Sandbox.MetadataEntry
+	nil,                                  // 29: computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                  // 30: computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
+	nil,                                  // 31: computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
+	nil,                                  // 32: computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
+	nil,                                  // 33: computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
+	nil,                                  // 34: computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
+	nil,                                  // 35: computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
+	nil,                                  // 36: computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
+	(*timestamppb.Timestamp)(nil),        // 37: google.protobuf.Timestamp
 }
 var file_computesdk_api_sandbox_v1_sandbox_proto_depIdxs = []int32{
-	1,  // 0: computesdk.api.sandbox.v1.Resources.gpu:type_name -> computesdk.api.sandbox.v1.GpuSpec
+	2,  // 0: computesdk.api.sandbox.v1.Resources.gpu:type_name -> computesdk.api.sandbox.v1.GpuSpec
 	0,  // 1: computesdk.api.sandbox.v1.Sandbox.state:type_name -> computesdk.api.sandbox.v1.State
-	19, // 2: computesdk.api.sandbox.v1.Sandbox.metadata:type_name -> computesdk.api.sandbox.v1.Sandbox.MetadataEntry
-	26, // 3: computesdk.api.sandbox.v1.Sandbox.create_time:type_name -> google.protobuf.Timestamp
-	26, // 4: computesdk.api.sandbox.v1.Sandbox.expire_time:type_name -> google.protobuf.Timestamp
-	2,  // 5: computesdk.api.sandbox.v1.Sandbox.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	20, // 6: computesdk.api.sandbox.v1.CreateSandboxRequest.metadata:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
-	2,  // 7: computesdk.api.sandbox.v1.CreateSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	21, // 8: computesdk.api.sandbox.v1.CreateSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
-	3,  // 9: computesdk.api.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	3,  // 10: computesdk.api.sandbox.v1.GetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	22, // 11: computesdk.api.sandbox.v1.ListSandboxesRequest.metadata:type_name -> computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
-	0,  // 12: computesdk.api.sandbox.v1.ListSandboxesRequest.states:type_name -> computesdk.api.sandbox.v1.State
-	3,  // 13: computesdk.api.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> computesdk.api.sandbox.v1.Sandbox
-	0,  // 14: computesdk.api.sandbox.v1.GetSandboxStatusResponse.state:type_name -> computesdk.api.sandbox.v1.State
-	2,  // 15: computesdk.api.sandbox.v1.GetSandboxStatusResponse.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	14, // 16: computesdk.api.sandbox.v1.GetSandboxStatusResponse.usage:type_name -> computesdk.api.sandbox.v1.ResourceUsage
-	23, // 17: computesdk.api.sandbox.v1.CloneSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
-	2,  // 18: computesdk.api.sandbox.v1.CloneSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	3,  // 19: computesdk.api.sandbox.v1.CloneSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	24, // 20: computesdk.api.sandbox.v1.MigrateSandboxRequest.template_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
-	25, // 21: computesdk.api.sandbox.v1.MigrateSandboxRequest.env_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
-	3,  // 22: computesdk.api.sandbox.v1.MigrateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	4,  // 23: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:input_type -> computesdk.api.sandbox.v1.CreateSandboxRequest
-	6,  // 24: computesdk.api.sandbox.v1.SandboxService.GetSandbox:input_type -> computesdk.api.sandbox.v1.GetSandboxRequest
-	8,  // 25: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:input_type -> computesdk.api.sandbox.v1.ListSandboxesRequest
-	10, // 26: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:input_type -> computesdk.api.sandbox.v1.DestroySandboxRequest
-	12, // 27: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:input_type -> computesdk.api.sandbox.v1.GetSandboxStatusRequest
-	15, // 28: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:input_type -> computesdk.api.sandbox.v1.CloneSandboxRequest
-	17, // 29: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:input_type -> computesdk.api.sandbox.v1.MigrateSandboxRequest
-	5,  // 30: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:output_type -> computesdk.api.sandbox.v1.CreateSandboxResponse
-	7,  // 31: computesdk.api.sandbox.v1.SandboxService.GetSandbox:output_type -> computesdk.api.sandbox.v1.GetSandboxResponse
-	9,  // 32: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:output_type -> computesdk.api.sandbox.v1.ListSandboxesResponse
-	11, // 33: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:output_type -> computesdk.api.sandbox.v1.DestroySandboxResponse
-	13, // 34: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:output_type -> computesdk.api.sandbox.v1.GetSandboxStatusResponse
-	16, // 35: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:output_type -> computesdk.api.sandbox.v1.CloneSandboxResponse
-	18, // 36: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:output_type -> computesdk.api.sandbox.v1.MigrateSandboxResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	28, // 2: computesdk.api.sandbox.v1.Sandbox.metadata:type_name -> computesdk.api.sandbox.v1.Sandbox.MetadataEntry
+	37, // 3: computesdk.api.sandbox.v1.Sandbox.create_time:type_name -> google.protobuf.Timestamp
+	37, // 4: computesdk.api.sandbox.v1.Sandbox.expire_time:type_name -> google.protobuf.Timestamp
+	3,  // 5: computesdk.api.sandbox.v1.Sandbox.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	29, // 6: computesdk.api.sandbox.v1.CreateSandboxRequest.metadata:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
+	3,  // 7: computesdk.api.sandbox.v1.CreateSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	30, // 8: computesdk.api.sandbox.v1.CreateSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
+	1,  // 9: computesdk.api.sandbox.v1.CreateSandboxRequest.pool_policy:type_name -> computesdk.api.sandbox.v1.PoolPolicy
+	5,  // 10: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest.requests:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest
+	4,  // 11: computesdk.api.sandbox.v1.BatchCreateResult.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	8,  // 12: computesdk.api.sandbox.v1.BatchCreateResult.error:type_name -> computesdk.api.sandbox.v1.ItemError
+	7,  // 13: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse.results:type_name -> computesdk.api.sandbox.v1.BatchCreateResult
+	4,  // 14: computesdk.api.sandbox.v1.ResetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	31, // 15: computesdk.api.sandbox.v1.SetSandboxEnvRequest.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
+	32, // 16: computesdk.api.sandbox.v1.SetSandboxEnvResponse.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
+	4,  // 17: computesdk.api.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	4,  // 18: computesdk.api.sandbox.v1.GetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	33, // 19: computesdk.api.sandbox.v1.ListSandboxesRequest.metadata:type_name -> computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
+	0,  // 20: computesdk.api.sandbox.v1.ListSandboxesRequest.states:type_name -> computesdk.api.sandbox.v1.State
+	4,  // 21: computesdk.api.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> computesdk.api.sandbox.v1.Sandbox
+	0,  // 22: computesdk.api.sandbox.v1.GetSandboxStatusResponse.state:type_name -> computesdk.api.sandbox.v1.State
+	3,  // 23: computesdk.api.sandbox.v1.GetSandboxStatusResponse.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	23, // 24: computesdk.api.sandbox.v1.GetSandboxStatusResponse.usage:type_name -> computesdk.api.sandbox.v1.ResourceUsage
+	34, // 25: computesdk.api.sandbox.v1.CloneSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
+	3,  // 26: computesdk.api.sandbox.v1.CloneSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	4,  // 27: computesdk.api.sandbox.v1.CloneSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	35, // 28: computesdk.api.sandbox.v1.MigrateSandboxRequest.template_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
+	36, // 29: computesdk.api.sandbox.v1.MigrateSandboxRequest.env_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
+	4,  // 30: computesdk.api.sandbox.v1.MigrateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	5,  // 31: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:input_type -> computesdk.api.sandbox.v1.CreateSandboxRequest
+	15, // 32: computesdk.api.sandbox.v1.SandboxService.GetSandbox:input_type -> computesdk.api.sandbox.v1.GetSandboxRequest
+	17, // 33: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:input_type -> computesdk.api.sandbox.v1.ListSandboxesRequest
+	19, // 34: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:input_type -> computesdk.api.sandbox.v1.DestroySandboxRequest
+	21, // 35: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:input_type -> computesdk.api.sandbox.v1.GetSandboxStatusRequest
+	24, // 36: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:input_type -> computesdk.api.sandbox.v1.CloneSandboxRequest
+	26, // 37: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:input_type -> computesdk.api.sandbox.v1.MigrateSandboxRequest
+	6,  // 38: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:input_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
+	10, // 39: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:input_type -> computesdk.api.sandbox.v1.ResetSandboxRequest
+	12, // 40: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:input_type -> computesdk.api.sandbox.v1.SetSandboxEnvRequest
+	14, // 41: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:output_type -> computesdk.api.sandbox.v1.CreateSandboxResponse
+	16, // 42: computesdk.api.sandbox.v1.SandboxService.GetSandbox:output_type -> computesdk.api.sandbox.v1.GetSandboxResponse
+	18, // 43: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:output_type -> computesdk.api.sandbox.v1.ListSandboxesResponse
+	20, // 44: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:output_type -> computesdk.api.sandbox.v1.DestroySandboxResponse
+	22, // 45: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:output_type -> computesdk.api.sandbox.v1.GetSandboxStatusResponse
+	25, // 46: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:output_type -> computesdk.api.sandbox.v1.CloneSandboxResponse
+	27, // 47: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:output_type -> computesdk.api.sandbox.v1.MigrateSandboxResponse
+	9,  // 48: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:output_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
+	11, // 49: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:output_type -> computesdk.api.sandbox.v1.ResetSandboxResponse
+	13, // 50: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:output_type -> computesdk.api.sandbox.v1.SetSandboxEnvResponse
+	41, // [41:51] is the sub-list for method output_type
+	31, // [31:41] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_computesdk_api_sandbox_v1_sandbox_proto_init() }
@@ -1546,13 +2117,17 @@ func file_computesdk_api_sandbox_v1_sandbox_proto_init() {
 	if File_computesdk_api_sandbox_v1_sandbox_proto != nil {
 		return
 	}
+	file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5].OneofWrappers = []any{
+		(*BatchCreateResult_Sandbox)(nil),
+		(*BatchCreateResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc), len(file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   25,
+			NumEnums:      2,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

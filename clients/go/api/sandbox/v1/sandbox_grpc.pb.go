@@ -19,13 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SandboxService_CreateSandbox_FullMethodName    = "/computesdk.api.sandbox.v1.SandboxService/CreateSandbox"
-	SandboxService_GetSandbox_FullMethodName       = "/computesdk.api.sandbox.v1.SandboxService/GetSandbox"
-	SandboxService_ListSandboxes_FullMethodName    = "/computesdk.api.sandbox.v1.SandboxService/ListSandboxes"
-	SandboxService_DestroySandbox_FullMethodName   = "/computesdk.api.sandbox.v1.SandboxService/DestroySandbox"
-	SandboxService_GetSandboxStatus_FullMethodName = "/computesdk.api.sandbox.v1.SandboxService/GetSandboxStatus"
-	SandboxService_CloneSandbox_FullMethodName     = "/computesdk.api.sandbox.v1.SandboxService/CloneSandbox"
-	SandboxService_MigrateSandbox_FullMethodName   = "/computesdk.api.sandbox.v1.SandboxService/MigrateSandbox"
+	SandboxService_CreateSandbox_FullMethodName        = "/computesdk.api.sandbox.v1.SandboxService/CreateSandbox"
+	SandboxService_GetSandbox_FullMethodName           = "/computesdk.api.sandbox.v1.SandboxService/GetSandbox"
+	SandboxService_ListSandboxes_FullMethodName        = "/computesdk.api.sandbox.v1.SandboxService/ListSandboxes"
+	SandboxService_DestroySandbox_FullMethodName       = "/computesdk.api.sandbox.v1.SandboxService/DestroySandbox"
+	SandboxService_GetSandboxStatus_FullMethodName     = "/computesdk.api.sandbox.v1.SandboxService/GetSandboxStatus"
+	SandboxService_CloneSandbox_FullMethodName         = "/computesdk.api.sandbox.v1.SandboxService/CloneSandbox"
+	SandboxService_MigrateSandbox_FullMethodName       = "/computesdk.api.sandbox.v1.SandboxService/MigrateSandbox"
+	SandboxService_BatchCreateSandboxes_FullMethodName = "/computesdk.api.sandbox.v1.SandboxService/BatchCreateSandboxes"
+	SandboxService_ResetSandbox_FullMethodName         = "/computesdk.api.sandbox.v1.SandboxService/ResetSandbox"
+	SandboxService_SetSandboxEnv_FullMethodName        = "/computesdk.api.sandbox.v1.SandboxService/SetSandboxEnv"
 )
 
 // SandboxServiceClient is the client API for SandboxService service.
@@ -52,6 +55,15 @@ type SandboxServiceClient interface {
 	// files and env, then the source is destroyed. A migrate that fails part-way
 	// destroys what it made and leaves the source untouched.
 	MigrateSandbox(ctx context.Context, in *MigrateSandboxRequest, opts ...grpc.CallOption) (*MigrateSandboxResponse, error)
+	// BatchCreateSandboxes creates many sandboxes at once and answers per item:
+	// an item that fails does not fail the others.
+	BatchCreateSandboxes(ctx context.Context, in *BatchCreateSandboxesRequest, opts ...grpc.CallOption) (*BatchCreateSandboxesResponse, error)
+	// ResetSandbox kills every process. A hard reset also returns the files to
+	// the template's initial state; the id stays.
+	ResetSandbox(ctx context.Context, in *ResetSandboxRequest, opts ...grpc.CallOption) (*ResetSandboxResponse, error)
+	// SetSandboxEnv changes the environment of later processes; it survives a
+	// daemon restart.
+	SetSandboxEnv(ctx context.Context, in *SetSandboxEnvRequest, opts ...grpc.CallOption) (*SetSandboxEnvResponse, error)
 }
 
 type sandboxServiceClient struct {
@@ -132,6 +144,36 @@ func (c *sandboxServiceClient) MigrateSandbox(ctx context.Context, in *MigrateSa
 	return out, nil
 }
 
+func (c *sandboxServiceClient) BatchCreateSandboxes(ctx context.Context, in *BatchCreateSandboxesRequest, opts ...grpc.CallOption) (*BatchCreateSandboxesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchCreateSandboxesResponse)
+	err := c.cc.Invoke(ctx, SandboxService_BatchCreateSandboxes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxServiceClient) ResetSandbox(ctx context.Context, in *ResetSandboxRequest, opts ...grpc.CallOption) (*ResetSandboxResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResetSandboxResponse)
+	err := c.cc.Invoke(ctx, SandboxService_ResetSandbox_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxServiceClient) SetSandboxEnv(ctx context.Context, in *SetSandboxEnvRequest, opts ...grpc.CallOption) (*SetSandboxEnvResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetSandboxEnvResponse)
+	err := c.cc.Invoke(ctx, SandboxService_SetSandboxEnv_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SandboxServiceServer is the server API for SandboxService service.
 // All implementations must embed UnimplementedSandboxServiceServer
 // for forward compatibility.
@@ -156,6 +198,15 @@ type SandboxServiceServer interface {
 	// files and env, then the source is destroyed. A migrate that fails part-way
 	// destroys what it made and leaves the source untouched.
 	MigrateSandbox(context.Context, *MigrateSandboxRequest) (*MigrateSandboxResponse, error)
+	// BatchCreateSandboxes creates many sandboxes at once and answers per item:
+	// an item that fails does not fail the others.
+	BatchCreateSandboxes(context.Context, *BatchCreateSandboxesRequest) (*BatchCreateSandboxesResponse, error)
+	// ResetSandbox kills every process. A hard reset also returns the files to
+	// the template's initial state; the id stays.
+	ResetSandbox(context.Context, *ResetSandboxRequest) (*ResetSandboxResponse, error)
+	// SetSandboxEnv changes the environment of later processes; it survives a
+	// daemon restart.
+	SetSandboxEnv(context.Context, *SetSandboxEnvRequest) (*SetSandboxEnvResponse, error)
 	mustEmbedUnimplementedSandboxServiceServer()
 }
 
@@ -186,6 +237,15 @@ func (UnimplementedSandboxServiceServer) CloneSandbox(context.Context, *CloneSan
 }
 func (UnimplementedSandboxServiceServer) MigrateSandbox(context.Context, *MigrateSandboxRequest) (*MigrateSandboxResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MigrateSandbox not implemented")
+}
+func (UnimplementedSandboxServiceServer) BatchCreateSandboxes(context.Context, *BatchCreateSandboxesRequest) (*BatchCreateSandboxesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCreateSandboxes not implemented")
+}
+func (UnimplementedSandboxServiceServer) ResetSandbox(context.Context, *ResetSandboxRequest) (*ResetSandboxResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResetSandbox not implemented")
+}
+func (UnimplementedSandboxServiceServer) SetSandboxEnv(context.Context, *SetSandboxEnvRequest) (*SetSandboxEnvResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetSandboxEnv not implemented")
 }
 func (UnimplementedSandboxServiceServer) mustEmbedUnimplementedSandboxServiceServer() {}
 func (UnimplementedSandboxServiceServer) testEmbeddedByValue()                        {}
@@ -334,6 +394,60 @@ func _SandboxService_MigrateSandbox_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SandboxService_BatchCreateSandboxes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCreateSandboxesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxServiceServer).BatchCreateSandboxes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxService_BatchCreateSandboxes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxServiceServer).BatchCreateSandboxes(ctx, req.(*BatchCreateSandboxesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxService_ResetSandbox_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetSandboxRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxServiceServer).ResetSandbox(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxService_ResetSandbox_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxServiceServer).ResetSandbox(ctx, req.(*ResetSandboxRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxService_SetSandboxEnv_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetSandboxEnvRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxServiceServer).SetSandboxEnv(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxService_SetSandboxEnv_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxServiceServer).SetSandboxEnv(ctx, req.(*SetSandboxEnvRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SandboxService_ServiceDesc is the grpc.ServiceDesc for SandboxService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -368,6 +482,18 @@ var SandboxService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MigrateSandbox",
 			Handler:    _SandboxService_MigrateSandbox_Handler,
+		},
+		{
+			MethodName: "BatchCreateSandboxes",
+			Handler:    _SandboxService_BatchCreateSandboxes_Handler,
+		},
+		{
+			MethodName: "ResetSandbox",
+			Handler:    _SandboxService_ResetSandbox_Handler,
+		},
+		{
+			MethodName: "SetSandboxEnv",
+			Handler:    _SandboxService_SetSandboxEnv_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

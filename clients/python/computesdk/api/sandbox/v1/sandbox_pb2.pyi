@@ -44,6 +44,32 @@ STATE_STOPPED: State.ValueType  # 4
 STATE_ERROR: State.ValueType  # 5
 Global___State: _TypeAlias = State  # noqa: Y015
 
+class _PoolPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PoolPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PoolPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POOL_POLICY_UNSPECIFIED: _PoolPolicy.ValueType  # 0
+    """The daemon's default (--pool-create, on unless turned off)."""
+    POOL_POLICY_ALLOW: _PoolPolicy.ValueType  # 1
+    """Take a warm sandbox when a pool matches provider, template, resources and env."""
+    POOL_POLICY_NEVER: _PoolPolicy.ValueType  # 2
+    """Always create a new sandbox."""
+
+class PoolPolicy(_PoolPolicy, metaclass=_PoolPolicyEnumTypeWrapper):
+    """PoolPolicy says whether CreateSandbox may draw from a warm pool. A pooled
+    sandbox handed out by create has never been used, or was hard reset.
+    """
+
+POOL_POLICY_UNSPECIFIED: PoolPolicy.ValueType  # 0
+"""The daemon's default (--pool-create, on unless turned off)."""
+POOL_POLICY_ALLOW: PoolPolicy.ValueType  # 1
+"""Take a warm sandbox when a pool matches provider, template, resources and env."""
+POOL_POLICY_NEVER: PoolPolicy.ValueType  # 2
+"""Always create a new sandbox."""
+Global___PoolPolicy: _TypeAlias = PoolPolicy  # noqa: Y015
+
 @_typing.final
 class GpuSpec(_message.Message):
     """GpuSpec asks for an accelerator."""
@@ -244,6 +270,7 @@ class CreateSandboxRequest(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     FALLBACK_PROVIDERS_FIELD_NUMBER: _builtins.int
+    POOL_POLICY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, as listed by ProviderService. Empty means the daemon's default."""
     template: _builtins.str
@@ -254,6 +281,8 @@ class CreateSandboxRequest(_message.Message):
     """When set the daemon never destroys the sandbox for its timeout."""
     request_id: _builtins.str
     """Idempotency key: a retried create with the same key returns the same sandbox."""
+    pool_policy: Global___PoolPolicy.ValueType
+    """Whether create may hand out a warm sandbox from a matching pool."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -278,14 +307,254 @@ class CreateSandboxRequest(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         fallback_providers: _abc.Iterable[_builtins.str] | None = ...,
+        pool_policy: Global___PoolPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "pool_policy", b"pool_policy", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateSandboxRequest: _TypeAlias = CreateSandboxRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateSandboxesRequest(_message.Message):
+    """BatchCreateSandboxesRequest holds one create per sandbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateSandboxRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreateSandboxRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateSandboxesRequest: _TypeAlias = BatchCreateSandboxesRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateResult(_message.Message):
+    """BatchCreateResult is the outcome of one item, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
+    @_builtins.property
+    def error(self) -> Global___ItemError: ...
+    def __init__(
+        self,
+        *,
+        sandbox: Global___Sandbox | None = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "sandbox", b"sandbox"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["sandbox", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchCreateResult: _TypeAlias = BatchCreateResult  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """ItemError is why one item of a batch failed: the status it would have had alone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Canonical code name, e.g. "NOT_FOUND"."""
+    reason: _builtins.str
+    """Stable ErrorInfo reason, e.g. "TEMPLATE_NOT_FOUND"."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
+class BatchCreateSandboxesResponse(_message.Message):
+    """BatchCreateSandboxesResponse has one result per request, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchCreateResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchCreateResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateSandboxesResponse: _TypeAlias = BatchCreateSandboxesResponse  # noqa: Y015
+
+@_typing.final
+class ResetSandboxRequest(_message.Message):
+    """ResetSandboxRequest names the sandbox and how deep to reset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    HARD_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    hard: _builtins.bool
+    """Also return every file to the template's initial state."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        hard: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hard", b"hard", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetSandboxRequest: _TypeAlias = ResetSandboxRequest  # noqa: Y015
+
+@_typing.final
+class ResetSandboxResponse(_message.Message):
+    """ResetSandboxResponse carries the sandbox after the reset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
+    def __init__(
+        self,
+        *,
+        sandbox: Global___Sandbox | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetSandboxResponse: _TypeAlias = ResetSandboxResponse  # noqa: Y015
+
+@_typing.final
+class SetSandboxEnvRequest(_message.Message):
+    """SetSandboxEnvRequest sets and unsets environment variables."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    UNSET_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def unset(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        unset: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "sandbox_id", b"sandbox_id", "unset", b"unset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSandboxEnvRequest: _TypeAlias = SetSandboxEnvRequest  # noqa: Y015
+
+@_typing.final
+class SetSandboxEnvResponse(_message.Message):
+    """SetSandboxEnvResponse carries the whole environment now in effect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENV_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSandboxEnvResponse: _TypeAlias = SetSandboxEnvResponse  # noqa: Y015
 
 @_typing.final
 class CreateSandboxResponse(_message.Message):

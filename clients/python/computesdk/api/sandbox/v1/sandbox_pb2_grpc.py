@@ -70,6 +70,21 @@ class SandboxServiceStub:
                 request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxRequest.SerializeToString,
                 response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateSandboxes = channel.unary_unary(
+                '/computesdk.api.sandbox.v1.SandboxService/BatchCreateSandboxes',
+                request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.BatchCreateSandboxesRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.BatchCreateSandboxesResponse.FromString,
+                _registered_method=True)
+        self.ResetSandbox = channel.unary_unary(
+                '/computesdk.api.sandbox.v1.SandboxService/ResetSandbox',
+                request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetSandboxRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetSandboxResponse.FromString,
+                _registered_method=True)
+        self.SetSandboxEnv = channel.unary_unary(
+                '/computesdk.api.sandbox.v1.SandboxService/SetSandboxEnv',
+                request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -129,6 +144,30 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateSandboxes(self, request, context):
+        """BatchCreateSandboxes creates many sandboxes at once and answers per item:
+        an item that fails does not fail the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetSandbox(self, request, context):
+        """ResetSandbox kills every process. A hard reset also returns the files to
+        the template's initial state; the id stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSandboxEnv(self, request, context):
+        """SetSandboxEnv changes the environment of later processes; it survives a
+        daemon restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +205,21 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.MigrateSandbox,
                     request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxRequest.FromString,
                     response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxResponse.SerializeToString,
+            ),
+            'BatchCreateSandboxes': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateSandboxes,
+                    request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.BatchCreateSandboxesRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.BatchCreateSandboxesResponse.SerializeToString,
+            ),
+            'ResetSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetSandbox,
+                    request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetSandboxRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetSandboxResponse.SerializeToString,
+            ),
+            'SetSandboxEnv': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSandboxEnv,
+                    request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +412,87 @@ class SandboxService:
             '/computesdk.api.sandbox.v1.SandboxService/MigrateSandbox',
             computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxRequest.SerializeToString,
             computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.MigrateSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateSandboxes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.sandbox.v1.SandboxService/BatchCreateSandboxes',
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.BatchCreateSandboxesRequest.SerializeToString,
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.BatchCreateSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.sandbox.v1.SandboxService/ResetSandbox',
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetSandboxRequest.SerializeToString,
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSandboxEnv(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.sandbox.v1.SandboxService/SetSandboxEnv',
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvRequest.SerializeToString,
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvResponse.FromString,
             options,
             channel_credentials,
             insecure,

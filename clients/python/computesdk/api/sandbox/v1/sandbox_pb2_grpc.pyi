@@ -54,6 +54,18 @@ class SandboxServiceStub:
     files and env, then the source is destroyed. A migrate that fails part-way
     destroys what it made and leaves the source untouched.
     """
+    BatchCreateSandboxes: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.BatchCreateSandboxesRequest, _sandbox_pb2.BatchCreateSandboxesResponse]
+    """BatchCreateSandboxes creates many sandboxes at once and answers per item:
+    an item that fails does not fail the others.
+    """
+    ResetSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ResetSandboxRequest, _sandbox_pb2.ResetSandboxResponse]
+    """ResetSandbox kills every process. A hard reset also returns the files to
+    the template's initial state; the id stays.
+    """
+    SetSandboxEnv: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.SetSandboxEnvRequest, _sandbox_pb2.SetSandboxEnvResponse]
+    """SetSandboxEnv changes the environment of later processes; it survives a
+    daemon restart.
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -80,6 +92,18 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """MigrateSandbox moves a sandbox to another provider: a new sandbox gets its
     files and env, then the source is destroyed. A migrate that fails part-way
     destroys what it made and leaves the source untouched.
+    """
+    BatchCreateSandboxes: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.BatchCreateSandboxesRequest, _sandbox_pb2.BatchCreateSandboxesResponse]  # type: ignore[assignment]
+    """BatchCreateSandboxes creates many sandboxes at once and answers per item:
+    an item that fails does not fail the others.
+    """
+    ResetSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ResetSandboxRequest, _sandbox_pb2.ResetSandboxResponse]  # type: ignore[assignment]
+    """ResetSandbox kills every process. A hard reset also returns the files to
+    the template's initial state; the id stays.
+    """
+    SetSandboxEnv: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.SetSandboxEnvRequest, _sandbox_pb2.SetSandboxEnvResponse]  # type: ignore[assignment]
+    """SetSandboxEnv changes the environment of later processes; it survives a
+    daemon restart.
     """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -146,6 +170,36 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """MigrateSandbox moves a sandbox to another provider: a new sandbox gets its
         files and env, then the source is destroyed. A migrate that fails part-way
         destroys what it made and leaves the source untouched.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCreateSandboxes(
+        self,
+        request: _sandbox_pb2.BatchCreateSandboxesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.BatchCreateSandboxesResponse, _abc.Awaitable[_sandbox_pb2.BatchCreateSandboxesResponse]]:
+        """BatchCreateSandboxes creates many sandboxes at once and answers per item:
+        an item that fails does not fail the others.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetSandbox(
+        self,
+        request: _sandbox_pb2.ResetSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.ResetSandboxResponse, _abc.Awaitable[_sandbox_pb2.ResetSandboxResponse]]:
+        """ResetSandbox kills every process. A hard reset also returns the files to
+        the template's initial state; the id stays.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSandboxEnv(
+        self,
+        request: _sandbox_pb2.SetSandboxEnvRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.SetSandboxEnvResponse, _abc.Awaitable[_sandbox_pb2.SetSandboxEnvResponse]]:
+        """SetSandboxEnv changes the environment of later processes; it survives a
+        daemon restart.
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

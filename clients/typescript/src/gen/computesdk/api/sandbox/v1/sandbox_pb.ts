@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file computesdk/api/sandbox/v1/sandbox.proto.
  */
 export const file_computesdk_api_sandbox_v1_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("Cidjb21wdXRlc2RrL2FwaS9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SGWNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEiNwoHR3B1U3BlYxIPCgdlbmFibGVkGAEgASgIEgwKBHR5cGUYAiABKAkSDQoFY291bnQYAyABKA0ihwEKCVJlc291cmNlcxIRCgljcHVfY29yZXMYASABKAESEQoJbWVtb3J5X21iGAIgASgEEg8KB2Rpc2tfbWIYAyABKAQSLwoDZ3B1GAQgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HcHVTcGVjEhIKCnBpZHNfbGltaXQYBSABKA0i1gMKB1NhbmRib3gSCgoCaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSLwoFc3RhdGUYBCABKA4yIC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlN0YXRlEkIKCG1ldGFkYXRhGAUgAygLMjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAggASgEEhIKCmtlZXBfYWxpdmUYCSABKAgSNwoJcmVzb3VyY2VzGAogASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSGwoTcHJvdmlkZXJfc2FuZGJveF9pZBgLIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAwgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLAAwoUQ3JlYXRlU2FuZGJveFJlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkSEAoIdGVtcGxhdGUYAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSEgoKdGltZW91dF9tcxgEIAEoBBISCgprZWVwX2FsaXZlGAUgASgIEjcKCXJlc291cmNlcxgGIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEkUKA2VudhgHIAMoCzI4LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QuRW52RW50cnkSEgoKcmVxdWVzdF9pZBgIIAEoCRIaChJmYWxsYmFja19wcm92aWRlcnMYCSADKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoVQ3JlYXRlU2FuZGJveFJlc3BvbnNlEjMKB3NhbmRib3gYASABKAsyIi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNhbmRib3giJwoRR2V0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJJChJHZXRTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCKDAgoUTGlzdFNhbmRib3hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSMAoGc3RhdGVzGAQgAygOMiAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TdGF0ZRIQCghwcm92aWRlchgFIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZwoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjUKCXNhbmRib3hlcxgBIAMoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWgoVRGVzdHJveVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIZ3JhY2VmdWwYAiABKAgSGwoTZ3JhY2VmdWxfdGltZW91dF9tcxgDIAEoBCIYChZEZXN0cm95U2FuZGJveFJlc3BvbnNlIi0KF0dldFNhbmRib3hTdGF0dXNSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAki0AEKGEdldFNhbmRib3hTdGF0dXNSZXNwb25zZRIvCgVzdGF0ZRgBIAEoDjIgLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU3RhdGUSEQoJdXB0aW1lX21zGAIgASgEEjcKCXJlc291cmNlcxgDIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEjcKBXVzYWdlGAQgASgLMiguY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZVVzYWdlIqUBCg1SZXNvdXJjZVVzYWdlEhkKEW1lbW9yeV91c2VkX2J5dGVzGAEgASgEEhoKEm1lbW9yeV9saW1pdF9ieXRlcxgCIAEoBBIVCg1wcm9jZXNzX2NvdW50GAMgASgNEhMKC2NwdV90aW1lX25zGAQgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX2xpbWl0X2J5dGVzGAYgASgEIvgBChNDbG9uZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSRAoDZW52GAQgAygLMjcuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5DbG9uZVNhbmRib3hSZXF1ZXN0LkVudkVudHJ5EjcKCXJlc291cmNlcxgFIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoUQ2xvbmVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCKgAwoVTWlncmF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSFgoOcHJlc2VydmVfZmlsZXMYBCABKAgSFAoMcHJlc2VydmVfZW52GAUgASgIEl8KEHRlbXBsYXRlX21hcHBpbmcYBiADKAsyRS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVxdWVzdC5UZW1wbGF0ZU1hcHBpbmdFbnRyeRJVCgtlbnZfbWFwcGluZxgHIAMoCzJALmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXF1ZXN0LkVudk1hcHBpbmdFbnRyeRo2ChRUZW1wbGF0ZU1hcHBpbmdFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjEKD0Vudk1hcHBpbmdFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIk0KFk1pZ3JhdGVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCp9CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhIKDlNUQVRFX0NSRUFUSU5HEAESEQoNU1RBVEVfUlVOTklORxACEhIKDlNUQVRFX1NUT1BQSU5HEAMSEQoNU1RBVEVfU1RPUFBFRBAEEg8KC1NUQVRFX0VSUk9SEAUyvwYKDlNhbmRib3hTZXJ2aWNlEnIKDUNyZWF0ZVNhbmRib3gSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVzcG9uc2USaQoKR2V0U2FuZGJveBIsLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFJlcXVlc3QaLS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkdldFNhbmRib3hSZXNwb25zZRJyCg1MaXN0U2FuZGJveGVzEi8uY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVxdWVzdBowLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1Jlc3BvbnNlEnUKDkRlc3Ryb3lTYW5kYm94EjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5EZXN0cm95U2FuZGJveFJlcXVlc3QaMS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkRlc3Ryb3lTYW5kYm94UmVzcG9uc2USewoQR2V0U2FuZGJveFN0YXR1cxIyLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFN0YXR1c1JlcXVlc3QaMy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkdldFNhbmRib3hTdGF0dXNSZXNwb25zZRJvCgxDbG9uZVNhbmRib3gSLi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNsb25lU2FuZGJveFJlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNsb25lU2FuZGJveFJlc3BvbnNlEnUKDk1pZ3JhdGVTYW5kYm94EjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5NaWdyYXRlU2FuZGJveFJlcXVlc3QaMS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVzcG9uc2VCRlpEZ2l0aHViLmNvbS9jb21wdXRlc2RrL2NvbXB1dGVzZGsvY2xpZW50cy9nby9hcGkvc2FuZGJveC92MTtzYW5kYm94djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Cidjb21wdXRlc2RrL2FwaS9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SGWNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEiNwoHR3B1U3BlYxIPCgdlbmFibGVkGAEgASgIEgwKBHR5cGUYAiABKAkSDQoFY291bnQYAyABKA0ihwEKCVJlc291cmNlcxIRCgljcHVfY29yZXMYASABKAESEQoJbWVtb3J5X21iGAIgASgEEg8KB2Rpc2tfbWIYAyABKAQSLwoDZ3B1GAQgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HcHVTcGVjEhIKCnBpZHNfbGltaXQYBSABKA0i1gMKB1NhbmRib3gSCgoCaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSLwoFc3RhdGUYBCABKA4yIC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlN0YXRlEkIKCG1ldGFkYXRhGAUgAygLMjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAggASgEEhIKCmtlZXBfYWxpdmUYCSABKAgSNwoJcmVzb3VyY2VzGAogASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSGwoTcHJvdmlkZXJfc2FuZGJveF9pZBgLIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAwgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL8AwoUQ3JlYXRlU2FuZGJveFJlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkSEAoIdGVtcGxhdGUYAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSEgoKdGltZW91dF9tcxgEIAEoBBISCgprZWVwX2FsaXZlGAUgASgIEjcKCXJlc291cmNlcxgGIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEkUKA2VudhgHIAMoCzI4LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QuRW52RW50cnkSEgoKcmVxdWVzdF9pZBgIIAEoCRIaChJmYWxsYmFja19wcm92aWRlcnMYCSADKAkSOgoLcG9vbF9wb2xpY3kYCiABKA4yJS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlBvb2xQb2xpY3kaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYAobQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXF1ZXN0EkEKCHJlcXVlc3RzGAEgAygLMi8uY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdCKLAQoRQmF0Y2hDcmVhdGVSZXN1bHQSNQoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveEgAEjUKBWVycm9yGAIgASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5JdGVtRXJyb3JIAEIICgZyZXN1bHQiOgoJSXRlbUVycm9yEgwKBGNvZGUYASABKAkSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiXQocQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXNwb25zZRI9CgdyZXN1bHRzGAEgAygLMiwuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5CYXRjaENyZWF0ZVJlc3VsdCI3ChNSZXNldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEaGFyZBgCIAEoCCJLChRSZXNldFNhbmRib3hSZXNwb25zZRIzCgdzYW5kYm94GAEgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94IqwBChRTZXRTYW5kYm94RW52UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEkUKA2VudhgCIAMoCzI4LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2V0U2FuZGJveEVudlJlcXVlc3QuRW52RW50cnkSDQoFdW5zZXQYAyADKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKLAQoVU2V0U2FuZGJveEVudlJlc3BvbnNlEkYKA2VudhgBIAMoCzI5LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2V0U2FuZGJveEVudlJlc3BvbnNlLkVudkVudHJ5GioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoVQ3JlYXRlU2FuZGJveFJlc3BvbnNlEjMKB3NhbmRib3gYASABKAsyIi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNhbmRib3giJwoRR2V0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJJChJHZXRTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCKDAgoUTGlzdFNhbmRib3hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSMAoGc3RhdGVzGAQgAygOMiAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TdGF0ZRIQCghwcm92aWRlchgFIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZwoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjUKCXNhbmRib3hlcxgBIAMoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWgoVRGVzdHJveVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIZ3JhY2VmdWwYAiABKAgSGwoTZ3JhY2VmdWxfdGltZW91dF9tcxgDIAEoBCIYChZEZXN0cm95U2FuZGJveFJlc3BvbnNlIi0KF0dldFNhbmRib3hTdGF0dXNSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAki0AEKGEdldFNhbmRib3hTdGF0dXNSZXNwb25zZRIvCgVzdGF0ZRgBIAEoDjIgLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU3RhdGUSEQoJdXB0aW1lX21zGAIgASgEEjcKCXJlc291cmNlcxgDIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEjcKBXVzYWdlGAQgASgLMiguY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZVVzYWdlIqUBCg1SZXNvdXJjZVVzYWdlEhkKEW1lbW9yeV91c2VkX2J5dGVzGAEgASgEEhoKEm1lbW9yeV9saW1pdF9ieXRlcxgCIAEoBBIVCg1wcm9jZXNzX2NvdW50GAMgASgNEhMKC2NwdV90aW1lX25zGAQgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX2xpbWl0X2J5dGVzGAYgASgEIvgBChNDbG9uZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSRAoDZW52GAQgAygLMjcuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5DbG9uZVNhbmRib3hSZXF1ZXN0LkVudkVudHJ5EjcKCXJlc291cmNlcxgFIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoUQ2xvbmVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCKgAwoVTWlncmF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSFgoOcHJlc2VydmVfZmlsZXMYBCABKAgSFAoMcHJlc2VydmVfZW52GAUgASgIEl8KEHRlbXBsYXRlX21hcHBpbmcYBiADKAsyRS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVxdWVzdC5UZW1wbGF0ZU1hcHBpbmdFbnRyeRJVCgtlbnZfbWFwcGluZxgHIAMoCzJALmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXF1ZXN0LkVudk1hcHBpbmdFbnRyeRo2ChRUZW1wbGF0ZU1hcHBpbmdFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjEKD0Vudk1hcHBpbmdFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIk0KFk1pZ3JhdGVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCp9CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhIKDlNUQVRFX0NSRUFUSU5HEAESEQoNU1RBVEVfUlVOTklORxACEhIKDlNUQVRFX1NUT1BQSU5HEAMSEQoNU1RBVEVfU1RPUFBFRBAEEg8KC1NUQVRFX0VSUk9SEAUqVwoKUG9vbFBvbGljeRIbChdQT09MX1BPTElDWV9VTlNQRUNJRklFRBAAEhUKEVBPT0xfUE9MSUNZX0FMTE9XEAESFQoRUE9PTF9QT0xJQ1lfTkVWRVIQAjKuCQoOU2FuZGJveFNlcnZpY2UScgoNQ3JlYXRlU2FuZGJveBIvLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJpCgpHZXRTYW5kYm94EiwuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBotLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlEnIKDUxpc3RTYW5kYm94ZXMSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USdQoORGVzdHJveVNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkRlc3Ryb3lTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuRGVzdHJveVNhbmRib3hSZXNwb25zZRJ7ChBHZXRTYW5kYm94U3RhdHVzEjIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HZXRTYW5kYm94U3RhdHVzUmVxdWVzdBozLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFN0YXR1c1Jlc3BvbnNlEm8KDENsb25lU2FuZGJveBIuLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ2xvbmVTYW5kYm94UmVxdWVzdBovLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ2xvbmVTYW5kYm94UmVzcG9uc2USdQoOTWlncmF0ZVNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXNwb25zZRKHAQoUQmF0Y2hDcmVhdGVTYW5kYm94ZXMSNi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkJhdGNoQ3JlYXRlU2FuZGJveGVzUmVxdWVzdBo3LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXNwb25zZRJvCgxSZXNldFNhbmRib3gSLi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc2V0U2FuZGJveFJlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc2V0U2FuZGJveFJlc3BvbnNlEnIKDVNldFNhbmRib3hFbnYSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNldFNhbmRib3hFbnZSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TZXRTYW5kYm94RW52UmVzcG9uc2VCRlpEZ2l0aHViLmNvbS9jb21wdXRlc2RrL2NvbXB1dGVzZGsvY2xpZW50cy9nby9hcGkvc2FuZGJveC92MTtzYW5kYm94djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GpuSpec asks for an accelerator.
@@ -230,6 +230,13 @@ export type CreateSandboxRequest = Message<"computesdk.api.sandbox.v1.CreateSand
    * @generated from field: repeated string fallback_providers = 9;
    */
   fallbackProviders: string[];
+
+  /**
+   * Whether create may hand out a warm sandbox from a matching pool.
+   *
+   * @generated from field: computesdk.api.sandbox.v1.PoolPolicy pool_policy = 10;
+   */
+  poolPolicy: PoolPolicy;
 };
 
 /**
@@ -238,6 +245,201 @@ export type CreateSandboxRequest = Message<"computesdk.api.sandbox.v1.CreateSand
  */
 export const CreateSandboxRequestSchema: GenMessage<CreateSandboxRequest> = /*@__PURE__*/
   messageDesc(file_computesdk_api_sandbox_v1_sandbox, 3);
+
+/**
+ * BatchCreateSandboxesRequest holds one create per sandbox.
+ *
+ * @generated from message computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
+ */
+export type BatchCreateSandboxesRequest = Message<"computesdk.api.sandbox.v1.BatchCreateSandboxesRequest"> & {
+  /**
+   * @generated from field: repeated computesdk.api.sandbox.v1.CreateSandboxRequest requests = 1;
+   */
+  requests: CreateSandboxRequest[];
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.BatchCreateSandboxesRequest.
+ * Use `create(BatchCreateSandboxesRequestSchema)` to create a new message.
+ */
+export const BatchCreateSandboxesRequestSchema: GenMessage<BatchCreateSandboxesRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 4);
+
+/**
+ * BatchCreateResult is the outcome of one item, in request order.
+ *
+ * @generated from message computesdk.api.sandbox.v1.BatchCreateResult
+ */
+export type BatchCreateResult = Message<"computesdk.api.sandbox.v1.BatchCreateResult"> & {
+  /**
+   * @generated from oneof computesdk.api.sandbox.v1.BatchCreateResult.result
+   */
+  result: {
+    /**
+     * @generated from field: computesdk.api.sandbox.v1.Sandbox sandbox = 1;
+     */
+    value: Sandbox;
+    case: "sandbox";
+  } | {
+    /**
+     * @generated from field: computesdk.api.sandbox.v1.ItemError error = 2;
+     */
+    value: ItemError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.BatchCreateResult.
+ * Use `create(BatchCreateResultSchema)` to create a new message.
+ */
+export const BatchCreateResultSchema: GenMessage<BatchCreateResult> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 5);
+
+/**
+ * ItemError is why one item of a batch failed: the status it would have had alone.
+ *
+ * @generated from message computesdk.api.sandbox.v1.ItemError
+ */
+export type ItemError = Message<"computesdk.api.sandbox.v1.ItemError"> & {
+  /**
+   * Canonical code name, e.g. "NOT_FOUND".
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * Stable ErrorInfo reason, e.g. "TEMPLATE_NOT_FOUND".
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.ItemError.
+ * Use `create(ItemErrorSchema)` to create a new message.
+ */
+export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 6);
+
+/**
+ * BatchCreateSandboxesResponse has one result per request, in order.
+ *
+ * @generated from message computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
+ */
+export type BatchCreateSandboxesResponse = Message<"computesdk.api.sandbox.v1.BatchCreateSandboxesResponse"> & {
+  /**
+   * @generated from field: repeated computesdk.api.sandbox.v1.BatchCreateResult results = 1;
+   */
+  results: BatchCreateResult[];
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.BatchCreateSandboxesResponse.
+ * Use `create(BatchCreateSandboxesResponseSchema)` to create a new message.
+ */
+export const BatchCreateSandboxesResponseSchema: GenMessage<BatchCreateSandboxesResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 7);
+
+/**
+ * ResetSandboxRequest names the sandbox and how deep to reset.
+ *
+ * @generated from message computesdk.api.sandbox.v1.ResetSandboxRequest
+ */
+export type ResetSandboxRequest = Message<"computesdk.api.sandbox.v1.ResetSandboxRequest"> & {
+  /**
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * Also return every file to the template's initial state.
+   *
+   * @generated from field: bool hard = 2;
+   */
+  hard: boolean;
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.ResetSandboxRequest.
+ * Use `create(ResetSandboxRequestSchema)` to create a new message.
+ */
+export const ResetSandboxRequestSchema: GenMessage<ResetSandboxRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 8);
+
+/**
+ * ResetSandboxResponse carries the sandbox after the reset.
+ *
+ * @generated from message computesdk.api.sandbox.v1.ResetSandboxResponse
+ */
+export type ResetSandboxResponse = Message<"computesdk.api.sandbox.v1.ResetSandboxResponse"> & {
+  /**
+   * @generated from field: computesdk.api.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.ResetSandboxResponse.
+ * Use `create(ResetSandboxResponseSchema)` to create a new message.
+ */
+export const ResetSandboxResponseSchema: GenMessage<ResetSandboxResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 9);
+
+/**
+ * SetSandboxEnvRequest sets and unsets environment variables.
+ *
+ * @generated from message computesdk.api.sandbox.v1.SetSandboxEnvRequest
+ */
+export type SetSandboxEnvRequest = Message<"computesdk.api.sandbox.v1.SetSandboxEnvRequest"> & {
+  /**
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * @generated from field: map<string, string> env = 2;
+   */
+  env: { [key: string]: string };
+
+  /**
+   * @generated from field: repeated string unset = 3;
+   */
+  unset: string[];
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.SetSandboxEnvRequest.
+ * Use `create(SetSandboxEnvRequestSchema)` to create a new message.
+ */
+export const SetSandboxEnvRequestSchema: GenMessage<SetSandboxEnvRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 10);
+
+/**
+ * SetSandboxEnvResponse carries the whole environment now in effect.
+ *
+ * @generated from message computesdk.api.sandbox.v1.SetSandboxEnvResponse
+ */
+export type SetSandboxEnvResponse = Message<"computesdk.api.sandbox.v1.SetSandboxEnvResponse"> & {
+  /**
+   * @generated from field: map<string, string> env = 1;
+   */
+  env: { [key: string]: string };
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.SetSandboxEnvResponse.
+ * Use `create(SetSandboxEnvResponseSchema)` to create a new message.
+ */
+export const SetSandboxEnvResponseSchema: GenMessage<SetSandboxEnvResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 11);
 
 /**
  * CreateSandboxResponse carries the ready sandbox.
@@ -256,7 +458,7 @@ export type CreateSandboxResponse = Message<"computesdk.api.sandbox.v1.CreateSan
  * Use `create(CreateSandboxResponseSchema)` to create a new message.
  */
 export const CreateSandboxResponseSchema: GenMessage<CreateSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 4);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 12);
 
 /**
  * GetSandboxRequest names a sandbox.
@@ -275,7 +477,7 @@ export type GetSandboxRequest = Message<"computesdk.api.sandbox.v1.GetSandboxReq
  * Use `create(GetSandboxRequestSchema)` to create a new message.
  */
 export const GetSandboxRequestSchema: GenMessage<GetSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 5);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 13);
 
 /**
  * GetSandboxResponse carries the sandbox.
@@ -294,7 +496,7 @@ export type GetSandboxResponse = Message<"computesdk.api.sandbox.v1.GetSandboxRe
  * Use `create(GetSandboxResponseSchema)` to create a new message.
  */
 export const GetSandboxResponseSchema: GenMessage<GetSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 6);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 14);
 
 /**
  * ListSandboxesRequest filters and pages.
@@ -341,7 +543,7 @@ export type ListSandboxesRequest = Message<"computesdk.api.sandbox.v1.ListSandbo
  * Use `create(ListSandboxesRequestSchema)` to create a new message.
  */
 export const ListSandboxesRequestSchema: GenMessage<ListSandboxesRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 7);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 15);
 
 /**
  * ListSandboxesResponse is one page.
@@ -365,7 +567,7 @@ export type ListSandboxesResponse = Message<"computesdk.api.sandbox.v1.ListSandb
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 8);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 16);
 
 /**
  * DestroySandboxRequest names the sandbox to destroy.
@@ -396,7 +598,7 @@ export type DestroySandboxRequest = Message<"computesdk.api.sandbox.v1.DestroySa
  * Use `create(DestroySandboxRequestSchema)` to create a new message.
  */
 export const DestroySandboxRequestSchema: GenMessage<DestroySandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 9);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 17);
 
 /**
  * DestroySandboxResponse is empty on success.
@@ -411,7 +613,7 @@ export type DestroySandboxResponse = Message<"computesdk.api.sandbox.v1.DestroyS
  * Use `create(DestroySandboxResponseSchema)` to create a new message.
  */
 export const DestroySandboxResponseSchema: GenMessage<DestroySandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 10);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 18);
 
 /**
  * GetSandboxStatusRequest names a sandbox.
@@ -430,7 +632,7 @@ export type GetSandboxStatusRequest = Message<"computesdk.api.sandbox.v1.GetSand
  * Use `create(GetSandboxStatusRequestSchema)` to create a new message.
  */
 export const GetSandboxStatusRequestSchema: GenMessage<GetSandboxStatusRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 11);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 19);
 
 /**
  * GetSandboxStatusResponse is a point-in-time status.
@@ -468,7 +670,7 @@ export type GetSandboxStatusResponse = Message<"computesdk.api.sandbox.v1.GetSan
  * Use `create(GetSandboxStatusResponseSchema)` to create a new message.
  */
 export const GetSandboxStatusResponseSchema: GenMessage<GetSandboxStatusResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 12);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 20);
 
 /**
  * ResourceUsage is what a sandbox uses now.
@@ -512,7 +714,7 @@ export type ResourceUsage = Message<"computesdk.api.sandbox.v1.ResourceUsage"> &
  * Use `create(ResourceUsageSchema)` to create a new message.
  */
 export const ResourceUsageSchema: GenMessage<ResourceUsage> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 13);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 21);
 
 /**
  * CloneSandboxRequest names the source and what to change.
@@ -559,7 +761,7 @@ export type CloneSandboxRequest = Message<"computesdk.api.sandbox.v1.CloneSandbo
  * Use `create(CloneSandboxRequestSchema)` to create a new message.
  */
 export const CloneSandboxRequestSchema: GenMessage<CloneSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 14);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 22);
 
 /**
  * CloneSandboxResponse carries the new sandbox.
@@ -578,7 +780,7 @@ export type CloneSandboxResponse = Message<"computesdk.api.sandbox.v1.CloneSandb
  * Use `create(CloneSandboxResponseSchema)` to create a new message.
  */
 export const CloneSandboxResponseSchema: GenMessage<CloneSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 15);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 23);
 
 /**
  * MigrateSandboxRequest names the source and the target provider.
@@ -633,7 +835,7 @@ export type MigrateSandboxRequest = Message<"computesdk.api.sandbox.v1.MigrateSa
  * Use `create(MigrateSandboxRequestSchema)` to create a new message.
  */
 export const MigrateSandboxRequestSchema: GenMessage<MigrateSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 16);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 24);
 
 /**
  * MigrateSandboxResponse carries the sandbox on the target provider.
@@ -652,7 +854,7 @@ export type MigrateSandboxResponse = Message<"computesdk.api.sandbox.v1.MigrateS
  * Use `create(MigrateSandboxResponseSchema)` to create a new message.
  */
 export const MigrateSandboxResponseSchema: GenMessage<MigrateSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 17);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 25);
 
 /**
  * State is the lifecycle state of a sandbox. Output only.
@@ -696,6 +898,41 @@ export enum State {
  */
 export const StateSchema: GenEnum<State> = /*@__PURE__*/
   enumDesc(file_computesdk_api_sandbox_v1_sandbox, 0);
+
+/**
+ * PoolPolicy says whether CreateSandbox may draw from a warm pool. A pooled
+ * sandbox handed out by create has never been used, or was hard reset.
+ *
+ * @generated from enum computesdk.api.sandbox.v1.PoolPolicy
+ */
+export enum PoolPolicy {
+  /**
+   * The daemon's default (--pool-create, on unless turned off).
+   *
+   * @generated from enum value: POOL_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Take a warm sandbox when a pool matches provider, template, resources and env.
+   *
+   * @generated from enum value: POOL_POLICY_ALLOW = 1;
+   */
+  ALLOW = 1,
+
+  /**
+   * Always create a new sandbox.
+   *
+   * @generated from enum value: POOL_POLICY_NEVER = 2;
+   */
+  NEVER = 2,
+}
+
+/**
+ * Describes the enum computesdk.api.sandbox.v1.PoolPolicy.
+ */
+export const PoolPolicySchema: GenEnum<PoolPolicy> = /*@__PURE__*/
+  enumDesc(file_computesdk_api_sandbox_v1_sandbox, 1);
 
 /**
  * SandboxService owns the lifecycle of sandboxes on every provider.
@@ -776,6 +1013,39 @@ export const SandboxService: GenService<{
     methodKind: "unary";
     input: typeof MigrateSandboxRequestSchema;
     output: typeof MigrateSandboxResponseSchema;
+  },
+  /**
+   * BatchCreateSandboxes creates many sandboxes at once and answers per item:
+   * an item that fails does not fail the others.
+   *
+   * @generated from rpc computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes
+   */
+  batchCreateSandboxes: {
+    methodKind: "unary";
+    input: typeof BatchCreateSandboxesRequestSchema;
+    output: typeof BatchCreateSandboxesResponseSchema;
+  },
+  /**
+   * ResetSandbox kills every process. A hard reset also returns the files to
+   * the template's initial state; the id stays.
+   *
+   * @generated from rpc computesdk.api.sandbox.v1.SandboxService.ResetSandbox
+   */
+  resetSandbox: {
+    methodKind: "unary";
+    input: typeof ResetSandboxRequestSchema;
+    output: typeof ResetSandboxResponseSchema;
+  },
+  /**
+   * SetSandboxEnv changes the environment of later processes; it survives a
+   * daemon restart.
+   *
+   * @generated from rpc computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv
+   */
+  setSandboxEnv: {
+    methodKind: "unary";
+    input: typeof SetSandboxEnvRequestSchema;
+    output: typeof SetSandboxEnvResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_computesdk_api_sandbox_v1_sandbox, 0);

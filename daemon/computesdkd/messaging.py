@@ -1,0 +1,200 @@
+"""Channels between sandboxes and clients, hosted by the daemon.
+
+Every recipient has a queue per channel. A message stays in it (in SQLite too)
+until the recipient acknowledges it, so a subscriber that reconnects gets
+everything it has not acknowledged, in order: delivery is at least once and
+ordered per sender. Queues are bounded: a sender waits for room, and gives up
+with RESOURCE_EXHAUSTED after its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import logs
+from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logs.get(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+DEFAULT_CAPACITY = 1000
+MAX_CAPACITY = 100_000
+MAX_MEMBERS = 1000
+MAX_PAYLOAD = 1024 * 1024
+DEFAULT_SEND_WAIT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Message:
+    sequence: int
+    sender: str
+    recipient: str
+    payload: bytes
+    sender_sequence: int
+    time: float
+
+
+@dataclass
+class Queue:
+    pending: list[Message] = field(default_factory=list)  # unacknowledged, in order
+    next_seq: int = 1
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+@dataclass
+class Channel:
+    name: str
+    members: list[str]
+    capacity: int
+    sender_seq: dict[str, int] = field(default_factory=dict)
+    queues: dict[str, Queue] = field(default_factory=dict)
+    # One send at a time per channel keeps each sender's messages in order.
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Messaging:
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.store = manager.store
+        self._channels: dict[str, Channel] = {}
+
+    def start(self) -> None:
+        for kind, name, value in self.store.settings(""):
+            if kind != "channel":
+                continue
+            ch = self._new(name, value["members"], value["capacity"])
+            ch.sender_seq = dict(value.get("sender_seq", {}))
+            for q_name, q in ch.queues.items():
+                q.next_seq = int(value.get("next_seq", {}).get(q_name, 1))
+            for recipient, seq, sender, sender_seq, payload, t in self.store.messages(name):
+                queue = ch.queues.get(recipient)
+                if queue is not None:
+                    queue.pending.append(Message(seq, sender, recipient, payload, sender_seq, t))
+                    queue.next_seq = max(queue.next_seq, seq + 1)
+
+    def _new(self, name: str, members: list[str], capacity: int) -> Channel:
+        ch = Channel(name, members, capacity, queues={m: Queue() for m in members})
+        self._channels[name] = ch
+        return ch
+
+    def _save(self, ch: Channel) -> None:
+        self.store.put_setting("", "channel", ch.name, {
+            "members": ch.members,
+            "capacity": ch.capacity,
+            "sender_seq": ch.sender_seq,
+            "next_seq": {m: q.next_seq for m, q in ch.queues.items()},
+        })  # fmt: skip
+
+    def get(self, name: str) -> Channel:
+        ch = self._channels.get(name)
+        if ch is None:
+            raise NotFound(f"channel {name!r} not found", reason="CHANNEL_NOT_FOUND", channel=name)
+        return ch
+
+    def create(self, name: str, members: list[str], capacity: int) -> Channel:
+        if not NAME.match(name):
+            raise InvalidArgument("bad channel name", reason="INVALID_NAME")
+        if name in self._channels:
+            raise AlreadyExists(f"channel {name!r} exists", reason="CHANNEL_EXISTS")
+        members = list(dict.fromkeys(members))
+        if not 2 <= len(members) <= MAX_MEMBERS or not all(NAME.match(m) for m in members):
+            raise InvalidArgument(
+                f"a channel has 2 to {MAX_MEMBERS} members with names of A-Z, a-z, 0-9, .:_-",
+                reason="INVALID_MEMBERS",
+            )
+        capacity = capacity or DEFAULT_CAPACITY
+        if capacity > MAX_CAPACITY:
+            raise InvalidArgument(f"capacity is at most {MAX_CAPACITY}", reason="INVALID_CAPACITY")
+        ch = self._new(name, members, capacity)
+        self._save(ch)
+        return ch
+
+    async def delete(self, name: str) -> None:
+        ch = self.get(name)
+        del self._channels[name]
+        self.store.delete_messages(name)
+        self.store.delete_setting("", "channel", name)
+        for q in ch.queues.values():  # wake subscribers and senders so they see it gone
+            async with q.changed:
+                q.changed.notify_all()
+
+    def _member(self, ch: Channel, member: str) -> Queue:
+        q = ch.queues.get(member)
+        if q is None:
+            raise NotFound(
+                f"{member!r} is not a member of channel {ch.name!r}", reason="MEMBER_NOT_FOUND"
+            )
+        return q
+
+    async def send(
+        self, name: str, sender: str, recipient: str, payload: bytes, wait_ms: int
+    ) -> int:
+        ch = self.get(name)
+        self._member(ch, sender)
+        if len(payload) > MAX_PAYLOAD:
+            raise ResourceExhausted(f"payload over {MAX_PAYLOAD} bytes", reason="PAYLOAD_TOO_LARGE")
+        targets = [recipient] if recipient else [m for m in ch.members if m != sender]
+        queues = [self._member(ch, t) for t in targets]
+        deadline = time.monotonic() + (wait_ms or DEFAULT_SEND_WAIT_MS) / 1000
+        async with ch.send_lock:
+            for q in queues:  # room in every queue first: a send is all or nothing
+                async with q.changed:
+                    while len(q.pending) >= ch.capacity:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or self._channels.get(name) is not ch:
+                            raise ResourceExhausted(
+                                f"channel {name!r} is full for a recipient ({ch.capacity} "
+                                "unacknowledged)",
+                                reason="CHANNEL_FULL",
+                            )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(q.changed.wait(), remaining)
+            sender_seq = ch.sender_seq.get(sender, 0) + 1
+            ch.sender_seq[sender] = sender_seq
+            now = time.time()
+            for target, q in zip(targets, queues, strict=True):
+                msg = Message(q.next_seq, sender, target, payload, sender_seq, now)
+                q.next_seq += 1
+                self.store.put_message(name, target, msg.sequence, sender, sender_seq, payload, now)
+                q.pending.append(msg)
+                async with q.changed:
+                    q.changed.notify_all()
+            self._save(ch)
+        return sender_seq
+
+    async def subscribe(self, name: str, member: str) -> AsyncIterator[Message]:
+        """Everything unacknowledged, then new messages as they come."""
+        ch = self.get(name)
+        q = self._member(ch, member)
+        sent = 0  # highest sequence this stream has delivered
+        while self._channels.get(name) is ch:
+            batch = [m for m in q.pending if m.sequence > sent]
+            if not batch:
+                async with q.changed:
+                    if not [m for m in q.pending if m.sequence > sent]:
+                        await q.changed.wait()
+                continue
+            for m in batch:
+                sent = m.sequence
+                yield m
+
+    async def ack(self, name: str, member: str, upto: int) -> None:
+        ch = self.get(name)
+        q = self._member(ch, member)
+        if upto >= q.next_seq:
+            raise InvalidArgument(
+                f"sequence {upto} was never delivered to {member!r}", reason="INVALID_SEQUENCE"
+            )
+        q.pending = [m for m in q.pending if m.sequence > upto]
+        self.store.ack_messages(name, member, upto)
+        async with q.changed:
+            q.changed.notify_all()

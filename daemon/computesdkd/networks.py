@@ -1,0 +1,276 @@
+"""Shared networks between sandboxes, and ports forwarded to the host's loopback.
+
+A network is an isolated segment made by the members' provider (for local: a
+bridge in a namespace of its own and a veth per member) with a /24 of its own.
+Members find each other by hostname through a block the daemon keeps in each
+member's /etc/hosts. Networks survive a daemon restart; a member that is
+destroyed leaves its networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from . import logs
+from .errors import AlreadyExists, ComputeError, FailedPrecondition, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logs.get(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+SUBNETS = ipaddress.ip_network("10.213.0.0/16")
+PREFIX = 24
+MAX_MEMBERS = 250
+IFNAME = "eth0"  # one shared network per sandbox keeps names and routes simple
+HOSTS_BEGIN = "# computesdk network: begin"
+HOSTS_END = "# computesdk network: end"
+NETWORK_JOINED, NETWORK_LEFT = "network.joined", "network.left"
+
+
+@dataclass
+class Member:
+    sandbox_id: str
+    hostname: str
+    address: str
+
+
+@dataclass
+class Network:
+    name: str
+    id: str
+    provider: str
+    subnet: str
+    members: list[Member] = field(default_factory=list)
+
+
+@dataclass
+class Forward:
+    server: asyncio.Server
+    url: str
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Networks:
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self._networks: dict[str, Network] = {}
+        self._forwards: dict[tuple[str, int], Forward] = {}
+        self._lock = asyncio.Lock()
+        manager.on_destroyed.append(self._member_gone)
+
+    def start(self) -> None:
+        live = self.manager.sandboxes_by_id()
+        for kind, name, value in self.manager.store.settings(""):
+            if kind != "network":
+                continue
+            members = [Member(**m) for m in value.pop("members")]
+            net = Network(**value, members=[m for m in members if m.sandbox_id in live])
+            self._networks[name] = net
+            self._save(net)
+
+    async def shutdown(self) -> None:
+        for fwd in self._forwards.values():
+            fwd.server.close()
+            for t in fwd.tasks:
+                t.cancel()
+        self._forwards.clear()
+
+    def _save(self, net: Network) -> None:
+        self.manager.store.put_setting("", "network", net.name, asdict(net))
+
+    def get(self, name: str) -> Network:
+        net = self._networks.get(name)
+        if net is None:
+            raise NotFound(f"network {name!r} not found", reason="NETWORK_NOT_FOUND", network=name)
+        return net
+
+    def all(self) -> list[Network]:
+        return [self._networks[n] for n in sorted(self._networks)]
+
+    def _free_subnet(self) -> str:
+        used = {n.subnet for n in self._networks.values()}
+        for sub in SUBNETS.subnets(new_prefix=PREFIX):
+            if str(sub) not in used and sub.network_address.packed[2] != 0:
+                return str(sub)
+        raise FailedPrecondition("every shared-network subnet is in use", reason="NO_SUBNET")
+
+    async def create(self, name: str, members: list[tuple[str, str]]) -> Network:
+        if not NAME.match(name):
+            raise InvalidArgument(
+                "network names are 1-63 of A-Z, a-z, 0-9, '.', '_', '-'", reason="INVALID_NAME"
+            )
+        if len(members) > MAX_MEMBERS:
+            raise InvalidArgument(f"at most {MAX_MEMBERS} members", reason="NETWORK_TOO_LARGE")
+        async with self._lock:
+            if name in self._networks:
+                raise AlreadyExists(f"network {name!r} exists", reason="NETWORK_EXISTS")
+            sandboxes = [self.manager.running(sid)[0] for sid, _ in members]
+            providers = {sb.spec.provider for sb in sandboxes}
+            if len(providers) > 1:
+                raise FailedPrecondition(
+                    "members of one network must share a provider", reason="MIXED_PROVIDERS"
+                )
+            hostnames = [h or sid for sid, h in members]
+            for h in hostnames:
+                if not HOSTNAME.match(h):
+                    raise InvalidArgument(f"bad hostname {h!r}", reason="INVALID_HOSTNAME")
+            ids = {sid for sid, _ in members}
+            if len(set(hostnames)) != len(hostnames) or len(ids) != len(members):
+                raise InvalidArgument("hostnames and members must be unique", reason="DUPLICATE")
+            for sb in sandboxes:
+                if any(m.sandbox_id == sb.id for n in self._networks.values() for m in n.members):
+                    raise FailedPrecondition(
+                        f"sandbox {sb.id} is already on a network", reason="ALREADY_ON_NETWORK"
+                    )
+            provider_name = providers.pop() if providers else self.manager.default_provider
+            provider = self.manager.providers[provider_name]
+            subnet = ipaddress.ip_network(self._free_subnet())
+            net = Network(name, secrets.token_hex(4), provider_name, str(subnet))
+            await provider.create_network(net.id)
+            hosts = list(subnet.hosts())
+            try:
+                for i, (sb, hostname) in enumerate(zip(sandboxes, hostnames, strict=True)):
+                    address = str(hosts[i])
+                    await provider.attach_network(sb, net.id, IFNAME, address, PREFIX)
+                    net.members.append(Member(sb.id, hostname, address))
+                await self._write_hosts(net)
+            except BaseException:
+                for m in net.members:
+                    with contextlib.suppress(Exception):
+                        await provider.detach_network(self.manager.get(m.sandbox_id), IFNAME)
+                with contextlib.suppress(Exception):
+                    await provider.delete_network(net.id)
+                raise
+            self._networks[name] = net
+            self._save(net)
+            for m in net.members:
+                self.manager.bus.emit(m.sandbox_id, NETWORK_JOINED, network=name, address=m.address)
+            log.info("network created", network=name, subnet=net.subnet, members=len(net.members))
+            return net
+
+    async def _write_hosts(self, net: Network) -> None:
+        """Each member's /etc/hosts gets one block naming every member."""
+        block = "\n".join(
+            [HOSTS_BEGIN, *(f"{m.address}\t{m.hostname}" for m in net.members), HOSTS_END]
+        )
+        for m in net.members:
+            await self._set_hosts_block(m.sandbox_id, block)
+
+    async def _set_hosts_block(self, sandbox_id: str, block: str) -> None:
+        try:
+            current = b"".join(
+                [c async for c in self.manager.read_file(sandbox_id, "/etc/hosts", 0, 0)]
+            ).decode()
+        except NotFound:
+            current = "127.0.0.1\tlocalhost\n"
+        kept, skipping = [], False
+        for line in current.splitlines():
+            if line == HOSTS_BEGIN:
+                skipping = True
+            elif line == HOSTS_END:
+                skipping = False
+            elif not skipping:
+                kept.append(line)
+        text = "\n".join([*kept, *([block] if block else [])]) + "\n"
+        await self.manager.write_file(
+            sandbox_id, "/etc/hosts", _once(text.encode()), mode=0o644, make_parents=True,
+            append=False,
+        )  # fmt: skip
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            net = self.get(name)
+            provider = self.manager.providers[net.provider]
+            for m in net.members:
+                sb = self.manager.sandboxes_by_id().get(m.sandbox_id)
+                if sb is None:
+                    continue
+                with contextlib.suppress(ComputeError):
+                    await provider.detach_network(sb, IFNAME)
+                    await self._set_hosts_block(m.sandbox_id, "")
+                self.manager.bus.emit(m.sandbox_id, NETWORK_LEFT, network=name)
+            await provider.delete_network(net.id)
+            self._networks.pop(name, None)
+            self.manager.store.delete_setting("", "network", name)
+
+    def service_url(self, name: str, member: str, port: int) -> str:
+        net = self.get(name)
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"bad port {port}", reason="INVALID_PORT")
+        for m in net.members:
+            if member in (m.hostname, m.sandbox_id):
+                return f"http://{m.hostname}:{port}"
+        raise NotFound(f"{member!r} is not on network {name!r}", reason="MEMBER_NOT_FOUND")
+
+    def _member_gone(self, sandbox_id: str) -> None:
+        for net in self._networks.values():
+            if any(m.sandbox_id == sandbox_id for m in net.members):
+                # Its veth went with its namespace; only the record is left to fix.
+                net.members = [m for m in net.members if m.sandbox_id != sandbox_id]
+                self._save(net)
+        for key in [k for k in self._forwards if k[0] == sandbox_id]:
+            fwd = self._forwards.pop(key)
+            fwd.server.close()
+            for t in fwd.tasks:
+                t.cancel()
+
+    # ------------------------------------------------------------ forwarded ports
+
+    async def expose(self, sandbox_id: str, port: int) -> str:
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"bad port {port}", reason="INVALID_PORT")
+        sb, provider = self.manager.running(sandbox_id)
+        if (sandbox_id, port) in self._forwards:
+            return self._forwards[(sandbox_id, port)].url
+        # Fail now, naming the provider, rather than on the first connection.
+        _, probe = await provider.open_port(sb, port)
+        probe.close()
+        fwd: Forward
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            fwd.tasks.add(task)
+            try:
+                up_r, up_w = await provider.open_port(sb, port)
+            except ComputeError:
+                writer.close()
+                fwd.tasks.discard(task)
+                return
+            try:
+                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+            finally:
+                fwd.tasks.discard(task)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        host_port = server.sockets[0].getsockname()[1]
+        fwd = Forward(server, f"http://127.0.0.1:{host_port}")
+        self._forwards[(sandbox_id, port)] = fwd
+        log.info("port exposed", sandbox_id=sandbox_id, port=port, url=fwd.url)
+        return fwd.url
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            dst.close()
