@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from . import cli_fleet
 from .client import Client
 from .errors import ComputeSDKError
 from .sandbox import Sandbox
@@ -358,6 +359,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("providers", parents=[common], help="list providers")
     p.set_defaults(fn=cmd_providers)
+    cli_fleet.add_parsers(sub, common)
     p = sub.add_parser(
         "stubs",
         parents=[common],

@@ -16,11 +16,16 @@ import grpc
 from ._rpc import open_channel, target_for, translated
 from .api.events.v1 import events_pb2, events_pb2_grpc
 from .api.filesystem.v1 import filesystem_pb2_grpc
+from .api.group.v1 import group_pb2_grpc
+from .api.messaging.v1 import messaging_pb2_grpc
 from .api.monitoring.v1 import monitoring_pb2_grpc
+from .api.network.v1 import network_pb2_grpc
+from .api.pool.v1 import pool_pb2_grpc
 from .api.process.v1 import process_pb2_grpc
 from .api.provider.v1 import provider_pb2, provider_pb2_grpc
 from .api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-from .errors import ComputeSDKError, from_rpc_error
+from .errors import ComputeSDKError, error_from, from_rpc_error
+from .fleet import Channels, Groups, Networks, Pools
 from .sandbox import Sandbox
 from .types import Event, Resources
 
@@ -49,6 +54,14 @@ class Client:
         self.events_stub = events_pb2_grpc.EventServiceStub(self.channel)
         self.providers_stub = provider_pb2_grpc.ProviderServiceStub(self.channel)
         self.monitoring = monitoring_pb2_grpc.MonitoringServiceStub(self.channel)
+        self.pool_stub = pool_pb2_grpc.PoolServiceStub(self.channel)
+        self.group_stub = group_pb2_grpc.GroupServiceStub(self.channel)
+        self.network_stub = network_pb2_grpc.NetworkServiceStub(self.channel)
+        self.messaging_stub = messaging_pb2_grpc.MessagingServiceStub(self.channel)
+        self.pools = Pools(self)
+        self.groups = Groups(self)
+        self.networks = Networks(self)
+        self.channels = Channels(self)
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
 
     @classmethod
@@ -107,24 +120,56 @@ class Client:
         env: Mapping[str, str] | None = None,
         request_id: str | None = None,
         fallback_providers: Sequence[str] = (),
+        use_pool: bool | None = None,
     ) -> Sandbox:
         """Creates a sandbox and returns once it is ready. fallback_providers are tried
-        in order when the provider is down or its circuit breaker is open."""
-        req = sandbox_pb2.CreateSandboxRequest(
-            provider=provider,
-            template=template,
-            metadata=dict(metadata or {}),
-            timeout_ms=timeout_ms,
-            keep_alive=keep_alive,
-            resources=(resources or Resources()).to_proto(),
-            env=dict(env or {}),
-            # Retries of this call are idempotent: the daemon dedupes on request_id.
-            request_id=request_id or uuid.uuid4().hex,
-            fallback_providers=list(fallback_providers),
-        )
+        in order when the provider is down or its circuit breaker is open. use_pool:
+        None follows the daemon (takes a never-used warm sandbox from a matching pool
+        unless started with --no-pool-create), True/False force it either way."""
+        req = _create_request(
+            provider, template, metadata, timeout_ms, keep_alive, resources, env,
+            request_id, fallback_providers, use_pool,
+        )  # fmt: skip
         with translated():
             resp = await self.sandboxes.CreateSandbox(req)
         return Sandbox(self, resp.sandbox)
+
+    async def batch_create(
+        self, items: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[Sandbox | ComputeSDKError]:
+        """Creates many sandboxes in one call; each item takes create()'s keyword
+        arguments (plus "provider"). One result per item, in order: a failed item is
+        its typed error, and does not fail the others."""
+        reqs = [
+            _create_request(
+                i.get("provider", ""),
+                i.get("template", ""),
+                i.get("metadata"),
+                i.get("timeout_ms", 0),
+                i.get("keep_alive", False),
+                i.get("resources"),
+                i.get("env"),
+                i.get("request_id"),
+                i.get("fallback_providers", ()),
+                i.get("use_pool"),
+            )
+            for i in items
+        ]
+        with translated():
+            resp = await self.sandboxes.BatchCreateSandboxes(
+                sandbox_pb2.BatchCreateSandboxesRequest(requests=reqs)
+            )
+        out: builtins.list[Sandbox | ComputeSDKError] = []
+        for r in resp.results:
+            if r.WhichOneof("result") == "sandbox":
+                out.append(Sandbox(self, r.sandbox))
+            else:
+                out.append(error_from(r.error.code, r.error.reason, r.error.message))
+        return out
+
+    async def list_active_sandboxes(self) -> builtins.list[Sandbox]:
+        """Every sandbox that is running now."""
+        return await self.list(states=["running"])
 
     async def get(self, sandbox_id: str) -> Sandbox:
         with translated():
@@ -223,6 +268,34 @@ async def connect(
 
 # grpc.aio channels belong to one event loop, so the shared client is per loop.
 _default_clients: dict[tuple[str, int], Client] = {}
+
+
+def _create_request(
+    provider: str,
+    template: str,
+    metadata: Mapping[str, str] | None,
+    timeout_ms: int,
+    keep_alive: bool,
+    resources: Resources | None,
+    env: Mapping[str, str] | None,
+    request_id: str | None,
+    fallback_providers: Sequence[str],
+    use_pool: bool | None,
+) -> sandbox_pb2.CreateSandboxRequest:
+    policy = {None: 0, True: sandbox_pb2.POOL_POLICY_ALLOW, False: sandbox_pb2.POOL_POLICY_NEVER}
+    return sandbox_pb2.CreateSandboxRequest(
+        provider=provider,
+        template=template,
+        metadata=dict(metadata or {}),
+        timeout_ms=timeout_ms,
+        keep_alive=keep_alive,
+        resources=(resources or Resources()).to_proto(),
+        env=dict(env or {}),
+        # Retries of this call are idempotent: the daemon dedupes on request_id.
+        request_id=request_id or uuid.uuid4().hex,
+        fallback_providers=list(fallback_providers),
+        pool_policy=policy[use_pool],  # type: ignore[arg-type]
+    )
 
 
 async def compute(

@@ -133,3 +133,10 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> ComputeSDKError:
                     reason, metadata = info.reason, dict(info.metadata)
     cls = _BY_REASON.get(reason) or _BY_CODE.get(err.code(), ComputeSDKError)
     return cls(err.details() or "", code=err.code(), reason=reason, metadata=metadata)
+
+
+def error_from(code: str, reason: str, message: str) -> ComputeSDKError:
+    """The typed error for one failed item of a batch or broadcast."""
+    status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(status, ComputeSDKError)
+    return cls(message, code=status, reason=reason)

@@ -445,6 +445,34 @@ class Sandbox:
             )
         await self._stop_listening()
 
+    async def reset(self, *, hard: bool = False) -> None:
+        """Kills every process; hard also returns the files to the template's state."""
+        with translated():
+            resp = await self.client.sandboxes.ResetSandbox(
+                sandbox_pb2.ResetSandboxRequest(sandbox_id=self.id, hard=hard)
+            )
+        self.info = resp.sandbox
+
+    async def set_env(
+        self, env: Mapping[str, str] | str, value: str | None = None, *, unset: Sequence[str] = ()
+    ) -> dict[str, str]:
+        """Sets variables for later commands (set_env("K", "v") or set_env({...}));
+        kept across daemon restarts. Returns the whole environment now in effect."""
+        pairs = {env: value or ""} if isinstance(env, str) else dict(env)
+        with translated():
+            resp = await self.client.sandboxes.SetSandboxEnv(
+                sandbox_pb2.SetSandboxEnvRequest(sandbox_id=self.id, env=pairs, unset=list(unset))
+            )
+        return dict(resp.env)
+
+    async def release(self, *, hard: bool = False) -> bool:
+        """Gives a sandbox acquired from a pool back to it (see Client.pools)."""
+        return await self.client.pools.release(self, hard=hard)
+
+    async def get_url(self, port: int) -> str:
+        """A URL on the host's loopback that forwards to this sandbox's port."""
+        return await self.client.networks.get_url(self, port)
+
     async def clone(
         self,
         *,

@@ -1,0 +1,227 @@
+"""CLI commands for pools, batches, groups, networks, channels, reset and env."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from .client import Client
+from .errors import ComputeSDKError
+
+
+def _kv(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"computesdk: expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _out(a: argparse.Namespace, obj: Any, text: str) -> None:
+    from .cli import _print_json
+
+    if a.json:
+        _print_json(obj)
+    else:
+        print(text)
+
+
+async def cmd_pool(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "create":
+        p = await c.pools.create(
+            a.name, provider=a.provider, template=a.template, min=a.min, max=a.max
+        )
+        _out(a, asdict(p), p.name)
+    elif a.action == "ls":
+        pools = await c.pools.list()
+        _out(
+            a,
+            [asdict(p) for p in pools],
+            "\n".join(
+                f"{p.name}\t{p.provider}/{p.template}\tidle {p.idle} leased {p.leased} "
+                f"creating {p.creating}\tmin {p.min} max {p.max}"
+                for p in pools
+            ),
+        )
+    elif a.action == "acquire":
+        sb = await c.pools.acquire(a.name, wait_timeout_ms=a.wait_ms)
+        _out(a, {"id": sb.id}, sb.id)
+    elif a.action == "release":
+        returned = await c.pools.release(a.name, hard=a.hard)
+        _out(a, {"returned": returned}, "returned" if returned else "destroyed")
+    elif a.action == "rm":
+        await c.pools.delete(a.name)
+    return 0
+
+
+async def cmd_batch(c: Client, a: argparse.Namespace) -> int:
+    items = [{"provider": a.provider, "template": t} for t in a.template for _ in range(a.count)]
+    results = await c.batch_create(items)
+    failed = 0
+    for r in results:
+        if isinstance(r, ComputeSDKError):
+            failed += 1
+            _out(a, {"error": {"reason": r.reason, "message": r.message}}, f"error\t{r}")
+        else:
+            _out(a, {"id": r.id, "template": r.template}, r.id)
+    return 1 if failed else 0
+
+
+async def cmd_group(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "create":
+        _out(a, await c.groups.create(a.name, a.ids), a.name)
+    elif a.action == "ls":
+        groups = await c.groups.list()
+        _out(a, groups, "\n".join(f"{n}\t{' '.join(m)}" for n, m in groups.items()))
+    elif a.action == "add":
+        _out(a, await c.groups.add(a.name, a.ids), a.name)
+    elif a.action == "remove":
+        _out(a, await c.groups.remove(a.name, a.ids), a.name)
+    elif a.action == "exec":
+        code = 0
+        async for r in c.groups.broadcast(a.name, a.ids):  # ids holds the command here
+            if r.result is not None:
+                code = code or (0 if r.ok else 1)
+                _out(
+                    a,
+                    {
+                        "sandbox_id": r.sandbox_id,
+                        "exit_code": r.result.exit_code,
+                        "stdout": r.result.stdout,
+                        "stderr": r.result.stderr,
+                    },
+                    f"{r.sandbox_id}\texit {r.result.exit_code}\t{r.result.stdout.strip()}",
+                )
+            else:
+                code = 1
+                _out(
+                    a,
+                    {"sandbox_id": r.sandbox_id, "error": str(r.error)},
+                    f"{r.sandbox_id}\terror\t{r.error}",
+                )
+        return code
+    elif a.action == "destroy":
+        _out(a, await c.groups.destroy_all(a.name), a.name)
+    elif a.action == "rm":
+        await c.groups.delete(a.name)
+    return 0
+
+
+async def cmd_network(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "create":
+        members = {}
+        for item in a.ids:  # SANDBOX or HOSTNAME=SANDBOX
+            host, sep, sid = item.partition("=")
+            members[host if sep else item] = sid if sep else item
+        net = await c.networks.create(a.name, members)
+        _out(a, asdict(net), "\n".join(f"{h}\t{s}\t{ip}" for h, (s, ip) in net.members.items()))
+    elif a.action == "ls":
+        nets = await c.networks.list()
+        _out(
+            a,
+            [asdict(n) for n in nets],
+            "\n".join(f"{n.name}\t{n.subnet}\t{' '.join(n.members)}" for n in nets),
+        )
+    elif a.action == "url":
+        url = await c.networks.get_service_url(a.name, a.ids[0], int(a.ids[1]))
+        _out(a, {"url": url}, url)
+    elif a.action == "expose":  # name is the sandbox here
+        url = await c.networks.get_url(a.name, int(a.ids[0]))
+        _out(a, {"url": url}, url)
+    elif a.action == "rm":
+        await c.networks.delete(a.name)
+    return 0
+
+
+async def cmd_channel(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "create":
+        _out(a, await c.channels.connect(a.name, a.args), a.name)
+    elif a.action == "send":  # args: SENDER RECIPIENT|* PAYLOAD
+        sender, recipient, payload = a.args
+        seq = await c.channels.send(
+            a.name, sender, None if recipient == "*" else recipient, payload
+        )
+        _out(a, {"sender_sequence": seq}, str(seq))
+    elif a.action == "recv":  # args: MEMBER; prints and acknowledges as it goes
+        member = a.args[0]
+        async for m in c.channels.subscribe(a.name, member):
+            _out(
+                a,
+                {"sequence": m.sequence, "sender": m.sender, "payload": m.text},
+                f"{m.sequence}\t{m.sender}\t{m.text}",
+            )
+            sys.stdout.flush()
+            await c.channels.ack(a.name, member, m.sequence)
+            if a.count and m.sequence >= a.count:
+                break
+    elif a.action == "rm":
+        await c.channels.delete(a.name)
+    return 0
+
+
+async def cmd_reset(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.get(a.id)
+    await sb.reset(hard=a.hard)
+    return 0
+
+
+async def cmd_env(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.get(a.id)
+    env = await sb.set_env(_kv(a.set), unset=a.unset)
+    _out(a, env, "\n".join(f"{k}={v}" for k, v in sorted(env.items())))
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("pool", parents=[common], help="warm pools: create|ls|acquire|release|rm")
+    p.add_argument("action", choices=["create", "ls", "acquire", "release", "rm"])
+    p.add_argument("name", nargs="?", default="", help="pool (sandbox id for release)")
+    p.add_argument("--provider", default="")
+    p.add_argument("--template", default="")
+    p.add_argument("--min", type=int, default=1)
+    p.add_argument("--max", type=int, default=10)
+    p.add_argument("--wait-ms", type=int, default=0)
+    p.add_argument("--hard", action="store_true", help="release: reset files too")
+    p.set_defaults(fn=cmd_pool)
+
+    p = sub.add_parser("batch", parents=[common], help="create many sandboxes in one call")
+    p.add_argument("--provider", default="")
+    p.add_argument("--template", action="append", default=[], help="repeatable")
+    p.add_argument("-n", "--count", type=int, default=1, help="sandboxes per template")
+    p.set_defaults(fn=cmd_batch)
+
+    p = sub.add_parser(
+        "group", parents=[common], help="groups: create|ls|add|remove|exec|destroy|rm"
+    )
+    p.add_argument("action", choices=["create", "ls", "add", "remove", "exec", "destroy", "rm"])
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("ids", nargs="*", help="sandbox ids, or after exec: -- COMMAND...")
+    p.set_defaults(fn=cmd_group)
+
+    p = sub.add_parser("network", parents=[common], help="networks: create|ls|url|expose|rm")
+    p.add_argument("action", choices=["create", "ls", "url", "expose", "rm"])
+    p.add_argument("name", nargs="?", default="", help="network (sandbox id for expose)")
+    p.add_argument("ids", nargs="*", help="[HOSTNAME=]SANDBOX..., or MEMBER PORT, or PORT")
+    p.set_defaults(fn=cmd_network)
+
+    p = sub.add_parser("channel", parents=[common], help="message channels: create|send|recv|rm")
+    p.add_argument("action", choices=["create", "send", "recv", "rm"])
+    p.add_argument("name")
+    p.add_argument("args", nargs="*", help="MEMBERS..., or SENDER RECIPIENT|* PAYLOAD, or MEMBER")
+    p.add_argument("--count", type=int, default=0, help="recv: stop after this sequence")
+    p.set_defaults(fn=cmd_channel)
+
+    p = sub.add_parser("reset", parents=[common], help="kill every process (--hard: and files)")
+    p.add_argument("id")
+    p.add_argument("--hard", action="store_true")
+    p.set_defaults(fn=cmd_reset)
+
+    p = sub.add_parser("env", parents=[common], help="set env for later commands")
+    p.add_argument("id")
+    p.add_argument("set", nargs="*", metavar="K=V")
+    p.add_argument("--unset", action="append", default=[])
+    p.set_defaults(fn=cmd_env)
