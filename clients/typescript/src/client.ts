@@ -7,13 +7,18 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createClient, type Client as RpcClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
-import { SandboxService, State, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
+import { PoolPolicy, SandboxService, State, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
 import { ProcessService } from "./gen/computesdk/api/process/v1/process_pb.js";
 import { FilesystemService } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
 import { EventService, type Event as EventMessage } from "./gen/computesdk/api/events/v1/events_pb.js";
 import { ProviderService, type Provider } from "./gen/computesdk/api/provider/v1/provider_pb.js";
 import { MonitoringService } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
-import { ComputeSDKError, fromError, translated } from "./errors.js";
+import { PoolService } from "./gen/computesdk/api/pool/v1/pool_pb.js";
+import { GroupService } from "./gen/computesdk/api/group/v1/group_pb.js";
+import { NetworkService } from "./gen/computesdk/api/network/v1/network_pb.js";
+import { MessagingService } from "./gen/computesdk/api/messaging/v1/messaging_pb.js";
+import { Channels, Groups, Networks, Pools } from "./fleet.js";
+import { ComputeSDKError, fromError, translated, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, type Resources } from "./sandbox.js";
 
 /** The generated service clients, for calls the idiomatic layer does not wrap. */
@@ -24,6 +29,10 @@ export interface Raw {
   events: RpcClient<typeof EventService>;
   providers: RpcClient<typeof ProviderService>;
   monitoring: RpcClient<typeof MonitoringService>;
+  pools: RpcClient<typeof PoolService>;
+  groups: RpcClient<typeof GroupService>;
+  networks: RpcClient<typeof NetworkService>;
+  messaging: RpcClient<typeof MessagingService>;
 }
 
 export type ConnectionState = "connected" | "disconnected" | "reconnecting";
@@ -49,6 +58,8 @@ export interface CreateOptions {
   requestId?: string;
   /** Tried in order when the provider is down. */
   fallbackProviders?: string[];
+  /** Take a never-used warm sandbox from a matching pool: undefined follows the daemon. */
+  usePool?: boolean;
 }
 
 export interface Event {
@@ -117,6 +128,10 @@ function isConnectionLoss(err: unknown): boolean {
 /** One connection to the daemon. Share it; close() it when done. */
 export class Client {
   readonly raw: Raw;
+  readonly pools: Pools;
+  readonly groups: Groups;
+  readonly networks: Networks;
+  readonly channels: Channels;
   readonly target: string;
   private readonly session: Http2SessionManager;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();
@@ -142,7 +157,15 @@ export class Client {
       events: createClient(EventService, transport),
       providers: createClient(ProviderService, transport),
       monitoring: createClient(MonitoringService, transport),
+      pools: createClient(PoolService, transport),
+      groups: createClient(GroupService, transport),
+      networks: createClient(NetworkService, transport),
+      messaging: createClient(MessagingService, transport),
     };
+    this.pools = new Pools(this);
+    this.groups = new Groups(this);
+    this.networks = new Networks(this);
+    this.channels = new Channels(this);
   }
 
   /** Connects and waits until the daemon answers. */
@@ -195,20 +218,24 @@ export class Client {
 
   /** Creates a sandbox on provider ("" = the daemon's default) once it is ready. */
   async create(provider = "", options: CreateOptions = {}): Promise<Sandbox> {
-    const resp = await translated(() =>
-      this.raw.sandboxes.createSandbox({
-        provider,
-        template: options.template ?? "",
-        metadata: options.metadata ?? {},
-        timeoutMs: BigInt(options.timeoutMs ?? 0),
-        keepAlive: options.keepAlive ?? false,
-        resources: resourcesToProto(options.resources),
-        env: options.env ?? {},
-        requestId: options.requestId ?? randomUUID(),
-        fallbackProviders: options.fallbackProviders ?? [],
-      }),
-    );
+    const resp = await translated(() => this.raw.sandboxes.createSandbox(createRequest(provider, options)));
     return new Sandbox(this, resp.sandbox as SandboxMessage);
+  }
+
+  /**
+   * Creates many sandboxes in one call. One result per item, in order: a failed
+   * item is its typed error and does not fail the others.
+   */
+  async batchCreate(items: (CreateOptions & { provider?: string })[]): Promise<(Sandbox | ComputeSDKError)[]> {
+    const resp = await translated(() => this.raw.sandboxes.batchCreateSandboxes({ requests: items.map((i) => createRequest(i.provider ?? "", i)) }));
+    return resp.results.map((r) =>
+      r.result.case === "sandbox" ? new Sandbox(this, r.result.value) : typedError(r.result.value?.code ?? "UNKNOWN", r.result.value?.reason ?? "", r.result.value?.message ?? ""),
+    );
+  }
+
+  /** Every sandbox that is running now. */
+  listActiveSandboxes(): Promise<Sandbox[]> {
+    return this.list({ states: ["running"] });
   }
 
   async get(sandboxId: string): Promise<Sandbox> {
@@ -292,6 +319,21 @@ export class Client {
       backoff = Math.min(backoff * 2, 2000);
     }
   }
+}
+
+function createRequest(provider: string, o: CreateOptions) {
+  return {
+    provider,
+    template: o.template ?? "",
+    metadata: o.metadata ?? {},
+    timeoutMs: BigInt(o.timeoutMs ?? 0),
+    keepAlive: o.keepAlive ?? false,
+    resources: resourcesToProto(o.resources),
+    env: o.env ?? {},
+    requestId: o.requestId ?? randomUUID(),
+    fallbackProviders: o.fallbackProviders ?? [],
+    poolPolicy: o.usePool === undefined ? PoolPolicy.UNSPECIFIED : o.usePool ? PoolPolicy.ALLOW : PoolPolicy.NEVER,
+  };
 }
 
 /** Connects with the default options (or $COMPUTESDK_SOCKET). */

@@ -129,3 +129,10 @@ export async function translated<T>(call: () => Promise<T>): Promise<T> {
     throw fromError(err);
   }
 }
+
+/** The typed error for one failed item of a batch or broadcast, from its code name and reason. */
+export function typedError(code: string, reason: string, message: string): ComputeSDKError {
+  const entry = Object.entries(Code).find(([, v]) => typeof v === "number" && codeName(v as Code) === code);
+  const cls = byReason[reason] ?? (entry ? byCode[entry[1] as Code] : undefined) ?? ComputeSDKError;
+  return new cls(message, code, reason);
+}

@@ -4,3 +4,5 @@ export type { ConnectOptions, ConnectionState, CreateOptions, Event, EventsOptio
 export { ExecStream, Files, Monitor, Process, Sandbox, stateName } from "./sandbox.js";
 export type { CommandLine, ExecOptions, ExecResult, FileInfo, OutputChunk, Resources, SandboxStatus, Usage } from "./sandbox.js";
 export * from "./errors.js";
+export { Channels, Groups, MessageQueue, Networks, Pools, SharedNetwork, createSharedNetwork } from "./fleet.js";
+export type { MemberResult, Message, NetworkInfo, PoolInfo } from "./fleet.js";

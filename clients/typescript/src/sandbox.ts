@@ -99,7 +99,7 @@ export interface ExecResult {
   processId: string;
 }
 
-function commandToProto(command: CommandLine, o: ExecOptions): CommandMessage {
+export function commandToProto(command: CommandLine, o: ExecOptions): CommandMessage {
   return create(CommandSchema, {
     command: typeof command === "string" ? command : "",
     args: typeof command === "string" ? [] : command,
@@ -121,7 +121,7 @@ function chunk(stream: "stdout" | "stderr", data: Uint8Array, offset: bigint): O
   };
 }
 
-function result(out: Uint8Array[], err: Uint8Array[], ex: Exited, processId: string): ExecResult {
+export function resultFromParts(out: Uint8Array[], err: Uint8Array[], ex: Exited, processId: string): ExecResult {
   const stdoutBytes = concat(out);
   const stderrBytes = concat(err);
   return {
@@ -240,7 +240,7 @@ export class ExecStream implements AsyncIterable<OutputChunk> {
       }
     }
     if (!this.exited) throw new ComputeSDKError("exec ended without an exit status", "ABORTED", "SANDBOX_TERMINATED");
-    return result(out, err, this.exited, this.processId);
+    return resultFromParts(out, err, this.exited, this.processId);
   }
 }
 
@@ -284,7 +284,7 @@ export class Process {
       const next = await it.next();
       if (next.done) {
         if (!next.value) throw new ComputeSDKError("process ended without an exit status", "ABORTED", "SANDBOX_TERMINATED");
-        return result(out, err, next.value, this.id);
+        return resultFromParts(out, err, next.value, this.id);
       }
       (next.value.stream === "stdout" ? out : err).push(next.value.data);
     }
@@ -624,6 +624,28 @@ export class Sandbox {
       }),
     );
     return new Sandbox(this.client, resp.sandbox!);
+  }
+
+  /** Kills every process; hard also returns the files to the template's state. */
+  async reset(options: { hard?: boolean } = {}): Promise<void> {
+    this.info = (await translated(() => this.client.raw.sandboxes.resetSandbox({ sandboxId: this.id, hard: options.hard ?? false }))).sandbox!;
+  }
+
+  /** Sets variables for later commands: setEnv('K', 'v') or setEnv({ K: 'v' }). Kept across daemon restarts. */
+  async setEnv(env: string | Record<string, string>, value?: string, options: { unset?: string[] } = {}): Promise<Record<string, string>> {
+    const pairs = typeof env === "string" ? { [env]: value ?? "" } : env;
+    const resp = await translated(() => this.client.raw.sandboxes.setSandboxEnv({ sandboxId: this.id, env: pairs, unset: options.unset ?? [] }));
+    return { ...resp.env };
+  }
+
+  /** Gives a sandbox acquired from a pool back to it. */
+  release(options: { hard?: boolean } = {}): Promise<boolean> {
+    return this.client.pools.release(this, options);
+  }
+
+  /** A URL on the host's loopback that forwards to this sandbox's port. */
+  getUrl(port: number): Promise<string> {
+    return this.client.networks.getUrl(this, port);
   }
 
   // ------------------------------------------------------------ monitoring

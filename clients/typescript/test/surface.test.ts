@@ -14,7 +14,11 @@ import { FilesystemService } from "../src/gen/computesdk/api/filesystem/v1/files
 import { EventService } from "../src/gen/computesdk/api/events/v1/events_pb.js";
 import { ProviderService } from "../src/gen/computesdk/api/provider/v1/provider_pb.js";
 import { MonitoringService } from "../src/gen/computesdk/api/monitoring/v1/monitoring_pb.js";
-import { Client, ComputeSDKError, PathOutsideSandboxError, SandboxNotFoundError, connect, fromError } from "../src/index.js";
+import { PoolService } from "../src/gen/computesdk/api/pool/v1/pool_pb.js";
+import { GroupService } from "../src/gen/computesdk/api/group/v1/group_pb.js";
+import { NetworkService } from "../src/gen/computesdk/api/network/v1/network_pb.js";
+import { MessagingService } from "../src/gen/computesdk/api/messaging/v1/messaging_pb.js";
+import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateNotFoundError, connect, createSharedNetwork, fromError } from "../src/index.js";
 import { Daemon } from "./daemon.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -40,13 +44,17 @@ it("wraps every RPC in the protos", () => {
     .join("\n");
   const missing: string[] = [];
   let total = 0;
-  for (const svc of [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService]) {
+  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService];
+  // Every generated package has its service in the list above.
+  const packages = readdirSync(path.resolve(here, "../../src/gen/computesdk/api")).sort();
+  assert.deepEqual(packages, services.map((s) => s.typeName.split(".")[2]).sort());
+  for (const svc of services) {
     for (const m of svc.methods) {
       total++;
       if (!source.includes(`.${m.localName}(`)) missing.push(`${svc.name}.${m.name}`);
     }
   }
-  assert.ok(total >= 30, `only ${total} RPCs found`);
+  assert.ok(total >= 55, `only ${total} RPCs found`);
   assert.deepEqual(missing, []);
 });
 
@@ -117,5 +125,57 @@ it("keeps background processes, re-attaches by offset, monitors and fires sandbo
     assert.equal(status.state, "running");
     await sb.destroy();
     assert.deepEqual(seen, ["ready", "destroyed"]);
+    client.close();
+  }));
+
+it("pools, batches, groups, shared networks and message queues, the spec's way", () =>
+  tracked(async () => {
+    const client = await connect({ socket: daemon.socket });
+    await client.pools.create("ts-pool", { provider: "local", template: "base", min: 1, max: 2 });
+    for (let i = 0; (await client.pools.get("ts-pool")).idle < 1; i++) {
+      assert.ok(i < 300, "pool never warmed");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const leased = await client.pools.acquire("ts-pool", { metadata: { who: "ts" } });
+    assert.equal(leased.metadata.who, "ts");
+    await leased.exec("touch /tmp/dirty");
+    assert.equal(await leased.release({ hard: true }), true);
+    assert.equal((await leased.exec("test -e /tmp/dirty")).exitCode, 1);
+    await client.pools.delete("ts-pool");
+
+    const made = await client.batchCreate([{ provider: "local", template: "python" }, { provider: "local", template: "nope" }]);
+    const [web, bad] = made;
+    assert.ok(web instanceof Sandbox);
+    assert.ok(bad instanceof TemplateNotFoundError && bad.code === "NOT_FOUND");
+    const api = await client.create("local", { template: "python" });
+
+    await client.groups.create("ts-group", [web, api]);
+    await api.files.write("/workspace/fail", "1");
+    const results = [];
+    for await (const r of client.groups.broadcast("ts-group", "test ! -e /workspace/fail")) results.push(r);
+    assert.equal(results.length, 2);
+    assert.deepEqual(results.filter((r) => !r.ok).map((r) => r.sandboxId), [api.id]);
+    await client.groups.delete("ts-group");
+
+    const network = await createSharedNetwork({ web, api });
+    await api.startProcess("cd /workspace && echo pong > ping && python3 -m http.server 8000");
+    await web.setEnv("API_URL", await network.getServiceUrl("api", 8000));
+    let body = "";
+    for (let i = 0; i < 100 && body !== "pong\n"; i++) {
+      body = (await web.exec(`python3 -c "import urllib.request,os;print(urllib.request.urlopen(os.environ['API_URL']+'/ping',timeout=2).read().decode(),end='')"`)).stdout;
+      if (body !== "pong\n") await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(body, "pong\n");
+    await network.delete();
+
+    const messageQueue = new MessageQueue();
+    await messageQueue.connect(["web", "api"], { client });
+    await messageQueue.send("web", "api", { action: "process-data" });
+    for await (const m of messageQueue.subscribe("api")) {
+      assert.deepEqual(JSON.parse(m.text), { action: "process-data" });
+      await messageQueue.ack("api", m.sequence);
+      break;
+    }
+    for (const sb of [web, api]) await sb.destroy();
     client.close();
   }));
