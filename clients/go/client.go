@@ -25,7 +25,11 @@ import (
 
 	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
 	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
+	groupv1 "github.com/computesdk/computesdk/clients/go/api/group/v1"
+	messagingv1 "github.com/computesdk/computesdk/clients/go/api/messaging/v1"
 	monitoringv1 "github.com/computesdk/computesdk/clients/go/api/monitoring/v1"
+	networkv1 "github.com/computesdk/computesdk/clients/go/api/network/v1"
+	poolv1 "github.com/computesdk/computesdk/clients/go/api/pool/v1"
 	processv1 "github.com/computesdk/computesdk/clients/go/api/process/v1"
 	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
@@ -42,6 +46,10 @@ type Raw struct {
 	Events     eventsv1.EventServiceClient
 	Providers  providerv1.ProviderServiceClient
 	Monitoring monitoringv1.MonitoringServiceClient
+	Pools      poolv1.PoolServiceClient
+	Groups     groupv1.GroupServiceClient
+	Networks   networkv1.NetworkServiceClient
+	Messaging  messagingv1.MessagingServiceClient
 }
 
 // ConnState is the client's view of its connection, reported by event streams
@@ -150,6 +158,10 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 		Events:     eventsv1.NewEventServiceClient(conn),
 		Providers:  providerv1.NewProviderServiceClient(conn),
 		Monitoring: monitoringv1.NewMonitoringServiceClient(conn),
+		Pools:      poolv1.NewPoolServiceClient(conn),
+		Groups:     groupv1.NewGroupServiceClient(conn),
+		Networks:   networkv1.NewNetworkServiceClient(conn),
+		Messaging:  messagingv1.NewMessagingServiceClient(conn),
 	}}
 	// A cheap call proves the daemon is there; WaitForReady rides out a restart.
 	pctx, cancel := context.WithTimeout(ctx, cfg.timeout)

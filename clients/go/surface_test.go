@@ -17,7 +17,11 @@ import (
 	computesdk "github.com/computesdk/computesdk/clients/go"
 	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
 	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
+	groupv1 "github.com/computesdk/computesdk/clients/go/api/group/v1"
+	messagingv1 "github.com/computesdk/computesdk/clients/go/api/messaging/v1"
 	monitoringv1 "github.com/computesdk/computesdk/clients/go/api/monitoring/v1"
+	networkv1 "github.com/computesdk/computesdk/clients/go/api/network/v1"
+	poolv1 "github.com/computesdk/computesdk/clients/go/api/pool/v1"
 	processv1 "github.com/computesdk/computesdk/clients/go/api/process/v1"
 	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
@@ -32,6 +36,15 @@ func TestEveryRPCIsWrapped(t *testing.T) {
 		eventsv1.File_computesdk_api_events_v1_events_proto,
 		providerv1.File_computesdk_api_provider_v1_provider_proto,
 		monitoringv1.File_computesdk_api_monitoring_v1_monitoring_proto,
+		poolv1.File_computesdk_api_pool_v1_pool_proto,
+		groupv1.File_computesdk_api_group_v1_group_proto,
+		networkv1.File_computesdk_api_network_v1_network_proto,
+		messagingv1.File_computesdk_api_messaging_v1_messaging_proto,
+	}
+	// Every generated package is in the list above.
+	dirs, err := os.ReadDir("api")
+	if err != nil || len(dirs) != len(files) {
+		t.Fatalf("%d generated packages, %d checked (%v)", len(dirs), len(files), err)
 	}
 	sources, err := filepath.Glob("*.go")
 	if err != nil {
@@ -63,7 +76,7 @@ func TestEveryRPCIsWrapped(t *testing.T) {
 		}
 	}
 	sort.Strings(missing)
-	if total < 30 || len(missing) > 0 {
+	if total < 55 || len(missing) > 0 {
 		t.Fatalf("%d RPCs, not wrapped: %v", total, missing)
 	}
 }

@@ -49,8 +49,15 @@ async def _forward_input(
                     "only the first Exec message may carry start", reason="EXEC_START_REPEATED"
                 )
     except ComputeError as exc:
+        if exc.reason in _INPUT_AFTER_EXIT:
+            # Input that lost the race with the process's exit: the output stream
+            # says how it ended (or that the sandbox went away), so nothing is lost.
+            return
         failure.append(exc)
         await run.aclose()  # ends the output stream, which then reports the failure
+
+
+_INPUT_AFTER_EXIT = frozenset({"SANDBOX_TERMINATED", "PROCESS_EXITED"})
 
 
 # An Exec client keeps its request stream open until the call ends, so only the

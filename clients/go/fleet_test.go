@@ -1,0 +1,94 @@
+package computesdk_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	computesdk "github.com/computesdk/computesdk/clients/go"
+)
+
+func TestPoolsBatchGroupsAndChannels(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := connect(t)
+
+	if _, err := c.Pools().Create(ctx, computesdk.PoolSpec{Name: "go-pool", Provider: "local", Template: "base", Min: 1, Max: 2}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Pools().Delete(ctx, "go-pool")
+	sb, err := c.Pools().Acquire(ctx, "go-pool", map[string]string{"who": "go"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Exec(ctx, "touch /tmp/dirty"); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := sb.Release(ctx, true); err != nil || !back {
+		t.Fatalf("release: %v %v", back, err)
+	}
+	if res, _ := sb.Exec(ctx, "test -e /tmp/dirty"); res == nil || res.ExitCode != 1 {
+		t.Fatalf("a hard release left files behind: %+v", res)
+	}
+
+	results, err := c.BatchCreate(ctx, []computesdk.BatchItem{
+		{Provider: "local", Options: []computesdk.CreateOption{computesdk.WithTemplate("base")}},
+		{Provider: "local", Options: []computesdk.CreateOption{computesdk.WithTemplate("nope")}},
+		{Provider: "local", Options: []computesdk.CreateOption{computesdk.WithTemplate("base")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(results[1].Err, computesdk.ErrTemplateNotFound) || !errors.Is(results[1].Err, computesdk.ErrNotFound) {
+		t.Fatalf("item 1: %v", results[1].Err)
+	}
+	a, b := results[0].Sandbox, results[2].Sandbox
+	if _, err := c.Groups().Create(ctx, "go-group", a.ID(), b.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.WriteFile(ctx, "/workspace/fail", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	failed := map[string]bool{}
+	n := 0
+	for r, err := range c.Groups().Broadcast(ctx, "go-group", "test ! -e /workspace/fail") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		failed[r.SandboxID] = r.Err != nil || r.Result.ExitCode != 0
+	}
+	if n != 2 || failed[a.ID()] || !failed[b.ID()] {
+		t.Fatalf("broadcast: %d results, failed %v", n, failed)
+	}
+	if destroyed, err := c.Groups().DestroyAll(ctx, "go-group"); err != nil || len(destroyed) != 2 {
+		t.Fatalf("destroy all: %v %v", destroyed, err)
+	}
+
+	if err := c.Channels().Connect(ctx, "go-chan", 10, "web", "api"); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Channels().Delete(ctx, "go-chan")
+	for _, p := range []string{"one", "two"} {
+		if _, err := c.Channels().Send(ctx, "go-chan", "web", "api", []byte(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for m, err := range c.Channels().Subscribe(ctx, "go-chan", "api") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(m.GetPayload()))
+		if err := c.Channels().Ack(ctx, "go-chan", "api", m.GetSequence()); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 2 {
+			break
+		}
+	}
+	if got[0] != "one" || got[1] != "two" {
+		t.Fatalf("messages: %v", got)
+	}
+}
