@@ -40,6 +40,11 @@ from computesdkd.providers.local.rootfs import base_path  # noqa: E402
 Result = dict[str, Any]
 
 
+# The warm pool of the TTI template, as scripts/run-daemon.sh configures it.
+TTI_POOL = "node"
+TTI_POOL_MIN = 100
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
@@ -70,9 +75,9 @@ def composite(ms: list[float], success: float) -> float:
 # ------------------------------------------------------------------ ours
 
 
-async def tti_once(client: Client, marker: str) -> tuple[float, Sandbox]:
+async def tti_once(client: Client, marker: str, use_pool: bool) -> tuple[float, Sandbox]:
     t = time.perf_counter()
-    sb = await client.create(template="node")
+    sb = await client.create(template="node", use_pool=use_pool)
     r = await sb.exec(["node", "-v"])
     ms = (time.perf_counter() - t) * 1000
     if r.exit_code != 0 or not r.stdout.startswith("v"):
@@ -85,8 +90,12 @@ async def tti_once(client: Client, marker: str) -> tuple[float, Sandbox]:
     return ms, sb
 
 
-async def tti(client: Client, n: int, mode: str, stagger_s: float = 0.2) -> Result:
+async def tti(
+    client: Client, n: int, mode: str, stagger_s: float = 0.2, use_pool: bool = True
+) -> Result:
     marker = "bench-" + os.urandom(4).hex()
+    if use_pool:
+        await warm(client, TTI_POOL, min(n, TTI_POOL_MIN))
     times: list[float] = []
     failures = 0
 
@@ -94,7 +103,7 @@ async def tti(client: Client, n: int, mode: str, stagger_s: float = 0.2) -> Resu
         nonlocal failures
         await asyncio.sleep(delay)
         try:
-            ms, sb = await tti_once(client, marker)
+            ms, sb = await tti_once(client, marker, use_pool)
             times.append(ms)
             await sb.destroy()
         except Exception as exc:  # a failed iteration counts against the success rate
@@ -110,6 +119,73 @@ async def tti(client: Client, n: int, mode: str, stagger_s: float = 0.2) -> Resu
     out = summary(times, len(times), n)
     out["score"] = composite(times, out["success"]) if times else 0.0
     return out
+
+
+async def warm(client: Client, pool: str, idle: int, timeout_s: float = 300) -> None:
+    """Waits until the pool has refilled, so each row starts from the same state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pools = await client.pools.list()
+        # Every pool done refilling too: background creates would skew the next row.
+        if all(p.creating == 0 for p in pools) and any(
+            p.name == pool and p.idle >= idle for p in pools
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pool {pool} did not reach {idle} idle sandboxes")
+        await asyncio.sleep(0.1)
+
+
+async def cold_create(client: Client, n: int) -> Result:
+    """create->ready with the pool switched off: runc, overlay, disk image, agent."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        sb = await client.create(template="base", use_pool=False)
+        times.append((time.perf_counter() - t) * 1000)
+        await sb.destroy()
+    return summary(times)
+
+
+async def pool_acquire(client: Client, acquirers: int, rounds: int) -> Result:
+    """Acquire latency (and a soft release after each), alone and with many at once."""
+    name = "bench-acquire"
+    await client.pools.create(
+        name, provider="local", template="base", min=acquirers, max=acquirers + 10
+    )
+    await warm(client, name, acquirers)
+
+    async def worker(times: list[float]) -> None:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            sb = await client.pools.acquire(name)
+            times.append((time.perf_counter() - t) * 1000)
+            await sb.release()
+
+    alone: list[float] = []
+    await worker(alone)
+    await warm(client, name, acquirers)
+    together: list[float] = []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(together) for _ in range(acquirers)))
+    wall = time.perf_counter() - t0
+    stats = await client.pools.get(name)
+    await client.pools.delete(name)
+    out = summary(together)
+    out["alone"] = summary(alone)
+    out["acquirers"] = acquirers
+    out["acquires_per_s"] = round(len(together) / wall)
+    out["hits"], out["misses"] = stats.hits_total, stats.misses_total
+    return out
+
+
+async def batch_create(client: Client, n: int) -> Result:
+    t = time.perf_counter()
+    made = await client.batch_create([{"template": "base", "use_pool": False}] * n)
+    wall = (time.perf_counter() - t) * 1000
+    ok = [s for s in made if isinstance(s, Sandbox)]
+    await asyncio.gather(*(s.destroy() for s in ok))
+    return {"n": n, "ok": len(ok), "wall_ms": round(wall, 1), "per_sandbox_ms": round(wall / n, 1)}
 
 
 async def exec_rtt(client: Client, n: int) -> Result:
@@ -342,6 +418,10 @@ async def run(a: argparse.Namespace) -> Result:
     from conftest import new_daemon
 
     d = new_daemon()
+    # As the README's daemon runs: a warm pool of the TTI template that create draws
+    # from transparently. The *_cold rows switch the pool off per request.
+    pool_min = min(max(a.burst, a.iterations), TTI_POOL_MIN)
+    d.extra_args = ["--warm-pool", f"{TTI_POOL}=local/node:{pool_min}:{pool_min * 2}"]
     d.start()
     assert d.proc is not None
     res: Result = {
@@ -359,6 +439,16 @@ async def run(a: argparse.Namespace) -> Result:
         res["tti_burst"] = await tti(client, a.burst, "burst")
         step("TTI staggered")
         res["tti_staggered"] = await tti(client, n, "staggered", 0.2 if not a.quick else 0.05)
+        step("TTI sequential, pool off")
+        res["tti_sequential_cold"] = await tti(client, n, "sequential", use_pool=False)
+        step("TTI burst, pool off")
+        res["tti_burst_cold"] = await tti(client, a.burst, "burst", use_pool=False)
+        step("cold create->ready")
+        res["create_cold"] = await cold_create(client, n)
+        step("pool acquire")
+        res["pool_acquire"] = await pool_acquire(client, a.acquirers, 5 if a.quick else 20)
+        step("batch create")
+        res["batch"] = await batch_create(client, a.batch)
         step("exec round trip")
         res["exec_true"] = await exec_rtt(client, max(n * 4, 50))
         step("stdout throughput")
@@ -388,7 +478,13 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def table(res: Result) -> str:
     rows = [("figure", "p50 ms", "p95 ms", "extra")]
-    for key in ("tti_sequential", "tti_burst", "tti_staggered"):
+    for key in (
+        "tti_sequential",
+        "tti_burst",
+        "tti_staggered",
+        "tti_sequential_cold",
+        "tti_burst_cold",
+    ):
         r = res[key]
         rows.append(
             (
@@ -398,6 +494,22 @@ def table(res: Result) -> str:
                 f"p99 {r['p99']:.1f}, success {r['success']:.0%}, score {r['score']}",
             )
         )
+    c = res["create_cold"]
+    rows.append(("cold create->ready", f"{c['p50']:.1f}", f"{c['p95']:.1f}", "no pool"))
+    pa = res["pool_acquire"]
+    rows.append(
+        (
+            f"pool acquire, {pa['acquirers']} at once",
+            f"{pa['p50']:.2f}",
+            f"{pa['p95']:.2f}",
+            f"alone p50 {pa['alone']['p50']:.2f} ms; {pa['acquires_per_s']}/s; "
+            f"hits {pa['hits']} misses {pa['misses']}",
+        )
+    )
+    b = res["batch"]
+    rows.append((f"batch create {b['n']}", "", "", f"wall {b['wall_ms']} ms, {b['ok']} ok"))
+    # Later features join here: snapshot, restore and clone as the workspace grows,
+    # and event fan-out (issue 4).
     e, f = res["exec_true"], res["floor"]
     rows.append(
         (
@@ -466,12 +578,15 @@ def main() -> None:
     ap.add_argument("--conc-sandboxes", type=int, default=10)
     ap.add_argument("--conc-execs", type=int, default=100)
     ap.add_argument("--density", type=int, nargs="*", default=[100, 500, 1000])
+    ap.add_argument("--acquirers", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = ap.parse_args()
     if a.quick:
         a.iterations, a.burst, a.stdout_mib = 8, 8, 16
         a.conc_sandboxes, a.conc_execs, a.density = 2, 10, [5]
+        a.acquirers, a.batch = 4, 4
     res = asyncio.run(run(a))
     print(table(res))
     a.out.mkdir(parents=True, exist_ok=True)
