@@ -408,3 +408,34 @@ async def test_a_full_channel_pushes_back(client: Client) -> None:
         assert await pending == 3
     finally:
         await client.channels.delete("tight")
+
+
+async def test_sandboxes_use_a_channel_from_inside(client: Client) -> None:
+    web = await client.create("local")
+    api = await client.create("local")
+    try:
+        await client.channels.connect("inside", [web, api, "client"])
+        agent = "/.computesdk/agent"
+        r = await web.exec([agent, "mq", "send", "inside", api.id, "hello from web"])
+        assert r.exit_code == 0, r.stderr
+        await client.channels.send("inside", "client", api, "hello from a client")
+        r = await api.exec([agent, "mq", "recv", "inside", "2"])
+        assert r.stdout == f"{web.id}\thello from web\nclient\thello from a client\n"
+        # Acknowledged by the tool once printed: nothing comes again.
+        again = client.channels.subscribe("inside", api)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(again), 0.5)
+        r = await api.exec([agent, "mq", "send", "inside", "-", "to everyone"])
+        assert r.exit_code == 0
+        got = []
+        async for m in client.channels.subscribe("inside", "client"):
+            got.append((m.sender, m.text))
+            break
+        assert got == [(api.id, "to everyone")]
+        # The sender is the sandbox the socket belongs to; a non-member is refused.
+        r = await web.exec([agent, "mq", "send", "inside", "nobody", "x"])
+        assert r.exit_code == 1 and "MEMBER_NOT_FOUND" in r.stderr
+    finally:
+        await client.channels.delete("inside")
+        await web.destroy()
+        await api.destroy()

@@ -815,6 +815,9 @@ func reserveThreads(n int) {
 // ---------------------------------------------------------------- main
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "mq" {
+		os.Exit(mqMain(os.Args[2:]))
+	}
 	sock := flag.String("socket", "/.computesdk/agent.sock", "listen on this Unix socket")
 	flag.StringVar(&stateDir, "state", "/.computesdk/proc", "keep process output here")
 	flag.Int64Var(&segmentCap, "segment-bytes", 32<<20, "output kept per stream is at most twice this")

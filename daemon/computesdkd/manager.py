@@ -162,7 +162,7 @@ class Manager:
         await self.pools.start()
         self.groups.start()
         self.networks.start()
-        self.messaging.start()
+        await self.messaging.start()
 
     async def _adopt(self, sb: Sandbox) -> None:
         with bound_contextvars(sandbox_id=sb.id):
@@ -212,6 +212,7 @@ class Manager:
         self.accepting = False
         await self.pools.shutdown()
         await self.networks.shutdown()
+        await self.messaging.shutdown()
         if self._sweeper:
             self._sweeper.cancel()
         for t in list(self._tasks):

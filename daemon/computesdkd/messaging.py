@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import logs
-from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from .errors import AlreadyExists, ComputeError, InvalidArgument, NotFound, ResourceExhausted
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -66,8 +69,11 @@ class Messaging:
         self.manager = manager
         self.store = manager.store
         self._channels: dict[str, Channel] = {}
+        # Sandboxes that are channel members get a socket at /.computesdk/run/mq.sock.
+        self._servers: dict[str, asyncio.Server] = {}
+        manager.on_destroyed.append(self._sandbox_gone)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         for kind, name, value in self.store.settings(""):
             if kind != "channel":
                 continue
@@ -80,6 +86,12 @@ class Messaging:
                 if queue is not None:
                     queue.pending.append(Message(seq, sender, recipient, payload, sender_seq, t))
                     queue.next_seq = max(queue.next_seq, seq + 1)
+            await self._serve_members(ch)
+
+    async def shutdown(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
 
     def _new(self, name: str, members: list[str], capacity: int) -> Channel:
         ch = Channel(name, members, capacity, queues={m: Queue() for m in members})
@@ -87,12 +99,17 @@ class Messaging:
         return ch
 
     def _save(self, ch: Channel) -> None:
-        self.store.put_setting("", "channel", ch.name, {
-            "members": ch.members,
-            "capacity": ch.capacity,
-            "sender_seq": ch.sender_seq,
-            "next_seq": {m: q.next_seq for m, q in ch.queues.items()},
-        })  # fmt: skip
+        self.store.put_setting(
+            "",
+            "channel",
+            ch.name,
+            {
+                "members": ch.members,
+                "capacity": ch.capacity,
+                "sender_seq": ch.sender_seq,
+                "next_seq": {m: q.next_seq for m, q in ch.queues.items()},
+            },
+        )
 
     def get(self, name: str) -> Channel:
         ch = self._channels.get(name)
@@ -100,7 +117,7 @@ class Messaging:
             raise NotFound(f"channel {name!r} not found", reason="CHANNEL_NOT_FOUND", channel=name)
         return ch
 
-    def create(self, name: str, members: list[str], capacity: int) -> Channel:
+    async def create(self, name: str, members: list[str], capacity: int) -> Channel:
         if not NAME.match(name):
             raise InvalidArgument("bad channel name", reason="INVALID_NAME")
         if name in self._channels:
@@ -116,6 +133,7 @@ class Messaging:
             raise InvalidArgument(f"capacity is at most {MAX_CAPACITY}", reason="INVALID_CAPACITY")
         ch = self._new(name, members, capacity)
         self._save(ch)
+        await self._serve_members(ch)
         return ch
 
     async def delete(self, name: str) -> None:
@@ -198,3 +216,74 @@ class Messaging:
         self.store.ack_messages(name, member, upto)
         async with q.changed:
             q.changed.notify_all()
+
+    # ------------------------------------------------------------ inside sandboxes
+    # `/.computesdk/agent mq send|recv` speaks JSON lines to this socket. The socket
+    # belongs to one sandbox, so that sandbox is the sender: it cannot be forged.
+
+    async def _serve_members(self, ch: Channel) -> None:
+        for member in ch.members:
+            sb = self.manager.sandboxes_by_id().get(member)
+            if sb is None or member in self._servers:
+                continue
+            provider = self.manager.providers[sb.spec.provider]
+            try:
+                path = provider.host_socket_path(sb, "mq.sock")
+            except ComputeError:
+                continue  # this provider has no way in; its members use the API
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            server = await asyncio.start_unix_server(
+                functools.partial(self._serve, member), str(path), limit=2 * MAX_PAYLOAD
+            )
+            os.chmod(path, 0o666)  # the directory (0700, the sandbox's root) is the guard
+            self._servers[member] = server
+
+    def _sandbox_gone(self, sandbox_id: str) -> None:
+        server = self._servers.pop(sandbox_id, None)
+        if server is not None:
+            server.close()
+
+    async def _serve(
+        self, member: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        def reply(obj: dict[str, object]) -> None:
+            writer.write(json.dumps(obj).encode() + b"\n")
+
+        try:
+            req = json.loads(await reader.readline())
+            channel = str(req.get("channel", ""))
+            if req.get("op") == "send":
+                seq = await self.send(
+                    channel, member, str(req.get("to", "")), str(req.get("payload", "")).encode(), 0
+                )
+                reply({"sender_sequence": seq})
+            elif req.get("op") == "recv":
+                acks = asyncio.create_task(self._read_acks(channel, member, reader))
+                try:
+                    async for m in self.subscribe(channel, member):
+                        reply(
+                            {
+                                "sequence": m.sequence,
+                                "sender": m.sender,
+                                "payload": m.payload.decode(errors="replace"),
+                            }
+                        )
+                        await writer.drain()
+                finally:
+                    acks.cancel()
+            else:
+                reply({"error": "op must be send or recv"})
+        except ComputeError as exc:
+            reply({"error": f"{exc.reason}: {exc.message}"})
+        except (ValueError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await writer.drain()
+                writer.close()
+
+    async def _read_acks(self, channel: str, member: str, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ValueError, ConnectionError, ComputeError):
+            while line := await reader.readline():
+                await self.ack(channel, member, int(json.loads(line)["ack"]))

@@ -156,6 +156,11 @@ class Provider(ABC):
     async def detach_network(self, sandbox: Sandbox, ifname: str) -> None:
         raise self._unsupported("shared networks")
 
+    def host_socket_path(self, sandbox: Sandbox, name: str) -> Path:
+        """Where the daemon may listen so that processes in the sandbox can connect
+        (at /.computesdk/run/NAME inside)."""
+        raise self._unsupported("in-sandbox sockets")
+
     async def open_port(
         self, sandbox: Sandbox, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -29,7 +29,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def CreateChannel(
         self, request: pb.CreateChannelRequest, context: Ctx
     ) -> pb.CreateChannelResponse:
-        ch = self.messaging.create(request.name, list(request.members), request.capacity)
+        ch = await self.messaging.create(request.name, list(request.members), request.capacity)
         return pb.CreateChannelResponse(channel=_channel(ch))
 
     @edge

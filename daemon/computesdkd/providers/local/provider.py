@@ -369,6 +369,9 @@ class LocalProvider(Provider):
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await network.open_port(self._init_pid(sandbox), port)
 
+    def host_socket_path(self, sandbox: Sandbox, name: str) -> Path:
+        return _runtime_dir(sandbox) / "run" / name
+
     def _cgroup_file(self, sandbox: Sandbox, controller: str, name: str) -> Path:
         return Path("/sys/fs/cgroup") / controller / CGROUP_PARENT.strip("/") / sandbox.id / name
 
