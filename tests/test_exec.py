@@ -134,3 +134,16 @@ async def test_signals_and_process_list(sandbox: Sandbox) -> None:
 async def test_orphaned_grandchildren_do_not_hold_exec_open(sandbox: Sandbox) -> None:
     r = await asyncio.wait_for(sandbox.exec("sleep 30 & echo started"), 10)
     assert r.stdout == "started\n" and r.exit_code == 0
+
+
+async def test_stdin_racing_the_exit_never_loses_the_result(sandbox: Sandbox) -> None:
+    # The command exits after one line while the client still sends a second and
+    # closes stdin: the late input must not cost the output or the exit status.
+    for _ in range(150):
+        stream = sandbox.exec_stream(["sh", "-c", "read a; echo got:$a"], interactive=True)
+        await stream.send_stdin("one\n")
+        await stream.send_stdin("two\n")
+        await stream.close_stdin()
+        out = b"".join([chunk.data async for chunk in stream])
+        assert out == b"got:one\n"
+        assert stream.exited is not None and stream.exited.exit_code == 0

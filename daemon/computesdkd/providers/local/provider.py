@@ -28,6 +28,7 @@ from ...errors import FailedPrecondition, Internal, InvalidArgument, ResourceExh
 from ...model import (
     Command,
     FileInfo,
+    Output,
     Probe,
     ProcessEvent,
     ProcessInfo,
@@ -39,7 +40,7 @@ from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
 from . import network
 from . import rootfs as rootfs_mod
-from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, process_info
+from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, AgentGone, process_info
 from .fs import SandboxFS
 from .oci import runtime_spec
 from .templates import TEMPLATES, process_env, resolve
@@ -105,12 +106,26 @@ def default_agent_binary() -> Path:
 @base.register("local")
 class LocalProvider(Provider):
     name = "local"
-    capabilities = frozenset({
-        base.EXEC, base.EXEC_STDIN, base.EXEC_RESUME, base.BACKGROUND, base.SIGNALS,
-        base.FILESYSTEM, base.EVENTS, base.RESOURCE_LIMITS, base.USAGE, base.OOM_EVENTS,
-        base.NETWORK_ISOLATION, base.DISK_LIMIT, base.RESET, base.RESET_HARD,
-        base.SHARED_NETWORK, base.PORT_FORWARD,
-    })  # fmt: skip
+    capabilities = frozenset(
+        {
+            base.EXEC,
+            base.EXEC_STDIN,
+            base.EXEC_RESUME,
+            base.BACKGROUND,
+            base.SIGNALS,
+            base.FILESYSTEM,
+            base.EVENTS,
+            base.RESOURCE_LIMITS,
+            base.USAGE,
+            base.OOM_EVENTS,
+            base.NETWORK_ISOLATION,
+            base.DISK_LIMIT,
+            base.RESET,
+            base.RESET_HARD,
+            base.SHARED_NETWORK,
+            base.PORT_FORWARD,
+        }
+    )
 
     def __init__(self) -> None:
         self._state = Path()
@@ -674,8 +689,32 @@ class _LocalRun(ProcessRun):
     async def events(self) -> AsyncIterator[ProcessEvent]:
         self._conn, started = await self._agent.follow(self._req)
         yield started
-        async for ev in self._conn.events():
-            yield ev
+        offsets = {"stdout": 0, "stderr": 0}
+        try:
+            async for ev in self._conn.events():
+                if isinstance(ev, Output):
+                    offsets[ev.stream] = ev.offset + len(ev.data)
+                yield ev
+            return
+        except AgentGone:
+            # Input racing the exit can reset this connection (asyncio then drops
+            # what was still buffered, the exit status too). The agent keeps the
+            # process, so re-attach where the output stopped; if the sandbox is
+            # really gone, this fails in turn and says so.
+            pass
+        conn, _ = await self._agent.follow(
+            {
+                "op": "attach",
+                "id": started.process_id,
+                "stdout_offset": offsets["stdout"],
+                "stderr_offset": offsets["stderr"],
+            }
+        )
+        try:
+            async for ev in conn.events(offsets["stdout"], offsets["stderr"]):
+                yield ev
+        finally:
+            await conn.close()
 
     def _need(self) -> AgentConnection:
         if self._conn is None:
