@@ -57,8 +57,9 @@ from .model import (
 from .monitor import Monitor
 from .networks import Networks
 from .pools import POOL_LABEL, Pools
-from .providers.base import ProcessRun, Provider, ProviderContext
+from .providers.base import SNAPSHOTS, ProcessRun, Provider, ProviderContext
 from .providers.paths import WORKDIR, normalize
+from .snapshots import RESTARTED, Snapshots
 from .store import Store
 
 log = logs.get(__name__)
@@ -140,6 +141,7 @@ class Manager:
         self.groups = Groups(self)
         self.networks = Networks(self)
         self.messaging = Messaging(self)
+        self.snapshots = Snapshots(self)
 
     # ------------------------------------------------------------ start / stop
 
@@ -310,6 +312,9 @@ class Manager:
         """Takes a warm pooled sandbox when allowed and one matches; else tries
         spec.provider, then each fallback in order, while the failure is the
         provider's (down, circuit open); a bad request fails at once."""
+        if spec.restore_from:
+            spec, snapshot = self.snapshots.spec_from_state(spec)
+            return await self._create(spec, self._registered(spec.provider), snapshot)
         if spec.pool_policy == POOL_ALLOW or (spec.pool_policy != POOL_NEVER and self.pool_create):
             pooled = await self.pools.draw(spec)
             if pooled is not None:
@@ -351,7 +356,9 @@ class Manager:
         finally:
             del self._creating[spec.request_id]
 
-    async def _create(self, spec: SandboxSpec, provider: Provider) -> Sandbox:
+    async def _create(
+        self, spec: SandboxSpec, provider: Provider, from_snapshot: str = ""
+    ) -> Sandbox:
         now = time.time()
         sb = Sandbox(
             id="sbx-" + secrets.token_hex(8),
@@ -359,6 +366,7 @@ class Manager:
             state=State.CREATING,
             created_at=now,
             expires_at=now + spec.timeout_ms / 1000,
+            provider_data={"from_snapshot": from_snapshot} if from_snapshot else {},
         )
         with bound_contextvars(sandbox_id=sb.id):
             self._sandboxes[sb.id] = sb
@@ -467,6 +475,7 @@ class Manager:
                     self.store.put_sandbox(sb)
                     self.bus.emit(sb.id, ERROR, sb.error_message, kind="destroy")
                     raise
+                await self.snapshots.drop_all(sb)
                 self._sandboxes.pop(sandbox_id, None)
                 self._oom_seen.pop(sandbox_id, None)
                 self._last_probe.pop(sandbox_id, None)
@@ -638,6 +647,52 @@ class Manager:
         )
         return merged
 
+    def sandbox_lock(self, sandbox_id: str) -> asyncio.Lock:
+        """Serialises the calls that change a sandbox's whole state."""
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def guarded(self, provider: Provider, call: Awaitable[T]) -> T:
+        return await self._guarded(provider, call)
+
+    def forget_processes(self, sandbox_id: str) -> None:
+        """Its processes are gone (reset, restore, restart): stop following them."""
+        self._forget_watchers(sandbox_id)
+        self.store.forget_processes(sandbox_id)
+
+    async def restart(
+        self,
+        sandbox_id: str,
+        template: str,
+        env: dict[str, str] | None,
+        resources: Resources | None,
+    ) -> Sandbox:
+        async with self.sandbox_lock(sandbox_id):
+            sb, provider = self.running(sandbox_id)
+            with bound_contextvars(sandbox_id=sandbox_id):
+                new_template = bool(template) and template != sb.spec.template
+                before = sb.spec
+                sb.spec = replace(
+                    sb.spec,
+                    template=template or sb.spec.template,
+                    env=sb.spec.env if env is None else env,
+                    resources=sb.spec.resources if resources is None else resources,
+                )
+                self.forget_processes(sandbox_id)
+                try:
+                    await self._guarded(provider, provider.restart(sb, wipe=new_template))
+                except ComputeError:
+                    sb.spec = before
+                    raise
+                self.store.put_sandbox(sb)
+                self.bus.emit(
+                    sandbox_id,
+                    RESTARTED,
+                    template=sb.spec.template,
+                    new_template=str(new_template).lower(),
+                )
+                log.info("sandbox restarted", template=sb.spec.template)
+        return sb
+
     def sandboxes_by_id(self) -> dict[str, Sandbox]:
         return self._sandboxes
 
@@ -683,8 +738,13 @@ class Manager:
         sb = self.get(sandbox_id)
         now = time.time()
         if spec is not None:  # drawn by create: it takes the caller's lifetime and labels
-            sb.spec = replace(sb.spec, metadata=metadata, timeout_ms=spec.timeout_ms,
-                              keep_alive=spec.keep_alive, request_id=spec.request_id)  # fmt: skip
+            sb.spec = replace(
+                sb.spec,
+                metadata=metadata,
+                timeout_ms=spec.timeout_ms,
+                keep_alive=spec.keep_alive,
+                request_id=spec.request_id,
+            )
         else:
             sb.spec = replace(sb.spec, metadata=metadata, keep_alive=idle or sb.spec.keep_alive)
         sb.expires_at = now + sb.spec.timeout_ms / 1000
@@ -721,9 +781,31 @@ class Manager:
             request_id="",
             fallback_providers=(),
         )
-        dst = await self._copy_into_new(src, spec, files=True)
+        src_provider = self.providers[src.spec.provider]
+        if (
+            target == src.spec.provider
+            and spec.template == src.spec.template
+            and SNAPSHOTS in src_provider.capabilities
+        ):
+            dst = await self._clone_by_snapshot(src, spec, src_provider)
+        else:
+            dst = await self._copy_into_new(src, spec, files=True)
         self.bus.emit(dst.id, CLONED, source=src.id, source_provider=src.spec.provider)
         return dst
+
+    async def _clone_by_snapshot(
+        self, src: Sandbox, spec: SandboxSpec, provider: Provider
+    ) -> Sandbox:
+        """Constant in the workspace's size: the new sandbox starts on a
+        copy-on-write twin of the source's whole disk, not only /workspace."""
+        snap = "clone-" + secrets.token_hex(8)
+        async with self.sandbox_lock(src.id):
+            await self._guarded(provider, provider.snapshot_create(src, snap))
+        try:
+            return await self._create(self._validate(spec), provider, snap)
+        finally:
+            with contextlib.suppress(ComputeError):
+                await provider.snapshot_delete(snap)
 
     async def migrate(
         self,

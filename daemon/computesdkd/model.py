@@ -40,6 +40,8 @@ class SandboxSpec:
     fallback_providers: tuple[str, ...] = ()
     # 0: the daemon's default, 1: may take a warm pooled sandbox, 2: never.
     pool_policy: int = 0
+    # Start from this saved state (SnapshotService.SaveState) instead of the template.
+    restore_from: str = ""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from computesdk.api.pool.v1 import pool_pb2, pool_pb2_grpc
 from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
 from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
 from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from computesdk.api.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 
 from . import logs, metrics
 from .config import Config
@@ -48,6 +49,7 @@ from .servicers.pool import PoolServicer
 from .servicers.process import ProcessServicer
 from .servicers.provider import ProviderServicer
 from .servicers.sandbox import SandboxServicer
+from .servicers.snapshot import SnapshotServicer
 from .store import Store
 
 log = logs.get(__name__)
@@ -66,6 +68,7 @@ SERVICE_NAMES = [
     group_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
     network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+    snapshot_pb2.DESCRIPTOR.services_by_name["SnapshotService"].full_name,
 ]
 
 
@@ -155,6 +158,7 @@ class Daemon:
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(
             MessagingServicer(manager), server
         )
+        snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server(SnapshotServicer(manager), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -46,6 +46,8 @@ RESET = "lifecycle.reset"
 RESET_HARD = "lifecycle.reset.hard"
 SHARED_NETWORK = "network.shared"
 PORT_FORWARD = "network.port-forward"
+SNAPSHOTS = "snapshots"
+RESTART = "lifecycle.restart"
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,26 @@ class Provider(ABC):
         if USAGE not in self.capabilities:
             raise self._unsupported("resource usage")
         return await self._files(sandbox).usage()
+
+    async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
+        """Starts the sandbox again (with its spec and resources as they are now),
+        keeping its files, or with wipe from the template's."""
+        raise self._unsupported("restart")
+
+    # -------------------------------------------------------------- snapshots
+    # A snapshot is the sandbox's files at one instant, kept by the provider under
+    # an id the daemon chooses. create() starts from one when the daemon puts its
+    # id in provider_data["from_snapshot"].
+
+    async def snapshot_create(self, sandbox: Sandbox, snapshot_id: str) -> int:
+        """Takes the snapshot; returns the bytes the sandbox had written."""
+        raise self._unsupported("snapshots")
+
+    async def snapshot_restore(self, sandbox: Sandbox, snapshot_id: str) -> None:
+        raise self._unsupported("snapshots")
+
+    async def snapshot_delete(self, snapshot_id: str) -> None:
+        raise self._unsupported("snapshots")
 
     # -------------------------------------------------------------- networks
 

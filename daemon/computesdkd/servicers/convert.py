@@ -65,6 +65,7 @@ def spec_from(req: sb_pb.CreateSandboxRequest) -> SandboxSpec:
         request_id=req.request_id,
         fallback_providers=tuple(req.fallback_providers),
         pool_policy=int(req.pool_policy),
+        restore_from=req.restore_from,
     )
 
 

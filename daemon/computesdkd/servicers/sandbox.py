@@ -130,3 +130,15 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     ) -> pb.SetSandboxEnvResponse:
         env = self.manager.set_env(request.sandbox_id, dict(request.env), list(request.unset))
         return pb.SetSandboxEnvResponse(env=env)
+
+    @edge
+    async def RestartSandbox(
+        self, request: pb.RestartSandboxRequest, context: Ctx
+    ) -> pb.RestartSandboxResponse:
+        sb = await self.manager.restart(
+            request.sandbox_id,
+            request.template,
+            dict(request.env) if request.env else None,
+            convert.resources_from(request.resources) if request.HasField("resources") else None,
+        )
+        return pb.RestartSandboxResponse(sandbox=convert.sandbox_to(sb))

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ... import logs
-from ...errors import FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, Unavailable
+from ...errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from ...model import (
     Command,
     FileInfo,
@@ -38,7 +45,7 @@ from ...model import (
 )
 from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
-from . import network
+from . import network, storage
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, AgentGone, process_info
 from .fs import SandboxFS
@@ -124,11 +131,15 @@ class LocalProvider(Provider):
             base.RESET_HARD,
             base.SHARED_NETWORK,
             base.PORT_FORWARD,
+            base.SNAPSHOTS,
+            base.RESTART,
         }
     )
 
     def __init__(self) -> None:
         self._state = Path()
+        self._store = Path()
+        self._reflink = False
         self._base = rootfs_mod.base_path()
         self._agent_binary = default_agent_binary()
         self._agent_copy = self._agent_binary
@@ -141,7 +152,10 @@ class LocalProvider(Provider):
     async def start(self, ctx: ProviderContext) -> None:
         self._emit = ctx.emit
         self._state = ctx.state_dir / "local"
-        (self._state / "sandboxes").mkdir(parents=True, exist_ok=True)
+        self._state.mkdir(parents=True, exist_ok=True)
+        self._store, self._reflink = await asyncio.to_thread(storage.ensure_store, self._state)
+        for sub in ("sandboxes", "snapshots"):
+            (self._store / sub).mkdir(exist_ok=True)
         # What the sandbox's unprivileged init must reach (its root mount, the agent
         # and its run dir) lives under /run, whose parents anyone may traverse, so the
         # state dir may sit under a private directory (a mktemp dir, /root).
@@ -219,51 +233,42 @@ class LocalProvider(Provider):
     async def create(self, sandbox: Sandbox) -> None:
         self._require()
         resolve(sandbox.spec.template)
+        # Set by the daemon to start from a snapshot's files instead of the template's.
+        source = sandbox.provider_data.get("from_snapshot", "")
         res = sandbox.resources = self.resolve_resources(sandbox)
-        bundle = self._state / "sandboxes" / sandbox.id
+        bundle = self._store / "sandboxes" / sandbox.id
         sandbox.provider_sandbox_id = sandbox.id
         sandbox.provider_data = {"bundle": str(bundle), "runtime": str(self._runtime / sandbox.id)}
         try:
-            await self._make_bundle(sandbox, bundle, res)
-            log_path = bundle / "agent.log"
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                await _run(
-                    *self._runc(
-                        "run",
-                        "--detach",
-                        # Every sandbox's root is the same host uid, and the kernel
-                        # allows one uid 200 keys: a keyring per sandbox caps density.
-                        "--no-new-keyring",
-                        "--bundle",
-                        str(bundle),
-                        "--pid-file",
-                        str(bundle / "init.pid"),
-                        sandbox.id,
-                    ),
-                    log_fd=log_fd,
-                )
-            except Internal as exc:
-                tail = log_path.read_text(errors="replace")[-2000:].strip()
-                raise Internal(f"runc could not start the sandbox: {tail}") from exc
-            finally:
-                os.close(log_fd)
-            sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
-            await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
+            bundle.mkdir(parents=True, exist_ok=True)
+            await self._new_disk(
+                bundle, res.disk_mb, self._snapshot_path(source) if source else None
+            )
+            await self._boot(sandbox)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.destroy(sandbox)
             raise
 
-    async def _make_bundle(self, sandbox: Sandbox, bundle: Path, res: Resources) -> None:
-        uid = rootfs_mod.UID_SHIFT
-        rt = _runtime_dir(sandbox)
-        (bundle / "disk").mkdir(parents=True, exist_ok=True)
-        for sub in ("rootfs", "run"):
-            (rt / sub).mkdir(parents=True, exist_ok=True)
+    def _snapshot_path(self, snapshot_id: str) -> Path:
+        path = self._store / "snapshots" / f"{snapshot_id}.img"
+        if not snapshot_id.replace("-", "").isalnum() or not path.exists():
+            raise NotFound(f"snapshot {snapshot_id!r} has no data", reason="SNAPSHOT_NOT_FOUND")
+        return path
+
+    async def _new_disk(self, bundle: Path, disk_mb: int, source: Path | None) -> None:
+        """The upper layer's disk: a clone of a snapshot, or a new empty ext4."""
         img = bundle / "disk.img"
+        if source is not None:
+            await asyncio.to_thread(storage.clone_file, source, img, self._reflink)
+            if img.stat().st_size < disk_mb * 1024 * 1024:
+                with img.open("r+b") as f:
+                    f.truncate(disk_mb * 1024 * 1024)
+                await _run("e2fsck", "-fp", str(img))
+                await _run("resize2fs", str(img))
+            return
         with img.open("wb") as f:
-            f.truncate(res.disk_mb * 1024 * 1024)
+            f.truncate(disk_mb * 1024 * 1024)
         await _run(
             "mkfs.ext4",
             "-q",
@@ -276,40 +281,121 @@ class LocalProvider(Provider):
             "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
             str(img),
         )
-        await _run("mount", "-o", "loop,nosuid,nodev", str(img), str(bundle / "disk"))
-        for sub in ("upper", "work"):
-            (bundle / "disk" / sub).mkdir(exist_ok=True)
-        os.chown(bundle / "disk" / "upper", uid, uid)
-        (bundle / "disk" / "lost+found").rmdir()
+
+    async def _boot(self, sandbox: Sandbox) -> None:
+        """Mounts the disk and the overlay, and starts the container on them."""
+        uid = rootfs_mod.UID_SHIFT
+        bundle = Path(sandbox.provider_data["bundle"])
+        rt = _runtime_dir(sandbox)
+        disk = bundle / "disk"
+        disk.mkdir(parents=True, exist_ok=True)
+        for sub in ("rootfs", "run"):
+            (rt / sub).mkdir(parents=True, exist_ok=True)
+        await _run("mount", "-o", "loop,nosuid,nodev", str(bundle / "disk.img"), str(disk))
+        if not (disk / "upper").exists():
+            for sub in ("upper", "work"):
+                (disk / sub).mkdir(exist_ok=True)
+            os.chown(disk / "upper", uid, uid)
+            with contextlib.suppress(OSError):
+                (disk / "lost+found").rmdir()
         _mount(
             "overlay",
             str(rt / "rootfs"),
             "overlay",
-            f"lowerdir={self._base},upperdir={bundle}/disk/upper,workdir={bundle}/disk/work",
+            f"lowerdir={self._base},upperdir={disk}/upper,workdir={disk}/work",
         )
         os.chown(rt / "run", uid, uid)
         os.chmod(rt / "run", 0o700)
+        # A restart finds the last agent's socket and output: the new agent must
+        # not be mistaken for ready, nor serve files of processes it never ran.
+        (rt / "run" / "agent.sock").unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, rt / "run" / "proc", True)
         spec = runtime_spec(
             sandbox_id=sandbox.id,
             root_path=str(rt / "rootfs"),
             run_dir=str(rt / "run"),
             agent_binary=str(self._agent_copy),
-            resources=res,
+            resources=sandbox.resources,
             cgroup_parent=CGROUP_PARENT,
         )
         (bundle / "config.json").write_text(json.dumps(spec))
+        log_path = bundle / "agent.log"
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            await _run(
+                *self._runc(
+                    "run",
+                    "--detach",
+                    # Every sandbox's root is the same host uid, and the kernel
+                    # allows one uid 200 keys: a keyring per sandbox caps density.
+                    "--no-new-keyring",
+                    "--bundle",
+                    str(bundle),
+                    "--pid-file",
+                    str(bundle / "init.pid"),
+                    sandbox.id,
+                ),
+                log_fd=log_fd,
+            )
+        except Internal as exc:
+            tail = log_path.read_text(errors="replace")[-2000:].strip()
+            raise Internal(f"runc could not start the sandbox: {tail}") from exc
+        finally:
+            os.close(log_fd)
+        sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
+        await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
 
-    async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
-        bundle = Path(sandbox.provider_data.get("bundle", self._state / "sandboxes" / sandbox.id))
-        if graceful_timeout_s > 0:
-            await self._stop_gracefully(sandbox, graceful_timeout_s)
+    async def _halt(self, sandbox: Sandbox) -> None:
+        """Stops the container and unmounts its layers; the disk image stays."""
+        bundle = Path(sandbox.provider_data.get("bundle", self._store / "sandboxes" / sandbox.id))
         with contextlib.suppress(Internal):
             await _run(*self._runc("delete", "--force", sandbox.id))
         rt = _runtime_dir(sandbox)
         _umount(str(rt / "rootfs"))
         _umount(str(bundle / "disk"))
+
+    async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
+        bundle = Path(sandbox.provider_data.get("bundle", self._store / "sandboxes" / sandbox.id))
+        if graceful_timeout_s > 0:
+            await self._stop_gracefully(sandbox, graceful_timeout_s)
+        await self._halt(sandbox)
         await asyncio.to_thread(shutil.rmtree, bundle, True)
-        await asyncio.to_thread(shutil.rmtree, rt, True)
+        await asyncio.to_thread(shutil.rmtree, _runtime_dir(sandbox), True)
+
+    async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
+        """A new container on the same disk (or, with wipe, a new empty one)."""
+        bundle = Path(sandbox.provider_data["bundle"])
+        resolve(sandbox.spec.template)
+        sandbox.resources = self.resolve_resources(sandbox)
+        await self._halt(sandbox)
+        if wipe:
+            (bundle / "disk.img").unlink(missing_ok=True)
+            await self._new_disk(bundle, sandbox.resources.disk_mb, None)
+        await self._boot(sandbox)
+
+    # -------------------------------------------------------------- snapshots
+
+    async def snapshot_create(self, sandbox: Sandbox, snapshot_id: str) -> int:
+        bundle = Path(sandbox.provider_data["bundle"])
+        dst = self._store / "snapshots" / f"{snapshot_id}.img"
+
+        def take() -> int:
+            with storage.frozen(bundle / "disk"):
+                storage.clone_file(bundle / "disk.img", dst, self._reflink)
+            st = os.statvfs(bundle / "disk")
+            return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+        return await asyncio.to_thread(take)
+
+    async def snapshot_restore(self, sandbox: Sandbox, snapshot_id: str) -> None:
+        source = self._snapshot_path(snapshot_id)
+        bundle = Path(sandbox.provider_data["bundle"])
+        await self._halt(sandbox)
+        await asyncio.to_thread(storage.clone_file, source, bundle / "disk.img", self._reflink)
+        await self._boot(sandbox)
+
+    async def snapshot_delete(self, snapshot_id: str) -> None:
+        (self._store / "snapshots" / f"{snapshot_id}.img").unlink(missing_ok=True)
 
     async def _stop_gracefully(self, sandbox: Sandbox, timeout_s: float) -> None:
         agent = self._agent(sandbox)
@@ -348,8 +434,7 @@ class LocalProvider(Provider):
         if hard:
             # A new container on a new upper layer, under the same id: nothing of
             # the old one (files, processes, mounts) can survive.
-            await self.destroy(sandbox)
-            await self.create(sandbox)
+            await self.restart(sandbox, wipe=True)
             return
         agent = self._agent(sandbox)
         await agent.call({"op": "killall", "signal": 9})
@@ -685,6 +770,7 @@ class _LocalRun(ProcessRun):
         self._agent = agent
         self._req = req
         self._conn: AgentConnection | None = None
+        self._closed = False
 
     async def events(self) -> AsyncIterator[ProcessEvent]:
         self._conn, started = await self._agent.follow(self._req)
@@ -697,6 +783,8 @@ class _LocalRun(ProcessRun):
                 yield ev
             return
         except AgentGone:
+            if self._closed:  # closed on purpose (a failed input): nothing to resume
+                raise
             # Input racing the exit can reset this connection (asyncio then drops
             # what was still buffered, the exit status too). The agent keeps the
             # process, so re-attach where the output stopped; if the sandbox is
@@ -731,5 +819,6 @@ class _LocalRun(ProcessRun):
         await self._need().send(SIGNAL, json.dumps({"signal": signal}).encode())
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._conn is not None:
             await self._conn.close()

@@ -431,7 +431,11 @@ type CreateSandboxRequest struct {
 	// Providers to try, in order, when `provider` is down or its circuit is open.
 	FallbackProviders []string `protobuf:"bytes,9,rep,name=fallback_providers,json=fallbackProviders,proto3" json:"fallback_providers,omitempty"`
 	// Whether create may hand out a warm sandbox from a matching pool.
-	PoolPolicy    PoolPolicy `protobuf:"varint,10,opt,name=pool_policy,json=poolPolicy,proto3,enum=computesdk.api.sandbox.v1.PoolPolicy" json:"pool_policy,omitempty"`
+	PoolPolicy PoolPolicy `protobuf:"varint,10,opt,name=pool_policy,json=poolPolicy,proto3,enum=computesdk.api.sandbox.v1.PoolPolicy" json:"pool_policy,omitempty"`
+	// Start from a saved state (SnapshotService.SaveState) instead of the template.
+	RestoreFrom string `protobuf:"bytes,11,opt,name=restore_from,json=restoreFrom,proto3" json:"restore_from,omitempty"`
+	// Volumes to mount. An unknown name with size_mb set makes an ephemeral volume.
+	Volumes       []*VolumeMount `protobuf:"bytes,12,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -536,6 +540,91 @@ func (x *CreateSandboxRequest) GetPoolPolicy() PoolPolicy {
 	return PoolPolicy_POOL_POLICY_UNSPECIFIED
 }
 
+func (x *CreateSandboxRequest) GetRestoreFrom() string {
+	if x != nil {
+		return x.RestoreFrom
+	}
+	return ""
+}
+
+func (x *CreateSandboxRequest) GetVolumes() []*VolumeMount {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+// VolumeMount mounts a named volume into the sandbox.
+type VolumeMount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Absolute path inside the sandbox.
+	MountPath string `protobuf:"bytes,2,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
+	ReadOnly  bool   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// For a volume that does not exist yet: make it, ephemeral, this size.
+	SizeMb        uint64 `protobuf:"varint,4,opt,name=size_mb,json=sizeMb,proto3" json:"size_mb,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeMount) Reset() {
+	*x = VolumeMount{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeMount) ProtoMessage() {}
+
+func (x *VolumeMount) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeMount.ProtoReflect.Descriptor instead.
+func (*VolumeMount) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VolumeMount) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VolumeMount) GetMountPath() string {
+	if x != nil {
+		return x.MountPath
+	}
+	return ""
+}
+
+func (x *VolumeMount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *VolumeMount) GetSizeMb() uint64 {
+	if x != nil {
+		return x.SizeMb
+	}
+	return 0
+}
+
 // BatchCreateSandboxesRequest holds one create per sandbox.
 type BatchCreateSandboxesRequest struct {
 	state         protoimpl.MessageState  `protogen:"open.v1"`
@@ -546,7 +635,7 @@ type BatchCreateSandboxesRequest struct {
 
 func (x *BatchCreateSandboxesRequest) Reset() {
 	*x = BatchCreateSandboxesRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +647,7 @@ func (x *BatchCreateSandboxesRequest) String() string {
 func (*BatchCreateSandboxesRequest) ProtoMessage() {}
 
 func (x *BatchCreateSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[4]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +660,7 @@ func (x *BatchCreateSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{4}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BatchCreateSandboxesRequest) GetRequests() []*CreateSandboxRequest {
@@ -595,7 +684,7 @@ type BatchCreateResult struct {
 
 func (x *BatchCreateResult) Reset() {
 	*x = BatchCreateResult{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +696,7 @@ func (x *BatchCreateResult) String() string {
 func (*BatchCreateResult) ProtoMessage() {}
 
 func (x *BatchCreateResult) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +709,7 @@ func (x *BatchCreateResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateResult.ProtoReflect.Descriptor instead.
 func (*BatchCreateResult) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{5}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BatchCreateResult) GetResult() isBatchCreateResult_Result {
@@ -678,7 +767,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +779,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +792,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{6}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ItemError) GetCode() string {
@@ -737,7 +826,7 @@ type BatchCreateSandboxesResponse struct {
 
 func (x *BatchCreateSandboxesResponse) Reset() {
 	*x = BatchCreateSandboxesResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +838,7 @@ func (x *BatchCreateSandboxesResponse) String() string {
 func (*BatchCreateSandboxesResponse) ProtoMessage() {}
 
 func (x *BatchCreateSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[7]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +851,7 @@ func (x *BatchCreateSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{7}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BatchCreateSandboxesResponse) GetResults() []*BatchCreateResult {
@@ -784,7 +873,7 @@ type ResetSandboxRequest struct {
 
 func (x *ResetSandboxRequest) Reset() {
 	*x = ResetSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +885,7 @@ func (x *ResetSandboxRequest) String() string {
 func (*ResetSandboxRequest) ProtoMessage() {}
 
 func (x *ResetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[8]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +898,7 @@ func (x *ResetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*ResetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{8}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResetSandboxRequest) GetSandboxId() string {
@@ -836,7 +925,7 @@ type ResetSandboxResponse struct {
 
 func (x *ResetSandboxResponse) Reset() {
 	*x = ResetSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +937,7 @@ func (x *ResetSandboxResponse) String() string {
 func (*ResetSandboxResponse) ProtoMessage() {}
 
 func (x *ResetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[9]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +950,7 @@ func (x *ResetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*ResetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{9}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResetSandboxResponse) GetSandbox() *Sandbox {
@@ -883,7 +972,7 @@ type SetSandboxEnvRequest struct {
 
 func (x *SetSandboxEnvRequest) Reset() {
 	*x = SetSandboxEnvRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +984,7 @@ func (x *SetSandboxEnvRequest) String() string {
 func (*SetSandboxEnvRequest) ProtoMessage() {}
 
 func (x *SetSandboxEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[10]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +997,7 @@ func (x *SetSandboxEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxEnvRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxEnvRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{10}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetSandboxEnvRequest) GetSandboxId() string {
@@ -942,7 +1031,7 @@ type SetSandboxEnvResponse struct {
 
 func (x *SetSandboxEnvResponse) Reset() {
 	*x = SetSandboxEnvResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1043,7 @@ func (x *SetSandboxEnvResponse) String() string {
 func (*SetSandboxEnvResponse) ProtoMessage() {}
 
 func (x *SetSandboxEnvResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[11]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1056,7 @@ func (x *SetSandboxEnvResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxEnvResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxEnvResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{11}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetSandboxEnvResponse) GetEnv() map[string]string {
@@ -987,7 +1076,7 @@ type CreateSandboxResponse struct {
 
 func (x *CreateSandboxResponse) Reset() {
 	*x = CreateSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1088,7 @@ func (x *CreateSandboxResponse) String() string {
 func (*CreateSandboxResponse) ProtoMessage() {}
 
 func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[12]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1101,7 @@ func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{12}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
@@ -1032,7 +1121,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1133,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[13]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1146,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{13}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetSandboxRequest) GetSandboxId() string {
@@ -1077,7 +1166,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1178,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[14]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1191,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{14}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -1130,7 +1219,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1231,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[15]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1244,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{15}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListSandboxesRequest) GetPageSize() int32 {
@@ -1204,7 +1293,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1305,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[16]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1318,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{16}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -1259,7 +1348,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1360,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[17]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1373,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{17}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DestroySandboxRequest) GetSandboxId() string {
@@ -1317,7 +1406,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1418,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[18]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1431,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{18}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
 }
 
 // GetSandboxStatusRequest names a sandbox.
@@ -1355,7 +1444,7 @@ type GetSandboxStatusRequest struct {
 
 func (x *GetSandboxStatusRequest) Reset() {
 	*x = GetSandboxStatusRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1456,7 @@ func (x *GetSandboxStatusRequest) String() string {
 func (*GetSandboxStatusRequest) ProtoMessage() {}
 
 func (x *GetSandboxStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[19]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1469,7 @@ func (x *GetSandboxStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxStatusRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{19}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetSandboxStatusRequest) GetSandboxId() string {
@@ -1405,7 +1494,7 @@ type GetSandboxStatusResponse struct {
 
 func (x *GetSandboxStatusResponse) Reset() {
 	*x = GetSandboxStatusResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1506,7 @@ func (x *GetSandboxStatusResponse) String() string {
 func (*GetSandboxStatusResponse) ProtoMessage() {}
 
 func (x *GetSandboxStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[20]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1519,7 @@ func (x *GetSandboxStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxStatusResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{20}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSandboxStatusResponse) GetState() State {
@@ -1476,7 +1565,7 @@ type ResourceUsage struct {
 
 func (x *ResourceUsage) Reset() {
 	*x = ResourceUsage{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1577,7 @@ func (x *ResourceUsage) String() string {
 func (*ResourceUsage) ProtoMessage() {}
 
 func (x *ResourceUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[21]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1590,7 @@ func (x *ResourceUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceUsage.ProtoReflect.Descriptor instead.
 func (*ResourceUsage) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{21}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResourceUsage) GetMemoryUsedBytes() uint64 {
@@ -1564,7 +1653,7 @@ type CloneSandboxRequest struct {
 
 func (x *CloneSandboxRequest) Reset() {
 	*x = CloneSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1665,7 @@ func (x *CloneSandboxRequest) String() string {
 func (*CloneSandboxRequest) ProtoMessage() {}
 
 func (x *CloneSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[22]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1678,7 @@ func (x *CloneSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloneSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CloneSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{22}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CloneSandboxRequest) GetSandboxId() string {
@@ -1637,7 +1726,7 @@ type CloneSandboxResponse struct {
 
 func (x *CloneSandboxResponse) Reset() {
 	*x = CloneSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1738,7 @@ func (x *CloneSandboxResponse) String() string {
 func (*CloneSandboxResponse) ProtoMessage() {}
 
 func (x *CloneSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[23]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1751,7 @@ func (x *CloneSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloneSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CloneSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{23}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CloneSandboxResponse) GetSandbox() *Sandbox {
@@ -1691,7 +1780,7 @@ type MigrateSandboxRequest struct {
 
 func (x *MigrateSandboxRequest) Reset() {
 	*x = MigrateSandboxRequest{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1792,7 @@ func (x *MigrateSandboxRequest) String() string {
 func (*MigrateSandboxRequest) ProtoMessage() {}
 
 func (x *MigrateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[24]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1805,7 @@ func (x *MigrateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*MigrateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{24}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MigrateSandboxRequest) GetSandboxId() string {
@@ -1778,7 +1867,7 @@ type MigrateSandboxResponse struct {
 
 func (x *MigrateSandboxResponse) Reset() {
 	*x = MigrateSandboxResponse{}
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1879,7 @@ func (x *MigrateSandboxResponse) String() string {
 func (*MigrateSandboxResponse) ProtoMessage() {}
 
 func (x *MigrateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[25]
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,10 +1892,127 @@ func (x *MigrateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*MigrateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{25}
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MigrateSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+// RestartSandboxRequest names the sandbox and what changes.
+type RestartSandboxRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// Empty keeps the template (and the files).
+	Template string `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	// Replaces the environment when set.
+	Env map[string]string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Replaces the resources when set.
+	Resources     *Resources `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartSandboxRequest) Reset() {
+	*x = RestartSandboxRequest{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartSandboxRequest) ProtoMessage() {}
+
+func (x *RestartSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartSandboxRequest.ProtoReflect.Descriptor instead.
+func (*RestartSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RestartSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *RestartSandboxRequest) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
+func (x *RestartSandboxRequest) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *RestartSandboxRequest) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// RestartSandboxResponse carries the sandbox after the restart.
+type RestartSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartSandboxResponse) Reset() {
+	*x = RestartSandboxResponse{}
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartSandboxResponse) ProtoMessage() {}
+
+func (x *RestartSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartSandboxResponse.ProtoReflect.Descriptor instead.
+func (*RestartSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RestartSandboxResponse) GetSandbox() *Sandbox {
 	if x != nil {
 		return x.Sandbox
 	}
@@ -1849,7 +2055,7 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\rerror_message\x18\f \x01(\tR\ferrorMessage\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12Y\n" +
@@ -1865,13 +2071,21 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x12fallback_providers\x18\t \x03(\tR\x11fallbackProviders\x12F\n" +
 	"\vpool_policy\x18\n" +
 	" \x01(\x0e2%.computesdk.api.sandbox.v1.PoolPolicyR\n" +
-	"poolPolicy\x1a;\n" +
+	"poolPolicy\x12!\n" +
+	"\frestore_from\x18\v \x01(\tR\vrestoreFrom\x12@\n" +
+	"\avolumes\x18\f \x03(\v2&.computesdk.api.sandbox.v1.VolumeMountR\avolumes\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"j\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\vVolumeMount\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"mount_path\x18\x02 \x01(\tR\tmountPath\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\x12\x17\n" +
+	"\asize_mb\x18\x04 \x01(\x04R\x06sizeMb\"j\n" +
 	"\x1bBatchCreateSandboxesRequest\x12K\n" +
 	"\brequests\x18\x01 \x03(\v2/.computesdk.api.sandbox.v1.CreateSandboxRequestR\brequests\"\x9b\x01\n" +
 	"\x11BatchCreateResult\x12>\n" +
@@ -1973,6 +2187,17 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"V\n" +
 	"\x16MigrateSandboxResponse\x12<\n" +
+	"\asandbox\x18\x01 \x01(\v2\".computesdk.api.sandbox.v1.SandboxR\asandbox\"\x9b\x02\n" +
+	"\x15RestartSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
+	"\btemplate\x18\x02 \x01(\tR\btemplate\x12K\n" +
+	"\x03env\x18\x03 \x03(\v29.computesdk.api.sandbox.v1.RestartSandboxRequest.EnvEntryR\x03env\x12B\n" +
+	"\tresources\x18\x04 \x01(\v2$.computesdk.api.sandbox.v1.ResourcesR\tresources\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"V\n" +
+	"\x16RestartSandboxResponse\x12<\n" +
 	"\asandbox\x18\x01 \x01(\v2\".computesdk.api.sandbox.v1.SandboxR\asandbox*}\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n" +
@@ -1985,7 +2210,8 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"PoolPolicy\x12\x1b\n" +
 	"\x17POOL_POLICY_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11POOL_POLICY_ALLOW\x10\x01\x12\x15\n" +
-	"\x11POOL_POLICY_NEVER\x10\x022\xae\t\n" +
+	"\x11POOL_POLICY_NEVER\x10\x022\xa5\n" +
+	"\n" +
 	"\x0eSandboxService\x12r\n" +
 	"\rCreateSandbox\x12/.computesdk.api.sandbox.v1.CreateSandboxRequest\x1a0.computesdk.api.sandbox.v1.CreateSandboxResponse\x12i\n" +
 	"\n" +
@@ -1997,7 +2223,8 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x0eMigrateSandbox\x120.computesdk.api.sandbox.v1.MigrateSandboxRequest\x1a1.computesdk.api.sandbox.v1.MigrateSandboxResponse\x12\x87\x01\n" +
 	"\x14BatchCreateSandboxes\x126.computesdk.api.sandbox.v1.BatchCreateSandboxesRequest\x1a7.computesdk.api.sandbox.v1.BatchCreateSandboxesResponse\x12o\n" +
 	"\fResetSandbox\x12..computesdk.api.sandbox.v1.ResetSandboxRequest\x1a/.computesdk.api.sandbox.v1.ResetSandboxResponse\x12r\n" +
-	"\rSetSandboxEnv\x12/.computesdk.api.sandbox.v1.SetSandboxEnvRequest\x1a0.computesdk.api.sandbox.v1.SetSandboxEnvResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/sandbox/v1;sandboxv1b\x06proto3"
+	"\rSetSandboxEnv\x12/.computesdk.api.sandbox.v1.SetSandboxEnvRequest\x1a0.computesdk.api.sandbox.v1.SetSandboxEnvResponse\x12u\n" +
+	"\x0eRestartSandbox\x120.computesdk.api.sandbox.v1.RestartSandboxRequest\x1a1.computesdk.api.sandbox.v1.RestartSandboxResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/sandbox/v1;sandboxv1b\x06proto3"
 
 var (
 	file_computesdk_api_sandbox_v1_sandbox_proto_rawDescOnce sync.Once
@@ -2012,7 +2239,7 @@ func file_computesdk_api_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 }
 
 var file_computesdk_api_sandbox_v1_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_computesdk_api_sandbox_v1_sandbox_proto_goTypes = []any{
 	(State)(0),                           // 0: computesdk.api.sandbox.v1.State
 	(PoolPolicy)(0),                      // 1: computesdk.api.sandbox.v1.PoolPolicy
@@ -2020,96 +2247,106 @@ var file_computesdk_api_sandbox_v1_sandbox_proto_goTypes = []any{
 	(*Resources)(nil),                    // 3: computesdk.api.sandbox.v1.Resources
 	(*Sandbox)(nil),                      // 4: computesdk.api.sandbox.v1.Sandbox
 	(*CreateSandboxRequest)(nil),         // 5: computesdk.api.sandbox.v1.CreateSandboxRequest
-	(*BatchCreateSandboxesRequest)(nil),  // 6: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
-	(*BatchCreateResult)(nil),            // 7: computesdk.api.sandbox.v1.BatchCreateResult
-	(*ItemError)(nil),                    // 8: computesdk.api.sandbox.v1.ItemError
-	(*BatchCreateSandboxesResponse)(nil), // 9: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
-	(*ResetSandboxRequest)(nil),          // 10: computesdk.api.sandbox.v1.ResetSandboxRequest
-	(*ResetSandboxResponse)(nil),         // 11: computesdk.api.sandbox.v1.ResetSandboxResponse
-	(*SetSandboxEnvRequest)(nil),         // 12: computesdk.api.sandbox.v1.SetSandboxEnvRequest
-	(*SetSandboxEnvResponse)(nil),        // 13: computesdk.api.sandbox.v1.SetSandboxEnvResponse
-	(*CreateSandboxResponse)(nil),        // 14: computesdk.api.sandbox.v1.CreateSandboxResponse
-	(*GetSandboxRequest)(nil),            // 15: computesdk.api.sandbox.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),           // 16: computesdk.api.sandbox.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),         // 17: computesdk.api.sandbox.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),        // 18: computesdk.api.sandbox.v1.ListSandboxesResponse
-	(*DestroySandboxRequest)(nil),        // 19: computesdk.api.sandbox.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),       // 20: computesdk.api.sandbox.v1.DestroySandboxResponse
-	(*GetSandboxStatusRequest)(nil),      // 21: computesdk.api.sandbox.v1.GetSandboxStatusRequest
-	(*GetSandboxStatusResponse)(nil),     // 22: computesdk.api.sandbox.v1.GetSandboxStatusResponse
-	(*ResourceUsage)(nil),                // 23: computesdk.api.sandbox.v1.ResourceUsage
-	(*CloneSandboxRequest)(nil),          // 24: computesdk.api.sandbox.v1.CloneSandboxRequest
-	(*CloneSandboxResponse)(nil),         // 25: computesdk.api.sandbox.v1.CloneSandboxResponse
-	(*MigrateSandboxRequest)(nil),        // 26: computesdk.api.sandbox.v1.MigrateSandboxRequest
-	(*MigrateSandboxResponse)(nil),       // 27: computesdk.api.sandbox.v1.MigrateSandboxResponse
-	nil,                                  // 28: computesdk.api.sandbox.v1.Sandbox.MetadataEntry
-	nil,                                  // 29: computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
-	nil,                                  // 30: computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
-	nil,                                  // 31: computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
-	nil,                                  // 32: computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
-	nil,                                  // 33: computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
-	nil,                                  // 34: computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
-	nil,                                  // 35: computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
-	nil,                                  // 36: computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
-	(*timestamppb.Timestamp)(nil),        // 37: google.protobuf.Timestamp
+	(*VolumeMount)(nil),                  // 6: computesdk.api.sandbox.v1.VolumeMount
+	(*BatchCreateSandboxesRequest)(nil),  // 7: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
+	(*BatchCreateResult)(nil),            // 8: computesdk.api.sandbox.v1.BatchCreateResult
+	(*ItemError)(nil),                    // 9: computesdk.api.sandbox.v1.ItemError
+	(*BatchCreateSandboxesResponse)(nil), // 10: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
+	(*ResetSandboxRequest)(nil),          // 11: computesdk.api.sandbox.v1.ResetSandboxRequest
+	(*ResetSandboxResponse)(nil),         // 12: computesdk.api.sandbox.v1.ResetSandboxResponse
+	(*SetSandboxEnvRequest)(nil),         // 13: computesdk.api.sandbox.v1.SetSandboxEnvRequest
+	(*SetSandboxEnvResponse)(nil),        // 14: computesdk.api.sandbox.v1.SetSandboxEnvResponse
+	(*CreateSandboxResponse)(nil),        // 15: computesdk.api.sandbox.v1.CreateSandboxResponse
+	(*GetSandboxRequest)(nil),            // 16: computesdk.api.sandbox.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),           // 17: computesdk.api.sandbox.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),         // 18: computesdk.api.sandbox.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),        // 19: computesdk.api.sandbox.v1.ListSandboxesResponse
+	(*DestroySandboxRequest)(nil),        // 20: computesdk.api.sandbox.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),       // 21: computesdk.api.sandbox.v1.DestroySandboxResponse
+	(*GetSandboxStatusRequest)(nil),      // 22: computesdk.api.sandbox.v1.GetSandboxStatusRequest
+	(*GetSandboxStatusResponse)(nil),     // 23: computesdk.api.sandbox.v1.GetSandboxStatusResponse
+	(*ResourceUsage)(nil),                // 24: computesdk.api.sandbox.v1.ResourceUsage
+	(*CloneSandboxRequest)(nil),          // 25: computesdk.api.sandbox.v1.CloneSandboxRequest
+	(*CloneSandboxResponse)(nil),         // 26: computesdk.api.sandbox.v1.CloneSandboxResponse
+	(*MigrateSandboxRequest)(nil),        // 27: computesdk.api.sandbox.v1.MigrateSandboxRequest
+	(*MigrateSandboxResponse)(nil),       // 28: computesdk.api.sandbox.v1.MigrateSandboxResponse
+	(*RestartSandboxRequest)(nil),        // 29: computesdk.api.sandbox.v1.RestartSandboxRequest
+	(*RestartSandboxResponse)(nil),       // 30: computesdk.api.sandbox.v1.RestartSandboxResponse
+	nil,                                  // 31: computesdk.api.sandbox.v1.Sandbox.MetadataEntry
+	nil,                                  // 32: computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                  // 33: computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
+	nil,                                  // 34: computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
+	nil,                                  // 35: computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
+	nil,                                  // 36: computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
+	nil,                                  // 37: computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
+	nil,                                  // 38: computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
+	nil,                                  // 39: computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
+	nil,                                  // 40: computesdk.api.sandbox.v1.RestartSandboxRequest.EnvEntry
+	(*timestamppb.Timestamp)(nil),        // 41: google.protobuf.Timestamp
 }
 var file_computesdk_api_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	2,  // 0: computesdk.api.sandbox.v1.Resources.gpu:type_name -> computesdk.api.sandbox.v1.GpuSpec
 	0,  // 1: computesdk.api.sandbox.v1.Sandbox.state:type_name -> computesdk.api.sandbox.v1.State
-	28, // 2: computesdk.api.sandbox.v1.Sandbox.metadata:type_name -> computesdk.api.sandbox.v1.Sandbox.MetadataEntry
-	37, // 3: computesdk.api.sandbox.v1.Sandbox.create_time:type_name -> google.protobuf.Timestamp
-	37, // 4: computesdk.api.sandbox.v1.Sandbox.expire_time:type_name -> google.protobuf.Timestamp
+	31, // 2: computesdk.api.sandbox.v1.Sandbox.metadata:type_name -> computesdk.api.sandbox.v1.Sandbox.MetadataEntry
+	41, // 3: computesdk.api.sandbox.v1.Sandbox.create_time:type_name -> google.protobuf.Timestamp
+	41, // 4: computesdk.api.sandbox.v1.Sandbox.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 5: computesdk.api.sandbox.v1.Sandbox.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	29, // 6: computesdk.api.sandbox.v1.CreateSandboxRequest.metadata:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
+	32, // 6: computesdk.api.sandbox.v1.CreateSandboxRequest.metadata:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
 	3,  // 7: computesdk.api.sandbox.v1.CreateSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	30, // 8: computesdk.api.sandbox.v1.CreateSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
+	33, // 8: computesdk.api.sandbox.v1.CreateSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
 	1,  // 9: computesdk.api.sandbox.v1.CreateSandboxRequest.pool_policy:type_name -> computesdk.api.sandbox.v1.PoolPolicy
-	5,  // 10: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest.requests:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest
-	4,  // 11: computesdk.api.sandbox.v1.BatchCreateResult.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	8,  // 12: computesdk.api.sandbox.v1.BatchCreateResult.error:type_name -> computesdk.api.sandbox.v1.ItemError
-	7,  // 13: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse.results:type_name -> computesdk.api.sandbox.v1.BatchCreateResult
-	4,  // 14: computesdk.api.sandbox.v1.ResetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	31, // 15: computesdk.api.sandbox.v1.SetSandboxEnvRequest.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
-	32, // 16: computesdk.api.sandbox.v1.SetSandboxEnvResponse.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
-	4,  // 17: computesdk.api.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	4,  // 18: computesdk.api.sandbox.v1.GetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	33, // 19: computesdk.api.sandbox.v1.ListSandboxesRequest.metadata:type_name -> computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
-	0,  // 20: computesdk.api.sandbox.v1.ListSandboxesRequest.states:type_name -> computesdk.api.sandbox.v1.State
-	4,  // 21: computesdk.api.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> computesdk.api.sandbox.v1.Sandbox
-	0,  // 22: computesdk.api.sandbox.v1.GetSandboxStatusResponse.state:type_name -> computesdk.api.sandbox.v1.State
-	3,  // 23: computesdk.api.sandbox.v1.GetSandboxStatusResponse.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	23, // 24: computesdk.api.sandbox.v1.GetSandboxStatusResponse.usage:type_name -> computesdk.api.sandbox.v1.ResourceUsage
-	34, // 25: computesdk.api.sandbox.v1.CloneSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
-	3,  // 26: computesdk.api.sandbox.v1.CloneSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	4,  // 27: computesdk.api.sandbox.v1.CloneSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	35, // 28: computesdk.api.sandbox.v1.MigrateSandboxRequest.template_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
-	36, // 29: computesdk.api.sandbox.v1.MigrateSandboxRequest.env_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
-	4,  // 30: computesdk.api.sandbox.v1.MigrateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	5,  // 31: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:input_type -> computesdk.api.sandbox.v1.CreateSandboxRequest
-	15, // 32: computesdk.api.sandbox.v1.SandboxService.GetSandbox:input_type -> computesdk.api.sandbox.v1.GetSandboxRequest
-	17, // 33: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:input_type -> computesdk.api.sandbox.v1.ListSandboxesRequest
-	19, // 34: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:input_type -> computesdk.api.sandbox.v1.DestroySandboxRequest
-	21, // 35: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:input_type -> computesdk.api.sandbox.v1.GetSandboxStatusRequest
-	24, // 36: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:input_type -> computesdk.api.sandbox.v1.CloneSandboxRequest
-	26, // 37: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:input_type -> computesdk.api.sandbox.v1.MigrateSandboxRequest
-	6,  // 38: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:input_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
-	10, // 39: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:input_type -> computesdk.api.sandbox.v1.ResetSandboxRequest
-	12, // 40: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:input_type -> computesdk.api.sandbox.v1.SetSandboxEnvRequest
-	14, // 41: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:output_type -> computesdk.api.sandbox.v1.CreateSandboxResponse
-	16, // 42: computesdk.api.sandbox.v1.SandboxService.GetSandbox:output_type -> computesdk.api.sandbox.v1.GetSandboxResponse
-	18, // 43: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:output_type -> computesdk.api.sandbox.v1.ListSandboxesResponse
-	20, // 44: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:output_type -> computesdk.api.sandbox.v1.DestroySandboxResponse
-	22, // 45: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:output_type -> computesdk.api.sandbox.v1.GetSandboxStatusResponse
-	25, // 46: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:output_type -> computesdk.api.sandbox.v1.CloneSandboxResponse
-	27, // 47: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:output_type -> computesdk.api.sandbox.v1.MigrateSandboxResponse
-	9,  // 48: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:output_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
-	11, // 49: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:output_type -> computesdk.api.sandbox.v1.ResetSandboxResponse
-	13, // 50: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:output_type -> computesdk.api.sandbox.v1.SetSandboxEnvResponse
-	41, // [41:51] is the sub-list for method output_type
-	31, // [31:41] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	6,  // 10: computesdk.api.sandbox.v1.CreateSandboxRequest.volumes:type_name -> computesdk.api.sandbox.v1.VolumeMount
+	5,  // 11: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest.requests:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest
+	4,  // 12: computesdk.api.sandbox.v1.BatchCreateResult.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	9,  // 13: computesdk.api.sandbox.v1.BatchCreateResult.error:type_name -> computesdk.api.sandbox.v1.ItemError
+	8,  // 14: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse.results:type_name -> computesdk.api.sandbox.v1.BatchCreateResult
+	4,  // 15: computesdk.api.sandbox.v1.ResetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	34, // 16: computesdk.api.sandbox.v1.SetSandboxEnvRequest.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
+	35, // 17: computesdk.api.sandbox.v1.SetSandboxEnvResponse.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
+	4,  // 18: computesdk.api.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	4,  // 19: computesdk.api.sandbox.v1.GetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	36, // 20: computesdk.api.sandbox.v1.ListSandboxesRequest.metadata:type_name -> computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
+	0,  // 21: computesdk.api.sandbox.v1.ListSandboxesRequest.states:type_name -> computesdk.api.sandbox.v1.State
+	4,  // 22: computesdk.api.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> computesdk.api.sandbox.v1.Sandbox
+	0,  // 23: computesdk.api.sandbox.v1.GetSandboxStatusResponse.state:type_name -> computesdk.api.sandbox.v1.State
+	3,  // 24: computesdk.api.sandbox.v1.GetSandboxStatusResponse.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	24, // 25: computesdk.api.sandbox.v1.GetSandboxStatusResponse.usage:type_name -> computesdk.api.sandbox.v1.ResourceUsage
+	37, // 26: computesdk.api.sandbox.v1.CloneSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
+	3,  // 27: computesdk.api.sandbox.v1.CloneSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	4,  // 28: computesdk.api.sandbox.v1.CloneSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	38, // 29: computesdk.api.sandbox.v1.MigrateSandboxRequest.template_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
+	39, // 30: computesdk.api.sandbox.v1.MigrateSandboxRequest.env_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
+	4,  // 31: computesdk.api.sandbox.v1.MigrateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	40, // 32: computesdk.api.sandbox.v1.RestartSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.RestartSandboxRequest.EnvEntry
+	3,  // 33: computesdk.api.sandbox.v1.RestartSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	4,  // 34: computesdk.api.sandbox.v1.RestartSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	5,  // 35: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:input_type -> computesdk.api.sandbox.v1.CreateSandboxRequest
+	16, // 36: computesdk.api.sandbox.v1.SandboxService.GetSandbox:input_type -> computesdk.api.sandbox.v1.GetSandboxRequest
+	18, // 37: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:input_type -> computesdk.api.sandbox.v1.ListSandboxesRequest
+	20, // 38: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:input_type -> computesdk.api.sandbox.v1.DestroySandboxRequest
+	22, // 39: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:input_type -> computesdk.api.sandbox.v1.GetSandboxStatusRequest
+	25, // 40: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:input_type -> computesdk.api.sandbox.v1.CloneSandboxRequest
+	27, // 41: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:input_type -> computesdk.api.sandbox.v1.MigrateSandboxRequest
+	7,  // 42: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:input_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
+	11, // 43: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:input_type -> computesdk.api.sandbox.v1.ResetSandboxRequest
+	13, // 44: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:input_type -> computesdk.api.sandbox.v1.SetSandboxEnvRequest
+	29, // 45: computesdk.api.sandbox.v1.SandboxService.RestartSandbox:input_type -> computesdk.api.sandbox.v1.RestartSandboxRequest
+	15, // 46: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:output_type -> computesdk.api.sandbox.v1.CreateSandboxResponse
+	17, // 47: computesdk.api.sandbox.v1.SandboxService.GetSandbox:output_type -> computesdk.api.sandbox.v1.GetSandboxResponse
+	19, // 48: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:output_type -> computesdk.api.sandbox.v1.ListSandboxesResponse
+	21, // 49: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:output_type -> computesdk.api.sandbox.v1.DestroySandboxResponse
+	23, // 50: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:output_type -> computesdk.api.sandbox.v1.GetSandboxStatusResponse
+	26, // 51: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:output_type -> computesdk.api.sandbox.v1.CloneSandboxResponse
+	28, // 52: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:output_type -> computesdk.api.sandbox.v1.MigrateSandboxResponse
+	10, // 53: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:output_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
+	12, // 54: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:output_type -> computesdk.api.sandbox.v1.ResetSandboxResponse
+	14, // 55: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:output_type -> computesdk.api.sandbox.v1.SetSandboxEnvResponse
+	30, // 56: computesdk.api.sandbox.v1.SandboxService.RestartSandbox:output_type -> computesdk.api.sandbox.v1.RestartSandboxResponse
+	46, // [46:57] is the sub-list for method output_type
+	35, // [35:46] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_computesdk_api_sandbox_v1_sandbox_proto_init() }
@@ -2117,7 +2354,7 @@ func file_computesdk_api_sandbox_v1_sandbox_proto_init() {
 	if File_computesdk_api_sandbox_v1_sandbox_proto != nil {
 		return
 	}
-	file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[5].OneofWrappers = []any{
+	file_computesdk_api_sandbox_v1_sandbox_proto_msgTypes[6].OneofWrappers = []any{
 		(*BatchCreateResult_Sandbox)(nil),
 		(*BatchCreateResult_Error)(nil),
 	}
@@ -2127,7 +2364,7 @@ func file_computesdk_api_sandbox_v1_sandbox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc), len(file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	SandboxService_BatchCreateSandboxes_FullMethodName = "/computesdk.api.sandbox.v1.SandboxService/BatchCreateSandboxes"
 	SandboxService_ResetSandbox_FullMethodName         = "/computesdk.api.sandbox.v1.SandboxService/ResetSandbox"
 	SandboxService_SetSandboxEnv_FullMethodName        = "/computesdk.api.sandbox.v1.SandboxService/SetSandboxEnv"
+	SandboxService_RestartSandbox_FullMethodName       = "/computesdk.api.sandbox.v1.SandboxService/RestartSandbox"
 )
 
 // SandboxServiceClient is the client API for SandboxService service.
@@ -64,6 +65,10 @@ type SandboxServiceClient interface {
 	// SetSandboxEnv changes the environment of later processes; it survives a
 	// daemon restart.
 	SetSandboxEnv(ctx context.Context, in *SetSandboxEnvRequest, opts ...grpc.CallOption) (*SetSandboxEnvResponse, error)
+	// RestartSandbox stops every process and starts the sandbox again, keeping
+	// its id and files, optionally with a new template, env or resources. A new
+	// template starts from that template's files.
+	RestartSandbox(ctx context.Context, in *RestartSandboxRequest, opts ...grpc.CallOption) (*RestartSandboxResponse, error)
 }
 
 type sandboxServiceClient struct {
@@ -174,6 +179,16 @@ func (c *sandboxServiceClient) SetSandboxEnv(ctx context.Context, in *SetSandbox
 	return out, nil
 }
 
+func (c *sandboxServiceClient) RestartSandbox(ctx context.Context, in *RestartSandboxRequest, opts ...grpc.CallOption) (*RestartSandboxResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestartSandboxResponse)
+	err := c.cc.Invoke(ctx, SandboxService_RestartSandbox_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SandboxServiceServer is the server API for SandboxService service.
 // All implementations must embed UnimplementedSandboxServiceServer
 // for forward compatibility.
@@ -207,6 +222,10 @@ type SandboxServiceServer interface {
 	// SetSandboxEnv changes the environment of later processes; it survives a
 	// daemon restart.
 	SetSandboxEnv(context.Context, *SetSandboxEnvRequest) (*SetSandboxEnvResponse, error)
+	// RestartSandbox stops every process and starts the sandbox again, keeping
+	// its id and files, optionally with a new template, env or resources. A new
+	// template starts from that template's files.
+	RestartSandbox(context.Context, *RestartSandboxRequest) (*RestartSandboxResponse, error)
 	mustEmbedUnimplementedSandboxServiceServer()
 }
 
@@ -246,6 +265,9 @@ func (UnimplementedSandboxServiceServer) ResetSandbox(context.Context, *ResetSan
 }
 func (UnimplementedSandboxServiceServer) SetSandboxEnv(context.Context, *SetSandboxEnvRequest) (*SetSandboxEnvResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetSandboxEnv not implemented")
+}
+func (UnimplementedSandboxServiceServer) RestartSandbox(context.Context, *RestartSandboxRequest) (*RestartSandboxResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestartSandbox not implemented")
 }
 func (UnimplementedSandboxServiceServer) mustEmbedUnimplementedSandboxServiceServer() {}
 func (UnimplementedSandboxServiceServer) testEmbeddedByValue()                        {}
@@ -448,6 +470,24 @@ func _SandboxService_SetSandboxEnv_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SandboxService_RestartSandbox_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartSandboxRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxServiceServer).RestartSandbox(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxService_RestartSandbox_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxServiceServer).RestartSandbox(ctx, req.(*RestartSandboxRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SandboxService_ServiceDesc is the grpc.ServiceDesc for SandboxService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -494,6 +534,10 @@ var SandboxService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetSandboxEnv",
 			Handler:    _SandboxService_SetSandboxEnv_Handler,
+		},
+		{
+			MethodName: "RestartSandbox",
+			Handler:    _SandboxService_RestartSandbox_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

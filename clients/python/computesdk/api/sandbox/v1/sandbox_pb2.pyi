@@ -271,6 +271,8 @@ class CreateSandboxRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     FALLBACK_PROVIDERS_FIELD_NUMBER: _builtins.int
     POOL_POLICY_FIELD_NUMBER: _builtins.int
+    RESTORE_FROM_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, as listed by ProviderService. Empty means the daemon's default."""
     template: _builtins.str
@@ -283,6 +285,8 @@ class CreateSandboxRequest(_message.Message):
     """Idempotency key: a retried create with the same key returns the same sandbox."""
     pool_policy: Global___PoolPolicy.ValueType
     """Whether create may hand out a warm sandbox from a matching pool."""
+    restore_from: _builtins.str
+    """Start from a saved state (SnapshotService.SaveState) instead of the template."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -294,6 +298,10 @@ class CreateSandboxRequest(_message.Message):
     @_builtins.property
     def fallback_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Providers to try, in order, when `provider` is down or its circuit is open."""
+
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeMount]:
+        """Volumes to mount. An unknown name with size_mb set makes an ephemeral volume."""
 
     def __init__(
         self,
@@ -308,14 +316,48 @@ class CreateSandboxRequest(_message.Message):
         request_id: _builtins.str = ...,
         fallback_providers: _abc.Iterable[_builtins.str] | None = ...,
         pool_policy: Global___PoolPolicy.ValueType = ...,
+        restore_from: _builtins.str = ...,
+        volumes: _abc.Iterable[Global___VolumeMount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "pool_policy", b"pool_policy", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "pool_policy", b"pool_policy", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "restore_from", b"restore_from", "template", b"template", "timeout_ms", b"timeout_ms", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateSandboxRequest: _TypeAlias = CreateSandboxRequest  # noqa: Y015
+
+@_typing.final
+class VolumeMount(_message.Message):
+    """VolumeMount mounts a named volume into the sandbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    SIZE_MB_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    mount_path: _builtins.str
+    """Absolute path inside the sandbox."""
+    read_only: _builtins.bool
+    size_mb: _builtins.int
+    """For a volume that does not exist yet: make it, ephemeral, this size."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mount_path: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+        size_mb: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "name", b"name", "read_only", b"read_only", "size_mb", b"size_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VolumeMount: _TypeAlias = VolumeMount  # noqa: Y015
 
 @_typing.final
 class BatchCreateSandboxesRequest(_message.Message):
@@ -1033,3 +1075,82 @@ class MigrateSandboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MigrateSandboxResponse: _TypeAlias = MigrateSandboxResponse  # noqa: Y015
+
+@_typing.final
+class RestartSandboxRequest(_message.Message):
+    """RestartSandboxRequest names the sandbox and what changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    template: _builtins.str
+    """Empty keeps the template (and the files)."""
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Replaces the environment when set."""
+
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """Replaces the resources when set."""
+
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        template: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        resources: Global___Resources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "resources", b"resources", "sandbox_id", b"sandbox_id", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartSandboxRequest: _TypeAlias = RestartSandboxRequest  # noqa: Y015
+
+@_typing.final
+class RestartSandboxResponse(_message.Message):
+    """RestartSandboxResponse carries the sandbox after the restart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
+    def __init__(
+        self,
+        *,
+        sandbox: Global___Sandbox | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartSandboxResponse: _TypeAlias = RestartSandboxResponse  # noqa: Y015

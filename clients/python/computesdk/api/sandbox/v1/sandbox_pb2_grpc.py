@@ -85,6 +85,11 @@ class SandboxServiceStub:
                 request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvRequest.SerializeToString,
                 response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvResponse.FromString,
                 _registered_method=True)
+        self.RestartSandbox = channel.unary_unary(
+                '/computesdk.api.sandbox.v1.SandboxService/RestartSandbox',
+                request_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.RestartSandboxRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.RestartSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -168,6 +173,15 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestartSandbox(self, request, context):
+        """RestartSandbox stops every process and starts the sandbox again, keeping
+        its id and files, optionally with a new template, env or resources. A new
+        template starts from that template's files.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +234,11 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.SetSandboxEnv,
                     request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvRequest.FromString,
                     response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvResponse.SerializeToString,
+            ),
+            'RestartSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartSandbox,
+                    request_deserializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.RestartSandboxRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.RestartSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +512,33 @@ class SandboxService:
             '/computesdk.api.sandbox.v1.SandboxService/SetSandboxEnv',
             computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvRequest.SerializeToString,
             computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.SetSandboxEnvResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.sandbox.v1.SandboxService/RestartSandbox',
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.RestartSandboxRequest.SerializeToString,
+            computesdk_dot_api_dot_sandbox_dot_v1_dot_sandbox__pb2.RestartSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,11 @@ class SandboxServiceStub:
     """SetSandboxEnv changes the environment of later processes; it survives a
     daemon restart.
     """
+    RestartSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.RestartSandboxRequest, _sandbox_pb2.RestartSandboxResponse]
+    """RestartSandbox stops every process and starts the sandbox again, keeping
+    its id and files, optionally with a new template, env or resources. A new
+    template starts from that template's files.
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -104,6 +109,11 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     SetSandboxEnv: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.SetSandboxEnvRequest, _sandbox_pb2.SetSandboxEnvResponse]  # type: ignore[assignment]
     """SetSandboxEnv changes the environment of later processes; it survives a
     daemon restart.
+    """
+    RestartSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.RestartSandboxRequest, _sandbox_pb2.RestartSandboxResponse]  # type: ignore[assignment]
+    """RestartSandbox stops every process and starts the sandbox again, keeping
+    its id and files, optionally with a new template, env or resources. A new
+    template starts from that template's files.
     """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +210,17 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sandbox_pb2.SetSandboxEnvResponse, _abc.Awaitable[_sandbox_pb2.SetSandboxEnvResponse]]:
         """SetSandboxEnv changes the environment of later processes; it survives a
         daemon restart.
+        """
+
+    @_abc_1.abstractmethod
+    def RestartSandbox(
+        self,
+        request: _sandbox_pb2.RestartSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.RestartSandboxResponse, _abc.Awaitable[_sandbox_pb2.RestartSandboxResponse]]:
+        """RestartSandbox stops every process and starts the sandbox again, keeping
+        its id and files, optionally with a new template, env or resources. A new
+        template starts from that template's files.
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

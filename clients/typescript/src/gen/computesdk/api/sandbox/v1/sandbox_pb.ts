@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file computesdk/api/sandbox/v1/sandbox.proto.
  */
 export const file_computesdk_api_sandbox_v1_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("Cidjb21wdXRlc2RrL2FwaS9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SGWNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEiNwoHR3B1U3BlYxIPCgdlbmFibGVkGAEgASgIEgwKBHR5cGUYAiABKAkSDQoFY291bnQYAyABKA0ihwEKCVJlc291cmNlcxIRCgljcHVfY29yZXMYASABKAESEQoJbWVtb3J5X21iGAIgASgEEg8KB2Rpc2tfbWIYAyABKAQSLwoDZ3B1GAQgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HcHVTcGVjEhIKCnBpZHNfbGltaXQYBSABKA0i1gMKB1NhbmRib3gSCgoCaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSLwoFc3RhdGUYBCABKA4yIC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlN0YXRlEkIKCG1ldGFkYXRhGAUgAygLMjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAggASgEEhIKCmtlZXBfYWxpdmUYCSABKAgSNwoJcmVzb3VyY2VzGAogASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSGwoTcHJvdmlkZXJfc2FuZGJveF9pZBgLIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAwgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL8AwoUQ3JlYXRlU2FuZGJveFJlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkSEAoIdGVtcGxhdGUYAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSEgoKdGltZW91dF9tcxgEIAEoBBISCgprZWVwX2FsaXZlGAUgASgIEjcKCXJlc291cmNlcxgGIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEkUKA2VudhgHIAMoCzI4LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QuRW52RW50cnkSEgoKcmVxdWVzdF9pZBgIIAEoCRIaChJmYWxsYmFja19wcm92aWRlcnMYCSADKAkSOgoLcG9vbF9wb2xpY3kYCiABKA4yJS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlBvb2xQb2xpY3kaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYAobQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXF1ZXN0EkEKCHJlcXVlc3RzGAEgAygLMi8uY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5DcmVhdGVTYW5kYm94UmVxdWVzdCKLAQoRQmF0Y2hDcmVhdGVSZXN1bHQSNQoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveEgAEjUKBWVycm9yGAIgASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5JdGVtRXJyb3JIAEIICgZyZXN1bHQiOgoJSXRlbUVycm9yEgwKBGNvZGUYASABKAkSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiXQocQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXNwb25zZRI9CgdyZXN1bHRzGAEgAygLMiwuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5CYXRjaENyZWF0ZVJlc3VsdCI3ChNSZXNldFNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEaGFyZBgCIAEoCCJLChRSZXNldFNhbmRib3hSZXNwb25zZRIzCgdzYW5kYm94GAEgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94IqwBChRTZXRTYW5kYm94RW52UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEkUKA2VudhgCIAMoCzI4LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2V0U2FuZGJveEVudlJlcXVlc3QuRW52RW50cnkSDQoFdW5zZXQYAyADKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKLAQoVU2V0U2FuZGJveEVudlJlc3BvbnNlEkYKA2VudhgBIAMoCzI5LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2V0U2FuZGJveEVudlJlc3BvbnNlLkVudkVudHJ5GioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoVQ3JlYXRlU2FuZGJveFJlc3BvbnNlEjMKB3NhbmRib3gYASABKAsyIi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNhbmRib3giJwoRR2V0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJJChJHZXRTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCKDAgoUTGlzdFNhbmRib3hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSMAoGc3RhdGVzGAQgAygOMiAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TdGF0ZRIQCghwcm92aWRlchgFIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZwoVTGlzdFNhbmRib3hlc1Jlc3BvbnNlEjUKCXNhbmRib3hlcxgBIAMoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWgoVRGVzdHJveVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIZ3JhY2VmdWwYAiABKAgSGwoTZ3JhY2VmdWxfdGltZW91dF9tcxgDIAEoBCIYChZEZXN0cm95U2FuZGJveFJlc3BvbnNlIi0KF0dldFNhbmRib3hTdGF0dXNSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAki0AEKGEdldFNhbmRib3hTdGF0dXNSZXNwb25zZRIvCgVzdGF0ZRgBIAEoDjIgLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU3RhdGUSEQoJdXB0aW1lX21zGAIgASgEEjcKCXJlc291cmNlcxgDIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEjcKBXVzYWdlGAQgASgLMiguY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZVVzYWdlIqUBCg1SZXNvdXJjZVVzYWdlEhkKEW1lbW9yeV91c2VkX2J5dGVzGAEgASgEEhoKEm1lbW9yeV9saW1pdF9ieXRlcxgCIAEoBBIVCg1wcm9jZXNzX2NvdW50GAMgASgNEhMKC2NwdV90aW1lX25zGAQgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgFIAEoBBIYChBkaXNrX2xpbWl0X2J5dGVzGAYgASgEIvgBChNDbG9uZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSRAoDZW52GAQgAygLMjcuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5DbG9uZVNhbmRib3hSZXF1ZXN0LkVudkVudHJ5EjcKCXJlc291cmNlcxgFIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoUQ2xvbmVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCKgAwoVTWlncmF0ZVNhbmRib3hSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSFgoOcHJlc2VydmVfZmlsZXMYBCABKAgSFAoMcHJlc2VydmVfZW52GAUgASgIEl8KEHRlbXBsYXRlX21hcHBpbmcYBiADKAsyRS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVxdWVzdC5UZW1wbGF0ZU1hcHBpbmdFbnRyeRJVCgtlbnZfbWFwcGluZxgHIAMoCzJALmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXF1ZXN0LkVudk1hcHBpbmdFbnRyeRo2ChRUZW1wbGF0ZU1hcHBpbmdFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjEKD0Vudk1hcHBpbmdFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIk0KFk1pZ3JhdGVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCp9CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhIKDlNUQVRFX0NSRUFUSU5HEAESEQoNU1RBVEVfUlVOTklORxACEhIKDlNUQVRFX1NUT1BQSU5HEAMSEQoNU1RBVEVfU1RPUFBFRBAEEg8KC1NUQVRFX0VSUk9SEAUqVwoKUG9vbFBvbGljeRIbChdQT09MX1BPTElDWV9VTlNQRUNJRklFRBAAEhUKEVBPT0xfUE9MSUNZX0FMTE9XEAESFQoRUE9PTF9QT0xJQ1lfTkVWRVIQAjKuCQoOU2FuZGJveFNlcnZpY2UScgoNQ3JlYXRlU2FuZGJveBIvLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJpCgpHZXRTYW5kYm94EiwuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBotLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlEnIKDUxpc3RTYW5kYm94ZXMSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USdQoORGVzdHJveVNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkRlc3Ryb3lTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuRGVzdHJveVNhbmRib3hSZXNwb25zZRJ7ChBHZXRTYW5kYm94U3RhdHVzEjIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HZXRTYW5kYm94U3RhdHVzUmVxdWVzdBozLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFN0YXR1c1Jlc3BvbnNlEm8KDENsb25lU2FuZGJveBIuLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ2xvbmVTYW5kYm94UmVxdWVzdBovLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ2xvbmVTYW5kYm94UmVzcG9uc2USdQoOTWlncmF0ZVNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXNwb25zZRKHAQoUQmF0Y2hDcmVhdGVTYW5kYm94ZXMSNi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkJhdGNoQ3JlYXRlU2FuZGJveGVzUmVxdWVzdBo3LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXNwb25zZRJvCgxSZXNldFNhbmRib3gSLi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc2V0U2FuZGJveFJlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc2V0U2FuZGJveFJlc3BvbnNlEnIKDVNldFNhbmRib3hFbnYSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNldFNhbmRib3hFbnZSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TZXRTYW5kYm94RW52UmVzcG9uc2VCRlpEZ2l0aHViLmNvbS9jb21wdXRlc2RrL2NvbXB1dGVzZGsvY2xpZW50cy9nby9hcGkvc2FuZGJveC92MTtzYW5kYm94djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Cidjb21wdXRlc2RrL2FwaS9zYW5kYm94L3YxL3NhbmRib3gucHJvdG8SGWNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEiNwoHR3B1U3BlYxIPCgdlbmFibGVkGAEgASgIEgwKBHR5cGUYAiABKAkSDQoFY291bnQYAyABKA0ihwEKCVJlc291cmNlcxIRCgljcHVfY29yZXMYASABKAESEQoJbWVtb3J5X21iGAIgASgEEg8KB2Rpc2tfbWIYAyABKAQSLwoDZ3B1GAQgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HcHVTcGVjEhIKCnBpZHNfbGltaXQYBSABKA0i1gMKB1NhbmRib3gSCgoCaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSEAoIdGVtcGxhdGUYAyABKAkSLwoFc3RhdGUYBCABKA4yIC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlN0YXRlEkIKCG1ldGFkYXRhGAUgAygLMjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAggASgEEhIKCmtlZXBfYWxpdmUYCSABKAgSNwoJcmVzb3VyY2VzGAogASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSGwoTcHJvdmlkZXJfc2FuZGJveF9pZBgLIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAwgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLLBAoUQ3JlYXRlU2FuZGJveFJlcXVlc3QSEAoIcHJvdmlkZXIYASABKAkSEAoIdGVtcGxhdGUYAiABKAkSTwoIbWV0YWRhdGEYAyADKAsyPS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSEgoKdGltZW91dF9tcxgEIAEoBBISCgprZWVwX2FsaXZlGAUgASgIEjcKCXJlc291cmNlcxgGIAEoCzIkLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzb3VyY2VzEkUKA2VudhgHIAMoCzI4LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QuRW52RW50cnkSEgoKcmVxdWVzdF9pZBgIIAEoCRIaChJmYWxsYmFja19wcm92aWRlcnMYCSADKAkSOgoLcG9vbF9wb2xpY3kYCiABKA4yJS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlBvb2xQb2xpY3kSFAoMcmVzdG9yZV9mcm9tGAsgASgJEjcKB3ZvbHVtZXMYDCADKAsyJi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlZvbHVtZU1vdW50Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlMKC1ZvbHVtZU1vdW50EgwKBG5hbWUYASABKAkSEgoKbW91bnRfcGF0aBgCIAEoCRIRCglyZWFkX29ubHkYAyABKAgSDwoHc2l6ZV9tYhgEIAEoBCJgChtCYXRjaENyZWF0ZVNhbmRib3hlc1JlcXVlc3QSQQoIcmVxdWVzdHMYASADKAsyLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXF1ZXN0IosBChFCYXRjaENyZWF0ZVJlc3VsdBI1CgdzYW5kYm94GAEgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94SAASNQoFZXJyb3IYAiABKAsyJC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCI6CglJdGVtRXJyb3ISDAoEY29kZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDwoHbWVzc2FnZRgDIAEoCSJdChxCYXRjaENyZWF0ZVNhbmRib3hlc1Jlc3BvbnNlEj0KB3Jlc3VsdHMYASADKAsyLC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkJhdGNoQ3JlYXRlUmVzdWx0IjcKE1Jlc2V0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRoYXJkGAIgASgIIksKFFJlc2V0U2FuZGJveFJlc3BvbnNlEjMKB3NhbmRib3gYASABKAsyIi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNhbmRib3girAEKFFNldFNhbmRib3hFbnZSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSRQoDZW52GAIgAygLMjguY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TZXRTYW5kYm94RW52UmVxdWVzdC5FbnZFbnRyeRINCgV1bnNldBgDIAMoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIosBChVTZXRTYW5kYm94RW52UmVzcG9uc2USRgoDZW52GAEgAygLMjkuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TZXRTYW5kYm94RW52UmVzcG9uc2UuRW52RW50cnkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJMChVDcmVhdGVTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCInChFHZXRTYW5kYm94UmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJIkkKEkdldFNhbmRib3hSZXNwb25zZRIzCgdzYW5kYm94GAEgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94IoMCChRMaXN0U2FuZGJveGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRJPCghtZXRhZGF0YRgDIAMoCzI9LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTGlzdFNhbmRib3hlc1JlcXVlc3QuTWV0YWRhdGFFbnRyeRIwCgZzdGF0ZXMYBCADKA4yIC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlN0YXRlEhAKCHByb3ZpZGVyGAUgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJnChVMaXN0U2FuZGJveGVzUmVzcG9uc2USNQoJc2FuZGJveGVzGAEgAygLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJaChVEZXN0cm95U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIQCghncmFjZWZ1bBgCIAEoCBIbChNncmFjZWZ1bF90aW1lb3V0X21zGAMgASgEIhgKFkRlc3Ryb3lTYW5kYm94UmVzcG9uc2UiLQoXR2V0U2FuZGJveFN0YXR1c1JlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSLQAQoYR2V0U2FuZGJveFN0YXR1c1Jlc3BvbnNlEi8KBXN0YXRlGAEgASgOMiAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TdGF0ZRIRCgl1cHRpbWVfbXMYAiABKAQSNwoJcmVzb3VyY2VzGAMgASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSNwoFdXNhZ2UYBCABKAsyKC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc291cmNlVXNhZ2UipQEKDVJlc291cmNlVXNhZ2USGQoRbWVtb3J5X3VzZWRfYnl0ZXMYASABKAQSGgoSbWVtb3J5X2xpbWl0X2J5dGVzGAIgASgEEhUKDXByb2Nlc3NfY291bnQYAyABKA0SEwoLY3B1X3RpbWVfbnMYBCABKAQSFwoPZGlza191c2VkX2J5dGVzGAUgASgEEhgKEGRpc2tfbGltaXRfYnl0ZXMYBiABKAQi+AEKE0Nsb25lU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIQCgh0ZW1wbGF0ZRgDIAEoCRJECgNlbnYYBCADKAsyNy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNsb25lU2FuZGJveFJlcXVlc3QuRW52RW50cnkSNwoJcmVzb3VyY2VzGAUgASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJLChRDbG9uZVNhbmRib3hSZXNwb25zZRIzCgdzYW5kYm94GAEgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94IqADChVNaWdyYXRlU2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIQCgh0ZW1wbGF0ZRgDIAEoCRIWCg5wcmVzZXJ2ZV9maWxlcxgEIAEoCBIUCgxwcmVzZXJ2ZV9lbnYYBSABKAgSXwoQdGVtcGxhdGVfbWFwcGluZxgGIAMoCzJFLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXF1ZXN0LlRlbXBsYXRlTWFwcGluZ0VudHJ5ElUKC2Vudl9tYXBwaW5nGAcgAygLMkAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5NaWdyYXRlU2FuZGJveFJlcXVlc3QuRW52TWFwcGluZ0VudHJ5GjYKFFRlbXBsYXRlTWFwcGluZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMQoPRW52TWFwcGluZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTQoWTWlncmF0ZVNhbmRib3hSZXNwb25zZRIzCgdzYW5kYm94GAEgASgLMiIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TYW5kYm94IuoBChVSZXN0YXJ0U2FuZGJveFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIQCgh0ZW1wbGF0ZRgCIAEoCRJGCgNlbnYYAyADKAsyOS5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc3RhcnRTYW5kYm94UmVxdWVzdC5FbnZFbnRyeRI3CglyZXNvdXJjZXMYBCABKAsyJC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc291cmNlcxoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIk0KFlJlc3RhcnRTYW5kYm94UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCp9CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhIKDlNUQVRFX0NSRUFUSU5HEAESEQoNU1RBVEVfUlVOTklORxACEhIKDlNUQVRFX1NUT1BQSU5HEAMSEQoNU1RBVEVfU1RPUFBFRBAEEg8KC1NUQVRFX0VSUk9SEAUqVwoKUG9vbFBvbGljeRIbChdQT09MX1BPTElDWV9VTlNQRUNJRklFRBAAEhUKEVBPT0xfUE9MSUNZX0FMTE9XEAESFQoRUE9PTF9QT0xJQ1lfTkVWRVIQAjKlCgoOU2FuZGJveFNlcnZpY2UScgoNQ3JlYXRlU2FuZGJveBIvLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ3JlYXRlU2FuZGJveFJlcXVlc3QaMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkNyZWF0ZVNhbmRib3hSZXNwb25zZRJpCgpHZXRTYW5kYm94EiwuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HZXRTYW5kYm94UmVxdWVzdBotLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFJlc3BvbnNlEnIKDUxpc3RTYW5kYm94ZXMSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkxpc3RTYW5kYm94ZXNSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5MaXN0U2FuZGJveGVzUmVzcG9uc2USdQoORGVzdHJveVNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkRlc3Ryb3lTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuRGVzdHJveVNhbmRib3hSZXNwb25zZRJ7ChBHZXRTYW5kYm94U3RhdHVzEjIuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5HZXRTYW5kYm94U3RhdHVzUmVxdWVzdBozLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuR2V0U2FuZGJveFN0YXR1c1Jlc3BvbnNlEm8KDENsb25lU2FuZGJveBIuLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ2xvbmVTYW5kYm94UmVxdWVzdBovLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQ2xvbmVTYW5kYm94UmVzcG9uc2USdQoOTWlncmF0ZVNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLk1pZ3JhdGVTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuTWlncmF0ZVNhbmRib3hSZXNwb25zZRKHAQoUQmF0Y2hDcmVhdGVTYW5kYm94ZXMSNi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLkJhdGNoQ3JlYXRlU2FuZGJveGVzUmVxdWVzdBo3LmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuQmF0Y2hDcmVhdGVTYW5kYm94ZXNSZXNwb25zZRJvCgxSZXNldFNhbmRib3gSLi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc2V0U2FuZGJveFJlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc2V0U2FuZGJveFJlc3BvbnNlEnIKDVNldFNhbmRib3hFbnYSLy5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNldFNhbmRib3hFbnZSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5TZXRTYW5kYm94RW52UmVzcG9uc2USdQoOUmVzdGFydFNhbmRib3gSMC5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlJlc3RhcnRTYW5kYm94UmVxdWVzdBoxLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuUmVzdGFydFNhbmRib3hSZXNwb25zZUJGWkRnaXRodWIuY29tL2NvbXB1dGVzZGsvY29tcHV0ZXNkay9jbGllbnRzL2dvL2FwaS9zYW5kYm94L3YxO3NhbmRib3h2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * GpuSpec asks for an accelerator.
@@ -237,6 +237,20 @@ export type CreateSandboxRequest = Message<"computesdk.api.sandbox.v1.CreateSand
    * @generated from field: computesdk.api.sandbox.v1.PoolPolicy pool_policy = 10;
    */
   poolPolicy: PoolPolicy;
+
+  /**
+   * Start from a saved state (SnapshotService.SaveState) instead of the template.
+   *
+   * @generated from field: string restore_from = 11;
+   */
+  restoreFrom: string;
+
+  /**
+   * Volumes to mount. An unknown name with size_mb set makes an ephemeral volume.
+   *
+   * @generated from field: repeated computesdk.api.sandbox.v1.VolumeMount volumes = 12;
+   */
+  volumes: VolumeMount[];
 };
 
 /**
@@ -245,6 +259,44 @@ export type CreateSandboxRequest = Message<"computesdk.api.sandbox.v1.CreateSand
  */
 export const CreateSandboxRequestSchema: GenMessage<CreateSandboxRequest> = /*@__PURE__*/
   messageDesc(file_computesdk_api_sandbox_v1_sandbox, 3);
+
+/**
+ * VolumeMount mounts a named volume into the sandbox.
+ *
+ * @generated from message computesdk.api.sandbox.v1.VolumeMount
+ */
+export type VolumeMount = Message<"computesdk.api.sandbox.v1.VolumeMount"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Absolute path inside the sandbox.
+   *
+   * @generated from field: string mount_path = 2;
+   */
+  mountPath: string;
+
+  /**
+   * @generated from field: bool read_only = 3;
+   */
+  readOnly: boolean;
+
+  /**
+   * For a volume that does not exist yet: make it, ephemeral, this size.
+   *
+   * @generated from field: uint64 size_mb = 4;
+   */
+  sizeMb: bigint;
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.VolumeMount.
+ * Use `create(VolumeMountSchema)` to create a new message.
+ */
+export const VolumeMountSchema: GenMessage<VolumeMount> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 4);
 
 /**
  * BatchCreateSandboxesRequest holds one create per sandbox.
@@ -263,7 +315,7 @@ export type BatchCreateSandboxesRequest = Message<"computesdk.api.sandbox.v1.Bat
  * Use `create(BatchCreateSandboxesRequestSchema)` to create a new message.
  */
 export const BatchCreateSandboxesRequestSchema: GenMessage<BatchCreateSandboxesRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 4);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 5);
 
 /**
  * BatchCreateResult is the outcome of one item, in request order.
@@ -294,7 +346,7 @@ export type BatchCreateResult = Message<"computesdk.api.sandbox.v1.BatchCreateRe
  * Use `create(BatchCreateResultSchema)` to create a new message.
  */
 export const BatchCreateResultSchema: GenMessage<BatchCreateResult> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 5);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 6);
 
 /**
  * ItemError is why one item of a batch failed: the status it would have had alone.
@@ -327,7 +379,7 @@ export type ItemError = Message<"computesdk.api.sandbox.v1.ItemError"> & {
  * Use `create(ItemErrorSchema)` to create a new message.
  */
 export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 6);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 7);
 
 /**
  * BatchCreateSandboxesResponse has one result per request, in order.
@@ -346,7 +398,7 @@ export type BatchCreateSandboxesResponse = Message<"computesdk.api.sandbox.v1.Ba
  * Use `create(BatchCreateSandboxesResponseSchema)` to create a new message.
  */
 export const BatchCreateSandboxesResponseSchema: GenMessage<BatchCreateSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 7);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 8);
 
 /**
  * ResetSandboxRequest names the sandbox and how deep to reset.
@@ -372,7 +424,7 @@ export type ResetSandboxRequest = Message<"computesdk.api.sandbox.v1.ResetSandbo
  * Use `create(ResetSandboxRequestSchema)` to create a new message.
  */
 export const ResetSandboxRequestSchema: GenMessage<ResetSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 8);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 9);
 
 /**
  * ResetSandboxResponse carries the sandbox after the reset.
@@ -391,7 +443,7 @@ export type ResetSandboxResponse = Message<"computesdk.api.sandbox.v1.ResetSandb
  * Use `create(ResetSandboxResponseSchema)` to create a new message.
  */
 export const ResetSandboxResponseSchema: GenMessage<ResetSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 9);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 10);
 
 /**
  * SetSandboxEnvRequest sets and unsets environment variables.
@@ -420,7 +472,7 @@ export type SetSandboxEnvRequest = Message<"computesdk.api.sandbox.v1.SetSandbox
  * Use `create(SetSandboxEnvRequestSchema)` to create a new message.
  */
 export const SetSandboxEnvRequestSchema: GenMessage<SetSandboxEnvRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 10);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 11);
 
 /**
  * SetSandboxEnvResponse carries the whole environment now in effect.
@@ -439,7 +491,7 @@ export type SetSandboxEnvResponse = Message<"computesdk.api.sandbox.v1.SetSandbo
  * Use `create(SetSandboxEnvResponseSchema)` to create a new message.
  */
 export const SetSandboxEnvResponseSchema: GenMessage<SetSandboxEnvResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 11);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 12);
 
 /**
  * CreateSandboxResponse carries the ready sandbox.
@@ -458,7 +510,7 @@ export type CreateSandboxResponse = Message<"computesdk.api.sandbox.v1.CreateSan
  * Use `create(CreateSandboxResponseSchema)` to create a new message.
  */
 export const CreateSandboxResponseSchema: GenMessage<CreateSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 12);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 13);
 
 /**
  * GetSandboxRequest names a sandbox.
@@ -477,7 +529,7 @@ export type GetSandboxRequest = Message<"computesdk.api.sandbox.v1.GetSandboxReq
  * Use `create(GetSandboxRequestSchema)` to create a new message.
  */
 export const GetSandboxRequestSchema: GenMessage<GetSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 13);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 14);
 
 /**
  * GetSandboxResponse carries the sandbox.
@@ -496,7 +548,7 @@ export type GetSandboxResponse = Message<"computesdk.api.sandbox.v1.GetSandboxRe
  * Use `create(GetSandboxResponseSchema)` to create a new message.
  */
 export const GetSandboxResponseSchema: GenMessage<GetSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 14);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 15);
 
 /**
  * ListSandboxesRequest filters and pages.
@@ -543,7 +595,7 @@ export type ListSandboxesRequest = Message<"computesdk.api.sandbox.v1.ListSandbo
  * Use `create(ListSandboxesRequestSchema)` to create a new message.
  */
 export const ListSandboxesRequestSchema: GenMessage<ListSandboxesRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 15);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 16);
 
 /**
  * ListSandboxesResponse is one page.
@@ -567,7 +619,7 @@ export type ListSandboxesResponse = Message<"computesdk.api.sandbox.v1.ListSandb
  * Use `create(ListSandboxesResponseSchema)` to create a new message.
  */
 export const ListSandboxesResponseSchema: GenMessage<ListSandboxesResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 16);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 17);
 
 /**
  * DestroySandboxRequest names the sandbox to destroy.
@@ -598,7 +650,7 @@ export type DestroySandboxRequest = Message<"computesdk.api.sandbox.v1.DestroySa
  * Use `create(DestroySandboxRequestSchema)` to create a new message.
  */
 export const DestroySandboxRequestSchema: GenMessage<DestroySandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 17);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 18);
 
 /**
  * DestroySandboxResponse is empty on success.
@@ -613,7 +665,7 @@ export type DestroySandboxResponse = Message<"computesdk.api.sandbox.v1.DestroyS
  * Use `create(DestroySandboxResponseSchema)` to create a new message.
  */
 export const DestroySandboxResponseSchema: GenMessage<DestroySandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 18);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 19);
 
 /**
  * GetSandboxStatusRequest names a sandbox.
@@ -632,7 +684,7 @@ export type GetSandboxStatusRequest = Message<"computesdk.api.sandbox.v1.GetSand
  * Use `create(GetSandboxStatusRequestSchema)` to create a new message.
  */
 export const GetSandboxStatusRequestSchema: GenMessage<GetSandboxStatusRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 19);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 20);
 
 /**
  * GetSandboxStatusResponse is a point-in-time status.
@@ -670,7 +722,7 @@ export type GetSandboxStatusResponse = Message<"computesdk.api.sandbox.v1.GetSan
  * Use `create(GetSandboxStatusResponseSchema)` to create a new message.
  */
 export const GetSandboxStatusResponseSchema: GenMessage<GetSandboxStatusResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 20);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 21);
 
 /**
  * ResourceUsage is what a sandbox uses now.
@@ -714,7 +766,7 @@ export type ResourceUsage = Message<"computesdk.api.sandbox.v1.ResourceUsage"> &
  * Use `create(ResourceUsageSchema)` to create a new message.
  */
 export const ResourceUsageSchema: GenMessage<ResourceUsage> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 21);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 22);
 
 /**
  * CloneSandboxRequest names the source and what to change.
@@ -761,7 +813,7 @@ export type CloneSandboxRequest = Message<"computesdk.api.sandbox.v1.CloneSandbo
  * Use `create(CloneSandboxRequestSchema)` to create a new message.
  */
 export const CloneSandboxRequestSchema: GenMessage<CloneSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 22);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 23);
 
 /**
  * CloneSandboxResponse carries the new sandbox.
@@ -780,7 +832,7 @@ export type CloneSandboxResponse = Message<"computesdk.api.sandbox.v1.CloneSandb
  * Use `create(CloneSandboxResponseSchema)` to create a new message.
  */
 export const CloneSandboxResponseSchema: GenMessage<CloneSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 23);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 24);
 
 /**
  * MigrateSandboxRequest names the source and the target provider.
@@ -835,7 +887,7 @@ export type MigrateSandboxRequest = Message<"computesdk.api.sandbox.v1.MigrateSa
  * Use `create(MigrateSandboxRequestSchema)` to create a new message.
  */
 export const MigrateSandboxRequestSchema: GenMessage<MigrateSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 24);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 25);
 
 /**
  * MigrateSandboxResponse carries the sandbox on the target provider.
@@ -854,7 +906,66 @@ export type MigrateSandboxResponse = Message<"computesdk.api.sandbox.v1.MigrateS
  * Use `create(MigrateSandboxResponseSchema)` to create a new message.
  */
 export const MigrateSandboxResponseSchema: GenMessage<MigrateSandboxResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 25);
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 26);
+
+/**
+ * RestartSandboxRequest names the sandbox and what changes.
+ *
+ * @generated from message computesdk.api.sandbox.v1.RestartSandboxRequest
+ */
+export type RestartSandboxRequest = Message<"computesdk.api.sandbox.v1.RestartSandboxRequest"> & {
+  /**
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * Empty keeps the template (and the files).
+   *
+   * @generated from field: string template = 2;
+   */
+  template: string;
+
+  /**
+   * Replaces the environment when set.
+   *
+   * @generated from field: map<string, string> env = 3;
+   */
+  env: { [key: string]: string };
+
+  /**
+   * Replaces the resources when set.
+   *
+   * @generated from field: computesdk.api.sandbox.v1.Resources resources = 4;
+   */
+  resources?: Resources | undefined;
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.RestartSandboxRequest.
+ * Use `create(RestartSandboxRequestSchema)` to create a new message.
+ */
+export const RestartSandboxRequestSchema: GenMessage<RestartSandboxRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 27);
+
+/**
+ * RestartSandboxResponse carries the sandbox after the restart.
+ *
+ * @generated from message computesdk.api.sandbox.v1.RestartSandboxResponse
+ */
+export type RestartSandboxResponse = Message<"computesdk.api.sandbox.v1.RestartSandboxResponse"> & {
+  /**
+   * @generated from field: computesdk.api.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message computesdk.api.sandbox.v1.RestartSandboxResponse.
+ * Use `create(RestartSandboxResponseSchema)` to create a new message.
+ */
+export const RestartSandboxResponseSchema: GenMessage<RestartSandboxResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_sandbox_v1_sandbox, 28);
 
 /**
  * State is the lifecycle state of a sandbox. Output only.
@@ -1046,6 +1157,18 @@ export const SandboxService: GenService<{
     methodKind: "unary";
     input: typeof SetSandboxEnvRequestSchema;
     output: typeof SetSandboxEnvResponseSchema;
+  },
+  /**
+   * RestartSandbox stops every process and starts the sandbox again, keeping
+   * its id and files, optionally with a new template, env or resources. A new
+   * template starts from that template's files.
+   *
+   * @generated from rpc computesdk.api.sandbox.v1.SandboxService.RestartSandbox
+   */
+  restartSandbox: {
+    methodKind: "unary";
+    input: typeof RestartSandboxRequestSchema;
+    output: typeof RestartSandboxResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_computesdk_api_sandbox_v1_sandbox, 0);

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import Any
+
+from grpc.aio import ServicerContext
+
+from computesdk.api.snapshot.v1 import snapshot_pb2 as pb
+from computesdk.api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
+
+from ..manager import Manager
+from ..snapshots import SnapshotRecord, StateRecord
+from . import convert
+from ._edge import edge
+
+Ctx = ServicerContext[Any, Any]
+
+
+def _snapshot(r: SnapshotRecord) -> pb.Snapshot:
+    return pb.Snapshot(
+        id=r.id,
+        sandbox_id=r.sandbox_id,
+        name=r.name,
+        description=r.description,
+        create_time=convert.ts(r.created_at),
+        size_bytes=r.size_bytes,
+    )
+
+
+def _state(r: StateRecord) -> pb.State:
+    return pb.State(
+        id=r.id,
+        name=r.name,
+        sandbox_id=r.sandbox_id,
+        provider=r.provider,
+        template=r.template,
+        env=r.env,
+        resources=convert.resources_to(r.resources),
+        create_time=convert.ts(r.created_at),
+        size_bytes=r.size_bytes,
+    )
+
+
+class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.snapshots = manager.snapshots
+
+    @edge
+    async def CreateSnapshot(
+        self, request: pb.CreateSnapshotRequest, context: Ctx
+    ) -> pb.CreateSnapshotResponse:
+        rec = await self.snapshots.create(request.sandbox_id, request.name, request.description)
+        return pb.CreateSnapshotResponse(snapshot=_snapshot(rec))
+
+    @edge
+    async def ListSnapshots(
+        self, request: pb.ListSnapshotsRequest, context: Ctx
+    ) -> pb.ListSnapshotsResponse:
+        recs = self.snapshots.list_for(request.sandbox_id)
+        return pb.ListSnapshotsResponse(snapshots=[_snapshot(r) for r in recs])
+
+    @edge
+    async def RestoreSnapshot(
+        self, request: pb.RestoreSnapshotRequest, context: Ctx
+    ) -> pb.RestoreSnapshotResponse:
+        sb = await self.snapshots.restore(request.sandbox_id, request.snapshot_id)
+        return pb.RestoreSnapshotResponse(sandbox=convert.sandbox_to(sb))
+
+    @edge
+    async def DeleteSnapshot(
+        self, request: pb.DeleteSnapshotRequest, context: Ctx
+    ) -> pb.DeleteSnapshotResponse:
+        await self.snapshots.delete(request.sandbox_id, request.snapshot_id)
+        return pb.DeleteSnapshotResponse()
+
+    @edge
+    async def SaveState(self, request: pb.SaveStateRequest, context: Ctx) -> pb.SaveStateResponse:
+        return pb.SaveStateResponse(
+            state=_state(await self.snapshots.save_state(request.sandbox_id, request.name))
+        )
+
+    @edge
+    async def ListStates(
+        self, request: pb.ListStatesRequest, context: Ctx
+    ) -> pb.ListStatesResponse:
+        return pb.ListStatesResponse(states=[_state(r) for r in self.snapshots.states()])
+
+    @edge
+    async def DeleteState(
+        self, request: pb.DeleteStateRequest, context: Ctx
+    ) -> pb.DeleteStateResponse:
+        await self.snapshots.delete_state(request.state_id)
+        return pb.DeleteStateResponse()
