@@ -61,6 +61,7 @@ from .providers.base import SNAPSHOTS, ProcessRun, Provider, ProviderContext
 from .providers.paths import WORKDIR, normalize
 from .snapshots import RESTARTED, Snapshots
 from .store import Store
+from .volumes import Volumes
 
 log = logs.get(__name__)
 
@@ -142,6 +143,7 @@ class Manager:
         self.networks = Networks(self)
         self.messaging = Messaging(self)
         self.snapshots = Snapshots(self)
+        self.volumes = Volumes(self)
 
     # ------------------------------------------------------------ start / stop
 
@@ -315,7 +317,10 @@ class Manager:
         if spec.restore_from:
             spec, snapshot = self.snapshots.spec_from_state(spec)
             return await self._create(spec, self._registered(spec.provider), snapshot)
-        if spec.pool_policy == POOL_ALLOW or (spec.pool_policy != POOL_NEVER and self.pool_create):
+        pool_ok = spec.pool_policy == POOL_ALLOW or (
+            spec.pool_policy != POOL_NEVER and self.pool_create
+        )
+        if pool_ok and not spec.volumes:
             pooled = await self.pools.draw(spec)
             if pooled is not None:
                 return pooled
@@ -373,11 +378,14 @@ class Manager:
             self.store.put_sandbox(sb)
             self.bus.emit(sb.id, CREATED, provider=spec.provider, template=spec.template)
             try:
+                if spec.volumes:
+                    sb.provider_data["volumes"] = await self.volumes.prepare(spec, sb.id)
                 # The provider says itself when it cannot run (and may recover).
                 await self._guarded(provider, provider.create(sb))
             except BaseException as exc:
                 self._sandboxes.pop(sb.id, None)
                 self.store.delete_sandbox(sb.id)
+                await self.volumes.sandbox_gone(sb)
                 self.bus.emit(sb.id, ERROR, f"create failed: {exc}", kind="create")
                 self.bus.emit(sb.id, DESTROYED, "create failed", reason="create-failed")
                 raise
@@ -481,6 +489,7 @@ class Manager:
                 self._last_probe.pop(sandbox_id, None)
                 self._forget_watchers(sandbox_id)
                 self.store.delete_sandbox(sandbox_id)
+                await self.volumes.sandbox_gone(sb)
                 self.bus.emit(sandbox_id, DESTROYED, reason=reason)
                 log.info("sandbox destroyed", reason=reason)
         self._locks.pop(sandbox_id, None)

@@ -28,6 +28,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    name: str
+    mount_path: str
+    read_only: bool = False
+    # Makes the volume (ephemeral, this size) when it does not exist yet.
+    size_mb: int = 0
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     provider: str
     template: str
@@ -42,6 +51,7 @@ class SandboxSpec:
     pool_policy: int = 0
     # Start from this saved state (SnapshotService.SaveState) instead of the template.
     restore_from: str = ""
+    volumes: tuple[VolumeMount, ...] = ()
 
 
 @dataclass

@@ -25,6 +25,7 @@ from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
 from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
 from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from computesdk.api.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
+from computesdk.api.volume.v1 import volume_pb2, volume_pb2_grpc
 
 from . import logs, metrics
 from .config import Config
@@ -50,6 +51,7 @@ from .servicers.process import ProcessServicer
 from .servicers.provider import ProviderServicer
 from .servicers.sandbox import SandboxServicer
 from .servicers.snapshot import SnapshotServicer
+from .servicers.volume import VolumeServicer
 from .store import Store
 
 log = logs.get(__name__)
@@ -69,6 +71,7 @@ SERVICE_NAMES = [
     network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
     snapshot_pb2.DESCRIPTOR.services_by_name["SnapshotService"].full_name,
+    volume_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
 ]
 
 
@@ -159,6 +162,7 @@ class Daemon:
             MessagingServicer(manager), server
         )
         snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server(SnapshotServicer(manager), server)
+        volume_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(manager), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

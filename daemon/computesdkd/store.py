@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .model import Event, ExitStatus, Resources, Sandbox, SandboxSpec, State
+from .model import Event, ExitStatus, Resources, Sandbox, SandboxSpec, State, VolumeMount
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -228,6 +228,7 @@ def _sandbox(row: tuple[object, ...]) -> Sandbox:
     spec = json.loads(str(row[3]))
     spec["resources"] = Resources(**spec["resources"])
     spec["fallback_providers"] = tuple(spec.get("fallback_providers", ()))
+    spec["volumes"] = tuple(VolumeMount(**v) for v in spec.get("volumes", ()))
     return Sandbox(
         id=str(row[0]),
         spec=SandboxSpec(**spec),

@@ -47,6 +47,7 @@ RESET_HARD = "lifecycle.reset.hard"
 SHARED_NETWORK = "network.shared"
 PORT_FORWARD = "network.port-forward"
 SNAPSHOTS = "snapshots"
+VOLUMES = "volumes"
 RESTART = "lifecycle.restart"
 
 
@@ -160,6 +161,19 @@ class Provider(ABC):
 
     async def snapshot_delete(self, snapshot_id: str) -> None:
         raise self._unsupported("snapshots")
+
+    # -------------------------------------------------------------- volumes
+    # Named, size-limited filesystems. A sandbox mounts them at create, listed in
+    # provider_data["volumes"] as JSON [[name, path, read_only], ...].
+
+    async def volume_create(self, name: str, size_mb: int) -> None:
+        raise self._unsupported("volumes")
+
+    async def volume_delete(self, name: str) -> None:
+        raise self._unsupported("volumes")
+
+    def volume_used_bytes(self, name: str) -> int:
+        raise self._unsupported("volumes")
 
     # -------------------------------------------------------------- networks
 

@@ -20,6 +20,7 @@ from ..model import (
     Sandbox,
     SandboxSpec,
     Usage,
+    VolumeMount,
 )
 
 
@@ -66,6 +67,9 @@ def spec_from(req: sb_pb.CreateSandboxRequest) -> SandboxSpec:
         fallback_providers=tuple(req.fallback_providers),
         pool_policy=int(req.pool_policy),
         restore_from=req.restore_from,
+        volumes=tuple(
+            VolumeMount(v.name, v.mount_path, v.read_only, v.size_mb) for v in req.volumes
+        ),
     )
 
 

@@ -7,6 +7,7 @@ no_new_privs, Docker's default capability set and masked /proc paths.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ...model import Resources
@@ -75,11 +76,22 @@ def runtime_spec(
     agent_binary: str,
     resources: Resources,
     cgroup_parent: str,
+    volumes: Sequence[tuple[str, str, bool]] = (),
 ) -> dict[str, Any]:
+    """volumes: (host directory, path in the sandbox, read-only) bind mounts."""
     mem = resources.memory_mb * 1024 * 1024
     period = 100_000
     ids = [{"containerID": 0, "hostID": UID_SHIFT, "size": ID_RANGE}]
-    return {
+    volume_mounts = [
+        {
+            "destination": path,
+            "type": "bind",
+            "source": host,
+            "options": ["rbind", "ro" if ro else "rw", "nosuid", "nodev"],
+        }
+        for host, path, ro in volumes
+    ]
+    spec: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
@@ -178,3 +190,5 @@ def runtime_spec(
             "seccomp": seccomp_profile(),
         },
     }
+    spec["mounts"].extend(volume_mounts)
+    return spec

@@ -133,6 +133,7 @@ class LocalProvider(Provider):
             base.PORT_FORWARD,
             base.SNAPSHOTS,
             base.RESTART,
+            base.VOLUMES,
         }
     )
 
@@ -154,8 +155,13 @@ class LocalProvider(Provider):
         self._state = ctx.state_dir / "local"
         self._state.mkdir(parents=True, exist_ok=True)
         self._store, self._reflink = await asyncio.to_thread(storage.ensure_store, self._state)
-        for sub in ("sandboxes", "snapshots"):
+        for sub in ("sandboxes", "snapshots", "volumes"):
             (self._store / sub).mkdir(exist_ok=True)
+        # Volume mounts do not outlive a reboot of the host; put them back.
+        for d in sorted((self._store / "volumes").iterdir()):
+            if (d / "volume.img").exists():
+                with contextlib.suppress(Internal, OSError):
+                    await self._volume_mount(d.name)
         # What the sandbox's unprivileged init must reach (its root mount, the agent
         # and its run dir) lives under /run, whose parents anyone may traverse, so the
         # state dir may sit under a private directory (a mktemp dir, /root).
@@ -235,10 +241,15 @@ class LocalProvider(Provider):
         resolve(sandbox.spec.template)
         # Set by the daemon to start from a snapshot's files instead of the template's.
         source = sandbox.provider_data.get("from_snapshot", "")
+        volumes = sandbox.provider_data.get("volumes", "[]")
         res = sandbox.resources = self.resolve_resources(sandbox)
         bundle = self._store / "sandboxes" / sandbox.id
         sandbox.provider_sandbox_id = sandbox.id
-        sandbox.provider_data = {"bundle": str(bundle), "runtime": str(self._runtime / sandbox.id)}
+        sandbox.provider_data = {
+            "bundle": str(bundle),
+            "runtime": str(self._runtime / sandbox.id),
+            "volumes": volumes,
+        }
         try:
             bundle.mkdir(parents=True, exist_ok=True)
             await self._new_disk(
@@ -317,6 +328,10 @@ class LocalProvider(Provider):
             agent_binary=str(self._agent_copy),
             resources=sandbox.resources,
             cgroup_parent=CGROUP_PARENT,
+            volumes=[
+                (str(self._volume_dir(name) / "data"), path, bool(ro))
+                for name, path, ro in json.loads(sandbox.provider_data.get("volumes", "[]"))
+            ],
         )
         (bundle / "config.json").write_text(json.dumps(spec))
         log_path = bundle / "agent.log"
@@ -372,6 +387,47 @@ class LocalProvider(Provider):
             (bundle / "disk.img").unlink(missing_ok=True)
             await self._new_disk(bundle, sandbox.resources.disk_mb, None)
         await self._boot(sandbox)
+
+    # -------------------------------------------------------------- volumes
+    # Each volume is an ext4 image (its size is the limit) mounted once on the host
+    # and bind-mounted into every sandbox that uses it.
+
+    def _volume_dir(self, name: str) -> Path:
+        return self._store / "volumes" / name
+
+    async def volume_create(self, name: str, size_mb: int) -> None:
+        self._require()
+        d = self._volume_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        img = d / "volume.img"
+        if not img.exists():
+            with img.open("wb") as f:
+                f.truncate(size_mb * 1024 * 1024)
+            await _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", str(img))
+        await self._volume_mount(name)
+
+    async def _volume_mount(self, name: str) -> None:
+        d = self._volume_dir(name)
+        (d / "data").mkdir(exist_ok=True)
+        if storage.is_mountpoint(d / "data"):
+            return
+        await _run("mount", "-o", "loop,nosuid,nodev", str(d / "volume.img"), str(d / "data"))
+        # Root in a sandbox owns the volume's root directory.
+        os.chown(d / "data", rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
+        with contextlib.suppress(OSError):
+            (d / "data" / "lost+found").rmdir()
+
+    async def volume_delete(self, name: str) -> None:
+        d = self._volume_dir(name)
+        _umount(str(d / "data"))
+        await asyncio.to_thread(shutil.rmtree, d, True)
+
+    def volume_used_bytes(self, name: str) -> int:
+        try:
+            st = os.statvfs(self._volume_dir(name) / "data")
+        except OSError:
+            return 0
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     # -------------------------------------------------------------- snapshots
 

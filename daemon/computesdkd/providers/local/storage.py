@@ -50,7 +50,7 @@ def can_reflink(directory: Path) -> bool:
                 p.unlink()
 
 
-def _is_mountpoint(path: Path) -> bool:
+def is_mountpoint(path: Path) -> bool:
     target = str(path.resolve())
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == target for line in f)
@@ -61,7 +61,7 @@ def ensure_store(local_state: Path) -> tuple[Path, bool]:
     store = local_state / "store"
     store.mkdir(parents=True, exist_ok=True)
     os.chmod(store, 0o711)
-    if _is_mountpoint(store) or can_reflink(store):
+    if is_mountpoint(store) or can_reflink(store):
         return store, can_reflink(store)
     image = local_state / "store.xfs"
     try:
