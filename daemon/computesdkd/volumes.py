@@ -10,6 +10,7 @@ data (for local: an ext4 image, so the limit is hard: writers get ENOSPC).
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,6 @@ from . import logs
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .model import Sandbox, SandboxSpec, VolumeMount
 from .providers.base import VOLUMES
-from .providers.paths import normalize
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -116,8 +116,8 @@ class Volumes:
         seen: set[str] = set()
         out = []
         for m in spec.volumes:
-            path = normalize(m.mount_path)
-            if not m.mount_path.startswith("/") or any(
+            path = posixpath.normpath(m.mount_path) if m.mount_path.startswith("/") else ""
+            if not path or ".." in path.split("/") or any(
                 path == f or (f != "/" and path.startswith(f + "/")) for f in FORBIDDEN
             ):
                 raise InvalidArgument(

@@ -24,9 +24,12 @@ from .api.pool.v1 import pool_pb2_grpc
 from .api.process.v1 import process_pb2_grpc
 from .api.provider.v1 import provider_pb2, provider_pb2_grpc
 from .api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from .api.snapshot.v1 import snapshot_pb2_grpc
+from .api.volume.v1 import volume_pb2_grpc
 from .errors import ComputeSDKError, error_from, from_rpc_error
 from .fleet import Channels, Groups, Networks, Pools
 from .sandbox import Sandbox
+from .state import States, Volumes
 from .types import Event, Resources
 
 Callback = Callable[..., Any]
@@ -58,6 +61,10 @@ class Client:
         self.group_stub = group_pb2_grpc.GroupServiceStub(self.channel)
         self.network_stub = network_pb2_grpc.NetworkServiceStub(self.channel)
         self.messaging_stub = messaging_pb2_grpc.MessagingServiceStub(self.channel)
+        self.snapshot_stub = snapshot_pb2_grpc.SnapshotServiceStub(self.channel)
+        self.volume_stub = volume_pb2_grpc.VolumeServiceStub(self.channel)
+        self.states = States(self)
+        self.volumes = Volumes(self)
         self.pools = Pools(self)
         self.groups = Groups(self)
         self.networks = Networks(self)
@@ -121,15 +128,30 @@ class Client:
         request_id: str | None = None,
         fallback_providers: Sequence[str] = (),
         use_pool: bool | None = None,
+        restore_from: str = "",
+        volumes: Sequence[Mapping[str, Any]] = (),
     ) -> Sandbox:
         """Creates a sandbox and returns once it is ready. fallback_providers are tried
         in order when the provider is down or its circuit breaker is open. use_pool:
         None follows the daemon (takes a never-used warm sandbox from a matching pool
-        unless started with --no-pool-create), True/False force it either way."""
+        unless started with --no-pool-create), True/False force it either way.
+        restore_from starts from a saved state (client.states.save). volumes mounts
+        named volumes: [{"name", "mount_path", "read_only"?, "size_mb"?}]; a name
+        that does not exist, with size_mb, makes an ephemeral one."""
         req = _create_request(
             provider, template, metadata, timeout_ms, keep_alive, resources, env,
             request_id, fallback_providers, use_pool,
         )  # fmt: skip
+        req.restore_from = restore_from
+        for v in volumes:
+            req.volumes.append(
+                sandbox_pb2.VolumeMount(
+                    name=v["name"],
+                    mount_path=v["mount_path"],
+                    read_only=v.get("read_only", False),
+                    size_mb=v.get("size_mb", 0),
+                )
+            )
         with translated():
             resp = await self.sandboxes.CreateSandbox(req)
         return Sandbox(self, resp.sandbox)

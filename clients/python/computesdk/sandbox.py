@@ -14,6 +14,7 @@ from .api.filesystem.v1 import filesystem_pb2 as fs_pb
 from .api.monitoring.v1 import monitoring_pb2 as mon_pb
 from .api.process.v1 import process_pb2 as proc_pb
 from .api.sandbox.v1 import sandbox_pb2
+from .state import Snapshots
 from .types import (
     STATE_NAMES,
     AlertThreshold,
@@ -310,6 +311,7 @@ class Sandbox:
         self.client = client
         self.info = info
         self.files = Files(self)
+        self.snapshots = Snapshots(self)
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
         self._listener: asyncio.Task[None] | None = None
 
@@ -464,6 +466,28 @@ class Sandbox:
                 sandbox_pb2.SetSandboxEnvRequest(sandbox_id=self.id, env=pairs, unset=list(unset))
             )
         return dict(resp.env)
+
+    async def restart(
+        self,
+        *,
+        template: str = "",
+        env: Mapping[str, str] | None = None,
+        resources: Resources | None = None,
+    ) -> None:
+        """Stops every process and starts again with the same id and files, or with a
+        new template's files; env and resources replace the old ones when given."""
+        req = sandbox_pb2.RestartSandboxRequest(sandbox_id=self.id, template=template)
+        if env is not None:
+            req.env.update(env)
+        if resources is not None:
+            req.resources.CopyFrom(resources.to_proto())
+        with translated():
+            resp = await self.client.sandboxes.RestartSandbox(req)
+        self.info = resp.sandbox
+
+    async def save_state(self, name: str = "") -> str:
+        """Saves files, template, env and resources; returns the state id."""
+        return (await self.client.states.save(self, name)).id
 
     async def release(self, *, hard: bool = False) -> bool:
         """Gives a sandbox acquired from a pool back to it (see Client.pools)."""

@@ -1,0 +1,174 @@
+"""Snapshots, saved states and volumes. Reached as sandbox.snapshots,
+client.states and client.volumes."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ._rpc import translated
+from .api.snapshot.v1 import snapshot_pb2 as snap_pb
+from .api.volume.v1 import volume_pb2 as vol_pb
+from .types import Resources
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .sandbox import Sandbox
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: str
+    sandbox_id: str
+    name: str
+    description: str
+    created: datetime
+    size_bytes: int
+
+    @classmethod
+    def from_proto(cls, s: snap_pb.Snapshot) -> SnapshotInfo:
+        return cls(
+            s.id, s.sandbox_id, s.name, s.description, s.create_time.ToDatetime(), s.size_bytes
+        )
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    id: str
+    name: str
+    sandbox_id: str
+    provider: str
+    template: str
+    env: dict[str, str]
+    resources: Resources
+    created: datetime
+    size_bytes: int
+
+    @classmethod
+    def from_proto(cls, s: snap_pb.State) -> StateInfo:
+        return cls(
+            s.id,
+            s.name,
+            s.sandbox_id,
+            s.provider,
+            s.template,
+            dict(s.env),
+            Resources.from_proto(s.resources),
+            s.create_time.ToDatetime(),
+            s.size_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    size_mb: int
+    persistent: bool
+    created: datetime
+    mounted_by: list[str]
+    used_bytes: int
+
+    @classmethod
+    def from_proto(cls, v: vol_pb.Volume) -> VolumeInfo:
+        return cls(
+            v.name,
+            v.size_mb,
+            v.persistent,
+            v.create_time.ToDatetime(),
+            list(v.mounted_by),
+            v.used_bytes,
+        )
+
+
+class Snapshots:
+    """A sandbox's snapshots: copy-on-write, so the cost does not grow with its files."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sb = sandbox
+
+    async def create(self, name: str = "", *, description: str = "") -> SnapshotInfo:
+        with translated():
+            resp = await self._sb.client.snapshot_stub.CreateSnapshot(
+                snap_pb.CreateSnapshotRequest(
+                    sandbox_id=self._sb.id, name=name, description=description
+                )
+            )
+        return SnapshotInfo.from_proto(resp.snapshot)
+
+    async def list(self) -> builtins.list[SnapshotInfo]:
+        with translated():
+            resp = await self._sb.client.snapshot_stub.ListSnapshots(
+                snap_pb.ListSnapshotsRequest(sandbox_id=self._sb.id)
+            )
+        return [SnapshotInfo.from_proto(s) for s in resp.snapshots]
+
+    async def restore(self, snapshot: SnapshotInfo | str) -> None:
+        """Files go back to the snapshot; every process stops; the id stays."""
+        sid = snapshot if isinstance(snapshot, str) else snapshot.id
+        with translated():
+            resp = await self._sb.client.snapshot_stub.RestoreSnapshot(
+                snap_pb.RestoreSnapshotRequest(sandbox_id=self._sb.id, snapshot_id=sid)
+            )
+        self._sb.info = resp.sandbox
+
+    async def delete(self, snapshot: SnapshotInfo | str) -> None:
+        sid = snapshot if isinstance(snapshot, str) else snapshot.id
+        with translated():
+            await self._sb.client.snapshot_stub.DeleteSnapshot(
+                snap_pb.DeleteSnapshotRequest(sandbox_id=self._sb.id, snapshot_id=sid)
+            )
+
+
+class States:
+    """Saved states: a sandbox's files, template, env and resources, kept under an id
+    that outlives it. create(restore_from=id) starts from one."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    async def save(self, sandbox: Sandbox | str, name: str = "") -> StateInfo:
+        sid = sandbox if isinstance(sandbox, str) else sandbox.id
+        with translated():
+            resp = await self._c.snapshot_stub.SaveState(
+                snap_pb.SaveStateRequest(sandbox_id=sid, name=name)
+            )
+        return StateInfo.from_proto(resp.state)
+
+    async def list(self) -> builtins.list[StateInfo]:
+        with translated():
+            resp = await self._c.snapshot_stub.ListStates(snap_pb.ListStatesRequest())
+        return [StateInfo.from_proto(s) for s in resp.states]
+
+    async def delete(self, state_id: str) -> None:
+        with translated():
+            await self._c.snapshot_stub.DeleteState(snap_pb.DeleteStateRequest(state_id=state_id))
+
+
+class Volumes:
+    """Named, size-limited volumes that sandboxes mount (create(volumes=[...]))."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    async def create(self, name: str, *, size_mb: int = 0, persistent: bool = True) -> VolumeInfo:
+        with translated():
+            resp = await self._c.volume_stub.CreateVolume(
+                vol_pb.CreateVolumeRequest(name=name, size_mb=size_mb, persistent=persistent)
+            )
+        return VolumeInfo.from_proto(resp.volume)
+
+    async def get(self, name: str) -> VolumeInfo:
+        with translated():
+            resp = await self._c.volume_stub.GetVolume(vol_pb.GetVolumeRequest(name=name))
+        return VolumeInfo.from_proto(resp.volume)
+
+    async def list(self) -> builtins.list[VolumeInfo]:
+        with translated():
+            resp = await self._c.volume_stub.ListVolumes(vol_pb.ListVolumesRequest())
+        return [VolumeInfo.from_proto(v) for v in resp.volumes]
+
+    async def delete(self, name: str) -> None:
+        with translated():
+            await self._c.volume_stub.DeleteVolume(vol_pb.DeleteVolumeRequest(name=name))
