@@ -33,6 +33,8 @@ import (
 	processv1 "github.com/computesdk/computesdk/clients/go/api/process/v1"
 	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
+	snapshotv1 "github.com/computesdk/computesdk/clients/go/api/snapshot/v1"
+	volumev1 "github.com/computesdk/computesdk/clients/go/api/volume/v1"
 )
 
 // maxMessage matches the daemon's limit; output chunks are at most 1 MiB.
@@ -50,6 +52,8 @@ type Raw struct {
 	Groups     groupv1.GroupServiceClient
 	Networks   networkv1.NetworkServiceClient
 	Messaging  messagingv1.MessagingServiceClient
+	Snapshots  snapshotv1.SnapshotServiceClient
+	Volumes    volumev1.VolumeServiceClient
 }
 
 // ConnState is the client's view of its connection, reported by event streams
@@ -162,6 +166,8 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 		Groups:     groupv1.NewGroupServiceClient(conn),
 		Networks:   networkv1.NewNetworkServiceClient(conn),
 		Messaging:  messagingv1.NewMessagingServiceClient(conn),
+		Snapshots:  snapshotv1.NewSnapshotServiceClient(conn),
+		Volumes:    volumev1.NewVolumeServiceClient(conn),
 	}}
 	// A cheap call proves the daemon is there; WaitForReady rides out a restart.
 	pctx, cancel := context.WithTimeout(ctx, cfg.timeout)

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +34,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	d.destroyLeftovers()
 	d.stop()
+	d.unmountAll()
 	if code != 0 {
 		d.dumpLog()
 	} else {
@@ -116,6 +119,25 @@ func (d *daemon) destroyLeftovers() {
 			return
 		}
 		_ = sb.Destroy(ctx)
+	}
+}
+
+// unmountAll drops what the daemon keeps mounted under its state dir (the disk
+// store, volumes), so that the directory can be removed.
+func (d *daemon) unmountAll() {
+	raw, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var mounts []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], d.root+"/") {
+			mounts = append(mounts, f[1])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	for _, m := range mounts {
+		_ = exec.Command("umount", "-l", m).Run()
 	}
 }
 

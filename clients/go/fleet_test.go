@@ -92,3 +92,74 @@ func TestPoolsBatchGroupsAndChannels(t *testing.T) {
 		t.Fatalf("messages: %v", got)
 	}
 }
+
+func TestSnapshotsStatesRestartAndVolumes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := connect(t)
+	if _, err := c.Volumes().Create(ctx, "go-data", 8, true); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c.Create(ctx, "local", computesdk.WithVolume("go-data", "/data", false, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.WriteFile(ctx, "/workspace/v", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := sb.CreateSnapshot(ctx, "first", "v=one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.WriteFile(ctx, "/workspace/v", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.RestoreSnapshot(ctx, snap.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := sb.ReadFile(ctx, "/workspace/v"); string(got) != "one" {
+		t.Fatalf("after restore: %q", got)
+	}
+	if list, err := sb.Snapshots(ctx); err != nil || len(list) != 1 {
+		t.Fatalf("snapshots: %v %v", list, err)
+	}
+	if err := sb.DeleteSnapshot(ctx, snap.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Restart(ctx, computesdk.RestartWithEnv(map[string]string{"R": "1"})); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := sb.Exec(ctx, "echo $R"); res == nil || string(res.Stdout) != "1\n" {
+		t.Fatalf("after restart: %+v", res)
+	}
+	state, err := sb.SaveState(ctx, "go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Create(ctx, "", computesdk.WithRestoreFrom(state.GetId()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := again.ReadFile(ctx, "/workspace/v"); string(got) != "one" {
+		t.Fatalf("restored state: %q", got)
+	}
+	_ = again.Destroy(ctx)
+	if states, err := c.States(ctx); err != nil || len(states) != 1 {
+		t.Fatalf("states: %v %v", states, err)
+	}
+	if err := c.DeleteState(ctx, state.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Volumes().Get(ctx, "go-data"); err != nil || len(v.GetMountedBy()) != 0 {
+		t.Fatalf("volume: %v %v", v, err)
+	}
+	if vols, err := c.Volumes().List(ctx); err != nil || len(vols) != 1 {
+		t.Fatalf("volumes: %v %v", vols, err)
+	}
+	if err := c.Volumes().Delete(ctx, "go-data"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -25,6 +25,8 @@ import (
 	processv1 "github.com/computesdk/computesdk/clients/go/api/process/v1"
 	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
+	snapshotv1 "github.com/computesdk/computesdk/clients/go/api/snapshot/v1"
+	volumev1 "github.com/computesdk/computesdk/clients/go/api/volume/v1"
 )
 
 // Drift: every RPC in the protos is called somewhere in the idiomatic client.
@@ -40,6 +42,8 @@ func TestEveryRPCIsWrapped(t *testing.T) {
 		groupv1.File_computesdk_api_group_v1_group_proto,
 		networkv1.File_computesdk_api_network_v1_network_proto,
 		messagingv1.File_computesdk_api_messaging_v1_messaging_proto,
+		snapshotv1.File_computesdk_api_snapshot_v1_snapshot_proto,
+		volumev1.File_computesdk_api_volume_v1_volume_proto,
 	}
 	// Every generated package is in the list above.
 	dirs, err := os.ReadDir("api")

@@ -17,6 +17,9 @@ import { PoolService } from "./gen/computesdk/api/pool/v1/pool_pb.js";
 import { GroupService } from "./gen/computesdk/api/group/v1/group_pb.js";
 import { NetworkService } from "./gen/computesdk/api/network/v1/network_pb.js";
 import { MessagingService } from "./gen/computesdk/api/messaging/v1/messaging_pb.js";
+import { SnapshotService } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
+import { VolumeService } from "./gen/computesdk/api/volume/v1/volume_pb.js";
+import { States, Volumes } from "./state.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
 import { ComputeSDKError, fromError, translated, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, type Resources } from "./sandbox.js";
@@ -33,6 +36,8 @@ export interface Raw {
   groups: RpcClient<typeof GroupService>;
   networks: RpcClient<typeof NetworkService>;
   messaging: RpcClient<typeof MessagingService>;
+  snapshots: RpcClient<typeof SnapshotService>;
+  volumes: RpcClient<typeof VolumeService>;
 }
 
 export type ConnectionState = "connected" | "disconnected" | "reconnecting";
@@ -60,6 +65,10 @@ export interface CreateOptions {
   fallbackProviders?: string[];
   /** Take a never-used warm sandbox from a matching pool: undefined follows the daemon. */
   usePool?: boolean;
+  /** Start from a saved state (client.states.save) instead of the template. */
+  restoreFrom?: string;
+  /** Volumes to mount; an unknown name with sizeMB makes an ephemeral one. */
+  volumes?: { name: string; mountPath: string; readOnly?: boolean; sizeMB?: number }[];
 }
 
 export interface Event {
@@ -132,6 +141,8 @@ export class Client {
   readonly groups: Groups;
   readonly networks: Networks;
   readonly channels: Channels;
+  readonly states: States;
+  readonly volumes: Volumes;
   readonly target: string;
   private readonly session: Http2SessionManager;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();
@@ -161,7 +172,11 @@ export class Client {
       groups: createClient(GroupService, transport),
       networks: createClient(NetworkService, transport),
       messaging: createClient(MessagingService, transport),
+      snapshots: createClient(SnapshotService, transport),
+      volumes: createClient(VolumeService, transport),
     };
+    this.states = new States(this);
+    this.volumes = new Volumes(this);
     this.pools = new Pools(this);
     this.groups = new Groups(this);
     this.networks = new Networks(this);
@@ -333,6 +348,8 @@ function createRequest(provider: string, o: CreateOptions) {
     requestId: o.requestId ?? randomUUID(),
     fallbackProviders: o.fallbackProviders ?? [],
     poolPolicy: o.usePool === undefined ? PoolPolicy.UNSPECIFIED : o.usePool ? PoolPolicy.ALLOW : PoolPolicy.NEVER,
+    restoreFrom: o.restoreFrom ?? "",
+    volumes: (o.volumes ?? []).map((v) => ({ name: v.name, mountPath: v.mountPath, readOnly: v.readOnly ?? false, sizeMb: BigInt(v.sizeMB ?? 0) })),
   };
 }
 

@@ -6,3 +6,5 @@ export type { CommandLine, ExecOptions, ExecResult, FileInfo, OutputChunk, Resou
 export * from "./errors.js";
 export { Channels, Groups, MessageQueue, Networks, Pools, SharedNetwork, createSharedNetwork } from "./fleet.js";
 export type { MemberResult, Message, NetworkInfo, PoolInfo } from "./fleet.js";
+export { Snapshots, States, Volumes } from "./state.js";
+export type { SnapshotInfo, StateInfo, VolumeInfo } from "./state.js";

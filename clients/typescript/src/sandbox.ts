@@ -7,6 +7,7 @@ import { CommandSchema, ExecRequestSchema, ExecStartSchema, type Command as Comm
 import { FileType, WriteFileHeaderSchema, WriteFileRequestSchema, type FileInfo as FileInfoMessage, type WriteFileRequest } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
 import type { CheckHealthResponse, Usage as UsageMessage } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
 import { ComputeSDKError, fromError, translated } from "./errors.js";
+import { Snapshots } from "./state.js";
 import type { Client, ConnectionState, Event } from "./client.js";
 
 /** The largest stdin or file piece sent in one message. */
@@ -492,6 +493,7 @@ export class Sandbox {
   /** Set by compute(): destroy() then closes the connection too. */
   ownsClient = false;
   readonly files: Files;
+  readonly snapshots: Snapshots;
   private readonly listeners = new Map<string, Listener[]>();
   private listening: AbortController | undefined;
   private listener: Promise<void> | undefined;
@@ -501,6 +503,7 @@ export class Sandbox {
     public info: SandboxMessage,
   ) {
     this.files = new Files(this);
+    this.snapshots = new Snapshots(this);
   }
 
   get id(): string {
@@ -636,6 +639,24 @@ export class Sandbox {
     const pairs = typeof env === "string" ? { [env]: value ?? "" } : env;
     const resp = await translated(() => this.client.raw.sandboxes.setSandboxEnv({ sandboxId: this.id, env: pairs, unset: options.unset ?? [] }));
     return { ...resp.env };
+  }
+
+  /** Stops every process and starts again: same id and files, or a new template's files. */
+  async restart(options: { template?: string; env?: Record<string, string>; resources?: Resources } = {}): Promise<void> {
+    const resp = await translated(() =>
+      this.client.raw.sandboxes.restartSandbox({
+        sandboxId: this.id,
+        template: options.template ?? "",
+        env: options.env ?? {},
+        resources: options.resources && resourcesToProto(options.resources),
+      }),
+    );
+    this.info = resp.sandbox!;
+  }
+
+  /** Saves files, template, env and resources; returns the state id. */
+  async saveState(name = ""): Promise<string> {
+    return (await this.client.states.save(this, name)).id;
   }
 
   /** Gives a sandbox acquired from a pool back to it. */

@@ -1,5 +1,5 @@
 // A real computesdkd that a test file owns and can restart.
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, chmodSync, openSync, readFileSync, rmSync } from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
@@ -63,6 +63,14 @@ export class Daemon {
       // The daemon is already gone.
     }
     await this.stop();
+    // The daemon keeps its disk store (and volumes) mounted under the state dir.
+    const mounts = readFileSync("/proc/self/mounts", "utf8")
+      .split("\n")
+      .map((l) => l.split(" ")[1] ?? "")
+      .filter((m) => m.startsWith(this.root + "/"))
+      .sort()
+      .reverse();
+    for (const m of mounts) spawnSync("umount", ["-l", m]);
     if (failed) console.error(this.logTail());
     else rmSync(this.root, { recursive: true, force: true });
   }

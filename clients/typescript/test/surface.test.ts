@@ -18,6 +18,8 @@ import { PoolService } from "../src/gen/computesdk/api/pool/v1/pool_pb.js";
 import { GroupService } from "../src/gen/computesdk/api/group/v1/group_pb.js";
 import { NetworkService } from "../src/gen/computesdk/api/network/v1/network_pb.js";
 import { MessagingService } from "../src/gen/computesdk/api/messaging/v1/messaging_pb.js";
+import { SnapshotService } from "../src/gen/computesdk/api/snapshot/v1/snapshot_pb.js";
+import { VolumeService } from "../src/gen/computesdk/api/volume/v1/volume_pb.js";
 import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateNotFoundError, connect, createSharedNetwork, fromError } from "../src/index.js";
 import { Daemon } from "./daemon.js";
 
@@ -44,7 +46,7 @@ it("wraps every RPC in the protos", () => {
     .join("\n");
   const missing: string[] = [];
   let total = 0;
-  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService];
+  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService, SnapshotService, VolumeService];
   // Every generated package has its service in the list above.
   const packages = readdirSync(path.resolve(here, "../../src/gen/computesdk/api")).sort();
   assert.deepEqual(packages, services.map((s) => s.typeName.split(".")[2]).sort());
@@ -177,5 +179,31 @@ it("pools, batches, groups, shared networks and message queues, the spec's way",
       break;
     }
     for (const sb of [web, api]) await sb.destroy();
+    client.close();
+  }));
+
+it("snapshots, saved states, restart and volumes", () =>
+  tracked(async () => {
+    const client = await connect({ socket: daemon.socket });
+    await client.volumes.create("ts-data", { sizeMB: 8 });
+    const sb = await client.create("local", { template: "python", volumes: [{ name: "ts-data", mountPath: "/data" }] });
+    await sb.files.write("/workspace/v", "one");
+    const snap = await sb.snapshots.create("first", { description: "v=one" });
+    await sb.files.write("/workspace/v", "two");
+    await sb.snapshots.restore(snap);
+    assert.equal(await sb.files.readText("/workspace/v"), "one");
+    assert.deepEqual((await sb.snapshots.list()).map((s) => s.name), ["first"]);
+    await sb.snapshots.delete(snap);
+    await sb.exec("echo kept > /data/k");
+    await sb.restart({ env: { R: "1" } });
+    assert.equal((await sb.exec("echo $R; cat /data/k")).stdout, "1\nkept\n");
+    const stateId = await sb.saveState("ts");
+    await sb.destroy();
+    const again = await client.create("", { restoreFrom: stateId });
+    assert.equal(await again.files.readText("/workspace/v"), "one");
+    await again.destroy();
+    await client.states.delete(stateId);
+    assert.deepEqual((await client.volumes.get("ts-data")).mountedBy, []);
+    await client.volumes.delete("ts-data");
     client.close();
   }));
