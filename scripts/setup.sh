@@ -19,7 +19,8 @@ fi
 export PATH="$PATH:/usr/local/go/bin"
 need=()
 for tool in runc:runc mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs setpriv:util-linux \
-            ip:iproute2 curl:curl bwrap:bubblewrap go:golang-go; do
+            ip:iproute2 curl:curl bwrap:bubblewrap go:golang-go mkfs.xfs:xfsprogs \
+            nsenter:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -75,3 +75,62 @@ def test_stubs_hand_out_the_protos_and_python_modules(tmp_path: Path) -> None:
     bad = stubs("--lang", "cobol", "--out", str(tmp_path / "x"), "--json")
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["error"]["reason"] == "UNKNOWN_LANGUAGE"
+
+
+def test_cli_volumes_snapshots_states_and_pools(daemon: DaemonProcess) -> None:
+    assert run(daemon, "volume", "create", "cli-vol", "--size-mb", "8").returncode == 0
+    sid = run(daemon, "create", "--volume", "cli-vol:/data").stdout.strip()
+    assert (
+        run(daemon, "exec", sid, "--", "sh", "-c", "echo 1 > /data/a; echo v1 > /root/f").returncode
+        == 0
+    )
+    snap = run(daemon, "snapshot", "create", sid, "first").stdout.strip()
+    assert snap.startswith("snap-")
+    run(daemon, "exec", sid, "--", "sh", "-c", "echo v2 > /root/f")
+    assert run(daemon, "snapshot", "restore", sid, snap).returncode == 0
+    assert run(daemon, "exec", sid, "--", "cat", "/root/f").stdout == "v1\n"
+    listed = json.loads(run(daemon, "snapshot", "ls", sid, "--json").stdout)
+    assert [s["name"] for s in listed] == ["first"]
+    state = run(daemon, "state", "save", sid, "--name", "cli").stdout.strip()
+    assert run(daemon, "rm", sid).returncode == 0
+    again = run(daemon, "create", "--restore-from", state).stdout.strip()
+    assert run(daemon, "exec", again, "--", "cat", "/root/f").stdout == "v1\n"
+    assert run(daemon, "restart", again, "--env", "K=v").returncode == 0
+    assert run(daemon, "exec", again, "--", "sh", "-c", "echo $K").stdout == "v\n"
+    run(daemon, "rm", again)
+    assert run(daemon, "state", "rm", state).returncode == 0
+    vols = json.loads(run(daemon, "volume", "ls", "--json").stdout)
+    assert [v["name"] for v in vols if v["name"] == "cli-vol"] == ["cli-vol"]
+    assert run(daemon, "volume", "rm", "cli-vol").returncode == 0
+    bad = run(daemon, "create", "--volume", "nope:/x", "--json")
+    assert json.loads(bad.stdout)["error"]["reason"] == "VOLUME_NOT_FOUND"
+
+
+def test_cli_pools_batches_groups_networks_channels(daemon: DaemonProcess) -> None:
+    made = run(daemon, "batch", "--template", "base", "-n", "2").stdout.split()
+    assert len(made) == 2
+    assert run(daemon, "group", "create", "cli-g", *made).returncode == 0
+    out = run(daemon, "group", "exec", "cli-g", "--", "echo", "hi")
+    assert out.returncode == 0 and out.stdout.count("exit 0\thi") == 2
+    net = run(daemon, "network", "create", "cli-n", f"a={made[0]}", f"b={made[1]}")
+    assert net.returncode == 0, net.stderr
+    assert run(daemon, "network", "url", "cli-n", "b", "80").stdout.strip() == "http://b:80"
+    ping = run(daemon, "exec", made[0], "--", "getent", "hosts", "b")
+    assert ping.stdout.split()[1:] == ["b"]
+    assert run(daemon, "network", "rm", "cli-n").returncode == 0
+    assert run(daemon, "channel", "create", "cli-c", made[0], "me").returncode == 0
+    assert run(daemon, "channel", "send", "cli-c", "me", made[0], "hello").stdout.strip() == "1"
+    got = run(daemon, "channel", "recv", "cli-c", made[0], "--count", "1")
+    assert got.stdout == "1\tme\thello\n"
+    run(daemon, "channel", "rm", "cli-c")
+    assert run(daemon, "group", "destroy", "cli-g").returncode == 0
+    assert (
+        run(
+            daemon, "pool", "create", "cli-p", "--template", "base", "--min", "0", "--max", "1"
+        ).returncode
+        == 0
+    )
+    acquired = run(daemon, "pool", "acquire", "cli-p").stdout.strip()
+    assert run(daemon, "pool", "release", acquired).stdout.strip() == "returned"
+    assert "cli-p" in run(daemon, "pool", "ls").stdout
+    assert run(daemon, "pool", "rm", "cli-p").returncode == 0

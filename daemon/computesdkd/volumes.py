@@ -117,8 +117,10 @@ class Volumes:
         out = []
         for m in spec.volumes:
             path = posixpath.normpath(m.mount_path) if m.mount_path.startswith("/") else ""
-            if not path or ".." in path.split("/") or any(
-                path == f or (f != "/" and path.startswith(f + "/")) for f in FORBIDDEN
+            if (
+                not path
+                or ".." in path.split("/")
+                or any(path == f or (f != "/" and path.startswith(f + "/")) for f in FORBIDDEN)
             ):
                 raise InvalidArgument(
                     f"volume {m.name!r} cannot be mounted at {m.mount_path!r}",

@@ -43,6 +43,14 @@ def _sandbox_dict(sb: Sandbox) -> dict[str, Any]:
     return MessageToDict(sb.info, preserving_proto_field_name=True)
 
 
+def _volume_arg(text: str) -> dict[str, Any]:
+    name, _, rest = text.partition(":")
+    path, _, mode = rest.partition(":")
+    if not name or not path or mode not in ("", "ro", "rw"):
+        raise SystemExit(f"computesdk: --volume takes NAME:PATH[:ro], got {text!r}")
+    return {"name": name, "mount_path": path, "read_only": mode == "ro"}
+
+
 async def cmd_create(c: Client, a: argparse.Namespace) -> int:
     sb = await c.create(
         a.provider,
@@ -53,6 +61,8 @@ async def cmd_create(c: Client, a: argparse.Namespace) -> int:
         env=_kv(a.env, "env"),
         resources=Resources(cpu_cores=a.cpu, memory_mb=a.memory_mb, disk_mb=a.disk_mb),
         fallback_providers=a.fallback or (),
+        restore_from=a.restore_from,
+        volumes=[_volume_arg(v) for v in a.volume],
     )
     if a.json:
         _print_json(_sandbox_dict(sb))
@@ -293,6 +303,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", type=float, default=0.0)
     p.add_argument("--memory-mb", type=int, default=0)
     p.add_argument("--disk-mb", type=int, default=0)
+    p.add_argument("--restore-from", default="", metavar="STATE", help="start from a saved state")
+    p.add_argument(
+        "--volume",
+        action="append",
+        default=[],
+        metavar="NAME:PATH[:ro]",
+        help="mount a volume (repeatable)",
+    )
     p.set_defaults(fn=cmd_create)
 
     p = sub.add_parser("ls", parents=[common], help="list sandboxes")

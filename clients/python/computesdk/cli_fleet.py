@@ -176,6 +176,72 @@ async def cmd_env(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_snapshot(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.get(a.id)
+    if a.action == "create":
+        snap = await sb.snapshots.create(a.name, description=a.description)
+        _out(a, asdict(snap), snap.id)
+    elif a.action == "ls":
+        snaps = await sb.snapshots.list()
+        _out(
+            a,
+            [asdict(x) for x in snaps],
+            "\n".join(
+                f"{x.id}\t{x.name}\t{x.size_bytes}\t{x.created:%Y-%m-%d %H:%M:%S}" for x in snaps
+            ),
+        )
+    elif a.action == "restore":
+        await sb.snapshots.restore(a.name)
+    elif a.action == "rm":
+        await sb.snapshots.delete(a.name)
+    return 0
+
+
+async def cmd_state(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "save":
+        st = await c.states.save(a.arg, a.name)
+        _out(a, asdict(st), st.id)
+    elif a.action == "ls":
+        states = await c.states.list()
+        _out(
+            a,
+            [asdict(x) for x in states],
+            "\n".join(
+                f"{x.id}\t{x.name}\t{x.provider}/{x.template}\t{x.size_bytes}" for x in states
+            ),
+        )
+    elif a.action == "rm":
+        await c.states.delete(a.arg)
+    return 0
+
+
+async def cmd_volume(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "create":
+        v = await c.volumes.create(a.name, size_mb=a.size_mb, persistent=not a.ephemeral)
+        _out(a, asdict(v), v.name)
+    elif a.action == "ls":
+        vols = await c.volumes.list()
+        _out(
+            a,
+            [asdict(x) for x in vols],
+            "\n".join(
+                f"{x.name}\t{x.size_mb} MB\t{x.used_bytes} used\t"
+                f"{'persistent' if x.persistent else 'ephemeral'}\t{' '.join(x.mounted_by)}"
+                for x in vols
+            ),
+        )
+    elif a.action == "rm":
+        await c.volumes.delete(a.name)
+    return 0
+
+
+async def cmd_restart(c: Client, a: argparse.Namespace) -> int:
+    sb = await c.get(a.id)
+    env = _kv(a.env) if a.env else None
+    await sb.restart(template=a.template, env=env)
+    return 0
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pool", parents=[common], help="warm pools: create|ls|acquire|release|rm")
     p.add_argument("action", choices=["create", "ls", "acquire", "release", "rm"])
@@ -214,6 +280,32 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("args", nargs="*", help="MEMBERS..., or SENDER RECIPIENT|* PAYLOAD, or MEMBER")
     p.add_argument("--count", type=int, default=0, help="recv: stop after this sequence")
     p.set_defaults(fn=cmd_channel)
+
+    p = sub.add_parser("snapshot", parents=[common], help="snapshots: create|ls|restore|rm")
+    p.add_argument("action", choices=["create", "ls", "restore", "rm"])
+    p.add_argument("id", help="sandbox")
+    p.add_argument("name", nargs="?", default="", help="name (create) or snapshot id")
+    p.add_argument("--description", default="")
+    p.set_defaults(fn=cmd_snapshot)
+
+    p = sub.add_parser("state", parents=[common], help="saved states: save|ls|rm")
+    p.add_argument("action", choices=["save", "ls", "rm"])
+    p.add_argument("arg", nargs="?", default="", help="sandbox (save) or state id (rm)")
+    p.add_argument("--name", default="")
+    p.set_defaults(fn=cmd_state)
+
+    p = sub.add_parser("volume", parents=[common], help="volumes: create|ls|rm")
+    p.add_argument("action", choices=["create", "ls", "rm"])
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--size-mb", type=int, default=0)
+    p.add_argument("--ephemeral", action="store_true")
+    p.set_defaults(fn=cmd_volume)
+
+    p = sub.add_parser("restart", parents=[common], help="restart a sandbox, keeping its id")
+    p.add_argument("id")
+    p.add_argument("--template", default="", help="start from this template's files")
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.set_defaults(fn=cmd_restart)
 
     p = sub.add_parser("reset", parents=[common], help="kill every process (--hard: and files)")
     p.add_argument("id")
