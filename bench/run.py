@@ -33,7 +33,7 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from computesdk import Client, Sandbox  # noqa: E402
+from computesdk import Client, Resources, Sandbox  # noqa: E402
 from computesdkd.providers.docker.image import IMAGE as DOCKER_IMAGE  # noqa: E402
 from computesdkd.providers.local.rootfs import base_path  # noqa: E402
 
@@ -186,6 +186,46 @@ async def batch_create(client: Client, n: int) -> Result:
     ok = [s for s in made if isinstance(s, Sandbox)]
     await asyncio.gather(*(s.destroy() for s in ok))
     return {"n": n, "ok": len(ok), "wall_ms": round(wall, 1), "per_sandbox_ms": round(wall / n, 1)}
+
+
+async def state_ops(client: Client, sizes_mb: list[int], n: int) -> list[Result]:
+    """Snapshot, restore and clone of a sandbox with SIZE MB written (and synced):
+    copy-on-write, so the cost should not grow with the size."""
+    out = []
+    for mb in sizes_mb:
+        sb = await client.create(
+            template="base", use_pool=False, resources=Resources(disk_mb=max(2048, mb * 2))
+        )
+        w = await sb.exec(
+            f"dd if=/dev/urandom of=/workspace/blob bs=1M count={mb} status=none && sync"
+        )
+        if w.exit_code != 0:
+            raise RuntimeError(f"writing {mb} MB failed: {w.stderr}")
+        snap_ms, restore_ms, clone_ms = [], [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            snap = await sb.snapshots.create("bench")
+            snap_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            await sb.snapshots.restore(snap)
+            restore_ms.append((time.perf_counter() - t) * 1000)
+            await sb.snapshots.delete(snap)
+            t = time.perf_counter()
+            twin = await sb.clone()
+            clone_ms.append((time.perf_counter() - t) * 1000)
+            await twin.destroy()
+        size = (await sb.files.stat("/workspace/blob")).size
+        await sb.destroy()
+        out.append(
+            {
+                "mb": mb,
+                "intact": size == mb * 1024 * 1024,
+                "snapshot": summary(snap_ms),
+                "restore": summary(restore_ms),
+                "clone": summary(clone_ms),
+            }
+        )
+    return out
 
 
 async def exec_rtt(client: Client, n: int) -> Result:
@@ -449,6 +489,8 @@ async def run(a: argparse.Namespace) -> Result:
         res["pool_acquire"] = await pool_acquire(client, a.acquirers, 5 if a.quick else 20)
         step("batch create")
         res["batch"] = await batch_create(client, a.batch)
+        step("snapshot, restore, clone")
+        res["state_ops"] = await state_ops(client, a.state_sizes, 3 if a.quick else 10)
         step("exec round trip")
         res["exec_true"] = await exec_rtt(client, max(n * 4, 50))
         step("stdout throughput")
@@ -508,8 +550,17 @@ def table(res: Result) -> str:
     )
     b = res["batch"]
     rows.append((f"batch create {b['n']}", "", "", f"wall {b['wall_ms']} ms, {b['ok']} ok"))
-    # Later features join here: snapshot, restore and clone as the workspace grows,
-    # and event fan-out (issue 4).
+    for so in res["state_ops"]:
+        for op in ("snapshot", "restore", "clone"):
+            rows.append(
+                (
+                    f"{op}, {so['mb']} MB written",
+                    f"{so[op]['p50']:.1f}",
+                    f"{so[op]['p95']:.1f}",
+                    "copy-on-write" if so["intact"] else "DATA LOST",
+                )
+            )
+    # Later features join here: export/import and event fan-out.
     e, f = res["exec_true"], res["floor"]
     rows.append(
         (
@@ -580,13 +631,14 @@ def main() -> None:
     ap.add_argument("--density", type=int, nargs="*", default=[100, 500, 1000])
     ap.add_argument("--acquirers", type=int, default=50)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--state-sizes", type=int, nargs="*", default=[1, 100, 1024])
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = ap.parse_args()
     if a.quick:
         a.iterations, a.burst, a.stdout_mib = 8, 8, 16
         a.conc_sandboxes, a.conc_execs, a.density = 2, 10, [5]
-        a.acquirers, a.batch = 4, 4
+        a.acquirers, a.batch, a.state_sizes = 4, 4, [1]
     res = asyncio.run(run(a))
     print(table(res))
     a.out.mkdir(parents=True, exist_ok=True)

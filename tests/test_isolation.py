@@ -144,6 +144,7 @@ async def test_host_view_of_sandbox_files_is_owned_by_the_shifted_root(
     sandbox: Sandbox, daemon: DaemonProcess
 ) -> None:
     await sandbox.exec("echo x > /workspace/made-inside")
-    upper = daemon.state / "local" / "sandboxes" / sandbox.id / "disk" / "upper" / "workspace"
+    bundle = daemon.state / "local" / "store" / "sandboxes" / sandbox.id
+    upper = bundle / "disk" / "upper" / "workspace"
     st = os.stat(upper / "made-inside")
     assert st.st_uid == 100_000  # an unprivileged uid on the host, not host root

@@ -905,7 +905,9 @@ class Manager:
                         f"reading /workspace failed: {errors.decode(errors='replace')}",
                         reason="COPY_FAILED",
                     )
-            await writer.close_stdin()
+            with contextlib.suppress(ComputeError):
+                # Fails when tar -x already ended; its exit status says how.
+                await writer.close_stdin()
             await writer_exit(out)
         finally:
             await reader.aclose()
