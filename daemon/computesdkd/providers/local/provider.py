@@ -111,7 +111,9 @@ async def _mount_image(image: Path, target: Path) -> None:
         await _run("losetup", "--direct-io=on", "--find", "--show", str(image))
     ).strip()
     try:
-        await _run("mount", "-o", "nosuid,nodev", device, str(target))
+        # noinit_itable: mkfs left the inode tables lazy; zeroing them in the
+        # background would write tens of MB to the store for every new sandbox.
+        await _run("mount", "-o", "nosuid,nodev,noinit_itable", device, str(target))
     finally:
         # On a device in use this only sets autoclear: it goes with the unmount,
         # as with mount -o loop, even when a test or a crash skips ours.
