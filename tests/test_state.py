@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
+import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest_asyncio
 
 from computesdk import (
     Client,
+    ComputeSDKError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -224,3 +228,86 @@ def test_store_is_copy_on_write(daemon: DaemonProcess) -> None:
     with Path("/proc/self/mounts").open() as f:
         fs = [line.split()[2] for line in f if line.split()[1] == str(store.resolve())]
     assert fs == ["xfs"]
+
+
+async def test_export_import_keeps_files_modes_links_dirs_deletions_and_env(
+    private: tuple[DaemonProcess, Client],
+) -> None:
+    _, c = private
+    sb = await c.create("local", template="python", env={"E": "1"}, metadata={"m": "x"})
+    setup = (
+        "mkdir -p /workspace/empty /workspace/d && echo hi > /workspace/d/f && "
+        "chmod 751 /workspace/d/f && ln -s d/f /workspace/link && rm /etc/issue && "
+        "printf '\\000\\377bin' > /workspace/bin"
+    )
+    assert (await sb.exec(setup)).exit_code == 0
+    state = await sb.save_state("portable")
+    archive = b"".join([piece async for piece in c.states.export(state_id=state)])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert tar.getnames() == ["computesdk-state.json", "layers/0.tar", "manifest.json"]
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert manifest["version"] == 1 and manifest["template"] == "python"
+    assert manifest["env"] == {"E": "1"}
+    assert len(manifest["layers"][0]["sha256"]) == 64
+
+    new = await c.states.import_(archive, metadata={"imported": "yes"})
+    check = (
+        "stat -c '%a %F' /workspace/d/f /workspace/empty; readlink /workspace/link; "
+        "cat /workspace/link; test -e /etc/issue || echo gone; od -An -c /workspace/bin; echo $E"
+    )
+    r = await new.exec(check)
+    assert r.stdout.split("\n")[:5] == [
+        "751 regular file",
+        "755 directory",
+        "d/f",
+        "hi",
+        "gone",
+    ]
+    assert r.stdout.split("\n")[5].split() == ["\\0", "377", "b", "i", "n"]
+    assert r.stdout.endswith("1\n")
+    assert new.metadata["imported"] == "yes" and new.template == "python"
+    # A running sandbox exports as it is now, too.
+    live = b"".join([piece async for piece in c.states.export(sandbox=new)])
+    assert len(live) > 10_000
+    assert "state.imported" in await _events(c, new)
+
+
+async def test_corrupt_or_truncated_archives_are_refused_leaving_nothing(
+    private: tuple[DaemonProcess, Client],
+) -> None:
+    d, c = private
+    sb = await c.create("local")
+    await sb.files.write("/workspace/data", os.urandom(64 * 1024))
+    good = b"".join([piece async for piece in c.states.export(sandbox=sb)])
+    layer_at = good.index(b"layers/0.tar") + 2048  # inside the layer's data
+    flipped = good[:layer_at] + bytes([good[layer_at] ^ 0xFF]) + good[layer_at + 1 :]
+    before = {s.id for s in await c.list()}
+    for bad in (good[: len(good) // 2], flipped, b"not an archive" * 100, b""):
+        with pytest.raises(InvalidArgumentError) as err:
+            await c.states.import_(bad)
+        assert err.value.reason == "ARCHIVE_CORRUPT"
+    assert {s.id for s in await c.list()} == before
+    assert list((d.state / "tmp").iterdir()) == []
+
+
+async def test_a_daemon_killed_mid_export_leaves_nothing_corrupt(
+    private: tuple[DaemonProcess, Client],
+) -> None:
+    d, c = private
+    sb = await c.create("local")
+    await sb.exec("dd if=/dev/urandom of=/workspace/big bs=1M count=200 status=none")
+    stream = c.states.export(sandbox=sb)
+    await anext(stream)  # the export is under way: a snapshot exists, a layer is written
+    d.kill9()
+    with contextlib.suppress(ComputeSDKError, StopAsyncIteration):
+        await stream.aclose()
+    d.start()
+    snaps = d.state / "local" / "store" / "snapshots"
+    assert list(snaps.iterdir()) == []  # the export's snapshot was freed at start
+    assert await sb.snapshots.list() == []
+    # The sandbox was not left frozen or broken.
+    r = await sb.exec("echo after > /workspace/after && stat -c %s /workspace/big")
+    assert r.stdout == f"{200 * 1024 * 1024}\n"
+    snap = await sb.snapshots.create("fine")
+    await sb.snapshots.restore(snap)
+    assert await sb.files.read("/workspace/after") == b"after\n"

@@ -1,6 +1,7 @@
 package computesdk_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -138,6 +139,21 @@ func TestSnapshotsStatesRestartAndVolumes(t *testing.T) {
 	}
 	if err := sb.Destroy(ctx); err != nil {
 		t.Fatal(err)
+	}
+	var archive bytes.Buffer
+	if err := c.ExportState(ctx, state.GetId(), "", &archive); err != nil {
+		t.Fatal(err)
+	}
+	imported, err := c.ImportState(ctx, bytes.NewReader(archive.Bytes()), "", map[string]string{"from": "go"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := imported.ReadFile(ctx, "/workspace/v"); string(got) != "one" || imported.Metadata()["from"] != "go" {
+		t.Fatalf("imported: %q %v", got, imported.Metadata())
+	}
+	_ = imported.Destroy(ctx)
+	if _, err := c.ImportState(ctx, bytes.NewReader(archive.Bytes()[:archive.Len()/2]), "", nil); !errors.Is(err, &computesdk.Error{Reason: "ARCHIVE_CORRUPT"}) {
+		t.Fatalf("truncated archive: %v", err)
 	}
 	again, err := c.Create(ctx, "", computesdk.WithRestoreFrom(state.GetId()))
 	if err != nil {

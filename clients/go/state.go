@@ -2,6 +2,7 @@ package computesdk
 
 import (
 	"context"
+	"io"
 
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
 	snapshotv1 "github.com/computesdk/computesdk/clients/go/api/snapshot/v1"
@@ -161,4 +162,61 @@ func (v *Volumes) List(ctx context.Context) ([]*Volume, error) {
 func (v *Volumes) Delete(ctx context.Context, name string) error {
 	_, err := v.c.Raw.Volumes.DeleteVolume(ctx, &volumev1.DeleteVolumeRequest{Name: name})
 	return fromRPC(err)
+}
+
+// ExportState writes a saved state (stateID) or a sandbox as it is now
+// (sandboxID, when stateID is empty) to w as a portable archive.
+func (c *Client) ExportState(ctx context.Context, stateID, sandboxID string, w io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req := &snapshotv1.ExportStateRequest{Source: &snapshotv1.ExportStateRequest_SandboxId{SandboxId: sandboxID}}
+	if stateID != "" {
+		req.Source = &snapshotv1.ExportStateRequest_StateId{StateId: stateID}
+	}
+	st, err := c.Raw.Snapshots.ExportState(ctx, req)
+	if err != nil {
+		return fromRPC(err)
+	}
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			if isEOF(err) {
+				return nil
+			}
+			return fromRPC(err)
+		}
+		if _, err := w.Write(resp.GetData()); err != nil {
+			return err
+		}
+	}
+}
+
+// ImportState creates a sandbox from an archive ExportState wrote.
+func (c *Client) ImportState(ctx context.Context, r io.Reader, provider string, metadata map[string]string) (*Sandbox, error) {
+	st, err := c.Raw.Snapshots.ImportState(ctx)
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	send := func(req *snapshotv1.ImportStateRequest) bool { return st.Send(req) == nil }
+	ok := send(&snapshotv1.ImportStateRequest{Request: &snapshotv1.ImportStateRequest_Header{
+		Header: &snapshotv1.ImportStateHeader{Provider: provider, Metadata: metadata}}})
+	buf := make([]byte, chunk)
+	for ok {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			ok = send(&snapshotv1.ImportStateRequest{Request: &snapshotv1.ImportStateRequest_Data{Data: append([]byte(nil), buf[:n]...)}})
+		}
+		if rerr != nil {
+			if rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+				return nil, rerr
+			}
+			break
+		}
+	}
+	// A failed Send means the server ended the call; CloseAndRecv says why.
+	resp, err := st.CloseAndRecv()
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
 }

@@ -163,6 +163,7 @@ class Manager:
         for sb in self.store.sandboxes():
             await self._adopt(sb)
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        await self.snapshots.collect_garbage()
         await self.pools.start()
         self.groups.start()
         self.networks.start()
@@ -362,7 +363,7 @@ class Manager:
             del self._creating[spec.request_id]
 
     async def _create(
-        self, spec: SandboxSpec, provider: Provider, from_snapshot: str = ""
+        self, spec: SandboxSpec, provider: Provider, from_snapshot: str = "", import_layer: str = ""
     ) -> Sandbox:
         now = time.time()
         sb = Sandbox(
@@ -371,7 +372,11 @@ class Manager:
             state=State.CREATING,
             created_at=now,
             expires_at=now + spec.timeout_ms / 1000,
-            provider_data={"from_snapshot": from_snapshot} if from_snapshot else {},
+            provider_data={
+                k: v
+                for k, v in (("from_snapshot", from_snapshot), ("import_layer", import_layer))
+                if v
+            },
         )
         with bound_contextvars(sandbox_id=sb.id):
             self._sandboxes[sb.id] = sb
@@ -655,6 +660,19 @@ class Manager:
             sandbox_id, ENV_CHANGED, set=",".join(sorted(env)), unset=",".join(sorted(unset))
         )
         return merged
+
+    async def create_imported(self, spec: SandboxSpec, layer: Path) -> Sandbox:
+        """A new sandbox whose files come from an imported layer."""
+        if not self.accepting:
+            raise Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN")
+        spec = self._validate(spec)
+        return await self._create(spec, self._registered(spec.provider), import_layer=str(layer))
+
+    def scratch_dir(self) -> Path:
+        """Where archives in transit are kept (removed when done)."""
+        path = self._state_dir / "tmp"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
 
     def sandbox_lock(self, sandbox_id: str) -> asyncio.Lock:
         """Serialises the calls that change a sandbox's whole state."""

@@ -9,15 +9,21 @@ disk); the daemon keeps the records, in SQLite.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import shutil
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from structlog.contextvars import bound_contextvars
 
-from . import logs
-from .errors import InvalidArgument, NotFound
+from . import archive, logs
+from .errors import ComputeError, InvalidArgument, NotFound
 from .model import Resources, Sandbox, SandboxSpec
 
 if TYPE_CHECKING:
@@ -30,7 +36,7 @@ SNAPSHOT_CREATED, SNAPSHOT_RESTORED, SNAPSHOT_DELETED = (
     "snapshot.restored",
     "snapshot.deleted",
 )
-STATE_SAVED, RESTARTED, CLONED_FROM_SNAPSHOT = "state.saved", "restarted", "cloned"
+STATE_SAVED, STATE_IMPORTED, RESTARTED = "state.saved", "state.imported", "restarted"
 MAX_LABEL = 256
 
 
@@ -120,6 +126,19 @@ class Snapshots:
         self.store.delete_setting(sandbox_id, "snapshot", snapshot_id)
         self.manager.bus.emit(sandbox_id, SNAPSHOT_DELETED, snapshot_id=snapshot_id)
 
+    async def collect_garbage(self) -> None:
+        """At start: frees snapshots no record owns (a daemon killed between taking
+        one and recording it, a clone or export cut short) and archives in transit."""
+        owned = {s.snapshot_id for s in self.states()}
+        for sb in self.manager.sandboxes_by_id().values():
+            owned |= {name for kind, name, _ in self.store.settings(sb.id) if kind == "snapshot"}
+        for name, provider in self.manager.providers.items():
+            for snap in provider.snapshot_ids():
+                if snap not in owned:
+                    log.info("freeing an unowned snapshot", snapshot_id=snap, provider=name)
+                    await self._free(name, snap)
+        shutil.rmtree(self.manager.scratch_dir(), ignore_errors=True)
+
     async def drop_all(self, sb: Sandbox) -> None:
         """Frees the snapshot files of a sandbox being destroyed (its records go with
         its rows). Saved states are separate and stay."""
@@ -194,3 +213,72 @@ class Snapshots:
             replace(spec, provider=rec.provider, template=rec.template, env=env, resources=res),
             rec.snapshot_id,
         )
+
+    # ------------------------------------------------------------ export and import
+
+    async def export_state(self, state_id: str, sandbox_id: str) -> AsyncIterator[bytes]:
+        """The state (or the sandbox, as it is now) as a portable archive."""
+        manifest: dict[str, Any]
+        if state_id:
+            rec = self.state(state_id)
+            provider = self.manager.providers[rec.provider]
+            snap, temporary = rec.snapshot_id, False
+            manifest = {
+                "name": rec.name,
+                "provider": rec.provider,
+                "template": rec.template,
+                "env": rec.env,
+                "resources": asdict(rec.resources),
+                "metadata": {},
+            }
+        else:
+            sb, provider = self.manager.running(sandbox_id)
+            snap, temporary = "export-" + secrets.token_hex(8), True
+            async with self.manager.sandbox_lock(sandbox_id):
+                await self.manager.guarded(provider, provider.snapshot_create(sb, snap))
+            manifest = {
+                "name": "",
+                "provider": sb.spec.provider,
+                "template": sb.spec.template,
+                "env": sb.spec.env,
+                "resources": asdict(sb.spec.resources),
+                "metadata": sb.spec.metadata,
+            }
+        work = Path(tempfile.mkdtemp(dir=self.manager.scratch_dir()))
+        try:
+            layer = work / "layer.tar"
+            await provider.snapshot_export(snap, layer)
+            manifest["exported_at"] = time.time()
+            for piece in archive.pack(layer, manifest):
+                yield piece
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if temporary:
+                with contextlib.suppress(ComputeError):
+                    await provider.snapshot_delete(snap)
+
+    async def import_state(
+        self, archive_path: Path, provider: str, metadata: dict[str, str]
+    ) -> Sandbox:
+        work = Path(tempfile.mkdtemp(dir=self.manager.scratch_dir()))
+        try:
+            manifest, layer = await asyncio.to_thread(archive.unpack, archive_path, work)
+            try:
+                spec = SandboxSpec(
+                    provider=provider or str(manifest["provider"]),
+                    template=str(manifest["template"]),
+                    metadata={**manifest.get("metadata", {}), **metadata},
+                    timeout_ms=0,
+                    keep_alive=False,
+                    resources=Resources(**manifest["resources"]),
+                    env={str(k): str(v) for k, v in manifest["env"].items()},
+                )
+            except (TypeError, AttributeError) as exc:
+                raise InvalidArgument(
+                    f"not a valid state archive: bad manifest ({exc})", reason="ARCHIVE_CORRUPT"
+                ) from exc
+            sb = await self.manager.create_imported(spec, layer)
+            self.manager.bus.emit(sb.id, STATE_IMPORTED, template=spec.template)
+            return sb
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@ client.states and client.volumes."""
 from __future__ import annotations
 
 import builtins
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -144,6 +145,55 @@ class States:
     async def delete(self, state_id: str) -> None:
         with translated():
             await self._c.snapshot_stub.DeleteState(snap_pb.DeleteStateRequest(state_id=state_id))
+
+    async def export(
+        self, *, state_id: str = "", sandbox: Sandbox | str = ""
+    ) -> AsyncIterator[bytes]:
+        """A saved state, or a sandbox as it is now, as a portable archive (tar:
+        format, an OCI-style layer, and a manifest with sha256 checksums)."""
+        sid = sandbox if isinstance(sandbox, str) else sandbox.id
+        req = (
+            snap_pb.ExportStateRequest(state_id=state_id)
+            if state_id
+            else snap_pb.ExportStateRequest(sandbox_id=sid)
+        )
+        with translated():
+            async for resp in self._c.snapshot_stub.ExportState(req, wait_for_ready=True):
+                yield resp.data
+
+    async def import_(
+        self,
+        archive: bytes | AsyncIterable[bytes],
+        *,
+        provider: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Sandbox:
+        """Creates a sandbox from an archive that export() wrote."""
+        from .sandbox import Sandbox
+
+        async def requests() -> AsyncIterator[snap_pb.ImportStateRequest]:
+            yield snap_pb.ImportStateRequest(
+                header=snap_pb.ImportStateHeader(provider=provider, metadata=dict(metadata or {}))
+            )
+            async for piece in _chunks(archive):
+                yield snap_pb.ImportStateRequest(data=piece)
+
+        with translated():
+            resp = await self._c.snapshot_stub.ImportState(requests(), wait_for_ready=True)
+        return Sandbox(self._c, resp.sandbox)
+
+
+CHUNK = 1024 * 1024
+
+
+async def _chunks(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(data, bytes):
+        for i in range(0, len(data), CHUNK):
+            yield data[i : i + CHUNK]
+    else:
+        async for piece in data:
+            for i in range(0, len(piece), CHUNK):
+                yield piece[i : i + CHUNK]
 
 
 class Volumes:

@@ -1,11 +1,16 @@
 // Snapshots, saved states and volumes: sandbox.snapshots, client.states, client.volumes.
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
-import type { Snapshot, State } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { ImportStateRequestSchema, type ImportStateRequest, type Snapshot, type State } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import type { Volume } from "./gen/computesdk/api/volume/v1/volume_pb.js";
-import { translated } from "./errors.js";
+import { fromError, translated } from "./errors.js";
 import type { Client } from "./client.js";
-import type { Sandbox } from "./sandbox.js";
+// A cycle (sandbox.ts uses Snapshots) that ESM resolves: neither module uses
+// the other's classes before both are loaded.
+import { Sandbox } from "./sandbox.js";
+
+const CHUNK = 1024 * 1024;
 
 const toDate = (t: Timestamp | undefined) => (t ? new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6)) : undefined);
 
@@ -112,6 +117,34 @@ export class States {
 
   async delete(stateId: string): Promise<void> {
     await translated(() => this.client.raw.snapshots.deleteState({ stateId }));
+  }
+
+  /** A saved state, or a sandbox as it is now, as a portable archive (tar). */
+  async *export(source: { stateId: string } | { sandbox: Sandbox | string }): AsyncGenerator<Uint8Array> {
+    const req =
+      "stateId" in source
+        ? { source: { case: "stateId" as const, value: source.stateId } }
+        : { source: { case: "sandboxId" as const, value: typeof source.sandbox === "string" ? source.sandbox : source.sandbox.id } };
+    try {
+      for await (const resp of this.client.raw.snapshots.exportState(req)) yield resp.data;
+    } catch (err) {
+      throw fromError(err);
+    }
+  }
+
+  /** Creates a sandbox from an archive that export() wrote. */
+  async import(archive: Uint8Array | AsyncIterable<Uint8Array>, options: { provider?: string; metadata?: Record<string, string> } = {}): Promise<Sandbox> {
+    async function* requests(): AsyncGenerator<ImportStateRequest> {
+      yield create(ImportStateRequestSchema, { request: { case: "header", value: { provider: options.provider ?? "", metadata: options.metadata ?? {} } } });
+      const pieces = archive instanceof Uint8Array ? [archive] : archive;
+      for await (const piece of pieces) {
+        for (let i = 0; i < piece.length; i += CHUNK) {
+          yield create(ImportStateRequestSchema, { request: { case: "data", value: piece.subarray(i, i + CHUNK) } });
+        }
+      }
+    }
+    const resp = await translated(() => this.client.raw.snapshots.importState(requests()));
+    return new Sandbox(this.client, resp.sandbox!);
   }
 }
 

@@ -198,6 +198,13 @@ it("snapshots, saved states, restart and volumes", () =>
     await sb.restart({ env: { R: "1" } });
     assert.equal((await sb.exec("echo $R; cat /data/k")).stdout, "1\nkept\n");
     const stateId = await sb.saveState("ts");
+    const pieces: Uint8Array[] = [];
+    for await (const piece of client.states.export({ stateId })) pieces.push(piece);
+    const imported = await client.states.import(Buffer.concat(pieces), { metadata: { from: "archive" } });
+    assert.equal(await imported.files.readText("/workspace/v"), "one");
+    assert.equal(imported.metadata.from, "archive");
+    await imported.destroy();
+    await assert.rejects(client.states.import(new TextEncoder().encode("garbage".repeat(200))), (e: unknown) => e instanceof ComputeSDKError && e.reason === "ARCHIVE_CORRUPT");
     await sb.destroy();
     const again = await client.create("", { restoreFrom: stateId });
     assert.equal(await again.files.readText("/workspace/v"), "one");

@@ -162,6 +162,15 @@ class Provider(ABC):
     async def snapshot_delete(self, snapshot_id: str) -> None:
         raise self._unsupported("snapshots")
 
+    def snapshot_ids(self) -> list[str]:
+        """Every snapshot the provider holds, so the daemon can free unowned ones."""
+        return []
+
+    async def snapshot_export(self, snapshot_id: str, layer: Path) -> None:
+        """Writes a snapshot's files as an OCI-style tar layer. create() starts from
+        one when the daemon puts its path in provider_data["import_layer"]."""
+        raise self._unsupported("state export")
+
     # -------------------------------------------------------------- volumes
     # Named, size-limited filesystems. A sandbox mounts them at create, listed in
     # provider_data["volumes"] as JSON [[name, path, read_only], ...].

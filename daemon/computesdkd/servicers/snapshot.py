@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from grpc.aio import ServicerContext
@@ -7,10 +11,14 @@ from grpc.aio import ServicerContext
 from computesdk.api.snapshot.v1 import snapshot_pb2 as pb
 from computesdk.api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
 
+from ..errors import ComputeError, InvalidArgument, ResourceExhausted
 from ..manager import Manager
 from ..snapshots import SnapshotRecord, StateRecord
 from . import convert
-from ._edge import edge
+from ._edge import check_chunk, drain_requests, edge
+
+CHUNK = 1024 * 1024
+MAX_ARCHIVE = 64 * 1024**3
 
 Ctx = ServicerContext[Any, Any]
 
@@ -91,3 +99,54 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
     ) -> pb.DeleteStateResponse:
         await self.snapshots.delete_state(request.state_id)
         return pb.DeleteStateResponse()
+
+    @edge
+    async def ExportState(
+        self, request: pb.ExportStateRequest, context: Ctx
+    ) -> AsyncIterator[pb.ExportStateResponse]:
+        if not request.state_id and not request.sandbox_id:
+            raise InvalidArgument("export needs a state_id or a sandbox_id", reason="NO_SOURCE")
+        pending = bytearray()
+        async for piece in self.snapshots.export_state(request.state_id, request.sandbox_id):
+            pending += piece
+            # Messages of about a chunk: small tar headers ride with the data.
+            while len(pending) >= CHUNK:
+                yield pb.ExportStateResponse(data=bytes(pending[:CHUNK]))
+                del pending[:CHUNK]
+        if pending:
+            yield pb.ExportStateResponse(data=bytes(pending))
+
+    @edge
+    async def ImportState(
+        self, request_iterator: AsyncIterator[pb.ImportStateRequest], context: Ctx
+    ) -> pb.ImportStateResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("request") != "header":
+            raise InvalidArgument(
+                "the first ImportState message must carry the header", reason="HEADER_REQUIRED"
+            )
+        fd, name = tempfile.mkstemp(dir=self.manager.scratch_dir(), suffix=".state")
+        path = Path(name)
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    async for req in requests:
+                        if req.WhichOneof("request") != "data":
+                            raise InvalidArgument("only one header", reason="HEADER_REPEATED")
+                        check_chunk(req.data, "archive")
+                        size += len(req.data)
+                        if size > MAX_ARCHIVE:
+                            raise ResourceExhausted(
+                                f"archive over {MAX_ARCHIVE} bytes", reason="PAYLOAD_TOO_LARGE"
+                            )
+                        out.write(req.data)
+                except ComputeError:
+                    await drain_requests(requests)
+                    raise
+            h = first.header
+            sb = await self.snapshots.import_state(path, h.provider, dict(h.metadata))
+        finally:
+            path.unlink(missing_ok=True)
+        return pb.ImportStateResponse(sandbox=convert.sandbox_to(sb))

@@ -45,7 +45,7 @@ from ...model import (
 )
 from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
-from . import network, storage
+from . import layers, network, storage
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, AgentGone, process_info
 from .fs import SandboxFS
@@ -107,9 +107,7 @@ async def _mount_image(image: Path, target: Path) -> None:
     """Loop-mounts an ext4 image with direct I/O: its writes reach the store without
     a second page cache, so memory is counted once and a snapshot (which must see
     them on the store) has nothing left to flush but the ext4's own dirty pages."""
-    device = (
-        await _run("losetup", "--direct-io=on", "--find", "--show", str(image))
-    ).strip()
+    device = (await _run("losetup", "--direct-io=on", "--find", "--show", str(image))).strip()
     try:
         # noinit_itable: mkfs left the inode tables lazy; zeroing them in the
         # background would write tens of MB to the store for every new sandbox.
@@ -272,6 +270,7 @@ class LocalProvider(Provider):
         resolve(sandbox.spec.template)
         # Set by the daemon to start from a snapshot's files instead of the template's.
         source = sandbox.provider_data.get("from_snapshot", "")
+        layer = sandbox.provider_data.get("import_layer", "")
         volumes = sandbox.provider_data.get("volumes", "[]")
         res = sandbox.resources = self.resolve_resources(sandbox)
         bundle = self._store / "sandboxes" / sandbox.id
@@ -286,6 +285,8 @@ class LocalProvider(Provider):
             await self._new_disk(
                 bundle, res.disk_mb, self._snapshot_path(source) if source else None
             )
+            if layer:
+                await self._import_layer(bundle, Path(layer))
             await self._boot(sandbox)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -481,8 +482,54 @@ class LocalProvider(Provider):
         await asyncio.to_thread(storage.clone_file, source, bundle / "disk.img", self._reflink)
         await self._boot(sandbox)
 
+    async def _import_layer(self, bundle: Path, layer: Path) -> None:
+        """Fills a new disk's upper layer from a tar layer, before the first boot."""
+        uid = rootfs_mod.UID_SHIFT
+        disk = bundle / "disk"
+        disk.mkdir(parents=True, exist_ok=True)
+        await _mount_image(bundle / "disk.img", disk)
+        try:
+            for sub in ("upper", "work"):
+                (disk / sub).mkdir(exist_ok=True)
+            os.chown(disk / "upper", uid, uid)
+            with contextlib.suppress(OSError):
+                (disk / "lost+found").rmdir()
+            await asyncio.to_thread(layers.read_layer, layer, disk / "upper")
+        finally:
+            await _unmount_image(disk)
+
+    async def snapshot_export(self, snapshot_id: str, layer: Path) -> None:
+        image = self._snapshot_path(snapshot_id)
+        mnt = self._store / "tmp" / f"export-{snapshot_id}"
+        mnt.mkdir(parents=True, exist_ok=True)
+        device = (await _run("losetup", "--read-only", "--find", "--show", str(image))).strip()
+        try:
+            await _run("mount", "-o", "ro,nosuid,nodev,noexec", device, str(mnt))
+            try:
+
+                def write() -> None:
+                    with layer.open("wb") as out:
+                        layers.write_layer(mnt / "upper", out)
+
+                await asyncio.to_thread(write)
+            finally:
+                _umount(str(mnt))
+        finally:
+            with contextlib.suppress(Internal):
+                await _run("losetup", "-d", device)
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
+
+    def snapshot_ids(self) -> list[str]:
+        snaps = self._store / "snapshots"
+        # Half-written clones (*.tmp) of a daemon that died are listed to be freed too.
+        return (
+            sorted(p.name.removesuffix(".img") for p in snaps.iterdir()) if snaps.exists() else []
+        )
+
     async def snapshot_delete(self, snapshot_id: str) -> None:
         (self._store / "snapshots" / f"{snapshot_id}.img").unlink(missing_ok=True)
+        (self._store / "snapshots" / f"{snapshot_id}").unlink(missing_ok=True)
 
     async def _stop_gracefully(self, sandbox: Sandbox, timeout_s: float) -> None:
         agent = self._agent(sandbox)
@@ -496,6 +543,9 @@ class LocalProvider(Provider):
                 await asyncio.sleep(0.05)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
+        # A daemon killed in the middle of a snapshot leaves the disk frozen.
+        with contextlib.suppress(OSError, KeyError):
+            storage.thaw(Path(sandbox.provider_data["bundle"]) / "disk")
         try:
             state = json.loads(await _run(*self._runc("state", sandbox.id)))
         except (Internal, ValueError):

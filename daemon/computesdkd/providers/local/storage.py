@@ -109,3 +109,13 @@ def frozen(mountpoint: Path) -> Iterator[None]:
             fcntl.ioctl(fd, FITHAW, 0)
     finally:
         os.close(fd)
+
+
+def thaw(mountpoint: Path) -> None:
+    """Thaws a filesystem left frozen; EINVAL when it was not frozen."""
+    fd = os.open(mountpoint, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, FITHAW, 0)
+    finally:
+        os.close(fd)

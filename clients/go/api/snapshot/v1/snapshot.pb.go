@@ -865,6 +865,316 @@ func (*DeleteStateResponse) Descriptor() ([]byte, []int) {
 	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP(), []int{15}
 }
 
+// ExportStateRequest names what to export: a saved state or a sandbox.
+type ExportStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Source:
+	//
+	//	*ExportStateRequest_StateId
+	//	*ExportStateRequest_SandboxId
+	Source        isExportStateRequest_Source `protobuf_oneof:"source"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportStateRequest) Reset() {
+	*x = ExportStateRequest{}
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportStateRequest) ProtoMessage() {}
+
+func (x *ExportStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportStateRequest.ProtoReflect.Descriptor instead.
+func (*ExportStateRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExportStateRequest) GetSource() isExportStateRequest_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *ExportStateRequest) GetStateId() string {
+	if x != nil {
+		if x, ok := x.Source.(*ExportStateRequest_StateId); ok {
+			return x.StateId
+		}
+	}
+	return ""
+}
+
+func (x *ExportStateRequest) GetSandboxId() string {
+	if x != nil {
+		if x, ok := x.Source.(*ExportStateRequest_SandboxId); ok {
+			return x.SandboxId
+		}
+	}
+	return ""
+}
+
+type isExportStateRequest_Source interface {
+	isExportStateRequest_Source()
+}
+
+type ExportStateRequest_StateId struct {
+	StateId string `protobuf:"bytes,1,opt,name=state_id,json=stateId,proto3,oneof"`
+}
+
+type ExportStateRequest_SandboxId struct {
+	SandboxId string `protobuf:"bytes,2,opt,name=sandbox_id,json=sandboxId,proto3,oneof"`
+}
+
+func (*ExportStateRequest_StateId) isExportStateRequest_Source() {}
+
+func (*ExportStateRequest_SandboxId) isExportStateRequest_Source() {}
+
+// ExportStateResponse is the next piece of the archive.
+type ExportStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportStateResponse) Reset() {
+	*x = ExportStateResponse{}
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportStateResponse) ProtoMessage() {}
+
+func (x *ExportStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportStateResponse.ProtoReflect.Descriptor instead.
+func (*ExportStateResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ExportStateResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// ImportStateHeader comes first and says where the sandbox goes.
+type ImportStateHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty means the provider the archive names.
+	Provider      string            `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	Metadata      map[string]string `protobuf:"bytes,2,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportStateHeader) Reset() {
+	*x = ImportStateHeader{}
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportStateHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportStateHeader) ProtoMessage() {}
+
+func (x *ImportStateHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportStateHeader.ProtoReflect.Descriptor instead.
+func (*ImportStateHeader) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ImportStateHeader) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ImportStateHeader) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+// ImportStateRequest is the header, then the archive's bytes.
+type ImportStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*ImportStateRequest_Header
+	//	*ImportStateRequest_Data
+	Request       isImportStateRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportStateRequest) Reset() {
+	*x = ImportStateRequest{}
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportStateRequest) ProtoMessage() {}
+
+func (x *ImportStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportStateRequest.ProtoReflect.Descriptor instead.
+func (*ImportStateRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ImportStateRequest) GetRequest() isImportStateRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ImportStateRequest) GetHeader() *ImportStateHeader {
+	if x != nil {
+		if x, ok := x.Request.(*ImportStateRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *ImportStateRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Request.(*ImportStateRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isImportStateRequest_Request interface {
+	isImportStateRequest_Request()
+}
+
+type ImportStateRequest_Header struct {
+	Header *ImportStateHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type ImportStateRequest_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*ImportStateRequest_Header) isImportStateRequest_Request() {}
+
+func (*ImportStateRequest_Data) isImportStateRequest_Request() {}
+
+// ImportStateResponse carries the new sandbox.
+type ImportStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *v1.Sandbox            `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportStateResponse) Reset() {
+	*x = ImportStateResponse{}
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportStateResponse) ProtoMessage() {}
+
+func (x *ImportStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportStateResponse.ProtoReflect.Descriptor instead.
+func (*ImportStateResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ImportStateResponse) GetSandbox() *v1.Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
 var File_computesdk_api_snapshot_v1_snapshot_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_snapshot_v1_snapshot_proto_rawDesc = "" +
@@ -932,7 +1242,26 @@ const file_computesdk_api_snapshot_v1_snapshot_proto_rawDesc = "" +
 	"\x06states\x18\x01 \x03(\v2!.computesdk.api.snapshot.v1.StateR\x06states\"/\n" +
 	"\x12DeleteStateRequest\x12\x19\n" +
 	"\bstate_id\x18\x01 \x01(\tR\astateId\"\x15\n" +
-	"\x13DeleteStateResponse2\xbc\x06\n" +
+	"\x13DeleteStateResponse\"\\\n" +
+	"\x12ExportStateRequest\x12\x1b\n" +
+	"\bstate_id\x18\x01 \x01(\tH\x00R\astateId\x12\x1f\n" +
+	"\n" +
+	"sandbox_id\x18\x02 \x01(\tH\x00R\tsandboxIdB\b\n" +
+	"\x06source\")\n" +
+	"\x13ExportStateResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xc5\x01\n" +
+	"\x11ImportStateHeader\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12W\n" +
+	"\bmetadata\x18\x02 \x03(\v2;.computesdk.api.snapshot.v1.ImportStateHeader.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
+	"\x12ImportStateRequest\x12G\n" +
+	"\x06header\x18\x01 \x01(\v2-.computesdk.api.snapshot.v1.ImportStateHeaderH\x00R\x06header\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\t\n" +
+	"\arequest\"S\n" +
+	"\x13ImportStateResponse\x12<\n" +
+	"\asandbox\x18\x01 \x01(\v2\".computesdk.api.sandbox.v1.SandboxR\asandbox2\xa0\b\n" +
 	"\x0fSnapshotService\x12w\n" +
 	"\x0eCreateSnapshot\x121.computesdk.api.snapshot.v1.CreateSnapshotRequest\x1a2.computesdk.api.snapshot.v1.CreateSnapshotResponse\x12t\n" +
 	"\rListSnapshots\x120.computesdk.api.snapshot.v1.ListSnapshotsRequest\x1a1.computesdk.api.snapshot.v1.ListSnapshotsResponse\x12z\n" +
@@ -941,7 +1270,9 @@ const file_computesdk_api_snapshot_v1_snapshot_proto_rawDesc = "" +
 	"\tSaveState\x12,.computesdk.api.snapshot.v1.SaveStateRequest\x1a-.computesdk.api.snapshot.v1.SaveStateResponse\x12k\n" +
 	"\n" +
 	"ListStates\x12-.computesdk.api.snapshot.v1.ListStatesRequest\x1a..computesdk.api.snapshot.v1.ListStatesResponse\x12n\n" +
-	"\vDeleteState\x12..computesdk.api.snapshot.v1.DeleteStateRequest\x1a/.computesdk.api.snapshot.v1.DeleteStateResponseBHZFgithub.com/computesdk/computesdk/clients/go/api/snapshot/v1;snapshotv1b\x06proto3"
+	"\vDeleteState\x12..computesdk.api.snapshot.v1.DeleteStateRequest\x1a/.computesdk.api.snapshot.v1.DeleteStateResponse\x12p\n" +
+	"\vExportState\x12..computesdk.api.snapshot.v1.ExportStateRequest\x1a/.computesdk.api.snapshot.v1.ExportStateResponse0\x01\x12p\n" +
+	"\vImportState\x12..computesdk.api.snapshot.v1.ImportStateRequest\x1a/.computesdk.api.snapshot.v1.ImportStateResponse(\x01BHZFgithub.com/computesdk/computesdk/clients/go/api/snapshot/v1;snapshotv1b\x06proto3"
 
 var (
 	file_computesdk_api_snapshot_v1_snapshot_proto_rawDescOnce sync.Once
@@ -955,7 +1286,7 @@ func file_computesdk_api_snapshot_v1_snapshot_proto_rawDescGZIP() []byte {
 	return file_computesdk_api_snapshot_v1_snapshot_proto_rawDescData
 }
 
-var file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_computesdk_api_snapshot_v1_snapshot_proto_goTypes = []any{
 	(*Snapshot)(nil),                // 0: computesdk.api.snapshot.v1.Snapshot
 	(*CreateSnapshotRequest)(nil),   // 1: computesdk.api.snapshot.v1.CreateSnapshotRequest
@@ -973,40 +1304,53 @@ var file_computesdk_api_snapshot_v1_snapshot_proto_goTypes = []any{
 	(*ListStatesResponse)(nil),      // 13: computesdk.api.snapshot.v1.ListStatesResponse
 	(*DeleteStateRequest)(nil),      // 14: computesdk.api.snapshot.v1.DeleteStateRequest
 	(*DeleteStateResponse)(nil),     // 15: computesdk.api.snapshot.v1.DeleteStateResponse
-	nil,                             // 16: computesdk.api.snapshot.v1.State.EnvEntry
-	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
-	(*v1.Sandbox)(nil),              // 18: computesdk.api.sandbox.v1.Sandbox
-	(*v1.Resources)(nil),            // 19: computesdk.api.sandbox.v1.Resources
+	(*ExportStateRequest)(nil),      // 16: computesdk.api.snapshot.v1.ExportStateRequest
+	(*ExportStateResponse)(nil),     // 17: computesdk.api.snapshot.v1.ExportStateResponse
+	(*ImportStateHeader)(nil),       // 18: computesdk.api.snapshot.v1.ImportStateHeader
+	(*ImportStateRequest)(nil),      // 19: computesdk.api.snapshot.v1.ImportStateRequest
+	(*ImportStateResponse)(nil),     // 20: computesdk.api.snapshot.v1.ImportStateResponse
+	nil,                             // 21: computesdk.api.snapshot.v1.State.EnvEntry
+	nil,                             // 22: computesdk.api.snapshot.v1.ImportStateHeader.MetadataEntry
+	(*timestamppb.Timestamp)(nil),   // 23: google.protobuf.Timestamp
+	(*v1.Sandbox)(nil),              // 24: computesdk.api.sandbox.v1.Sandbox
+	(*v1.Resources)(nil),            // 25: computesdk.api.sandbox.v1.Resources
 }
 var file_computesdk_api_snapshot_v1_snapshot_proto_depIdxs = []int32{
-	17, // 0: computesdk.api.snapshot.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	23, // 0: computesdk.api.snapshot.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 1: computesdk.api.snapshot.v1.CreateSnapshotResponse.snapshot:type_name -> computesdk.api.snapshot.v1.Snapshot
 	0,  // 2: computesdk.api.snapshot.v1.ListSnapshotsResponse.snapshots:type_name -> computesdk.api.snapshot.v1.Snapshot
-	18, // 3: computesdk.api.snapshot.v1.RestoreSnapshotResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	16, // 4: computesdk.api.snapshot.v1.State.env:type_name -> computesdk.api.snapshot.v1.State.EnvEntry
-	19, // 5: computesdk.api.snapshot.v1.State.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	17, // 6: computesdk.api.snapshot.v1.State.create_time:type_name -> google.protobuf.Timestamp
+	24, // 3: computesdk.api.snapshot.v1.RestoreSnapshotResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	21, // 4: computesdk.api.snapshot.v1.State.env:type_name -> computesdk.api.snapshot.v1.State.EnvEntry
+	25, // 5: computesdk.api.snapshot.v1.State.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	23, // 6: computesdk.api.snapshot.v1.State.create_time:type_name -> google.protobuf.Timestamp
 	9,  // 7: computesdk.api.snapshot.v1.SaveStateResponse.state:type_name -> computesdk.api.snapshot.v1.State
 	9,  // 8: computesdk.api.snapshot.v1.ListStatesResponse.states:type_name -> computesdk.api.snapshot.v1.State
-	1,  // 9: computesdk.api.snapshot.v1.SnapshotService.CreateSnapshot:input_type -> computesdk.api.snapshot.v1.CreateSnapshotRequest
-	3,  // 10: computesdk.api.snapshot.v1.SnapshotService.ListSnapshots:input_type -> computesdk.api.snapshot.v1.ListSnapshotsRequest
-	5,  // 11: computesdk.api.snapshot.v1.SnapshotService.RestoreSnapshot:input_type -> computesdk.api.snapshot.v1.RestoreSnapshotRequest
-	7,  // 12: computesdk.api.snapshot.v1.SnapshotService.DeleteSnapshot:input_type -> computesdk.api.snapshot.v1.DeleteSnapshotRequest
-	10, // 13: computesdk.api.snapshot.v1.SnapshotService.SaveState:input_type -> computesdk.api.snapshot.v1.SaveStateRequest
-	12, // 14: computesdk.api.snapshot.v1.SnapshotService.ListStates:input_type -> computesdk.api.snapshot.v1.ListStatesRequest
-	14, // 15: computesdk.api.snapshot.v1.SnapshotService.DeleteState:input_type -> computesdk.api.snapshot.v1.DeleteStateRequest
-	2,  // 16: computesdk.api.snapshot.v1.SnapshotService.CreateSnapshot:output_type -> computesdk.api.snapshot.v1.CreateSnapshotResponse
-	4,  // 17: computesdk.api.snapshot.v1.SnapshotService.ListSnapshots:output_type -> computesdk.api.snapshot.v1.ListSnapshotsResponse
-	6,  // 18: computesdk.api.snapshot.v1.SnapshotService.RestoreSnapshot:output_type -> computesdk.api.snapshot.v1.RestoreSnapshotResponse
-	8,  // 19: computesdk.api.snapshot.v1.SnapshotService.DeleteSnapshot:output_type -> computesdk.api.snapshot.v1.DeleteSnapshotResponse
-	11, // 20: computesdk.api.snapshot.v1.SnapshotService.SaveState:output_type -> computesdk.api.snapshot.v1.SaveStateResponse
-	13, // 21: computesdk.api.snapshot.v1.SnapshotService.ListStates:output_type -> computesdk.api.snapshot.v1.ListStatesResponse
-	15, // 22: computesdk.api.snapshot.v1.SnapshotService.DeleteState:output_type -> computesdk.api.snapshot.v1.DeleteStateResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	22, // 9: computesdk.api.snapshot.v1.ImportStateHeader.metadata:type_name -> computesdk.api.snapshot.v1.ImportStateHeader.MetadataEntry
+	18, // 10: computesdk.api.snapshot.v1.ImportStateRequest.header:type_name -> computesdk.api.snapshot.v1.ImportStateHeader
+	24, // 11: computesdk.api.snapshot.v1.ImportStateResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	1,  // 12: computesdk.api.snapshot.v1.SnapshotService.CreateSnapshot:input_type -> computesdk.api.snapshot.v1.CreateSnapshotRequest
+	3,  // 13: computesdk.api.snapshot.v1.SnapshotService.ListSnapshots:input_type -> computesdk.api.snapshot.v1.ListSnapshotsRequest
+	5,  // 14: computesdk.api.snapshot.v1.SnapshotService.RestoreSnapshot:input_type -> computesdk.api.snapshot.v1.RestoreSnapshotRequest
+	7,  // 15: computesdk.api.snapshot.v1.SnapshotService.DeleteSnapshot:input_type -> computesdk.api.snapshot.v1.DeleteSnapshotRequest
+	10, // 16: computesdk.api.snapshot.v1.SnapshotService.SaveState:input_type -> computesdk.api.snapshot.v1.SaveStateRequest
+	12, // 17: computesdk.api.snapshot.v1.SnapshotService.ListStates:input_type -> computesdk.api.snapshot.v1.ListStatesRequest
+	14, // 18: computesdk.api.snapshot.v1.SnapshotService.DeleteState:input_type -> computesdk.api.snapshot.v1.DeleteStateRequest
+	16, // 19: computesdk.api.snapshot.v1.SnapshotService.ExportState:input_type -> computesdk.api.snapshot.v1.ExportStateRequest
+	19, // 20: computesdk.api.snapshot.v1.SnapshotService.ImportState:input_type -> computesdk.api.snapshot.v1.ImportStateRequest
+	2,  // 21: computesdk.api.snapshot.v1.SnapshotService.CreateSnapshot:output_type -> computesdk.api.snapshot.v1.CreateSnapshotResponse
+	4,  // 22: computesdk.api.snapshot.v1.SnapshotService.ListSnapshots:output_type -> computesdk.api.snapshot.v1.ListSnapshotsResponse
+	6,  // 23: computesdk.api.snapshot.v1.SnapshotService.RestoreSnapshot:output_type -> computesdk.api.snapshot.v1.RestoreSnapshotResponse
+	8,  // 24: computesdk.api.snapshot.v1.SnapshotService.DeleteSnapshot:output_type -> computesdk.api.snapshot.v1.DeleteSnapshotResponse
+	11, // 25: computesdk.api.snapshot.v1.SnapshotService.SaveState:output_type -> computesdk.api.snapshot.v1.SaveStateResponse
+	13, // 26: computesdk.api.snapshot.v1.SnapshotService.ListStates:output_type -> computesdk.api.snapshot.v1.ListStatesResponse
+	15, // 27: computesdk.api.snapshot.v1.SnapshotService.DeleteState:output_type -> computesdk.api.snapshot.v1.DeleteStateResponse
+	17, // 28: computesdk.api.snapshot.v1.SnapshotService.ExportState:output_type -> computesdk.api.snapshot.v1.ExportStateResponse
+	20, // 29: computesdk.api.snapshot.v1.SnapshotService.ImportState:output_type -> computesdk.api.snapshot.v1.ImportStateResponse
+	21, // [21:30] is the sub-list for method output_type
+	12, // [12:21] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_computesdk_api_snapshot_v1_snapshot_proto_init() }
@@ -1014,13 +1358,21 @@ func file_computesdk_api_snapshot_v1_snapshot_proto_init() {
 	if File_computesdk_api_snapshot_v1_snapshot_proto != nil {
 		return
 	}
+	file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[16].OneofWrappers = []any{
+		(*ExportStateRequest_StateId)(nil),
+		(*ExportStateRequest_SandboxId)(nil),
+	}
+	file_computesdk_api_snapshot_v1_snapshot_proto_msgTypes[19].OneofWrappers = []any{
+		(*ImportStateRequest_Header)(nil),
+		(*ImportStateRequest_Data)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_computesdk_api_snapshot_v1_snapshot_proto_rawDesc), len(file_computesdk_api_snapshot_v1_snapshot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

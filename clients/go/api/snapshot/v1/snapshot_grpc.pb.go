@@ -26,6 +26,8 @@ const (
 	SnapshotService_SaveState_FullMethodName       = "/computesdk.api.snapshot.v1.SnapshotService/SaveState"
 	SnapshotService_ListStates_FullMethodName      = "/computesdk.api.snapshot.v1.SnapshotService/ListStates"
 	SnapshotService_DeleteState_FullMethodName     = "/computesdk.api.snapshot.v1.SnapshotService/DeleteState"
+	SnapshotService_ExportState_FullMethodName     = "/computesdk.api.snapshot.v1.SnapshotService/ExportState"
+	SnapshotService_ImportState_FullMethodName     = "/computesdk.api.snapshot.v1.SnapshotService/ImportState"
 )
 
 // SnapshotServiceClient is the client API for SnapshotService service.
@@ -52,6 +54,13 @@ type SnapshotServiceClient interface {
 	ListStates(ctx context.Context, in *ListStatesRequest, opts ...grpc.CallOption) (*ListStatesResponse, error)
 	// DeleteState frees a saved state.
 	DeleteState(ctx context.Context, in *DeleteStateRequest, opts ...grpc.CallOption) (*DeleteStateResponse, error)
+	// ExportState streams a portable, versioned archive of a saved state or a
+	// running sandbox: its layer (OCI tar conventions), template, env, resources,
+	// metadata and the checksums that guard them.
+	ExportState(ctx context.Context, in *ExportStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportStateResponse], error)
+	// ImportState creates a sandbox from an archive. A corrupt or truncated
+	// archive is refused, and nothing is left half-made.
+	ImportState(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportStateRequest, ImportStateResponse], error)
 }
 
 type snapshotServiceClient struct {
@@ -132,6 +141,38 @@ func (c *snapshotServiceClient) DeleteState(ctx context.Context, in *DeleteState
 	return out, nil
 }
 
+func (c *snapshotServiceClient) ExportState(ctx context.Context, in *ExportStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportStateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SnapshotService_ServiceDesc.Streams[0], SnapshotService_ExportState_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportStateRequest, ExportStateResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SnapshotService_ExportStateClient = grpc.ServerStreamingClient[ExportStateResponse]
+
+func (c *snapshotServiceClient) ImportState(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportStateRequest, ImportStateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SnapshotService_ServiceDesc.Streams[1], SnapshotService_ImportState_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImportStateRequest, ImportStateResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SnapshotService_ImportStateClient = grpc.ClientStreamingClient[ImportStateRequest, ImportStateResponse]
+
 // SnapshotServiceServer is the server API for SnapshotService service.
 // All implementations must embed UnimplementedSnapshotServiceServer
 // for forward compatibility.
@@ -156,6 +197,13 @@ type SnapshotServiceServer interface {
 	ListStates(context.Context, *ListStatesRequest) (*ListStatesResponse, error)
 	// DeleteState frees a saved state.
 	DeleteState(context.Context, *DeleteStateRequest) (*DeleteStateResponse, error)
+	// ExportState streams a portable, versioned archive of a saved state or a
+	// running sandbox: its layer (OCI tar conventions), template, env, resources,
+	// metadata and the checksums that guard them.
+	ExportState(*ExportStateRequest, grpc.ServerStreamingServer[ExportStateResponse]) error
+	// ImportState creates a sandbox from an archive. A corrupt or truncated
+	// archive is refused, and nothing is left half-made.
+	ImportState(grpc.ClientStreamingServer[ImportStateRequest, ImportStateResponse]) error
 	mustEmbedUnimplementedSnapshotServiceServer()
 }
 
@@ -186,6 +234,12 @@ func (UnimplementedSnapshotServiceServer) ListStates(context.Context, *ListState
 }
 func (UnimplementedSnapshotServiceServer) DeleteState(context.Context, *DeleteStateRequest) (*DeleteStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteState not implemented")
+}
+func (UnimplementedSnapshotServiceServer) ExportState(*ExportStateRequest, grpc.ServerStreamingServer[ExportStateResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportState not implemented")
+}
+func (UnimplementedSnapshotServiceServer) ImportState(grpc.ClientStreamingServer[ImportStateRequest, ImportStateResponse]) error {
+	return status.Error(codes.Unimplemented, "method ImportState not implemented")
 }
 func (UnimplementedSnapshotServiceServer) mustEmbedUnimplementedSnapshotServiceServer() {}
 func (UnimplementedSnapshotServiceServer) testEmbeddedByValue()                         {}
@@ -334,6 +388,24 @@ func _SnapshotService_DeleteState_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SnapshotService_ExportState_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportStateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SnapshotServiceServer).ExportState(m, &grpc.GenericServerStream[ExportStateRequest, ExportStateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SnapshotService_ExportStateServer = grpc.ServerStreamingServer[ExportStateResponse]
+
+func _SnapshotService_ImportState_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SnapshotServiceServer).ImportState(&grpc.GenericServerStream[ImportStateRequest, ImportStateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SnapshotService_ImportStateServer = grpc.ClientStreamingServer[ImportStateRequest, ImportStateResponse]
+
 // SnapshotService_ServiceDesc is the grpc.ServiceDesc for SnapshotService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -370,6 +442,17 @@ var SnapshotService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _SnapshotService_DeleteState_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportState",
+			Handler:       _SnapshotService_ExportState_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ImportState",
+			Handler:       _SnapshotService_ImportState_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "computesdk/api/snapshot/v1/snapshot.proto",
 }

@@ -72,6 +72,16 @@ class SnapshotServiceStub:
                 request_serializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.DeleteStateRequest.SerializeToString,
                 response_deserializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.DeleteStateResponse.FromString,
                 _registered_method=True)
+        self.ExportState = channel.unary_stream(
+                '/computesdk.api.snapshot.v1.SnapshotService/ExportState',
+                request_serializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ExportStateRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ExportStateResponse.FromString,
+                _registered_method=True)
+        self.ImportState = channel.stream_unary(
+                '/computesdk.api.snapshot.v1.SnapshotService/ImportState',
+                request_serializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ImportStateRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ImportStateResponse.FromString,
+                _registered_method=True)
 
 
 class SnapshotServiceServicer:
@@ -131,6 +141,23 @@ class SnapshotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportState(self, request, context):
+        """ExportState streams a portable, versioned archive of a saved state or a
+        running sandbox: its layer (OCI tar conventions), template, env, resources,
+        metadata and the checksums that guard them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportState(self, request_iterator, context):
+        """ImportState creates a sandbox from an archive. A corrupt or truncated
+        archive is refused, and nothing is left half-made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +195,16 @@ def add_SnapshotServiceServicer_to_server(servicer, server):
                     servicer.DeleteState,
                     request_deserializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.DeleteStateRequest.FromString,
                     response_serializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.DeleteStateResponse.SerializeToString,
+            ),
+            'ExportState': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportState,
+                    request_deserializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ExportStateRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ExportStateResponse.SerializeToString,
+            ),
+            'ImportState': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportState,
+                    request_deserializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ImportStateRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ImportStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +399,60 @@ class SnapshotService:
             '/computesdk.api.snapshot.v1.SnapshotService/DeleteState',
             computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.DeleteStateRequest.SerializeToString,
             computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.DeleteStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/computesdk.api.snapshot.v1.SnapshotService/ExportState',
+            computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ExportStateRequest.SerializeToString,
+            computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ExportStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportState(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/computesdk.api.snapshot.v1.SnapshotService/ImportState',
+            computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ImportStateRequest.SerializeToString,
+            computesdk_dot_api_dot_snapshot_dot_v1_dot_snapshot__pb2.ImportStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,15 @@ class SnapshotServiceStub:
     """ListStates lists saved states."""
     DeleteState: _grpc.UnaryUnaryMultiCallable[_snapshot_pb2.DeleteStateRequest, _snapshot_pb2.DeleteStateResponse]
     """DeleteState frees a saved state."""
+    ExportState: _grpc.UnaryStreamMultiCallable[_snapshot_pb2.ExportStateRequest, _snapshot_pb2.ExportStateResponse]
+    """ExportState streams a portable, versioned archive of a saved state or a
+    running sandbox: its layer (OCI tar conventions), template, env, resources,
+    metadata and the checksums that guard them.
+    """
+    ImportState: _grpc.StreamUnaryMultiCallable[_snapshot_pb2.ImportStateRequest, _snapshot_pb2.ImportStateResponse]
+    """ImportState creates a sandbox from an archive. A corrupt or truncated
+    archive is refused, and nothing is left half-made.
+    """
 
 @_typing.type_check_only
 class SnapshotServiceAsyncStub(SnapshotServiceStub):
@@ -81,6 +90,15 @@ class SnapshotServiceAsyncStub(SnapshotServiceStub):
     """ListStates lists saved states."""
     DeleteState: _aio.UnaryUnaryMultiCallable[_snapshot_pb2.DeleteStateRequest, _snapshot_pb2.DeleteStateResponse]  # type: ignore[assignment]
     """DeleteState frees a saved state."""
+    ExportState: _aio.UnaryStreamMultiCallable[_snapshot_pb2.ExportStateRequest, _snapshot_pb2.ExportStateResponse]  # type: ignore[assignment]
+    """ExportState streams a portable, versioned archive of a saved state or a
+    running sandbox: its layer (OCI tar conventions), template, env, resources,
+    metadata and the checksums that guard them.
+    """
+    ImportState: _aio.StreamUnaryMultiCallable[_snapshot_pb2.ImportStateRequest, _snapshot_pb2.ImportStateResponse]  # type: ignore[assignment]
+    """ImportState creates a sandbox from an archive. A corrupt or truncated
+    archive is refused, and nothing is left half-made.
+    """
 
 class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
     """SnapshotService keeps points in a sandbox's life to go back to. A snapshot
@@ -147,5 +165,26 @@ class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_snapshot_pb2.DeleteStateResponse, _abc.Awaitable[_snapshot_pb2.DeleteStateResponse]]:
         """DeleteState frees a saved state."""
+
+    @_abc_1.abstractmethod
+    def ExportState(
+        self,
+        request: _snapshot_pb2.ExportStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_snapshot_pb2.ExportStateResponse], _abc.AsyncIterator[_snapshot_pb2.ExportStateResponse]]:
+        """ExportState streams a portable, versioned archive of a saved state or a
+        running sandbox: its layer (OCI tar conventions), template, env, resources,
+        metadata and the checksums that guard them.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportState(
+        self,
+        request_iterator: _MaybeAsyncIterator[_snapshot_pb2.ImportStateRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_snapshot_pb2.ImportStateResponse, _abc.Awaitable[_snapshot_pb2.ImportStateResponse]]:
+        """ImportState creates a sandbox from an archive. A corrupt or truncated
+        archive is refused, and nothing is left half-made.
+        """
 
 def add_SnapshotServiceServicer_to_server(servicer: SnapshotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file computesdk/api/snapshot/v1/snapshot.proto.
  */
 export const file_computesdk_api_snapshot_v1_snapshot: GenFile = /*@__PURE__*/
-  fileDesc("Ciljb21wdXRlc2RrL2FwaS9zbmFwc2hvdC92MS9zbmFwc2hvdC5wcm90bxIaY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEikgEKCFNuYXBzaG90EgoKAmlkGAEgASgJEhIKCnNhbmRib3hfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRITCgtkZXNjcmlwdGlvbhgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2l6ZV9ieXRlcxgGIAEoBCJOChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIlAKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USNgoIc25hcHNob3QYASABKAsyJC5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TbmFwc2hvdCIqChRMaXN0U25hcHNob3RzUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJIlAKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRI3CglzbmFwc2hvdHMYASADKAsyJC5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TbmFwc2hvdCJBChZSZXN0b3JlU25hcHNob3RSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkiTgoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCJAChVEZWxldGVTbmFwc2hvdFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCSIYChZEZWxldGVTbmFwc2hvdFJlc3BvbnNlIrwCCgVTdGF0ZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCnNhbmRib3hfaWQYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSEAoIdGVtcGxhdGUYBSABKAkSNwoDZW52GAYgAygLMiouY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuU3RhdGUuRW52RW50cnkSNwoJcmVzb3VyY2VzGAcgASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNpemVfYnl0ZXMYCSABKAQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI0ChBTYXZlU3RhdGVSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEbmFtZRgCIAEoCSJFChFTYXZlU3RhdGVSZXNwb25zZRIwCgVzdGF0ZRgBIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLlN0YXRlIhMKEUxpc3RTdGF0ZXNSZXF1ZXN0IkcKEkxpc3RTdGF0ZXNSZXNwb25zZRIxCgZzdGF0ZXMYASADKAsyIS5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TdGF0ZSImChJEZWxldGVTdGF0ZVJlcXVlc3QSEAoIc3RhdGVfaWQYASABKAkiFQoTRGVsZXRlU3RhdGVSZXNwb25zZTK8BgoPU25hcHNob3RTZXJ2aWNlEncKDkNyZWF0ZVNuYXBzaG90EjEuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GjIuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJ0Cg1MaXN0U25hcHNob3RzEjAuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaMS5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USegoPUmVzdG9yZVNuYXBzaG90EjIuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBozLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEncKDkRlbGV0ZVNuYXBzaG90EjEuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuRGVsZXRlU25hcHNob3RSZXF1ZXN0GjIuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuRGVsZXRlU25hcHNob3RSZXNwb25zZRJoCglTYXZlU3RhdGUSLC5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TYXZlU3RhdGVSZXF1ZXN0Gi0uY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuU2F2ZVN0YXRlUmVzcG9uc2USawoKTGlzdFN0YXRlcxItLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkxpc3RTdGF0ZXNSZXF1ZXN0Gi4uY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuTGlzdFN0YXRlc1Jlc3BvbnNlEm4KC0RlbGV0ZVN0YXRlEi4uY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuRGVsZXRlU3RhdGVSZXF1ZXN0Gi8uY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuRGVsZXRlU3RhdGVSZXNwb25zZUJIWkZnaXRodWIuY29tL2NvbXB1dGVzZGsvY29tcHV0ZXNkay9jbGllbnRzL2dvL2FwaS9zbmFwc2hvdC92MTtzbmFwc2hvdHYxYgZwcm90bzM", [file_computesdk_api_sandbox_v1_sandbox, file_google_protobuf_timestamp]);
+  fileDesc("Ciljb21wdXRlc2RrL2FwaS9zbmFwc2hvdC92MS9zbmFwc2hvdC5wcm90bxIaY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEikgEKCFNuYXBzaG90EgoKAmlkGAEgASgJEhIKCnNhbmRib3hfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRITCgtkZXNjcmlwdGlvbhgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2l6ZV9ieXRlcxgGIAEoBCJOChVDcmVhdGVTbmFwc2hvdFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIlAKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USNgoIc25hcHNob3QYASABKAsyJC5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TbmFwc2hvdCIqChRMaXN0U25hcHNob3RzUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJIlAKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRI3CglzbmFwc2hvdHMYASADKAsyJC5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TbmFwc2hvdCJBChZSZXN0b3JlU25hcHNob3RSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkiTgoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USMwoHc2FuZGJveBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnNhbmRib3gudjEuU2FuZGJveCJAChVEZWxldGVTbmFwc2hvdFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCSIYChZEZWxldGVTbmFwc2hvdFJlc3BvbnNlIrwCCgVTdGF0ZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCnNhbmRib3hfaWQYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSEAoIdGVtcGxhdGUYBSABKAkSNwoDZW52GAYgAygLMiouY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuU3RhdGUuRW52RW50cnkSNwoJcmVzb3VyY2VzGAcgASgLMiQuY29tcHV0ZXNkay5hcGkuc2FuZGJveC52MS5SZXNvdXJjZXMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNpemVfYnl0ZXMYCSABKAQaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI0ChBTYXZlU3RhdGVSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDAoEbmFtZRgCIAEoCSJFChFTYXZlU3RhdGVSZXNwb25zZRIwCgVzdGF0ZRgBIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLlN0YXRlIhMKEUxpc3RTdGF0ZXNSZXF1ZXN0IkcKEkxpc3RTdGF0ZXNSZXNwb25zZRIxCgZzdGF0ZXMYASADKAsyIS5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5TdGF0ZSImChJEZWxldGVTdGF0ZVJlcXVlc3QSEAoIc3RhdGVfaWQYASABKAkiFQoTRGVsZXRlU3RhdGVSZXNwb25zZSJIChJFeHBvcnRTdGF0ZVJlcXVlc3QSEgoIc3RhdGVfaWQYASABKAlIABIUCgpzYW5kYm94X2lkGAIgASgJSABCCAoGc291cmNlIiMKE0V4cG9ydFN0YXRlUmVzcG9uc2USDAoEZGF0YRgBIAEoDCKlAQoRSW1wb3J0U3RhdGVIZWFkZXISEAoIcHJvdmlkZXIYASABKAkSTQoIbWV0YWRhdGEYAiADKAsyOy5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5JbXBvcnRTdGF0ZUhlYWRlci5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJwChJJbXBvcnRTdGF0ZVJlcXVlc3QSPwoGaGVhZGVyGAEgASgLMi0uY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuSW1wb3J0U3RhdGVIZWFkZXJIABIOCgRkYXRhGAIgASgMSABCCQoHcmVxdWVzdCJKChNJbXBvcnRTdGF0ZVJlc3BvbnNlEjMKB3NhbmRib3gYASABKAsyIi5jb21wdXRlc2RrLmFwaS5zYW5kYm94LnYxLlNhbmRib3gyoAgKD1NuYXBzaG90U2VydmljZRJ3Cg5DcmVhdGVTbmFwc2hvdBIxLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoyLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USdAoNTGlzdFNuYXBzaG90cxIwLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GjEuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEnoKD1Jlc3RvcmVTbmFwc2hvdBIyLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaMy5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJ3Cg5EZWxldGVTbmFwc2hvdBIxLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkRlbGV0ZVNuYXBzaG90UmVxdWVzdBoyLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkRlbGV0ZVNuYXBzaG90UmVzcG9uc2USaAoJU2F2ZVN0YXRlEiwuY29tcHV0ZXNkay5hcGkuc25hcHNob3QudjEuU2F2ZVN0YXRlUmVxdWVzdBotLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLlNhdmVTdGF0ZVJlc3BvbnNlEmsKCkxpc3RTdGF0ZXMSLS5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5MaXN0U3RhdGVzUmVxdWVzdBouLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkxpc3RTdGF0ZXNSZXNwb25zZRJuCgtEZWxldGVTdGF0ZRIuLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkRlbGV0ZVN0YXRlUmVxdWVzdBovLmNvbXB1dGVzZGsuYXBpLnNuYXBzaG90LnYxLkRlbGV0ZVN0YXRlUmVzcG9uc2UScAoLRXhwb3J0U3RhdGUSLi5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5FeHBvcnRTdGF0ZVJlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5FeHBvcnRTdGF0ZVJlc3BvbnNlMAEScAoLSW1wb3J0U3RhdGUSLi5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5JbXBvcnRTdGF0ZVJlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5zbmFwc2hvdC52MS5JbXBvcnRTdGF0ZVJlc3BvbnNlKAFCSFpGZ2l0aHViLmNvbS9jb21wdXRlc2RrL2NvbXB1dGVzZGsvY2xpZW50cy9nby9hcGkvc25hcHNob3QvdjE7c25hcHNob3R2MWIGcHJvdG8z", [file_computesdk_api_sandbox_v1_sandbox, file_google_protobuf_timestamp]);
 
 /**
  * Snapshot is one recorded point of a sandbox.
@@ -403,6 +403,132 @@ export const DeleteStateResponseSchema: GenMessage<DeleteStateResponse> = /*@__P
   messageDesc(file_computesdk_api_snapshot_v1_snapshot, 15);
 
 /**
+ * ExportStateRequest names what to export: a saved state or a sandbox.
+ *
+ * @generated from message computesdk.api.snapshot.v1.ExportStateRequest
+ */
+export type ExportStateRequest = Message<"computesdk.api.snapshot.v1.ExportStateRequest"> & {
+  /**
+   * @generated from oneof computesdk.api.snapshot.v1.ExportStateRequest.source
+   */
+  source: {
+    /**
+     * @generated from field: string state_id = 1;
+     */
+    value: string;
+    case: "stateId";
+  } | {
+    /**
+     * @generated from field: string sandbox_id = 2;
+     */
+    value: string;
+    case: "sandboxId";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message computesdk.api.snapshot.v1.ExportStateRequest.
+ * Use `create(ExportStateRequestSchema)` to create a new message.
+ */
+export const ExportStateRequestSchema: GenMessage<ExportStateRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_snapshot_v1_snapshot, 16);
+
+/**
+ * ExportStateResponse is the next piece of the archive.
+ *
+ * @generated from message computesdk.api.snapshot.v1.ExportStateResponse
+ */
+export type ExportStateResponse = Message<"computesdk.api.snapshot.v1.ExportStateResponse"> & {
+  /**
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message computesdk.api.snapshot.v1.ExportStateResponse.
+ * Use `create(ExportStateResponseSchema)` to create a new message.
+ */
+export const ExportStateResponseSchema: GenMessage<ExportStateResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_snapshot_v1_snapshot, 17);
+
+/**
+ * ImportStateHeader comes first and says where the sandbox goes.
+ *
+ * @generated from message computesdk.api.snapshot.v1.ImportStateHeader
+ */
+export type ImportStateHeader = Message<"computesdk.api.snapshot.v1.ImportStateHeader"> & {
+  /**
+   * Empty means the provider the archive names.
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: map<string, string> metadata = 2;
+   */
+  metadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message computesdk.api.snapshot.v1.ImportStateHeader.
+ * Use `create(ImportStateHeaderSchema)` to create a new message.
+ */
+export const ImportStateHeaderSchema: GenMessage<ImportStateHeader> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_snapshot_v1_snapshot, 18);
+
+/**
+ * ImportStateRequest is the header, then the archive's bytes.
+ *
+ * @generated from message computesdk.api.snapshot.v1.ImportStateRequest
+ */
+export type ImportStateRequest = Message<"computesdk.api.snapshot.v1.ImportStateRequest"> & {
+  /**
+   * @generated from oneof computesdk.api.snapshot.v1.ImportStateRequest.request
+   */
+  request: {
+    /**
+     * @generated from field: computesdk.api.snapshot.v1.ImportStateHeader header = 1;
+     */
+    value: ImportStateHeader;
+    case: "header";
+  } | {
+    /**
+     * @generated from field: bytes data = 2;
+     */
+    value: Uint8Array;
+    case: "data";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message computesdk.api.snapshot.v1.ImportStateRequest.
+ * Use `create(ImportStateRequestSchema)` to create a new message.
+ */
+export const ImportStateRequestSchema: GenMessage<ImportStateRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_snapshot_v1_snapshot, 19);
+
+/**
+ * ImportStateResponse carries the new sandbox.
+ *
+ * @generated from message computesdk.api.snapshot.v1.ImportStateResponse
+ */
+export type ImportStateResponse = Message<"computesdk.api.snapshot.v1.ImportStateResponse"> & {
+  /**
+   * @generated from field: computesdk.api.sandbox.v1.Sandbox sandbox = 1;
+   */
+  sandbox?: Sandbox | undefined;
+};
+
+/**
+ * Describes the message computesdk.api.snapshot.v1.ImportStateResponse.
+ * Use `create(ImportStateResponseSchema)` to create a new message.
+ */
+export const ImportStateResponseSchema: GenMessage<ImportStateResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_snapshot_v1_snapshot, 20);
+
+/**
  * SnapshotService keeps points in a sandbox's life to go back to. A snapshot
  * shares its blocks with the sandbox (copy-on-write), so taking one costs the
  * same whatever the workspace holds.
@@ -481,6 +607,29 @@ export const SnapshotService: GenService<{
     methodKind: "unary";
     input: typeof DeleteStateRequestSchema;
     output: typeof DeleteStateResponseSchema;
+  },
+  /**
+   * ExportState streams a portable, versioned archive of a saved state or a
+   * running sandbox: its layer (OCI tar conventions), template, env, resources,
+   * metadata and the checksums that guard them.
+   *
+   * @generated from rpc computesdk.api.snapshot.v1.SnapshotService.ExportState
+   */
+  exportState: {
+    methodKind: "server_streaming";
+    input: typeof ExportStateRequestSchema;
+    output: typeof ExportStateResponseSchema;
+  },
+  /**
+   * ImportState creates a sandbox from an archive. A corrupt or truncated
+   * archive is refused, and nothing is left half-made.
+   *
+   * @generated from rpc computesdk.api.snapshot.v1.SnapshotService.ImportState
+   */
+  importState: {
+    methodKind: "client_streaming";
+    input: typeof ImportStateRequestSchema;
+    output: typeof ImportStateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_computesdk_api_snapshot_v1_snapshot, 0);
