@@ -5,8 +5,9 @@ whatever a sandbox has written.
 Each sandbox's upper layer is an ext4 image (its size is the disk limit). On a
 reflink filesystem, FICLONE makes a copy-on-write twin of that image in well
 under a millisecond: the filesystem shares the blocks and counts references,
-and frees a block when no image uses it any more. The inner ext4 is frozen
-(FIFREEZE) for the instant of the clone, so the twin is consistent.
+and frees a block when no image uses it any more. The inner ext4 has a
+journal and is synced first, so the twin holds everything written before the
+snapshot and mounts to a consistent filesystem.
 
 When the state directory's own filesystem cannot reflink, the store is an XFS
 filesystem (reflink=1) in a sparse image, loop-mounted under the state
@@ -17,11 +18,11 @@ grows with what was written) and say so in the log.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 from ... import logs
@@ -29,8 +30,6 @@ from ... import logs
 log = logs.get(__name__)
 
 FICLONE = 0x40049409
-FIFREEZE = 0xC0045877
-FITHAW = 0xC0045878
 # Sparse size of the XFS store; it takes host space only as sandboxes write.
 MAX_STORE_BYTES = 256 * 1024**3
 
@@ -97,25 +96,15 @@ def clone_file(src: Path, dst: Path, reflink: bool) -> None:
     tmp.rename(dst)
 
 
-@contextlib.contextmanager
-def frozen(mountpoint: Path) -> Iterator[None]:
-    """Holds writes to a filesystem while a consistent copy of its device is made."""
-    fd = os.open(mountpoint, os.O_RDONLY)
-    try:
-        fcntl.ioctl(fd, FIFREEZE, 0)
-        try:
-            yield
-        finally:
-            fcntl.ioctl(fd, FITHAW, 0)
-    finally:
-        os.close(fd)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def thaw(mountpoint: Path) -> None:
-    """Thaws a filesystem left frozen; EINVAL when it was not frozen."""
+def syncfs(mountpoint: Path) -> None:
+    """Writes one filesystem's dirty data and commits its journal."""
     fd = os.open(mountpoint, os.O_RDONLY)
     try:
-        with contextlib.suppress(OSError):
-            fcntl.ioctl(fd, FITHAW, 0)
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {mountpoint}: {os.strerror(err)}")
     finally:
         os.close(fd)
