@@ -123,6 +123,29 @@ async def _unmount_image(target: Path) -> None:
     _umount(str(target))
 
 
+async def _wait_exit(pid: int, timeout: float) -> None:
+    """Waits for a process to end: its pidfd becomes readable when it does."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(ended, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 def _mounted_device(target: Path) -> str:
     with open("/proc/self/mounts") as f:
         for line in f:
@@ -398,6 +421,14 @@ class LocalProvider(Provider):
     async def _halt(self, sandbox: Sandbox) -> None:
         """Stops the container and unmounts its layers; the disk image stays."""
         bundle = Path(sandbox.provider_data.get("bundle", self._store / "sandboxes" / sandbox.id))
+        # `runc delete --force` on a running container sleeps 100 ms before it
+        # looks again; killing init (and with it the pid namespace) and watching
+        # it go first makes the delete a quick cleanup.
+        pid = self._init_pid(sandbox)
+        with contextlib.suppress(Internal):
+            await _run(*self._runc("kill", sandbox.id, "KILL"))
+        if pid > 0:
+            await _wait_exit(pid, 5.0)
         with contextlib.suppress(Internal):
             await _run(*self._runc("delete", "--force", sandbox.id))
         rt = _runtime_dir(sandbox)
