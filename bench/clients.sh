@@ -12,7 +12,13 @@ sock=$root/d.sock
 .venv/bin/computesdkd --socket "$sock" --state-dir "$root/state" --on-exit destroy \
   --log-level warning >"$root/daemon.log" 2>&1 &
 daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$root"' EXIT
+cleanup() {
+  kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null
+  # The daemon keeps its disk store mounted under the state dir.
+  awk -v r="$root/" 'index($2, r) == 1 {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf "$root"
+}
+trap cleanup EXIT
 for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
 
 .venv/bin/python bench/client_rtt.py "$sock" "$n"
