@@ -133,9 +133,11 @@ class Pools:
 
     async def shutdown(self) -> None:
         """Drains idle sandboxes; leased ones stay with their users."""
-        for pool in self._pools.values():
-            if pool.filler:
-                pool.filler.cancel()
+        fillers = [p.filler for p in self._pools.values() if p.filler and not p.filler.done()]
+        for task in fillers:
+            task.cancel()
+        # A create under way finishes its own cleanup before the drain goes on.
+        await asyncio.gather(*fillers, return_exceptions=True)
         idle = [sid for pool in self._pools.values() for sid, _ in pool.idle]
         for pool in self._pools.values():
             pool.idle.clear()

@@ -107,6 +107,21 @@ def _prepare_socket(path: Path) -> None:
             probe.close()
 
 
+async def _stop_leftover_tasks(timeout: float = 5.0) -> None:
+    """Cancels what is still running (a pool's create, a watcher) while the store
+    is open for its cleanup, and names any task that will not stop."""
+    me = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for t in pending:
+        t.cancel()
+    if not pending:
+        return
+    _, stuck = await asyncio.wait(pending, timeout=timeout)
+    for t in stuck:
+        frames = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in t.get_stack()]
+        log.error("task did not stop", task=t.get_name(), stack=frames)
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -205,6 +220,7 @@ class Daemon:
             bus.close()  # event streams end cleanly; clients resume by sequence
             await server.stop(cfg.grace_s)
             await manager.shutdown(destroy=cfg.destroy_on_exit)
+            await _stop_leftover_tasks()
             store.close()
             with contextlib.suppress(OSError):
                 cfg.socket.unlink()

@@ -374,6 +374,10 @@ class LocalProvider(Provider):
             "-F",
             "-m",
             "0",
+            # 4 KiB blocks even on small disks: the direct-I/O loop device has
+            # 4 KiB sectors, and mkfs would pick 1 KiB under 512 MiB.
+            "-b",
+            "4096",
             "-J",
             "size=8",
             "-E",
@@ -499,7 +503,9 @@ class LocalProvider(Provider):
         if not img.exists():
             with img.open("wb") as f:
                 f.truncate(size_mb * 1024 * 1024)
-            await _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", str(img))
+            await _run(
+                "mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", "-E", "nodiscard", str(img)
+            )
         await self._volume_mount(name)
 
     async def _volume_mount(self, name: str) -> None:
