@@ -439,3 +439,26 @@ async def test_sandboxes_use_a_channel_from_inside(client: Client) -> None:
         await client.channels.delete("inside")
         await web.destroy()
         await api.destroy()
+
+
+async def test_sigterm_while_a_pool_fills_exits_and_leaves_nothing() -> None:
+    d = new_daemon(on_exit="keep")
+    d.extra_args = ["--warm-pool", "many=local/base:20:20"]
+    d.start()
+    try:
+        c = await Client.connect(socket=d.socket)
+
+        async def filling() -> bool:
+            p = await c.pools.get("many")
+            return p.creating > 0 and p.idle > 0
+
+        await _until(filling)
+        await c.close()
+        assert d.stop() == 0  # within 60 s, with creates cut short on the way
+        out = await asyncio.create_subprocess_exec(
+            "runc", "--root", str(d.state / "local" / "runc"), "list", "-q",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert (await out.communicate())[0].strip() == b""
+    finally:
+        d.cleanup()
