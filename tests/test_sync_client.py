@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from computesdk.sync import SyncClient, compute
+from computesdk.sync import SyncClient, SyncSandbox, compute
 from conftest import DaemonProcess
 
 
@@ -45,3 +45,23 @@ def test_sync_facade(daemon: DaemonProcess) -> None:
     assert result["file"] == "hi" and result["state"] == "running"
     assert result["events"] == ["created", "ready"]
     assert result["gone"] == []
+
+
+def test_sync_facade_reaches_every_feature(daemon: DaemonProcess) -> None:
+    with SyncClient(socket=daemon.socket) as c:
+        made = c.batch_create([{"template": "base"}, {"template": "nope"}])
+        sb = made[0]
+        assert isinstance(sb, SyncSandbox) and not isinstance(made[1], SyncSandbox)
+        sb.files.write("/workspace/v", b"one")
+        snap = sb.snapshots.create("s")
+        sb.files.write("/workspace/v", b"two")
+        sb.snapshots.restore(snap)
+        assert sb.files.read("/workspace/v") == b"one"
+        assert sb.set_env("K", "v") == {"K": "v"}
+        assert sb.exec("echo $K").stdout == "v\n"
+        c.groups.create("sync-g", [sb.id])
+        results = list(c.groups.broadcast("sync-g", "echo hi"))
+        assert [r.result.stdout for r in results if r.result] == ["hi\n"]
+        c.groups.delete("sync-g")
+        assert sb.id in [s.id for s in c.list_active_sandboxes()]
+        sb.destroy()

@@ -12,6 +12,7 @@ call here waits for its result. Streams come back as ordinary iterators.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
@@ -107,6 +108,43 @@ class SyncFiles:
         return self._sb._loop.run(self._sb.aio.files.move(source, destination))
 
 
+class _Blocking:
+    """Any other part of the async client, blocking: a coroutine runs to its
+    result, an async iterator becomes an iterator, a Sandbox a SyncSandbox, and a
+    helper object (client.pools, sandbox.snapshots, ...) another _Blocking."""
+
+    def __init__(self, loop: _Loop, target: object) -> None:
+        self._loop = loop
+        self._target = target
+
+    def _wrap(self, value: Any) -> Any:
+        if isinstance(value, Sandbox):
+            return SyncSandbox(self._loop, value)
+        if isinstance(value, list):
+            return [self._wrap(v) for v in value]
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return _Blocking(self._loop, attr) if _is_helper(attr) else attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                return self._wrap(self._loop.run(result))
+            if inspect.isasyncgen(result):
+                return (self._wrap(v) for v in self._loop.iterate(result))
+            return self._wrap(result)
+
+        return call
+
+
+def _is_helper(value: object) -> bool:
+    """The async client's helper objects: pools, groups, snapshots, volumes, ..."""
+    return type(value).__module__.startswith("computesdk.") and not isinstance(value, Sandbox)
+
+
 class SyncSandbox:
     """The blocking twin of Sandbox; `aio` is the async one underneath."""
 
@@ -173,6 +211,10 @@ class SyncSandbox:
     def destroy(self, *, graceful: bool = False, timeout_ms: int = 0) -> None:
         self._loop.run(self.aio.destroy(graceful=graceful, timeout_ms=timeout_ms))
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything not spelled out above (reset, restart, snapshots, set_env, ...).
+        return getattr(_Blocking(self._loop, self.aio), name)
+
 
 class SyncClient:
     def __init__(
@@ -222,6 +264,11 @@ class SyncClient:
             )
         )
         return SyncSandbox(self._loop, sb)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything not spelled out here: pools, groups, networks, channels,
+        # states, volumes, batch_create, list_active_sandboxes, providers, ...
+        return getattr(_Blocking(self._loop, self.aio), name)
 
     def get(self, sandbox_id: str) -> SyncSandbox:
         return SyncSandbox(self._loop, self._loop.run(self.aio.get(sandbox_id)))
