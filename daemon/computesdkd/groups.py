@@ -72,8 +72,7 @@ class Groups:
         if name in self._groups:
             raise AlreadyExists(f"group {name!r} exists", reason="GROUP_EXISTS", group=name)
         self._check_members(sandbox_ids)
-        self._groups[name] = list(dict.fromkeys(sandbox_ids))
-        self._limit(name)
+        self._groups[name] = self._limited(sandbox_ids)
         self._save(name)
         return self._groups[name]
 
@@ -86,23 +85,22 @@ class Groups:
     def all(self) -> dict[str, list[str]]:
         return {n: self._groups[n] for n in sorted(self._groups)}
 
-    def _limit(self, name: str) -> None:
-        if len(self._groups[name]) > MAX_MEMBERS:
+    @staticmethod
+    def _limited(sandbox_ids: list[str]) -> list[str]:
+        """The members without repeats, refused when there are too many."""
+        members = list(dict.fromkeys(sandbox_ids))
+        if len(members) > MAX_MEMBERS:
             raise InvalidArgument(
                 f"a group holds at most {MAX_MEMBERS} sandboxes", reason="GROUP_TOO_LARGE"
             )
+        return members
 
     def add(self, name: str, sandbox_ids: list[str]) -> list[str]:
         members = self.get(name)
         self._check_members(sandbox_ids)
-        merged = list(dict.fromkeys([*members, *sandbox_ids]))
-        if len(merged) > MAX_MEMBERS:
-            raise InvalidArgument(
-                f"a group holds at most {MAX_MEMBERS} sandboxes", reason="GROUP_TOO_LARGE"
-            )
-        self._groups[name] = merged
+        self._groups[name] = self._limited([*members, *sandbox_ids])
         self._save(name)
-        return merged
+        return self._groups[name]
 
     def remove(self, name: str, sandbox_ids: list[str]) -> list[str]:
         members = self.get(name)

@@ -246,7 +246,7 @@ class Manager:
         log.warning("provider circuit changed", provider=provider, state=state.name, why=why)
         self.bus.emit("", CIRCUIT, why, provider=provider, state=state.name.lower())
 
-    async def _guarded(self, provider: Provider, call: Awaitable[T]) -> T:
+    async def guarded(self, provider: Provider, call: Awaitable[T]) -> T:
         """Runs a provider call under its circuit breaker."""
         breaker = self.breakers[provider.name]
         try:
@@ -386,7 +386,7 @@ class Manager:
                 if spec.volumes:
                     sb.provider_data["volumes"] = await self.volumes.prepare(spec, sb.id)
                 # The provider says itself when it cannot run (and may recover).
-                await self._guarded(provider, provider.create(sb))
+                await self.guarded(provider, provider.create(sb))
             except BaseException as exc:
                 self._sandboxes.pop(sb.id, None)
                 self.store.delete_sandbox(sb.id)
@@ -481,7 +481,7 @@ class Manager:
                 grace = (graceful_timeout_ms or 10_000) / 1000 if graceful else 0.0
                 provider = self.providers[sb.spec.provider]
                 try:
-                    await self._guarded(provider, provider.destroy(sb, grace))
+                    await self.guarded(provider, provider.destroy(sb, grace))
                 except ComputeError as exc:
                     sb.state = State.ERROR
                     sb.error_message = f"destroy failed: {exc.message}"
@@ -639,7 +639,7 @@ class Manager:
             sb, provider = self.running(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
                 self._forget_watchers(sandbox_id)
-                await self._guarded(provider, provider.reset(sb, hard))
+                await self.guarded(provider, provider.reset(sb, hard))
                 self.store.forget_processes(sandbox_id)
                 self.store.put_sandbox(sb)
                 self.bus.emit(sandbox_id, RESET, hard=str(hard).lower())
@@ -678,9 +678,6 @@ class Manager:
         """Serialises the calls that change a sandbox's whole state."""
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
-    async def guarded(self, provider: Provider, call: Awaitable[T]) -> T:
-        return await self._guarded(provider, call)
-
     def forget_processes(self, sandbox_id: str) -> None:
         """Its processes are gone (reset, restore, restart): stop following them."""
         self._forget_watchers(sandbox_id)
@@ -706,7 +703,7 @@ class Manager:
                 )
                 self.forget_processes(sandbox_id)
                 try:
-                    await self._guarded(provider, provider.restart(sb, wipe=new_template))
+                    await self.guarded(provider, provider.restart(sb, wipe=new_template))
                 except ComputeError:
                     sb.spec = before
                     raise
@@ -827,7 +824,7 @@ class Manager:
         copy-on-write twin of the source's whole disk, not only /workspace."""
         snap = "clone-" + secrets.token_hex(8)
         async with self.sandbox_lock(src.id):
-            await self._guarded(provider, provider.snapshot_create(src, snap))
+            await self.guarded(provider, provider.snapshot_create(src, snap))
         try:
             return await self._create(self._validate(spec), provider, snap)
         finally:

@@ -148,6 +148,8 @@ class Volumes:
 
     async def sandbox_gone(self, sb: Sandbox) -> None:
         """Ephemeral volumes go with the sandbox that made them, once unused."""
+        if not sb.spec.volumes:  # only a create that mounts volumes can make one
+            return
         for rec in self.all():
             if not rec.persistent and rec.owner == sb.id and not self.mounted_by(rec.name):
                 try:

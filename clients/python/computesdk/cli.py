@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,14 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from . import cli_fleet
+from ._cli_common import kv as _kv
+from ._cli_common import print_json as _print_json
 from .client import Client
 from .errors import ComputeSDKError
 from .sandbox import Sandbox
 from .types import Resources
 
 CIRCUIT_NAMES = {1: "closed", 2: "open", 3: "half-open"}
-
-
-def _kv(items: Sequence[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"computesdk: --{what} takes KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=str, sort_keys=True))
 
 
 def _sandbox_dict(sb: Sandbox) -> dict[str, Any]:

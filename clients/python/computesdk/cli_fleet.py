@@ -7,25 +7,14 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from ._cli_common import kv, print_json
 from .client import Client
 from .errors import ComputeSDKError
 
 
-def _kv(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"computesdk: expected KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
 def _out(a: argparse.Namespace, obj: Any, text: str) -> None:
-    from .cli import _print_json
-
     if a.json:
-        _print_json(obj)
+        print_json(obj)
     else:
         print(text)
 
@@ -171,7 +160,7 @@ async def cmd_reset(c: Client, a: argparse.Namespace) -> int:
 
 async def cmd_env(c: Client, a: argparse.Namespace) -> int:
     sb = await c.get(a.id)
-    env = await sb.set_env(_kv(a.set), unset=a.unset)
+    env = await sb.set_env(kv(a.set, "env"), unset=a.unset)
     _out(a, env, "\n".join(f"{k}={v}" for k, v in sorted(env.items())))
     return 0
 
@@ -237,7 +226,7 @@ async def cmd_volume(c: Client, a: argparse.Namespace) -> int:
 
 async def cmd_restart(c: Client, a: argparse.Namespace) -> int:
     sb = await c.get(a.id)
-    env = _kv(a.env) if a.env else None
+    env = kv(a.env, "env") if a.env else None
     await sb.restart(template=a.template, env=env)
     return 0
 

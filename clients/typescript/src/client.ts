@@ -22,7 +22,7 @@ import { VolumeService } from "./gen/computesdk/api/volume/v1/volume_pb.js";
 import { States, Volumes } from "./state.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
 import { ComputeSDKError, fromError, translated, typedError } from "./errors.js";
-import { Sandbox, resourcesToProto, stateName, type Resources } from "./sandbox.js";
+import { Sandbox, resourcesToProto, stateName, toDate, type Resources } from "./sandbox.js";
 
 /** The generated service clients, for calls the idiomatic layer does not wrap. */
 export interface Raw {
@@ -109,7 +109,7 @@ export function defaultSocket(): string {
 export function eventFromProto(e: EventMessage): Event {
   return {
     sequence: Number(e.sequence),
-    time: e.time ? new Date(Number(e.time.seconds) * 1000 + Math.floor(e.time.nanos / 1e6)) : undefined,
+    time: toDate(e.time),
     sandboxId: e.sandboxId,
     type: e.type,
     message: e.message,

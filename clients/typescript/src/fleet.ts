@@ -1,12 +1,11 @@
 // Calls about many sandboxes at once: warm pools, groups, shared networks and
 // message channels. Reached as client.pools, client.groups, client.networks and
 // client.channels; createSharedNetwork() and MessageQueue read like the spec.
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 import type { Pool } from "./gen/computesdk/api/pool/v1/pool_pb.js";
 import type { Network } from "./gen/computesdk/api/network/v1/network_pb.js";
 import { codeName, ComputeSDKError, fromError, translated, typedError } from "./errors.js";
-import { Sandbox, commandToProto, resourcesToProto, resultFromParts, type CommandLine, type ExecResult, type Resources } from "./sandbox.js";
+import { Sandbox, commandToProto, resourcesToProto, resultFromParts, toDate, type CommandLine, type ExecResult, type Resources } from "./sandbox.js";
 import type { Client } from "./client.js";
 
 type SandboxRef = string | Sandbox;
@@ -251,7 +250,6 @@ export interface Message {
   readonly text: string;
 }
 
-const toDate = (t: Timestamp | undefined) => (t ? new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6)) : undefined);
 
 /** Message channels hosted by the daemon: at least once, ordered per sender. */
 export class Channels {

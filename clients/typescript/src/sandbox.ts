@@ -1,6 +1,6 @@
 // One sandbox: lifecycle, commands, processes, files, monitoring and events.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 
 import { State, type Resources as ResourcesMessage, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
 import { CommandSchema, ExecRequestSchema, ExecStartSchema, type Command as CommandMessage, type ExecRequest, type Exited, type Process as ProcessMessage } from "./gen/computesdk/api/process/v1/process_pb.js";
@@ -47,8 +47,8 @@ export function stateName(s: State): string {
   return State[s].replace(/^STATE_/, "").toLowerCase();
 }
 
-function toDate(t: Timestamp | undefined): Date | undefined {
-  return t ? new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6)) : undefined;
+export function toDate(t: Timestamp | undefined): Date | undefined {
+  return t ? timestampDate(t) : undefined;
 }
 
 const bytesOf = (d: string | Uint8Array) => (typeof d === "string" ? new TextEncoder().encode(d) : d);

@@ -1,5 +1,4 @@
 // Snapshots, saved states and volumes: sandbox.snapshots, client.states, client.volumes.
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 import { create } from "@bufbuild/protobuf";
 import { ImportStateRequestSchema, type ImportStateRequest, type Snapshot, type State } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
@@ -8,11 +7,10 @@ import { fromError, translated } from "./errors.js";
 import type { Client } from "./client.js";
 // A cycle (sandbox.ts uses Snapshots) that ESM resolves: neither module uses
 // the other's classes before both are loaded.
-import { Sandbox } from "./sandbox.js";
+import { Sandbox, toDate } from "./sandbox.js";
 
 const CHUNK = 1024 * 1024;
 
-const toDate = (t: Timestamp | undefined) => (t ? new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6)) : undefined);
 
 export interface SnapshotInfo {
   id: string;

@@ -119,8 +119,13 @@ async def _mount_image(image: Path, target: Path) -> None:
             await _run("losetup", "-d", device)
 
 
-async def _unmount_image(target: Path) -> None:
-    _umount(str(target))
+def _prepare_layers(disk: Path) -> None:
+    """On a new disk: the overlay's upper (owned by the sandbox's root) and work dirs."""
+    for sub in ("upper", "work"):
+        (disk / sub).mkdir(exist_ok=True)
+    os.chown(disk / "upper", rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
+    with contextlib.suppress(OSError):
+        (disk / "lost+found").rmdir()
 
 
 async def _wait_exit(pid: int, timeout: float) -> None:
@@ -351,13 +356,9 @@ class LocalProvider(Provider):
                 mnt.mkdir(exist_ok=True)
                 await _mount_image(tmp, mnt)
                 try:
-                    for sub in ("upper", "work"):
-                        (mnt / sub).mkdir(exist_ok=True)
-                    os.chown(mnt / "upper", rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
-                    with contextlib.suppress(OSError):
-                        (mnt / "lost+found").rmdir()
+                    _prepare_layers(mnt)
                 finally:
-                    await _unmount_image(mnt)
+                    _umount(str(mnt))
                     mnt.rmdir()
                 tmp.rename(path)
         return path
@@ -396,11 +397,7 @@ class LocalProvider(Provider):
             (rt / sub).mkdir(parents=True, exist_ok=True)
         await _mount_image(bundle / "disk.img", disk)
         if not (disk / "upper").exists():
-            for sub in ("upper", "work"):
-                (disk / sub).mkdir(exist_ok=True)
-            os.chown(disk / "upper", uid, uid)
-            with contextlib.suppress(OSError):
-                (disk / "lost+found").rmdir()
+            _prepare_layers(disk)
         _mount(
             "overlay",
             str(rt / "rootfs"),
@@ -467,7 +464,7 @@ class LocalProvider(Provider):
             await _run(*self._runc("delete", "--force", sandbox.id))
         rt = _runtime_dir(sandbox)
         _umount(str(rt / "rootfs"))
-        await _unmount_image(bundle / "disk")
+        _umount(str(bundle / "disk"))
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         bundle = Path(sandbox.provider_data.get("bundle", self._store / "sandboxes" / sandbox.id))
@@ -521,7 +518,7 @@ class LocalProvider(Provider):
 
     async def volume_delete(self, name: str) -> None:
         d = self._volume_dir(name)
-        await _unmount_image(d / "data")
+        _umount(str(d / "data"))
         await asyncio.to_thread(shutil.rmtree, d, True)
 
     def volume_used_bytes(self, name: str) -> int:
@@ -557,19 +554,14 @@ class LocalProvider(Provider):
 
     async def _import_layer(self, bundle: Path, layer: Path) -> None:
         """Fills a new disk's upper layer from a tar layer, before the first boot."""
-        uid = rootfs_mod.UID_SHIFT
         disk = bundle / "disk"
         disk.mkdir(parents=True, exist_ok=True)
         await _mount_image(bundle / "disk.img", disk)
         try:
-            for sub in ("upper", "work"):
-                (disk / sub).mkdir(exist_ok=True)
-            os.chown(disk / "upper", uid, uid)
-            with contextlib.suppress(OSError):
-                (disk / "lost+found").rmdir()
+            _prepare_layers(disk)
             await asyncio.to_thread(layers.read_layer, layer, disk / "upper")
         finally:
-            await _unmount_image(disk)
+            _umount(str(disk))
 
     async def snapshot_export(self, snapshot_id: str, layer: Path) -> None:
         # A twin of the snapshot is mounted read-write, so that its journal is
@@ -592,7 +584,7 @@ class LocalProvider(Provider):
 
                 await asyncio.to_thread(write)
             finally:
-                await _unmount_image(mnt)
+                _umount(str(mnt))
         finally:
             twin.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
