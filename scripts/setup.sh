@@ -47,6 +47,15 @@ if [ "$dev" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
   }
   ./scripts/start-dockerd.sh
+  step "test-only packages: a registry (distribution API) and a static busybox for test images"
+  missing=()
+  for pkg in docker-registry busybox-static; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
   .venv/bin/python -m computesdkd.providers.docker.image
 
   step "buf and the pinned stub generators (buf.gen.yaml)"

@@ -61,6 +61,7 @@ from .providers.base import SNAPSHOTS, ProcessRun, Provider, ProviderContext
 from .providers.paths import WORKDIR, normalize
 from .snapshots import RESTARTED, Snapshots
 from .store import Store
+from .templates import Templates
 from .volumes import Volumes
 
 log = logs.get(__name__)
@@ -144,6 +145,7 @@ class Manager:
         self.messaging = Messaging(self)
         self.snapshots = Snapshots(self)
         self.volumes = Volumes(self)
+        self.templates = Templates(self)
 
     # ------------------------------------------------------------ start / stop
 

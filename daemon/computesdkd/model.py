@@ -186,3 +186,45 @@ class ScalingPolicy:
     max_memory_mb: int
     cooldown_s: float
     interval_s: float
+
+
+@dataclass(frozen=True)
+class TemplateDefinition:
+    """What a custom template is built from."""
+
+    name: str
+    base_image: str = ""
+    packages: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    setup: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    name: str
+    provider: str
+    description: str = ""
+    builtin: bool = True
+    # Content address of a built template; empty for predefined ones.
+    digest: str = ""
+    definition: TemplateDefinition | None = None
+    base_image_digest: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    layer_count: int = 0
+    size_bytes: int = 0
+    created_at: float = 0.0
+    unavailable: str = ""
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One report from a template build: progress, or (with line set) a log line."""
+
+    step: int
+    total: int
+    description: str = ""
+    line: str | None = None
+    stderr: bool = False
+    bytes_done: int = 0
+    bytes_total: int = 0

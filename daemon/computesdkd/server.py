@@ -25,6 +25,7 @@ from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
 from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
 from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from computesdk.api.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
+from computesdk.api.template.v1 import template_pb2, template_pb2_grpc
 from computesdk.api.volume.v1 import volume_pb2, volume_pb2_grpc
 
 from . import logs, metrics
@@ -51,6 +52,7 @@ from .servicers.process import ProcessServicer
 from .servicers.provider import ProviderServicer
 from .servicers.sandbox import SandboxServicer
 from .servicers.snapshot import SnapshotServicer
+from .servicers.template import TemplateServicer
 from .servicers.volume import VolumeServicer
 from .store import Store
 
@@ -72,6 +74,7 @@ SERVICE_NAMES = [
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
     snapshot_pb2.DESCRIPTOR.services_by_name["SnapshotService"].full_name,
     volume_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
+    template_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 ]
 
 
@@ -178,6 +181,7 @@ class Daemon:
         )
         snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server(SnapshotServicer(manager), server)
         volume_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(manager), server)
+        template_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(manager), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

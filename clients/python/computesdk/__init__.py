@@ -27,11 +27,13 @@ from .errors import (
     SandboxNotFoundError,
     SandboxNotRunningError,
     SandboxTerminatedError,
+    TemplateBuildError,
     TemplateNotFoundError,
     UnavailableError,
     UnsupportedError,
 )
 from .sandbox import ExecStream, Files, Process, Sandbox
+from .templates import BuildLog, BuildProgress, BuildResult, TemplateInfo
 from .types import (
     AlertThreshold,
     Event,
@@ -50,6 +52,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AlertThreshold",
     "AlreadyExistsError",
+    "BuildLog",
+    "BuildProgress",
+    "BuildResult",
     "Client",
     "ComputeSDKError",
     "DeadlineExceededError",
@@ -81,6 +86,8 @@ __all__ = [
     "SandboxNotRunningError",
     "SandboxStatus",
     "SandboxTerminatedError",
+    "TemplateBuildError",
+    "TemplateInfo",
     "TemplateNotFoundError",
     "UnavailableError",
     "UnsupportedError",

@@ -25,11 +25,13 @@ from .api.process.v1 import process_pb2_grpc
 from .api.provider.v1 import provider_pb2, provider_pb2_grpc
 from .api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from .api.snapshot.v1 import snapshot_pb2_grpc
+from .api.template.v1 import template_pb2_grpc
 from .api.volume.v1 import volume_pb2_grpc
 from .errors import ComputeSDKError, error_from, from_rpc_error
 from .fleet import Channels, Groups, Networks, Pools
 from .sandbox import Sandbox
 from .state import States, Volumes
+from .templates import Templates
 from .types import Event, Resources
 
 Callback = Callable[..., Any]
@@ -63,8 +65,10 @@ class Client:
         self.messaging_stub = messaging_pb2_grpc.MessagingServiceStub(self.channel)
         self.snapshot_stub = snapshot_pb2_grpc.SnapshotServiceStub(self.channel)
         self.volume_stub = volume_pb2_grpc.VolumeServiceStub(self.channel)
+        self.template_stub = template_pb2_grpc.TemplateServiceStub(self.channel)
         self.states = States(self)
         self.volumes = Volumes(self)
+        self.templates = Templates(self)
         self.pools = Pools(self)
         self.groups = Groups(self)
         self.networks = Networks(self)

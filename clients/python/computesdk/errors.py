@@ -59,6 +59,10 @@ class FailedPreconditionError(ComputeSDKError): ...
 class SandboxNotRunningError(FailedPreconditionError): ...
 
 
+class TemplateBuildError(FailedPreconditionError):
+    """A template build step failed; the message holds its last lines."""
+
+
 class AlreadyExistsError(ComputeSDKError): ...
 
 
@@ -95,6 +99,7 @@ class InternalError(ComputeSDKError): ...
 _BY_REASON: dict[str, type[ComputeSDKError]] = {
     "SANDBOX_NOT_FOUND": SandboxNotFoundError,
     "TEMPLATE_NOT_FOUND": TemplateNotFoundError,
+    "TEMPLATE_BUILD_FAILED": TemplateBuildError,
     "PROVIDER_NOT_FOUND": ProviderNotFoundError,
     "PROCESS_NOT_FOUND": ProcessNotFoundError,
     "FILE_NOT_FOUND": SandboxFileNotFoundError,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import Unsupported
 from ..model import (
+    BuildStep,
     Command,
     FileInfo,
     Probe,
@@ -24,6 +25,8 @@ from ..model import (
     ProcessInfo,
     Resources,
     Sandbox,
+    TemplateDefinition,
+    TemplateInfo,
     Usage,
 )
 from .execfs import ExecFS
@@ -49,6 +52,11 @@ PORT_FORWARD = "network.port-forward"
 SNAPSHOTS = "snapshots"
 VOLUMES = "volumes"
 RESTART = "lifecycle.restart"
+TEMPLATE_BUILD = "templates.build"
+
+
+# Receives a template build's progress and log lines as they happen.
+BuildReport = Callable[[BuildStep], None]
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,20 @@ class Provider(ABC):
 
     def templates(self) -> list[str]:
         return []
+
+    def template_infos(self) -> list[TemplateInfo]:
+        """Every template, predefined and built; by default the predefined names."""
+        return [TemplateInfo(name=n, provider=self.name) for n in self.templates()]
+
+    async def build_template(
+        self, definition: TemplateDefinition, no_cache: bool, report: BuildReport
+    ) -> tuple[TemplateInfo, bool]:
+        """Builds and registers a custom template; returns it and whether it was
+        a cache hit. Progress and log lines go to report as the build runs."""
+        raise self._unsupported("custom templates")
+
+    async def delete_template(self, name: str) -> None:
+        raise self._unsupported("custom templates")
 
     def _unsupported(self, feature: str) -> Unsupported:
         return Unsupported(self.name, feature)

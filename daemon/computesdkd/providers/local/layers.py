@@ -61,7 +61,7 @@ def write_layer(upper: Path, out: BinaryIO) -> None:
 
 def _safe(name: str) -> str:
     norm = os.path.normpath(name)
-    if norm.startswith(("/", "..")) or "/../" in f"/{norm}/" or norm in (".", ""):
+    if norm.startswith(("/", "..")) or "/../" in f"/{norm}/" or norm == "":
         raise InvalidArgument(f"archive entry {name!r} leaves the layer", reason="ARCHIVE_CORRUPT")
     return norm
 
@@ -83,11 +83,15 @@ def _check_parents(upper: Path, name: str) -> None:
             )
 
 
-def read_layer(layer: Path, upper: Path) -> None:
-    """Extracts an OCI-style tar layer into an (empty) overlay upper directory."""
-    with tarfile.open(layer, mode="r:") as tar:
+def read_layer(layer: Path, upper: Path, *, skip_devices: bool = False) -> None:
+    """Extracts an OCI-style tar layer (plain or gzip) into an empty overlay upper
+    directory. skip_devices drops device nodes (an image's /dev is never used:
+    sandboxes get a fresh one) instead of refusing the layer."""
+    with tarfile.open(layer, mode="r:*") as tar:
         for info in tar:
             name = _safe(info.name)
+            if name == ".":
+                continue  # the layer's root: the upper dir itself
             _check_parents(upper, name)
             base = os.path.basename(name)
             parent = upper / os.path.dirname(name)
@@ -101,6 +105,8 @@ def read_layer(layer: Path, upper: Path) -> None:
                 os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
                 continue
             if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+                if skip_devices:
+                    continue
                 raise InvalidArgument(
                     f"archive entry {name!r} is a device or fifo", reason="ARCHIVE_CORRUPT"
                 )

@@ -192,3 +192,44 @@ def runtime_spec(
     }
     spec["mounts"].extend(volume_mounts)
     return spec
+
+
+def build_spec(
+    *,
+    build_id: str,
+    root_path: str,
+    script: str,
+    env: dict[str, str],
+    resources: Resources,
+    cgroup_parent: str,
+) -> dict[str, Any]:
+    """A template build step: the sandbox's confinement, but with the host's network
+    (package managers must reach their mirrors, as in `docker build`) and no agent."""
+    spec = runtime_spec(
+        sandbox_id=build_id,
+        root_path=root_path,
+        run_dir="",
+        agent_binary="",
+        resources=resources,
+        cgroup_parent=cgroup_parent,
+    )
+    spec["process"]["args"] = ["/bin/sh", "-c", script]
+    spec["process"]["env"] = [f"{k}={v}" for k, v in env.items()]
+    spec["linux"]["namespaces"] = [
+        ns for ns in spec["linux"]["namespaces"] if ns["type"] != "network"
+    ]
+    mounts = [m for m in spec["mounts"] if not m["destination"].startswith(AGENT_DIR)]
+    for m in mounts:
+        if m["type"] == "sysfs":
+            # A user namespace may mount sysfs only in a network namespace it owns.
+            m.update(type="bind", source="/sys", options=["rbind", "ro", "nosuid", "nodev"])
+    mounts.append(
+        {
+            "destination": "/etc/resolv.conf",
+            "type": "bind",
+            "source": "/etc/resolv.conf",
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }
+    )
+    spec["mounts"] = mounts
+    return spec

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -41,16 +40,21 @@ from ...model import (
     ProcessInfo,
     Resources,
     Sandbox,
+    TemplateDefinition,
+    TemplateInfo,
     Usage,
 )
 from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
-from . import layers, network, storage
+from . import builder, layers, network, storage
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, AgentGone, process_info
 from .fs import SandboxFS
+from .host import mount as _mount
+from .host import run as _run
+from .host import umount as _umount
 from .oci import runtime_spec
-from .templates import TEMPLATES, process_env, resolve
+from .templates import TEMPLATES, process_env
 
 log = logs.get(__name__)
 
@@ -61,46 +65,9 @@ READY_TIMEOUT_S = 10.0
 CGROUP_PARENT = "/computesdk"
 RUNTIME_ROOT = Path("/run/computesdk-sandboxes")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-_MNT_DETACH = 2
-
-
-def _mount(source: str, target: str, fstype: str, options: str) -> None:
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode()) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
-
-
-def _umount(target: str) -> None:
-    if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (22, 2):  # EINVAL: not mounted; ENOENT: gone
-            raise OSError(err, f"umount {target}: {os.strerror(err)}")
-
-
-async def _run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> str:
-    """Runs a helper. With log_fd, its output (and the container's, for runc run) goes there."""
-    pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=pipe if log_fd is None else log_fd,
-        stderr=pipe if log_fd is None else log_fd,
-        start_new_session=True,  # sandboxes must not share the daemon's terminal signals
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    if proc.returncode != 0:
-        raise Internal(
-            f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
-            f"{(err or b'').decode(errors='replace').strip()}"
-        )
-    return (out or b"").decode()
 
 
 async def _mount_image(image: Path, target: Path) -> None:
@@ -191,6 +158,7 @@ class LocalProvider(Provider):
             base.SNAPSHOTS,
             base.RESTART,
             base.VOLUMES,
+            base.TEMPLATE_BUILD,
         }
     )
 
@@ -205,6 +173,7 @@ class LocalProvider(Provider):
         self._runtime = RUNTIME_ROOT
         self._unavailable = "not started"
         self._emit: Callable[..., object] | None = None
+        self._templates: builder.TemplateStore | None = None
 
     # -------------------------------------------------------------- set-up
 
@@ -215,6 +184,8 @@ class LocalProvider(Provider):
         self._store, self._reflink = await asyncio.to_thread(storage.ensure_store, self._state)
         for sub in ("sandboxes", "snapshots", "volumes"):
             (self._store / sub).mkdir(exist_ok=True)
+        self._templates = builder.TemplateStore(self._store, self._base, self._runc, CGROUP_PARENT)
+        await self._templates.clean_leftovers()
         # Volume mounts do not outlive a reboot of the host; put them back.
         for d in sorted((self._store / "volumes").iterdir()):
             if (d / "volume.img").exists():
@@ -256,7 +227,44 @@ class LocalProvider(Provider):
         return self._unavailable
 
     def templates(self) -> list[str]:
-        return sorted(TEMPLATES)
+        return self._templates.names() if self._templates else sorted(TEMPLATES)
+
+    def template_infos(self) -> list[TemplateInfo]:
+        if self._templates is None:
+            return super().template_infos()
+        return self._templates.infos()
+
+    async def build_template(
+        self, definition: TemplateDefinition, no_cache: bool, report: base.BuildReport
+    ) -> tuple[TemplateInfo, bool]:
+        self._require()
+        assert self._templates is not None
+        return await self._templates.build(definition, no_cache, report)
+
+    async def delete_template(self, name: str) -> None:
+        self._require()
+        assert self._templates is not None
+        await self._templates.delete(name)
+
+    def _template(self, name: str) -> builder.Template:
+        """The template a sandbox starts from; a clear error when it cannot."""
+        tpl = self._templates.lookup(name) if self._templates else None
+        if tpl is None:
+            raise NotFound(
+                f"template {name!r} is not known to provider 'local' "
+                f"(known: {', '.join(self.templates())})",
+                reason="TEMPLATE_NOT_FOUND",
+                template=name,
+                provider="local",
+            )
+        if tpl.info.unavailable:
+            raise FailedPrecondition(
+                f"template {name!r} cannot run on provider 'local': {tpl.info.unavailable}",
+                reason="TEMPLATE_UNAVAILABLE",
+                template=name,
+                provider="local",
+            )
+        return tpl
 
     def _require(self) -> None:
         if self._unavailable:
@@ -296,7 +304,7 @@ class LocalProvider(Provider):
 
     async def create(self, sandbox: Sandbox) -> None:
         self._require()
-        resolve(sandbox.spec.template)
+        self._template(sandbox.spec.template)
         # Set by the daemon to start from a snapshot's files instead of the template's.
         source = sandbox.provider_data.get("from_snapshot", "")
         layer = sandbox.provider_data.get("import_layer", "")
@@ -395,6 +403,7 @@ class LocalProvider(Provider):
         disk.mkdir(parents=True, exist_ok=True)
         for sub in ("rootfs", "run"):
             (rt / sub).mkdir(parents=True, exist_ok=True)
+        lowers = ":".join(str(p) for p in self._template(sandbox.spec.template).lowers)
         await _mount_image(bundle / "disk.img", disk)
         if not (disk / "upper").exists():
             _prepare_layers(disk)
@@ -402,7 +411,7 @@ class LocalProvider(Provider):
             "overlay",
             str(rt / "rootfs"),
             "overlay",
-            f"lowerdir={self._base},upperdir={disk}/upper,workdir={disk}/work",
+            f"lowerdir={lowers},upperdir={disk}/upper,workdir={disk}/work",
         )
         os.chown(rt / "run", uid, uid)
         os.chmod(rt / "run", 0o700)
@@ -477,7 +486,7 @@ class LocalProvider(Provider):
     async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
         """A new container on the same disk (or, with wipe, a new empty one)."""
         bundle = Path(sandbox.provider_data["bundle"])
-        resolve(sandbox.spec.template)
+        self._template(sandbox.spec.template)
         sandbox.resources = self.resolve_resources(sandbox)
         await self._halt(sandbox)
         if wipe:
@@ -855,7 +864,8 @@ class LocalProvider(Provider):
         return Agent(_runtime_dir(sandbox) / "run" / "agent.sock")
 
     def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> dict[str, Any]:
-        env = process_env(sandbox, command)
+        tpl = self._templates.lookup(sandbox.spec.template) if self._templates else None
+        env = process_env(sandbox, command, tpl.info.env if tpl else None)
         return {
             "op": "start",
             "args": command.args,

@@ -65,10 +65,16 @@ def resolve(name: str, provider: str = "local") -> Template:
     return tpl
 
 
-def process_env(sandbox: Sandbox, command: Command) -> dict[str, str]:
-    """Defaults, then the template's, the sandbox's and the command's variables."""
+def process_env(
+    sandbox: Sandbox, command: Command, template_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Defaults, then the template's, the sandbox's and the command's variables.
+    template_env: a built template's; by default the predefined template's."""
     env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": "sandbox"}
-    env.update(TEMPLATES[sandbox.spec.template or "base"].env)
+    if template_env is None:
+        tpl = TEMPLATES.get(sandbox.spec.template or "base")
+        template_env = tpl.env if tpl else {}
+    env.update(template_env)
     env.update(sandbox.spec.env)
     env.update(command.env)
     return env
