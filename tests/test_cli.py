@@ -134,3 +134,36 @@ def test_cli_pools_batches_groups_networks_channels(daemon: DaemonProcess) -> No
     assert run(daemon, "pool", "release", acquired).stdout.strip() == "returned"
     assert "cli-p" in run(daemon, "pool", "ls").stdout
     assert run(daemon, "pool", "rm", "cli-p").returncode == 0
+
+
+def test_template_build_shows_progress_then_ls_info_rm(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    definition = tmp_path / "tpl.json"
+    definition.write_text(
+        json.dumps({"setup": ["echo from-file > /from-file"], "env": {"A": "1"}})
+    )
+    name = f"cli-tpl-{os.getpid()}"
+    built = run(
+        daemon, "template", "build", name, "-f", str(definition), "-s", "echo logged", "-e", "B=2"
+    )
+    assert built.returncode == 0, built.stderr
+    # Not a terminal: one line per step, then the build's log.
+    assert "[1/5] resolving base" in built.stderr and "[5/5] committing" in built.stderr
+    assert "  logged" in built.stderr
+    assert built.stdout.startswith(f"{name} sha256:") and "built in" in built.stdout
+    again = run(daemon, "template", "build", name, "-f", str(definition), "-s", "echo logged",
+                "-e", "B=2", "--json")  # fmt: skip
+    assert json.loads(again.stdout)["cache_hit"] is True
+    listed = run(daemon, "template", "ls")
+    assert any(line.startswith(name) for line in listed.stdout.splitlines())
+    info = run(daemon, "template", "info", name)
+    assert "env:         A=1" in info.stdout and "setup:       echo logged" in info.stdout
+    created = run(daemon, "create", "--template", name)
+    sid = created.stdout.strip().splitlines()[-1]
+    out = run(daemon, "exec", sid, "--", "sh", "-c", "cat /from-file; echo $A$B")
+    assert out.stdout == "from-file\n12\n"
+    assert run(daemon, "rm", sid).returncode == 0
+    assert run(daemon, "template", "rm", name).returncode == 0
+    gone = run(daemon, "--json", "template", "info", name)
+    assert json.loads(gone.stdout)["error"]["reason"] == "TEMPLATE_NOT_FOUND"

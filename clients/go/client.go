@@ -34,6 +34,7 @@ import (
 	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
 	snapshotv1 "github.com/computesdk/computesdk/clients/go/api/snapshot/v1"
+	templatev1 "github.com/computesdk/computesdk/clients/go/api/template/v1"
 	volumev1 "github.com/computesdk/computesdk/clients/go/api/volume/v1"
 )
 
@@ -54,6 +55,7 @@ type Raw struct {
 	Messaging  messagingv1.MessagingServiceClient
 	Snapshots  snapshotv1.SnapshotServiceClient
 	Volumes    volumev1.VolumeServiceClient
+	Templates  templatev1.TemplateServiceClient
 }
 
 // ConnState is the client's view of its connection, reported by event streams
@@ -168,6 +170,7 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 		Messaging:  messagingv1.NewMessagingServiceClient(conn),
 		Snapshots:  snapshotv1.NewSnapshotServiceClient(conn),
 		Volumes:    volumev1.NewVolumeServiceClient(conn),
+		Templates:  templatev1.NewTemplateServiceClient(conn),
 	}}
 	// A cheap call proves the daemon is there; WaitForReady rides out a restart.
 	pctx, cancel := context.WithTimeout(ctx, cfg.timeout)

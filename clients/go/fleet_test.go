@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -177,5 +178,56 @@ func TestSnapshotsStatesRestartAndVolumes(t *testing.T) {
 	}
 	if err := c.Volumes().Delete(ctx, "go-data"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestTemplatesBuildCacheAndDelete(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := connect(t)
+	def := &computesdk.TemplateDefinition{
+		Name:  "go-tpl",
+		Setup: []string{"echo from-go > /from-go", "echo logged"},
+		Env:   map[string]string{"GO_TPL": "yes"},
+	}
+	var logs []string
+	first, err := c.Templates().Build(ctx, def, func(ev *computesdk.BuildEvent) {
+		if l := ev.GetLog(); l != nil {
+			logs = append(logs, l.GetLine())
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetCacheHit() || !slices.Contains(logs, "logged") {
+		t.Fatalf("first build: hit=%v logs=%v", first.GetCacheHit(), logs)
+	}
+	again, err := c.Templates().Build(ctx, def, nil)
+	if err != nil || !again.GetCacheHit() || again.GetTemplate().GetDigest() != first.GetTemplate().GetDigest() {
+		t.Fatalf("second build: %v %v", again, err)
+	}
+	sb, err := c.Create(ctx, "local", computesdk.WithTemplate("go-tpl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sb.Exec(ctx, "sh -c 'cat /from-go; echo $GO_TPL'")
+	if err != nil || string(r.Stdout) != "from-go\nyes\n" {
+		t.Fatalf("exec: %+v %v", r, err)
+	}
+	if err := c.Templates().Delete(ctx, "go-tpl"); !errors.Is(err, computesdk.ErrFailedPrecondition) {
+		t.Fatalf("delete in use: %v", err)
+	}
+	if err := sb.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Templates().Delete(ctx, "go-tpl"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Templates().Get(ctx, "go-tpl"); !errors.Is(err, computesdk.ErrTemplateNotFound) {
+		t.Fatalf("get after delete: %v", err)
+	}
+	list, err := c.Templates().List(ctx)
+	if err != nil || !slices.ContainsFunc(list, func(t *computesdk.Template) bool { return t.GetName() == "python" }) {
+		t.Fatalf("list: %v %v", list, err)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	providerv1 "github.com/computesdk/computesdk/clients/go/api/provider/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
 	snapshotv1 "github.com/computesdk/computesdk/clients/go/api/snapshot/v1"
+	templatev1 "github.com/computesdk/computesdk/clients/go/api/template/v1"
 	volumev1 "github.com/computesdk/computesdk/clients/go/api/volume/v1"
 )
 
@@ -44,6 +45,7 @@ func TestEveryRPCIsWrapped(t *testing.T) {
 		messagingv1.File_computesdk_api_messaging_v1_messaging_proto,
 		snapshotv1.File_computesdk_api_snapshot_v1_snapshot_proto,
 		volumev1.File_computesdk_api_volume_v1_volume_proto,
+		templatev1.File_computesdk_api_template_v1_template_proto,
 	}
 	// Every generated package is in the list above.
 	dirs, err := os.ReadDir("api")

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from . import cli_fleet
+from . import cli_fleet, cli_templates
 from ._cli_common import kv as _kv
 from ._cli_common import print_json as _print_json
 from .client import Client
@@ -365,6 +365,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("providers", parents=[common], help="list providers")
     p.set_defaults(fn=cmd_providers)
     cli_fleet.add_parsers(sub, common)
+    cli_templates.add_parsers(sub, common)
     p = sub.add_parser(
         "stubs",
         parents=[common],

@@ -20,6 +20,8 @@ import { MessagingService } from "./gen/computesdk/api/messaging/v1/messaging_pb
 import { SnapshotService } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import { VolumeService } from "./gen/computesdk/api/volume/v1/volume_pb.js";
 import { States, Volumes } from "./state.js";
+import { TemplateService } from "./gen/computesdk/api/template/v1/template_pb.js";
+import { Templates } from "./templates.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
 import { ComputeSDKError, fromError, translated, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, toDate, type Resources } from "./sandbox.js";
@@ -38,6 +40,7 @@ export interface Raw {
   messaging: RpcClient<typeof MessagingService>;
   snapshots: RpcClient<typeof SnapshotService>;
   volumes: RpcClient<typeof VolumeService>;
+  templates: RpcClient<typeof TemplateService>;
 }
 
 export type ConnectionState = "connected" | "disconnected" | "reconnecting";
@@ -143,6 +146,7 @@ export class Client {
   readonly channels: Channels;
   readonly states: States;
   readonly volumes: Volumes;
+  readonly templates: Templates;
   readonly target: string;
   private readonly session: Http2SessionManager;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();
@@ -174,9 +178,11 @@ export class Client {
       messaging: createClient(MessagingService, transport),
       snapshots: createClient(SnapshotService, transport),
       volumes: createClient(VolumeService, transport),
+      templates: createClient(TemplateService, transport),
     };
     this.states = new States(this);
     this.volumes = new Volumes(this);
+    this.templates = new Templates(this);
     this.pools = new Pools(this);
     this.groups = new Groups(this);
     this.networks = new Networks(this);

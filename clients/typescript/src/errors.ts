@@ -28,6 +28,8 @@ export class InvalidArgumentError extends ComputeSDKError {}
 export class PathOutsideSandboxError extends InvalidArgumentError {}
 export class FailedPreconditionError extends ComputeSDKError {}
 export class SandboxNotRunningError extends FailedPreconditionError {}
+/** A template build step failed; the message holds its last lines. */
+export class TemplateBuildError extends FailedPreconditionError {}
 export class AlreadyExistsError extends ComputeSDKError {}
 export class ResourceExhaustedError extends ComputeSDKError {}
 export class PayloadTooLargeError extends ResourceExhaustedError {}
@@ -46,6 +48,7 @@ type ErrorClass = new (m: string, c: string, r?: string, md?: Record<string, str
 const byReason: Record<string, ErrorClass> = {
   SANDBOX_NOT_FOUND: SandboxNotFoundError,
   TEMPLATE_NOT_FOUND: TemplateNotFoundError,
+  TEMPLATE_BUILD_FAILED: TemplateBuildError,
   PROVIDER_NOT_FOUND: ProviderNotFoundError,
   PROCESS_NOT_FOUND: ProcessNotFoundError,
   FILE_NOT_FOUND: FileNotFoundError,

@@ -8,3 +8,5 @@ export { Channels, Groups, MessageQueue, Networks, Pools, SharedNetwork, createS
 export type { MemberResult, Message, NetworkInfo, PoolInfo } from "./fleet.js";
 export { Snapshots, States, Volumes } from "./state.js";
 export type { SnapshotInfo, StateInfo, VolumeInfo } from "./state.js";
+export { Templates } from "./templates.js";
+export type { BuildEvent, BuildResult, TemplateDefinition, TemplateInfo } from "./templates.js";

@@ -20,7 +20,8 @@ import { NetworkService } from "../src/gen/computesdk/api/network/v1/network_pb.
 import { MessagingService } from "../src/gen/computesdk/api/messaging/v1/messaging_pb.js";
 import { SnapshotService } from "../src/gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import { VolumeService } from "../src/gen/computesdk/api/volume/v1/volume_pb.js";
-import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateNotFoundError, connect, createSharedNetwork, fromError } from "../src/index.js";
+import { TemplateService } from "../src/gen/computesdk/api/template/v1/template_pb.js";
+import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateBuildError, TemplateNotFoundError, connect, createSharedNetwork, fromError } from "../src/index.js";
 import { Daemon } from "./daemon.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -46,7 +47,7 @@ it("wraps every RPC in the protos", () => {
     .join("\n");
   const missing: string[] = [];
   let total = 0;
-  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService, SnapshotService, VolumeService];
+  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService, SnapshotService, VolumeService, TemplateService];
   // Every generated package has its service in the list above.
   const packages = readdirSync(path.resolve(here, "../../src/gen/computesdk/api")).sort();
   assert.deepEqual(packages, services.map((s) => s.typeName.split(".")[2]).sort());
@@ -212,5 +213,28 @@ it("snapshots, saved states, restart and volumes", () =>
     await client.states.delete(stateId);
     assert.deepEqual((await client.volumes.get("ts-data")).mountedBy, []);
     await client.volumes.delete("ts-data");
+    client.close();
+  }));
+
+it("builds a custom template once, then hits the cache, and deletes it", () =>
+  tracked(async () => {
+    const client = await connect({ socket: daemon.socket });
+    const events: string[] = [];
+    const def = { setup: ["echo from-ts > /from-ts", "echo logged"], env: { TS_TPL: "yes" } };
+    const first = await client.templates.build("ts-tpl", def, { onEvent: (ev) => events.push(ev.type) });
+    assert.equal(first.cacheHit, false);
+    assert.ok(first.log.includes("logged"));
+    assert.ok(events.includes("progress") && events.at(-1) === "result");
+    const again = await client.templates.build("ts-tpl", def);
+    assert.equal(again.cacheHit, true);
+    assert.equal(again.template.digest, first.template.digest);
+    const sb = await client.create("local", { template: "ts-tpl" });
+    assert.equal((await sb.exec("sh -c 'cat /from-ts; echo $TS_TPL'")).stdout, "from-ts\nyes\n");
+    await assert.rejects(client.templates.delete("ts-tpl"), (e: unknown) => e instanceof ComputeSDKError && e.reason === "TEMPLATE_IN_USE");
+    await sb.destroy();
+    await client.templates.delete("ts-tpl");
+    await assert.rejects(client.templates.get("ts-tpl"), (e: unknown) => e instanceof TemplateNotFoundError);
+    await assert.rejects(client.templates.build("ts-bad", { setup: ["exit 4"] }), (e: unknown) => e instanceof TemplateBuildError);
+    assert.ok((await client.templates.list()).some((t) => t.name === "python" && t.builtin));
     client.close();
   }));

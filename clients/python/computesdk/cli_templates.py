@@ -1,0 +1,166 @@
+"""CLI commands for templates: build (with a progress display), ls, info, rm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._cli_common import kv, print_json
+from .client import Client
+from .templates import BuildEvent, BuildLog, BuildProgress, TemplateInfo
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+class Progress:
+    """Shows a build as it runs: on a terminal, one status line kept at the bottom
+    (step, what it does, bytes for downloads) with the log scrolling above it;
+    otherwise one line per step and the log as it comes."""
+
+    def __init__(self, out: TextIO = sys.stderr, quiet: bool = False) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.quiet = quiet
+        self.status = ""
+        self.started = time.monotonic()
+        self.last_step = (0, "")
+
+    def _clear(self) -> None:
+        if self.tty and self.status:
+            self.out.write("\r\x1b[2K")
+
+    def _draw(self) -> None:
+        if self.tty and self.status:
+            self.out.write(self.status[:200])
+            self.out.flush()
+
+    def __call__(self, event: BuildEvent) -> None:
+        if isinstance(event, BuildProgress):
+            head = f"[{event.step}/{event.total_steps}] {event.description}"
+            if event.bytes_total:
+                pct = 100 * event.bytes_done / event.bytes_total
+                head += f"  {_size(event.bytes_done)}/{_size(event.bytes_total)} ({pct:.0f}%)"
+            elif event.bytes_done:
+                head += f"  {_size(event.bytes_done)}"
+            elapsed = time.monotonic() - self.started
+            if self.tty:
+                self._clear()
+                self.status = f"{head}  {elapsed:.1f}s"
+                self._draw()
+            elif (event.step, event.description) != self.last_step:
+                print(head, file=self.out, flush=True)
+            self.last_step = (event.step, event.description)
+        elif isinstance(event, BuildLog) and not self.quiet:
+            self._clear()
+            print(f"  {event.line}", file=self.out)
+            self._draw()
+
+    def done(self) -> None:
+        self._clear()
+        self.status = ""
+        self.out.flush()
+
+
+def _info_text(t: TemplateInfo) -> str:
+    lines = [
+        f"name:        {t.name}{' (predefined)' if t.builtin else ''}",
+        f"provider:    {t.provider}",
+    ]
+    if t.description:
+        lines.append(f"description: {t.description}")
+    if not t.builtin:
+        lines += [
+            f"digest:      {t.digest}",
+            f"base image:  {t.base_image or '(provider base)'}",
+            *([f"base digest: {t.base_image_digest}"] if t.base_image_digest else []),
+            f"packages:    {' '.join(t.packages) or '-'}",
+            *(f"setup:       {s}" for s in t.setup),
+            f"layers:      {t.layer_count} ({_size(t.size_bytes)} of its own)",
+        ]
+    lines += [f"env:         {k}={v}" for k, v in sorted(t.env.items())]
+    if t.unavailable_reason:
+        lines.append(f"unavailable: {t.unavailable_reason}")
+    return "\n".join(lines)
+
+
+async def cmd_template(c: Client, a: argparse.Namespace) -> int:
+    if a.action == "ls":
+        infos = await c.templates.list(provider=a.provider)
+        if a.json:
+            print_json([asdict(t) for t in infos])
+            return 0
+        for t in infos:
+            kind = "predefined" if t.builtin else t.digest[:19]
+            note = f"  unavailable: {t.unavailable_reason}" if t.unavailable_reason else ""
+            print(f"{t.name:<20} {kind:<20} {t.description}{note}")
+        return 0
+    if not a.name and not a.file:
+        raise SystemExit(f"computesdk: template {a.action} needs a NAME")
+    if a.action == "info":
+        t = await c.templates.get(a.name, provider=a.provider)
+        print_json(asdict(t)) if a.json else print(_info_text(t))
+        return 0
+    if a.action == "rm":
+        await c.templates.delete(a.name, provider=a.provider)
+        return 0
+    definition: dict[str, Any] = {}
+    if a.file:
+        definition = json.loads(Path(a.file).read_text())
+    progress = Progress(quiet=a.quiet)
+    try:
+        result = await c.templates.build(
+            a.name or str(definition.get("name", "")),
+            base_image=a.base_image or str(definition.get("base_image", "")),
+            packages=[*definition.get("packages", []), *a.package],
+            env={**definition.get("env", {}), **kv(a.env, "env")},
+            setup=[*definition.get("setup", []), *a.setup],
+            description=a.description or str(definition.get("description", "")),
+            no_cache=a.no_cache,
+            provider=a.provider,
+            on_event=progress,
+        )
+    finally:
+        progress.done()
+    t = result.template
+    if a.json:
+        print_json({**asdict(t), "cache_hit": result.cache_hit, "duration_ms": result.duration_ms})
+    else:
+        how = "cache hit" if result.cache_hit else f"built in {result.duration_ms / 1000:.1f}s"
+        print(f"{t.name} {t.digest} ({how})")
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "template",
+        parents=[common],
+        help="templates: build|ls|info|rm",
+        description="build makes a custom template from a base image, packages, env "
+        "and setup commands (flags, or --file with the same keys as JSON); the same "
+        "definition built again is a cache hit. Base images: oci:DIR[:TAG], "
+        "docker-archive:FILE, HOST[:PORT]/REPO[:TAG|@DIGEST], template:NAME.",
+    )
+    p.add_argument("action", choices=["build", "ls", "info", "rm"])
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--provider", default="")
+    p.add_argument("--file", "-f", default="", help="a JSON definition")
+    p.add_argument("--base-image", default="")
+    p.add_argument("--package", "-p", action="append", default=[], help="repeatable")
+    p.add_argument("--env", "-e", action="append", default=[], help="KEY=VALUE, repeatable")
+    p.add_argument("--setup", "-s", action="append", default=[], help="a command, repeatable")
+    p.add_argument("--description", default="")
+    p.add_argument("--no-cache", action="store_true", help="build even if built before")
+    p.add_argument("--quiet", "-q", action="store_true", help="progress only, no build log")
+    p.set_defaults(fn=cmd_template)
