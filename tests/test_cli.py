@@ -140,9 +140,7 @@ def test_template_build_shows_progress_then_ls_info_rm(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     definition = tmp_path / "tpl.json"
-    definition.write_text(
-        json.dumps({"setup": ["echo from-file > /from-file"], "env": {"A": "1"}})
-    )
+    definition.write_text(json.dumps({"setup": ["echo from-file > /from-file"], "env": {"A": "1"}}))
     name = f"cli-tpl-{os.getpid()}"
     built = run(
         daemon, "template", "build", name, "-f", str(definition), "-s", "echo logged", "-e", "B=2"
