@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -46,7 +47,7 @@ from ...model import (
 )
 from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
-from . import builder, layers, network, storage
+from . import builder, host, layers, network, storage
 from . import rootfs as rootfs_mod
 from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, AgentGone, process_info
 from .fs import SandboxFS
@@ -73,17 +74,14 @@ def _host_memory() -> int:
 async def _mount_image(image: Path, target: Path) -> None:
     """Loop-mounts an ext4 image with direct I/O: its writes reach the store without
     a second page cache, so memory is counted once and a snapshot (which must see
-    them on the store) has nothing left to flush but the ext4's own dirty pages."""
-    device = (await _run("losetup", "--direct-io=on", "--find", "--show", str(image))).strip()
-    try:
+    them on the store) has nothing left to flush but the ext4's own dirty pages.
+    The device autoclears: it goes with the unmount, even when a test or a crash
+    skips ours."""
+    flags = host.LO_FLAGS_AUTOCLEAR | host.LO_FLAGS_DIRECT_IO
+    with host.loop_device(str(image), flags) as device:
         # noinit_itable: mkfs left the inode tables lazy; zeroing them in the
         # background would write tens of MB to the store for every new sandbox.
-        await _run("mount", "-o", "nosuid,nodev,noinit_itable", device, str(target))
-    finally:
-        # On a device in use this only sets autoclear: it goes with the unmount,
-        # as with mount -o loop, even when a test or a crash skips ours.
-        with contextlib.suppress(Internal):
-            await _run("losetup", "-d", device)
+        _mount(device, str(target), "ext4", "noinit_itable", host.MS_NOSUID | host.MS_NODEV)
 
 
 def _prepare_layers(disk: Path) -> None:
@@ -115,6 +113,27 @@ async def _wait_exit(pid: int, timeout: float) -> None:
         pass
     finally:
         loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _kill_init(pid: int, cgroup: str) -> bool:
+    """SIGKILLs a sandbox's init without a `runc kill` process (~6 ms). The pidfd
+    pins the process before its cgroup is checked, so a recycled pid is never hit."""
+    if pid <= 0:
+        return False
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            if cgroup not in f.read():
+                return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
         os.close(fd)
 
 
@@ -465,8 +484,9 @@ class LocalProvider(Provider):
         # looks again; killing init (and with it the pid namespace) and watching
         # it go first makes the delete a quick cleanup.
         pid = self._init_pid(sandbox)
-        with contextlib.suppress(Internal):
-            await _run(*self._runc("kill", sandbox.id, "KILL"))
+        if not _kill_init(pid, f"{CGROUP_PARENT}/{sandbox.id}"):
+            with contextlib.suppress(Internal):
+                await _run(*self._runc("kill", sandbox.id, "KILL"))
         if pid > 0:
             await _wait_exit(pid, 5.0)
         with contextlib.suppress(Internal):
