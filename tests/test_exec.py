@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import grpc
 import pytest
 
 from computesdk import NotFoundError, ProcessNotFoundError, Sandbox
@@ -147,3 +148,51 @@ async def test_stdin_racing_the_exit_never_loses_the_result(sandbox: Sandbox) ->
         out = b"".join([chunk.data async for chunk in stream])
         assert out == b"got:one\n"
         assert stream.exited is not None and stream.exited.exit_code == 0
+
+
+async def test_exec_beyond_the_inline_limit_loses_nothing(sandbox: Sandbox) -> None:
+    """exec() answers in one unary call when the output fits (1 MiB a stream);
+    past that the command keeps running and the rest is read by attach."""
+    script = (
+        "import hashlib,sys,time\n"
+        "h=hashlib.sha256()\n"
+        "for i in range(48):\n"
+        "  blk=bytes([i])*65536\n"
+        "  h.update(blk); sys.stdout.buffer.write(blk); sys.stdout.flush()\n"
+        "  if i == 20: time.sleep(0.2)\n"
+        "sys.stderr.write('e'*(1<<20)+h.hexdigest())\n"
+    )
+    await sandbox.files.write("big.py", script)
+    r = await sandbox.exec(["python3", "big.py"])
+    assert r.exit_code == 0
+    assert len(r.stdout_bytes) == 48 * 65536
+    assert r.stderr_bytes[: 1 << 20] == b"e" * (1 << 20)
+    assert hashlib.sha256(r.stdout_bytes).hexdigest() == r.stderr_bytes[1 << 20 :].decode()
+    small = await sandbox.exec("printf a; printf b >&2; exit 7")
+    assert (small.stdout, small.stderr, small.exit_code) == ("a", "b", 7)
+
+
+async def test_run_command_refuses_stdin_and_a_cancelled_call_kills_the_command(
+    sandbox: Sandbox,
+) -> None:
+    from computesdk.api.process.v1 import process_pb2 as pb
+
+    stub = sandbox.client.processes
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RunCommand(
+            pb.RunCommandRequest(
+                sandbox_id=sandbox.id, command=pb.Command(args=["cat"], stdin=True)
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await stub.RunCommand(
+            pb.RunCommandRequest(sandbox_id=sandbox.id, command=pb.Command(args=["sleep", "30"])),
+            timeout=0.5,
+        )
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(50):
+        if not any(p.running and p.args == ["sleep", "30"] for p in await sandbox.processes()):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(p.running and p.args == ["sleep", "30"] for p in await sandbox.processes())

@@ -80,6 +80,13 @@ type Client struct {
 
 	mu       sync.Mutex
 	handlers []func(ConnState)
+	// Providers that answered RunCommand with UNIMPLEMENTED: Exec streams for them.
+	noRunCommand sync.Map
+}
+
+func (c *Client) streamsExec(provider string) bool {
+	_, ok := c.noRunCommand.Load(provider)
+	return ok
 }
 
 type connectConfig struct {

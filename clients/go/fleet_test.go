@@ -231,3 +231,20 @@ func TestTemplatesBuildCacheAndDelete(t *testing.T) {
 		t.Fatalf("list: %v %v", list, err)
 	}
 }
+
+// Exec answers in one unary call when the output fits inline; past that the rest
+// arrives through AttachProcess, with nothing lost.
+func TestExecPastTheInlineLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := connect(t)
+	sb, err := c.Create(ctx, "local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	r, err := sb.Exec(ctx, "head -c 3000000 /dev/zero | tr '\\0' a; printf done >&2")
+	if err != nil || len(r.Stdout) != 3000000 || string(r.Stderr) != "done" || bytes.Count(r.Stdout, []byte("a")) != 3000000 {
+		t.Fatalf("exec: %d bytes, stderr %q, %v", len(r.Stdout), r.Stderr, err)
+	}
+}

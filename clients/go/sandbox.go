@@ -386,20 +386,60 @@ func (e *ExecStream) Exited() *processv1.Exited { return e.exited }
 
 // Exec runs a shell command line to completion.
 func (s *Sandbox) Exec(ctx context.Context, command string, opts ...ExecOption) (*ExecResult, error) {
-	st, err := s.Stream(ctx, command, opts...)
+	return s.run(ctx, newExec(command, nil, opts))
+}
+
+// ExecArgv runs argv exactly, without a shell, to completion.
+func (s *Sandbox) ExecArgv(ctx context.Context, argv []string, opts ...ExecOption) (*ExecResult, error) {
+	return s.run(ctx, newExec("", argv, opts))
+}
+
+// run takes one unary call (RunCommand) when the command has no stdin, and the
+// Exec stream when it has, or when the provider cannot re-attach.
+func (s *Sandbox) run(ctx context.Context, cfg *execConfig) (*ExecResult, error) {
+	if !cfg.hasStdin && !cfg.interactive && !s.client.streamsExec(s.Provider()) {
+		res, err := s.runCommand(ctx, cfg)
+		if !errors.Is(err, ErrUnimplemented) {
+			return res, err
+		}
+		s.client.noRunCommand.Store(s.Provider(), true)
+	}
+	st, err := s.stream(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	return st.Wait()
 }
 
-// ExecArgv runs argv exactly, without a shell, to completion.
-func (s *Sandbox) ExecArgv(ctx context.Context, argv []string, opts ...ExecOption) (*ExecResult, error) {
-	st, err := s.StreamArgv(ctx, argv, opts...)
+// runCommand reads output past what fits inline with AttachProcess, from where
+// the answer stopped.
+func (s *Sandbox) runCommand(ctx context.Context, cfg *execConfig) (*ExecResult, error) {
+	resp, err := s.client.Raw.Processes.RunCommand(ctx, &processv1.RunCommandRequest{
+		SandboxId: s.ID(), Command: &cfg.cmd})
 	if err != nil {
-		return nil, err
+		return nil, fromRPC(err)
 	}
-	return st.Wait()
+	out, errOut, exited := resp.GetStdout(), resp.GetStderr(), resp.GetExited()
+	if exited == nil {
+		var failure error
+		p := &Process{ID: resp.GetProcessId(), sandbox: s}
+		exited, _ = p.attach(ctx, uint64(len(out)), uint64(len(errOut)), func(c Chunk, err error) bool {
+			if err != nil {
+				failure = err
+				return false
+			}
+			if c.Stderr {
+				errOut = append(errOut, c.Data...)
+			} else {
+				out = append(out, c.Data...)
+			}
+			return true
+		})
+		if failure != nil {
+			return nil, failure
+		}
+	}
+	return resultFrom(resp.GetProcessId(), out, errOut, exited), nil
 }
 
 // ---------------------------------------------------------------- processes

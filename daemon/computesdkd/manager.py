@@ -14,8 +14,8 @@ import inspect
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    Unsupported,
     sandbox_not_found,
 )
 from .events import EventBus
@@ -57,7 +58,7 @@ from .model import (
 from .monitor import Monitor
 from .networks import Networks
 from .pools import POOL_LABEL, Pools
-from .providers.base import SNAPSHOTS, ProcessRun, Provider, ProviderContext
+from .providers.base import EXEC_RESUME, SNAPSHOTS, ProcessRun, Provider, ProviderContext
 from .providers.paths import WORKDIR, normalize
 from .snapshots import RESTARTED, Snapshots
 from .store import Store
@@ -65,6 +66,17 @@ from .templates import Templates
 from .volumes import Volumes
 
 log = logs.get(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """What RunCommand answers: the first bytes of each stream, and the end if it came."""
+
+    started: Started | None = None
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    exited: ExitStatus | None = None
+
 
 DEFAULT_TIMEOUT_MS = 300_000
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
@@ -996,14 +1008,14 @@ class Manager:
 
     async def exec(
         self, sandbox_id: str, command: Command
-    ) -> tuple[ProcessRun, AsyncIterator[ProcessEvent]]:
+    ) -> tuple[ProcessRun, AsyncGenerator[ProcessEvent, None]]:
         sb, provider = self.running(sandbox_id)
         run = provider.run(sb, _prepared(sb, command))
         return run, self._track(sb, provider, run)
 
     async def _track(
         self, sb: Sandbox, provider: Provider, run: ProcessRun
-    ) -> AsyncIterator[ProcessEvent]:
+    ) -> AsyncGenerator[ProcessEvent, None]:
         process_id = ""
         finished = False
         try:
@@ -1019,6 +1031,41 @@ class Manager:
             await run.aclose()
             if process_id and not finished:  # the client left; learn the exit anyway
                 self._watch(sb, process_id)
+
+    async def run_command(self, sandbox_id: str, command: Command, limit: int) -> RunOutcome:
+        """Runs a command without stdin and collects its output. Past limit bytes of a
+        stream, answers at once and leaves the command running; the caller reads
+        the rest with attach from the lengths it got. That needs a provider that
+        can re-attach; the others say so, and clients fall back to exec."""
+        if command.stdin:
+            raise InvalidArgument("RunCommand takes no stdin; use Exec", reason="STDIN_NOT_ALLOWED")
+        sb, provider = self.running(sandbox_id)
+        if EXEC_RESUME not in provider.capabilities:
+            raise Unsupported(provider.name, "run command (use Exec)")
+        run = provider.run(sb, _prepared(sb, command), kill_on_close=False)
+        out = RunOutcome()
+        events = self._track(sb, provider, run)
+        try:
+            async for ev in events:
+                if isinstance(ev, Started):
+                    out.started = ev
+                elif isinstance(ev, Output):
+                    buf = out.stdout if ev.stream == "stdout" else out.stderr
+                    room = limit - len(buf)
+                    buf += ev.data[:room]
+                    if len(ev.data) > room:
+                        break  # the rest stays with the process, for attach
+                elif isinstance(ev, ExitStatus):
+                    out.exited = ev
+        except asyncio.CancelledError:
+            # The caller went away before the answer: as with Exec, the command goes.
+            if out.started is not None and out.exited is None:
+                with contextlib.suppress(ComputeError):
+                    await provider.signal(sb, out.started.process_id, 9)
+            raise
+        finally:
+            await events.aclose()
+        return out
 
     def _started(self, sb: Sandbox, ev: Started) -> None:
         metrics.EXECS.labels(sb.spec.provider).inc()

@@ -66,6 +66,9 @@ class Client:
         self.snapshot_stub = snapshot_pb2_grpc.SnapshotServiceStub(self.channel)
         self.volume_stub = volume_pb2_grpc.VolumeServiceStub(self.channel)
         self.template_stub = template_pb2_grpc.TemplateServiceStub(self.channel)
+        # Providers whose sandboxes answered RunCommand with UNIMPLEMENTED: their
+        # exec() goes through the Exec stream.
+        self.no_run_command: set[str] = set()
         self.states = States(self)
         self.volumes = Volumes(self)
         self.templates = Templates(self)

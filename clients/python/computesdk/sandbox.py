@@ -14,6 +14,7 @@ from .api.filesystem.v1 import filesystem_pb2 as fs_pb
 from .api.monitoring.v1 import monitoring_pb2 as mon_pb
 from .api.process.v1 import process_pb2 as proc_pb
 from .api.sandbox.v1 import sandbox_pb2
+from .errors import UnsupportedError
 from .state import Snapshots
 from .types import (
     STATE_NAMES,
@@ -377,6 +378,13 @@ class Sandbox:
         on_stderr: OutputCallback | None = None,
     ) -> ExecResult:
         """Runs a command to completion; on_stdout/on_stderr see output as it arrives."""
+        quick = stdin is None and on_stdout is None and on_stderr is None
+        if quick and self.provider not in self.client.no_run_command:
+            try:
+                return await self._run_command(_command(command, cwd, env, timeout_ms, False))
+            except UnsupportedError:
+                # The provider cannot re-attach (or the daemon predates RunCommand).
+                self.client.no_run_command.add(self.provider)
         stream = self.exec_stream(command, cwd=cwd, env=env, timeout_ms=timeout_ms, stdin=stdin)
         out, err = bytearray(), bytearray()
         async for chunk in stream:
@@ -388,6 +396,22 @@ class Sandbox:
                 await _call(on_stderr, chunk.text)
         assert stream.exited is not None
         return _result(bytes(out), bytes(err), stream.exited, stream.process_id)
+
+    async def _run_command(self, command: proc_pb.Command) -> ExecResult:
+        """One unary call; a command that writes more than fits inline is read on
+        with AttachProcess from where the answer stopped."""
+        with translated():
+            resp = await self.client.processes.RunCommand(
+                proc_pb.RunCommandRequest(sandbox_id=self.id, command=command)
+            )
+        if resp.HasField("exited"):
+            return _result(resp.stdout, resp.stderr, resp.exited, resp.process_id)
+        out, err = bytearray(resp.stdout), bytearray(resp.stderr)
+        proc = Process(self, proc_pb.Process(process_id=resp.process_id, pid=resp.pid))
+        async for chunk in proc.attach(len(out), len(err)):
+            (out if chunk.stream == "stdout" else err).extend(chunk.data)
+        assert proc.exited is not None
+        return _result(bytes(out), bytes(err), proc.exited, resp.process_id)
 
     async def start_process(
         self,

@@ -147,6 +147,8 @@ export class Client {
   readonly states: States;
   readonly volumes: Volumes;
   readonly templates: Templates;
+  /** Providers that answered RunCommand with UNIMPLEMENTED: their exec() streams. */
+  readonly noRunCommand = new Set<string>();
   readonly target: string;
   private readonly session: Http2SessionManager;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();

@@ -6,7 +6,7 @@ import { State, type Resources as ResourcesMessage, type Sandbox as SandboxMessa
 import { CommandSchema, ExecRequestSchema, ExecStartSchema, type Command as CommandMessage, type ExecRequest, type Exited, type Process as ProcessMessage } from "./gen/computesdk/api/process/v1/process_pb.js";
 import { FileType, WriteFileHeaderSchema, WriteFileRequestSchema, type FileInfo as FileInfoMessage, type WriteFileRequest } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
 import type { CheckHealthResponse, Usage as UsageMessage } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
-import { ComputeSDKError, fromError, translated } from "./errors.js";
+import { ComputeSDKError, UnsupportedError, fromError, translated } from "./errors.js";
 import { Snapshots } from "./state.js";
 import type { Client, ConnectionState, Event } from "./client.js";
 
@@ -525,8 +525,41 @@ export class Sandbox {
   // ------------------------------------------------------------ commands
 
   /** Runs a command to completion. A string goes through /bin/sh -c; an array is the argv. */
-  exec(command: CommandLine, options: ExecOptions = {}): Promise<ExecResult> {
+  async exec(command: CommandLine, options: ExecOptions = {}): Promise<ExecResult> {
+    const quick = options.stdin === undefined && !options.interactive && !options.onStdout && !options.onStderr;
+    if (quick && !this.client.noRunCommand.has(this.provider)) {
+      try {
+        return await this.runCommand(command, options);
+      } catch (err) {
+        // The provider cannot re-attach (or the daemon predates RunCommand): stream instead.
+        if (!(err instanceof UnsupportedError)) throw err;
+        this.client.noRunCommand.add(this.provider);
+      }
+    }
     return new ExecStream(this, command, options).wait();
+  }
+
+  /** One unary call; output past what fits inline is read on with attach from where it stopped. */
+  private async runCommand(command: CommandLine, options: ExecOptions): Promise<ExecResult> {
+    const resp = await translated(() =>
+      this.client.raw.processes.runCommand({ sandboxId: this.id, command: commandToProto(command, options) }, { signal: options.signal }),
+    );
+    const out: Uint8Array[] = [resp.stdout];
+    const err: Uint8Array[] = [resp.stderr];
+    let exited = resp.exited;
+    if (!exited) {
+      const it = new Process(this, resp.processId).attach({ stdoutOffset: resp.stdout.length, stderrOffset: resp.stderr.length, signal: options.signal });
+      for (;;) {
+        const next = await it.next();
+        if (next.done) {
+          exited = next.value;
+          break;
+        }
+        (next.value.stream === "stdout" ? out : err).push(next.value.data);
+      }
+      if (!exited) throw new ComputeSDKError("process ended without an exit status", "ABORTED", "SANDBOX_TERMINATED");
+    }
+    return resultFromParts(out, err, exited, resp.processId);
   }
 
   /** Runs a command and streams its output as it is produced. */

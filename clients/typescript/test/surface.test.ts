@@ -238,3 +238,15 @@ it("builds a custom template once, then hits the cache, and deletes it", () =>
     assert.ok((await client.templates.list()).some((t) => t.name === "python" && t.builtin));
     client.close();
   }));
+
+it("exec past the inline limit loses nothing", () =>
+  tracked(async () => {
+    const client = await connect({ socket: daemon.socket });
+    const sb = await client.create("local");
+    const r = await sb.exec("head -c 3000000 /dev/zero | tr '\\0' a; printf done >&2");
+    assert.equal(r.stdout.length, 3000000);
+    assert.ok(/^a+$/.test(r.stdout));
+    assert.equal(r.stderr, "done");
+    await sb.destroy();
+    client.close();
+  }));

@@ -21,6 +21,10 @@ from ._edge import check_chunk, drain_requests, edge
 Ctx = ServicerContext[Any, Any]
 
 
+# Output RunCommand carries inline per stream: both fit in gRPC's default 4 MiB message.
+RUN_OUTPUT_LIMIT = 1 << 20
+
+
 def _event(ev: ProcessEvent) -> dict[str, Any]:
     """Keyword arguments for ExecResponse / AttachProcessResponse."""
     if isinstance(ev, Started):
@@ -105,6 +109,22 @@ class ProcessServicer(pb_grpc.ProcessServiceServicer):
                 forward.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await forward
+
+    @edge
+    async def RunCommand(
+        self, request: pb.RunCommandRequest, context: Ctx
+    ) -> pb.RunCommandResponse:
+        bind_contextvars(sandbox_id=request.sandbox_id)
+        limit = min(request.max_output_bytes or RUN_OUTPUT_LIMIT, RUN_OUTPUT_LIMIT)
+        out = await self.manager.run_command(
+            request.sandbox_id, convert.command_from(request.command), limit
+        )
+        resp = pb.RunCommandResponse(stdout=bytes(out.stdout), stderr=bytes(out.stderr))
+        if out.started is not None:
+            resp.process_id, resp.pid = out.started.process_id, out.started.pid
+        if out.exited is not None:
+            resp.exited.CopyFrom(convert.exited_to(out.exited))
+        return resp
 
     @edge
     async def StartProcess(

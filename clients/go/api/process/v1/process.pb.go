@@ -281,6 +281,149 @@ func (*ExecRequest_CloseStdin) isExecRequest_Request() {}
 
 func (*ExecRequest_Signal) isExecRequest_Request() {}
 
+// RunCommandRequest says what to run and how much output to carry inline.
+type RunCommandRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// command.stdin must be false.
+	Command *Command `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	// Per stream. Zero means, and larger values are capped at, 1 MiB.
+	MaxOutputBytes uint32 `protobuf:"varint,3,opt,name=max_output_bytes,json=maxOutputBytes,proto3" json:"max_output_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RunCommandRequest) Reset() {
+	*x = RunCommandRequest{}
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunCommandRequest) ProtoMessage() {}
+
+func (x *RunCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunCommandRequest.ProtoReflect.Descriptor instead.
+func (*RunCommandRequest) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RunCommandRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *RunCommandRequest) GetCommand() *Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *RunCommandRequest) GetMaxOutputBytes() uint32 {
+	if x != nil {
+		return x.MaxOutputBytes
+	}
+	return 0
+}
+
+// RunCommandResponse is the command's output and, when it ended within the
+// limit, how it ended.
+type RunCommandResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ProcessId string                 `protobuf:"bytes,1,opt,name=process_id,json=processId,proto3" json:"process_id,omitempty"`
+	Pid       int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	// The first bytes of each stream, from offset 0.
+	Stdout []byte `protobuf:"bytes,3,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr []byte `protobuf:"bytes,4,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// Unset when the output passed max_output_bytes before the command ended.
+	Exited        *Exited `protobuf:"bytes,5,opt,name=exited,proto3" json:"exited,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunCommandResponse) Reset() {
+	*x = RunCommandResponse{}
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunCommandResponse) ProtoMessage() {}
+
+func (x *RunCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunCommandResponse.ProtoReflect.Descriptor instead.
+func (*RunCommandResponse) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RunCommandResponse) GetProcessId() string {
+	if x != nil {
+		return x.ProcessId
+	}
+	return ""
+}
+
+func (x *RunCommandResponse) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *RunCommandResponse) GetStdout() []byte {
+	if x != nil {
+		return x.Stdout
+	}
+	return nil
+}
+
+func (x *RunCommandResponse) GetStderr() []byte {
+	if x != nil {
+		return x.Stderr
+	}
+	return nil
+}
+
+func (x *RunCommandResponse) GetExited() *Exited {
+	if x != nil {
+		return x.Exited
+	}
+	return nil
+}
+
 // Started reports the new process.
 type Started struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -292,7 +435,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[3]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +447,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[3]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +460,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{3}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Started) GetProcessId() string {
@@ -350,7 +493,7 @@ type Exited struct {
 
 func (x *Exited) Reset() {
 	*x = Exited{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[4]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +505,7 @@ func (x *Exited) String() string {
 func (*Exited) ProtoMessage() {}
 
 func (x *Exited) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[4]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +518,7 @@ func (x *Exited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exited.ProtoReflect.Descriptor instead.
 func (*Exited) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{4}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Exited) GetExitCode() int32 {
@@ -424,7 +567,7 @@ type Output struct {
 
 func (x *Output) Reset() {
 	*x = Output{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[5]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +579,7 @@ func (x *Output) String() string {
 func (*Output) ProtoMessage() {}
 
 func (x *Output) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[5]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +592,7 @@ func (x *Output) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Output.ProtoReflect.Descriptor instead.
 func (*Output) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{5}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Output) GetData() []byte {
@@ -482,7 +625,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[6]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +637,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[6]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +650,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{6}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -594,7 +737,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[7]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +749,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[7]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +762,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{7}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartProcessRequest) GetSandboxId() string {
@@ -653,7 +796,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[8]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +808,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[8]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +821,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{8}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartProcessResponse) GetProcess() *Process {
@@ -701,7 +844,7 @@ type AttachProcessRequest struct {
 
 func (x *AttachProcessRequest) Reset() {
 	*x = AttachProcessRequest{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[9]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +856,7 @@ func (x *AttachProcessRequest) String() string {
 func (*AttachProcessRequest) ProtoMessage() {}
 
 func (x *AttachProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[9]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +869,7 @@ func (x *AttachProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachProcessRequest.ProtoReflect.Descriptor instead.
 func (*AttachProcessRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{9}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AttachProcessRequest) GetSandboxId() string {
@@ -773,7 +916,7 @@ type AttachProcessResponse struct {
 
 func (x *AttachProcessResponse) Reset() {
 	*x = AttachProcessResponse{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[10]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +928,7 @@ func (x *AttachProcessResponse) String() string {
 func (*AttachProcessResponse) ProtoMessage() {}
 
 func (x *AttachProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[10]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +941,7 @@ func (x *AttachProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachProcessResponse.ProtoReflect.Descriptor instead.
 func (*AttachProcessResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{10}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AttachProcessResponse) GetEvent() isAttachProcessResponse_Event {
@@ -886,7 +1029,7 @@ type WriteStdinRequest struct {
 
 func (x *WriteStdinRequest) Reset() {
 	*x = WriteStdinRequest{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[11]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1041,7 @@ func (x *WriteStdinRequest) String() string {
 func (*WriteStdinRequest) ProtoMessage() {}
 
 func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[11]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1054,7 @@ func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
 func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{11}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WriteStdinRequest) GetSandboxId() string {
@@ -951,7 +1094,7 @@ type WriteStdinResponse struct {
 
 func (x *WriteStdinResponse) Reset() {
 	*x = WriteStdinResponse{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[12]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1106,7 @@ func (x *WriteStdinResponse) String() string {
 func (*WriteStdinResponse) ProtoMessage() {}
 
 func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[12]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1119,7 @@ func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
 func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{12}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{14}
 }
 
 // SignalProcessRequest names a process and a signal.
@@ -991,7 +1134,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[13]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1146,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[13]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1159,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{13}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SignalProcessRequest) GetSandboxId() string {
@@ -1049,7 +1192,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[14]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1204,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[14]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1217,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{14}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{16}
 }
 
 // Process describes one process.
@@ -1096,7 +1239,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[15]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1251,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[15]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1264,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{15}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Process) GetProcessId() string {
@@ -1197,7 +1340,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[16]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1352,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[16]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1365,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{16}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListProcessesRequest) GetSandboxId() string {
@@ -1242,7 +1385,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[17]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1397,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[17]
+	mi := &file_computesdk_api_process_v1_process_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1410,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{17}
+	return file_computesdk_api_process_v1_process_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*Process {
@@ -1303,7 +1446,19 @@ const file_computesdk_api_process_v1_process_proto_rawDesc = "" +
 	"\vclose_stdin\x18\x03 \x01(\bH\x00R\n" +
 	"closeStdin\x12\x18\n" +
 	"\x06signal\x18\x04 \x01(\x05H\x00R\x06signalB\t\n" +
-	"\arequest\":\n" +
+	"\arequest\"\x9a\x01\n" +
+	"\x11RunCommandRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n" +
+	"\acommand\x18\x02 \x01(\v2\".computesdk.api.process.v1.CommandR\acommand\x12(\n" +
+	"\x10max_output_bytes\x18\x03 \x01(\rR\x0emaxOutputBytes\"\xb0\x01\n" +
+	"\x12RunCommandResponse\x12\x1d\n" +
+	"\n" +
+	"process_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n" +
+	"\x06stdout\x18\x03 \x01(\fR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x04 \x01(\fR\x06stderr\x129\n" +
+	"\x06exited\x18\x05 \x01(\v2!.computesdk.api.process.v1.ExitedR\x06exited\":\n" +
 	"\aStarted\x12\x1d\n" +
 	"\n" +
 	"process_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n" +
@@ -1376,9 +1531,11 @@ const file_computesdk_api_process_v1_process_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"Y\n" +
 	"\x15ListProcessesResponse\x12@\n" +
-	"\tprocesses\x18\x01 \x03(\v2\".computesdk.api.process.v1.ProcessR\tprocesses2\xa7\x05\n" +
+	"\tprocesses\x18\x01 \x03(\v2\".computesdk.api.process.v1.ProcessR\tprocesses2\x92\x06\n" +
 	"\x0eProcessService\x12[\n" +
-	"\x04Exec\x12&.computesdk.api.process.v1.ExecRequest\x1a'.computesdk.api.process.v1.ExecResponse(\x010\x01\x12o\n" +
+	"\x04Exec\x12&.computesdk.api.process.v1.ExecRequest\x1a'.computesdk.api.process.v1.ExecResponse(\x010\x01\x12i\n" +
+	"\n" +
+	"RunCommand\x12,.computesdk.api.process.v1.RunCommandRequest\x1a-.computesdk.api.process.v1.RunCommandResponse\x12o\n" +
 	"\fStartProcess\x12..computesdk.api.process.v1.StartProcessRequest\x1a/.computesdk.api.process.v1.StartProcessResponse\x12t\n" +
 	"\rAttachProcess\x12/.computesdk.api.process.v1.AttachProcessRequest\x1a0.computesdk.api.process.v1.AttachProcessResponse0\x01\x12i\n" +
 	"\n" +
@@ -1398,63 +1555,69 @@ func file_computesdk_api_process_v1_process_proto_rawDescGZIP() []byte {
 	return file_computesdk_api_process_v1_process_proto_rawDescData
 }
 
-var file_computesdk_api_process_v1_process_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_computesdk_api_process_v1_process_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_computesdk_api_process_v1_process_proto_goTypes = []any{
 	(*Command)(nil),               // 0: computesdk.api.process.v1.Command
 	(*ExecStart)(nil),             // 1: computesdk.api.process.v1.ExecStart
 	(*ExecRequest)(nil),           // 2: computesdk.api.process.v1.ExecRequest
-	(*Started)(nil),               // 3: computesdk.api.process.v1.Started
-	(*Exited)(nil),                // 4: computesdk.api.process.v1.Exited
-	(*Output)(nil),                // 5: computesdk.api.process.v1.Output
-	(*ExecResponse)(nil),          // 6: computesdk.api.process.v1.ExecResponse
-	(*StartProcessRequest)(nil),   // 7: computesdk.api.process.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),  // 8: computesdk.api.process.v1.StartProcessResponse
-	(*AttachProcessRequest)(nil),  // 9: computesdk.api.process.v1.AttachProcessRequest
-	(*AttachProcessResponse)(nil), // 10: computesdk.api.process.v1.AttachProcessResponse
-	(*WriteStdinRequest)(nil),     // 11: computesdk.api.process.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),    // 12: computesdk.api.process.v1.WriteStdinResponse
-	(*SignalProcessRequest)(nil),  // 13: computesdk.api.process.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil), // 14: computesdk.api.process.v1.SignalProcessResponse
-	(*Process)(nil),               // 15: computesdk.api.process.v1.Process
-	(*ListProcessesRequest)(nil),  // 16: computesdk.api.process.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil), // 17: computesdk.api.process.v1.ListProcessesResponse
-	nil,                           // 18: computesdk.api.process.v1.Command.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*RunCommandRequest)(nil),     // 3: computesdk.api.process.v1.RunCommandRequest
+	(*RunCommandResponse)(nil),    // 4: computesdk.api.process.v1.RunCommandResponse
+	(*Started)(nil),               // 5: computesdk.api.process.v1.Started
+	(*Exited)(nil),                // 6: computesdk.api.process.v1.Exited
+	(*Output)(nil),                // 7: computesdk.api.process.v1.Output
+	(*ExecResponse)(nil),          // 8: computesdk.api.process.v1.ExecResponse
+	(*StartProcessRequest)(nil),   // 9: computesdk.api.process.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),  // 10: computesdk.api.process.v1.StartProcessResponse
+	(*AttachProcessRequest)(nil),  // 11: computesdk.api.process.v1.AttachProcessRequest
+	(*AttachProcessResponse)(nil), // 12: computesdk.api.process.v1.AttachProcessResponse
+	(*WriteStdinRequest)(nil),     // 13: computesdk.api.process.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil),    // 14: computesdk.api.process.v1.WriteStdinResponse
+	(*SignalProcessRequest)(nil),  // 15: computesdk.api.process.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil), // 16: computesdk.api.process.v1.SignalProcessResponse
+	(*Process)(nil),               // 17: computesdk.api.process.v1.Process
+	(*ListProcessesRequest)(nil),  // 18: computesdk.api.process.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil), // 19: computesdk.api.process.v1.ListProcessesResponse
+	nil,                           // 20: computesdk.api.process.v1.Command.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_computesdk_api_process_v1_process_proto_depIdxs = []int32{
-	18, // 0: computesdk.api.process.v1.Command.env:type_name -> computesdk.api.process.v1.Command.EnvEntry
+	20, // 0: computesdk.api.process.v1.Command.env:type_name -> computesdk.api.process.v1.Command.EnvEntry
 	0,  // 1: computesdk.api.process.v1.ExecStart.command:type_name -> computesdk.api.process.v1.Command
 	1,  // 2: computesdk.api.process.v1.ExecRequest.start:type_name -> computesdk.api.process.v1.ExecStart
-	3,  // 3: computesdk.api.process.v1.ExecResponse.started:type_name -> computesdk.api.process.v1.Started
-	5,  // 4: computesdk.api.process.v1.ExecResponse.stdout:type_name -> computesdk.api.process.v1.Output
-	5,  // 5: computesdk.api.process.v1.ExecResponse.stderr:type_name -> computesdk.api.process.v1.Output
-	4,  // 6: computesdk.api.process.v1.ExecResponse.exited:type_name -> computesdk.api.process.v1.Exited
-	0,  // 7: computesdk.api.process.v1.StartProcessRequest.command:type_name -> computesdk.api.process.v1.Command
-	15, // 8: computesdk.api.process.v1.StartProcessResponse.process:type_name -> computesdk.api.process.v1.Process
-	3,  // 9: computesdk.api.process.v1.AttachProcessResponse.started:type_name -> computesdk.api.process.v1.Started
-	5,  // 10: computesdk.api.process.v1.AttachProcessResponse.stdout:type_name -> computesdk.api.process.v1.Output
-	5,  // 11: computesdk.api.process.v1.AttachProcessResponse.stderr:type_name -> computesdk.api.process.v1.Output
-	4,  // 12: computesdk.api.process.v1.AttachProcessResponse.exited:type_name -> computesdk.api.process.v1.Exited
-	4,  // 13: computesdk.api.process.v1.Process.exited:type_name -> computesdk.api.process.v1.Exited
-	19, // 14: computesdk.api.process.v1.Process.start_time:type_name -> google.protobuf.Timestamp
-	15, // 15: computesdk.api.process.v1.ListProcessesResponse.processes:type_name -> computesdk.api.process.v1.Process
-	2,  // 16: computesdk.api.process.v1.ProcessService.Exec:input_type -> computesdk.api.process.v1.ExecRequest
-	7,  // 17: computesdk.api.process.v1.ProcessService.StartProcess:input_type -> computesdk.api.process.v1.StartProcessRequest
-	9,  // 18: computesdk.api.process.v1.ProcessService.AttachProcess:input_type -> computesdk.api.process.v1.AttachProcessRequest
-	11, // 19: computesdk.api.process.v1.ProcessService.WriteStdin:input_type -> computesdk.api.process.v1.WriteStdinRequest
-	13, // 20: computesdk.api.process.v1.ProcessService.SignalProcess:input_type -> computesdk.api.process.v1.SignalProcessRequest
-	16, // 21: computesdk.api.process.v1.ProcessService.ListProcesses:input_type -> computesdk.api.process.v1.ListProcessesRequest
-	6,  // 22: computesdk.api.process.v1.ProcessService.Exec:output_type -> computesdk.api.process.v1.ExecResponse
-	8,  // 23: computesdk.api.process.v1.ProcessService.StartProcess:output_type -> computesdk.api.process.v1.StartProcessResponse
-	10, // 24: computesdk.api.process.v1.ProcessService.AttachProcess:output_type -> computesdk.api.process.v1.AttachProcessResponse
-	12, // 25: computesdk.api.process.v1.ProcessService.WriteStdin:output_type -> computesdk.api.process.v1.WriteStdinResponse
-	14, // 26: computesdk.api.process.v1.ProcessService.SignalProcess:output_type -> computesdk.api.process.v1.SignalProcessResponse
-	17, // 27: computesdk.api.process.v1.ProcessService.ListProcesses:output_type -> computesdk.api.process.v1.ListProcessesResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	0,  // 3: computesdk.api.process.v1.RunCommandRequest.command:type_name -> computesdk.api.process.v1.Command
+	6,  // 4: computesdk.api.process.v1.RunCommandResponse.exited:type_name -> computesdk.api.process.v1.Exited
+	5,  // 5: computesdk.api.process.v1.ExecResponse.started:type_name -> computesdk.api.process.v1.Started
+	7,  // 6: computesdk.api.process.v1.ExecResponse.stdout:type_name -> computesdk.api.process.v1.Output
+	7,  // 7: computesdk.api.process.v1.ExecResponse.stderr:type_name -> computesdk.api.process.v1.Output
+	6,  // 8: computesdk.api.process.v1.ExecResponse.exited:type_name -> computesdk.api.process.v1.Exited
+	0,  // 9: computesdk.api.process.v1.StartProcessRequest.command:type_name -> computesdk.api.process.v1.Command
+	17, // 10: computesdk.api.process.v1.StartProcessResponse.process:type_name -> computesdk.api.process.v1.Process
+	5,  // 11: computesdk.api.process.v1.AttachProcessResponse.started:type_name -> computesdk.api.process.v1.Started
+	7,  // 12: computesdk.api.process.v1.AttachProcessResponse.stdout:type_name -> computesdk.api.process.v1.Output
+	7,  // 13: computesdk.api.process.v1.AttachProcessResponse.stderr:type_name -> computesdk.api.process.v1.Output
+	6,  // 14: computesdk.api.process.v1.AttachProcessResponse.exited:type_name -> computesdk.api.process.v1.Exited
+	6,  // 15: computesdk.api.process.v1.Process.exited:type_name -> computesdk.api.process.v1.Exited
+	21, // 16: computesdk.api.process.v1.Process.start_time:type_name -> google.protobuf.Timestamp
+	17, // 17: computesdk.api.process.v1.ListProcessesResponse.processes:type_name -> computesdk.api.process.v1.Process
+	2,  // 18: computesdk.api.process.v1.ProcessService.Exec:input_type -> computesdk.api.process.v1.ExecRequest
+	3,  // 19: computesdk.api.process.v1.ProcessService.RunCommand:input_type -> computesdk.api.process.v1.RunCommandRequest
+	9,  // 20: computesdk.api.process.v1.ProcessService.StartProcess:input_type -> computesdk.api.process.v1.StartProcessRequest
+	11, // 21: computesdk.api.process.v1.ProcessService.AttachProcess:input_type -> computesdk.api.process.v1.AttachProcessRequest
+	13, // 22: computesdk.api.process.v1.ProcessService.WriteStdin:input_type -> computesdk.api.process.v1.WriteStdinRequest
+	15, // 23: computesdk.api.process.v1.ProcessService.SignalProcess:input_type -> computesdk.api.process.v1.SignalProcessRequest
+	18, // 24: computesdk.api.process.v1.ProcessService.ListProcesses:input_type -> computesdk.api.process.v1.ListProcessesRequest
+	8,  // 25: computesdk.api.process.v1.ProcessService.Exec:output_type -> computesdk.api.process.v1.ExecResponse
+	4,  // 26: computesdk.api.process.v1.ProcessService.RunCommand:output_type -> computesdk.api.process.v1.RunCommandResponse
+	10, // 27: computesdk.api.process.v1.ProcessService.StartProcess:output_type -> computesdk.api.process.v1.StartProcessResponse
+	12, // 28: computesdk.api.process.v1.ProcessService.AttachProcess:output_type -> computesdk.api.process.v1.AttachProcessResponse
+	14, // 29: computesdk.api.process.v1.ProcessService.WriteStdin:output_type -> computesdk.api.process.v1.WriteStdinResponse
+	16, // 30: computesdk.api.process.v1.ProcessService.SignalProcess:output_type -> computesdk.api.process.v1.SignalProcessResponse
+	19, // 31: computesdk.api.process.v1.ProcessService.ListProcesses:output_type -> computesdk.api.process.v1.ListProcessesResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_computesdk_api_process_v1_process_proto_init() }
@@ -1468,13 +1631,13 @@ func file_computesdk_api_process_v1_process_proto_init() {
 		(*ExecRequest_CloseStdin)(nil),
 		(*ExecRequest_Signal)(nil),
 	}
-	file_computesdk_api_process_v1_process_proto_msgTypes[6].OneofWrappers = []any{
+	file_computesdk_api_process_v1_process_proto_msgTypes[8].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exited)(nil),
 	}
-	file_computesdk_api_process_v1_process_proto_msgTypes[10].OneofWrappers = []any{
+	file_computesdk_api_process_v1_process_proto_msgTypes[12].OneofWrappers = []any{
 		(*AttachProcessResponse_Started)(nil),
 		(*AttachProcessResponse_Stdout)(nil),
 		(*AttachProcessResponse_Stderr)(nil),
@@ -1486,7 +1649,7 @@ func file_computesdk_api_process_v1_process_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_computesdk_api_process_v1_process_proto_rawDesc), len(file_computesdk_api_process_v1_process_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

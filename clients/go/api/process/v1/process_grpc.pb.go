@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ProcessService_Exec_FullMethodName          = "/computesdk.api.process.v1.ProcessService/Exec"
+	ProcessService_RunCommand_FullMethodName    = "/computesdk.api.process.v1.ProcessService/RunCommand"
 	ProcessService_StartProcess_FullMethodName  = "/computesdk.api.process.v1.ProcessService/StartProcess"
 	ProcessService_AttachProcess_FullMethodName = "/computesdk.api.process.v1.ProcessService/AttachProcess"
 	ProcessService_WriteStdin_FullMethodName    = "/computesdk.api.process.v1.ProcessService/WriteStdin"
@@ -37,6 +38,13 @@ type ProcessServiceClient interface {
 	// `start`; later requests may carry stdin, close_stdin or a signal.
 	// Closing the stream before the command ends kills the command.
 	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error)
+	// RunCommand runs a command that takes no stdin and answers once, with its
+	// output: the quick path when no live output is wanted. Up to
+	// max_output_bytes of each stream come inline. A command that writes more
+	// keeps running (as a background process does) and the answer comes without
+	// `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+	// the call before the answer kills the command.
+	RunCommand(ctx context.Context, in *RunCommandRequest, opts ...grpc.CallOption) (*RunCommandResponse, error)
 	// StartProcess starts a background process that outlives the call.
 	StartProcess(ctx context.Context, in *StartProcessRequest, opts ...grpc.CallOption) (*StartProcessResponse, error)
 	// AttachProcess streams a process's output from the given byte offsets,
@@ -70,6 +78,16 @@ func (c *processServiceClient) Exec(ctx context.Context, opts ...grpc.CallOption
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProcessService_ExecClient = grpc.BidiStreamingClient[ExecRequest, ExecResponse]
+
+func (c *processServiceClient) RunCommand(ctx context.Context, in *RunCommandRequest, opts ...grpc.CallOption) (*RunCommandResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunCommandResponse)
+	err := c.cc.Invoke(ctx, ProcessService_RunCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *processServiceClient) StartProcess(ctx context.Context, in *StartProcessRequest, opts ...grpc.CallOption) (*StartProcessResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -140,6 +158,13 @@ type ProcessServiceServer interface {
 	// `start`; later requests may carry stdin, close_stdin or a signal.
 	// Closing the stream before the command ends kills the command.
 	Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error
+	// RunCommand runs a command that takes no stdin and answers once, with its
+	// output: the quick path when no live output is wanted. Up to
+	// max_output_bytes of each stream come inline. A command that writes more
+	// keeps running (as a background process does) and the answer comes without
+	// `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+	// the call before the answer kills the command.
+	RunCommand(context.Context, *RunCommandRequest) (*RunCommandResponse, error)
 	// StartProcess starts a background process that outlives the call.
 	StartProcess(context.Context, *StartProcessRequest) (*StartProcessResponse, error)
 	// AttachProcess streams a process's output from the given byte offsets,
@@ -163,6 +188,9 @@ type UnimplementedProcessServiceServer struct{}
 
 func (UnimplementedProcessServiceServer) Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error {
 	return status.Error(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedProcessServiceServer) RunCommand(context.Context, *RunCommandRequest) (*RunCommandResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunCommand not implemented")
 }
 func (UnimplementedProcessServiceServer) StartProcess(context.Context, *StartProcessRequest) (*StartProcessResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StartProcess not implemented")
@@ -206,6 +234,24 @@ func _ProcessService_Exec_Handler(srv interface{}, stream grpc.ServerStream) err
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProcessService_ExecServer = grpc.BidiStreamingServer[ExecRequest, ExecResponse]
+
+func _ProcessService_RunCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProcessServiceServer).RunCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProcessService_RunCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProcessServiceServer).RunCommand(ctx, req.(*RunCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _ProcessService_StartProcess_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StartProcessRequest)
@@ -297,6 +343,10 @@ var ProcessService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "computesdk.api.process.v1.ProcessService",
 	HandlerType: (*ProcessServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "RunCommand",
+			Handler:    _ProcessService_RunCommand_Handler,
+		},
 		{
 			MethodName: "StartProcess",
 			Handler:    _ProcessService_StartProcess_Handler,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'computesdk/api/process/v1/process.proto\x12\x19\x63omputesdk.api.process.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\x07\x43ommand\x12\x18\n\x07\x63ommand\x18\x01 \x01(\tR\x07\x63ommand\x12\x12\n\x04\x61rgs\x18\x02 \x03(\tR\x04\x61rgs\x12\x10\n\x03\x63wd\x18\x03 \x01(\tR\x03\x63wd\x12=\n\x03\x65nv\x18\x04 \x03(\x0b\x32+.computesdk.api.process.v1.Command.EnvEntryR\x03\x65nv\x12\x1d\n\ntimeout_ms\x18\x05 \x01(\x04R\ttimeoutMs\x12\x14\n\x05stdin\x18\x06 \x01(\x08R\x05stdin\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"h\n\tExecStart\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\".computesdk.api.process.v1.CommandR\x07\x63ommand\"\xab\x01\n\x0b\x45xecRequest\x12<\n\x05start\x18\x01 \x01(\x0b\x32$.computesdk.api.process.v1.ExecStartH\x00R\x05start\x12\x16\n\x05stdin\x18\x02 \x01(\x0cH\x00R\x05stdin\x12!\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00R\ncloseStdin\x12\x18\n\x06signal\x18\x04 \x01(\x05H\x00R\x06signalB\t\n\x07request\":\n\x07Started\x12\x1d\n\nprocess_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n\x03pid\x18\x02 \x01(\x05R\x03pid\"\x9a\x01\n\x06\x45xited\x12\x1b\n\texit_code\x18\x01 \x01(\x05R\x08\x65xitCode\x12\x16\n\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n\x0b\x64uration_ms\x18\x03 \x01(\x04R\ndurationMs\x12\x1b\n\ttimed_out\x18\x04 \x01(\x08R\x08timedOut\x12\x1d\n\noom_killed\x18\x05 \x01(\x08R\toomKilled\"4\n\x06Output\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x04R\x06offset\"\x8e\x02\n\x0c\x45xecResponse\x12>\n\x07started\x18\x01 \x01(\x0b\x32\".computesdk.api.process.v1.StartedH\x00R\x07started\x12;\n\x06stdout\x18\x02 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stdout\x12;\n\x06stderr\x18\x03 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stderr\x12;\n\x06\x65xited\x18\x04 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedH\x00R\x06\x65xitedB\x07\n\x05\x65vent\"\x84\x01\n\x13StartProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\".computesdk.api.process.v1.CommandR\x07\x63ommand\x12\x10\n\x03tag\x18\x03 \x01(\tR\x03tag\"T\n\x14StartProcessResponse\x12<\n\x07process\x18\x01 \x01(\x0b\x32\".computesdk.api.process.v1.ProcessR\x07process\"\x9e\x01\n\x14\x41ttachProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1d\n\nprocess_id\x18\x02 \x01(\tR\tprocessId\x12#\n\rstdout_offset\x18\x03 \x01(\x04R\x0cstdoutOffset\x12#\n\rstderr_offset\x18\x04 \x01(\x04R\x0cstderrOffset\"\x97\x02\n\x15\x41ttachProcessResponse\x12>\n\x07started\x18\x01 \x01(\x0b\x32\".computesdk.api.process.v1.StartedH\x00R\x07started\x12;\n\x06stdout\x18\x02 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stdout\x12;\n\x06stderr\x18\x03 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stderr\x12;\n\x06\x65xited\x18\x04 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedH\x00R\x06\x65xitedB\x07\n\x05\x65vent\"{\n\x11WriteStdinRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1d\n\nprocess_id\x18\x02 \x01(\tR\tprocessId\x12\x12\n\x04\x64\x61ta\x18\x03 \x01(\x0cR\x04\x64\x61ta\x12\x14\n\x05\x63lose\x18\x04 \x01(\x08R\x05\x63lose\"\x14\n\x12WriteStdinResponse\"l\n\x14SignalProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1d\n\nprocess_id\x18\x02 \x01(\tR\tprocessId\x12\x16\n\x06signal\x18\x03 \x01(\x05R\x06signal\"\x17\n\x15SignalProcessResponse\"\xb6\x02\n\x07Process\x12\x1d\n\nprocess_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n\x04\x61rgs\x18\x03 \x03(\tR\x04\x61rgs\x12\x10\n\x03tag\x18\x04 \x01(\tR\x03tag\x12\x18\n\x07running\x18\x05 \x01(\x08R\x07running\x12\x39\n\x06\x65xited\x18\x06 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedR\x06\x65xited\x12\x39\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12!\n\x0cstdout_bytes\x18\x08 \x01(\x04R\x0bstdoutBytes\x12!\n\x0cstderr_bytes\x18\t \x01(\x04R\x0bstderrBytes\"5\n\x14ListProcessesRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\"Y\n\x15ListProcessesResponse\x12@\n\tprocesses\x18\x01 \x03(\x0b\x32\".computesdk.api.process.v1.ProcessR\tprocesses2\xa7\x05\n\x0eProcessService\x12[\n\x04\x45xec\x12&.computesdk.api.process.v1.ExecRequest\x1a\'.computesdk.api.process.v1.ExecResponse(\x01\x30\x01\x12o\n\x0cStartProcess\x12..computesdk.api.process.v1.StartProcessRequest\x1a/.computesdk.api.process.v1.StartProcessResponse\x12t\n\rAttachProcess\x12/.computesdk.api.process.v1.AttachProcessRequest\x1a\x30.computesdk.api.process.v1.AttachProcessResponse0\x01\x12i\n\nWriteStdin\x12,.computesdk.api.process.v1.WriteStdinRequest\x1a-.computesdk.api.process.v1.WriteStdinResponse\x12r\n\rSignalProcess\x12/.computesdk.api.process.v1.SignalProcessRequest\x1a\x30.computesdk.api.process.v1.SignalProcessResponse\x12r\n\rListProcesses\x12/.computesdk.api.process.v1.ListProcessesRequest\x1a\x30.computesdk.api.process.v1.ListProcessesResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/process/v1;processv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'computesdk/api/process/v1/process.proto\x12\x19\x63omputesdk.api.process.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\x07\x43ommand\x12\x18\n\x07\x63ommand\x18\x01 \x01(\tR\x07\x63ommand\x12\x12\n\x04\x61rgs\x18\x02 \x03(\tR\x04\x61rgs\x12\x10\n\x03\x63wd\x18\x03 \x01(\tR\x03\x63wd\x12=\n\x03\x65nv\x18\x04 \x03(\x0b\x32+.computesdk.api.process.v1.Command.EnvEntryR\x03\x65nv\x12\x1d\n\ntimeout_ms\x18\x05 \x01(\x04R\ttimeoutMs\x12\x14\n\x05stdin\x18\x06 \x01(\x08R\x05stdin\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"h\n\tExecStart\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\".computesdk.api.process.v1.CommandR\x07\x63ommand\"\xab\x01\n\x0b\x45xecRequest\x12<\n\x05start\x18\x01 \x01(\x0b\x32$.computesdk.api.process.v1.ExecStartH\x00R\x05start\x12\x16\n\x05stdin\x18\x02 \x01(\x0cH\x00R\x05stdin\x12!\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00R\ncloseStdin\x12\x18\n\x06signal\x18\x04 \x01(\x05H\x00R\x06signalB\t\n\x07request\"\x9a\x01\n\x11RunCommandRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\".computesdk.api.process.v1.CommandR\x07\x63ommand\x12(\n\x10max_output_bytes\x18\x03 \x01(\rR\x0emaxOutputBytes\"\xb0\x01\n\x12RunCommandResponse\x12\x1d\n\nprocess_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n\x06stdout\x18\x03 \x01(\x0cR\x06stdout\x12\x16\n\x06stderr\x18\x04 \x01(\x0cR\x06stderr\x12\x39\n\x06\x65xited\x18\x05 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedR\x06\x65xited\":\n\x07Started\x12\x1d\n\nprocess_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n\x03pid\x18\x02 \x01(\x05R\x03pid\"\x9a\x01\n\x06\x45xited\x12\x1b\n\texit_code\x18\x01 \x01(\x05R\x08\x65xitCode\x12\x16\n\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n\x0b\x64uration_ms\x18\x03 \x01(\x04R\ndurationMs\x12\x1b\n\ttimed_out\x18\x04 \x01(\x08R\x08timedOut\x12\x1d\n\noom_killed\x18\x05 \x01(\x08R\toomKilled\"4\n\x06Output\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x04R\x06offset\"\x8e\x02\n\x0c\x45xecResponse\x12>\n\x07started\x18\x01 \x01(\x0b\x32\".computesdk.api.process.v1.StartedH\x00R\x07started\x12;\n\x06stdout\x18\x02 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stdout\x12;\n\x06stderr\x18\x03 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stderr\x12;\n\x06\x65xited\x18\x04 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedH\x00R\x06\x65xitedB\x07\n\x05\x65vent\"\x84\x01\n\x13StartProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12<\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\".computesdk.api.process.v1.CommandR\x07\x63ommand\x12\x10\n\x03tag\x18\x03 \x01(\tR\x03tag\"T\n\x14StartProcessResponse\x12<\n\x07process\x18\x01 \x01(\x0b\x32\".computesdk.api.process.v1.ProcessR\x07process\"\x9e\x01\n\x14\x41ttachProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1d\n\nprocess_id\x18\x02 \x01(\tR\tprocessId\x12#\n\rstdout_offset\x18\x03 \x01(\x04R\x0cstdoutOffset\x12#\n\rstderr_offset\x18\x04 \x01(\x04R\x0cstderrOffset\"\x97\x02\n\x15\x41ttachProcessResponse\x12>\n\x07started\x18\x01 \x01(\x0b\x32\".computesdk.api.process.v1.StartedH\x00R\x07started\x12;\n\x06stdout\x18\x02 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stdout\x12;\n\x06stderr\x18\x03 \x01(\x0b\x32!.computesdk.api.process.v1.OutputH\x00R\x06stderr\x12;\n\x06\x65xited\x18\x04 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedH\x00R\x06\x65xitedB\x07\n\x05\x65vent\"{\n\x11WriteStdinRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1d\n\nprocess_id\x18\x02 \x01(\tR\tprocessId\x12\x12\n\x04\x64\x61ta\x18\x03 \x01(\x0cR\x04\x64\x61ta\x12\x14\n\x05\x63lose\x18\x04 \x01(\x08R\x05\x63lose\"\x14\n\x12WriteStdinResponse\"l\n\x14SignalProcessRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1d\n\nprocess_id\x18\x02 \x01(\tR\tprocessId\x12\x16\n\x06signal\x18\x03 \x01(\x05R\x06signal\"\x17\n\x15SignalProcessResponse\"\xb6\x02\n\x07Process\x12\x1d\n\nprocess_id\x18\x01 \x01(\tR\tprocessId\x12\x10\n\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n\x04\x61rgs\x18\x03 \x03(\tR\x04\x61rgs\x12\x10\n\x03tag\x18\x04 \x01(\tR\x03tag\x12\x18\n\x07running\x18\x05 \x01(\x08R\x07running\x12\x39\n\x06\x65xited\x18\x06 \x01(\x0b\x32!.computesdk.api.process.v1.ExitedR\x06\x65xited\x12\x39\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12!\n\x0cstdout_bytes\x18\x08 \x01(\x04R\x0bstdoutBytes\x12!\n\x0cstderr_bytes\x18\t \x01(\x04R\x0bstderrBytes\"5\n\x14ListProcessesRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\"Y\n\x15ListProcessesResponse\x12@\n\tprocesses\x18\x01 \x03(\x0b\x32\".computesdk.api.process.v1.ProcessR\tprocesses2\x92\x06\n\x0eProcessService\x12[\n\x04\x45xec\x12&.computesdk.api.process.v1.ExecRequest\x1a\'.computesdk.api.process.v1.ExecResponse(\x01\x30\x01\x12i\n\nRunCommand\x12,.computesdk.api.process.v1.RunCommandRequest\x1a-.computesdk.api.process.v1.RunCommandResponse\x12o\n\x0cStartProcess\x12..computesdk.api.process.v1.StartProcessRequest\x1a/.computesdk.api.process.v1.StartProcessResponse\x12t\n\rAttachProcess\x12/.computesdk.api.process.v1.AttachProcessRequest\x1a\x30.computesdk.api.process.v1.AttachProcessResponse0\x01\x12i\n\nWriteStdin\x12,.computesdk.api.process.v1.WriteStdinRequest\x1a-.computesdk.api.process.v1.WriteStdinResponse\x12r\n\rSignalProcess\x12/.computesdk.api.process.v1.SignalProcessRequest\x1a\x30.computesdk.api.process.v1.SignalProcessResponse\x12r\n\rListProcesses\x12/.computesdk.api.process.v1.ListProcessesRequest\x1a\x30.computesdk.api.process.v1.ListProcessesResponseBFZDgithub.com/computesdk/computesdk/clients/go/api/process/v1;processv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,36 +43,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECSTART']._serialized_end=455
   _globals['_EXECREQUEST']._serialized_start=458
   _globals['_EXECREQUEST']._serialized_end=629
-  _globals['_STARTED']._serialized_start=631
-  _globals['_STARTED']._serialized_end=689
-  _globals['_EXITED']._serialized_start=692
-  _globals['_EXITED']._serialized_end=846
-  _globals['_OUTPUT']._serialized_start=848
-  _globals['_OUTPUT']._serialized_end=900
-  _globals['_EXECRESPONSE']._serialized_start=903
-  _globals['_EXECRESPONSE']._serialized_end=1173
-  _globals['_STARTPROCESSREQUEST']._serialized_start=1176
-  _globals['_STARTPROCESSREQUEST']._serialized_end=1308
-  _globals['_STARTPROCESSRESPONSE']._serialized_start=1310
-  _globals['_STARTPROCESSRESPONSE']._serialized_end=1394
-  _globals['_ATTACHPROCESSREQUEST']._serialized_start=1397
-  _globals['_ATTACHPROCESSREQUEST']._serialized_end=1555
-  _globals['_ATTACHPROCESSRESPONSE']._serialized_start=1558
-  _globals['_ATTACHPROCESSRESPONSE']._serialized_end=1837
-  _globals['_WRITESTDINREQUEST']._serialized_start=1839
-  _globals['_WRITESTDINREQUEST']._serialized_end=1962
-  _globals['_WRITESTDINRESPONSE']._serialized_start=1964
-  _globals['_WRITESTDINRESPONSE']._serialized_end=1984
-  _globals['_SIGNALPROCESSREQUEST']._serialized_start=1986
-  _globals['_SIGNALPROCESSREQUEST']._serialized_end=2094
-  _globals['_SIGNALPROCESSRESPONSE']._serialized_start=2096
-  _globals['_SIGNALPROCESSRESPONSE']._serialized_end=2119
-  _globals['_PROCESS']._serialized_start=2122
-  _globals['_PROCESS']._serialized_end=2432
-  _globals['_LISTPROCESSESREQUEST']._serialized_start=2434
-  _globals['_LISTPROCESSESREQUEST']._serialized_end=2487
-  _globals['_LISTPROCESSESRESPONSE']._serialized_start=2489
-  _globals['_LISTPROCESSESRESPONSE']._serialized_end=2578
-  _globals['_PROCESSSERVICE']._serialized_start=2581
-  _globals['_PROCESSSERVICE']._serialized_end=3260
+  _globals['_RUNCOMMANDREQUEST']._serialized_start=632
+  _globals['_RUNCOMMANDREQUEST']._serialized_end=786
+  _globals['_RUNCOMMANDRESPONSE']._serialized_start=789
+  _globals['_RUNCOMMANDRESPONSE']._serialized_end=965
+  _globals['_STARTED']._serialized_start=967
+  _globals['_STARTED']._serialized_end=1025
+  _globals['_EXITED']._serialized_start=1028
+  _globals['_EXITED']._serialized_end=1182
+  _globals['_OUTPUT']._serialized_start=1184
+  _globals['_OUTPUT']._serialized_end=1236
+  _globals['_EXECRESPONSE']._serialized_start=1239
+  _globals['_EXECRESPONSE']._serialized_end=1509
+  _globals['_STARTPROCESSREQUEST']._serialized_start=1512
+  _globals['_STARTPROCESSREQUEST']._serialized_end=1644
+  _globals['_STARTPROCESSRESPONSE']._serialized_start=1646
+  _globals['_STARTPROCESSRESPONSE']._serialized_end=1730
+  _globals['_ATTACHPROCESSREQUEST']._serialized_start=1733
+  _globals['_ATTACHPROCESSREQUEST']._serialized_end=1891
+  _globals['_ATTACHPROCESSRESPONSE']._serialized_start=1894
+  _globals['_ATTACHPROCESSRESPONSE']._serialized_end=2173
+  _globals['_WRITESTDINREQUEST']._serialized_start=2175
+  _globals['_WRITESTDINREQUEST']._serialized_end=2298
+  _globals['_WRITESTDINRESPONSE']._serialized_start=2300
+  _globals['_WRITESTDINRESPONSE']._serialized_end=2320
+  _globals['_SIGNALPROCESSREQUEST']._serialized_start=2322
+  _globals['_SIGNALPROCESSREQUEST']._serialized_end=2430
+  _globals['_SIGNALPROCESSRESPONSE']._serialized_start=2432
+  _globals['_SIGNALPROCESSRESPONSE']._serialized_end=2455
+  _globals['_PROCESS']._serialized_start=2458
+  _globals['_PROCESS']._serialized_end=2768
+  _globals['_LISTPROCESSESREQUEST']._serialized_start=2770
+  _globals['_LISTPROCESSESREQUEST']._serialized_end=2823
+  _globals['_LISTPROCESSESRESPONSE']._serialized_start=2825
+  _globals['_LISTPROCESSESRESPONSE']._serialized_end=2914
+  _globals['_PROCESSSERVICE']._serialized_start=2917
+  _globals['_PROCESSSERVICE']._serialized_end=3703
 # @@protoc_insertion_point(module_scope)

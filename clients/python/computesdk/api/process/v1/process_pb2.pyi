@@ -144,6 +144,76 @@ class ExecRequest(_message.Message):
 Global___ExecRequest: _TypeAlias = ExecRequest  # noqa: Y015
 
 @_typing.final
+class RunCommandRequest(_message.Message):
+    """RunCommandRequest says what to run and how much output to carry inline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    max_output_bytes: _builtins.int
+    """Per stream. Zero means, and larger values are capped at, 1 MiB."""
+    @_builtins.property
+    def command(self) -> Global___Command:
+        """command.stdin must be false."""
+
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        command: Global___Command | None = ...,
+        max_output_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "max_output_bytes", b"max_output_bytes", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCommandRequest: _TypeAlias = RunCommandRequest  # noqa: Y015
+
+@_typing.final
+class RunCommandResponse(_message.Message):
+    """RunCommandResponse is the command's output and, when it ended within the
+    limit, how it ended.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    EXITED_FIELD_NUMBER: _builtins.int
+    process_id: _builtins.str
+    pid: _builtins.int
+    stdout: _builtins.bytes
+    """The first bytes of each stream, from offset 0."""
+    stderr: _builtins.bytes
+    @_builtins.property
+    def exited(self) -> Global___Exited:
+        """Unset when the output passed max_output_bytes before the command ended."""
+
+    def __init__(
+        self,
+        *,
+        process_id: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        exited: Global___Exited | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exited", b"exited"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exited", b"exited", "pid", b"pid", "process_id", b"process_id", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCommandResponse: _TypeAlias = RunCommandResponse  # noqa: Y015
+
+@_typing.final
 class Started(_message.Message):
     """Started reports the new process."""
 

@@ -40,6 +40,11 @@ class ProcessServiceStub:
                 request_serializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.ExecRequest.SerializeToString,
                 response_deserializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.ExecResponse.FromString,
                 _registered_method=True)
+        self.RunCommand = channel.unary_unary(
+                '/computesdk.api.process.v1.ProcessService/RunCommand',
+                request_serializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.RunCommandRequest.SerializeToString,
+                response_deserializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.RunCommandResponse.FromString,
+                _registered_method=True)
         self.StartProcess = channel.unary_unary(
                 '/computesdk.api.process.v1.ProcessService/StartProcess',
                 request_serializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.StartProcessRequest.SerializeToString,
@@ -75,6 +80,18 @@ class ProcessServiceServicer:
         """Exec runs a command and streams its output. The first request must carry
         `start`; later requests may carry stdin, close_stdin or a signal.
         Closing the stream before the command ends kills the command.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunCommand(self, request, context):
+        """RunCommand runs a command that takes no stdin and answers once, with its
+        output: the quick path when no live output is wanted. Up to
+        max_output_bytes of each stream come inline. A command that writes more
+        keeps running (as a background process does) and the answer comes without
+        `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+        the call before the answer kills the command.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +140,11 @@ def add_ProcessServiceServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.ExecRequest.FromString,
                     response_serializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.ExecResponse.SerializeToString,
+            ),
+            'RunCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCommand,
+                    request_deserializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.RunCommandRequest.FromString,
+                    response_serializer=computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.RunCommandResponse.SerializeToString,
             ),
             'StartProcess': grpc.unary_unary_rpc_method_handler(
                     servicer.StartProcess,
@@ -178,6 +200,33 @@ class ProcessService:
             '/computesdk.api.process.v1.ProcessService/Exec',
             computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.ExecRequest.SerializeToString,
             computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/computesdk.api.process.v1.ProcessService/RunCommand',
+            computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.RunCommandRequest.SerializeToString,
+            computesdk_dot_api_dot_process_dot_v1_dot_process__pb2.RunCommandResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,14 @@ class ProcessServiceStub:
     `start`; later requests may carry stdin, close_stdin or a signal.
     Closing the stream before the command ends kills the command.
     """
+    RunCommand: _grpc.UnaryUnaryMultiCallable[_process_pb2.RunCommandRequest, _process_pb2.RunCommandResponse]
+    """RunCommand runs a command that takes no stdin and answers once, with its
+    output: the quick path when no live output is wanted. Up to
+    max_output_bytes of each stream come inline. A command that writes more
+    keeps running (as a background process does) and the answer comes without
+    `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+    the call before the answer kills the command.
+    """
     StartProcess: _grpc.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]
     """StartProcess starts a background process that outlives the call."""
     AttachProcess: _grpc.UnaryStreamMultiCallable[_process_pb2.AttachProcessRequest, _process_pb2.AttachProcessResponse]
@@ -60,6 +68,14 @@ class ProcessServiceAsyncStub(ProcessServiceStub):
     """Exec runs a command and streams its output. The first request must carry
     `start`; later requests may carry stdin, close_stdin or a signal.
     Closing the stream before the command ends kills the command.
+    """
+    RunCommand: _aio.UnaryUnaryMultiCallable[_process_pb2.RunCommandRequest, _process_pb2.RunCommandResponse]  # type: ignore[assignment]
+    """RunCommand runs a command that takes no stdin and answers once, with its
+    output: the quick path when no live output is wanted. Up to
+    max_output_bytes of each stream come inline. A command that writes more
+    keeps running (as a background process does) and the answer comes without
+    `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+    the call before the answer kills the command.
     """
     StartProcess: _aio.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]  # type: ignore[assignment]
     """StartProcess starts a background process that outlives the call."""
@@ -86,6 +102,20 @@ class ProcessServiceServicer(metaclass=_abc_1.ABCMeta):
         """Exec runs a command and streams its output. The first request must carry
         `start`; later requests may carry stdin, close_stdin or a signal.
         Closing the stream before the command ends kills the command.
+        """
+
+    @_abc_1.abstractmethod
+    def RunCommand(
+        self,
+        request: _process_pb2.RunCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.RunCommandResponse, _abc.Awaitable[_process_pb2.RunCommandResponse]]:
+        """RunCommand runs a command that takes no stdin and answers once, with its
+        output: the quick path when no live output is wanted. Up to
+        max_output_bytes of each stream come inline. A command that writes more
+        keeps running (as a background process does) and the answer comes without
+        `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+        the call before the answer kills the command.
         """
 
     @_abc_1.abstractmethod

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file computesdk/api/process/v1/process.proto.
  */
 export const file_computesdk_api_process_v1_process: GenFile = /*@__PURE__*/
-  fileDesc("Cidjb21wdXRlc2RrL2FwaS9wcm9jZXNzL3YxL3Byb2Nlc3MucHJvdG8SGWNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEivgEKB0NvbW1hbmQSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEgsKA2N3ZBgDIAEoCRI4CgNlbnYYBCADKAsyKy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkNvbW1hbmQuRW52RW50cnkSEgoKdGltZW91dF9tcxgFIAEoBBINCgVzdGRpbhgGIAEoCBoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKCUV4ZWNTdGFydBISCgpzYW5kYm94X2lkGAEgASgJEjMKB2NvbW1hbmQYAiABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkNvbW1hbmQiiQEKC0V4ZWNSZXF1ZXN0EjUKBXN0YXJ0GAEgASgLMiQuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5FeGVjU3RhcnRIABIPCgVzdGRpbhgCIAEoDEgAEhUKC2Nsb3NlX3N0ZGluGAMgASgISAASEAoGc2lnbmFsGAQgASgFSABCCQoHcmVxdWVzdCIqCgdTdGFydGVkEhIKCnByb2Nlc3NfaWQYASABKAkSCwoDcGlkGAIgASgFImcKBkV4aXRlZBIRCglleGl0X2NvZGUYASABKAUSDgoGc2lnbmFsGAIgASgFEhMKC2R1cmF0aW9uX21zGAMgASgEEhEKCXRpbWVkX291dBgEIAEoCBISCgpvb21fa2lsbGVkGAUgASgIIiYKBk91dHB1dBIMCgRkYXRhGAEgASgMEg4KBm9mZnNldBgCIAEoBCLtAQoMRXhlY1Jlc3BvbnNlEjUKB3N0YXJ0ZWQYASABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlN0YXJ0ZWRIABIzCgZzdGRvdXQYAiABKAsyIS5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLk91dHB1dEgAEjMKBnN0ZGVychgDIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuT3V0cHV0SAASMwoGZXhpdGVkGAQgASgLMiEuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5FeGl0ZWRIAEIHCgVldmVudCJrChNTdGFydFByb2Nlc3NSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSMwoHY29tbWFuZBgCIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuQ29tbWFuZBILCgN0YWcYAyABKAkiSwoUU3RhcnRQcm9jZXNzUmVzcG9uc2USMwoHcHJvY2VzcxgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuUHJvY2VzcyJsChRBdHRhY2hQcm9jZXNzUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEhIKCnByb2Nlc3NfaWQYAiABKAkSFQoNc3Rkb3V0X29mZnNldBgDIAEoBBIVCg1zdGRlcnJfb2Zmc2V0GAQgASgEIvYBChVBdHRhY2hQcm9jZXNzUmVzcG9uc2USNQoHc3RhcnRlZBgBIAEoCzIiLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuU3RhcnRlZEgAEjMKBnN0ZG91dBgCIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuT3V0cHV0SAASMwoGc3RkZXJyGAMgASgLMiEuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5PdXRwdXRIABIzCgZleGl0ZWQYBCABKAsyIS5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkV4aXRlZEgAQgcKBWV2ZW50IlgKEVdyaXRlU3RkaW5SZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSEgoKcHJvY2Vzc19pZBgCIAEoCRIMCgRkYXRhGAMgASgMEg0KBWNsb3NlGAQgASgIIhQKEldyaXRlU3RkaW5SZXNwb25zZSJOChRTaWduYWxQcm9jZXNzUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEhIKCnByb2Nlc3NfaWQYAiABKAkSDgoGc2lnbmFsGAMgASgFIhcKFVNpZ25hbFByb2Nlc3NSZXNwb25zZSLlAQoHUHJvY2VzcxISCgpwcm9jZXNzX2lkGAEgASgJEgsKA3BpZBgCIAEoBRIMCgRhcmdzGAMgAygJEgsKA3RhZxgEIAEoCRIPCgdydW5uaW5nGAUgASgIEjEKBmV4aXRlZBgGIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuRXhpdGVkEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHN0ZG91dF9ieXRlcxgIIAEoBBIUCgxzdGRlcnJfYnl0ZXMYCSABKAQiKgoUTGlzdFByb2Nlc3Nlc1JlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCSJOChVMaXN0UHJvY2Vzc2VzUmVzcG9uc2USNQoJcHJvY2Vzc2VzGAEgAygLMiIuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5Qcm9jZXNzMqcFCg5Qcm9jZXNzU2VydmljZRJbCgRFeGVjEiYuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5FeGVjUmVxdWVzdBonLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuRXhlY1Jlc3BvbnNlKAEwARJvCgxTdGFydFByb2Nlc3MSLi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlN0YXJ0UHJvY2Vzc1JlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlN0YXJ0UHJvY2Vzc1Jlc3BvbnNlEnQKDUF0dGFjaFByb2Nlc3MSLy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkF0dGFjaFByb2Nlc3NSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5BdHRhY2hQcm9jZXNzUmVzcG9uc2UwARJpCgpXcml0ZVN0ZGluEiwuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5Xcml0ZVN0ZGluUmVxdWVzdBotLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuV3JpdGVTdGRpblJlc3BvbnNlEnIKDVNpZ25hbFByb2Nlc3MSLy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlNpZ25hbFByb2Nlc3NSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5TaWduYWxQcm9jZXNzUmVzcG9uc2UScgoNTGlzdFByb2Nlc3NlcxIvLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuTGlzdFByb2Nlc3Nlc1JlcXVlc3QaMC5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkxpc3RQcm9jZXNzZXNSZXNwb25zZUJGWkRnaXRodWIuY29tL2NvbXB1dGVzZGsvY29tcHV0ZXNkay9jbGllbnRzL2dvL2FwaS9wcm9jZXNzL3YxO3Byb2Nlc3N2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Cidjb21wdXRlc2RrL2FwaS9wcm9jZXNzL3YxL3Byb2Nlc3MucHJvdG8SGWNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEivgEKB0NvbW1hbmQSDwoHY29tbWFuZBgBIAEoCRIMCgRhcmdzGAIgAygJEgsKA2N3ZBgDIAEoCRI4CgNlbnYYBCADKAsyKy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkNvbW1hbmQuRW52RW50cnkSEgoKdGltZW91dF9tcxgFIAEoBBINCgVzdGRpbhgGIAEoCBoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKCUV4ZWNTdGFydBISCgpzYW5kYm94X2lkGAEgASgJEjMKB2NvbW1hbmQYAiABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkNvbW1hbmQiiQEKC0V4ZWNSZXF1ZXN0EjUKBXN0YXJ0GAEgASgLMiQuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5FeGVjU3RhcnRIABIPCgVzdGRpbhgCIAEoDEgAEhUKC2Nsb3NlX3N0ZGluGAMgASgISAASEAoGc2lnbmFsGAQgASgFSABCCQoHcmVxdWVzdCJ2ChFSdW5Db21tYW5kUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEjMKB2NvbW1hbmQYAiABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkNvbW1hbmQSGAoQbWF4X291dHB1dF9ieXRlcxgDIAEoDSKIAQoSUnVuQ29tbWFuZFJlc3BvbnNlEhIKCnByb2Nlc3NfaWQYASABKAkSCwoDcGlkGAIgASgFEg4KBnN0ZG91dBgDIAEoDBIOCgZzdGRlcnIYBCABKAwSMQoGZXhpdGVkGAUgASgLMiEuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5FeGl0ZWQiKgoHU3RhcnRlZBISCgpwcm9jZXNzX2lkGAEgASgJEgsKA3BpZBgCIAEoBSJnCgZFeGl0ZWQSEQoJZXhpdF9jb2RlGAEgASgFEg4KBnNpZ25hbBgCIAEoBRITCgtkdXJhdGlvbl9tcxgDIAEoBBIRCgl0aW1lZF9vdXQYBCABKAgSEgoKb29tX2tpbGxlZBgFIAEoCCImCgZPdXRwdXQSDAoEZGF0YRgBIAEoDBIOCgZvZmZzZXQYAiABKAQi7QEKDEV4ZWNSZXNwb25zZRI1CgdzdGFydGVkGAEgASgLMiIuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5TdGFydGVkSAASMwoGc3Rkb3V0GAIgASgLMiEuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5PdXRwdXRIABIzCgZzdGRlcnIYAyABKAsyIS5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLk91dHB1dEgAEjMKBmV4aXRlZBgEIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuRXhpdGVkSABCBwoFZXZlbnQiawoTU3RhcnRQcm9jZXNzUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEjMKB2NvbW1hbmQYAiABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkNvbW1hbmQSCwoDdGFnGAMgASgJIksKFFN0YXJ0UHJvY2Vzc1Jlc3BvbnNlEjMKB3Byb2Nlc3MYASABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlByb2Nlc3MibAoUQXR0YWNoUHJvY2Vzc1JlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRISCgpwcm9jZXNzX2lkGAIgASgJEhUKDXN0ZG91dF9vZmZzZXQYAyABKAQSFQoNc3RkZXJyX29mZnNldBgEIAEoBCL2AQoVQXR0YWNoUHJvY2Vzc1Jlc3BvbnNlEjUKB3N0YXJ0ZWQYASABKAsyIi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlN0YXJ0ZWRIABIzCgZzdGRvdXQYAiABKAsyIS5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLk91dHB1dEgAEjMKBnN0ZGVychgDIAEoCzIhLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuT3V0cHV0SAASMwoGZXhpdGVkGAQgASgLMiEuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5FeGl0ZWRIAEIHCgVldmVudCJYChFXcml0ZVN0ZGluUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEhIKCnByb2Nlc3NfaWQYAiABKAkSDAoEZGF0YRgDIAEoDBINCgVjbG9zZRgEIAEoCCIUChJXcml0ZVN0ZGluUmVzcG9uc2UiTgoUU2lnbmFsUHJvY2Vzc1JlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRISCgpwcm9jZXNzX2lkGAIgASgJEg4KBnNpZ25hbBgDIAEoBSIXChVTaWduYWxQcm9jZXNzUmVzcG9uc2Ui5QEKB1Byb2Nlc3MSEgoKcHJvY2Vzc19pZBgBIAEoCRILCgNwaWQYAiABKAUSDAoEYXJncxgDIAMoCRILCgN0YWcYBCABKAkSDwoHcnVubmluZxgFIAEoCBIxCgZleGl0ZWQYBiABKAsyIS5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkV4aXRlZBIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxzdGRvdXRfYnl0ZXMYCCABKAQSFAoMc3RkZXJyX2J5dGVzGAkgASgEIioKFExpc3RQcm9jZXNzZXNSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkiTgoVTGlzdFByb2Nlc3Nlc1Jlc3BvbnNlEjUKCXByb2Nlc3NlcxgBIAMoCzIiLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuUHJvY2VzczKSBgoOUHJvY2Vzc1NlcnZpY2USWwoERXhlYxImLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuRXhlY1JlcXVlc3QaJy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkV4ZWNSZXNwb25zZSgBMAESaQoKUnVuQ29tbWFuZBIsLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuUnVuQ29tbWFuZFJlcXVlc3QaLS5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlJ1bkNvbW1hbmRSZXNwb25zZRJvCgxTdGFydFByb2Nlc3MSLi5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlN0YXJ0UHJvY2Vzc1JlcXVlc3QaLy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlN0YXJ0UHJvY2Vzc1Jlc3BvbnNlEnQKDUF0dGFjaFByb2Nlc3MSLy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkF0dGFjaFByb2Nlc3NSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5BdHRhY2hQcm9jZXNzUmVzcG9uc2UwARJpCgpXcml0ZVN0ZGluEiwuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5Xcml0ZVN0ZGluUmVxdWVzdBotLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuV3JpdGVTdGRpblJlc3BvbnNlEnIKDVNpZ25hbFByb2Nlc3MSLy5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLlNpZ25hbFByb2Nlc3NSZXF1ZXN0GjAuY29tcHV0ZXNkay5hcGkucHJvY2Vzcy52MS5TaWduYWxQcm9jZXNzUmVzcG9uc2UScgoNTGlzdFByb2Nlc3NlcxIvLmNvbXB1dGVzZGsuYXBpLnByb2Nlc3MudjEuTGlzdFByb2Nlc3Nlc1JlcXVlc3QaMC5jb21wdXRlc2RrLmFwaS5wcm9jZXNzLnYxLkxpc3RQcm9jZXNzZXNSZXNwb25zZUJGWkRnaXRodWIuY29tL2NvbXB1dGVzZGsvY29tcHV0ZXNkay9jbGllbnRzL2dvL2FwaS9wcm9jZXNzL3YxO3Byb2Nlc3N2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Command says what to run.
@@ -138,6 +138,83 @@ export const ExecRequestSchema: GenMessage<ExecRequest> = /*@__PURE__*/
   messageDesc(file_computesdk_api_process_v1_process, 2);
 
 /**
+ * RunCommandRequest says what to run and how much output to carry inline.
+ *
+ * @generated from message computesdk.api.process.v1.RunCommandRequest
+ */
+export type RunCommandRequest = Message<"computesdk.api.process.v1.RunCommandRequest"> & {
+  /**
+   * @generated from field: string sandbox_id = 1;
+   */
+  sandboxId: string;
+
+  /**
+   * command.stdin must be false.
+   *
+   * @generated from field: computesdk.api.process.v1.Command command = 2;
+   */
+  command?: Command | undefined;
+
+  /**
+   * Per stream. Zero means, and larger values are capped at, 1 MiB.
+   *
+   * @generated from field: uint32 max_output_bytes = 3;
+   */
+  maxOutputBytes: number;
+};
+
+/**
+ * Describes the message computesdk.api.process.v1.RunCommandRequest.
+ * Use `create(RunCommandRequestSchema)` to create a new message.
+ */
+export const RunCommandRequestSchema: GenMessage<RunCommandRequest> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_process_v1_process, 3);
+
+/**
+ * RunCommandResponse is the command's output and, when it ended within the
+ * limit, how it ended.
+ *
+ * @generated from message computesdk.api.process.v1.RunCommandResponse
+ */
+export type RunCommandResponse = Message<"computesdk.api.process.v1.RunCommandResponse"> & {
+  /**
+   * @generated from field: string process_id = 1;
+   */
+  processId: string;
+
+  /**
+   * @generated from field: int32 pid = 2;
+   */
+  pid: number;
+
+  /**
+   * The first bytes of each stream, from offset 0.
+   *
+   * @generated from field: bytes stdout = 3;
+   */
+  stdout: Uint8Array;
+
+  /**
+   * @generated from field: bytes stderr = 4;
+   */
+  stderr: Uint8Array;
+
+  /**
+   * Unset when the output passed max_output_bytes before the command ended.
+   *
+   * @generated from field: computesdk.api.process.v1.Exited exited = 5;
+   */
+  exited?: Exited | undefined;
+};
+
+/**
+ * Describes the message computesdk.api.process.v1.RunCommandResponse.
+ * Use `create(RunCommandResponseSchema)` to create a new message.
+ */
+export const RunCommandResponseSchema: GenMessage<RunCommandResponse> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_process_v1_process, 4);
+
+/**
  * Started reports the new process.
  *
  * @generated from message computesdk.api.process.v1.Started
@@ -159,7 +236,7 @@ export type Started = Message<"computesdk.api.process.v1.Started"> & {
  * Use `create(StartedSchema)` to create a new message.
  */
 export const StartedSchema: GenMessage<Started> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 3);
+  messageDesc(file_computesdk_api_process_v1_process, 5);
 
 /**
  * Exited reports how a process ended.
@@ -202,7 +279,7 @@ export type Exited = Message<"computesdk.api.process.v1.Exited"> & {
  * Use `create(ExitedSchema)` to create a new message.
  */
 export const ExitedSchema: GenMessage<Exited> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 4);
+  messageDesc(file_computesdk_api_process_v1_process, 6);
 
 /**
  * Output is one chunk of a stream, with the byte offset of its first byte.
@@ -226,7 +303,7 @@ export type Output = Message<"computesdk.api.process.v1.Output"> & {
  * Use `create(OutputSchema)` to create a new message.
  */
 export const OutputSchema: GenMessage<Output> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 5);
+  messageDesc(file_computesdk_api_process_v1_process, 7);
 
 /**
  * ExecResponse is one message on the server side of Exec.
@@ -269,7 +346,7 @@ export type ExecResponse = Message<"computesdk.api.process.v1.ExecResponse"> & {
  * Use `create(ExecResponseSchema)` to create a new message.
  */
 export const ExecResponseSchema: GenMessage<ExecResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 6);
+  messageDesc(file_computesdk_api_process_v1_process, 8);
 
 /**
  * StartProcessRequest starts a background process.
@@ -300,7 +377,7 @@ export type StartProcessRequest = Message<"computesdk.api.process.v1.StartProces
  * Use `create(StartProcessRequestSchema)` to create a new message.
  */
 export const StartProcessRequestSchema: GenMessage<StartProcessRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 7);
+  messageDesc(file_computesdk_api_process_v1_process, 9);
 
 /**
  * StartProcessResponse names the process.
@@ -319,7 +396,7 @@ export type StartProcessResponse = Message<"computesdk.api.process.v1.StartProce
  * Use `create(StartProcessResponseSchema)` to create a new message.
  */
 export const StartProcessResponseSchema: GenMessage<StartProcessResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 8);
+  messageDesc(file_computesdk_api_process_v1_process, 10);
 
 /**
  * AttachProcessRequest names a process and where to start reading.
@@ -353,7 +430,7 @@ export type AttachProcessRequest = Message<"computesdk.api.process.v1.AttachProc
  * Use `create(AttachProcessRequestSchema)` to create a new message.
  */
 export const AttachProcessRequestSchema: GenMessage<AttachProcessRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 9);
+  messageDesc(file_computesdk_api_process_v1_process, 11);
 
 /**
  * AttachProcessResponse is one message of an attached stream.
@@ -396,7 +473,7 @@ export type AttachProcessResponse = Message<"computesdk.api.process.v1.AttachPro
  * Use `create(AttachProcessResponseSchema)` to create a new message.
  */
 export const AttachProcessResponseSchema: GenMessage<AttachProcessResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 10);
+  messageDesc(file_computesdk_api_process_v1_process, 12);
 
 /**
  * WriteStdinRequest carries input.
@@ -432,7 +509,7 @@ export type WriteStdinRequest = Message<"computesdk.api.process.v1.WriteStdinReq
  * Use `create(WriteStdinRequestSchema)` to create a new message.
  */
 export const WriteStdinRequestSchema: GenMessage<WriteStdinRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 11);
+  messageDesc(file_computesdk_api_process_v1_process, 13);
 
 /**
  * WriteStdinResponse is empty on success.
@@ -447,7 +524,7 @@ export type WriteStdinResponse = Message<"computesdk.api.process.v1.WriteStdinRe
  * Use `create(WriteStdinResponseSchema)` to create a new message.
  */
 export const WriteStdinResponseSchema: GenMessage<WriteStdinResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 12);
+  messageDesc(file_computesdk_api_process_v1_process, 14);
 
 /**
  * SignalProcessRequest names a process and a signal.
@@ -476,7 +553,7 @@ export type SignalProcessRequest = Message<"computesdk.api.process.v1.SignalProc
  * Use `create(SignalProcessRequestSchema)` to create a new message.
  */
 export const SignalProcessRequestSchema: GenMessage<SignalProcessRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 13);
+  messageDesc(file_computesdk_api_process_v1_process, 15);
 
 /**
  * SignalProcessResponse is empty on success.
@@ -491,7 +568,7 @@ export type SignalProcessResponse = Message<"computesdk.api.process.v1.SignalPro
  * Use `create(SignalProcessResponseSchema)` to create a new message.
  */
 export const SignalProcessResponseSchema: GenMessage<SignalProcessResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 14);
+  messageDesc(file_computesdk_api_process_v1_process, 16);
 
 /**
  * Process describes one process.
@@ -552,7 +629,7 @@ export type Process = Message<"computesdk.api.process.v1.Process"> & {
  * Use `create(ProcessSchema)` to create a new message.
  */
 export const ProcessSchema: GenMessage<Process> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 15);
+  messageDesc(file_computesdk_api_process_v1_process, 17);
 
 /**
  * ListProcessesRequest names a sandbox.
@@ -571,7 +648,7 @@ export type ListProcessesRequest = Message<"computesdk.api.process.v1.ListProces
  * Use `create(ListProcessesRequestSchema)` to create a new message.
  */
 export const ListProcessesRequestSchema: GenMessage<ListProcessesRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 16);
+  messageDesc(file_computesdk_api_process_v1_process, 18);
 
 /**
  * ListProcessesResponse lists its processes.
@@ -590,7 +667,7 @@ export type ListProcessesResponse = Message<"computesdk.api.process.v1.ListProce
  * Use `create(ListProcessesResponseSchema)` to create a new message.
  */
 export const ListProcessesResponseSchema: GenMessage<ListProcessesResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_process_v1_process, 17);
+  messageDesc(file_computesdk_api_process_v1_process, 19);
 
 /**
  * ProcessService runs commands inside a sandbox.
@@ -609,6 +686,21 @@ export const ProcessService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof ExecRequestSchema;
     output: typeof ExecResponseSchema;
+  },
+  /**
+   * RunCommand runs a command that takes no stdin and answers once, with its
+   * output: the quick path when no live output is wanted. Up to
+   * max_output_bytes of each stream come inline. A command that writes more
+   * keeps running (as a background process does) and the answer comes without
+   * `exited`; AttachProcess from the returned lengths reads the rest. Cancelling
+   * the call before the answer kills the command.
+   *
+   * @generated from rpc computesdk.api.process.v1.ProcessService.RunCommand
+   */
+  runCommand: {
+    methodKind: "unary";
+    input: typeof RunCommandRequestSchema;
+    output: typeof RunCommandResponseSchema;
   },
   /**
    * StartProcess starts a background process that outlives the call.
