@@ -243,13 +243,21 @@ async def exec_rtt(client: Client, n: int) -> Result:
 async def stdout_mb_s(client: Client, mib: int) -> Result:
     async with await client.create(template="python") as sb:
         script = f"import sys\nb=b'x'*(1<<20)\nfor _ in range({mib}): sys.stdout.buffer.write(b)\n"
-        h, total = hashlib.sha256(), 0
+        # The rate is what the client receives: the bytes are kept and checked
+        # after the clock stops, as the floor's stream is not hashed either.
+        chunks: list[bytes] = []
         t = time.perf_counter()
         async for chunk in sb.exec_stream(["python3", "-c", script]):
-            h.update(chunk.data)
-            total += len(chunk.data)
+            chunks.append(chunk.data)
         secs = time.perf_counter() - t
-    intact = total == mib << 20 and h.hexdigest() == hashlib.sha256(b"x" * (mib << 20)).hexdigest()
+    total = sum(len(c) for c in chunks)
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    want = hashlib.sha256()
+    for _ in range(mib):
+        want.update(b"x" * (1 << 20))
+    intact = total == mib << 20 and h.hexdigest() == want.hexdigest()
     return {"mb_per_s": round(total / secs / 1e6, 1), "bytes": total, "intact": intact}
 
 
@@ -345,7 +353,8 @@ async def floor(n: int, mib: int) -> Result:
                 ms.append((time.perf_counter() - t) * 1000)
             total = 0
             t = time.perf_counter()
-            async for block in stream(f"{mib << 20},{256 << 10}".encode()):
+            # 1 MiB messages: the size the agent sends output in (its read chunk).
+            async for block in stream(f"{mib << 20},{1 << 20}".encode()):
                 total += len(block)
             secs = time.perf_counter() - t
     finally:

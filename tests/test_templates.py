@@ -92,6 +92,19 @@ async def test_predefined_templates_are_listed_and_say_why_they_cannot_run(
     with pytest.raises(InvalidArgumentError) as bad:
         await c.templates.build("python", setup=["true"])
     assert bad.value.reason == "TEMPLATE_NAME_RESERVED"
+    # nextjs and full-stack-dev are real definitions, built on request by name alone.
+    for name, pkg in (("nextjs", "npm"), ("full-stack-dev", "build-essential")):
+        assert pkg in infos[name].packages
+        assert f"template build {name}" in infos[name].unavailable_reason
+        with pytest.raises(FailedPreconditionError) as unbuilt:
+            await c.create("local", template=name)
+        assert f"template build {name}" in unbuilt.value.message
+        with pytest.raises(InvalidArgumentError) as changed:
+            await c.templates.build(name, setup=["true"])
+        assert changed.value.reason == "TEMPLATE_NAME_RESERVED"
+        with pytest.raises(FailedPreconditionError) as kept:
+            await c.templates.delete(name)
+        assert kept.value.reason == "TEMPLATE_NAME_RESERVED"
 
 
 async def test_a_custom_template_is_built_once_then_a_cache_hit(

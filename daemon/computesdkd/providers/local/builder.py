@@ -48,6 +48,8 @@ RECORD_VERSION = 1
 BUILD_RESOURCES = Resources(cpu_cores=float(os.cpu_count() or 1), memory_mb=4096, pids_limit=4096)
 STEP_TIMEOUT_S = 1800.0
 LOG_LINE_MAX = 4096
+# CA bundles of Debian, Alpine and Fedora-like images.
+HOST_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 PACKAGE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9+.:=~_-]{0,127}$")
 
 # Installs with whichever package manager the base has, and leaves no index behind.
@@ -121,20 +123,29 @@ class TemplateStore:
 
     def lookup(self, name: str) -> Template | None:
         tpl = TEMPLATES.get(name or "base")
-        if tpl is not None:
+        rec = self._record(name)
+        if tpl is not None and (tpl.recipe is None or rec is None):
+            unavailable = tpl.unavailable
+            if tpl.recipe is not None:
+                unavailable += (
+                    f"; it is defined but not built on this host: `computesdk template "
+                    f"build {tpl.name}` builds it (packages: {', '.join(tpl.recipe.packages)})"
+                )
             info = TemplateInfo(
                 name=tpl.name,
                 provider="local",
                 description=tpl.description,
+                definition=tpl.recipe,
                 env=dict(tpl.env),
                 layer_count=1,
-                unavailable=tpl.unavailable,
+                unavailable=unavailable,
             )
             return Template(info, (self.base,))
-        rec = self._record(name)
         if rec is None:
             return None
         info = _info(rec)
+        if tpl is not None:  # a predefined name, built from its recipe
+            info = replace(info, builtin=True, description=tpl.description)
         lowers = tuple(self._lower(str(x)) for x in _strs(rec.get("layers")))
         missing = [str(p) for p in lowers if not p.is_dir()]
         if missing:
@@ -142,21 +153,27 @@ class TemplateStore:
         return Template(info, lowers)
 
     def infos(self) -> list[TemplateInfo]:
-        names = sorted(TEMPLATES) + [str(r["name"]) for r in self._all_records()]
-        return [t.info for n in names if (t := self.lookup(n)) is not None]
+        return [t.info for n in self.names() if (t := self.lookup(n)) is not None]
 
     def names(self) -> list[str]:
-        return sorted(TEMPLATES) + [str(r["name"]) for r in self._all_records()]
+        built = [str(r["name"]) for r in self._all_records()]
+        return sorted(TEMPLATES) + [n for n in built if n not in TEMPLATES]
 
     # -------------------------------------------------------------- build
 
     async def build(
         self, definition: TemplateDefinition, no_cache: bool, report: BuildReport
     ) -> tuple[TemplateInfo, bool]:
-        if definition.name in TEMPLATES:
-            raise InvalidArgument(
-                f"{definition.name!r} is a predefined template", reason="TEMPLATE_NAME_RESERVED"
-            )
+        predefined = TEMPLATES.get(definition.name)
+        if predefined is not None:
+            empty = TemplateDefinition(name=definition.name)
+            if predefined.recipe is None or definition != empty:
+                raise InvalidArgument(
+                    f"{definition.name!r} is a predefined template"
+                    + (" (build it by name alone)" if predefined.recipe else ""),
+                    reason="TEMPLATE_NAME_RESERVED",
+                )
+            definition = replace(predefined.recipe, description=predefined.description)
         for pkg in definition.packages:
             if not PACKAGE.match(pkg):
                 raise InvalidArgument(
@@ -338,6 +355,7 @@ class TemplateStore:
             env=env,
             resources=BUILD_RESOURCES,
             cgroup_parent=self._cgroup,
+            host_files=_host_files(root),
         )
         (work / "config.json").write_text(json.dumps(spec))
         proc = await asyncio.create_subprocess_exec(
@@ -414,7 +432,7 @@ class TemplateStore:
     # -------------------------------------------------------------- delete and clean
 
     async def delete(self, name: str) -> None:
-        if name in TEMPLATES:
+        if name in TEMPLATES and (TEMPLATES[name].recipe is None or name not in self._cache):
             raise FailedPrecondition(
                 f"{name!r} is a predefined template and cannot be deleted",
                 reason="TEMPLATE_NAME_RESERVED",
@@ -460,6 +478,18 @@ class _HashSink:
     def write(self, data: bytes) -> int:
         self.hash.update(data)
         return len(data)
+
+
+def _host_files(root: Path) -> list[str]:
+    """Host files a build step sees in place of the image's: the resolver always
+    (written in the defaults), the CA bundle where the image has one to cover, so
+    nothing new appears in the layer."""
+    out = ["/etc/resolv.conf"]
+    for path in HOST_TRUST:
+        inside = root / path.lstrip("/")
+        if Path(path).is_file() and inside.is_file() and not inside.is_symlink():
+            out.append(path)
+    return out
 
 
 def _mounted_lowers(layer_dir: Path) -> set[str]:

@@ -202,9 +202,12 @@ def build_spec(
     env: dict[str, str],
     resources: Resources,
     cgroup_parent: str,
+    host_files: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A template build step: the sandbox's confinement, but with the host's network
-    (package managers must reach their mirrors, as in `docker build`) and no agent."""
+    (package managers must reach their mirrors, as in `docker build`) and no agent.
+    host_files are bound read-only over the same paths (the resolver, and the CA
+    bundle: the step trusts what the host's own package managers trust)."""
     spec = runtime_spec(
         sandbox_id=build_id,
         root_path=root_path,
@@ -223,13 +226,14 @@ def build_spec(
         if m["type"] == "sysfs":
             # A user namespace may mount sysfs only in a network namespace it owns.
             m.update(type="bind", source="/sys", options=["rbind", "ro", "nosuid", "nodev"])
-    mounts.append(
+    mounts.extend(
         {
-            "destination": "/etc/resolv.conf",
+            "destination": path,
             "type": "bind",
-            "source": "/etc/resolv.conf",
+            "source": path,
             "options": ["bind", "ro", "nosuid", "nodev"],
         }
+        for path in host_files
     )
     spec["mounts"] = mounts
     return spec

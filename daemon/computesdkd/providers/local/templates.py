@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...errors import FailedPrecondition, NotFound
-from ...model import Command, Sandbox
+from ...model import Command, Sandbox, TemplateDefinition
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -17,6 +17,8 @@ class Template:
     env: dict[str, str] = field(default_factory=dict)
     # Set when the host cannot carry the template; create then fails with this.
     unavailable: str = ""
+    # For names that need more than the base: what a template build makes of them.
+    recipe: TemplateDefinition | None = None
 
 
 _TEMPLATES = [
@@ -27,14 +29,31 @@ _TEMPLATES = [
     Template("nodejs18", "Node.js 18 (Debian)", {"NODE_ENV": "development"}),
     Template(
         "nextjs",
-        "Next.js",
-        unavailable="needs npm packages that the offline base "
-        "does not carry; build it as a custom template",
+        "Next.js 14 with React 18 on Node.js 18",
+        {"NODE_ENV": "development", "NODE_PATH": "/opt/nextjs/node_modules"},
+        unavailable="needs npm packages beyond the base",
+        recipe=TemplateDefinition(
+            name="nextjs",
+            base_image="template:node",
+            packages=("npm",),
+            setup=(
+                "mkdir -p /opt/nextjs && cd /opt/nextjs && npm init -y >/dev/null && "
+                "npm install --no-audit --no-fund next@14 react@18 react-dom@18",
+                "ln -s /opt/nextjs/node_modules/.bin/next /usr/local/bin/next",
+            ),
+            env={"NODE_PATH": "/opt/nextjs/node_modules"},
+        ),
     ),
     Template(
         "full-stack-dev",
-        "Node.js, Python and build tools",
-        unavailable="needs packages beyond the base; build it as a custom template",
+        "Node.js 18 with npm, Python 3.11, a C toolchain and git",
+        {"NODE_ENV": "development", "PYTHONUNBUFFERED": "1"},
+        unavailable="needs packages beyond the base",
+        recipe=TemplateDefinition(
+            name="full-stack-dev",
+            packages=("build-essential", "git", "curl", "npm", "python3-dev"),
+            env={"NODE_ENV": "development", "PYTHONUNBUFFERED": "1"},
+        ),
     ),
     Template(
         "pytorch-gpu",
