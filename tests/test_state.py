@@ -195,6 +195,19 @@ async def test_volumes_limit_share_persist_and_clean_up(
     await again.destroy()
     await c.volumes.delete("data")
     assert await c.volumes.list() == []
+    kinds = ["volume.created", "volume.mounted", "volume.deleted"]
+    seen = {
+        (e.type, e.sandbox_id, e.attributes["volume"])
+        async for e in c.events(types=kinds, follow=False)
+    }
+    assert {
+        ("volume.created", "", "data"),
+        ("volume.mounted", writer.id, "data"),
+        ("volume.created", reader.id, "scratch"),
+        ("volume.mounted", reader.id, "scratch"),
+        ("volume.deleted", reader.id, "scratch"),
+        ("volume.deleted", "", "data"),
+    } <= seen
 
 
 async def test_bad_volume_requests(client: Client) -> None:

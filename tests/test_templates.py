@@ -233,6 +233,20 @@ async def test_base_images_from_a_layout_an_archive_and_a_registry(
     await _check_image_sandbox(c, "from-registry")
     for name in ("from-registry", "from-archive", "by-digest"):
         await c.templates.delete(name)
+    built = [
+        (e.attributes["template"], e.attributes["cache_hit"])
+        async for e in c.events(types=["template.built"], follow=False)
+    ]
+    assert built == [
+        ("from-oci", "false"),
+        ("from-registry", "true"),
+        ("from-archive", "false"),
+        ("by-digest", "false"),  # no setup: another definition, on the same layers
+    ]
+    deleted = [
+        e.attributes["template"] async for e in c.events(types=["template.deleted"], follow=False)
+    ]
+    assert sorted(deleted) == ["by-digest", "from-archive", "from-oci", "from-registry"]
     assert list((store(d) / "layers").iterdir()) == []
     assert list((store(d) / "blobs" / "sha256").iterdir()) == []
 

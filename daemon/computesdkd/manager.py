@@ -63,7 +63,7 @@ from .providers.paths import WORKDIR, normalize
 from .snapshots import RESTARTED, Snapshots
 from .store import Store
 from .templates import Templates
-from .volumes import Volumes
+from .volumes import VOLUME_MOUNTED, Volumes
 
 log = logs.get(__name__)
 
@@ -412,6 +412,14 @@ class Manager:
             sb.started_at = time.time()
             self.store.put_sandbox(sb)
             self._oom_seen[sb.id] = 0
+            for m in spec.volumes:
+                self.bus.emit(
+                    sb.id,
+                    VOLUME_MOUNTED,
+                    volume=m.name,
+                    path=m.mount_path,
+                    read_only=str(m.read_only).lower(),
+                )
             self.bus.emit(sb.id, READY, startup_ms=str(int((sb.started_at - now) * 1000)))
             log.info(
                 "sandbox ready",

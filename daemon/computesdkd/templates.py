@@ -32,6 +32,8 @@ MAX_STEPS = 256
 MAX_STEP_BYTES = 64 * 1024
 MAX_PACKAGES = 1024
 MAX_BASE_IMAGE = 4096
+# Daemon-wide events (no sandbox): SubscribeEvents without a sandbox filter sees them.
+TEMPLATE_BUILT, TEMPLATE_DELETED = "template.built", "template.deleted"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,14 @@ class Templates:
             while not steps.empty():
                 yield steps.get_nowait()
             info, hit = task.result()
+            self.manager.bus.emit(
+                "",
+                TEMPLATE_BUILT,
+                template=info.name,
+                provider=p.name,
+                digest=info.digest,
+                cache_hit=str(hit).lower(),
+            )
             yield BuildOutcome(info, hit, int((time.monotonic() - started) * 1000))
         finally:
             if not task.done():
@@ -104,7 +114,7 @@ class Templates:
                 template=name,
             )
         await self.manager.guarded(p, p.delete_template(name))
-        log.info("template deleted", template=name, provider=p.name)
+        self.manager.bus.emit("", TEMPLATE_DELETED, template=name, provider=p.name)
 
     def users(self, provider: str, name: str) -> list[str]:
         """What still stands on a template: sandboxes, pools and saved states."""

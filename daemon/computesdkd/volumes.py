@@ -31,7 +31,11 @@ DEFAULT_SIZE_MB = 1024
 MAX_SIZE_MB = 1024 * 1024
 # Paths a volume may not cover: the system and the daemon's own mounts.
 FORBIDDEN = ("/", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib", "/.computesdk")
-VOLUME_MOUNTED = "volume.mounted"
+VOLUME_CREATED, VOLUME_DELETED, VOLUME_MOUNTED = (
+    "volume.created",
+    "volume.deleted",
+    "volume.mounted",
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,14 @@ class Volumes:
         await p.volume_create(name, size_mb)
         rec = VolumeRecord(name, provider, size_mb, persistent, time.time(), owner)
         self.store.put_setting("", "volume", name, asdict(rec))
-        log.info("volume created", volume=name, size_mb=size_mb, persistent=persistent)
+        # A daemon-wide event (no sandbox), unless an ephemeral volume's sandbox made it.
+        self.manager.bus.emit(
+            owner,
+            VOLUME_CREATED,
+            volume=name,
+            size_mb=str(size_mb),
+            persistent=str(persistent).lower(),
+        )
         return rec
 
     async def delete(self, name: str) -> None:
@@ -109,6 +120,7 @@ class Volumes:
             )
         await self.manager.providers[rec.provider].volume_delete(name)
         self.store.delete_setting("", "volume", name)
+        self.manager.bus.emit(rec.owner, VOLUME_DELETED, volume=name)
 
     async def prepare(self, spec: SandboxSpec, sandbox_id: str) -> str:
         """Checks a create's mounts, makes its ephemeral volumes, and returns what
