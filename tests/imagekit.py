@@ -21,6 +21,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -206,6 +207,29 @@ class Registry:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def push_index(self, images: dict[str, Image], repo: str, tag: str) -> None:
+        """A multi-platform image: each manifest by digest, then an OCI index naming
+        them by platform ("linux/arm64": image, ...)."""
+        entries = []
+        for platform, image in images.items():
+            self.push(image, repo, image.digest)
+            os_, arch = platform.split("/")
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": image.digest,
+                    "size": len(image.manifest),
+                    "platform": {"os": os_, "architecture": arch},
+                }
+            )
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+        put = httpx.put(
+            f"http://{self.host}/v2/{repo}/manifests/{tag}",
+            content=index.encode(),
+            headers={"Content-Type": OCI_INDEX},
+        )
+        assert put.status_code == 201, put.text
+
     def push(self, image: Image, repo: str, tag: str) -> None:
         """A monolithic upload per blob (POST, then PUT ?digest=), then the manifest."""
         base = f"http://{self.host}/v2/{repo}"
@@ -237,3 +261,48 @@ def corrupt_blob(layout: Path, digest: str) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     os.utime(path)
+
+
+TOKEN = "t0k3n-for-tests"
+
+
+def token_gate(upstream: str, log: list[str], deny: bool = False) -> Any:
+    """An ASGI app in front of a registry that wants a bearer token, as Docker Hub
+    and most registries do: /v2/ answers 401 with a WWW-Authenticate challenge
+    until the client fetches a token from the realm it names and sends it. With
+    deny, the token it hands out is never accepted."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        host, port = scope["server"]
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        path, query = scope["path"], scope["query_string"].decode()
+        if path == "/token":
+            log.append(f"token {query}")
+            await _send(send, 200, json.dumps({"token": "wrong" if deny else TOKEN}).encode())
+            return
+        if headers.get("authorization") != f"Bearer {TOKEN}":
+            log.append(f"401 {path}")
+            challenge = (
+                f'Bearer realm="http://{host}:{port}/token",service="tests",'
+                f'scope="repository:tests/busybox:pull"'
+            )
+            await _send(send, 401, b"{}", {"www-authenticate": challenge})
+            return
+        log.append(f"ok {path}")
+        async with httpx.AsyncClient() as http:
+            up = await http.get(
+                f"http://{upstream}{path}", headers={"accept": headers.get("accept", "*/*")}
+            )
+        keep = {"content-type", "docker-content-digest"}
+        await _send(
+            send, up.status_code, up.content, {k: v for k, v in up.headers.items() if k in keep}
+        )
+
+    return app
+
+
+async def _send(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    hdrs = [(b"content-length", str(len(body)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})

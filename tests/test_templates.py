@@ -25,6 +25,7 @@ from computesdk import (
     TemplateBuildError,
 )
 from conftest import DaemonProcess, new_daemon
+from fakes.asgi import ServerThread
 
 pytestmark = pytest.mark.skipif(bool(imagekit.busybox_available()), reason="no static busybox")
 
@@ -249,6 +250,42 @@ async def test_base_images_from_a_layout_an_archive_and_a_registry(
     assert sorted(deleted) == ["by-digest", "from-archive", "from-oci", "from-registry"]
     assert list((store(d) / "layers").iterdir()) == []
     assert list((store(d) / "blobs" / "sha256").iterdir()) == []
+
+
+async def test_registry_tokens_and_multi_platform_indexes(
+    private: tuple[DaemonProcess, Client], registry: imagekit.Registry
+) -> None:
+    _, c = private
+    # An index with an arm64 and an amd64 image: the host's platform is chosen.
+    registry.push_index(
+        {"linux/arm64": imagekit.make_image("arm"), "linux/amd64": imagekit.make_image("amd")},
+        "tests/busybox",
+        "multi",
+    )
+    multi = await c.templates.build("multi", base_image=f"{registry.host}/tests/busybox:multi")
+    assert multi.template.env["MARKER"] == "amd"
+    assert multi.template.base_image_digest == imagekit.make_image("amd").digest
+
+    # Behind a bearer-token challenge: the token is fetched from the named realm.
+    log: list[str] = []
+    gates = ServerThread(
+        [imagekit.token_gate(registry.host, log), imagekit.token_gate(registry.host, [], True)]
+    ).start()
+    try:
+        authed = await c.templates.build(
+            "authed", base_image=f"127.0.0.1:{gates.ports[0]}/tests/busybox:v1"
+        )
+        assert authed.template.env["MARKER"] == "v1"
+        assert log[0] == "401 /v2/tests/busybox/manifests/v1"
+        assert log[1].startswith("token ") and "scope=repository%3Atests%2Fbusybox%3Apull" in log[1]
+        assert log[2] == "ok /v2/tests/busybox/manifests/v1"
+        with pytest.raises(FailedPreconditionError) as denied:
+            await c.templates.build(
+                "denied", base_image=f"127.0.0.1:{gates.ports[1]}/tests/busybox:v1"
+            )
+        assert denied.value.reason == "IMAGE_ACCESS_DENIED"
+    finally:
+        gates.stop()
 
 
 async def test_bad_images_are_refused_and_leave_nothing(
