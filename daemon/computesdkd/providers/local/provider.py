@@ -127,7 +127,7 @@ def _kill_init(pid: int, cgroup: str) -> bool:
         return False
     try:
         with open(f"/proc/{pid}/cgroup") as f:
-            if cgroup not in f.read():
+            if not any(line.rstrip("\n").endswith(":" + cgroup) for line in f):
                 return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
