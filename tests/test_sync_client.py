@@ -63,5 +63,10 @@ def test_sync_facade_reaches_every_feature(daemon: DaemonProcess) -> None:
         results = list(c.groups.broadcast("sync-g", "echo hi"))
         assert [r.result.stdout for r in results if r.result] == ["hi\n"]
         c.groups.delete("sync-g")
+        built = c.templates.build("sync-tpl", setup=["echo sync > /sync"])
+        events = list(c.templates.build_stream("sync-tpl", setup=["echo sync > /sync"]))
+        assert events[-1].cache_hit and events[-1].template.digest == built.template.digest
+        assert "sync-tpl" in [t.name for t in c.templates.list()]
+        c.templates.delete("sync-tpl")
         assert sb.id in [s.id for s in c.list_active_sandboxes()]
         sb.destroy()
