@@ -4,7 +4,7 @@
 
 Without --socket it starts a private daemon. Prints median and p95 of
 create->ready and of an exec round trip of `true`, and stdout throughput (MB/s
-received by the client, bytes checked). The full harness, with peers, is issue 3.
+received by the client, bytes checked). The full harness, with peers, is bench/run.py.
 """
 
 from __future__ import annotations
