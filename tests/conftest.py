@@ -187,6 +187,22 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
 
 
 @pytest_asyncio.fixture
+async def private() -> AsyncIterator[tuple[DaemonProcess, Client]]:
+    """A daemon of the test's own: pools, restarts and store checks must not touch other tests."""
+    d = new_daemon(on_exit="keep")
+    d.start()
+    c = await Client.connect(socket=d.socket)
+    try:
+        yield d, c
+    finally:
+        with contextlib.suppress(Exception):
+            for sb in await c.list():
+                await sb.destroy()
+        await c.close()
+        d.cleanup()
+
+
+@pytest_asyncio.fixture
 async def sandbox(client: Client) -> AsyncIterator[Sandbox]:
     sb = await client.create("local", template="python", metadata={"test": "yes"})
     yield sb

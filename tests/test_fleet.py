@@ -9,7 +9,6 @@ import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from computesdk import (
     Client,
@@ -30,22 +29,6 @@ async def _until(pred: object, timeout: float = 30.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
-
-
-@pytest_asyncio.fixture
-async def private() -> AsyncIterator[tuple[DaemonProcess, Client]]:
-    """A daemon of the test's own: pools and restarts must not touch other tests."""
-    d = new_daemon(on_exit="keep")
-    d.start()
-    c = await Client.connect(socket=d.socket)
-    try:
-        yield d, c
-    finally:
-        with contextlib.suppress(Exception):
-            for sb in await c.list():
-                await sb.destroy()
-        await c.close()
-        d.cleanup()
 
 
 async def _leave_markers(sb: Sandbox) -> None:

@@ -7,11 +7,9 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from computesdk import (
     Client,
@@ -22,7 +20,7 @@ from computesdk import (
     Sandbox,
     UnsupportedError,
 )
-from conftest import DaemonProcess, new_daemon
+from conftest import DaemonProcess
 
 WRITE_100MB = "dd if=/dev/urandom of=/workspace/blob bs=1M count=100 status=none && sync"
 
@@ -30,21 +28,6 @@ WRITE_100MB = "dd if=/dev/urandom of=/workspace/blob bs=1M count=100 status=none
 def store_used(d: DaemonProcess) -> int:
     st = os.statvfs(d.state / "local" / "store")
     return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
-@pytest_asyncio.fixture
-async def private() -> AsyncIterator[tuple[DaemonProcess, Client]]:
-    d = new_daemon(on_exit="keep")
-    d.start()
-    c = await Client.connect(socket=d.socket)
-    try:
-        yield d, c
-    finally:
-        with contextlib.suppress(Exception):
-            for sb in await c.list():
-                await sb.destroy()
-        await c.close()
-        d.cleanup()
 
 
 async def _events(c: Client, sb: Sandbox) -> list[str]:

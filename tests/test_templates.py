@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import imagekit
 import pytest
-import pytest_asyncio
 
 from computesdk import (
     BuildLog,
@@ -24,25 +23,10 @@ from computesdk import (
     NotFoundError,
     TemplateBuildError,
 )
-from conftest import DaemonProcess, new_daemon
+from conftest import DaemonProcess
 from fakes.asgi import ServerThread
 
 pytestmark = pytest.mark.skipif(bool(imagekit.busybox_available()), reason="no static busybox")
-
-
-@pytest_asyncio.fixture
-async def private() -> AsyncIterator[tuple[DaemonProcess, Client]]:
-    d = new_daemon(on_exit="keep")
-    d.start()
-    c = await Client.connect(socket=d.socket)
-    try:
-        yield d, c
-    finally:
-        with contextlib.suppress(Exception):
-            for sb in await c.list():
-                await sb.destroy()
-        await c.close()
-        d.cleanup()
 
 
 @pytest.fixture(scope="module")

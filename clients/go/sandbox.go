@@ -419,27 +419,11 @@ func (s *Sandbox) runCommand(ctx context.Context, cfg *execConfig) (*ExecResult,
 	if err != nil {
 		return nil, fromRPC(err)
 	}
-	out, errOut, exited := resp.GetStdout(), resp.GetStderr(), resp.GetExited()
-	if exited == nil {
-		var failure error
-		p := &Process{ID: resp.GetProcessId(), sandbox: s}
-		exited, _ = p.attach(ctx, uint64(len(out)), uint64(len(errOut)), func(c Chunk, err error) bool {
-			if err != nil {
-				failure = err
-				return false
-			}
-			if c.Stderr {
-				errOut = append(errOut, c.Data...)
-			} else {
-				out = append(out, c.Data...)
-			}
-			return true
-		})
-		if failure != nil {
-			return nil, failure
-		}
+	if exited := resp.GetExited(); exited != nil {
+		return resultFrom(resp.GetProcessId(), resp.GetStdout(), resp.GetStderr(), exited), nil
 	}
-	return resultFrom(resp.GetProcessId(), out, errOut, exited), nil
+	p := &Process{ID: resp.GetProcessId(), sandbox: s}
+	return p.collect(ctx, resp.GetStdout(), resp.GetStderr())
 }
 
 // ---------------------------------------------------------------- processes
@@ -532,9 +516,13 @@ func (p *Process) attach(ctx context.Context, outOff, errOff uint64, yield func(
 
 // Wait attaches from the start and returns the whole result once the process ends.
 func (p *Process) Wait(ctx context.Context) (*ExecResult, error) {
-	var out, errOut []byte
+	return p.collect(ctx, nil, nil)
+}
+
+// collect appends the output from where out and errOut end until the process exits.
+func (p *Process) collect(ctx context.Context, out, errOut []byte) (*ExecResult, error) {
 	var failure error
-	exited, _ := p.attach(ctx, 0, 0, func(c Chunk, err error) bool {
+	exited, _ := p.attach(ctx, uint64(len(out)), uint64(len(errOut)), func(c Chunk, err error) bool {
 		if err != nil {
 			failure = err
 			return false

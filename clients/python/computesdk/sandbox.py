@@ -160,8 +160,11 @@ class Process:
 
     async def wait(self) -> ExecResult:
         """Collects all output from offset 0 until the process exits."""
-        out, err = bytearray(), bytearray()
-        async for chunk in self.attach():
+        return await self._collect(bytearray(), bytearray())
+
+    async def _collect(self, out: bytearray, err: bytearray) -> ExecResult:
+        """Appends the output from where out and err end until the process exits."""
+        async for chunk in self.attach(len(out), len(err)):
             (out if chunk.stream == "stdout" else err).extend(chunk.data)
         assert self.exited is not None
         return _result(bytes(out), bytes(err), self.exited, self.id)
@@ -406,12 +409,8 @@ class Sandbox:
             )
         if resp.HasField("exited"):
             return _result(resp.stdout, resp.stderr, resp.exited, resp.process_id)
-        out, err = bytearray(resp.stdout), bytearray(resp.stderr)
         proc = Process(self, proc_pb.Process(process_id=resp.process_id, pid=resp.pid))
-        async for chunk in proc.attach(len(out), len(err)):
-            (out if chunk.stream == "stdout" else err).extend(chunk.data)
-        assert proc.exited is not None
-        return _result(bytes(out), bytes(err), proc.exited, resp.process_id)
+        return await proc._collect(bytearray(resp.stdout), bytearray(resp.stderr))
 
     async def start_process(
         self,

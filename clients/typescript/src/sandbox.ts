@@ -277,10 +277,14 @@ export class Process {
   }
 
   /** Waits for the end and returns the whole output. */
-  async wait(): Promise<ExecResult> {
-    const out: Uint8Array[] = [];
-    const err: Uint8Array[] = [];
-    const it = this.attach();
+  wait(): Promise<ExecResult> {
+    return this.collect([], []);
+  }
+
+  /** Appends the output from where out and err end until the process exits. */
+  async collect(out: Uint8Array[], err: Uint8Array[], signal?: AbortSignal): Promise<ExecResult> {
+    const length = (parts: Uint8Array[]) => parts.reduce((n, p) => n + p.length, 0);
+    const it = this.attach({ stdoutOffset: length(out), stderrOffset: length(err), signal });
     for (;;) {
       const next = await it.next();
       if (next.done) {
@@ -544,22 +548,8 @@ export class Sandbox {
     const resp = await translated(() =>
       this.client.raw.processes.runCommand({ sandboxId: this.id, command: commandToProto(command, options) }, { signal: options.signal }),
     );
-    const out: Uint8Array[] = [resp.stdout];
-    const err: Uint8Array[] = [resp.stderr];
-    let exited = resp.exited;
-    if (!exited) {
-      const it = new Process(this, resp.processId).attach({ stdoutOffset: resp.stdout.length, stderrOffset: resp.stderr.length, signal: options.signal });
-      for (;;) {
-        const next = await it.next();
-        if (next.done) {
-          exited = next.value;
-          break;
-        }
-        (next.value.stream === "stdout" ? out : err).push(next.value.data);
-      }
-      if (!exited) throw new ComputeSDKError("process ended without an exit status", "ABORTED", "SANDBOX_TERMINATED");
-    }
-    return resultFromParts(out, err, exited, resp.processId);
+    if (resp.exited) return resultFromParts([resp.stdout], [resp.stderr], resp.exited, resp.processId);
+    return new Process(this, resp.processId).collect([resp.stdout], [resp.stderr], options.signal);
   }
 
   /** Runs a command and streams its output as it is produced. */

@@ -155,6 +155,12 @@ class TemplateStore:
     def infos(self) -> list[TemplateInfo]:
         return [t.info for n in self.names() if (t := self.lookup(n)) is not None]
 
+    def env(self, name: str) -> dict[str, str] | None:
+        """A built template's env, on every exec: from the record in memory, with
+        none of lookup()'s checks on disk. None for the predefined ones."""
+        env = (self._record(name) or {}).get("env")
+        return env if isinstance(env, dict) else None
+
     def names(self) -> list[str]:
         built = [str(r["name"]) for r in self._all_records()]
         return sorted(TEMPLATES) + [n for n in built if n not in TEMPLATES]

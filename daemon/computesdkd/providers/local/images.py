@@ -142,28 +142,31 @@ class BlobStore:
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def writer(self, digest: str) -> _BlobWriter:
-        return _BlobWriter(self.path(digest), digest)
+    def writer(self, digest: str = "") -> _BlobWriter:
+        """Without a digest, the blob is named by what its bytes hash to (a
+        docker-archive names layers by path, not digest)."""
+        if digest:
+            self.path(digest)  # refuses a malformed digest before any byte is written
+        return _BlobWriter(self, digest)
 
-    def put_file(self, source: IO[bytes], digest: str) -> Path:
-        if self.has(digest):
-            return self.path(digest)
+    def put_file(self, source: IO[bytes], digest: str = "") -> str:
+        """Copies source in; returns its digest."""
+        if digest and self.has(digest):
+            return digest
         with self.writer(digest) as w:
             while chunk := source.read(1 << 20):
                 w.write(chunk)
-        return self.path(digest)
+        return w.got
 
     def read_json(self, digest: str) -> Any:
         return json.loads(self.path(digest).read_bytes())
 
-    def remove(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
-
 
 class _BlobWriter:
-    def __init__(self, final: Path, digest: str) -> None:
-        self.final, self.digest = final, digest
-        self.tmp = final.with_name(f".{final.name}.{os.getpid()}.{id(self)}")
+    def __init__(self, store: BlobStore, digest: str) -> None:
+        self.store, self.digest = store, digest
+        self.tmp = store.root / f".incoming.{os.getpid()}.{id(self)}"
+        self.got = ""
         self.hash = hashlib.sha256()
         self.size = 0
         self.f = self.tmp.open("wb")
@@ -181,14 +184,14 @@ class _BlobWriter:
         try:
             if exc_type is not None:
                 return
-            got = "sha256:" + self.hash.hexdigest()
-            if got != self.digest:
+            self.got = "sha256:" + self.hash.hexdigest()
+            if self.digest and self.got != self.digest:
                 raise FailedPrecondition(
-                    f"blob {self.digest} arrived with digest {got} ({self.size} bytes): "
+                    f"blob {self.digest} arrived with digest {self.got} ({self.size} bytes): "
                     "corrupt or truncated",
                     reason="IMAGE_DIGEST_MISMATCH",
                 )
-            os.rename(self.tmp, self.final)
+            os.rename(self.tmp, self.store.path(self.got))
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -323,16 +326,7 @@ def _read_docker_archive(ref: ImageRef, blobs: BlobStore, progress: Progress) ->
         names = entry.get("Layers") or []
         for i, name in enumerate(names):
             progress(f"layer {i + 1}/{len(names)} {name}", 0, 0)
-            # The archive names layers by path; the digest is what the bytes hash to.
-            src = member(name)
-            h = hashlib.sha256()
-            tmp = blobs.root / f".import-{os.getpid()}"
-            with tmp.open("wb") as out:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    out.write(chunk)
-            digest = "sha256:" + h.hexdigest()
-            os.rename(tmp, blobs.path(digest))
+            digest = blobs.put_file(member(name))
             media = LAYER_TYPES[0] if _is_plain_tar(blobs.path(digest)) else LAYER_TYPES[1]
             layers.append(Layer(digest, media, blobs.path(digest).stat().st_size))
     return Image(ref, config_digest, config_digest, config, layers)

@@ -884,8 +884,8 @@ class LocalProvider(Provider):
         return Agent(_runtime_dir(sandbox) / "run" / "agent.sock")
 
     def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> dict[str, Any]:
-        tpl = self._templates.lookup(sandbox.spec.template) if self._templates else None
-        env = process_env(sandbox, command, tpl.info.env if tpl else None)
+        template_env = self._templates.env(sandbox.spec.template) if self._templates else None
+        env = process_env(sandbox, command, template_env)
         return {
             "op": "start",
             "args": command.args,
