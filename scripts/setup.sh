@@ -20,7 +20,7 @@ export PATH="$PATH:/usr/local/go/bin"
 need=()
 for tool in runc:runc mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs setpriv:util-linux \
             ip:iproute2 curl:curl bwrap:bubblewrap go:golang-go mkfs.xfs:xfsprogs \
-            nsenter:util-linux; do
+            nsenter:util-linux nft:nftables iptables:iptables; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -33,8 +33,8 @@ step "python environment in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 
-step "building the in-sandbox agent (static Go binary)"
-(cd daemon/agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
+step "building the in-sandbox agent (static Go binary; daemon/agent/go.sum pins its protobuf)"
+(cd daemon/agent && go mod download && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
   -o ../computesdkd/_bin/computesdk-agent .)
 
 step "base root filesystem for local sandboxes (cached after the first build)"

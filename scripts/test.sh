@@ -15,9 +15,10 @@ else
   echo "no local main branch to compare against; skipped" >&2
 fi
 
-echo "==> generated stubs are up to date (Python, TypeScript, Go)" >&2
+echo "==> generated stubs are up to date (Python, TypeScript, Go; the agent's wire)" >&2
 ./scripts/gen-protos.sh
-generated=(clients/python/computesdk/api clients/python/computesdk/proto clients/typescript/src/gen clients/go/api)
+generated=(clients/python/computesdk/api clients/python/computesdk/proto clients/typescript/src/gen clients/go/api
+           daemon/computesdkd/providers/local/agentpb daemon/agent/agentpb)
 if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
   git status --porcelain -- "${generated[@]}" >&2
   echo "generated stubs drifted from proto/: run scripts/gen-protos.sh and commit" >&2
@@ -31,10 +32,11 @@ echo "==> ruff" >&2
 echo "==> mypy (strict)" >&2
 .venv/bin/mypy
 
-echo "==> go vet, gofmt (agent, Go client)" >&2
+echo "==> go vet, gofmt (agent, Go client); the agent's own tests" >&2
 for dir in daemon/agent clients/go; do
   (cd "$dir" && go vet ./... && test -z "$(gofmt -l .)")
 done
+(cd daemon/agent && go test -count=1 ./...)
 
 echo "==> TypeScript client: type-check, build" >&2
 (cd clients/typescript && npm run --silent build)

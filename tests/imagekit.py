@@ -107,15 +107,74 @@ def make_image(marker: str = "v1") -> Image:
     plain = _tar(first)
     second_tar = _tar(second)
     zipped = gzip.compress(second_tar, mtime=0)
+    env = ["PATH=/bin", "IMAGE_VAR=from-image", f"MARKER={marker}"]
+    return _image([(plain, LAYER_TAR), (zipped, LAYER_GZIP)], [plain, second_tar], env)
+
+
+def _busybox() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    return [
+        _entry("bin", tarfile.DIRTYPE, mode=0o755),
+        _entry("bin/busybox", tarfile.REGTYPE, BUSYBOX.read_bytes(), 0o755),
+        *[_entry(f"bin/{a}", tarfile.SYMTYPE, link="busybox", mode=0o777) for a in APPLETS],
+    ]
+
+
+# What a hostile image points at the host: each variant replaces one of the paths
+# the daemon prepares in every template (/etc and its files, /.computesdk and the
+# agent's mount target, /workspace, /tmp) by a symlink into trap, a host dir.
+HOSTILE_VARIANTS = ("etc", "computesdk", "agent", "files")
+
+
+def make_hostile_image(variant: str, trap: Path) -> Image:
+    d, r, s = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE
+    passwd = _entry("etc/passwd", r, b"root:x:0:0:root:/root:/bin/sh\n")
+    entries = {
+        "etc": [_entry("etc", s, link=str(trap), mode=0o777)],
+        "computesdk": [_entry("etc", d, mode=0o755), passwd,
+                       _entry(".computesdk", s, link=str(trap), mode=0o777)],
+        "agent": [_entry("etc", d, mode=0o755), passwd, _entry(".computesdk", d, mode=0o755),
+                  _entry(".computesdk/agent", s, link=f"{trap}/pwned", mode=0o777)],
+        "files": [_entry("etc", d, mode=0o755), passwd,
+                  _entry("etc/hosts", s, link=f"{trap}/hosts", mode=0o777),
+                  _entry("etc/hostname", s, link=f"{trap}/secret", mode=0o777),
+                  _entry("etc/resolv.conf", d, mode=0o755),
+                  _entry("workspace", s, link=str(trap), mode=0o777),
+                  _entry("tmp", s, link=str(trap), mode=0o777)],
+    }[variant]  # fmt: skip
+    layer = _tar(_busybox() + entries)
+    return _image([(layer, LAYER_TAR)], [layer], ["PATH=/bin", f"HOSTILE={variant}"])
+
+
+def make_hardlink_image() -> Image:
+    """Busybox with its applets as hardlinks (as Debian's images hold /usr/bin/perl
+    and friends), a hardlinked pair of data files, and one to a symlink."""
+    d, r = tarfile.DIRTYPE, tarfile.REGTYPE
+    layer = _tar(
+        [
+            _entry("bin", d, mode=0o755),
+            _entry("bin/busybox", r, BUSYBOX.read_bytes(), 0o755),
+            *[_entry(f"bin/{a}", tarfile.LNKTYPE, link="bin/busybox") for a in APPLETS],
+            _entry("etc", d, mode=0o755),
+            _entry("etc/passwd", r, b"root:x:0:0:root:/root:/bin/sh\n"),
+            _entry("opt", d, mode=0o755),
+            _entry("opt/data", r, b"shared bytes\n", 0o640),
+            _entry("opt/again", tarfile.LNKTYPE, link="opt/data"),
+            _entry("opt/sym", tarfile.SYMTYPE, link="data", mode=0o777),
+            _entry("opt/sym-hard", tarfile.LNKTYPE, link="opt/sym"),
+        ]
+    )
+    return _image([(layer, LAYER_TAR)], [layer], ["PATH=/bin"])
+
+
+def _image(layers: list[tuple[bytes, str]], diffs: list[bytes], env: list[str]) -> Image:
     config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": ["PATH=/bin", "IMAGE_VAR=from-image", f"MARKER={marker}"]},
-            "rootfs": {"type": "layers", "diff_ids": [_digest(plain), _digest(second_tar)]},
+            "config": {"Env": env},
+            "rootfs": {"type": "layers", "diff_ids": [_digest(x) for x in diffs]},
         }
     ).encode()
-    layers = [(plain, LAYER_TAR), (zipped, LAYER_GZIP)]
     manifest = json.dumps(
         {
             "schemaVersion": 2,

@@ -64,9 +64,12 @@ def test_stubs_hand_out_the_protos_and_python_modules(tmp_path: Path) -> None:
         return subprocess.run([CLI, "stubs", *args], capture_output=True, text=True, env=env)
 
     assert stubs("--lang", "go", "--out", str(tmp_path / "go")).returncode == 0
-    for proto in repo_protos.rglob("*.proto"):
+    for proto in (repo_protos / "computesdk" / "api").rglob("*.proto"):
         shipped = tmp_path / "go" / proto.relative_to(repo_protos)
         assert shipped.read_text() == proto.read_text(), proto
+    # The agent's wire is private to the daemon: never handed out.
+    assert (repo_protos / "computesdk/agent/v1/agent.proto").is_file()
+    assert not (tmp_path / "go" / "computesdk" / "agent").exists()
     assert "protoc-gen-go-grpc" in (tmp_path / "go" / "buf.gen.yaml").read_text()
 
     assert stubs("--lang", "python", "--out", str(tmp_path / "py")).returncode == 0

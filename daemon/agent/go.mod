@@ -1,3 +1,5 @@
 module computesdk/agent
 
-go 1.19
+go 1.23
+
+require google.golang.org/protobuf v1.36.12

@@ -5,9 +5,13 @@ package main
 //	/.computesdk/agent mq send CHANNEL RECIPIENT|- MESSAGE
 //	/.computesdk/agent mq recv CHANNEL [COUNT]
 //
-// It speaks JSON lines over a socket the daemon puts in the bind-mounted run
-// directory of each channel member. The daemon knows which sandbox owns the
-// socket, so the sender name cannot be forged from inside.
+// It speaks JSON lines over a socket the daemon binds for each channel member in
+// a per-sandbox directory that is bind-mounted read-only: code inside can
+// connect but cannot replace the socket, and the daemon knows which sandbox owns
+// it, so the sender name cannot be forged from inside.
+//
+// This is not the control wire (proto/computesdk/agent/v1, wire.go): the channel
+// protocol, shared with daemon/computesdkd/messaging.py, stays JSON lines.
 
 import (
 	"bufio"
@@ -18,7 +22,7 @@ import (
 	"strconv"
 )
 
-const mqSocket = "/.computesdk/run/mq.sock"
+const mqSocket = "/.computesdk/ctl/mq.sock"
 
 func mqMain(args []string) int {
 	usage := "usage: mq send CHANNEL RECIPIENT|- MESSAGE | mq recv CHANNEL [COUNT]"

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import builtins
 import contextlib
+import functools
 import inspect
 import json
 import secrets
@@ -63,6 +64,7 @@ from .providers.paths import WORKDIR, normalize
 from .snapshots import RESTARTED, Snapshots
 from .store import Store
 from .templates import Templates
+from .testhooks import crash
 from .volumes import VOLUME_MOUNTED, Volumes
 
 log = logs.get(__name__)
@@ -86,6 +88,13 @@ SWEEP_INTERVAL_S = 1.0
 PROVIDER_START_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 10.0
 SHUTDOWN_DESTROY_TIMEOUT_S = 30.0
+# The reaper: no sandbox stays in stopping or error. A failed or cut-short destroy
+# is retried with backoff (first, most); a sandbox that died is freed at once.
+REAP_FIRST_S, REAP_MAX_S = 1.0, 60.0
+RELEASE_TIMEOUT_S = 60.0
+# How long the record of a dead keep_alive sandbox stays (others: to their timeout).
+ERROR_RETENTION_S = 3600.0
+RECONCILE_TIMEOUT_S = 120.0
 # Event types (Event.type). New ones may be added; these are stable.
 CREATED, READY, ERROR, DESTROYED = "created", "ready", "error", "destroyed"
 PROCESS_STARTED, PROCESS_EXITED, OOM = "process.started", "process.exited", "out-of-memory"
@@ -101,6 +110,18 @@ COPY_EXIT_WAIT_S = 5.0
 # A provider's circuit breaker changed state; sandbox_id is empty.
 CIRCUIT = "provider.circuit"
 T = TypeVar("T")
+
+
+@dataclass
+class _Reap:
+    """A sweeper job: destroy the sandbox (record too), or only free what it holds
+    on the host and keep its record in error."""
+
+    destroy: bool
+    reason: str
+    due: float  # time.monotonic()
+    delay: float = REAP_FIRST_S
+    running: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,9 @@ class Manager:
         self._last_probe: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._destroying: dict[str, asyncio.Task[None]] = {}
+        self._reaps: dict[str, _Reap] = {}
+        self._released: dict[str, float] = {}  # dead sandboxes already freed: when
         self.accepting = True
         self.monitor = Monitor(bus.emit)
         self.autoscaler = AutoScaler(self)
@@ -176,6 +200,7 @@ class Manager:
                 log.warning("provider failed to start", provider=p.name, error=repr(result))
         for sb in self.store.sandboxes():
             await self._adopt(sb)
+        await self._reconcile()
         self._sweeper = asyncio.create_task(self._sweep_forever())
         await self.snapshots.collect_garbage()
         await self.pools.start()
@@ -209,6 +234,17 @@ class Manager:
                 self._watch(sb, pid)
             self._restore_settings(sb)
             log.info("re-adopted sandbox")
+
+    async def _reconcile(self) -> None:
+        """Each provider frees what no adopted record owns: the leftovers of a daemon
+        killed at any step of a create, destroy, clone or write. Before anything
+        new is made (pools start after), so nothing in progress can be mistaken."""
+        for p in self.providers.values():
+            live = {sb.id for sb in self._sandboxes.values() if sb.spec.provider == p.name}
+            try:
+                await asyncio.wait_for(p.reconcile(live), RECONCILE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("provider could not reconcile", provider=p.name, error=repr(exc))
 
     def _restore_settings(self, sb: Sandbox) -> None:
         """Alerts, autoscaling and health checks carry on after a daemon restart."""
@@ -253,6 +289,8 @@ class Manager:
                     ),
                     SHUTDOWN_DESTROY_TIMEOUT_S,
                 )
+        if self._destroying:  # destroys in flight finish, as the callers were told
+            await asyncio.wait(list(self._destroying.values()), timeout=SHUTDOWN_DESTROY_TIMEOUT_S)
         for p in self.providers.values():
             await p.close()
 
@@ -401,6 +439,7 @@ class Manager:
                     sb.provider_data["volumes"] = await self.volumes.prepare(spec, sb.id)
                 # The provider says itself when it cannot run (and may recover).
                 await self.guarded(provider, provider.create(sb))
+                crash("create.provisioned")
             except BaseException as exc:
                 self._sandboxes.pop(sb.id, None)
                 self.store.delete_sandbox(sb.id)
@@ -494,22 +533,61 @@ class Manager:
         graceful_timeout_ms: int = 0,
         reason: str = "requested",
     ) -> None:
+        """The teardown runs as a task of its own, which the caller awaits through a
+        shield: a caller that goes away (a cancelled RPC) cannot cut it short and
+        leave the sandbox half freed, and a second destroy of the same sandbox
+        joins the one in flight."""
+        task = self._destroying.get(sandbox_id)
+        if task is None:
+            self.get(sandbox_id)  # NOT_FOUND from the call itself
+            task = asyncio.create_task(
+                self._destroy(sandbox_id, graceful, graceful_timeout_ms, reason),
+                name=f"destroy {sandbox_id}",
+            )
+            self._destroying[sandbox_id] = task
+            task.add_done_callback(functools.partial(self._destroy_done, sandbox_id))
+        await asyncio.shield(task)
+
+    def _destroy_done(self, sandbox_id: str, task: asyncio.Task[None]) -> None:
+        if self._destroying.get(sandbox_id) is task:
+            del self._destroying[sandbox_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller re-raises it itself
+
+    async def _destroy(
+        self, sandbox_id: str, graceful: bool, graceful_timeout_ms: int, reason: str
+    ) -> None:
         lock = self._locks.setdefault(sandbox_id, asyncio.Lock())
         async with lock:
             sb = self.get(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
                 sb.state = State.STOPPING
                 self.store.put_sandbox(sb)
+                crash("destroy.stopping")
                 grace = (graceful_timeout_ms or 10_000) / 1000 if graceful else 0.0
                 provider = self.providers[sb.spec.provider]
                 try:
                     await self.guarded(provider, provider.destroy(sb, grace))
-                except ComputeError as exc:
+                except Exception as exc:
+                    # The record stays, in error and saying why, and the sweeper
+                    # retries with backoff until everything is freed.
+                    message = exc.message if isinstance(exc, ComputeError) else repr(exc)
                     sb.state = State.ERROR
-                    sb.error_message = f"destroy failed: {exc.message}"
+                    sb.error_message = f"destroy failed: {message}"
                     self.store.put_sandbox(sb)
-                    self.bus.emit(sb.id, ERROR, sb.error_message, kind="destroy")
-                    raise
+                    if sandbox_id not in self._reaps:
+                        self._reaps[sandbox_id] = _Reap(
+                            True, reason, time.monotonic() + REAP_FIRST_S
+                        )
+                        self.bus.emit(sb.id, ERROR, sb.error_message, kind="destroy")
+                    else:
+                        self._reaps[sandbox_id].destroy = True
+                    log.warning("destroy failed; the sweeper retries it", error=message)
+                    if isinstance(exc, ComputeError):
+                        raise
+                    raise Internal(sb.error_message) from exc
+                self._reaps.pop(sandbox_id, None)
+                self._released.pop(sandbox_id, None)
                 await self.snapshots.drop_all(sb)
                 self._sandboxes.pop(sandbox_id, None)
                 self._oom_seen.pop(sandbox_id, None)
@@ -847,6 +925,7 @@ class Manager:
         snap = "clone-" + secrets.token_hex(8)
         async with self.sandbox_lock(src.id):
             await self.guarded(provider, provider.snapshot_create(src, snap))
+        crash("clone.snapshot")
         try:
             return await self._create(self._validate(spec), provider, snap)
         finally:
@@ -968,6 +1047,9 @@ class Manager:
         now, mono = time.time(), time.monotonic()
         probes = []
         for sb in list(self._sandboxes.values()):
+            if sb.state in (State.STOPPING, State.ERROR) and sb.id not in self._destroying:
+                self._reap(sb, now, mono)
+                continue
             if sb.state != State.RUNNING:
                 continue
             if not sb.spec.keep_alive and now >= sb.expires_at:
@@ -989,10 +1071,70 @@ class Manager:
             probe = await asyncio.wait_for(provider.probe(sb), PROBE_TIMEOUT_S)
             await self._check_oom(sb, probe.oom_kills)
             if not probe.alive and sb.state == State.RUNNING:
+                # As dockerd lists a dead container until it is removed, the record
+                # stays, in error and saying why, until destroyed or its timeout
+                # (ERROR_RETENTION_S for keep_alive); but what it holds on the host
+                # (mounts, loop device, cgroups, container state, disk) is of no
+                # further use, since nothing can run in it again, and goes at once.
                 sb.state = State.ERROR
                 sb.error_message = "the sandbox stopped unexpectedly"
                 self.store.put_sandbox(sb)
                 self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
+                log.warning("sandbox died; freeing what it holds")
+                self._forget_watchers(sb.id)
+                self._start_reap(sb.id, _Reap(False, "died", time.monotonic()))
+
+    def _reap(self, sb: Sandbox, now: float, mono: float) -> None:
+        """The sweeper's part for a sandbox in stopping or error with no destroy in
+        flight: retries what failed, and ends a dead sandbox's record at its time."""
+        job = self._reaps.get(sb.id)
+        if job is None and sb.state == State.STOPPING:  # a destroy cut short
+            job = self._reaps[sb.id] = _Reap(True, "retry", mono)
+        if job is None and sb.id not in self._released:  # in error, still holding
+            job = self._reaps[sb.id] = _Reap(False, "died", mono)
+        if job is None:  # in error, already freed: the record goes at its time
+            died = self._released.get(sb.id, now)
+            if now < (died + ERROR_RETENTION_S if sb.spec.keep_alive else sb.expires_at):
+                return
+            job = self._reaps[sb.id] = _Reap(True, "timeout", mono)
+        if not job.running and mono >= job.due:
+            self._start_reap(sb.id, job)
+
+    def _start_reap(self, sandbox_id: str, job: _Reap) -> None:
+        self._reaps[sandbox_id] = job
+        job.running = True
+        job.due = time.monotonic() + job.delay
+        job.delay = min(job.delay * 2, REAP_MAX_S)
+
+        async def attempt() -> None:
+            try:
+                with bound_contextvars(sandbox_id=sandbox_id):
+                    if job.destroy:
+                        await self._destroy_quietly(sandbox_id, job.reason)
+                    else:
+                        await self._release(sandbox_id, job)
+            finally:
+                job.running = False
+
+        self.spawn(attempt())
+
+    async def _release(self, sandbox_id: str, job: _Reap) -> None:
+        """Frees a dead sandbox's host resources; its record stays, in error."""
+        async with self.sandbox_lock(sandbox_id):
+            sb = self._sandboxes.get(sandbox_id)
+            if sb is None or sb.state != State.ERROR or job.destroy:
+                return
+            provider = self.providers[sb.spec.provider]
+            try:
+                await asyncio.wait_for(provider.destroy(sb, 0.0), RELEASE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("could not free a dead sandbox; the sweeper retries", error=repr(exc))
+                return
+            if self._reaps.get(sandbox_id) is job:
+                del self._reaps[sandbox_id]
+            self._released[sandbox_id] = time.time()
+            self.store.put_sandbox(sb)  # its provider_data changed
+            log.info("freed what a dead sandbox held")
 
     async def _check_oom(self, sb: Sandbox, kills: int) -> bool:
         seen = self._oom_seen.get(sb.id, 0)

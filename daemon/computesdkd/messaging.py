@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +32,11 @@ DEFAULT_CAPACITY = 1000
 MAX_CAPACITY = 100_000
 MAX_MEMBERS = 1000
 MAX_PAYLOAD = 1024 * 1024
+# Unacknowledged bytes the daemon holds (in memory and in its state db): per
+# recipient, and per channel over all recipients. Past either, senders wait and
+# then fail with CHANNEL_FULL, as they do past the message capacity.
+MAX_QUEUE_BYTES = 8 * 1024 * 1024
+MAX_CHANNEL_BYTES = 64 * 1024 * 1024
 DEFAULT_SEND_WAIT_MS = 10_000
 
 
@@ -50,6 +54,7 @@ class Message:
 class Queue:
     pending: list[Message] = field(default_factory=list)  # unacknowledged, in order
     next_seq: int = 1
+    pending_bytes: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
@@ -69,7 +74,7 @@ class Messaging:
         self.manager = manager
         self.store = manager.store
         self._channels: dict[str, Channel] = {}
-        # Sandboxes that are channel members get a socket at /.computesdk/run/mq.sock.
+        # Sandboxes that are channel members get a socket at /.computesdk/ctl/mq.sock.
         self._servers: dict[str, asyncio.Server] = {}
         manager.on_destroyed.append(self._sandbox_gone)
 
@@ -85,6 +90,7 @@ class Messaging:
                 queue = ch.queues.get(recipient)
                 if queue is not None:
                     queue.pending.append(Message(seq, sender, recipient, payload, sender_seq, t))
+                    queue.pending_bytes += len(payload)
                     queue.next_seq = max(queue.next_seq, seq + 1)
             await self._serve_members(ch)
 
@@ -166,12 +172,17 @@ class Messaging:
         async with ch.send_lock:
             for q in queues:  # room in every queue first: a send is all or nothing
                 async with q.changed:
-                    while len(q.pending) >= ch.capacity:
+                    while (
+                        len(q.pending) >= ch.capacity
+                        or q.pending_bytes + len(payload) > MAX_QUEUE_BYTES
+                        or _channel_bytes(ch) + len(payload) * len(queues) > MAX_CHANNEL_BYTES
+                    ):
                         remaining = deadline - time.monotonic()
                         if remaining <= 0 or self._channels.get(name) is not ch:
                             raise ResourceExhausted(
                                 f"channel {name!r} is full for a recipient ({ch.capacity} "
-                                "unacknowledged)",
+                                f"messages or {MAX_QUEUE_BYTES >> 20} MiB unacknowledged, "
+                                f"{MAX_CHANNEL_BYTES >> 20} MiB in the channel)",
                                 reason="CHANNEL_FULL",
                             )
                         with contextlib.suppress(TimeoutError):
@@ -184,6 +195,7 @@ class Messaging:
                 q.next_seq += 1
                 self.store.put_message(name, target, msg.sequence, sender, sender_seq, payload, now)
                 q.pending.append(msg)
+                q.pending_bytes += len(payload)
                 async with q.changed:
                     q.changed.notify_all()
             self._save(ch)
@@ -213,6 +225,7 @@ class Messaging:
                 f"sequence {upto} was never delivered to {member!r}", reason="INVALID_SEQUENCE"
             )
         q.pending = [m for m in q.pending if m.sequence > upto]
+        q.pending_bytes = sum(len(m.payload) for m in q.pending)
         self.store.ack_messages(name, member, upto)
         async with q.changed:
             q.changed.notify_all()
@@ -228,15 +241,12 @@ class Messaging:
                 continue
             provider = self.manager.providers[sb.spec.provider]
             try:
-                path = provider.host_socket_path(sb, "mq.sock")
+                sock = provider.listen_in_sandbox(sb, "mq.sock")
             except ComputeError:
                 continue  # this provider has no way in; its members use the API
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
             server = await asyncio.start_unix_server(
-                functools.partial(self._serve, member), str(path), limit=2 * MAX_PAYLOAD
+                functools.partial(self._serve, member), sock=sock, limit=2 * MAX_PAYLOAD
             )
-            os.chmod(path, 0o666)  # the directory (0700, the sandbox's root) is the guard
             self._servers[member] = server
 
     def _sandbox_gone(self, sandbox_id: str) -> None:
@@ -287,3 +297,7 @@ class Messaging:
         with contextlib.suppress(ValueError, ConnectionError, ComputeError):
             while line := await reader.readline():
                 await self.ack(channel, member, int(json.loads(line)["ack"]))
+
+
+def _channel_bytes(ch: Channel) -> int:
+    return sum(q.pending_bytes for q in ch.queues.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -19,7 +20,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from . import logs
-from .errors import AlreadyExists, ComputeError, FailedPrecondition, InvalidArgument, NotFound
+from .errors import (
+    AlreadyExists,
+    ComputeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -35,6 +43,14 @@ IFNAME = "eth0"  # one shared network per sandbox keeps names and routes simple
 HOSTS_BEGIN = "# computesdk network: begin"
 HOSTS_END = "# computesdk network: end"
 NETWORK_JOINED, NETWORK_LEFT = "network.joined", "network.left"
+# A member's /etc/hosts is the member's to shape: the daemon reads at most this
+# much of it, and starts from DEFAULT_HOSTS when it is larger, missing or not a
+# regular file (a FIFO, a device, a directory).
+HOSTS_MAX = 1 << 20
+DEFAULT_HOSTS = "127.0.0.1\tlocalhost\n"
+# Rows of /proc/net/tcp and tcp6 read to find the owner of a connection to an
+# exposed port; past that the connection is refused (fail closed).
+PROC_TCP_MAX_ROWS = 1 << 18
 
 
 @dataclass
@@ -166,13 +182,27 @@ class Networks:
         for m in net.members:
             await self._set_hosts_block(m.sandbox_id, block)
 
-    async def _set_hosts_block(self, sandbox_id: str, block: str) -> None:
+    async def _read_hosts(self, sandbox_id: str) -> str:
+        """The member's /etc/hosts, or DEFAULT_HOSTS when it cannot be used as it is.
+        Never more than HOSTS_MAX (+1, to tell) bytes in memory; the file API refuses
+        non-regular files without opening them for I/O, so a FIFO cannot block this."""
+        data, why = bytearray(), ""
         try:
-            current = b"".join(
-                [c async for c in self.manager.read_file(sandbox_id, "/etc/hosts", 0, 0)]
-            ).decode()
-        except NotFound:
-            current = "127.0.0.1\tlocalhost\n"
+            async for chunk in self.manager.read_file(sandbox_id, "/etc/hosts", 0, HOSTS_MAX + 1):
+                data += chunk
+                if len(data) > HOSTS_MAX:
+                    why = f"larger than {HOSTS_MAX} bytes"
+                    break
+        except (NotFound, FailedPrecondition, ResourceExhausted, InvalidArgument) as exc:
+            why = exc.reason or type(exc).__name__
+        if why:
+            log.warning("replacing a member's /etc/hosts", sandbox_id=sandbox_id, why=why)
+            return DEFAULT_HOSTS
+        # Bytes that are not UTF-8 go back as they came.
+        return bytes(data).decode("utf-8", errors="surrogateescape")
+
+    async def _set_hosts_block(self, sandbox_id: str, block: str) -> None:
+        current = await self._read_hosts(sandbox_id)
         kept, skipping = [], False
         for line in current.splitlines():
             if line == HOSTS_BEGIN:
@@ -183,7 +213,8 @@ class Networks:
                 kept.append(line)
         text = "\n".join([*kept, *([block] if block else [])]) + "\n"
         await self.manager.write_file(
-            sandbox_id, "/etc/hosts", _once(text.encode()), mode=0o644, make_parents=True,
+            sandbox_id, "/etc/hosts", _once(text.encode("utf-8", errors="surrogateescape")),
+            mode=0o644, make_parents=True,
             append=False,
         )  # fmt: skip
 
@@ -242,6 +273,24 @@ class Networks:
             assert task is not None
             fwd.tasks.add(task)
             try:
+                uid = await asyncio.to_thread(
+                    peer_uid, writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+                )
+            except OSError:
+                uid = None
+            if uid not in (0, os.geteuid()):
+                # Any local user can reach 127.0.0.1; only root and the daemon's own
+                # user (the owner, until clients authenticate) may use the port.
+                log.warning(
+                    "refused a connection to an exposed port",
+                    sandbox_id=sandbox_id,
+                    port=port,
+                    peer_uid=-1 if uid is None else uid,
+                )
+                writer.close()
+                fwd.tasks.discard(task)
+                return
+            try:
                 up_r, up_w = await provider.open_port(sb, port)
             except ComputeError:
                 writer.close()
@@ -258,6 +307,45 @@ class Networks:
         self._forwards[(sandbox_id, port)] = fwd
         log.info("port exposed", sandbox_id=sandbox_id, port=port, url=fwd.url)
         return fwd.url
+
+
+def _proc_net_hex(host: str, port: int, v6: bool) -> str:
+    """An address as /proc/net/tcp{,6} prints it: each 32-bit word in host order."""
+    ip = ipaddress.ip_address(host)
+    if v6 and ip.version == 4:
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    if (ip.version == 6) != v6:
+        return ""
+    packed = ip.packed
+    words = [packed[i : i + 4] for i in range(0, len(packed), 4)]
+    return "".join(w[::-1].hex().upper() for w in words) + f":{port:04X}"
+
+
+def peer_uid(peer: object, ours: object) -> int | None:
+    """The uid owning the other end of a loopback TCP connection: the row of
+    /proc/net/tcp (or tcp6, for a v4-mapped client) whose local address is the
+    peer's and remote address ours. Reads each table once, line by line, at most
+    PROC_TCP_MAX_ROWS rows; None when not found."""
+    if not (isinstance(peer, tuple) and isinstance(ours, tuple)):
+        return None
+    for table, v6 in (("/proc/self/net/tcp", False), ("/proc/self/net/tcp6", True)):
+        local = _proc_net_hex(str(peer[0]), int(peer[1]), v6)
+        remote = _proc_net_hex(str(ours[0]), int(ours[1]), v6)
+        if not local or not remote:
+            continue
+        try:
+            with open(table) as f:
+                next(f, None)  # the header
+                for n, line in enumerate(f):
+                    if n >= PROC_TCP_MAX_ROWS:
+                        log.warning("too many sockets to check a connection's owner", table=table)
+                        return None
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1] == local and fields[2] == remote:
+                        return int(fields[7])
+        except FileNotFoundError:
+            continue
+    return None
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -10,6 +10,7 @@ offer the same lifecycle.
 from __future__ import annotations
 
 import asyncio
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -140,6 +141,11 @@ class Provider(ABC):
         """After a daemon restart: True when the sandbox still runs."""
         raise self._unsupported("adopt")
 
+    async def reconcile(self, live_ids: set[str]) -> None:  # noqa: B027 - optional hook
+        """Called once at start, after every record was adopted: frees what a daemon
+        killed mid-operation left on the back end and no sandbox in live_ids (this
+        provider's sandboxes the daemon keeps) owns. Logs each thing it removes."""
+
     async def probe(self, sandbox: Sandbox) -> Probe:
         raise self._unsupported("probe")
 
@@ -223,9 +229,9 @@ class Provider(ABC):
     async def detach_network(self, sandbox: Sandbox, ifname: str) -> None:
         raise self._unsupported("shared networks")
 
-    def host_socket_path(self, sandbox: Sandbox, name: str) -> Path:
-        """Where the daemon may listen so that processes in the sandbox can connect
-        (at /.computesdk/run/NAME inside)."""
+    def listen_in_sandbox(self, sandbox: Sandbox, name: str) -> socket.socket:
+        """A listening Unix socket that processes in the sandbox can connect to (at
+        /.computesdk/ctl/NAME inside) but cannot replace or redirect."""
         raise self._unsupported("in-sandbox sockets")
 
     async def open_port(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,7 +10,7 @@ from structlog.contextvars import bind_contextvars
 from computesdk.api.filesystem.v1 import filesystem_pb2 as pb
 from computesdk.api.filesystem.v1 import filesystem_pb2_grpc as pb_grpc
 
-from ..errors import ComputeError, InvalidArgument
+from ..errors import Aborted, ComputeError, InvalidArgument
 from ..manager import Manager
 from . import convert
 from ._edge import check_chunk, drain_requests, edge
@@ -52,6 +53,12 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
                     )
                 check_chunk(req.data, "file")
                 yield req.data
+            # A cancelled call also ends the request stream; only a half-close
+            # commits the file. The cancellation may land a loop turn after the end.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if context.cancelled():
+                raise Aborted("the write was cancelled", reason="WRITE_CANCELLED")
 
         try:
             info, written = await self.manager.write_file(

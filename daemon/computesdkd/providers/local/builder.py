@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,7 +36,7 @@ from ... import logs
 from ...errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from ...model import BuildStep, Resources, TemplateDefinition, TemplateInfo
 from ..base import BuildReport
-from . import images, layers
+from . import buildnet, images, layers, safefs
 from . import rootfs as rootfs_mod
 from .host import mount, run, umount
 from .oci import build_spec
@@ -89,9 +90,16 @@ class _Base:
 
 class TemplateStore:
     def __init__(
-        self, store: Path, base: Path, runc: Callable[..., list[str]], cgroup: str
+        self,
+        store: Path,
+        base: Path,
+        runc: Callable[..., list[str]],
+        cgroup: str,
+        pinned: Callable[[], set[str]] = set,
     ) -> None:
         self.base = base
+        # Layers running sandboxes stand on (their overlays hold them by fd).
+        self._pinned = pinned
         self.records = store / "templates"
         self.layers = store / "layers"
         self.builds = store / "builds"
@@ -293,15 +301,15 @@ class TemplateStore:
         tmp.mkdir()
         try:
             layers.read_layer(self.blobs.path(digest), tmp, skip_devices=True)
-        except (OSError, EOFError, ValueError) as exc:
-            raise FailedPrecondition(
-                f"layer {digest} cannot be unpacked: {exc}", reason="IMAGE_INVALID"
-            ) from exc
-        except BaseException:
+            os.chown(tmp, rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
+            os.rename(tmp, final)
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, (OSError, EOFError, ValueError)):
+                raise FailedPrecondition(
+                    f"layer {digest} cannot be unpacked: {exc}", reason="IMAGE_INVALID"
+                ) from exc
             raise
-        os.chown(tmp, rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
-        os.rename(tmp, final)
 
     async def _run_steps(
         self, d: TemplateDefinition, base: _Base, report: BuildReport, total: int
@@ -323,6 +331,10 @@ class TemplateStore:
             )
             try:
                 _sandbox_defaults(root)
+                # Its own NAT'd network namespace, never the host's (buildnet.py).
+                net = await buildnet.setup(build_id)
+                (work / "resolv.conf").write_text(net.resolv_conf)
+                await buildnet.mount_sysfs(net, work / "sys")
                 env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
                 env.update(base.env)
                 env.update(d.env)
@@ -335,9 +347,13 @@ class TemplateStore:
                 scripts += [(f"setup: {cmd}", cmd) for cmd in d.setup]
                 for i, (what, script) in enumerate(scripts, start=3):
                     report(BuildStep(i, total, what))
-                    await self._run_step(build_id, work, root, script, env, i, total, report)
+                    await self._run_step(build_id, work, root, net, script, env, i, total, report)
             finally:
+                umount(str(work / "sys"))
                 umount(str(root))
+                # Also when setup was cancelled midway (its thread runs on; the lock
+                # makes this wait for it).
+                await buildnet.teardown(build_id)
             report(BuildStep(total, total, "committing the layer"))
             return await asyncio.to_thread(self._commit, upper)
         finally:
@@ -348,6 +364,7 @@ class TemplateStore:
         build_id: str,
         work: Path,
         root: Path,
+        net: buildnet.BuildNet,
         script: str,
         env: dict[str, str],
         step: int,
@@ -361,7 +378,9 @@ class TemplateStore:
             env=env,
             resources=BUILD_RESOURCES,
             cgroup_parent=self._cgroup,
-            host_files=_host_files(root),
+            netns=net.netns,
+            sysfs=str(work / "sys"),
+            binds=_host_files(root, work),
         )
         (work / "config.json").write_text(json.dumps(spec))
         proc = await asyncio.create_subprocess_exec(
@@ -429,10 +448,11 @@ class TemplateStore:
         for layer in layer_list:
             if layer == BASE_LAYER:
                 continue
-            for dirpath, _, files in os.walk(self._lower(layer)):
+            # fd by fd, never following a link the layer holds.
+            for _, _, files, dfd in os.fwalk(self._lower(layer)):
                 for f in files:
                     with contextlib.suppress(OSError):
-                        total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                        total += os.stat(f, dir_fd=dfd, follow_symlinks=False).st_blocks * 512
         return total
 
     # -------------------------------------------------------------- delete and clean
@@ -453,7 +473,8 @@ class TemplateStore:
     def collect_garbage(self) -> None:
         """Frees layers and blobs no template names and no mounted sandbox stands on,
         and builds left by a crash."""
-        used_layers, used_blobs = _mounted_lowers(self.layers), set[str]()
+        used_layers = _mounted_lowers(self.layers) | self._pinned()
+        used_blobs = set[str]()
         for rec in self._all_records():
             used_layers.update(_strs(rec.get("layers")))
             used_blobs.update(x.split(":", 1)[-1] for x in _strs(rec.get("blobs")))
@@ -467,13 +488,20 @@ class TemplateStore:
     async def clean_leftovers(self) -> None:
         """A daemon killed mid-build leaves a runc container, a mount and a scratch
         dir; frees them, then whatever no template names."""
+        dead = []
         for d in self.builds.iterdir():
             if d.name.startswith("build-"):
                 with contextlib.suppress(Internal):
                     await run(*self._runc("delete", "--force", d.name))
+                dead.append(d.name)
+            with contextlib.suppress(OSError):
+                umount(str(d / "sys"))
             with contextlib.suppress(OSError):
                 umount(str(d / "rootfs"))
             await asyncio.to_thread(shutil.rmtree, d, True)
+        # Their network namespaces and, with the host's last build network, its rules.
+        with contextlib.suppress(Internal, OSError):
+            await buildnet.remove_leftovers(dead)
         await asyncio.to_thread(self.collect_garbage)
 
 
@@ -486,16 +514,29 @@ class _HashSink:
         return len(data)
 
 
-def _host_files(root: Path) -> list[str]:
-    """Host files a build step sees in place of the image's: the resolver always
-    (written in the defaults), the CA bundle where the image has one to cover, so
-    nothing new appears in the layer."""
-    out = ["/etc/resolv.conf"]
-    for path in HOST_TRUST:
-        inside = root / path.lstrip("/")
-        if Path(path).is_file() and inside.is_file() and not inside.is_symlink():
-            out.append(path)
+def _host_files(root: Path, work: Path) -> list[tuple[str, str]]:
+    """(host file, path in the step) bound read-only over the image's: the build
+    network's resolver always (the target is written in the defaults), the host's
+    CA bundle where the image has one to cover, so nothing new appears in the layer."""
+    out = [(str(work / "resolv.conf"), "/etc/resolv.conf")]
+    # The image's side is looked up inside the root (its symlinks resolve there,
+    # as runc resolves the mount's target), and must itself be a regular file.
+    with safefs.Tree.open(root, safefs.IN_ROOT) as tree:
+        for path in HOST_TRUST:
+            if Path(path).is_file() and _regular_in(tree, path):  # the host's own file
+                out.append((path, path))
     return out
+
+
+def _regular_in(tree: safefs.Tree, path: str) -> bool:
+    try:
+        fd = tree.open_at(path, os.O_PATH | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 def _mounted_lowers(layer_dir: Path) -> set[str]:
@@ -516,26 +557,70 @@ def _mounted_lowers(layer_dir: Path) -> set[str]:
 
 def _sandbox_defaults(root: Path) -> None:
     """What every sandbox root needs whatever the image: mount points for the agent,
-    a /workspace, and hostname files the daemon edits."""
+    a /workspace, and hostname files the daemon edits.
+
+    The image is untrusted: its `etc` or `.computesdk` may be a symlink to a host
+    directory, its agent a dangling symlink. Everything here goes fd by fd from
+    the root, with no link followed; whatever stands where a directory (or a
+    regular file) must be and is not one is removed and made anew."""
     uid = rootfs_mod.UID_SHIFT
-    for sub in ("workspace", ".computesdk", "etc", "tmp"):
-        p = root / sub
-        if not p.exists():
-            p.mkdir(mode=0o1777 if sub == "tmp" else 0o755)
-            os.chown(p, uid, uid)
-    agent = root / ".computesdk" / "agent"
-    if not agent.exists():
-        agent.touch(mode=0o755)
-        os.chown(agent, uid, uid)
-    for name, text in (
-        ("hostname", "sandbox\n"),
-        ("hosts", "127.0.0.1 localhost sandbox\n::1 localhost\n"),
-        ("resolv.conf", ""),
-    ):
-        p = root / "etc" / name
-        if not p.exists() and not p.is_symlink():
-            p.write_text(text)
-            os.chown(p, uid, uid)
+    with safefs.Tree.open(root, safefs.NO_LINKS, owner=(uid, uid)) as tree:
+        for sub in ("workspace", ".computesdk", "etc", "tmp"):
+            _real_dir(tree, tree.fd, sub, 0o1777 if sub == "tmp" else 0o755)
+        agent_dir = tree.lookup_dir(".computesdk")
+        try:
+            # The bind-mount target of the agent binary.
+            _real_file(tree, agent_dir, "agent", 0o755, b"")
+        finally:
+            os.close(agent_dir)
+        etc = tree.lookup_dir("etc")
+        try:
+            for name, text in (
+                ("hostname", b"sandbox\n"),
+                ("hosts", b"127.0.0.1 localhost sandbox\n::1 localhost\n"),
+                ("resolv.conf", b""),
+            ):
+                _real_file(tree, etc, name, 0o644, text)
+        finally:
+            os.close(etc)
+
+
+def _kind(dirfd: int, name: str) -> int:
+    """The file type at dirfd/name (the link itself for a symlink), 0 if none."""
+    try:
+        return stat.S_IFMT(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return 0
+
+
+def _real_dir(tree: safefs.Tree, pfd: int, name: str, mode: int) -> None:
+    kind = _kind(pfd, name)
+    if kind == stat.S_IFDIR:
+        return
+    if kind:
+        safefs.remove_tree(pfd, name)
+    tree.mkdir_at(pfd, name, mode)
+
+
+def _real_file(tree: safefs.Tree, pfd: int, name: str, mode: int, text: bytes) -> None:
+    """Keeps a regular file the image has there; anything else is replaced by one
+    holding text, created O_EXCL|O_NOFOLLOW, its owner and mode set on the fd."""
+    kind = _kind(pfd, name)
+    if kind == stat.S_IFREG:
+        return
+    if kind:
+        safefs.remove_tree(pfd, name)
+    fd = os.open(
+        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd
+    )
+    try:
+        os.fchown(fd, *tree.owner)
+        os.fchmod(fd, mode)
+        view = memoryview(text)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _cache_key(base_digest: str, d: TemplateDefinition) -> str:

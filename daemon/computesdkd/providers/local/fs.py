@@ -1,22 +1,27 @@
-"""File access inside a sandbox's root, from the host side, that cannot escape it.
+"""The file API of a local sandbox: what its processes see, from the host side.
 
-Paths arrive normalised (providers/paths.py), so ".." that would climb above "/" is
-refused outright. Every open then goes through openat2(2) with RESOLVE_IN_ROOT,
-so symlinks planted by sandboxed code resolve inside the sandbox, never on the
-host. Files the daemon creates belong to the sandbox's root user.
+The root is the sandbox's own `/` in its own mount namespace (an fd on
+/proc/<init>/root), so volumes, read-only mounts and everything else in the
+sandbox's mount table are served as the sandbox sees them. Every access goes
+through safefs: openat2 with RESOLVE_IN_ROOT (a symlink planted inside resolves
+inside), *at calls on the parent's fd, and regular files only (a FIFO or a
+device is refused, never opened). Paths arrive normalised (providers/paths.py).
+
+Writes are atomic: the data goes to a new file beside the target, which is
+renamed over it once complete, so a crash or a cancelled stream leaves the old
+file or the new one, never a mix. Files the daemon creates belong to the
+sandbox's root user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import posixpath
-import shutil
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from ...errors import (
     AlreadyExists,
@@ -28,24 +33,22 @@ from ...errors import (
     ResourceExhausted,
 )
 from ...model import FileInfo, FileKind
+from . import idmap, safefs
 from .rootfs import UID_SHIFT
 
-_SYS_OPENAT2 = 437  # x86_64 and aarch64
-_RESOLVE_NO_XDEV = 0x01
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 CHUNK = 256 * 1024
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+MAX_ENTRIES = 100_000  # a ListDirectory answer is held in memory
+MAX_LINKS = 40  # as the kernel's own limit on nested symlinks
 
 
 def _os_error(exc: OSError, path: str) -> ComputeError:
     e = exc.errno
+    if isinstance(exc, safefs.NotRegular):
+        return FailedPrecondition(
+            f"{path}: not a regular file (a FIFO, socket or device is not served)",
+            reason="NOT_A_REGULAR_FILE",
+            path=path,
+        )
     if e == errno.ENOENT:
         return NotFound(f"{path}: no such file or directory", reason="FILE_NOT_FOUND", path=path)
     if e == errno.EEXIST:
@@ -60,7 +63,17 @@ def _os_error(exc: OSError, path: str) -> ComputeError:
         )
     if e in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted("the sandbox's disk is full", reason="DISK_FULL", path=path)
-    if e in (errno.ELOOP, errno.EXDEV):
+    if e == errno.EROFS:
+        return FailedPrecondition(
+            f"{path}: on a read-only mount", reason="READ_ONLY_FILESYSTEM", path=path
+        )
+    if e == errno.EXDEV:
+        return FailedPrecondition(
+            f"{path}: cannot be moved to another mount (a volume)",
+            reason="CROSS_DEVICE_MOVE",
+            path=path,
+        )
+    if e == errno.ELOOP:
         return InvalidArgument(
             f"{path}: cannot be resolved inside the sandbox",
             reason="PATH_OUTSIDE_SANDBOX",
@@ -70,6 +83,8 @@ def _os_error(exc: OSError, path: str) -> ComputeError:
         return FailedPrecondition(
             f"{path}: permission denied", reason="PERMISSION_DENIED", path=path
         )
+    if e == errno.EBUSY:
+        return FailedPrecondition(f"{path}: a mount point", reason="PATH_BUSY", path=path)
     return Internal(f"{path}: {exc.strerror}")
 
 
@@ -81,154 +96,118 @@ def _errors(path: str) -> Iterator[None]:
         raise _os_error(exc, path) from exc
 
 
+def _kind(mode: int) -> FileKind:
+    if stat.S_ISREG(mode):
+        return FileKind.FILE
+    if stat.S_ISDIR(mode):
+        return FileKind.DIRECTORY
+    if stat.S_ISLNK(mode):
+        return FileKind.SYMLINK
+    return FileKind.OTHER
+
+
+def _info(path: str, st: os.stat_result, link: str = "") -> FileInfo:
+    return FileInfo(
+        posixpath.basename(path) or "/",
+        path,
+        _kind(st.st_mode),
+        st.st_size,
+        stat.S_IMODE(st.st_mode),
+        st.st_mtime,
+        link,
+    )
+
+
 class SandboxFS:
-    def __init__(self, rootfs: str) -> None:
-        self.rootfs = rootfs
+    """open_root gives a new O_PATH fd on the sandbox's root for each operation.
+    uid: the sandbox's root on the host. Each operation runs as it (filesystem ids
+    only, capabilities kept), so what the daemon creates belongs to the sandbox,
+    through the idmapped layers as the sandbox's own writes do."""
 
-    # ----------------------------------------------------------- primitives
-
-    def _root(self) -> int:
-        return os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def _open(self, root: int, path: str, flags: int, mode: int = 0) -> int:
-        how = _OpenHow(
-            flags | os.O_CLOEXEC, mode, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_XDEV
-        )
-        fd = _libc.syscall(_SYS_OPENAT2, root, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return int(fd)
+    def __init__(self, open_root: Callable[[], int], uid: int = UID_SHIFT):
+        self._open_root = open_root
+        self._uid = uid
 
     @contextlib.contextmanager
-    def _parent(self, path: str) -> Iterator[tuple[int, str]]:
-        """Yields (fd of the parent directory, final name)."""
-        parent, name = posixpath.split(path)
-        if not name:
-            raise InvalidArgument(
-                "the sandbox root itself cannot be changed", reason="INVALID_PATH"
-            )
-        root = self._root()
-        try:
-            pfd = self._open(root, parent, os.O_PATH | os.O_DIRECTORY)
-        finally:
-            os.close(root)
-        try:
-            yield pfd, name
-        finally:
-            os.close(pfd)
-
-    def _info(self, path: str, st: os.stat_result, link: str = "") -> FileInfo:
-        if stat.S_ISREG(st.st_mode):
-            kind = FileKind.FILE
-        elif stat.S_ISDIR(st.st_mode):
-            kind = FileKind.DIRECTORY
-        elif stat.S_ISLNK(st.st_mode):
-            kind = FileKind.SYMLINK
-        else:
-            kind = FileKind.OTHER
-        return FileInfo(
-            posixpath.basename(path) or "/",
-            path,
-            kind,
-            st.st_size,
-            stat.S_IMODE(st.st_mode),
-            st.st_mtime,
-            link,
-        )
-
-    def _mkdirs(self, path: str) -> None:
-        root = self._root()
-        try:
-            comps = [c for c in path.split("/") if c]
-            for i in range(len(comps)):
-                sub = "/" + "/".join(comps[: i + 1])
-                try:
-                    os.close(self._open(root, sub, os.O_PATH | os.O_DIRECTORY))
-                    continue
-                except FileNotFoundError:
-                    pass
-                with self._parent(sub) as (pfd, name), contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o755, dir_fd=pfd)
-                    os.chown(name, UID_SHIFT, UID_SHIFT, dir_fd=pfd, follow_symlinks=False)
-        finally:
-            os.close(root)
+    def _tree(self) -> Iterator[safefs.Tree]:
+        with idmap.acting_as(self._uid):
+            fd = self._open_root()
+            try:
+                yield safefs.Tree(fd, safefs.IN_ROOT, (self._uid, self._uid))
+            finally:
+                os.close(fd)
 
     # ----------------------------------------------------------- operations
 
     def stat_sync(self, path: str) -> FileInfo:
-        with _errors(path):
+        with _errors(path), self._tree() as tree:
             if path == "/":
-                root = self._root()
-                try:
-                    return self._info(path, os.fstat(root))
-                finally:
-                    os.close(root)
-            with self._parent(path) as (pfd, name):
+                return _info(path, os.fstat(tree.fd))
+            with tree.parent(path) as (pfd, name):
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 link = os.readlink(name, dir_fd=pfd) if stat.S_ISLNK(st.st_mode) else ""
-                return self._info(path, st, link)
+                return _info(path, st, link)
 
     def list_sync(self, path: str) -> list[FileInfo]:
-        with _errors(path):
-            root = self._root()
+        with _errors(path), self._tree() as tree:
+            fd = tree.open_at(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
             try:
-                fd = self._open(root, path, os.O_RDONLY | os.O_DIRECTORY)
-            finally:
-                os.close(root)
-            try:
-                out = []
+                if safefs.is_pseudo_fs(fd):
+                    raise PermissionError(errno.EPERM, "a kernel interface", path)
+                out: list[FileInfo] = []
                 with os.scandir(fd) as it:
                     for entry in it:
-                        st = entry.stat(follow_symlinks=False)
-                        link = os.readlink(entry.name, dir_fd=fd) if entry.is_symlink() else ""
-                        out.append(self._info(posixpath.join(path, entry.name), st, link))
+                        if len(out) >= MAX_ENTRIES:
+                            raise ResourceExhausted(
+                                f"{path} holds more than {MAX_ENTRIES} entries",
+                                reason="DIRECTORY_TOO_LARGE",
+                                path=path,
+                            )
+                        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                            st = entry.stat(follow_symlinks=False)
+                            link = os.readlink(entry.name, dir_fd=fd) if entry.is_symlink() else ""
+                            out.append(_info(posixpath.join(path, entry.name), st, link))
                 return sorted(out, key=lambda f: f.name)
             finally:
                 os.close(fd)
 
     def mkdir_sync(self, path: str, parents: bool) -> FileInfo:
-        with _errors(path):
+        with _errors(path), self._tree() as tree:
             if parents:
-                self._mkdirs(path)
+                tree.mkdirs(path)
             else:
-                with self._parent(path) as (pfd, name):
-                    os.mkdir(name, 0o755, dir_fd=pfd)
-                    os.chown(name, UID_SHIFT, UID_SHIFT, dir_fd=pfd, follow_symlinks=False)
+                with tree.parent(path) as (pfd, name):
+                    tree.mkdir_at(pfd, name, 0o755)
         return self.stat_sync(path)
 
     def remove_sync(self, path: str, recursive: bool) -> None:
-        with _errors(path), self._parent(path) as (pfd, name):
+        with _errors(path), self._tree() as tree, tree.parent(path) as (pfd, name):
+            if safefs.is_pseudo_fs(pfd):
+                raise PermissionError(errno.EPERM, "a kernel interface", path)
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                if recursive:
-                    shutil.rmtree(name, dir_fd=pfd)
-                else:
-                    os.rmdir(name, dir_fd=pfd)
-            else:
+            if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=pfd)
+            elif recursive:
+                safefs.remove_tree(pfd, name)
+            else:
+                os.rmdir(name, dir_fd=pfd)
 
     def move_sync(self, source: str, destination: str) -> FileInfo:
         with (
             _errors(source),
-            self._parent(source) as (sfd, sname),
-            self._parent(destination) as (dfd, dname),
+            self._tree() as tree,
+            tree.parent(source) as (sfd, sname),
+            tree.parent(destination) as (dfd, dname),
         ):
+            if safefs.is_pseudo_fs(sfd) or safefs.is_pseudo_fs(dfd):
+                raise PermissionError(errno.EPERM, "a kernel interface", source)
             os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
         return self.stat_sync(destination)
 
     async def read(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
         def open_file() -> int:
-            with _errors(path):
-                root = self._root()
-                try:
-                    fd = self._open(root, path, os.O_RDONLY)
-                finally:
-                    os.close(root)
-                if stat.S_ISDIR(os.fstat(fd).st_mode):
-                    os.close(fd)
-                    raise _os_error(OSError(errno.EISDIR, "is a directory"), path)
-                return fd
+            with _errors(path), self._tree() as tree:
+                return tree.open_regular(path, os.O_RDONLY | os.O_NONBLOCK)
 
         fd = await asyncio.to_thread(open_file)
         try:
@@ -245,41 +224,121 @@ class SandboxFS:
         finally:
             os.close(fd)
 
+    def read_bounded(self, path: str, limit: int) -> bytes:
+        """A whole small file (for the daemon's own edits, e.g. /etc/hosts)."""
+        with _errors(path), self._tree() as tree:
+            try:
+                return tree.read_bounded(path, limit)
+            except safefs.TooLarge as exc:
+                raise ResourceExhausted(
+                    f"{path} is larger than {limit} bytes", reason="FILE_TOO_LARGE", path=path
+                ) from exc
+
     async def write(
         self, path: str, chunks: AsyncIterator[bytes], mode: int, parents: bool, append: bool
     ) -> tuple[FileInfo, int]:
-        def open_file() -> int:
-            with _errors(path):
-                parent = posixpath.dirname(path)
-                if parents and parent != "/":
-                    self._mkdirs(parent)
-                root = self._root()
-                try:
-                    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-                    fd = self._open(root, path, flags, mode or 0o644)
-                finally:
-                    os.close(root)
-                st = os.fstat(fd)
-                if stat.S_ISDIR(st.st_mode):
-                    os.close(fd)
-                    raise _os_error(OSError(errno.EISDIR, "is a directory"), path)
-                if st.st_uid < UID_SHIFT:  # new file: give it to the sandbox's root
-                    os.fchown(fd, UID_SHIFT, UID_SHIFT)
-                return fd
-
-        def write_all(fd: int, data: bytes) -> None:
-            with _errors(path):
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-
-        fd = await asyncio.to_thread(open_file)
+        target = await asyncio.to_thread(self._open_for_write, path, mode, parents, append)
         written = 0
         try:
             async for data in chunks:
-                await asyncio.to_thread(write_all, fd, data)
+                await asyncio.to_thread(_write_all, target.fd, data, path)
                 written += len(data)
+            await asyncio.to_thread(self._as_root, target.commit)
         finally:
-            os.close(fd)
-        return await asyncio.to_thread(self.stat_sync, path), written
+            await asyncio.to_thread(self._as_root, target.abort)
+        return await asyncio.to_thread(self.stat_sync, target.path), written
+
+    def _as_root(self, fn: Callable[[], None]) -> None:
+        with idmap.acting_as(self._uid):
+            fn()
+
+    def _open_for_write(self, path: str, mode: int, parents: bool, append: bool) -> _Target:
+        with _errors(path), self._tree() as tree:
+            parent = posixpath.dirname(path)
+            if parents and parent != "/":
+                tree.mkdirs(parent)
+            path = self._final(tree, path)
+            with tree.parent(path) as (pfd, name):
+                try:
+                    st: os.stat_result | None = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+                if append and st is not None:
+                    # Appending adds to the file in place (there is no old state to
+                    # keep whole); it must be a regular file.
+                    fd = tree.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+                    return _Target(path, fd, -1, "", "")
+                return _Target.new(tree, pfd, name, path, mode or 0o644, st)
+
+    def _final(self, tree: safefs.Tree, path: str) -> str:
+        """path with a final symlink followed (inside the sandbox), so that a write
+        replaces the file the link names, as `echo > link` would."""
+        for _ in range(MAX_LINKS):
+            with tree.parent(path) as (pfd, name):
+                try:
+                    target = os.readlink(name, dir_fd=pfd)
+                except (FileNotFoundError, OSError) as exc:
+                    if isinstance(exc, FileNotFoundError) or exc.errno == errno.EINVAL:
+                        return path
+                    raise
+            if not target.startswith("/"):
+                target = posixpath.join(posixpath.dirname(path), target)
+            path = posixpath.normpath("/" + target.lstrip("/"))
+        raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+
+
+class _Target:
+    """A file being written: a new file in the target's directory (unnamed where
+    the filesystem allows), put in place of the target at commit; or, for
+    appends, the file itself (dirfd -1)."""
+
+    def __init__(self, path: str, fd: int, dirfd: int, name: str, tmp: str) -> None:
+        self.path, self.fd, self.dirfd, self.name, self.tmp = path, fd, dirfd, name, tmp
+        self._done = False
+
+    @classmethod
+    def new(
+        cls,
+        tree: safefs.Tree,
+        pfd: int,
+        name: str,
+        path: str,
+        mode: int,
+        old: os.stat_result | None,
+    ) -> _Target:
+        dirfd = os.dup(pfd)
+        try:
+            fd, tmp = tree.create_temp(dirfd, name, mode)
+            if old is not None and stat.S_ISREG(old.st_mode):
+                safefs.copy_owner_mode(fd, old)  # a rewrite keeps who owns it
+        except BaseException:
+            os.close(dirfd)
+            raise
+        return cls(path, fd, dirfd, name, tmp)
+
+    def commit(self) -> None:
+        with _errors(self.path):
+            if self.dirfd >= 0:  # a replacement, not an append
+                safefs.commit_temp(self.dirfd, self.fd, self.tmp, self.name)
+            self._done = True
+
+    def abort(self) -> None:
+        """Closes everything; a temporary that was never committed is removed."""
+        if self.tmp and not self._done:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp, dir_fd=self.dirfd)
+        os.close(self.fd)
+        if self.dirfd >= 0:
+            os.close(self.dirfd)
+        self.fd = self.dirfd = -1
+        self.tmp = ""
+
+
+def _write_all(fd: int, data: bytes, path: str) -> None:
+    with _errors(path):
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]

@@ -7,10 +7,15 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import shutil
+import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from ...errors import Internal
+from ...testhooks import crash
+from . import safefs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -26,6 +31,7 @@ def mount(source: str, target: str, fstype: str, options: str, flags: int = 0) -
     if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, options.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+    crash(f"mount.{fstype}")
 
 
 def umount(target: str) -> None:
@@ -33,6 +39,8 @@ def umount(target: str) -> None:
         err = ctypes.get_errno()
         if err not in (22, 2):  # EINVAL: not mounted; ENOENT: gone
             raise OSError(err, f"umount {target}: {os.strerror(err)}")
+        return
+    crash("umount")
 
 
 async def run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> str:
@@ -51,7 +59,89 @@ async def run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> s
             f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
             f"{(err or b'').decode(errors='replace').strip()}"
         )
+    crash(_step(argv))
     return (out or b"").decode()
+
+
+def _step(argv: tuple[str, ...] | list[str]) -> str:
+    """The test hook's name of a helper run: run.mkfs.ext4, run.runc.delete, ..."""
+    tool = os.path.basename(argv[0])
+    if tool == "runc":
+        words = list(argv[3:] if len(argv) > 3 and argv[1] == "--root" else argv[1:])
+        return f"run.runc.{words[0] if words else ''}"
+    return f"run.{tool}"
+
+
+async def spawn(argv: list[str], fds: Mapping[int, int], timeout: float = 30.0) -> None:
+    """Runs a helper with exactly these fds (target number -> open fd; stdin is
+    /dev/null) and waits for it to succeed. asyncio's subprocesses cannot place an
+    fd at a given number, and runc --preserve-fds wants the socket at 3."""
+    pid = _spawn(argv, fds)
+    pidfd = os.pidfd_open(pid)
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await asyncio.wait_for(ended, timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        await asyncio.to_thread(os.waitpid, pid, 0)
+        raise
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    code = _reap(pid)
+    if code != 0:
+        raise Internal(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited with {code}")
+    crash(_step(argv))  # test-only hook (testhooks.py)
+
+
+def _reap(pid: int) -> int:
+    """The exit code of a child whose pidfd said it ended (so this does not block)."""
+    _, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _spawn(argv: list[str], fds: Mapping[int, int]) -> int:
+    path = shutil.which(argv[0])
+    if path is None:
+        raise Internal(f"{argv[0]} is not installed")
+    # Above every target first, so that one dup2 cannot clobber another's source.
+    high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for target, fd in fds.items()}
+    try:
+        actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        actions += [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in high.items()]
+        return os.posix_spawn(path, argv, dict(os.environ), file_actions=actions, setsid=True)
+    finally:
+        for fd in high.values():
+            os.close(fd)
+
+
+def listen_unix(path: Path, mode: int | None = None) -> socket.socket:
+    """A listening Unix socket at path, in a directory only root can write. mode is
+    set through an fd, so it lands on this socket and nowhere else."""
+    dirfd = safefs.open_trusted_dir(path.parent)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=dirfd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(f"/proc/self/fd/{dirfd}/{path.name}")
+            if mode is not None:
+                safefs.chmod_at(dirfd, path.name, mode)
+            sock.listen(512)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    finally:
+        os.close(dirfd)
 
 
 # Loop devices, set up with ioctls instead of losetup(8): a create saves two
@@ -83,6 +173,7 @@ def loop_device(image: str, flags: int, block_size: int = 4096) -> Iterator[str]
     finally:
         os.close(backing)
     try:
+        crash("loop.attached")
         yield device
     finally:
         os.close(loop)
@@ -109,3 +200,25 @@ def _configure_free_loop(
             continue
         return device, loop
     raise OSError(_EBUSY, "no free loop device after 32 tries")
+
+
+_LOOP_CLR_FD = 0x4C01
+
+
+def loop_devices() -> Iterator[tuple[str, str]]:
+    """(device, backing file) of every attached loop device. A backing file that was
+    removed while attached ends in " (deleted)"."""
+    for d in Path("/sys/block").glob("loop*"):
+        with contextlib.suppress(OSError):
+            backing = (d / "loop" / "backing_file").read_text().rstrip("\n")
+            yield f"/dev/{d.name}", backing
+
+
+def loop_detach(device: str) -> None:
+    """Detaches a loop device; one still in use (mounted, open) is only marked to
+    autoclear, so it goes with its last user and never under one."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _LOOP_CLR_FD, 0)
+    finally:
+        os.close(fd)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
 import re
+import stat
 import tarfile
 import urllib.parse
+import zlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,8 @@ from typing import IO, Any
 import httpx
 
 from ...errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from . import layers as layers_mod
+from . import safefs
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -41,6 +46,8 @@ LAYER_TYPES = (
 )
 DOCKER_HUB = "registry-1.docker.io"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# A docker-archive holds a manifest, configs and layers: a few entries a layer.
+MAX_ARCHIVE_ENTRIES = 10_000
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Registries reached over plain HTTP, as dockerd treats them: loopback always,
 # others when the operator lists them (comma separated HOST:PORT).
@@ -149,17 +156,34 @@ class BlobStore:
             self.path(digest)  # refuses a malformed digest before any byte is written
         return _BlobWriter(self, digest)
 
-    def put_file(self, source: IO[bytes], digest: str = "") -> str:
-        """Copies source in; returns its digest."""
+    def put_file(self, source: IO[bytes], digest: str = "", limit: int = 0) -> str:
+        """Copies source in; returns its digest. With a limit (the descriptor's
+        size), a source that runs on past it is refused, not read to its end."""
         if digest and self.has(digest):
             return digest
         with self.writer(digest) as w:
             while chunk := source.read(1 << 20):
                 w.write(chunk)
+                if limit and w.size > limit:
+                    raise FailedPrecondition(
+                        f"blob {digest or '(unnamed)'} is larger than its {limit} bytes",
+                        reason="IMAGE_DIGEST_MISMATCH",
+                    )
         return w.got
 
     def read_json(self, digest: str) -> Any:
-        return json.loads(self.path(digest).read_bytes())
+        """A manifest, index or config from the store: capped, and refused as
+        IMAGE_INVALID when it is not JSON."""
+        with self.path(digest).open("rb") as f:
+            body = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise FailedPrecondition(
+                f"{digest} is larger than {MAX_MANIFEST_BYTES} bytes", reason="IMAGE_INVALID"
+            )
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise FailedPrecondition(f"{digest} is not JSON", reason="IMAGE_INVALID") from exc
 
 
 class _BlobWriter:
@@ -213,11 +237,18 @@ def _pick_platform(index: dict[str, Any], ref: str) -> dict[str, Any]:
 def _manifest_image(
     ref: ImageRef, digest: str, manifest: dict[str, Any], blobs: BlobStore
 ) -> Image:
-    config = blobs.read_json(manifest["config"]["digest"])
-    layers = [
-        Layer(str(x["digest"]), str(x.get("mediaType", LAYER_TYPES[1])), int(x.get("size", 0)))
-        for x in manifest.get("layers") or []
-    ]
+    try:
+        config = blobs.read_json(manifest["config"]["digest"])
+        layers = [
+            Layer(str(x["digest"]), str(x.get("mediaType", LAYER_TYPES[1])), int(x.get("size", 0)))
+            for x in manifest.get("layers") or []
+        ]
+        if not isinstance(config, dict):
+            raise TypeError("the config is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FailedPrecondition(
+            f"image {ref}: a malformed manifest or config ({exc})", reason="IMAGE_INVALID"
+        ) from exc
     for layer in layers:
         if layer.media_type not in LAYER_TYPES:
             raise FailedPrecondition(
@@ -232,26 +263,46 @@ def _manifest_image(
 
 
 def _read_oci_layout(ref: ImageRef, blobs: BlobStore, progress: Progress) -> Image:
-    root = Path(ref.path)
+    # The directory is the one the client named; what is inside it is the image's:
+    # looked up within it (its symlinks resolve there, never on the host), and
+    # only regular files are read (a FIFO would block, a device never ends).
     try:
-        layout = json.loads((root / "oci-layout").read_text())
-        index = json.loads((root / "index.json").read_text())
-    except (OSError, ValueError) as exc:
+        root_fd = os.open(ref.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotFound(
+            f"{ref.path} is not an OCI image layout: {exc}", reason="IMAGE_NOT_FOUND"
+        ) from exc
+    try:
+        return _read_oci_tree(ref, safefs.Tree(root_fd, safefs.IN_ROOT), blobs, progress)
+    finally:
+        os.close(root_fd)
+
+
+def _read_oci_tree(ref: ImageRef, root: safefs.Tree, blobs: BlobStore, progress: Progress) -> Image:
+    try:
+        layout = json.loads(root.read_bounded("oci-layout", MAX_MANIFEST_BYTES))
+        index = json.loads(root.read_bounded("index.json", MAX_MANIFEST_BYTES))
+        if not isinstance(layout, dict) or not isinstance(index, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, RecursionError) as exc:
         raise NotFound(
             f"{ref.path} is not an OCI image layout: {exc}", reason="IMAGE_NOT_FOUND"
         ) from exc
     if layout.get("imageLayoutVersion") != "1.0.0":
         raise FailedPrecondition(f"{ref.path}: unknown OCI layout version", reason="IMAGE_INVALID")
 
-    def take(digest: str) -> None:
-        src = root / "blobs" / "sha256" / blobs.path(digest).name
+    def take(digest: str, size: object = 0) -> None:
+        src = "blobs/sha256/" + blobs.path(digest).name
+        if blobs.has(digest):
+            return
         try:
-            with src.open("rb") as f:
-                blobs.put_file(f, digest)
-        except FileNotFoundError as exc:
+            fd = root.open_regular(src, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
             raise FailedPrecondition(
-                f"{ref.path} lacks blob {digest}", reason="IMAGE_INVALID"
+                f"{ref.path} lacks blob {digest} ({exc.strerror})", reason="IMAGE_INVALID"
             ) from exc
+        with os.fdopen(fd, "rb") as f:
+            blobs.put_file(f, digest, size if isinstance(size, int) and size > 0 else 0)
 
     candidates = index.get("manifests") or []
     if ref.reference:
@@ -267,17 +318,24 @@ def _read_oci_layout(ref: ImageRef, blobs: BlobStore, progress: Progress) -> Ima
             "name exactly one with oci:PATH:TAG",
             reason="IMAGE_NOT_FOUND",
         )
-    desc = candidates[0]
-    while desc.get("mediaType") in INDEXES:
-        take(desc["digest"])
-        desc = _pick_platform(blobs.read_json(desc["digest"]), str(ref))
-    take(desc["digest"])
-    manifest = blobs.read_json(desc["digest"])
-    take(manifest["config"]["digest"])
+    try:
+        desc = candidates[0]
+        for _ in range(8):  # an index of indexes, but not without end
+            if desc.get("mediaType") not in INDEXES:
+                break
+            take(desc["digest"], desc.get("size"))
+            desc = _pick_platform(blobs.read_json(desc["digest"]), str(ref))
+        take(desc["digest"], desc.get("size"))
+        manifest = blobs.read_json(desc["digest"])
+        take(manifest["config"]["digest"], manifest["config"].get("size"))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise FailedPrecondition(
+            f"{ref.path}: a malformed index or manifest ({exc})", reason="IMAGE_INVALID"
+        ) from exc
     image = _manifest_image(ref, desc["digest"], manifest, blobs)
     for i, layer in enumerate(image.layers):
         progress(f"layer {i + 1}/{len(image.layers)} {layer.digest[7:19]}", 0, layer.size)
-        take(layer.digest)
+        take(layer.digest, layer.size)
     return image
 
 
@@ -286,49 +344,109 @@ def _read_oci_layout(ref: ImageRef, blobs: BlobStore, progress: Progress) -> Ima
 
 def _read_docker_archive(ref: ImageRef, blobs: BlobStore, progress: Progress) -> Image:
     try:
-        tar = tarfile.open(ref.path, "r:*")  # noqa: SIM115 - the with below closes it
-    except (OSError, tarfile.TarError) as exc:
+        # The path is the client's; it must name a regular file (a FIFO would block).
+        pfd = os.open(ref.path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            raw = os.fdopen(safefs.reopen(pfd, os.O_RDONLY), "rb")
+        finally:
+            os.close(pfd)
+    except OSError as exc:
         raise NotFound(
             f"{ref.path} is not a docker-archive tarball: {exc}", reason="IMAGE_NOT_FOUND"
         ) from exc
-    with tar:
-
-        def member(name: str) -> IO[bytes]:
-            try:
-                f = tar.extractfile(os.path.normpath(name))
-            except KeyError:
-                f = None
-            if f is None:
-                raise FailedPrecondition(f"{ref.path} lacks {name}", reason="IMAGE_INVALID")
-            return f
-
+    with raw:
         try:
-            entries = json.load(member("manifest.json"))
-        except ValueError as exc:
-            raise FailedPrecondition(
-                f"{ref.path}: manifest.json is not JSON", reason="IMAGE_INVALID"
-            ) from exc
-        if ref.reference:
-            entries = [e for e in entries if ref.reference in (e.get("RepoTags") or [])]
-        if len(entries) != 1:
-            raise NotFound(
-                f"{ref.path} holds {len(entries)} images tagged {ref.reference or '(any)'}; "
-                "name exactly one with docker-archive:PATH:REPO:TAG",
-                reason="IMAGE_NOT_FOUND",
+            tar = tarfile.open(  # noqa: SIM115 - _read_docker_tar closes it
+                fileobj=raw, mode="r:*", tarinfo=layers_mod.BoundedTarInfo
             )
-        entry = entries[0]
-        config_bytes = member(entry["Config"]).read()
-        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-        with blobs.writer(config_digest) as w:
-            w.write(config_bytes)
-        config = json.loads(config_bytes)
-        layers = []
-        names = entry.get("Layers") or []
-        for i, name in enumerate(names):
-            progress(f"layer {i + 1}/{len(names)} {name}", 0, 0)
-            digest = blobs.put_file(member(name))
-            media = LAYER_TYPES[0] if _is_plain_tar(blobs.path(digest)) else LAYER_TYPES[1]
-            layers.append(Layer(digest, media, blobs.path(digest).stat().st_size))
+        except tarfile.TarError as exc:
+            raise NotFound(
+                f"{ref.path} is not a docker-archive tarball: {exc}", reason="IMAGE_NOT_FOUND"
+            ) from exc
+        return _read_docker_tar(ref, tar, blobs, progress)
+
+
+def _read_docker_tar(
+    ref: ImageRef, tar: tarfile.TarFile, blobs: BlobStore, progress: Progress
+) -> Image:
+    try:
+        with tar:
+            return _docker_archive_image(ref, tar, blobs, progress)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise FailedPrecondition(
+            f"{ref.path}: a corrupt docker-archive ({exc})", reason="IMAGE_INVALID"
+        ) from exc
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+        raise FailedPrecondition(
+            f"{ref.path}: a malformed manifest.json or config ({type(exc).__name__}: {exc})",
+            reason="IMAGE_INVALID",
+        ) from exc
+
+
+def _docker_archive_image(
+    ref: ImageRef, tar: tarfile.TarFile, blobs: BlobStore, progress: Progress
+) -> Image:
+    # Every entry is listed once (bounded), so that looking one up never runs on.
+    for n, _ in enumerate(tar, start=1):
+        if n > MAX_ARCHIVE_ENTRIES:
+            raise FailedPrecondition(
+                f"{ref.path} has more than {MAX_ARCHIVE_ENTRIES} entries", reason="IMAGE_INVALID"
+            )
+
+    def member(name: str) -> IO[bytes]:
+        if not isinstance(name, str):
+            raise TypeError(f"{name!r} is not a name")
+        try:
+            info = tar.getmember(os.path.normpath(name))
+        except KeyError:
+            raise FailedPrecondition(f"{ref.path} lacks {name}", reason="IMAGE_INVALID") from None
+        f = tar.extractfile(info)
+        if f is None:
+            raise FailedPrecondition(f"{ref.path}: {name} is not a file", reason="IMAGE_INVALID")
+        return f
+
+    def small(name: str) -> bytes:
+        data = member(name).read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise FailedPrecondition(
+                f"{ref.path}: {name} is larger than {MAX_MANIFEST_BYTES} bytes",
+                reason="IMAGE_INVALID",
+            )
+        return data
+
+    try:
+        entries = json.loads(small("manifest.json"))
+    except ValueError as exc:
+        raise FailedPrecondition(
+            f"{ref.path}: manifest.json is not JSON", reason="IMAGE_INVALID"
+        ) from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise TypeError("manifest.json is not a list of images")
+    if ref.reference:
+        entries = [e for e in entries if ref.reference in (e.get("RepoTags") or [])]
+    if len(entries) != 1:
+        raise NotFound(
+            f"{ref.path} holds {len(entries)} images tagged {ref.reference or '(any)'}; "
+            "name exactly one with docker-archive:PATH:REPO:TAG",
+            reason="IMAGE_NOT_FOUND",
+        )
+    entry = entries[0]
+    config_bytes = small(entry["Config"])
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    config = json.loads(config_bytes)
+    if not isinstance(config, dict):
+        raise TypeError("the config is not an object")
+    with blobs.writer(config_digest) as w:
+        w.write(config_bytes)
+    layers = []
+    names = entry.get("Layers") or []
+    for i, name in enumerate(names):
+        progress(f"layer {i + 1}/{len(names)} {name}", 0, 0)
+        digest = blobs.put_file(member(name))
+        media = LAYER_TYPES[0] if _is_plain_tar(blobs.path(digest)) else LAYER_TYPES[1]
+        layers.append(Layer(digest, media, blobs.path(digest).stat().st_size))
     return Image(ref, config_digest, config_digest, config, layers)
 
 

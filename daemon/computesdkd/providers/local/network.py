@@ -5,6 +5,13 @@ segment touches neither the host's stack nor any other network: members reach
 each other and nothing else (no route out, no address on the host side). A
 member joins through a veth pair whose far end is a port of that bridge.
 
+Every frame a member sends enters the bridge through its port (the veth end in
+the network's namespace), where a bridge-family nftables filter lets through
+only IPv4 from the member's own address and MAC, and ARP whose sender MAC and IP
+are its own; anything else (spoofed addresses, other MACs, IPv6, VLAN tags,
+other ethertypes) is dropped. The member's MAC is chosen here when its veth is
+made, and the member cannot change it (no CAP_NET_ADMIN, no CAP_NET_RAW).
+
 Forwarded ports are dialled from inside the sandbox's network namespace: a
 worker thread enters it with setns(2), connects to the sandbox's loopback and
 returns the socket, which stays in that namespace.
@@ -41,11 +48,51 @@ def netns_name(network_id: str) -> str:
     return f"csn-{network_id}"
 
 
+# Frames from a port pass only when (port, source MAC, source IPv4) or, for ARP,
+# (port, source MAC, sender MAC, sender IPv4) is a member's own; policy drop.
+_PORT_FILTER = """
+table bridge csdk {
+    set ip4 { type ifname . ether_addr . ipv4_addr; }
+    set arp4 { type ifname . ether_addr . ether_addr . ipv4_addr; }
+    chain ports {
+        type filter hook prerouting priority -200; policy drop;
+        ether type ip iifname . ether saddr . ip saddr @ip4 accept
+        ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+            iifname . ether saddr . arp saddr ether . arp saddr ip @arp4 accept
+    }
+}
+"""
+
+
+async def _nft(netns: str, script: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={netns}", "nft", "-f", "-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate(script.encode())
+    if proc.returncode != 0:
+        raise Internal(f"nft in {netns}: {err.decode(errors='replace').strip()}")
+    return out.decode(errors="replace")
+
+
+def _netns_path(network_id: str) -> str:
+    return f"/run/netns/{netns_name(network_id)}"
+
+
+def new_mac() -> str:
+    """A random unicast, locally administered MAC."""
+    raw = bytearray(secrets.token_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 async def create_bridge(network_id: str) -> None:
     ns = netns_name(network_id)
     await _ip("netns", "add", ns)
     try:
         await _ip("-n", ns, "link", "add", "br0", "type", "bridge")
+        await _nft(_netns_path(network_id), _PORT_FILTER)
         await _ip("-n", ns, "link", "set", "br0", "up")
     except Internal:
         with contextlib.suppress(Internal):
@@ -63,8 +110,17 @@ async def attach(network_id: str, init_pid: int, ifname: str, address: str, pref
     ns = netns_name(network_id)
     tag = secrets.token_hex(4)
     inside, port = f"cv{tag}", f"cp{tag}"
-    await _ip("link", "add", inside, "type", "veth", "peer", "name", port, "netns", ns)
+    mac = new_mac()
+    await _ip(
+        "link", "add", inside, "address", mac, "type", "veth", "peer", "name", port, "netns", ns
+    )
     try:
+        # The port's filter entries exist before the port joins the bridge.
+        await _nft(
+            _netns_path(network_id),
+            f'add element bridge csdk ip4 {{ "{port}" . {mac} . {address} }}\n'
+            f'add element bridge csdk arp4 {{ "{port}" . {mac} . {mac} . {address} }}\n',
+        )
         await _ip("-n", ns, "link", "set", port, "master", "br0", "up")
         await _ip("link", "set", inside, "netns", str(init_pid))
         target = f"/proc/{init_pid}/ns/net"

@@ -2,7 +2,9 @@
 
 Every sandbox gets user, pid, mount, uts, ipc, cgroup and network namespaces
 (the network namespace holds only loopback), cgroup limits, a seccomp filter,
-no_new_privs, Docker's default capability set and masked /proc paths.
+no_new_privs, Docker's default capability set less CAP_NET_RAW, and masked
+/proc paths. The seccomp filter is default-deny and at least as strict as
+Docker's default profile.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from .templates import DEFAULT_PATH
 
 AGENT_DIR = "/.computesdk"
 
-# Docker's default set: enough for apt-get and pip as root, nothing that reaches the host.
+# Docker's default set without CAP_NET_RAW: enough for apt-get and pip as root,
+# nothing that reaches the host. CAP_NET_RAW would let a shared-network member
+# forge frames and addresses (the bridge drops them too, see network.py).
 CAPABILITIES = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -34,19 +37,113 @@ CAPABILITIES = [
     "CAP_AUDIT_WRITE",
 ]
 
-# Syscalls that reach the kernel's global state or other namespaces; refused with EPERM.
-DENIED_SYSCALLS = [
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
-    "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
-    "get_kernel_syms", "init_module", "io_uring_enter", "io_uring_register",
-    "io_uring_setup", "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl",
-    "lookup_dcookie", "mount", "mount_setattr", "move_mount", "name_to_handle_at",
-    "nfsservctl", "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root",
-    "process_vm_readv", "process_vm_writev", "query_module", "quotactl", "quotactl_fd",
-    "reboot", "request_key", "setns", "settimeofday", "stime", "swapoff", "swapon",
-    "_sysctl", "sysfs", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat",
-    "vm86", "vm86old",
+# seccomp: default deny (EPERM), like Docker's default profile, so a syscall this
+# list does not name (a new one included) is refused. Compared with Docker's
+# profile (moby/profiles seccomp/default.json) this one is stricter: no x86/x32
+# ABIs, no namespace flags on clone even for CAP_SYS_ADMIN (never granted here),
+# socket() only for unix, netlink and non-raw inet sockets, socketpair only for
+# unix, and no process_vm_readv/writev, name_to_handle_at, modify_ldt,
+# clock_adjtime or io_uring. ptrace stays allowed (as in Docker on kernels >= 4.8):
+# within the sandbox's pid namespace, and the agent makes itself non-dumpable.
+# Names libseccomp does not know are skipped by runc, and syscalls newer than the
+# newest known one answer ENOSYS, so libc falls back to the older call.
+ALLOWED_SYSCALLS = [
+    # files and descriptors
+    "access", "chdir", "chmod", "chown", "close", "close_range", "copy_file_range",
+    "creat", "dup", "dup2", "dup3", "faccessat", "faccessat2", "fadvise64", "fallocate",
+    "fchdir", "fchmod", "fchmodat", "fchmodat2", "fchown", "fchownat", "fcntl",
+    "fdatasync", "fgetxattr", "flistxattr", "flock", "fremovexattr", "fsetxattr", "fstat",
+    "fstatfs", "fsync", "ftruncate", "futimesat", "getcwd", "getdents", "getdents64",
+    "getxattr", "getxattrat", "lchown", "lgetxattr", "link", "linkat", "listxattr",
+    "listxattrat", "llistxattr", "lremovexattr", "lseek", "lsetxattr", "lstat", "mkdir",
+    "mkdirat", "mknod", "mknodat", "newfstatat", "open", "openat", "openat2", "pipe",
+    "pipe2", "pread64", "preadv", "preadv2", "pwrite64", "pwritev", "pwritev2", "read",
+    "readahead", "readlink", "readlinkat", "readv", "removexattr", "removexattrat",
+    "rename", "renameat", "renameat2", "rmdir", "sendfile", "setxattr", "setxattrat",
+    "splice", "stat", "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range",
+    "syncfs", "tee", "truncate", "umask", "unlink", "unlinkat", "utime", "utimensat",
+    "utimes", "vmsplice", "write", "writev", "chroot", "statmount", "listmount",
+    "cachestat",
+    # events, polling, timers, aio
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2",
+    "epoll_wait", "eventfd", "eventfd2", "fanotify_mark", "inotify_add_watch",
+    "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel", "io_destroy",
+    "io_getevents", "io_pgetevents", "io_setup", "io_submit", "ioctl", "poll", "ppoll",
+    "pselect6", "select", "signalfd", "signalfd4", "timerfd_create", "timerfd_gettime",
+    "timerfd_settime", "alarm", "getitimer", "setitimer", "timer_create", "timer_delete",
+    "timer_getoverrun", "timer_gettime", "timer_settime", "clock_getres", "clock_gettime",
+    "clock_nanosleep", "gettimeofday", "nanosleep", "time", "adjtimex",
+    # memory
+    "brk", "madvise", "membarrier", "memfd_create", "memfd_secret", "mincore", "mlock",
+    "mlock2", "mlockall", "mmap", "mprotect", "mremap", "mseal", "msync", "munlock",
+    "munlockall", "munmap", "pkey_alloc", "pkey_free", "pkey_mprotect",
+    "remap_file_pages", "map_shadow_stack",
+    # processes, threads, signals, scheduling, credentials
+    "arch_prctl", "capget", "capset", "execve", "execveat", "exit", "exit_group", "fork",
+    "vfork", "futex", "futex_requeue", "futex_wait", "futex_waitv", "futex_wake",
+    "get_robust_list", "set_robust_list", "get_thread_area", "set_thread_area",
+    "set_tid_address", "getcpu", "getegid", "geteuid", "getgid", "getgroups", "getpgid",
+    "getpgrp", "getpid", "getppid", "getpriority", "getrandom", "getresgid", "getresuid",
+    "getrlimit", "getrusage", "getsid", "gettid", "getuid", "ioprio_get", "ioprio_set",
+    "kill", "tgkill", "tkill", "pause", "pidfd_open", "pidfd_send_signal", "prctl",
+    "prlimit64", "process_mrelease", "ptrace", "restart_syscall", "rseq", "rt_sigaction",
+    "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn",
+    "rt_sigsuspend", "rt_sigtimedwait", "rt_tgsigqueueinfo", "sched_get_priority_max",
+    "sched_get_priority_min", "sched_getaffinity", "sched_getattr", "sched_getparam",
+    "sched_getscheduler", "sched_rr_get_interval", "sched_setaffinity", "sched_setattr",
+    "sched_setparam", "sched_setscheduler", "sched_yield", "seccomp", "setfsgid",
+    "setfsuid", "setgid", "setgroups", "setpgid", "setpriority", "setregid", "setresgid",
+    "setresuid", "setreuid", "setrlimit", "setsid", "setuid", "sigaltstack", "sysinfo",
+    "times", "uname", "wait4", "waitid", "landlock_add_rule", "landlock_create_ruleset",
+    "landlock_restrict_self", "uretprobe",
+    # System V and POSIX IPC (the sandbox has its own ipc namespace)
+    "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend",
+    "mq_unlink", "msgctl", "msgget", "msgrcv", "msgsnd", "semctl", "semget", "semop",
+    "semtimedop", "shmat", "shmctl", "shmdt", "shmget",
+    # sockets (socket and socketpair themselves: SOCKET_RULES)
+    "accept", "accept4", "bind", "connect", "getpeername", "getsockname", "getsockopt",
+    "listen", "recvfrom", "recvmmsg", "recvmsg", "sendmmsg", "sendmsg", "sendto",
+    "setsockopt", "shutdown",
 ]  # fmt: skip
+
+# Namespace flags that clone(2) may carry: NEWNS, NEWCGROUP, NEWUTS, NEWIPC,
+# NEWUSER, NEWPID, NEWNET (Docker's mask, 0x7E020000). CLONE_NEWTIME (0x80) cannot
+# be passed to clone (its low byte is the exit signal), only to clone3 and unshare,
+# which are refused outright.
+CLONE_NAMESPACE_FLAGS = 0x7E020000
+ENOSYS = 38
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
+SOCK_TYPE_MASK = 0xF  # the rest of the type argument is SOCK_NONBLOCK / SOCK_CLOEXEC
+# Docker's allowed personality(2) values: PER_LINUX, PER_LINUX32, UNAME26 with each,
+# and the query.
+PERSONALITIES = [0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF]
+
+
+def _arg(index: int, value: int, op: str = "SCMP_CMP_EQ", value_two: int = 0) -> dict[str, Any]:
+    return {"index": index, "value": value, "valueTwo": value_two, "op": op}
+
+
+def _allow(name: str, *args: dict[str, Any]) -> dict[str, Any]:
+    # runc ANDs the conditions of one entry (on distinct arguments); entries OR.
+    return {"names": [name], "action": "SCMP_ACT_ALLOW", "args": list(args)}
+
+
+def _socket_rules() -> list[dict[str, Any]]:
+    """socket() for unix and netlink sockets of any type, and for inet sockets of the
+    stream, datagram and seqpacket types: AF_PACKET (17), AF_VSOCK (40), AF_ALG and
+    every other family, raw sockets and the old (AF_INET, SOCK_PACKET) get EPERM."""
+    rules = [_allow("socket", _arg(0, AF_UNIX)), _allow("socket", _arg(0, AF_NETLINK))]
+    for family in (AF_INET, AF_INET6):
+        for kind in (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET):
+            rules.append(
+                _allow(
+                    "socket", _arg(0, family), _arg(1, SOCK_TYPE_MASK, "SCMP_CMP_MASKED_EQ", kind)
+                )
+            )
+    rules.append(_allow("socketpair", _arg(0, AF_UNIX)))
+    return rules
+
 
 MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -60,10 +157,23 @@ READONLY_PATHS = [
 
 def seccomp_profile() -> dict[str, Any]:
     return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        # x86_64 only: SCMP_ARCH_X86 and SCMP_ARCH_X32 are left out on purpose, so a
+        # syscall through the i386 (int 0x80) or x32 ABI kills the process (the
+        # filter's bad-arch action). Those ABIs have their own syscall numbers and
+        # socketcall(2), a multiplexer that would carry socket() past the argument
+        # checks below; no sandbox image here has 32-bit userland.
+        "architectures": ["SCMP_ARCH_X86_64"],
         "syscalls": [
-            {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ALLOWED_SYSCALLS, "action": "SCMP_ACT_ALLOW"},
+            # clone without namespace flags (fork, threads, vfork); with any: EPERM.
+            _allow("clone", _arg(0, CLONE_NAMESPACE_FLAGS, "SCMP_CMP_MASKED_EQ", 0)),
+            # clone3 passes its flags in memory, where seccomp cannot look: ENOSYS
+            # makes glibc (pthread_create, posix_spawn) fall back to clone.
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+            *(_allow("personality", _arg(0, p)) for p in PERSONALITIES),
+            *_socket_rules(),
         ],
     }
 
@@ -72,16 +182,24 @@ def runtime_spec(
     *,
     sandbox_id: str,
     root_path: str,
-    run_dir: str,
+    ctl_dir: str,
     agent_binary: str,
     resources: Resources,
     cgroup_parent: str,
+    uid_base: int = UID_SHIFT,
     volumes: Sequence[tuple[str, str, bool]] = (),
 ) -> dict[str, Any]:
-    """volumes: (host directory, path in the sandbox, read-only) bind mounts."""
+    """volumes: (host directory, path in the sandbox, read-only) bind mounts.
+
+    The agent's control socket is no path at all: init inherits it as fd 3
+    (runc --preserve-fds 1). ctl_dir, a daemon-owned directory, is bound
+    read-only at /.computesdk/ctl for sockets the sandbox may connect to but
+    never replace (the channel socket). The agent keeps process output on a
+    tmpfs inside the sandbox, charged to the sandbox's memory cgroup."""
     mem = resources.memory_mb * 1024 * 1024
     period = 100_000
-    ids = [{"containerID": 0, "hostID": UID_SHIFT, "size": ID_RANGE}]
+    # uid_base: the sandbox's own range (idmap.py); builds write the storage range.
+    ids = [{"containerID": 0, "hostID": uid_base, "size": ID_RANGE}]
     volume_mounts = [
         {
             "destination": path,
@@ -98,8 +216,8 @@ def runtime_spec(
             "user": {"uid": 0, "gid": 0},
             "args": [
                 f"{AGENT_DIR}/agent",
-                "-socket",
-                f"{AGENT_DIR}/run/agent.sock",
+                "-listen-fd",
+                "3",
                 "-state",
                 f"{AGENT_DIR}/run/proc",
             ],
@@ -157,9 +275,21 @@ def runtime_spec(
             },
             {
                 "destination": f"{AGENT_DIR}/run",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": [
+                    "nosuid",
+                    "nodev",
+                    "noexec",
+                    "mode=700",
+                    f"size={max(64, resources.memory_mb)}m",
+                ],
+            },
+            {
+                "destination": f"{AGENT_DIR}/ctl",
                 "type": "bind",
-                "source": run_dir,
-                "options": ["rbind", "rw", "nosuid", "nodev"],
+                "source": ctl_dir,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
             },
             {
                 "destination": f"{AGENT_DIR}/agent",
@@ -202,38 +332,46 @@ def build_spec(
     env: dict[str, str],
     resources: Resources,
     cgroup_parent: str,
-    host_files: Sequence[str] = (),
+    netns: str,
+    sysfs: str,
+    binds: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """A template build step: the sandbox's confinement, but with the host's network
-    (package managers must reach their mirrors, as in `docker build`) and no agent.
-    host_files are bound read-only over the same paths (the resolver, and the CA
-    bundle: the step trusts what the host's own package managers trust)."""
+    """A template build step: the sandbox's confinement (seccomp, capabilities,
+    user namespace) without the agent, in the build's own NAT'd network namespace
+    (netns: its path under /run/netns; see buildnet.py), as in `docker build`.
+
+    That netns belongs to the host's initial user namespace (host root made it;
+    runc joins it before it creates the step's user namespace), so the step holds
+    no capability over it and cannot mount a sysfs there: sysfs is a read-only
+    sysfs of that netns that the host mounted, bound at /sys. binds: (host file,
+    path in the step) bound read-only (the resolver, the host's CA bundle)."""
     spec = runtime_spec(
         sandbox_id=build_id,
         root_path=root_path,
-        run_dir="",
+        ctl_dir="",
         agent_binary="",
         resources=resources,
         cgroup_parent=cgroup_parent,
     )
     spec["process"]["args"] = ["/bin/sh", "-c", script]
     spec["process"]["env"] = [f"{k}={v}" for k, v in env.items()]
-    spec["linux"]["namespaces"] = [
-        ns for ns in spec["linux"]["namespaces"] if ns["type"] != "network"
-    ]
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = netns
     mounts = [m for m in spec["mounts"] if not m["destination"].startswith(AGENT_DIR)]
     for m in mounts:
         if m["type"] == "sysfs":
-            # A user namespace may mount sysfs only in a network namespace it owns.
-            m.update(type="bind", source="/sys", options=["rbind", "ro", "nosuid", "nodev"])
+            m.update(
+                type="bind", source=sysfs, options=["rbind", "ro", "nosuid", "nodev", "noexec"]
+            )
     mounts.extend(
         {
-            "destination": path,
+            "destination": dest,
             "type": "bind",
-            "source": path,
+            "source": source,
             "options": ["bind", "ro", "nosuid", "nodev"],
         }
-        for path in host_files
+        for source, dest in binds
     )
     spec["mounts"] = mounts
     return spec

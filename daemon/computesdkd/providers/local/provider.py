@@ -1,22 +1,29 @@
 """The local provider: one runc container per sandbox.
 
-Layout of a sandbox under <state>/sandboxes/<id>/:
-  disk.img   sparse ext4 image: its size is the sandbox's disk limit
-  disk/      the image, mounted; holds the overlay's upper and work dirs
-  rootfs/    overlayfs: read-only Debian base + the sandbox's upper layer
-  run/       bind-mounted at /.computesdk/run: the agent's socket and output
-  config.json, agent.log
+Layout of a sandbox (every directory 0700; nothing a host user can traverse):
+  <store>/sandboxes/<id>/      root's: the bundle
+    disk.img   sparse ext4 image: its size is the sandbox's disk limit
+    disk/      the image, mounted nosuid,nodev; the overlay's upper and work dirs
+    config.json, agent.log, init.pid
+  <runtime>/<id>/              the sandbox root's (runc's init must traverse it)
+    rootfs/    overlayfs, nosuid,nodev: the template's layers + the upper layer
+    ctl/       root's, bound read-only at /.computesdk/ctl (the channel socket)
+  <runtime>/agents/<id>.sock   root's: the agent's control socket, bound by the
+                               daemon and inherited by init as fd 3; the sandbox
+                               has no path to it, so it cannot be swapped
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -25,6 +32,7 @@ from typing import Any
 
 from ... import logs
 from ...errors import (
+    ComputeError,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -45,11 +53,13 @@ from ...model import (
     TemplateInfo,
     Usage,
 )
+from ...testhooks import crash
 from .. import base
 from ..base import ProcessRun, Provider, ProviderContext
-from . import builder, host, layers, network, storage
+from . import builder, host, idmap, layers, network, safefs, storage
 from . import rootfs as rootfs_mod
-from .agent import CLOSE, SIGNAL, STDIN, Agent, AgentConnection, AgentGone, process_info
+from .agent import CLOSE, STDIN, Agent, AgentConnection, AgentGone
+from .agentpb import agent_pb2 as agentpb
 from .fs import SandboxFS
 from .host import mount as _mount
 from .host import run as _run
@@ -65,10 +75,31 @@ MAX_CPU_CORES = float(os.cpu_count() or 1)
 READY_TIMEOUT_S = 10.0
 CGROUP_PARENT = "/computesdk"
 RUNTIME_ROOT = Path("/run/computesdk-sandboxes")
+MIB = 1024 * 1024
+SANDBOX_PREFIX = "sbx-"  # the daemon's sandbox ids; what else is in the dirs is not one
+ADOPT_PING_TIMEOUT_S = 5.0
+# Sizes a sandbox may ask for. Below the minimums mkfs, runc or the agent fail;
+# above MAX_DISK_MB (256 GiB unless set) a disk is refused however free the store.
+MIN_CPU_CORES = 0.01  # runc's smallest CFS quota: 1 ms a 100 ms period
+MIN_MEMORY_MB = 16
+MIN_DISK_MB = 32
+MIN_PIDS = 8
+MAX_DISK_MB = int(os.environ.get("COMPUTESDK_LOCAL_MAX_DISK_MB", str(256 * 1024)))
+# Empty disk images kept to clone from: the default size always, and this many of
+# the other sizes, most recently used first (a client cycling sizes cannot fill
+# the store).
+EMPTY_DISK_CACHE = 3
 
 
 def _host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _pid_max() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 32768
 
 
 async def _mount_image(image: Path, target: Path) -> None:
@@ -85,12 +116,58 @@ async def _mount_image(image: Path, target: Path) -> None:
 
 
 def _prepare_layers(disk: Path) -> None:
-    """On a new disk: the overlay's upper (owned by the sandbox's root) and work dirs."""
+    """On a new disk: the overlay's upper and work dirs, owned by the storage root
+    (the overlay works in them through the sandbox's idmapping)."""
     for sub in ("upper", "work"):
         (disk / sub).mkdir(exist_ok=True)
-    os.chown(disk / "upper", rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
+        os.chown(disk / sub, rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
     with contextlib.suppress(OSError):
         (disk / "lost+found").rmdir()
+
+
+def _mount_root(lowers: tuple[Path, ...], disk: Path, target: Path, userns: int, uid: int) -> None:
+    """The sandbox's root: an overlay of the template's layers and its upper layer,
+    each an idmapped view (storage ids -> the sandbox's range) that exists only as
+    an fd. nosuid,nodev: a setuid file or device node made inside is inert on the
+    host (inside, no_new_privs already ignores setuid bits)."""
+    flags = idmap.MOUNT_ATTR_NOSUID | idmap.MOUNT_ATTR_NODEV
+    fds: list[int] = []
+    try:
+        for p in lowers:
+            fds.append(idmap.idmapped_clone(str(p), userns, flags | idmap.MOUNT_ATTR_RDONLY))
+        lower_fds = list(fds)
+        top = idmap.idmapped_clone(str(disk), userns, flags)
+        fds.append(top)
+        dirs = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        upper = os.open("upper", dirs, dir_fd=top)
+        fds.append(upper)
+        work = os.open("work", dirs, dir_fd=top)
+        fds.append(work)
+        idmap.mount_overlay(lower_fds, upper, work, str(target), uid)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _unmount_volumes(rt: Path) -> None:
+    """Each volume's view for this sandbox (before anything removes rt: a recursive
+    remove would walk into a mounted volume)."""
+    with contextlib.suppress(FileNotFoundError):
+        for point in (rt / "volumes").iterdir():
+            _umount(str(point))
+
+
+def _fresh_workdir(disk: Path) -> None:
+    """The overlay's work dir holds nothing between mounts; a disk made before uid
+    ranges has one owned by host root, which an idmapped overlay cannot use."""
+    fd = safefs.open_trusted_dir(disk)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            safefs.remove_tree(fd, "work")
+        os.mkdir("work", 0o700, dir_fd=fd)
+        os.chown("work", rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 async def _wait_exit(pid: int, timeout: float) -> None:
@@ -116,6 +193,11 @@ async def _wait_exit(pid: int, timeout: float) -> None:
         os.close(fd)
 
 
+def _in_cgroup(pid: int, cgroup: str) -> bool:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return any(line.rstrip("\n").endswith(":" + cgroup) for line in f)
+
+
 def _kill_init(pid: int, cgroup: str) -> bool:
     """SIGKILLs a sandbox's init without a `runc kill` process (~6 ms). The pidfd
     pins the process before its cgroup is checked, so a recycled pid is never hit."""
@@ -126,15 +208,93 @@ def _kill_init(pid: int, cgroup: str) -> bool:
     except OSError:
         return False
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            if not any(line.rstrip("\n").endswith(":" + cgroup) for line in f):
-                return False
+        if not _in_cgroup(pid, cgroup):
+            return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
     except OSError:
         return False
     finally:
         os.close(fd)
+
+
+def _open_init_root(pid: int, cgroup: str) -> int:
+    """An O_PATH fd on `/` as the sandbox's init sees it, in its own mount namespace.
+    The pidfd pins the process while its cgroup is checked and the root opened; a
+    signal 0 through it afterwards proves the pid was not recycled in between."""
+    if pid <= 0:
+        raise ProcessLookupError(pid)
+    pidfd = os.pidfd_open(pid)
+    try:
+        if not _in_cgroup(pid, cgroup):
+            raise ProcessLookupError(pid)
+        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except BaseException:
+            os.close(root)
+            raise
+        return root
+    finally:
+        os.close(pidfd)
+
+
+def _is_live_init(pid: int, cgroup: str) -> bool:
+    """Whether pid is a live (not zombie) process in the sandbox's cgroup."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/cgroup") as f:
+            mine = any(line.rstrip("\n").endswith(":" + cgroup) for line in f)
+    except OSError:
+        return False
+    return mine and stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, source) of every mount in the daemon's mount namespace."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+
+            def unescape(s: str) -> str:
+                return s.encode().decode("unicode_escape") if "\\" in s else s
+
+            out.append((unescape(fields[4]), unescape(fields[sep + 2])))
+    return out
+
+
+async def _remove_cgroups(sandbox_id: str, orphan: bool = False) -> bool:
+    """Removes the sandbox's cgroup in every v1 hierarchy (runc delete does, unless
+    it was cut short), killing what still runs in it first. False if one stays."""
+    removed = True
+    for d in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT.strip('/')}/{sandbox_id}"):
+        if not d.is_dir():
+            continue
+        for _ in range(50):
+            with contextlib.suppress(OSError):
+                for pid in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
+            try:
+                for sub in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if sub.is_dir():
+                        sub.rmdir()
+                d.rmdir()
+                if orphan:
+                    log.warning("removed an orphan cgroup", path=str(d))
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                await asyncio.sleep(0.02)  # killed tasks leave their cgroup as they exit
+        else:
+            log.error("could not remove a cgroup", path=str(d))
+            removed = False
+    return removed
 
 
 def _mounted_device(target: Path) -> str:
@@ -186,6 +346,7 @@ class LocalProvider(Provider):
         self._store = Path()
         self._reflink = False
         self._empty_lock: dict[int, asyncio.Lock] = {}
+        self._empty_users: dict[int, int] = {}  # creates cloning each cached size now
         self._base = rootfs_mod.base_path()
         self._agent_binary = default_agent_binary()
         self._agent_copy = self._agent_binary
@@ -193,6 +354,11 @@ class LocalProvider(Provider):
         self._unavailable = "not started"
         self._emit: Callable[..., object] | None = None
         self._templates: builder.TemplateStore | None = None
+        self._slots = idmap.Slots()
+        self._userns = idmap.UserNamespaces()
+        # Template layers each live sandbox stands on: its overlay holds them by fd,
+        # so the mount table no longer tells, and a template delete must not free them.
+        self._pins: dict[str, set[str]] = {}
 
     # -------------------------------------------------------------- set-up
 
@@ -201,9 +367,12 @@ class LocalProvider(Provider):
         self._state = ctx.state_dir / "local"
         self._state.mkdir(parents=True, exist_ok=True)
         self._store, self._reflink = await asyncio.to_thread(storage.ensure_store, self._state)
-        for sub in ("sandboxes", "snapshots", "volumes"):
+        for sub, mode in (("sandboxes", 0o700), ("snapshots", 0o700), ("volumes", 0o700)):
             (self._store / sub).mkdir(exist_ok=True)
-        self._templates = builder.TemplateStore(self._store, self._base, self._runc, CGROUP_PARENT)
+            os.chmod(self._store / sub, mode)
+        self._templates = builder.TemplateStore(
+            self._store, self._base, self._runc, CGROUP_PARENT, self._pinned_layers
+        )
         await self._templates.clean_leftovers()
         # Volume mounts do not outlive a reboot of the host; put them back.
         for d in sorted((self._store / "volumes").iterdir()):
@@ -211,13 +380,14 @@ class LocalProvider(Provider):
                 with contextlib.suppress(Internal, OSError):
                     await self._volume_mount(d.name)
         # What the sandbox's unprivileged init must reach (its root mount, the agent
-        # and its run dir) lives under /run, whose parents anyone may traverse, so the
-        # state dir may sit under a private directory (a mktemp dir, /root).
+        # binary, its ctl dir) lives under /run, whose parents anyone may traverse, so
+        # the state dir may sit under a private directory (a mktemp dir, /root).
         key = hashlib.sha256(str(self._state.resolve()).encode()).hexdigest()[:12]
         self._runtime = RUNTIME_ROOT / key
-        self._runtime.mkdir(parents=True, exist_ok=True)
-        for d in (RUNTIME_ROOT, self._runtime):
-            os.chmod(d, 0o711)
+        (self._runtime / "agents").mkdir(parents=True, exist_ok=True)
+        for d, mode in ((RUNTIME_ROOT, 0o711), (self._runtime, 0o711)):
+            os.chmod(d, mode)
+        os.chmod(self._runtime / "agents", 0o700)
         self._unavailable = self._check()
         if not self._unavailable:
             self._agent_copy = self._runtime / "computesdk-agent"
@@ -227,6 +397,9 @@ class LocalProvider(Provider):
             tmp.rename(self._agent_copy)  # running sandboxes keep the inode they mounted
         if self._unavailable:
             log.warning("local provider unavailable", why=self._unavailable)
+
+    async def close(self) -> None:
+        self._userns.close()
 
     def _check(self) -> str:
         if os.geteuid() != 0:
@@ -314,12 +487,66 @@ class LocalProvider(Provider):
                 reason="RESOURCES_UNAVAILABLE",
                 resource="cpu_cores",
             )
-        return Resources(
+        res = Resources(
             cpu_cores=cpu,
             memory_mb=r.memory_mb or DEFAULTS.memory_mb,
             disk_mb=r.disk_mb or DEFAULTS.disk_mb,
             pids_limit=r.pids_limit or DEFAULTS.pids_limit,
         )
+        # Every bound is checked before anything is made: a refused size costs
+        # nothing, and the error names the resource (RESOURCE_EXHAUSTED when the
+        # host cannot give it, INVALID_ARGUMENT when no sandbox could use it).
+        for name, value, low in (
+            ("cpu_cores", res.cpu_cores, MIN_CPU_CORES),
+            ("memory_mb", res.memory_mb, MIN_MEMORY_MB),
+            ("disk_mb", res.disk_mb, MIN_DISK_MB),
+            ("pids_limit", res.pids_limit, MIN_PIDS),
+        ):
+            if not value >= low:  # also NaN
+                raise InvalidArgument(
+                    f"{name} {value:g} is below the minimum of {low:g}",
+                    reason="INVALID_RESOURCES",
+                    resource=name,
+                )
+        if res.memory_mb * MIB > _host_memory():
+            raise ResourceExhausted(
+                f"memory_mb {res.memory_mb} exceeds this host's memory",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="memory_mb",
+            )
+        pid_max = _pid_max()
+        if res.pids_limit > pid_max:
+            raise ResourceExhausted(
+                f"pids_limit {res.pids_limit} exceeds this host's pid_max {pid_max}",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="pids_limit",
+            )
+        self._check_disk(res.disk_mb)
+        return res
+
+    def _check_disk(self, disk_mb: int, grow_mb: int | None = None) -> None:
+        """A disk image is sparse, but its size is a promise: no larger than the cap,
+        nor (the new part, grow_mb, when an existing disk grows) than what the store
+        has free."""
+        if disk_mb > MAX_DISK_MB:
+            raise ResourceExhausted(
+                f"disk_mb {disk_mb} exceeds the cap of {MAX_DISK_MB} "
+                "(COMPUTESDK_LOCAL_MAX_DISK_MB)",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="disk_mb",
+                limit_mb=str(MAX_DISK_MB),
+            )
+        try:
+            free_mb = shutil.disk_usage(self._store).free // MIB
+        except OSError:
+            return
+        if (disk_mb if grow_mb is None else grow_mb) > free_mb:
+            raise ResourceExhausted(
+                f"disk_mb {disk_mb} exceeds the {free_mb} MB free in the sandbox store",
+                reason="RESOURCES_UNAVAILABLE",
+                resource="disk_mb",
+                limit_mb=str(free_mb),
+            )
 
     async def create(self, sandbox: Sandbox) -> None:
         self._require()
@@ -337,7 +564,7 @@ class LocalProvider(Provider):
             "volumes": volumes,
         }
         try:
-            bundle.mkdir(parents=True, exist_ok=True)
+            bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
             await self._new_disk(
                 bundle, res.disk_mb, self._snapshot_path(source) if source else None
             )
@@ -365,18 +592,28 @@ class LocalProvider(Provider):
                     f.truncate(disk_mb * 1024 * 1024)
                 await _run("e2fsck", "-fp", str(img))
                 await _run("resize2fs", str(img))
+            crash("create.disk")
             return
         if self._reflink:
             # A clone of an empty disk made once per size: cheaper than mkfs.
-            await asyncio.to_thread(storage.clone_file, await self._empty_disk(disk_mb), img, True)
+            self._empty_users[disk_mb] = self._empty_users.get(disk_mb, 0) + 1
+            try:
+                empty = await self._empty_disk(disk_mb)
+                await asyncio.to_thread(storage.clone_file, empty, img, True)
+            finally:
+                self._empty_users[disk_mb] -= 1
+                if not self._empty_users[disk_mb]:
+                    del self._empty_users[disk_mb]
+            crash("create.disk")
             return
         await self._mkfs(img, disk_mb)
+        crash("create.disk")
 
     async def _empty_disk(self, disk_mb: int) -> Path:
         path = self._store / "cache" / f"empty-{disk_mb}.img"
         async with self._empty_lock.setdefault(disk_mb, asyncio.Lock()):
             if not path.exists():
-                path.parent.mkdir(exist_ok=True)
+                path.parent.mkdir(mode=0o700, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 await self._mkfs(tmp, disk_mb)
                 mnt = path.with_suffix(".mnt")
@@ -388,7 +625,26 @@ class LocalProvider(Provider):
                     _umount(str(mnt))
                     mnt.rmdir()
                 tmp.rename(path)
+            else:
+                os.utime(path)  # its mtime is its last use, across restarts too
+        self._prune_empty_disks()
         return path
+
+    def _prune_empty_disks(self) -> None:
+        """Keeps the default size and the EMPTY_DISK_CACHE most recently used other
+        sizes; deletes the rest, never one being made or cloned from right now."""
+        sizes: list[tuple[float, int, Path]] = []
+        for img in (self._store / "cache").glob("empty-*.img"):
+            with contextlib.suppress(ValueError, OSError):
+                sizes.append((img.stat().st_mtime, int(img.stem.removeprefix("empty-")), img))
+        others = sorted((e for e in sizes if e[1] != DEFAULTS.disk_mb), reverse=True)
+        for _, size, img in others[EMPTY_DISK_CACHE:]:
+            lock = self._empty_lock.get(size)
+            if self._empty_users.get(size) or (lock is not None and lock.locked()):
+                continue
+            img.unlink(missing_ok=True)
+            self._empty_lock.pop(size, None)
+            log.info("dropped a cached empty disk", disk_mb=size)
 
     async def _mkfs(self, img: Path, disk_mb: int) -> None:
         with img.open("wb") as f:
@@ -415,93 +671,151 @@ class LocalProvider(Provider):
 
     async def _boot(self, sandbox: Sandbox) -> None:
         """Mounts the disk and the overlay, and starts the container on them."""
-        uid = rootfs_mod.UID_SHIFT
+        uid = self._uid_base(sandbox)
+        userns = await self._userns.mapping(uid)
         bundle = Path(sandbox.provider_data["bundle"])
         rt = _runtime_dir(sandbox)
         disk = bundle / "disk"
-        disk.mkdir(parents=True, exist_ok=True)
-        for sub in ("rootfs", "run"):
-            (rt / sub).mkdir(parents=True, exist_ok=True)
-        lowers = ":".join(str(p) for p in self._template(sandbox.spec.template).lowers)
+        disk.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The sandbox's root owns its runtime dir so that runc's init (that uid, in
+        # its user namespace) can reach rootfs/ and ctl/; 0700 keeps everyone
+        # else on the host, and every other sandbox, out of the sandbox's files.
+        rt.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(rt, uid, uid)
+        os.chmod(rt, 0o700)
+        for sub, mode in (("rootfs", 0o700), ("ctl", 0o755), ("volumes", 0o700)):
+            (rt / sub).mkdir(mode=mode, exist_ok=True)
+        lowers = self._template(sandbox.spec.template).lowers
+        self._pins[sandbox.id] = {p.name for p in lowers}
         await _mount_image(bundle / "disk.img", disk)
+        # The disk's root is host root's: through the idmapping that is an unmapped
+        # owner, so the overlay may pass it only as "others" (the bundle, 0700,
+        # keeps host users out).
+        os.chmod(disk, 0o711)
         if not (disk / "upper").exists():
             _prepare_layers(disk)
-        _mount(
-            "overlay",
-            str(rt / "rootfs"),
-            "overlay",
-            f"lowerdir={lowers},upperdir={disk}/upper,workdir={disk}/work",
-        )
-        os.chown(rt / "run", uid, uid)
-        os.chmod(rt / "run", 0o700)
-        # A restart finds the last agent's socket and output: the new agent must
-        # not be mistaken for ready, nor serve files of processes it never ran.
-        (rt / "run" / "agent.sock").unlink(missing_ok=True)
-        await asyncio.to_thread(shutil.rmtree, rt / "run" / "proc", True)
+        else:
+            await asyncio.to_thread(_fresh_workdir, disk)
+        _mount_root(lowers, disk, rt / "rootfs", userns, uid)
+        volumes = json.loads(sandbox.provider_data.get("volumes", "[]"))
+        for i, (name, _, _) in enumerate(volumes):
+            # The volume as this sandbox's ids see it, for runc to bind in.
+            point = rt / "volumes" / str(i)
+            point.mkdir(mode=0o700, exist_ok=True)
+            _umount(str(point))
+            mnt = idmap.idmapped_clone(
+                str(self._volume_dir(name) / "data"),
+                userns,
+                idmap.MOUNT_ATTR_NOSUID | idmap.MOUNT_ATTR_NODEV,
+            )
+            try:
+                idmap.attach(mnt, str(point))
+            finally:
+                os.close(mnt)
         spec = runtime_spec(
             sandbox_id=sandbox.id,
             root_path=str(rt / "rootfs"),
-            run_dir=str(rt / "run"),
+            ctl_dir=str(rt / "ctl"),
             agent_binary=str(self._agent_copy),
             resources=sandbox.resources,
             cgroup_parent=CGROUP_PARENT,
+            uid_base=uid,
             volumes=[
-                (str(self._volume_dir(name) / "data"), path, bool(ro))
-                for name, path, ro in json.loads(sandbox.provider_data.get("volumes", "[]"))
+                (str(rt / "volumes" / str(i)), path, bool(ro))
+                for i, (_, path, ro) in enumerate(volumes)
             ],
         )
+        container_ns = await self._userns.container(uid)
+        for ns in spec["linux"]["namespaces"]:
+            if ns["type"] == "user":
+                ns["path"] = f"/proc/{os.getpid()}/fd/{container_ns}"
         (bundle / "config.json").write_text(json.dumps(spec))
         log_path = bundle / "agent.log"
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # A restart binds a new socket: the last agent's queue must not be reused.
+        control = host.listen_unix(self._agent_socket(sandbox))
         try:
-            await _run(
-                *self._runc(
+            await host.spawn(
+                self._runc(
                     "run",
                     "--detach",
                     # Every sandbox's root is the same host uid, and the kernel
                     # allows one uid 200 keys: a keyring per sandbox caps density.
                     "--no-new-keyring",
+                    "--preserve-fds",
+                    "1",
                     "--bundle",
                     str(bundle),
                     "--pid-file",
                     str(bundle / "init.pid"),
                     sandbox.id,
                 ),
-                log_fd=log_fd,
+                fds={1: log_fd, 2: log_fd, 3: control.fileno()},
             )
         except Internal as exc:
             tail = log_path.read_text(errors="replace")[-2000:].strip()
             raise Internal(f"runc could not start the sandbox: {tail}") from exc
         finally:
             os.close(log_fd)
+            os.close(container_ns)  # init is in it now: it lives as long as the sandbox
+            control.close()  # init holds it now; once init is gone, connects are refused
         sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
+        self._userns.prepare(self._slots.next_free())
         await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
 
+    def _paths(self, sandbox: Sandbox) -> tuple[Path, Path]:
+        """(bundle, runtime dir), also for a record that a create killed before its
+        provider_data was saved names neither."""
+        bundle = Path(sandbox.provider_data.get("bundle") or self._store / "sandboxes" / sandbox.id)
+        runtime = sandbox.provider_data.get("runtime") or (
+            sandbox.provider_data.get("bundle") or self._runtime / sandbox.id
+        )
+        return bundle, Path(runtime)
+
     async def _halt(self, sandbox: Sandbox) -> None:
-        """Stops the container and unmounts its layers; the disk image stays."""
-        bundle = Path(sandbox.provider_data.get("bundle", self._store / "sandboxes" / sandbox.id))
+        """Stops the container and unmounts its layers; the disk image stays.
+        Idempotent: on a sandbox already halted (or never started) it checks, and
+        raises when the container or a mount is still there, so the caller retries."""
+        bundle, rt = self._paths(sandbox)
         # `runc delete --force` on a running container sleeps 100 ms before it
         # looks again; killing init (and with it the pid namespace) and watching
-        # it go first makes the delete a quick cleanup.
+        # it go first makes the delete a quick cleanup. SIGKILL also ends a
+        # stopped (SIGSTOP, frozen) init.
         pid = self._init_pid(sandbox)
-        if not _kill_init(pid, f"{CGROUP_PARENT}/{sandbox.id}"):
+        killed = _kill_init(pid, f"{CGROUP_PARENT}/{sandbox.id}")
+        if not killed and (self._state / "runc" / sandbox.id).exists():
             with contextlib.suppress(Internal):
-                await _run(*self._runc("kill", sandbox.id, "KILL"))
-        if pid > 0:
+                await _run(*self._runc("kill", sandbox.id, "KILL"), timeout=10.0)
+        if killed:
             await _wait_exit(pid, 5.0)
-        with contextlib.suppress(Internal):
-            await _run(*self._runc("delete", "--force", sandbox.id))
-        rt = _runtime_dir(sandbox)
+        if (self._state / "runc" / sandbox.id).exists():
+            with contextlib.suppress(Internal, TimeoutError):
+                await _run(*self._runc("delete", "--force", sandbox.id), timeout=15.0)
+            if (self._state / "runc" / sandbox.id).exists():
+                raise Internal(f"runc could not delete container {sandbox.id}")
+        sandbox.provider_data.pop("init_pid", None)  # a recycled pid must never be hit
+        if not await _remove_cgroups(sandbox.id):
+            raise Internal(f"the cgroups of {sandbox.id} cannot be removed")
         _umount(str(rt / "rootfs"))
+        _unmount_volumes(rt)
         _umount(str(bundle / "disk"))
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
-        bundle = Path(sandbox.provider_data.get("bundle", self._store / "sandboxes" / sandbox.id))
+        """Frees the container, mounts (and with them the loop device), cgroups and
+        dirs. Safe to call again on a sandbox destroyed in part; raises Internal
+        while anything is left, and the daemon retries."""
+        bundle, rt = self._paths(sandbox)
         if graceful_timeout_s > 0:
             await self._stop_gracefully(sandbox, graceful_timeout_s)
         await self._halt(sandbox)
-        await asyncio.to_thread(shutil.rmtree, bundle, True)
-        await asyncio.to_thread(shutil.rmtree, _runtime_dir(sandbox), True)
+        crash("destroy.halted")
+        for d in {bundle, rt}:
+            await asyncio.to_thread(shutil.rmtree, d, True)
+        self._agent_socket(sandbox).unlink(missing_ok=True)
+        left = [str(d) for d in {bundle, rt} if d.exists()]
+        if left:
+            raise Internal(f"destroy left {', '.join(sorted(left))} behind")
+        self._release(sandbox)
 
     async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
         """A new container on the same disk (or, with wipe, a new empty one)."""
@@ -535,7 +849,10 @@ class LocalProvider(Provider):
         await self._volume_mount(name)
 
     async def _volume_mount(self, name: str) -> None:
+        # Only root passes: each sandbox reaches the volume through its own
+        # idmapped view in its runtime dir, never through this path.
         d = self._volume_dir(name)
+        os.chmod(d, 0o700)
         (d / "data").mkdir(exist_ok=True)
         if storage.is_mountpoint(d / "data"):
             return
@@ -631,29 +948,139 @@ class LocalProvider(Provider):
         (self._store / "snapshots" / f"{snapshot_id}").unlink(missing_ok=True)
 
     async def _stop_gracefully(self, sandbox: Sandbox, timeout_s: float) -> None:
+        """SIGTERM to every process, then up to timeout_s for them to end. Each agent
+        call has only what is left of the grace: a hung or frozen agent (one that
+        accepts and never answers) costs the grace, never more."""
         agent = self._agent(sandbox)
+        deadline = time.monotonic() + timeout_s
+
+        async def call(step: Callable[[], Any]) -> Any:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(step(), left)
+
         with contextlib.suppress(Exception):
-            await agent.call({"op": "killall", "signal": 15})
-            deadline = time.monotonic() + timeout_s
+            await call(lambda: agent.killall(15))
             while time.monotonic() < deadline:
-                procs = (await agent.call({"op": "list"}))["processes"]
-                if not any(p["running"] for p in procs):
+                procs: list[ProcessInfo] = await call(agent.processes)
+                if not any(p.running for p in procs):
                     return
                 await asyncio.sleep(0.05)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
+        # Bounded: a frozen agent must not hold up the daemon's start.
         try:
-            state = json.loads(await _run(*self._runc("state", sandbox.id)))
-        except (Internal, ValueError):
+            state = json.loads(await _run(*self._runc("state", sandbox.id), timeout=10.0))
+        except (Internal, ValueError, TimeoutError):
             return False
         if state.get("status") != "running":
             return False
         sandbox.provider_data["init_pid"] = str(state.get("pid", ""))
         try:
-            await self._agent(sandbox).ping()
+            await asyncio.wait_for(self._agent(sandbox).ping(), ADOPT_PING_TIMEOUT_S)
         except Exception:
             return False
+        if sandbox.provider_data.get("uid_base"):
+            self._uid_base(sandbox)  # its range stays taken
+        with contextlib.suppress(ComputeError):
+            self._pins[sandbox.id] = {p.name for p in self._template(sandbox.spec.template).lowers}
         return True
+
+    async def reconcile(self, live_ids: set[str]) -> None:
+        """At start, once the daemon has adopted its records: frees what no live
+        sandbox owns, as a daemon killed mid-create, -destroy, -clone or -export
+        leaves it (a container, overlay and disk mounts, a loop device, cgroups,
+        bundle and runtime dirs, half-made cache images), one log line each.
+
+        Only what is this daemon's: containers under its runc root, mounts and
+        loop devices under its store and runtime dir, and the cgroups of the ids
+        found there (the cgroup tree is shared with other daemons on the host)."""
+        if self._unavailable or not self._state.parts:
+            return
+        # As the kernel names them (mountinfo, backing files): no symlink, no "..".
+        store, runtime = self._store.resolve(), self._runtime.resolve()
+        sandboxes = store / "sandboxes"
+        runc_root = self._state / "runc"
+        agents = runtime / "agents"
+        ids: set[str] = set()
+        for d, suffix in ((runc_root, ""), (sandboxes, ""), (runtime, ""), (agents, ".sock")):
+            with contextlib.suppress(OSError):
+                ids |= {
+                    p.name.removesuffix(suffix)
+                    for p in d.iterdir()
+                    if p.name.startswith(SANDBOX_PREFIX) and p.name.endswith(suffix)
+                }
+        orphans = ids - live_ids
+        # 1. Containers: `runc delete --force` kills init and removes the cgroups.
+        for sid in sorted(orphans):
+            if (runc_root / sid).exists():
+                with contextlib.suppress(Internal, TimeoutError):
+                    await _run(*self._runc("delete", "--force", sid), timeout=15.0)
+                if (runc_root / sid).exists():
+                    # A state dir runc cannot read (killed mid-create): nothing runs
+                    # from it once its cgroups are empty (step 4).
+                    await asyncio.to_thread(shutil.rmtree, runc_root / sid, True)
+                log.warning("removed an orphan container", sandbox_id=sid)
+
+        # 2. Mounts, deepest first.
+        def owned_by_orphan(path: str) -> bool:
+            for root in (sandboxes, runtime):
+                rel = Path(path).relative_to(root) if Path(path).is_relative_to(root) else None
+                if rel is not None and rel.parts and rel.parts[0].startswith(SANDBOX_PREFIX):
+                    return rel.parts[0] not in live_ids
+            parent = Path(path).parent
+            return (parent == store / "cache" and path.endswith(".mnt")) or Path(
+                path
+            ).is_relative_to(store / "tmp")
+
+        kept: set[str] = set()
+        for target, _ in sorted(_mounts(), key=lambda m: len(m[0]), reverse=True):
+            if owned_by_orphan(target):
+                try:
+                    _umount(target)
+                    log.warning("removed an orphan mount", path=target)
+                except OSError as exc:
+                    kept |= {target}
+                    log.error("could not remove an orphan mount", path=target, error=str(exc))
+        # 3. Loop devices backed by an image in the store that nothing mounts: an
+        # attached device that was never mounted does not autoclear.
+        sources = {source for _, source in _mounts()}
+        prefix = str(store) + "/"
+        for device, backing in host.loop_devices():
+            if backing.removesuffix(" (deleted)").startswith(prefix) and device not in sources:
+                try:
+                    host.loop_detach(device)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # ENXIO: it autocleared meanwhile
+                        log.error("could not detach a loop device", device=device, error=str(exc))
+                    continue
+                log.warning("removed an orphan loop device", device=device, backing=backing)
+        # 4. Cgroups, then 5. dirs (never through a mount still there).
+        for sid in sorted(orphans):
+            await _remove_cgroups(sid, orphan=True)
+            for d in (sandboxes / sid, runtime / sid):
+                if any(Path(k).is_relative_to(d) for k in kept):
+                    continue
+                if d.exists():
+                    await asyncio.to_thread(shutil.rmtree, d, True)
+                    log.warning("removed an orphan dir", path=str(d))
+            sock = agents / f"{sid}.sock"
+            if sock.exists():
+                sock.unlink(missing_ok=True)
+                log.warning("removed an orphan socket", path=str(sock))
+        leftovers = [p for p in (store / "cache").glob("empty-*") if p.suffix != ".img"]
+        with contextlib.suppress(OSError):
+            leftovers += list((store / "tmp").iterdir())
+        leftovers += [p for p in runtime.glob(".agent-*") if p.name != f".agent-{os.getpid()}"]
+        for p in leftovers:
+            if any(Path(k).is_relative_to(p) for k in kept):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                await asyncio.to_thread(shutil.rmtree, p, True)
+            else:
+                p.unlink(missing_ok=True)
+            log.warning("removed an orphan file", path=str(p))
 
     async def healthy(self, sandbox: Sandbox) -> bool:
         # A round trip to the agent: the container runs and can start processes.
@@ -670,11 +1097,10 @@ class LocalProvider(Provider):
             await self.restart(sandbox, wipe=True)
             return
         agent = self._agent(sandbox)
-        await agent.call({"op": "killall", "signal": 9})
+        await agent.killall(9)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            procs = (await agent.call({"op": "list"}))["processes"]
-            if not any(p["running"] for p in procs):
+            if not any(p.running for p in await agent.processes()):
                 return
             await asyncio.sleep(0.01)
         raise Internal("processes survived SIGKILL during reset")
@@ -702,8 +1128,10 @@ class LocalProvider(Provider):
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await network.open_port(self._init_pid(sandbox), port)
 
-    def host_socket_path(self, sandbox: Sandbox, name: str) -> Path:
-        return _runtime_dir(sandbox) / "run" / name
+    def listen_in_sandbox(self, sandbox: Sandbox, name: str) -> socket.socket:
+        # ctl/ is root's and read-only inside: the sandbox can connect to the
+        # socket but never swap it for a link (which a chmod by path would follow).
+        return host.listen_unix(_runtime_dir(sandbox) / "ctl" / name, mode=0o666)
 
     def _cgroup_file(self, sandbox: Sandbox, controller: str, name: str) -> Path:
         return Path("/sys/fs/cgroup") / controller / CGROUP_PARENT.strip("/") / sandbox.id / name
@@ -716,7 +1144,9 @@ class LocalProvider(Provider):
 
     async def probe(self, sandbox: Sandbox) -> Probe:
         pid = int(sandbox.provider_data.get("init_pid") or 0)
-        alive = pid > 0 and Path(f"/proc/{pid}").exists()
+        # A killed init may stay a zombie until whoever inherited it reaps it, and a
+        # reaped one's pid can be reused: alive is this sandbox's init, not dead.
+        alive = _is_live_init(pid, f"{CGROUP_PARENT}/{sandbox.id}")
         oom = 0
         with contextlib.suppress(OSError):
             for line in (
@@ -786,6 +1216,8 @@ class LocalProvider(Provider):
                 reason="DISK_SHRINK_UNSUPPORTED",
                 provider=NAME,
             )
+        if disk_mb > cur.disk_mb:
+            self._check_disk(disk_mb, grow_mb=disk_mb - cur.disk_mb)
         args: list[str] = []
         if cpu_cores:
             args += [
@@ -880,33 +1312,47 @@ class LocalProvider(Provider):
 
     # -------------------------------------------------------------- processes
 
-    def _agent(self, sandbox: Sandbox) -> Agent:
-        return Agent(_runtime_dir(sandbox) / "run" / "agent.sock")
+    def _uid_base(self, sandbox: Sandbox) -> int:
+        """The first host uid of the sandbox's own range (kept across restarts)."""
+        base = self._slots.take(sandbox.id, int(sandbox.provider_data.get("uid_base") or 0))
+        sandbox.provider_data["uid_base"] = str(base)
+        return base
 
-    def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> dict[str, Any]:
+    def _release(self, sandbox: Sandbox) -> None:
+        """The sandbox is gone: its uid range and its hold on template layers too."""
+        self._slots.release(sandbox.id)
+        self._pins.pop(sandbox.id, None)
+
+    def _pinned_layers(self) -> set[str]:
+        return set().union(*self._pins.values()) if self._pins else set()
+
+    def _agent_socket(self, sandbox: Sandbox) -> Path:
+        return self._runtime / "agents" / f"{sandbox.id}.sock"
+
+    def _agent(self, sandbox: Sandbox) -> Agent:
+        return Agent(self._agent_socket(sandbox))
+
+    def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> agentpb.StartRequest:
         template_env = self._templates.env(sandbox.spec.template) if self._templates else None
         env = process_env(sandbox, command, template_env)
-        return {
-            "op": "start",
-            "args": command.args,
-            "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": command.cwd,
-            "timeout_ms": command.timeout_ms,
-            "stdin": command.stdin,
-            "tag": tag,
-        }
+        return agentpb.StartRequest(
+            args=command.args,
+            env=[f"{k}={v}" for k, v in env.items()],
+            cwd=command.cwd,
+            timeout_ms=command.timeout_ms,
+            stdin=command.stdin,
+            tag=tag,
+        )
 
     def run(
         self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
     ) -> ProcessRun:
         req = self._start_request(sandbox, command, tag)
-        req.update(attach=True, kill_on_close=kill_on_close)
-        return _LocalRun(self._agent(sandbox), req)
+        req.attach, req.kill_on_close = True, kill_on_close
+        return _LocalRun(self._agent(sandbox), agentpb.Request(start=req))
 
     async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        return process_info(
-            await self._agent(sandbox).call(self._start_request(sandbox, command, tag))
-        )
+        return await self._agent(sandbox).start(self._start_request(sandbox, command, tag))
 
     async def attach(
         self,
@@ -917,13 +1363,14 @@ class LocalProvider(Provider):
         output: bool = True,
     ) -> AsyncIterator[ProcessEvent]:
         conn, started = await self._agent(sandbox).follow(
-            {
-                "op": "attach",
-                "id": process_id,
-                "stdout_offset": stdout_offset,
-                "stderr_offset": stderr_offset,
-                "no_output": not output,
-            }
+            agentpb.Request(
+                attach=agentpb.AttachRequest(
+                    id=process_id,
+                    stdout_offset=stdout_offset,
+                    stderr_offset=stderr_offset,
+                    no_output=not output,
+                )
+            )
         )
         try:
             yield started
@@ -935,23 +1382,33 @@ class LocalProvider(Provider):
     async def write_stdin(
         self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
     ) -> None:
-        await self._agent(sandbox).call({"op": "stdin", "id": process_id, "close": close}, data)
+        await self._agent(sandbox).write_stdin(process_id, data, close)
 
     async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
         if not 0 < signal < 65:
             raise InvalidArgument(
                 f"signal {signal} is not a valid signal number", reason="INVALID_SIGNAL"
             )
-        await self._agent(sandbox).call({"op": "signal", "id": process_id, "signal": signal})
+        await self._agent(sandbox).signal(process_id, signal)
 
     async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        reply = await self._agent(sandbox).call({"op": "list"})
-        return [process_info(p) for p in reply["processes"]]
+        return await self._agent(sandbox).processes()
 
     # -------------------------------------------------------------- files
 
     def _fs(self, sandbox: Sandbox) -> SandboxFS:
-        return SandboxFS(str(_runtime_dir(sandbox) / "rootfs"))
+        def open_root() -> int:
+            try:
+                return _open_init_root(self._init_pid(sandbox), f"{CGROUP_PARENT}/{sandbox.id}")
+            except OSError as exc:
+                raise Unavailable(
+                    f"sandbox {sandbox.id} is not running", reason="SANDBOX_NOT_RUNNING"
+                ) from exc
+
+        # A sandbox started before uid ranges runs in the storage range itself.
+        return SandboxFS(
+            open_root, int(sandbox.provider_data.get("uid_base") or rootfs_mod.UID_SHIFT)
+        )
 
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
@@ -993,7 +1450,7 @@ def _runtime_dir(sandbox: Sandbox) -> Path:
 
 
 class _LocalRun(ProcessRun):
-    def __init__(self, agent: Agent, req: dict[str, Any]) -> None:
+    def __init__(self, agent: Agent, req: agentpb.Request) -> None:
         self._agent = agent
         self._req = req
         self._conn: AgentConnection | None = None
@@ -1018,12 +1475,13 @@ class _LocalRun(ProcessRun):
             # really gone, this fails in turn and says so.
             pass
         conn, _ = await self._agent.follow(
-            {
-                "op": "attach",
-                "id": started.process_id,
-                "stdout_offset": offsets["stdout"],
-                "stderr_offset": offsets["stderr"],
-            }
+            agentpb.Request(
+                attach=agentpb.AttachRequest(
+                    id=started.process_id,
+                    stdout_offset=offsets["stdout"],
+                    stderr_offset=offsets["stderr"],
+                )
+            )
         )
         try:
             async for ev in conn.events(offsets["stdout"], offsets["stderr"]):
@@ -1043,7 +1501,7 @@ class _LocalRun(ProcessRun):
         await self._need().send(CLOSE, b"")
 
     async def send_signal(self, signal: int) -> None:
-        await self._need().send(SIGNAL, json.dumps({"signal": signal}).encode())
+        await self._need().send_signal(signal)
 
     async def aclose(self) -> None:
         self._closed = True
