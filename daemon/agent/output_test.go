@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"testing"
 )
 
@@ -76,4 +77,43 @@ func TestFilePoolHandsOutFilesInTheStateDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	files.discard(f)
+}
+
+func TestAFullStoreDropsTheOldestFinishedProcessFirst(t *testing.T) {
+	mk := func(id string, exited bool) *process {
+		out, err := newStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs, err := newStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out.closed, errs.closed = true, true
+		return &process{id: id, out: out, err: errs, exited: exited}
+	}
+	running, old, newer := mk("running", false), mk("old", true), mk("newer", true)
+	saved := procs
+	procs = &table{byID: map[string]*process{}, byPid: map[int]*process{}}
+	t.Cleanup(func() { procs = saved })
+	for _, p := range []*process{running, old, newer} {
+		procs.byID[p.id] = p
+		procs.order = append(procs.order, p)
+	}
+	name := old.out.segs[0].f.Name()
+	if !dropOldestExited() {
+		t.Fatal("nothing dropped")
+	}
+	if _, ok := procs.byID["old"]; ok || len(procs.order) != 2 || procs.order[1] != newer {
+		t.Fatalf("the oldest finished process was not the one dropped: %v", procs.order)
+	}
+	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("its output file is still there: %v", err)
+	}
+	if !dropOldestExited() || dropOldestExited() {
+		t.Fatal("a running process's output must never be dropped")
+	}
+	if _, ok := procs.byID["running"]; !ok {
+		t.Fatal("the running process went")
+	}
 }

@@ -237,6 +237,7 @@ func lookPath(name string, env []string) (string, error) {
 
 func pump(p *process, r *os.File, s *stream) {
 	buf := make([]byte, 64<<10)
+	warned := false
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
@@ -247,8 +248,17 @@ func pump(p *process, r *os.File, s *stream) {
 			werr := s.append(buf[:n])
 			p.notifyLocked()
 			p.mu.Unlock()
-			if werr != nil {
-				fmt.Fprintf(os.Stderr, "agent: keep output of %s: %v\n", p.id, werr)
+			// The store is a capped tmpfs: when it is full, the output of
+			// finished processes gives way to that of running ones.
+			for errors.Is(werr, syscall.ENOSPC) && dropOldestExited() {
+				p.mu.Lock()
+				werr = s.append(buf[:n])
+				p.notifyLocked()
+				p.mu.Unlock()
+			}
+			if werr != nil && !warned { // once: the log is on the host
+				warned = true
+				fmt.Fprintf(os.Stderr, "agent: keep output of %s: %v (further errors not logged)\n", p.id, werr)
 			}
 		}
 		if err != nil {
@@ -306,6 +316,26 @@ func finish(p *process, ws syscall.WaitStatus) {
 		}
 	})
 	forgetOldExited()
+}
+
+// dropOldestExited frees the kept output of the oldest process that has exited
+// and been drained; false when there is none.
+func dropOldestExited() bool {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	for i, p := range procs.order {
+		p.mu.Lock()
+		done := p.done()
+		p.mu.Unlock()
+		if done {
+			delete(procs.byID, p.id)
+			p.out.releaseNow()
+			p.err.releaseNow()
+			procs.order = append(procs.order[:i:i], procs.order[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 func forgetOldExited() {

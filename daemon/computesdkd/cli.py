@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError as exc:
             print(f"computesdkd: {exc}", file=sys.stderr)
             sys.exit(2)
+    # Each live sandbox costs the daemon a few fds (a uid range's namespace, a
+    # lease, streams): the soft limit of 1024 a service manager gives is too few.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         asyncio.run(Daemon(cfg).run())
     except DaemonError as exc:

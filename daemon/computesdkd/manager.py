@@ -1071,18 +1071,28 @@ class Manager:
             probe = await asyncio.wait_for(provider.probe(sb), PROBE_TIMEOUT_S)
             await self._check_oom(sb, probe.oom_kills)
             if not probe.alive and sb.state == State.RUNNING:
-                # As dockerd lists a dead container until it is removed, the record
-                # stays, in error and saying why, until destroyed or its timeout
-                # (ERROR_RETENTION_S for keep_alive); but what it holds on the host
-                # (mounts, loop device, cgroups, container state, disk) is of no
-                # further use, since nothing can run in it again, and goes at once.
-                sb.state = State.ERROR
-                sb.error_message = "the sandbox stopped unexpectedly"
-                self.store.put_sandbox(sb)
-                self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
-                log.warning("sandbox died; freeing what it holds")
-                self._forget_watchers(sb.id)
-                self._start_reap(sb.id, _Reap(False, "died", time.monotonic()))
+                # A restart, reset or restore replaces the container under this lock:
+                # its old init is meant to be gone. Only a death seen again with no
+                # such operation in flight is one.
+                async with self.sandbox_lock(sb.id):
+                    if sb.state != State.RUNNING:
+                        return
+                    again = await asyncio.wait_for(provider.probe(sb), PROBE_TIMEOUT_S)
+                    if again.alive:
+                        return
+                    # As dockerd lists a dead container until it is removed, the
+                    # record stays, in error and saying why, until destroyed or its
+                    # timeout (ERROR_RETENTION_S for keep_alive); but what it holds on
+                    # the host (mounts, loop device, cgroups, container state, disk)
+                    # is of no further use, since nothing can run in it again, and
+                    # goes at once.
+                    sb.state = State.ERROR
+                    sb.error_message = "the sandbox stopped unexpectedly"
+                    self.store.put_sandbox(sb)
+                    self.bus.emit(sb.id, ERROR, sb.error_message, kind="lost")
+                    log.warning("sandbox died; freeing what it holds")
+                    self._forget_watchers(sb.id)
+                    self._start_reap(sb.id, _Reap(False, "died", time.monotonic()))
 
     def _reap(self, sb: Sandbox, now: float, mono: float) -> None:
         """The sweeper's part for a sandbox in stopping or error with no destroy in

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 import socket
 import subprocess
 import threading
@@ -149,3 +151,33 @@ async def test_a_crashed_build_leaves_no_network_behind(
             break
         await asyncio.sleep(0.1)
     assert gone(names[0])
+
+
+HOLD_INOTIFY = (
+    "python3 -c 'import ctypes, time; l = ctypes.CDLL(None)\n"
+    "n = 0\nwhile l.inotify_init1(0) >= 0: n += 1\n"
+    'print("held", n, flush=True); time.sleep(30)\''
+)
+
+
+async def test_a_build_step_draws_on_no_per_user_limit_of_host_root(
+    private: tuple[DaemonProcess, Client],
+) -> None:
+    """A step that takes every inotify instance it may have while it runs: the
+    count is charged to the build's own uid, not to host root's (which the
+    daemon and the host's services share)."""
+    _, c = private
+    libc = ctypes.CDLL(None, use_errno=True)
+    stream = c.templates.build_stream("inotify-hog", setup=[HOLD_INOTIFY])
+    try:
+        async for event in stream:
+            if isinstance(event, BuildLog) and event.line.startswith("held"):
+                assert int(event.line.split()[1]) > 0
+                fd = libc.inotify_init1(0)
+                assert fd >= 0, f"host root has no inotify instance left: {ctypes.get_errno()}"
+                os.close(fd)
+                break
+        else:
+            raise AssertionError("the step never reported")
+    finally:
+        await stream.aclose()

@@ -51,7 +51,7 @@ async def test_fifos_and_devices_are_refused_without_blocking(client: Client) ->
         r = await sb.exec(
             "mkfifo /workspace/fifo /etc/fifo-hosts && ln -s /dev/tty /workspace/tty"
             " && ln -s /dev/zero /workspace/zero && ln -s /proc/1/environ /workspace/env"
-            " && ln -s /proc/self/mem /workspace/mem && echo ok"
+            " && ln -s /proc/self/mem /workspace/mem && ln -s /proc/1 /workspace/p1 && echo ok"
         )
         assert r.stdout == "ok\n", r.stderr
         # More readers than the daemon has worker threads: with blocking opens
@@ -61,6 +61,9 @@ async def test_fifos_and_devices_are_refused_without_blocking(client: Client) ->
         assert set(reasons) == {"NOT_A_REGULAR_FILE"}
         for path in ("/workspace/tty", "/workspace/zero"):
             assert await reason_of(sb.files.read(path)) == "NOT_A_REGULAR_FILE"
+        # Through a link into /proc: neither PID 1's links nor its fds are told.
+        for op in (sb.files.stat("/workspace/p1/exe"), sb.files.list("/workspace/p1/fd")):
+            assert await reason_of(op) == "PERMISSION_DENIED"
         for path in ("/workspace/env", "/workspace/mem"):
             assert await reason_of(sb.files.read(path)) in ("PERMISSION_DENIED", "FILE_NOT_FOUND")
         assert await reason_of(sb.files.write("/workspace/env", b"x")) in (

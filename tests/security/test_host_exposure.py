@@ -61,9 +61,17 @@ async def test_a_host_user_reaches_no_sandbox_file_socket_or_dir(
             r = as_nobody("cat", str(path))
             assert r.returncode != 0 and "secret" not in r.stdout, (path, r.stdout)
             assert "Permission denied" in r.stderr, (path, r.stderr)
-        for d in (rt / sb.id, bundle, store / "sandboxes", store / "snapshots"):
+        private = [rt / sb.id, bundle, Path("/var/lib/computesdk/images")]
+        private += [store / d for d in ("sandboxes", "snapshots", "volumes", "tmp", "cache")]
+        private += [store / d for d in ("layers", "templates", "blobs")]
+        for d in private:
+            assert d.is_dir(), d
             r = as_nobody("ls", str(d))
             assert r.returncode != 0, (d, r.stdout)
+        # The storage uid's setuid files in the base (su, mount) are out of reach.
+        # (through sh: setpriv itself resolves its program before it drops root)
+        r = as_nobody("sh", "-c", "/var/lib/computesdk/images/debian-bookworm-v2/usr/bin/su -c id")
+        assert r.returncode != 0 and "Permission denied" in r.stderr
         # Planting a file into the sandbox from the host side.
         r = as_nobody("touch", str(rt / sb.id / "rootfs" / "workspace" / "planted"))
         assert r.returncode != 0

@@ -163,3 +163,18 @@ async def test_a_destroy_that_fails_mid_way_is_retried_until_destroyed(
     await gone(client, daemon, sb.id, BOUND_S)
     types = [e.type async for e in client.events(sandbox_ids=[sb.id], follow=False)]
     assert types.count("destroyed") == 1 and types.count("error") == 1, types
+
+
+async def test_a_restart_is_not_taken_for_a_death(client: Client) -> None:
+    """Restart, hard reset and restore replace the container: its old init is meant
+    to go, and the sweeper must not free the sandbox under the new one."""
+    sandboxes = await asyncio.gather(*(client.create("local") for _ in range(2)))
+    try:
+        for i in range(8):
+            for sb in sandboxes:
+                await sb.restart(env={"K": f"v{i}"})
+                r = await sb.exec(["sh", "-c", "echo $K"])
+                assert r.stdout == f"v{i}\n", (i, r.stdout, r.stderr)
+                assert (await sb.refresh()).state == "running"
+    finally:
+        await asyncio.gather(*(sb.destroy() for sb in sandboxes))

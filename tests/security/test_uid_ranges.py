@@ -4,9 +4,12 @@ each sandbox's processes and files are a distinct host user's."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sqlite3
 
 from computesdk import Client
+from conftest import new_daemon
 
 HOLD_INOTIFY = r"""
 import ctypes, os, sys, time
@@ -96,3 +99,51 @@ async def test_per_user_kernel_limits_are_per_sandbox(client: Client) -> None:
         await a.process(holder.id).kill()
     finally:
         await asyncio.gather(a.destroy(), b.destroy())
+
+
+async def test_two_daemons_on_one_host_never_share_a_range(
+    client: Client, private: tuple[object, Client]
+) -> None:
+    _, other = private
+    ours = await client.create("local")
+    theirs = await other.create("local")
+    try:
+        maps = [(await s.exec("cat /proc/self/uid_map")).stdout.split()[1] for s in (ours, theirs)]
+        assert maps[0] != maps[1], maps
+    finally:
+        await asyncio.gather(ours.destroy(), theirs.destroy())
+
+
+async def test_a_sandbox_of_an_earlier_version_keeps_its_files_across_the_upgrade() -> None:
+    """A record without a uid range is what the previous version left: the new
+    daemon cannot reach its agent the old way, so it boots it anew on its disk in
+    a range of its own instead of losing it."""
+    d = new_daemon(on_exit="keep")
+    d.start()
+    try:
+        c = await Client.connect(socket=d.socket)
+        sb = await c.create("local")
+        await sb.exec("echo survives > /workspace/f")
+        await c.close()
+        d.kill9()
+        with sqlite3.connect(d.state / "state.db") as db:
+            (raw,) = db.execute(
+                "SELECT provider_data FROM sandboxes WHERE id=?", (sb.id,)
+            ).fetchone()
+            data = json.loads(raw)
+            del data["uid_base"]
+            db.execute("UPDATE sandboxes SET provider_data=? WHERE id=?", (json.dumps(data), sb.id))
+        d.start()
+        c = await Client.connect(socket=d.socket)
+        again = await c.get(sb.id)
+        assert again.state == "running"
+        r = await again.exec("cat /workspace/f; cat /proc/self/uid_map")
+        assert r.stdout.startswith("survives\n"), r.stdout + r.stderr
+        assert any(
+            line.get("event", "").startswith("restarting a sandbox made by an earlier")
+            for line in d.log_lines()
+        )
+        await again.destroy()
+        await c.close()
+    finally:
+        d.cleanup()

@@ -36,9 +36,9 @@ from ... import logs
 from ...errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from ...model import BuildStep, Resources, TemplateDefinition, TemplateInfo
 from ..base import BuildReport
-from . import buildnet, images, layers, safefs
+from . import buildnet, idmap, images, layers, safefs
 from . import rootfs as rootfs_mod
-from .host import mount, run, umount
+from .host import MS_NODEV, MS_NOSUID, mount, run, umount
 from .oci import build_spec
 from .templates import DEFAULT_PATH, TEMPLATES
 
@@ -103,9 +103,13 @@ class TemplateStore:
         self.records = store / "templates"
         self.layers = store / "layers"
         self.builds = store / "builds"
-        for d in (self.records, self.layers, self.builds):
+        # Only root passes, but builds/: a build's runc init (the storage uid)
+        # must reach its root, in a dir of the build's own that is 0700.
+        for d, mode in ((self.records, 0o700), (self.layers, 0o700), (self.builds, 0o711)):
             d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, mode)
         self.blobs = images.BlobStore(store / "blobs")
+        os.chmod(self.blobs.root.parent, 0o700)
         self._runc = runc
         self._cgroup = cgroup
         # Records, read once: exec looks up its sandbox's template env every call.
@@ -321,6 +325,8 @@ class TemplateStore:
         for p in (upper, scratch, root):
             p.mkdir(parents=True)
         os.chown(upper, rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
+        os.chown(work, rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT)
+        os.chmod(work, 0o700)  # runc's init passes; no other host user does
         lowers = ":".join(str(self._lower(x)) for x in base.layers)
         try:
             mount(
@@ -328,11 +334,17 @@ class TemplateStore:
                 str(root),
                 "overlay",
                 f"lowerdir={lowers},upperdir={upper},workdir={scratch}",
+                MS_NOSUID | MS_NODEV,
             )
+            # The build's own user namespace (0 -> the storage uid, owned by it, not
+            # host root: per-user limits of a step do not starve the host's root);
+            # it owns the build's netns, and each step joins both.
+            userns = await idmap.container_userns(rootfs_mod.UID_SHIFT)
+            userns_path = f"/proc/{os.getpid()}/fd/{userns}"
             try:
                 _sandbox_defaults(root)
                 # Its own NAT'd network namespace, never the host's (buildnet.py).
-                net = await buildnet.setup(build_id)
+                net = await buildnet.setup(build_id, userns_path)
                 (work / "resolv.conf").write_text(net.resolv_conf)
                 await buildnet.mount_sysfs(net, work / "sys")
                 env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
@@ -347,8 +359,11 @@ class TemplateStore:
                 scripts += [(f"setup: {cmd}", cmd) for cmd in d.setup]
                 for i, (what, script) in enumerate(scripts, start=3):
                     report(BuildStep(i, total, what))
-                    await self._run_step(build_id, work, root, net, script, env, i, total, report)
+                    await self._run_step(
+                        build_id, work, root, net, userns_path, script, env, i, total, report
+                    )
             finally:
+                os.close(userns)
                 umount(str(work / "sys"))
                 umount(str(root))
                 # Also when setup was cancelled midway (its thread runs on; the lock
@@ -365,6 +380,7 @@ class TemplateStore:
         work: Path,
         root: Path,
         net: buildnet.BuildNet,
+        userns: str,
         script: str,
         env: dict[str, str],
         step: int,
@@ -379,6 +395,7 @@ class TemplateStore:
             resources=BUILD_RESOURCES,
             cgroup_parent=self._cgroup,
             netns=net.netns,
+            userns=userns,
             sysfs=str(work / "sys"),
             binds=_host_files(root, work),
         )
@@ -487,7 +504,8 @@ class TemplateStore:
 
     async def clean_leftovers(self) -> None:
         """A daemon killed mid-build leaves a runc container, a mount and a scratch
-        dir; frees them, then whatever no template names."""
+        dir; frees them. (Unused layers go later, in collect_garbage, once the
+        provider knows which layers its adopted sandboxes stand on.)"""
         dead = []
         for d in self.builds.iterdir():
             if d.name.startswith("build-"):
@@ -502,7 +520,6 @@ class TemplateStore:
         # Their network namespaces and, with the host's last build network, its rules.
         with contextlib.suppress(Internal, OSError):
             await buildnet.remove_leftovers(dead)
-        await asyncio.to_thread(self.collect_garbage)
 
 
 class _HashSink:

@@ -15,7 +15,8 @@ network exists, removed with the last one):
 - FORWARD (chain CSDK-BUILD, jumped to first): a build may go out through the
   host's uplinks (the interfaces of its default routes and of the routes to the
   build's resolvers) and get the replies; nothing else, so no other build, no
-  local bridge (docker0, ...) and no shared network.
+  local bridge (docker0, ...), no shared network and no link-local address (a
+  cloud's metadata service).
 - nat POSTROUTING: MASQUERADE of 10.214.0.0/16 out of those uplinks.
 - IPv6 is off on both ends of the pair (no link-local path to the host; the
   build's loopback keeps ::1), and ip6tables drops csb* input and forwarding
@@ -33,11 +34,10 @@ and teardown run under one host-wide lock file. The netns and interface names
 carry the build id, so a daemon that restarts after a crash removes its own
 leftovers (clean_leftovers) and nobody else's.
 
-The netns is created by host root and so is owned by the initial user
-namespace: the build's root, in a user namespace of its own, holds no
-capability over it (it cannot change its address, routes or filters) and cannot
-mount a sysfs for it; the host mounts one, from inside the netns, for the build
-to bind.
+The netns is owned by the build's user namespace (itself owned by the storage
+uid, not host root), so that runc may join both; the build's root holds no
+capability over it all the same (the build drops CAP_NET_ADMIN), and the host
+mounts a sysfs of it, from inside the netns, for the build to bind.
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def name_for(build_id: str) -> str:
     return PREFIX_NAME + build_id.rsplit("-", 1)[-1][:12]
 
 
-async def setup(build_id: str) -> BuildNet:
-    return await asyncio.to_thread(_setup, name_for(build_id))
+async def setup(build_id: str, userns: str) -> BuildNet:
+    """userns: the path of the build's user namespace, which will own the netns."""
+    return await asyncio.to_thread(_setup, name_for(build_id), userns)
 
 
 async def teardown(build_id: str) -> None:
@@ -122,7 +123,29 @@ def _locked() -> Iterator[None]:
         os.close(fd)
 
 
-def _setup(name: str) -> BuildNet:
+def _add_netns(name: str, userns: str) -> None:
+    """/run/netns/NAME, a network namespace owned by the build's user namespace: a
+    short-lived child in that user namespace makes it, and `ip netns attach` pins
+    it. runc joins the user namespace first and then this one, which it may only
+    do when the first owns the second (and the per-user limits of what runs in it
+    count against the build's uid, not host root's)."""
+    proc = subprocess.Popen(
+        ["nsenter", f"--user={userns}", "--", "unshare", "--net", "--",
+         "sh", "-c", "echo ready; read _"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        if proc.stdout.readline() != b"ready\n":
+            raise Internal("could not make the build's network namespace")
+        _run("ip", "netns", "attach", name, str(proc.pid))
+    finally:
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
+
+
+def _setup(name: str, userns: str) -> BuildNet:
     with _locked():
         resolv, servers = _resolv_conf()
         uplinks = _uplinks(servers)
@@ -130,7 +153,7 @@ def _setup(name: str) -> BuildNet:
         subnet = _free_subnet()
         gateway, inner = (str(a) for a in list(subnet.hosts())[:2])
         netns = str(NETNS_DIR / name)
-        _run("ip", "netns", "add", name)
+        _add_netns(name, userns)
         try:
             _run("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
             _sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
@@ -340,6 +363,9 @@ def _ensure_rules(uplinks: list[str]) -> None:
     declared chain is flushed, even with --noflush), so a build of another daemon
     never sees it half filled, and a changed uplink is picked up."""
     body: list[tuple[str, ...]] = [("-i", _WILDCARD, "-o", _WILDCARD, "-j", "DROP")]
+    # Link-local: a cloud's instance metadata service (169.254.169.254) hands out
+    # the host's credentials to whoever asks from the host's address.
+    body += [("-i", _WILDCARD, "-d", "169.254.0.0/16", "-j", "DROP")]
     body += [("-i", _WILDCARD, "-o", dev, "-j", "ACCEPT") for dev in uplinks]
     body += [
         ("-i", _WILDCARD, "-j", "DROP"),

@@ -144,6 +144,8 @@ class SandboxFS:
             if path == "/":
                 return _info(path, os.fstat(tree.fd))
             with tree.parent(path) as (pfd, name):
+                if safefs.is_pseudo_fs(pfd):  # /proc/1/exe and the like tell too much
+                    raise PermissionError(errno.EPERM, "a kernel interface", path)
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 link = os.readlink(name, dir_fd=pfd) if stat.S_ISLNK(st.st_mode) else ""
                 return _info(path, st, link)

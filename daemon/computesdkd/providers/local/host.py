@@ -21,6 +21,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 _MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8  # a mount point swapped for a link is not followed
 
 
 MS_NOSUID = 2
@@ -35,7 +36,7 @@ def mount(source: str, target: str, fstype: str, options: str, flags: int = 0) -
 
 
 def umount(target: str) -> None:
-    if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
+    if _libc.umount2(target.encode(), _MNT_DETACH | _UMOUNT_NOFOLLOW) != 0:
         err = ctypes.get_errno()
         if err not in (22, 2):  # EINVAL: not mounted; ENOENT: gone
             raise OSError(err, f"umount {target}: {os.strerror(err)}")

@@ -24,11 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
+from ... import logs
 from ...errors import ResourceExhausted
 from .rootfs import ID_RANGE, UID_SHIFT
+
+log = logs.get(__name__)
 
 # Slot n is host ids SLOT_BASE + n*ID_RANGE ..; far above the storage range and
 # any real user of the host.
@@ -85,35 +90,85 @@ def host_base(slot: int) -> int:
 
 
 class Slots:
-    """Which slot each live sandbox holds. The lowest free slot is handed out, so
-    a steady churn of sandboxes reuses a few slots (and their cached userns)."""
+    """Which slot each live sandbox holds. Slots are host-wide: every daemon on the
+    host (each state dir has its own) leases them through flock'd files in one
+    root-only dir, so two daemons never hand out one range. A lease file names its
+    holder (runtime key, sandbox id); one whose daemon died while its sandbox runs
+    on (the sandbox's runtime dir is still there) stays taken. The lowest free
+    slot is handed out, so a steady churn reuses a few slots."""
 
-    def __init__(self) -> None:
-        self._by_sandbox: dict[str, int] = {}
+    def __init__(self, lease_dir: Path, runtime_root: Path, owner: str) -> None:
+        self._dir = lease_dir
+        self._runtime_root = runtime_root
+        self._owner = owner  # this daemon's runtime key
+        self._by_sandbox: dict[str, tuple[int, int]] = {}  # id -> (slot, lease fd)
 
     def take(self, sandbox_id: str, base: int = 0) -> int:
         """The host base of sandbox_id's range: the one it had (base), or a new one."""
+        held = self._by_sandbox.get(sandbox_id)
+        if held is not None:
+            return host_base(held[0])
         if base:
-            self._by_sandbox[sandbox_id] = (base - SLOT_BASE) // ID_RANGE
+            slot = (base - SLOT_BASE) // ID_RANGE
+            fd = self._lease(slot, sandbox_id, adopting=True)
+            if fd is None:
+                log.error("another daemon holds this sandbox's uid range", slot=slot)
+                fd = -1
+            self._by_sandbox[sandbox_id] = (slot, fd)
             return base
-        if sandbox_id in self._by_sandbox:
-            return host_base(self._by_sandbox[sandbox_id])
-        used = set(self._by_sandbox.values())
-        slot = next((n for n in range(MAX_SLOTS) if n not in used), None)
-        if slot is None:
-            raise ResourceExhausted(
-                f"all {MAX_SLOTS} host uid ranges are in use", reason="UID_RANGES_EXHAUSTED"
-            )
-        self._by_sandbox[sandbox_id] = slot
-        return host_base(slot)
+        mine = {slot for slot, _ in self._by_sandbox.values()}
+        for slot in range(MAX_SLOTS):
+            if slot in mine:
+                continue
+            fd = self._lease(slot, sandbox_id)
+            if fd is not None:
+                self._by_sandbox[sandbox_id] = (slot, fd)
+                return host_base(slot)
+        raise ResourceExhausted(
+            f"all {MAX_SLOTS} host uid ranges are in use", reason="UID_RANGES_EXHAUSTED"
+        )
+
+    def _lease(self, slot: int, sandbox_id: str, adopting: bool = False) -> int | None:
+        fd = os.open(
+            self._dir / str(slot), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder = os.pread(fd, 512, 0).decode(errors="replace").split()
+            if not adopting and len(holder) == 2 and self._lives(*holder):
+                raise BlockingIOError
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self._owner} {sandbox_id}\n".encode(), 0)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _lives(self, owner: str, sandbox_id: str) -> bool:
+        # A sandbox's runtime dir goes with its destroy, also after a crash (the
+        # next start's reconcile); until then its range is in use.
+        return (self._runtime_root / owner / sandbox_id).exists()
 
     def release(self, sandbox_id: str) -> None:
-        self._by_sandbox.pop(sandbox_id, None)
+        held = self._by_sandbox.pop(sandbox_id, None)
+        if held is not None and held[1] >= 0:
+            os.ftruncate(held[1], 0)
+            os.close(held[1])  # and with it the lock
 
     def next_free(self) -> int:
-        """The host base the next new sandbox will get."""
-        used = set(self._by_sandbox.values())
-        return host_base(next((n for n in range(MAX_SLOTS) if n not in used), 0))
+        """The host base the next new sandbox will most likely get (a guess: only
+        for making its user namespace ahead)."""
+        mine = {slot for slot, _ in self._by_sandbox.values()}
+        for slot in range(MAX_SLOTS):
+            if slot in mine:
+                continue
+            try:
+                if (self._dir / str(slot)).stat().st_size:
+                    continue
+            except FileNotFoundError:
+                pass
+            return host_base(slot)
+        return host_base(0)
 
 
 class UserNamespaces:
@@ -149,7 +204,7 @@ class UserNamespaces:
         if spare is not None:
             with contextlib.suppress(Exception):
                 return await spare
-        return await _make_userns(0, base, owner=base)
+        return await container_userns(base)
 
     def prepare(self, base: int) -> None:
         """Starts making a container namespace for base, unless one is on its way."""
@@ -166,6 +221,12 @@ class UserNamespaces:
             else:
                 task.cancel()
         self._spare.clear()
+
+
+async def container_userns(base: int) -> int:
+    """A user namespace for one container: 0 -> base, owned by base (see
+    UserNamespaces). The caller closes the fd."""
+    return await _make_userns(0, base, owner=base)
 
 
 async def _make_userns(inside: int, base: int, owner: int) -> int:

@@ -197,6 +197,12 @@ def runtime_spec(
     never replace (the channel socket). The agent keeps process output on a
     tmpfs inside the sandbox, charged to the sandbox's memory cgroup."""
     mem = resources.memory_mb * 1024 * 1024
+    # The agent's output store: a tmpfs of a quarter of the memory limit it is
+    # charged to, so kept output alone never takes a sandbox to its OOM killer
+    # (when it fills, the agent drops finished processes' output first). A stream
+    # keeps two segments: a running process's two streams take half of it at most.
+    run_mb = max(16, resources.memory_mb // 4)
+    segment = min(32 << 20, (run_mb << 20) // 8)
     period = 100_000
     # uid_base: the sandbox's own range (idmap.py); builds write the storage range.
     ids = [{"containerID": 0, "hostID": uid_base, "size": ID_RANGE}]
@@ -218,6 +224,8 @@ def runtime_spec(
                 f"{AGENT_DIR}/agent",
                 "-listen-fd",
                 "3",
+                "-segment-bytes",
+                str(segment),
                 "-state",
                 f"{AGENT_DIR}/run/proc",
             ],
@@ -282,7 +290,7 @@ def runtime_spec(
                     "nodev",
                     "noexec",
                     "mode=700",
-                    f"size={max(64, resources.memory_mb)}m",
+                    f"size={run_mb}m",
                 ],
             },
             {
@@ -333,6 +341,7 @@ def build_spec(
     resources: Resources,
     cgroup_parent: str,
     netns: str,
+    userns: str,
     sysfs: str,
     binds: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
@@ -340,11 +349,12 @@ def build_spec(
     user namespace) without the agent, in the build's own NAT'd network namespace
     (netns: its path under /run/netns; see buildnet.py), as in `docker build`.
 
-    That netns belongs to the host's initial user namespace (host root made it;
-    runc joins it before it creates the step's user namespace), so the step holds
-    no capability over it and cannot mount a sysfs there: sysfs is a read-only
-    sysfs of that netns that the host mounted, bound at /sys. binds: (host file,
-    path in the step) bound read-only (the resolver, the host's CA bundle)."""
+    userns: the build's user namespace (idmap.container_userns, 0 -> the storage
+    uid), which owns that netns: runc joins the user namespace first, then the
+    netns. The step has no CAP_NET_ADMIN, so it changes nothing of its network;
+    sysfs is a read-only sysfs of that netns that the host mounted, bound at
+    /sys. binds: (host file, path in the step) bound read-only (the resolver, the
+    host's CA bundle)."""
     spec = runtime_spec(
         sandbox_id=build_id,
         root_path=root_path,
@@ -358,6 +368,8 @@ def build_spec(
     for ns in spec["linux"]["namespaces"]:
         if ns["type"] == "network":
             ns["path"] = netns
+        elif ns["type"] == "user":
+            ns["path"] = userns
     mounts = [m for m in spec["mounts"] if not m["destination"].startswith(AGENT_DIR)]
     for m in mounts:
         if m["type"] == "sysfs":

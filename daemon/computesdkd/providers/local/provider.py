@@ -157,6 +157,38 @@ def _unmount_volumes(rt: Path) -> None:
             _umount(str(point))
 
 
+def _private_images(image_dir: Path) -> None:
+    """The base is owned by the storage uid and holds its setuid files (su, mount):
+    no host user may reach them, whatever the umask made of the dir."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(image_dir, 0o700)
+
+
+def _warn_subuid_overlap() -> None:
+    """A host user whose /etc/subuid range covers the storage or sandbox uids can
+    become them (newuidmap, rootless containers): say so at start."""
+    ours = [
+        (rootfs_mod.UID_SHIFT, rootfs_mod.UID_SHIFT + rootfs_mod.ID_RANGE),
+        (idmap.SLOT_BASE, idmap.host_base(idmap.MAX_SLOTS)),
+    ]
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                user, _, rest = line.partition(":")
+                start, _, count = rest.partition(":")
+                if not (start.isdigit() and count.isdigit()):
+                    continue
+                lo, hi = int(start), int(start) + int(count)
+                if any(lo < b and a < hi for a, b in ours):
+                    log.warning(
+                        "a subordinate id range overlaps the sandboxes' host ids",
+                        file=path,
+                        user=user,
+                        start=lo,
+                        count=hi - lo,
+                    )
+
+
 def _fresh_workdir(disk: Path) -> None:
     """The overlay's work dir holds nothing between mounts; a disk made before uid
     ranges has one owned by host root, which an idmapped overlay cannot use."""
@@ -354,7 +386,7 @@ class LocalProvider(Provider):
         self._unavailable = "not started"
         self._emit: Callable[..., object] | None = None
         self._templates: builder.TemplateStore | None = None
-        self._slots = idmap.Slots()
+        self._slots = idmap.Slots(Path(), RUNTIME_ROOT, "")  # made for real in start()
         self._userns = idmap.UserNamespaces()
         # Template layers each live sandbox stands on: its overlay holds them by fd,
         # so the mount table no longer tells, and a template delete must not free them.
@@ -366,10 +398,15 @@ class LocalProvider(Provider):
         self._emit = ctx.emit
         self._state = ctx.state_dir / "local"
         self._state.mkdir(parents=True, exist_ok=True)
+        # Traversable (a build's runc init must reach its root in the store), not
+        # listable; everything with content below is 0700.
+        os.chmod(self._state, 0o711)
+        _private_images(self._base.parent)
+        _warn_subuid_overlap()
         self._store, self._reflink = await asyncio.to_thread(storage.ensure_store, self._state)
-        for sub, mode in (("sandboxes", 0o700), ("snapshots", 0o700), ("volumes", 0o700)):
+        for sub in ("sandboxes", "snapshots", "volumes", "cache", "tmp"):
             (self._store / sub).mkdir(exist_ok=True)
-            os.chmod(self._store / sub, mode)
+            os.chmod(self._store / sub, 0o700)
         self._templates = builder.TemplateStore(
             self._store, self._base, self._runc, CGROUP_PARENT, self._pinned_layers
         )
@@ -388,6 +425,10 @@ class LocalProvider(Provider):
         for d, mode in ((RUNTIME_ROOT, 0o711), (self._runtime, 0o711)):
             os.chmod(d, mode)
         os.chmod(self._runtime / "agents", 0o700)
+        leases = RUNTIME_ROOT / "uid-slots"  # host-wide: every daemon's sandboxes
+        leases.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(leases, 0o700)
+        self._slots = idmap.Slots(leases, RUNTIME_ROOT, key)
         self._unavailable = self._check()
         if not self._unavailable:
             self._agent_copy = self._runtime / "computesdk-agent"
@@ -686,6 +727,9 @@ class LocalProvider(Provider):
         for sub, mode in (("rootfs", 0o700), ("ctl", 0o755), ("volumes", 0o700)):
             (rt / sub).mkdir(mode=mode, exist_ok=True)
         lowers = self._template(sandbox.spec.template).lowers
+        # Kept with the record: after a restart of the daemon, these (not what the
+        # template names by then) are what this sandbox's overlay stands on.
+        sandbox.provider_data["layers"] = json.dumps([p.name for p in lowers])
         self._pins[sandbox.id] = {p.name for p in lowers}
         await _mount_image(bundle / "disk.img", disk)
         # The disk's root is host root's: through the idmapping that is an unmapped
@@ -725,40 +769,41 @@ class LocalProvider(Provider):
                 for i, (_, path, ro) in enumerate(volumes)
             ],
         )
-        container_ns = await self._userns.container(uid)
-        for ns in spec["linux"]["namespaces"]:
-            if ns["type"] == "user":
-                ns["path"] = f"/proc/{os.getpid()}/fd/{container_ns}"
-        (bundle / "config.json").write_text(json.dumps(spec))
         log_path = bundle / "agent.log"
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        # A restart binds a new socket: the last agent's queue must not be reused.
-        control = host.listen_unix(self._agent_socket(sandbox))
-        try:
-            await host.spawn(
-                self._runc(
-                    "run",
-                    "--detach",
-                    # Every sandbox's root is the same host uid, and the kernel
-                    # allows one uid 200 keys: a keyring per sandbox caps density.
-                    "--no-new-keyring",
-                    "--preserve-fds",
-                    "1",
-                    "--bundle",
-                    str(bundle),
-                    "--pid-file",
-                    str(bundle / "init.pid"),
-                    sandbox.id,
-                ),
-                fds={1: log_fd, 2: log_fd, 3: control.fileno()},
-            )
-        except Internal as exc:
-            tail = log_path.read_text(errors="replace")[-2000:].strip()
-            raise Internal(f"runc could not start the sandbox: {tail}") from exc
-        finally:
-            os.close(log_fd)
-            os.close(container_ns)  # init is in it now: it lives as long as the sandbox
-            control.close()  # init holds it now; once init is gone, connects are refused
+        with contextlib.ExitStack() as held:
+            container_ns = await self._userns.container(uid)
+            held.callback(os.close, container_ns)  # init is in it once started
+            for ns in spec["linux"]["namespaces"]:
+                if ns["type"] == "user":
+                    ns["path"] = f"/proc/{os.getpid()}/fd/{container_ns}"
+            (bundle / "config.json").write_text(json.dumps(spec))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            log_fd = os.open(log_path, flags, 0o600)
+            held.callback(os.close, log_fd)
+            # A restart binds a new socket: the last agent's queue must not be reused.
+            # Init holds it once started; once init is gone, connects are refused.
+            control = held.enter_context(host.listen_unix(self._agent_socket(sandbox)))
+            try:
+                await host.spawn(
+                    self._runc(
+                        "run",
+                        "--detach",
+                        # A keyring per sandbox would count against its root's key
+                        # quota for nothing: keyctl is refused inside anyway.
+                        "--no-new-keyring",
+                        "--preserve-fds",
+                        "1",
+                        "--bundle",
+                        str(bundle),
+                        "--pid-file",
+                        str(bundle / "init.pid"),
+                        sandbox.id,
+                    ),
+                    fds={1: log_fd, 2: log_fd, 3: control.fileno()},
+                )
+            except Internal as exc:
+                tail = log_path.read_text(errors="replace")[-2000:].strip()
+                raise Internal(f"runc could not start the sandbox: {tail}") from exc
         sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
         self._userns.prepare(self._slots.next_free())
         await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
@@ -810,7 +855,9 @@ class LocalProvider(Provider):
         await self._halt(sandbox)
         crash("destroy.halted")
         for d in {bundle, rt}:
-            await asyncio.to_thread(shutil.rmtree, d, True)
+            # Never through a mount (a volume's view, should one be left).
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(safefs.remove_dir, d)
         self._agent_socket(sandbox).unlink(missing_ok=True)
         left = [str(d) for d in {bundle, rt} if d.exists()]
         if left:
@@ -977,15 +1024,47 @@ class LocalProvider(Provider):
         if state.get("status") != "running":
             return False
         sandbox.provider_data["init_pid"] = str(state.get("pid", ""))
+        if not sandbox.provider_data.get("uid_base"):
+            return await self._upgrade(sandbox)
+        self._uid_base(sandbox)  # its range stays taken
         try:
             await asyncio.wait_for(self._agent(sandbox).ping(), ADOPT_PING_TIMEOUT_S)
         except Exception:
             return False
-        if sandbox.provider_data.get("uid_base"):
-            self._uid_base(sandbox)  # its range stays taken
-        with contextlib.suppress(ComputeError):
-            self._pins[sandbox.id] = {p.name for p in self._template(sandbox.spec.template).lowers}
+        self._pins[sandbox.id] = self._layers_of(sandbox)
         return True
+
+    async def _upgrade(self, sandbox: Sandbox) -> bool:
+        """A sandbox an earlier version started: the storage uid for every sandbox,
+        its agent on a socket in a dir the sandbox could write. It is not reached
+        that way again: its processes end and it boots anew on the same disk, in a
+        uid range of its own (as a restart would), so its files survive the
+        upgrade."""
+        log.warning("restarting a sandbox made by an earlier version on the same disk")
+        try:
+            await self._halt(sandbox)
+            _, rt = self._paths(sandbox)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(safefs.remove_dir, rt / "run")  # the old run dir
+            await self._boot(sandbox)
+        except (ComputeError, OSError) as exc:
+            log.error("could not restart a sandbox of an earlier version", error=str(exc))
+            return False
+        if self._emit is not None:
+            self._emit(
+                sandbox.id,
+                "restarted",
+                "restarted by a daemon upgrade: its processes ended, its files are kept",
+                cause="upgrade",
+            )
+        return True
+
+    def _layers_of(self, sandbox: Sandbox) -> set[str]:
+        with contextlib.suppress(ValueError, TypeError):
+            return {str(x) for x in json.loads(sandbox.provider_data["layers"])}
+        with contextlib.suppress(ComputeError, KeyError):
+            return {p.name for p in self._template(sandbox.spec.template).lowers}
+        return set()
 
     async def reconcile(self, live_ids: set[str]) -> None:
         """At start, once the daemon has adopted its records: frees what no live
@@ -1063,8 +1142,11 @@ class LocalProvider(Provider):
                 if any(Path(k).is_relative_to(d) for k in kept):
                     continue
                 if d.exists():
-                    await asyncio.to_thread(shutil.rmtree, d, True)
-                    log.warning("removed an orphan dir", path=str(d))
+                    try:
+                        await asyncio.to_thread(safefs.remove_dir, d)
+                        log.warning("removed an orphan dir", path=str(d))
+                    except OSError as exc:
+                        log.error("could not remove an orphan dir", path=str(d), error=str(exc))
             sock = agents / f"{sid}.sock"
             if sock.exists():
                 sock.unlink(missing_ok=True)
@@ -1081,6 +1163,9 @@ class LocalProvider(Provider):
             else:
                 p.unlink(missing_ok=True)
             log.warning("removed an orphan file", path=str(p))
+        # Only now are the layers of every adopted sandbox pinned.
+        if self._templates is not None:
+            await asyncio.to_thread(self._templates.collect_garbage)
 
     async def healthy(self, sandbox: Sandbox) -> bool:
         # A round trip to the agent: the container runs and can start processes.

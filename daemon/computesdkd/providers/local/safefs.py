@@ -283,10 +283,11 @@ def commit_temp(pfd: int, fd: int, tmp: str, name: str) -> None:
 MAX_DEPTH = 512
 
 
-def remove_tree(dirfd: int, name: str, depth: int = 0) -> None:
+def remove_tree(dirfd: int, name: str, depth: int = 0, dev: int = -1) -> None:
     """rm -r of dirfd/name, fd by fd: no link is followed, nothing but directories
     is opened (O_DIRECTORY fails at once on a FIFO swapped in), and what is swapped
-    meanwhile is only ever unlinked, never entered."""
+    meanwhile is only ever unlinked, never entered. It never enters another
+    filesystem (a mount still there fails with EBUSY, its content untouched)."""
     try:
         fd = os.open(
             name,
@@ -304,12 +305,15 @@ def remove_tree(dirfd: int, name: str, depth: int = 0) -> None:
     try:
         if is_pseudo_fs(fd):
             raise PermissionError(errno.EPERM, "a kernel interface, not a directory", name)
+        here = os.fstat(fd).st_dev
+        if dev >= 0 and here != dev:
+            raise OSError(errno.EBUSY, "a mount point: not entered", name)
         with os.scandir(fd) as entries:
             names = [e.name for e in entries]
         if names and depth >= MAX_DEPTH:
             raise OSError(errno.ELOOP, f"more than {MAX_DEPTH} levels deep", name)
         for child in names:
-            remove_tree(fd, child, depth + 1)
+            remove_tree(fd, child, depth + 1, here)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dirfd)
@@ -331,3 +335,19 @@ def link_at(fd: int, dirfd: int, name: str) -> None:
     if _libc.linkat(fd, b"", dirfd, os.fsencode(name), _AT_EMPTY_PATH) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), name)
+
+
+def remove_dir(path: str | os.PathLike[str]) -> None:
+    """rm -rf of a directory the daemon made (a bundle, a runtime dir), through
+    remove_tree: a mount left inside stops it rather than being emptied."""
+    head, name = os.path.split(os.fspath(path).rstrip("/"))
+    try:
+        parent = open_trusted_dir(head or "/")
+    except FileNotFoundError:
+        return
+    try:
+        remove_tree(parent, name)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
