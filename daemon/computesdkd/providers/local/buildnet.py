@@ -104,13 +104,17 @@ async def mount_sysfs(net: BuildNet, target: Path) -> None:
 
 
 def _run(*argv: str, check: bool = True) -> str:
+    return _call(*argv, check=check).stdout
+
+
+def _call(*argv: str, check: bool) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise Internal(f"{argv[0]}: {exc}") from exc
     if check and proc.returncode != 0:
         raise Internal(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc.stdout
+    return proc
 
 
 @contextlib.contextmanager
@@ -327,14 +331,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
 
 
 def _ipt(*args: str, v6: bool = False, check: bool = True) -> bool:
-    argv = ("ip6tables" if v6 else "iptables", "-w", *args)
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise Internal(f"{argv[0]}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise Internal(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc.returncode == 0
+    return _call("ip6tables" if v6 else "iptables", "-w", *args, check=check).returncode == 0
 
 
 def _ensure(table: str, chain: str, rule: tuple[str, ...], v6: bool = False) -> None:

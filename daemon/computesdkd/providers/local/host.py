@@ -79,6 +79,24 @@ async def spawn(argv: list[str], fds: Mapping[int, int], timeout: float = 30.0) 
     fd at a given number, and runc --preserve-fds wants the socket at 3."""
     pid = _spawn(argv, fds)
     pidfd = os.pidfd_open(pid)
+    try:
+        await wait_pidfd(pidfd, timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        await asyncio.to_thread(os.waitpid, pid, 0)
+        raise
+    finally:
+        os.close(pidfd)
+    code = _reap(pid)
+    if code != 0:
+        raise Internal(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited with {code}")
+    crash(_step(argv))  # test-only hook (testhooks.py)
+
+
+async def wait_pidfd(pidfd: int, timeout: float) -> None:
+    """Waits until the process behind pidfd ends (its pidfd becomes readable), or
+    raises TimeoutError."""
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[None] = loop.create_future()
 
@@ -89,18 +107,8 @@ async def spawn(argv: list[str], fds: Mapping[int, int], timeout: float = 30.0) 
     loop.add_reader(pidfd, readable)
     try:
         await asyncio.wait_for(ended, timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        await asyncio.to_thread(os.waitpid, pid, 0)
-        raise
     finally:
         loop.remove_reader(pidfd)
-        os.close(pidfd)
-    code = _reap(pid)
-    if code != 0:
-        raise Internal(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited with {code}")
-    crash(_step(argv))  # test-only hook (testhooks.py)
 
 
 def _reap(pid: int) -> int:

@@ -208,20 +208,10 @@ async def _wait_exit(pid: int, timeout: float) -> None:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    loop.add_reader(fd, readable)
     try:
-        await asyncio.wait_for(ended, timeout)
-    except TimeoutError:
-        pass
+        with contextlib.suppress(TimeoutError):
+            await host.wait_pidfd(fd, timeout)
     finally:
-        loop.remove_reader(fd)
         os.close(fd)
 
 
@@ -1190,6 +1180,14 @@ class LocalProvider(Provider):
             await asyncio.sleep(0.01)
         raise Internal("processes survived SIGKILL during reset")
 
+    def _live_init(self, sandbox: Sandbox) -> int:
+        """The init pid, checked to be this sandbox's (its cgroup) before its
+        namespaces are entered by /proc/PID: a recycled pid is never used."""
+        pid = self._init_pid(sandbox)
+        if not _is_live_init(pid, f"{CGROUP_PARENT}/{sandbox.id}"):
+            raise Unavailable(f"sandbox {sandbox.id} is not running", reason="SANDBOX_NOT_RUNNING")
+        return pid
+
     def _init_pid(self, sandbox: Sandbox) -> int:
         return int(sandbox.provider_data.get("init_pid") or 0)
 
@@ -1203,15 +1201,15 @@ class LocalProvider(Provider):
     async def attach_network(
         self, sandbox: Sandbox, network_id: str, ifname: str, address: str, prefix: int
     ) -> None:
-        await network.attach(network_id, self._init_pid(sandbox), ifname, address, prefix)
+        await network.attach(network_id, self._live_init(sandbox), ifname, address, prefix)
 
     async def detach_network(self, sandbox: Sandbox, ifname: str) -> None:
-        await network.detach(self._init_pid(sandbox), ifname)
+        await network.detach(self._live_init(sandbox), ifname)
 
     async def open_port(
         self, sandbox: Sandbox, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await network.open_port(self._init_pid(sandbox), port)
+        return await network.open_port(self._live_init(sandbox), port)
 
     def listen_in_sandbox(self, sandbox: Sandbox, name: str) -> socket.socket:
         # ctl/ is root's and read-only inside: the sandbox can connect to the
