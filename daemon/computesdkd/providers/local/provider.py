@@ -795,8 +795,10 @@ class LocalProvider(Provider):
                 tail = log_path.read_text(errors="replace")[-2000:].strip()
                 raise Internal(f"runc could not start the sandbox: {tail}") from exc
         sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
-        self._userns.prepare(self._slots.next_free())
         await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
+        # After the sandbox is ready, not beside its runc: the helpers compete for
+        # the same cores.
+        self._userns.prepare(self._slots.next_free())
 
     def _paths(self, sandbox: Sandbox) -> tuple[Path, Path]:
         """(bundle, runtime dir), also for a record that a create killed before its
@@ -1405,6 +1407,7 @@ class LocalProvider(Provider):
         """The sandbox is gone: its uid range and its hold on template layers too."""
         self._slots.release(sandbox.id)
         self._pins.pop(sandbox.id, None)
+        self._userns.prepare(self._slots.next_free())  # most likely the one just freed
 
     def _pinned_layers(self) -> set[str]:
         return set().union(*self._pins.values()) if self._pins else set()
