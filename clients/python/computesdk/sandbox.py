@@ -82,6 +82,11 @@ async def _output(call: Any, proc: _Tracked) -> AsyncIterator[OutputChunk]:
                     yield OutputChunk(kind, out.data, out.offset)
                 elif kind == "exited":
                     proc.exited = resp.exited
+                    # The exit is the stream's last word. Input sent as the
+                    # command ended can make grpcio report INTERNAL ("Internal
+                    # error from Core", grpc/grpc#36066) in place of the OK
+                    # that follows: nothing after the exit is worth waiting for.
+                    return
     finally:
         call.cancel()
 
