@@ -149,78 +149,73 @@ class Slots:
         # next start's reconcile); until then its range is in use.
         return (self._runtime_root / owner / sandbox_id).exists()
 
+    def likely(self, count: int) -> list[int]:
+        """The host bases the next new sandboxes will most likely get (slots whose
+        lease file is empty): a guess, for making their namespaces ahead."""
+        mine = {slot for slot, _ in self._by_sandbox.values()}
+        out: list[int] = []
+        for slot in range(MAX_SLOTS):
+            if len(out) == count:
+                break
+            try:
+                if slot in mine or (self._dir / str(slot)).stat().st_size:
+                    continue
+            except FileNotFoundError:
+                pass
+            out.append(host_base(slot))
+        return out
+
     def release(self, sandbox_id: str) -> None:
         held = self._by_sandbox.pop(sandbox_id, None)
         if held is not None and held[1] >= 0:
             os.ftruncate(held[1], 0)
             os.close(held[1])  # and with it the lock
 
-    def next_free(self) -> int:
-        """The host base the next new sandbox will most likely get (a guess: only
-        for making its user namespace ahead)."""
-        mine = {slot for slot, _ in self._by_sandbox.values()}
-        for slot in range(MAX_SLOTS):
-            if slot in mine:
-                continue
-            try:
-                if (self._dir / str(slot)).stat().st_size:
-                    continue
-            except FileNotFoundError:
-                pass
-            return host_base(slot)
-        return host_base(0)
-
 
 class UserNamespaces:
-    """The user namespaces of the slots, as fds the daemon holds.
+    """The user namespaces of the slots, as fds the daemon holds for as long as it
+    runs (a slot's are made on its first use, ~2 ms each):
 
-    - mapping(base): storage ids -> the slot's range, for idmapped mounts; made
-      once per slot and kept while the daemon runs.
-    - container(base): a fresh namespace for one container, 0 -> the slot's
-      range, owned by the slot's root. runc joins it (by a /proc/self/fd path)
-      instead of making one as host root, because the kernel charges per-user
-      limits (inotify instances, user namespaces, ...) at every level up to the
-      owner of each namespace: owned by host root, every sandbox would draw on
-      one budget whatever its uids."""
+    - mapping(base): storage ids -> the slot's range, for idmapped mounts.
+    - container(base): 0 -> the slot's range, owned by the slot's root, which runc
+      joins (by a /proc/self/fd path) instead of making one as host root: the
+      kernel charges per-user limits (inotify instances, user namespaces, ...) at
+      every level up to the owner of each namespace, so owned by host root, every
+      sandbox would draw on one budget whatever its uids.
+
+    A slot's container namespace serves one sandbox at a time (a slot is leased to
+    one) and then the next in that slot: what a user namespace could carry over
+    between them, keyrings, is refused by seccomp (keyctl, add_key)."""
 
     def __init__(self) -> None:
-        self._mappings: dict[int, int] = {}
+        self._fds: dict[tuple[str, int], int] = {}
         self._lock = asyncio.Lock()
-        # One container namespace made ahead for the next new sandbox's slot: it
-        # takes ~2 ms of helper processes, off the create path this way.
-        self._spare: dict[int, asyncio.Task[int]] = {}
 
     async def mapping(self, base: int) -> int:
-        async with self._lock:
-            fd = self._mappings.get(base)
-            if fd is None:
-                fd = self._mappings[base] = await _make_userns(UID_SHIFT, base, owner=0)
-            return fd
+        return await self._get("mapping", base)
 
     async def container(self, base: int) -> int:
-        """A new namespace, never used before; the caller closes the fd once the
-        container holds it."""
-        spare = self._spare.pop(base, None)
-        if spare is not None:
-            with contextlib.suppress(Exception):
-                return await spare
-        return await container_userns(base)
+        return await self._get("container", base)
 
-    def prepare(self, base: int) -> None:
-        """Starts making a container namespace for base, unless one is on its way."""
-        if base not in self._spare:
-            self._spare[base] = asyncio.create_task(_make_userns(0, base, owner=base))
+    async def _get(self, kind: str, base: int) -> int:
+        async with self._lock:
+            fd = self._fds.get((kind, base))
+            if fd is None:
+                inside, owner = (UID_SHIFT, 0) if kind == "mapping" else (0, base)
+                fd = self._fds[(kind, base)] = await _make_userns(inside, base, owner)
+            return fd
+
+    async def warm(self, bases: list[int]) -> None:
+        """Makes these slots' namespaces ahead (at start, off any create)."""
+        for base in bases:
+            with contextlib.suppress(OSError, TimeoutError):
+                await self.mapping(base)
+                await self.container(base)
 
     def close(self) -> None:
-        for fd in self._mappings.values():
+        for fd in self._fds.values():
             os.close(fd)
-        self._mappings.clear()
-        for task in self._spare.values():
-            if task.done() and not task.cancelled() and task.exception() is None:
-                os.close(task.result())
-            else:
-                task.cancel()
-        self._spare.clear()
+        self._fds.clear()
 
 
 async def container_userns(base: int) -> int:

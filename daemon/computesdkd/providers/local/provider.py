@@ -377,6 +377,7 @@ class LocalProvider(Provider):
         self._emit: Callable[..., object] | None = None
         self._templates: builder.TemplateStore | None = None
         self._slots = idmap.Slots(Path(), RUNTIME_ROOT, "")  # made for real in start()
+        self._warming: asyncio.Task[None] | None = None
         self._userns = idmap.UserNamespaces()
         # Template layers each live sandbox stands on: its overlay holds them by fd,
         # so the mount table no longer tells, and a template delete must not free them.
@@ -426,6 +427,7 @@ class LocalProvider(Provider):
             shutil.copyfile(self._agent_binary, tmp)
             os.chmod(tmp, 0o755)
             tmp.rename(self._agent_copy)  # running sandboxes keep the inode they mounted
+            self._warming = asyncio.create_task(self._userns.warm(self._slots.likely(2)))
         if self._unavailable:
             log.warning("local provider unavailable", why=self._unavailable)
 
@@ -761,8 +763,7 @@ class LocalProvider(Provider):
         )
         log_path = bundle / "agent.log"
         with contextlib.ExitStack() as held:
-            container_ns = await self._userns.container(uid)
-            held.callback(os.close, container_ns)  # init is in it once started
+            container_ns = await self._userns.container(uid)  # the slot's, kept
             for ns in spec["linux"]["namespaces"]:
                 if ns["type"] == "user":
                     ns["path"] = f"/proc/{os.getpid()}/fd/{container_ns}"
@@ -796,9 +797,6 @@ class LocalProvider(Provider):
                 raise Internal(f"runc could not start the sandbox: {tail}") from exc
         sandbox.provider_data["init_pid"] = (bundle / "init.pid").read_text().strip()
         await self._agent(sandbox).wait_ready(READY_TIMEOUT_S)
-        # After the sandbox is ready, not beside its runc: the helpers compete for
-        # the same cores.
-        self._userns.prepare(self._slots.next_free())
 
     def _paths(self, sandbox: Sandbox) -> tuple[Path, Path]:
         """(bundle, runtime dir), also for a record that a create killed before its
@@ -1407,7 +1405,6 @@ class LocalProvider(Provider):
         """The sandbox is gone: its uid range and its hold on template layers too."""
         self._slots.release(sandbox.id)
         self._pins.pop(sandbox.id, None)
-        self._userns.prepare(self._slots.next_free())  # most likely the one just freed
 
     def _pinned_layers(self) -> set[str]:
         return set().union(*self._pins.values()) if self._pins else set()
