@@ -6,12 +6,14 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,15 @@ async def sandbox(client: Client) -> AsyncIterator[Sandbox]:
     yield sb
     with contextlib.suppress(Exception):
         await sb.destroy()
+
+
+@pytest.fixture
+def trap() -> Iterator[Path]:
+    """A host directory that hostile links and entries point at, holding a root-only
+    secret: the daemon must never touch it."""
+    d = Path("/var/tmp") / f"computesdk-trap-{uuid.uuid4().hex}"
+    d.mkdir(mode=0o700)
+    (d / "secret").write_text("host secret\n")
+    os.chmod(d / "secret", 0o600)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

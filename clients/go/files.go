@@ -71,7 +71,8 @@ func NoParents() WriteOption { return func(h *filesystemv1.WriteFileHeader) { h.
 
 // WriteFile writes data to path, creating parent directories unless NoParents.
 func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts ...WriteOption) (FileInfo, error) {
-	header := &filesystemv1.WriteFileHeader{SandboxId: s.ID(), Path: path, MakeParents: true}
+	header := &filesystemv1.WriteFileHeader{SandboxId: s.ID(), Path: path, MakeParents: true,
+		ExpectFinish: true}
 	for _, o := range opts {
 		o(header)
 	}
@@ -85,6 +86,11 @@ func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts 
 		n := min(len(data), chunk)
 		ok = send(&filesystemv1.WriteFileRequest{Request: &filesystemv1.WriteFileRequest_Data{Data: data[:n]}})
 		data = data[n:]
+	}
+	// Only now is the file put in place: a write cut short (ctx cancelled) changes nothing.
+	if ok {
+		send(&filesystemv1.WriteFileRequest{Request: &filesystemv1.WriteFileRequest_Finish{
+			Finish: &filesystemv1.WriteFileFinish{}}})
 	}
 	// A failed Send means the server ended the call; CloseAndRecv says why.
 	resp, err := st.CloseAndRecv()

@@ -11,11 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
 import tarfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +20,6 @@ from computesdk import Client, InvalidArgumentError
 from conftest import DaemonProcess
 
 GIB = 1024 * 1024 * 1024
-
-
-@pytest.fixture
-def trap() -> Iterator[Path]:
-    d = Path("/var/tmp") / f"computesdk-trap-{uuid.uuid4().hex}"
-    d.mkdir(mode=0o700)
-    (d / "secret").write_text("host secret\n")
-    os.chmod(d / "secret", 0o600)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def snapshot(d: Path) -> list[tuple[str, int, int, int, int]]:

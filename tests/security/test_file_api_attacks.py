@@ -6,28 +6,16 @@ serving."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from computesdk import Client, Sandbox
+from computesdk._rpc import translated
+from computesdk.api.filesystem.v1 import filesystem_pb2 as fs_pb
 from computesdk.errors import ComputeSDKError
-
-
-@pytest.fixture
-def trap() -> Iterator[Path]:
-    """A host directory a hostile link points at; the daemon must never touch it."""
-    d = Path("/var/tmp") / f"computesdk-trap-{uuid.uuid4().hex}"
-    d.mkdir()
-    (d / "secret").write_text("host secret")
-    os.chmod(d / "secret", 0o600)
-    yield d
-    for p in sorted(d.rglob("*"), reverse=True):
-        p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
-    d.rmdir()
 
 
 def snapshot(d: Path) -> list[tuple[str, int, int, int]]:
@@ -119,11 +107,11 @@ async def test_symlink_swap_race_never_reaches_the_host(client: Client, trap: Pa
             ]
             for result in await asyncio.gather(*ops, return_exceptions=True):
                 if isinstance(result, bytes):
-                    assert result != b"host secret"
+                    assert b"host secret" not in result
                 elif isinstance(result, BaseException) and not isinstance(result, ComputeSDKError):
                     raise result
         assert snapshot(trap) == before
-        assert (trap / "secret").read_text() == "host secret"
+        assert (trap / "secret").read_text() == "host secret\n"
     finally:
         await sb.process(swapper.id).kill()
         await sb.destroy()
@@ -190,3 +178,30 @@ async def test_hard_limits_on_what_is_held_in_memory(sandbox: Sandbox) -> None:
     assert r.stdout == "ok\n", r.stderr
     assert await reason_of(sandbox.files.list("/workspace/many")) == "DIRECTORY_TOO_LARGE"
     await sandbox.exec("rm -rf /workspace/many")
+
+
+async def test_a_write_without_its_finish_changes_nothing(sandbox: Sandbox) -> None:
+    """A client that promised a finish and ended its stream without one (it went
+    away mid-write) leaves the old file; one that never promised still writes, as
+    clients from before the finish message do."""
+    await sandbox.files.write("/workspace/kept", b"old content")
+
+    async def requests(expect_finish: bool, finish: bool) -> AsyncIterator[fs_pb.WriteFileRequest]:
+        header = fs_pb.WriteFileHeader(
+            sandbox_id=sandbox.id, path="/workspace/kept", expect_finish=expect_finish
+        )
+        yield fs_pb.WriteFileRequest(header=header)
+        yield fs_pb.WriteFileRequest(data=b"half a new")
+        if finish:
+            yield fs_pb.WriteFileRequest(finish=fs_pb.WriteFileFinish())
+
+    with pytest.raises(ComputeSDKError) as err, translated():
+        await sandbox.client.files.WriteFile(requests(True, False))
+    assert err.value.reason == "WRITE_CANCELLED"
+    assert await sandbox.files.read("/workspace/kept") == b"old content"
+    await sandbox.client.files.WriteFile(requests(False, False))
+    assert await sandbox.files.read("/workspace/kept") == b"half a new"
+    await sandbox.client.files.WriteFile(requests(True, True))
+    assert await sandbox.files.read("/workspace/kept") == b"half a new"
+    listing = await sandbox.exec("ls -a /workspace")
+    assert "computesdk-" not in listing.stdout  # nothing half-made left behind

@@ -6,12 +6,9 @@ sandbox gets real files of its own, and hardlinks come through as hardlinks."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tarfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import imagekit
@@ -21,17 +18,6 @@ from computesdk import Client
 from conftest import DaemonProcess
 
 pytestmark = pytest.mark.skipif(bool(imagekit.busybox_available()), reason="no static busybox")
-
-
-@pytest.fixture
-def trap() -> Iterator[Path]:
-    """A host directory the image's links point at; the daemon must never touch it."""
-    d = Path("/var/tmp") / f"computesdk-trap-{uuid.uuid4().hex}"
-    d.mkdir(mode=0o700)
-    (d / "secret").write_text("host secret\n")
-    os.chmod(d / "secret", 0o600)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def snapshot(d: Path) -> list[tuple[str, int, int, int, int]]:

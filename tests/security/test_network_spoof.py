@@ -17,6 +17,8 @@ import subprocess
 import sys
 import uuid
 
+from hoststate import init_pid
+
 from computesdk import Client, ComputeSDKError
 from conftest import DaemonProcess
 
@@ -93,18 +95,6 @@ for f in frames:
     s.send(f)
 print("sent", len(frames), flush=True)
 """
-
-
-def init_pid(d: DaemonProcess, sandbox_id: str) -> int:
-    out = subprocess.run(
-        ["runc", "--root", str(d.state / "local" / "runc"), "state", sandbox_id],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pid = json.loads(out)["pid"]
-    assert isinstance(pid, int) and pid > 0
-    return pid
 
 
 async def test_forged_frames_from_a_member_never_reach_another(

@@ -253,6 +253,7 @@ class Files:
                     mode=mode,
                     make_parents=make_parents,
                     append=append,
+                    expect_finish=True,
                 )
             )
             if isinstance(data, (bytes, str)):
@@ -262,6 +263,8 @@ class Files:
             else:
                 async for piece in data:
                     yield fs_pb.WriteFileRequest(data=piece)
+            # Only now is the file put in place: a write cut short changes nothing.
+            yield fs_pb.WriteFileRequest(finish=fs_pb.WriteFileFinish())
 
         with translated():
             resp = await self._sb.client.files.WriteFile(requests(), wait_for_ready=True)

@@ -4,7 +4,7 @@ import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 
 import { State, type Resources as ResourcesMessage, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
 import { CommandSchema, ExecRequestSchema, ExecStartSchema, type Command as CommandMessage, type ExecRequest, type Exited, type Process as ProcessMessage } from "./gen/computesdk/api/process/v1/process_pb.js";
-import { FileType, WriteFileHeaderSchema, WriteFileRequestSchema, type FileInfo as FileInfoMessage, type WriteFileRequest } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
+import { FileType, WriteFileFinishSchema, WriteFileHeaderSchema, WriteFileRequestSchema, type FileInfo as FileInfoMessage, type WriteFileRequest } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
 import type { CheckHealthResponse, Usage as UsageMessage } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
 import { ComputeSDKError, UnsupportedError, fromError, translated } from "./errors.js";
 import { Snapshots } from "./state.js";
@@ -372,9 +372,11 @@ export class Files {
     const raw = bytesOf(data);
     const sandboxId = this.sandbox.id;
     async function* requests(): AsyncGenerator<WriteFileRequest> {
-      const header = create(WriteFileHeaderSchema, { sandboxId, path, mode: options.mode ?? 0, makeParents: options.makeParents ?? true, append: options.append ?? false });
+      const header = create(WriteFileHeaderSchema, { sandboxId, path, mode: options.mode ?? 0, makeParents: options.makeParents ?? true, append: options.append ?? false, expectFinish: true });
       yield create(WriteFileRequestSchema, { request: { case: "header", value: header } });
       for (let i = 0; i < raw.length; i += CHUNK) yield create(WriteFileRequestSchema, { request: { case: "data", value: raw.subarray(i, i + CHUNK) } });
+      // Only now is the file put in place: a write cut short changes nothing.
+      yield create(WriteFileRequestSchema, { request: { case: "finish", value: create(WriteFileFinishSchema) } });
     }
     const resp = await translated(() => this.rpc.writeFile(requests()));
     return fileInfo(resp.info);

@@ -46,19 +46,31 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
 
         async def chunks() -> AsyncIterator[bytes]:
             async for req in requests:
-                if req.WhichOneof("request") != "data":
+                kind = req.WhichOneof("request")
+                if kind == "finish":
+                    break
+                if kind != "data":
                     raise InvalidArgument(
                         "only the first WriteFile message may carry header",
                         reason="WRITE_HEADER_REPEATED",
                     )
                 check_chunk(req.data, "file")
                 yield req.data
-            # A cancelled call also ends the request stream; only a half-close
-            # commits the file. The cancellation may land a loop turn after the end.
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if context.cancelled():
-                raise Aborted("the write was cancelled", reason="WRITE_CANCELLED")
+            else:
+                # The stream ended without a finish: a cancelled call ends it too.
+                # A client that promised one went away mid-write; for one that
+                # did not, a cancellation may land a loop turn after the end.
+                if h.expect_finish:
+                    raise Aborted("the write ended before its finish", reason="WRITE_CANCELLED")
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if context.cancelled():
+                    raise Aborted("the write was cancelled", reason="WRITE_CANCELLED")
+                return
+            if await anext(requests, None) is not None:
+                raise InvalidArgument(
+                    "nothing may follow a WriteFile finish", reason="WRITE_AFTER_FINISH"
+                )
 
         try:
             info, written = await self.manager.write_file(

@@ -297,7 +297,12 @@ type WriteFileHeader struct {
 	// Create missing parent directories.
 	MakeParents bool `protobuf:"varint,4,opt,name=make_parents,json=makeParents,proto3" json:"make_parents,omitempty"`
 	// Append instead of replacing the file.
-	Append        bool `protobuf:"varint,5,opt,name=append,proto3" json:"append,omitempty"`
+	Append bool `protobuf:"varint,5,opt,name=append,proto3" json:"append,omitempty"`
+	// The client ends its stream with a finish message. The file is put in place
+	// only when that arrives: a stream that ends without it (a cancelled call, a
+	// client that went away) leaves the file as it was. Without expect_finish,
+	// the end of the stream is taken as the finish.
+	ExpectFinish  bool `protobuf:"varint,6,opt,name=expect_finish,json=expectFinish,proto3" json:"expect_finish,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,13 +372,58 @@ func (x *WriteFileHeader) GetAppend() bool {
 	return false
 }
 
-// WriteFileRequest is a header, then chunks.
+func (x *WriteFileHeader) GetExpectFinish() bool {
+	if x != nil {
+		return x.ExpectFinish
+	}
+	return false
+}
+
+// WriteFileFinish marks the last message of a write.
+type WriteFileFinish struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteFileFinish) Reset() {
+	*x = WriteFileFinish{}
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteFileFinish) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteFileFinish) ProtoMessage() {}
+
+func (x *WriteFileFinish) ProtoReflect() protoreflect.Message {
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteFileFinish.ProtoReflect.Descriptor instead.
+func (*WriteFileFinish) Descriptor() ([]byte, []int) {
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{4}
+}
+
+// WriteFileRequest is a header, then chunks, then (with expect_finish) a finish.
 type WriteFileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Request:
 	//
 	//	*WriteFileRequest_Header
 	//	*WriteFileRequest_Data
+	//	*WriteFileRequest_Finish
 	Request       isWriteFileRequest_Request `protobuf_oneof:"request"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -381,7 +431,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[4]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +443,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[4]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +456,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{4}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WriteFileRequest) GetRequest() isWriteFileRequest_Request {
@@ -434,6 +484,15 @@ func (x *WriteFileRequest) GetData() []byte {
 	return nil
 }
 
+func (x *WriteFileRequest) GetFinish() *WriteFileFinish {
+	if x != nil {
+		if x, ok := x.Request.(*WriteFileRequest_Finish); ok {
+			return x.Finish
+		}
+	}
+	return nil
+}
+
 type isWriteFileRequest_Request interface {
 	isWriteFileRequest_Request()
 }
@@ -446,9 +505,15 @@ type WriteFileRequest_Data struct {
 	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
 }
 
+type WriteFileRequest_Finish struct {
+	Finish *WriteFileFinish `protobuf:"bytes,3,opt,name=finish,proto3,oneof"`
+}
+
 func (*WriteFileRequest_Header) isWriteFileRequest_Request() {}
 
 func (*WriteFileRequest_Data) isWriteFileRequest_Request() {}
+
+func (*WriteFileRequest_Finish) isWriteFileRequest_Request() {}
 
 // WriteFileResponse reports the written file.
 type WriteFileResponse struct {
@@ -461,7 +526,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[5]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +538,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[5]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +551,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{5}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WriteFileResponse) GetInfo() *FileInfo {
@@ -514,7 +579,7 @@ type ListDirectoryRequest struct {
 
 func (x *ListDirectoryRequest) Reset() {
 	*x = ListDirectoryRequest{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[6]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +591,7 @@ func (x *ListDirectoryRequest) String() string {
 func (*ListDirectoryRequest) ProtoMessage() {}
 
 func (x *ListDirectoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[6]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +604,7 @@ func (x *ListDirectoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirectoryRequest.ProtoReflect.Descriptor instead.
 func (*ListDirectoryRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{6}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListDirectoryRequest) GetSandboxId() string {
@@ -566,7 +631,7 @@ type ListDirectoryResponse struct {
 
 func (x *ListDirectoryResponse) Reset() {
 	*x = ListDirectoryResponse{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[7]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +643,7 @@ func (x *ListDirectoryResponse) String() string {
 func (*ListDirectoryResponse) ProtoMessage() {}
 
 func (x *ListDirectoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[7]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +656,7 @@ func (x *ListDirectoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirectoryResponse.ProtoReflect.Descriptor instead.
 func (*ListDirectoryResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{7}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDirectoryResponse) GetEntries() []*FileInfo {
@@ -612,7 +677,7 @@ type StatPathRequest struct {
 
 func (x *StatPathRequest) Reset() {
 	*x = StatPathRequest{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[8]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +689,7 @@ func (x *StatPathRequest) String() string {
 func (*StatPathRequest) ProtoMessage() {}
 
 func (x *StatPathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[8]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +702,7 @@ func (x *StatPathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatPathRequest.ProtoReflect.Descriptor instead.
 func (*StatPathRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{8}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatPathRequest) GetSandboxId() string {
@@ -664,7 +729,7 @@ type StatPathResponse struct {
 
 func (x *StatPathResponse) Reset() {
 	*x = StatPathResponse{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[9]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +741,7 @@ func (x *StatPathResponse) String() string {
 func (*StatPathResponse) ProtoMessage() {}
 
 func (x *StatPathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[9]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +754,7 @@ func (x *StatPathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatPathResponse.ProtoReflect.Descriptor instead.
 func (*StatPathResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{9}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatPathResponse) GetInfo() *FileInfo {
@@ -711,7 +776,7 @@ type MakeDirectoryRequest struct {
 
 func (x *MakeDirectoryRequest) Reset() {
 	*x = MakeDirectoryRequest{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[10]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +788,7 @@ func (x *MakeDirectoryRequest) String() string {
 func (*MakeDirectoryRequest) ProtoMessage() {}
 
 func (x *MakeDirectoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[10]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +801,7 @@ func (x *MakeDirectoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirectoryRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirectoryRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{10}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MakeDirectoryRequest) GetSandboxId() string {
@@ -770,7 +835,7 @@ type MakeDirectoryResponse struct {
 
 func (x *MakeDirectoryResponse) Reset() {
 	*x = MakeDirectoryResponse{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[11]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +847,7 @@ func (x *MakeDirectoryResponse) String() string {
 func (*MakeDirectoryResponse) ProtoMessage() {}
 
 func (x *MakeDirectoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[11]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +860,7 @@ func (x *MakeDirectoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirectoryResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirectoryResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{11}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MakeDirectoryResponse) GetInfo() *FileInfo {
@@ -818,7 +883,7 @@ type RemovePathRequest struct {
 
 func (x *RemovePathRequest) Reset() {
 	*x = RemovePathRequest{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[12]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +895,7 @@ func (x *RemovePathRequest) String() string {
 func (*RemovePathRequest) ProtoMessage() {}
 
 func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[12]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +908,7 @@ func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
 func (*RemovePathRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{12}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemovePathRequest) GetSandboxId() string {
@@ -876,7 +941,7 @@ type RemovePathResponse struct {
 
 func (x *RemovePathResponse) Reset() {
 	*x = RemovePathResponse{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[13]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +953,7 @@ func (x *RemovePathResponse) String() string {
 func (*RemovePathResponse) ProtoMessage() {}
 
 func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[13]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +966,7 @@ func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
 func (*RemovePathResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{13}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{14}
 }
 
 // MovePathRequest renames source to destination.
@@ -916,7 +981,7 @@ type MovePathRequest struct {
 
 func (x *MovePathRequest) Reset() {
 	*x = MovePathRequest{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[14]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +993,7 @@ func (x *MovePathRequest) String() string {
 func (*MovePathRequest) ProtoMessage() {}
 
 func (x *MovePathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[14]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1006,7 @@ func (x *MovePathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MovePathRequest.ProtoReflect.Descriptor instead.
 func (*MovePathRequest) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{14}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MovePathRequest) GetSandboxId() string {
@@ -975,7 +1040,7 @@ type MovePathResponse struct {
 
 func (x *MovePathResponse) Reset() {
 	*x = MovePathResponse{}
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[15]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1052,7 @@ func (x *MovePathResponse) String() string {
 func (*MovePathResponse) ProtoMessage() {}
 
 func (x *MovePathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[15]
+	mi := &file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1065,7 @@ func (x *MovePathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MovePathResponse.ProtoReflect.Descriptor instead.
 func (*MovePathResponse) Descriptor() ([]byte, []int) {
-	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{15}
+	return file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MovePathResponse) GetInfo() *FileInfo {
@@ -1032,17 +1097,20 @@ const file_computesdk_api_filesystem_v1_filesystem_proto_rawDesc = "" +
 	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\"&\n" +
 	"\x10ReadFileResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\x93\x01\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xb8\x01\n" +
 	"\x0fWriteFileHeader\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\rR\x04mode\x12!\n" +
 	"\fmake_parents\x18\x04 \x01(\bR\vmakeParents\x12\x16\n" +
-	"\x06append\x18\x05 \x01(\bR\x06append\"|\n" +
+	"\x06append\x18\x05 \x01(\bR\x06append\x12#\n" +
+	"\rexpect_finish\x18\x06 \x01(\bR\fexpectFinish\"\x11\n" +
+	"\x0fWriteFileFinish\"\xc5\x01\n" +
 	"\x10WriteFileRequest\x12G\n" +
 	"\x06header\x18\x01 \x01(\v2-.computesdk.api.filesystem.v1.WriteFileHeaderH\x00R\x06header\x12\x14\n" +
-	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\t\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12G\n" +
+	"\x06finish\x18\x03 \x01(\v2-.computesdk.api.filesystem.v1.WriteFileFinishH\x00R\x06finishB\t\n" +
 	"\arequest\"t\n" +
 	"\x11WriteFileResponse\x12:\n" +
 	"\x04info\x18\x01 \x01(\v2&.computesdk.api.filesystem.v1.FileInfoR\x04info\x12#\n" +
@@ -1108,55 +1176,57 @@ func file_computesdk_api_filesystem_v1_filesystem_proto_rawDescGZIP() []byte {
 }
 
 var file_computesdk_api_filesystem_v1_filesystem_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_computesdk_api_filesystem_v1_filesystem_proto_goTypes = []any{
 	(FileType)(0),                 // 0: computesdk.api.filesystem.v1.FileType
 	(*FileInfo)(nil),              // 1: computesdk.api.filesystem.v1.FileInfo
 	(*ReadFileRequest)(nil),       // 2: computesdk.api.filesystem.v1.ReadFileRequest
 	(*ReadFileResponse)(nil),      // 3: computesdk.api.filesystem.v1.ReadFileResponse
 	(*WriteFileHeader)(nil),       // 4: computesdk.api.filesystem.v1.WriteFileHeader
-	(*WriteFileRequest)(nil),      // 5: computesdk.api.filesystem.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),     // 6: computesdk.api.filesystem.v1.WriteFileResponse
-	(*ListDirectoryRequest)(nil),  // 7: computesdk.api.filesystem.v1.ListDirectoryRequest
-	(*ListDirectoryResponse)(nil), // 8: computesdk.api.filesystem.v1.ListDirectoryResponse
-	(*StatPathRequest)(nil),       // 9: computesdk.api.filesystem.v1.StatPathRequest
-	(*StatPathResponse)(nil),      // 10: computesdk.api.filesystem.v1.StatPathResponse
-	(*MakeDirectoryRequest)(nil),  // 11: computesdk.api.filesystem.v1.MakeDirectoryRequest
-	(*MakeDirectoryResponse)(nil), // 12: computesdk.api.filesystem.v1.MakeDirectoryResponse
-	(*RemovePathRequest)(nil),     // 13: computesdk.api.filesystem.v1.RemovePathRequest
-	(*RemovePathResponse)(nil),    // 14: computesdk.api.filesystem.v1.RemovePathResponse
-	(*MovePathRequest)(nil),       // 15: computesdk.api.filesystem.v1.MovePathRequest
-	(*MovePathResponse)(nil),      // 16: computesdk.api.filesystem.v1.MovePathResponse
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*WriteFileFinish)(nil),       // 5: computesdk.api.filesystem.v1.WriteFileFinish
+	(*WriteFileRequest)(nil),      // 6: computesdk.api.filesystem.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),     // 7: computesdk.api.filesystem.v1.WriteFileResponse
+	(*ListDirectoryRequest)(nil),  // 8: computesdk.api.filesystem.v1.ListDirectoryRequest
+	(*ListDirectoryResponse)(nil), // 9: computesdk.api.filesystem.v1.ListDirectoryResponse
+	(*StatPathRequest)(nil),       // 10: computesdk.api.filesystem.v1.StatPathRequest
+	(*StatPathResponse)(nil),      // 11: computesdk.api.filesystem.v1.StatPathResponse
+	(*MakeDirectoryRequest)(nil),  // 12: computesdk.api.filesystem.v1.MakeDirectoryRequest
+	(*MakeDirectoryResponse)(nil), // 13: computesdk.api.filesystem.v1.MakeDirectoryResponse
+	(*RemovePathRequest)(nil),     // 14: computesdk.api.filesystem.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),    // 15: computesdk.api.filesystem.v1.RemovePathResponse
+	(*MovePathRequest)(nil),       // 16: computesdk.api.filesystem.v1.MovePathRequest
+	(*MovePathResponse)(nil),      // 17: computesdk.api.filesystem.v1.MovePathResponse
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_computesdk_api_filesystem_v1_filesystem_proto_depIdxs = []int32{
 	0,  // 0: computesdk.api.filesystem.v1.FileInfo.type:type_name -> computesdk.api.filesystem.v1.FileType
-	17, // 1: computesdk.api.filesystem.v1.FileInfo.modify_time:type_name -> google.protobuf.Timestamp
+	18, // 1: computesdk.api.filesystem.v1.FileInfo.modify_time:type_name -> google.protobuf.Timestamp
 	4,  // 2: computesdk.api.filesystem.v1.WriteFileRequest.header:type_name -> computesdk.api.filesystem.v1.WriteFileHeader
-	1,  // 3: computesdk.api.filesystem.v1.WriteFileResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
-	1,  // 4: computesdk.api.filesystem.v1.ListDirectoryResponse.entries:type_name -> computesdk.api.filesystem.v1.FileInfo
-	1,  // 5: computesdk.api.filesystem.v1.StatPathResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
-	1,  // 6: computesdk.api.filesystem.v1.MakeDirectoryResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
-	1,  // 7: computesdk.api.filesystem.v1.MovePathResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
-	2,  // 8: computesdk.api.filesystem.v1.FilesystemService.ReadFile:input_type -> computesdk.api.filesystem.v1.ReadFileRequest
-	5,  // 9: computesdk.api.filesystem.v1.FilesystemService.WriteFile:input_type -> computesdk.api.filesystem.v1.WriteFileRequest
-	7,  // 10: computesdk.api.filesystem.v1.FilesystemService.ListDirectory:input_type -> computesdk.api.filesystem.v1.ListDirectoryRequest
-	9,  // 11: computesdk.api.filesystem.v1.FilesystemService.StatPath:input_type -> computesdk.api.filesystem.v1.StatPathRequest
-	11, // 12: computesdk.api.filesystem.v1.FilesystemService.MakeDirectory:input_type -> computesdk.api.filesystem.v1.MakeDirectoryRequest
-	13, // 13: computesdk.api.filesystem.v1.FilesystemService.RemovePath:input_type -> computesdk.api.filesystem.v1.RemovePathRequest
-	15, // 14: computesdk.api.filesystem.v1.FilesystemService.MovePath:input_type -> computesdk.api.filesystem.v1.MovePathRequest
-	3,  // 15: computesdk.api.filesystem.v1.FilesystemService.ReadFile:output_type -> computesdk.api.filesystem.v1.ReadFileResponse
-	6,  // 16: computesdk.api.filesystem.v1.FilesystemService.WriteFile:output_type -> computesdk.api.filesystem.v1.WriteFileResponse
-	8,  // 17: computesdk.api.filesystem.v1.FilesystemService.ListDirectory:output_type -> computesdk.api.filesystem.v1.ListDirectoryResponse
-	10, // 18: computesdk.api.filesystem.v1.FilesystemService.StatPath:output_type -> computesdk.api.filesystem.v1.StatPathResponse
-	12, // 19: computesdk.api.filesystem.v1.FilesystemService.MakeDirectory:output_type -> computesdk.api.filesystem.v1.MakeDirectoryResponse
-	14, // 20: computesdk.api.filesystem.v1.FilesystemService.RemovePath:output_type -> computesdk.api.filesystem.v1.RemovePathResponse
-	16, // 21: computesdk.api.filesystem.v1.FilesystemService.MovePath:output_type -> computesdk.api.filesystem.v1.MovePathResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	5,  // 3: computesdk.api.filesystem.v1.WriteFileRequest.finish:type_name -> computesdk.api.filesystem.v1.WriteFileFinish
+	1,  // 4: computesdk.api.filesystem.v1.WriteFileResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
+	1,  // 5: computesdk.api.filesystem.v1.ListDirectoryResponse.entries:type_name -> computesdk.api.filesystem.v1.FileInfo
+	1,  // 6: computesdk.api.filesystem.v1.StatPathResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
+	1,  // 7: computesdk.api.filesystem.v1.MakeDirectoryResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
+	1,  // 8: computesdk.api.filesystem.v1.MovePathResponse.info:type_name -> computesdk.api.filesystem.v1.FileInfo
+	2,  // 9: computesdk.api.filesystem.v1.FilesystemService.ReadFile:input_type -> computesdk.api.filesystem.v1.ReadFileRequest
+	6,  // 10: computesdk.api.filesystem.v1.FilesystemService.WriteFile:input_type -> computesdk.api.filesystem.v1.WriteFileRequest
+	8,  // 11: computesdk.api.filesystem.v1.FilesystemService.ListDirectory:input_type -> computesdk.api.filesystem.v1.ListDirectoryRequest
+	10, // 12: computesdk.api.filesystem.v1.FilesystemService.StatPath:input_type -> computesdk.api.filesystem.v1.StatPathRequest
+	12, // 13: computesdk.api.filesystem.v1.FilesystemService.MakeDirectory:input_type -> computesdk.api.filesystem.v1.MakeDirectoryRequest
+	14, // 14: computesdk.api.filesystem.v1.FilesystemService.RemovePath:input_type -> computesdk.api.filesystem.v1.RemovePathRequest
+	16, // 15: computesdk.api.filesystem.v1.FilesystemService.MovePath:input_type -> computesdk.api.filesystem.v1.MovePathRequest
+	3,  // 16: computesdk.api.filesystem.v1.FilesystemService.ReadFile:output_type -> computesdk.api.filesystem.v1.ReadFileResponse
+	7,  // 17: computesdk.api.filesystem.v1.FilesystemService.WriteFile:output_type -> computesdk.api.filesystem.v1.WriteFileResponse
+	9,  // 18: computesdk.api.filesystem.v1.FilesystemService.ListDirectory:output_type -> computesdk.api.filesystem.v1.ListDirectoryResponse
+	11, // 19: computesdk.api.filesystem.v1.FilesystemService.StatPath:output_type -> computesdk.api.filesystem.v1.StatPathResponse
+	13, // 20: computesdk.api.filesystem.v1.FilesystemService.MakeDirectory:output_type -> computesdk.api.filesystem.v1.MakeDirectoryResponse
+	15, // 21: computesdk.api.filesystem.v1.FilesystemService.RemovePath:output_type -> computesdk.api.filesystem.v1.RemovePathResponse
+	17, // 22: computesdk.api.filesystem.v1.FilesystemService.MovePath:output_type -> computesdk.api.filesystem.v1.MovePathResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_computesdk_api_filesystem_v1_filesystem_proto_init() }
@@ -1164,9 +1234,10 @@ func file_computesdk_api_filesystem_v1_filesystem_proto_init() {
 	if File_computesdk_api_filesystem_v1_filesystem_proto != nil {
 		return
 	}
-	file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[4].OneofWrappers = []any{
+	file_computesdk_api_filesystem_v1_filesystem_proto_msgTypes[5].OneofWrappers = []any{
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Data)(nil),
+		(*WriteFileRequest_Finish)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1174,7 +1245,7 @@ func file_computesdk_api_filesystem_v1_filesystem_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_computesdk_api_filesystem_v1_filesystem_proto_rawDesc), len(file_computesdk_api_filesystem_v1_filesystem_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

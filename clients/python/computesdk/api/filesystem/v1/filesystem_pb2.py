@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-computesdk/api/filesystem/v1/filesystem.proto\x12\x1c\x63omputesdk.api.filesystem.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n\x08\x46ileInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12:\n\x04type\x18\x03 \x01(\x0e\x32&.computesdk.api.filesystem.v1.FileTypeR\x04type\x12\x12\n\x04size\x18\x04 \x01(\x04R\x04size\x12\x12\n\x04mode\x18\x05 \x01(\rR\x04mode\x12;\n\x0bmodify_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nmodifyTime\x12\x1f\n\x0blink_target\x18\x07 \x01(\tR\nlinkTarget\"t\n\x0fReadFileRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n\x06length\x18\x04 \x01(\x04R\x06length\"&\n\x10ReadFileResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\"\x93\x01\n\x0fWriteFileHeader\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n\x04mode\x18\x03 \x01(\rR\x04mode\x12!\n\x0cmake_parents\x18\x04 \x01(\x08R\x0bmakeParents\x12\x16\n\x06\x61ppend\x18\x05 \x01(\x08R\x06\x61ppend\"|\n\x10WriteFileRequest\x12G\n\x06header\x18\x01 \x01(\x0b\x32-.computesdk.api.filesystem.v1.WriteFileHeaderH\x00R\x06header\x12\x14\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00R\x04\x64\x61taB\t\n\x07request\"t\n\x11WriteFileResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info\x12#\n\rbytes_written\x18\x02 \x01(\x04R\x0c\x62ytesWritten\"I\n\x14ListDirectoryRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\"Y\n\x15ListDirectoryResponse\x12@\n\x07\x65ntries\x18\x01 \x03(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x07\x65ntries\"D\n\x0fStatPathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\"N\n\x10StatPathResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info\"l\n\x14MakeDirectoryRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12!\n\x0cmake_parents\x18\x03 \x01(\x08R\x0bmakeParents\"S\n\x15MakeDirectoryResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info\"d\n\x11RemovePathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n\trecursive\x18\x03 \x01(\x08R\trecursive\"\x14\n\x12RemovePathResponse\"j\n\x0fMovePathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\x12 \n\x0b\x64\x65stination\x18\x03 \x01(\tR\x0b\x64\x65stination\"N\n\x10MovePathResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info*~\n\x08\x46ileType\x12\x19\n\x15\x46ILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ILE_TYPE_FILE\x10\x01\x12\x17\n\x13\x46ILE_TYPE_DIRECTORY\x10\x02\x12\x15\n\x11\x46ILE_TYPE_SYMLINK\x10\x03\x12\x13\n\x0f\x46ILE_TYPE_OTHER\x10\x04\x32\xab\x06\n\x11\x46ilesystemService\x12k\n\x08ReadFile\x12-.computesdk.api.filesystem.v1.ReadFileRequest\x1a..computesdk.api.filesystem.v1.ReadFileResponse0\x01\x12n\n\tWriteFile\x12..computesdk.api.filesystem.v1.WriteFileRequest\x1a/.computesdk.api.filesystem.v1.WriteFileResponse(\x01\x12x\n\rListDirectory\x12\x32.computesdk.api.filesystem.v1.ListDirectoryRequest\x1a\x33.computesdk.api.filesystem.v1.ListDirectoryResponse\x12i\n\x08StatPath\x12-.computesdk.api.filesystem.v1.StatPathRequest\x1a..computesdk.api.filesystem.v1.StatPathResponse\x12x\n\rMakeDirectory\x12\x32.computesdk.api.filesystem.v1.MakeDirectoryRequest\x1a\x33.computesdk.api.filesystem.v1.MakeDirectoryResponse\x12o\n\nRemovePath\x12/.computesdk.api.filesystem.v1.RemovePathRequest\x1a\x30.computesdk.api.filesystem.v1.RemovePathResponse\x12i\n\x08MovePath\x12-.computesdk.api.filesystem.v1.MovePathRequest\x1a..computesdk.api.filesystem.v1.MovePathResponseBLZJgithub.com/computesdk/computesdk/clients/go/api/filesystem/v1;filesystemv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-computesdk/api/filesystem/v1/filesystem.proto\x12\x1c\x63omputesdk.api.filesystem.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n\x08\x46ileInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12:\n\x04type\x18\x03 \x01(\x0e\x32&.computesdk.api.filesystem.v1.FileTypeR\x04type\x12\x12\n\x04size\x18\x04 \x01(\x04R\x04size\x12\x12\n\x04mode\x18\x05 \x01(\rR\x04mode\x12;\n\x0bmodify_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nmodifyTime\x12\x1f\n\x0blink_target\x18\x07 \x01(\tR\nlinkTarget\"t\n\x0fReadFileRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n\x06length\x18\x04 \x01(\x04R\x06length\"&\n\x10ReadFileResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\"\xb8\x01\n\x0fWriteFileHeader\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n\x04mode\x18\x03 \x01(\rR\x04mode\x12!\n\x0cmake_parents\x18\x04 \x01(\x08R\x0bmakeParents\x12\x16\n\x06\x61ppend\x18\x05 \x01(\x08R\x06\x61ppend\x12#\n\rexpect_finish\x18\x06 \x01(\x08R\x0c\x65xpectFinish\"\x11\n\x0fWriteFileFinish\"\xc5\x01\n\x10WriteFileRequest\x12G\n\x06header\x18\x01 \x01(\x0b\x32-.computesdk.api.filesystem.v1.WriteFileHeaderH\x00R\x06header\x12\x14\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00R\x04\x64\x61ta\x12G\n\x06\x66inish\x18\x03 \x01(\x0b\x32-.computesdk.api.filesystem.v1.WriteFileFinishH\x00R\x06\x66inishB\t\n\x07request\"t\n\x11WriteFileResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info\x12#\n\rbytes_written\x18\x02 \x01(\x04R\x0c\x62ytesWritten\"I\n\x14ListDirectoryRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\"Y\n\x15ListDirectoryResponse\x12@\n\x07\x65ntries\x18\x01 \x03(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x07\x65ntries\"D\n\x0fStatPathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\"N\n\x10StatPathResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info\"l\n\x14MakeDirectoryRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12!\n\x0cmake_parents\x18\x03 \x01(\x08R\x0bmakeParents\"S\n\x15MakeDirectoryResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info\"d\n\x11RemovePathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n\trecursive\x18\x03 \x01(\x08R\trecursive\"\x14\n\x12RemovePathResponse\"j\n\x0fMovePathRequest\x12\x1d\n\nsandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\x12 \n\x0b\x64\x65stination\x18\x03 \x01(\tR\x0b\x64\x65stination\"N\n\x10MovePathResponse\x12:\n\x04info\x18\x01 \x01(\x0b\x32&.computesdk.api.filesystem.v1.FileInfoR\x04info*~\n\x08\x46ileType\x12\x19\n\x15\x46ILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ILE_TYPE_FILE\x10\x01\x12\x17\n\x13\x46ILE_TYPE_DIRECTORY\x10\x02\x12\x15\n\x11\x46ILE_TYPE_SYMLINK\x10\x03\x12\x13\n\x0f\x46ILE_TYPE_OTHER\x10\x04\x32\xab\x06\n\x11\x46ilesystemService\x12k\n\x08ReadFile\x12-.computesdk.api.filesystem.v1.ReadFileRequest\x1a..computesdk.api.filesystem.v1.ReadFileResponse0\x01\x12n\n\tWriteFile\x12..computesdk.api.filesystem.v1.WriteFileRequest\x1a/.computesdk.api.filesystem.v1.WriteFileResponse(\x01\x12x\n\rListDirectory\x12\x32.computesdk.api.filesystem.v1.ListDirectoryRequest\x1a\x33.computesdk.api.filesystem.v1.ListDirectoryResponse\x12i\n\x08StatPath\x12-.computesdk.api.filesystem.v1.StatPathRequest\x1a..computesdk.api.filesystem.v1.StatPathResponse\x12x\n\rMakeDirectory\x12\x32.computesdk.api.filesystem.v1.MakeDirectoryRequest\x1a\x33.computesdk.api.filesystem.v1.MakeDirectoryResponse\x12o\n\nRemovePath\x12/.computesdk.api.filesystem.v1.RemovePathRequest\x1a\x30.computesdk.api.filesystem.v1.RemovePathResponse\x12i\n\x08MovePath\x12-.computesdk.api.filesystem.v1.MovePathRequest\x1a..computesdk.api.filesystem.v1.MovePathResponseBLZJgithub.com/computesdk/computesdk/clients/go/api/filesystem/v1;filesystemv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'computesdk.api.filesystem.v
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZJgithub.com/computesdk/computesdk/clients/go/api/filesystem/v1;filesystemv1'
-  _globals['_FILETYPE']._serialized_start=1734
-  _globals['_FILETYPE']._serialized_end=1860
+  _globals['_FILETYPE']._serialized_start=1864
+  _globals['_FILETYPE']._serialized_end=1990
   _globals['_FILEINFO']._serialized_start=113
   _globals['_FILEINFO']._serialized_end=357
   _globals['_READFILEREQUEST']._serialized_start=359
@@ -42,31 +42,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_READFILERESPONSE']._serialized_start=477
   _globals['_READFILERESPONSE']._serialized_end=515
   _globals['_WRITEFILEHEADER']._serialized_start=518
-  _globals['_WRITEFILEHEADER']._serialized_end=665
-  _globals['_WRITEFILEREQUEST']._serialized_start=667
-  _globals['_WRITEFILEREQUEST']._serialized_end=791
-  _globals['_WRITEFILERESPONSE']._serialized_start=793
-  _globals['_WRITEFILERESPONSE']._serialized_end=909
-  _globals['_LISTDIRECTORYREQUEST']._serialized_start=911
-  _globals['_LISTDIRECTORYREQUEST']._serialized_end=984
-  _globals['_LISTDIRECTORYRESPONSE']._serialized_start=986
-  _globals['_LISTDIRECTORYRESPONSE']._serialized_end=1075
-  _globals['_STATPATHREQUEST']._serialized_start=1077
-  _globals['_STATPATHREQUEST']._serialized_end=1145
-  _globals['_STATPATHRESPONSE']._serialized_start=1147
-  _globals['_STATPATHRESPONSE']._serialized_end=1225
-  _globals['_MAKEDIRECTORYREQUEST']._serialized_start=1227
-  _globals['_MAKEDIRECTORYREQUEST']._serialized_end=1335
-  _globals['_MAKEDIRECTORYRESPONSE']._serialized_start=1337
-  _globals['_MAKEDIRECTORYRESPONSE']._serialized_end=1420
-  _globals['_REMOVEPATHREQUEST']._serialized_start=1422
-  _globals['_REMOVEPATHREQUEST']._serialized_end=1522
-  _globals['_REMOVEPATHRESPONSE']._serialized_start=1524
-  _globals['_REMOVEPATHRESPONSE']._serialized_end=1544
-  _globals['_MOVEPATHREQUEST']._serialized_start=1546
-  _globals['_MOVEPATHREQUEST']._serialized_end=1652
-  _globals['_MOVEPATHRESPONSE']._serialized_start=1654
-  _globals['_MOVEPATHRESPONSE']._serialized_end=1732
-  _globals['_FILESYSTEMSERVICE']._serialized_start=1863
-  _globals['_FILESYSTEMSERVICE']._serialized_end=2674
+  _globals['_WRITEFILEHEADER']._serialized_end=702
+  _globals['_WRITEFILEFINISH']._serialized_start=704
+  _globals['_WRITEFILEFINISH']._serialized_end=721
+  _globals['_WRITEFILEREQUEST']._serialized_start=724
+  _globals['_WRITEFILEREQUEST']._serialized_end=921
+  _globals['_WRITEFILERESPONSE']._serialized_start=923
+  _globals['_WRITEFILERESPONSE']._serialized_end=1039
+  _globals['_LISTDIRECTORYREQUEST']._serialized_start=1041
+  _globals['_LISTDIRECTORYREQUEST']._serialized_end=1114
+  _globals['_LISTDIRECTORYRESPONSE']._serialized_start=1116
+  _globals['_LISTDIRECTORYRESPONSE']._serialized_end=1205
+  _globals['_STATPATHREQUEST']._serialized_start=1207
+  _globals['_STATPATHREQUEST']._serialized_end=1275
+  _globals['_STATPATHRESPONSE']._serialized_start=1277
+  _globals['_STATPATHRESPONSE']._serialized_end=1355
+  _globals['_MAKEDIRECTORYREQUEST']._serialized_start=1357
+  _globals['_MAKEDIRECTORYREQUEST']._serialized_end=1465
+  _globals['_MAKEDIRECTORYRESPONSE']._serialized_start=1467
+  _globals['_MAKEDIRECTORYRESPONSE']._serialized_end=1550
+  _globals['_REMOVEPATHREQUEST']._serialized_start=1552
+  _globals['_REMOVEPATHREQUEST']._serialized_end=1652
+  _globals['_REMOVEPATHRESPONSE']._serialized_start=1654
+  _globals['_REMOVEPATHRESPONSE']._serialized_end=1674
+  _globals['_MOVEPATHREQUEST']._serialized_start=1676
+  _globals['_MOVEPATHREQUEST']._serialized_end=1782
+  _globals['_MOVEPATHRESPONSE']._serialized_start=1784
+  _globals['_MOVEPATHRESPONSE']._serialized_end=1862
+  _globals['_FILESYSTEMSERVICE']._serialized_start=1993
+  _globals['_FILESYSTEMSERVICE']._serialized_end=2804
 # @@protoc_insertion_point(module_scope)

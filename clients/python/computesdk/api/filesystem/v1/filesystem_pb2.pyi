@@ -146,6 +146,7 @@ class WriteFileHeader(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     MAKE_PARENTS_FIELD_NUMBER: _builtins.int
     APPEND_FIELD_NUMBER: _builtins.int
+    EXPECT_FINISH_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     path: _builtins.str
     mode: _builtins.int
@@ -154,6 +155,12 @@ class WriteFileHeader(_message.Message):
     """Create missing parent directories."""
     append: _builtins.bool
     """Append instead of replacing the file."""
+    expect_finish: _builtins.bool
+    """The client ends its stream with a finish message. The file is put in place
+    only when that arrives: a stream that ends without it (a cancelled call, a
+    client that went away) leaves the file as it was. Without expect_finish,
+    the end of the stream is taken as the finish.
+    """
     def __init__(
         self,
         *,
@@ -162,37 +169,59 @@ class WriteFileHeader(_message.Message):
         mode: _builtins.int = ...,
         make_parents: _builtins.bool = ...,
         append: _builtins.bool = ...,
+        expect_finish: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "make_parents", b"make_parents", "mode", b"mode", "path", b"path", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "expect_finish", b"expect_finish", "make_parents", b"make_parents", "mode", b"mode", "path", b"path", "sandbox_id", b"sandbox_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteFileHeader: _TypeAlias = WriteFileHeader  # noqa: Y015
 
 @_typing.final
+class WriteFileFinish(_message.Message):
+    """WriteFileFinish marks the last message of a write."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteFileFinish: _TypeAlias = WriteFileFinish  # noqa: Y015
+
+@_typing.final
 class WriteFileRequest(_message.Message):
-    """WriteFileRequest is a header, then chunks."""
+    """WriteFileRequest is a header, then chunks, then (with expect_finish) a finish."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    FINISH_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     @_builtins.property
     def header(self) -> Global___WriteFileHeader: ...
+    @_builtins.property
+    def finish(self) -> Global___WriteFileFinish: ...
     def __init__(
         self,
         *,
         header: Global___WriteFileHeader | None = ...,
         data: _builtins.bytes = ...,
+        finish: Global___WriteFileFinish | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "header", b"header", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish", b"finish", "header", b"header", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["header", "data", "finish"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 

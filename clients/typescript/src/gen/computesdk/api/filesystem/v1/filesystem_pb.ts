@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file computesdk/api/filesystem/v1/filesystem.proto.
  */
 export const file_computesdk_api_filesystem_v1_filesystem: GenFile = /*@__PURE__*/
-  fileDesc("Ci1jb21wdXRlc2RrL2FwaS9maWxlc3lzdGVtL3YxL2ZpbGVzeXN0ZW0ucHJvdG8SHGNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEivgEKCEZpbGVJbmZvEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCRI0CgR0eXBlGAMgASgOMiYuY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5GaWxlVHlwZRIMCgRzaXplGAQgASgEEgwKBG1vZGUYBSABKA0SLwoLbW9kaWZ5X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2xpbmtfdGFyZ2V0GAcgASgJIlMKD1JlYWRGaWxlUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEg4KBmxlbmd0aBgEIAEoBCIgChBSZWFkRmlsZVJlc3BvbnNlEgwKBGRhdGEYASABKAwiZwoPV3JpdGVGaWxlSGVhZGVyEhIKCnNhbmRib3hfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIMCgRtb2RlGAMgASgNEhQKDG1ha2VfcGFyZW50cxgEIAEoCBIOCgZhcHBlbmQYBSABKAgibgoQV3JpdGVGaWxlUmVxdWVzdBI/CgZoZWFkZXIYASABKAsyLS5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLldyaXRlRmlsZUhlYWRlckgAEg4KBGRhdGEYAiABKAxIAEIJCgdyZXF1ZXN0ImAKEVdyaXRlRmlsZVJlc3BvbnNlEjQKBGluZm8YASABKAsyJi5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLkZpbGVJbmZvEhUKDWJ5dGVzX3dyaXR0ZW4YAiABKAQiOAoUTGlzdERpcmVjdG9yeVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIlAKFUxpc3REaXJlY3RvcnlSZXNwb25zZRI3CgdlbnRyaWVzGAEgAygLMiYuY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5GaWxlSW5mbyIzCg9TdGF0UGF0aFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIkgKEFN0YXRQYXRoUmVzcG9uc2USNAoEaW5mbxgBIAEoCzImLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuRmlsZUluZm8iTgoUTWFrZURpcmVjdG9yeVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDG1ha2VfcGFyZW50cxgDIAEoCCJNChVNYWtlRGlyZWN0b3J5UmVzcG9uc2USNAoEaW5mbxgBIAEoCzImLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuRmlsZUluZm8iSAoRUmVtb3ZlUGF0aFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhEKCXJlY3Vyc2l2ZRgDIAEoCCIUChJSZW1vdmVQYXRoUmVzcG9uc2UiSgoPTW92ZVBhdGhSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhMKC2Rlc3RpbmF0aW9uGAMgASgJIkgKEE1vdmVQYXRoUmVzcG9uc2USNAoEaW5mbxgBIAEoCzImLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuRmlsZUluZm8qfgoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASEgoORklMRV9UWVBFX0ZJTEUQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAxITCg9GSUxFX1RZUEVfT1RIRVIQBDKrBgoRRmlsZXN5c3RlbVNlcnZpY2USawoIUmVhZEZpbGUSLS5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLlJlYWRGaWxlUmVxdWVzdBouLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuUmVhZEZpbGVSZXNwb25zZTABEm4KCVdyaXRlRmlsZRIuLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuV3JpdGVGaWxlUmVxdWVzdBovLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuV3JpdGVGaWxlUmVzcG9uc2UoARJ4Cg1MaXN0RGlyZWN0b3J5EjIuY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5MaXN0RGlyZWN0b3J5UmVxdWVzdBozLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuTGlzdERpcmVjdG9yeVJlc3BvbnNlEmkKCFN0YXRQYXRoEi0uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5TdGF0UGF0aFJlcXVlc3QaLi5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLlN0YXRQYXRoUmVzcG9uc2USeAoNTWFrZURpcmVjdG9yeRIyLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuTWFrZURpcmVjdG9yeVJlcXVlc3QaMy5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLk1ha2VEaXJlY3RvcnlSZXNwb25zZRJvCgpSZW1vdmVQYXRoEi8uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5SZW1vdmVQYXRoUmVxdWVzdBowLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuUmVtb3ZlUGF0aFJlc3BvbnNlEmkKCE1vdmVQYXRoEi0uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5Nb3ZlUGF0aFJlcXVlc3QaLi5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLk1vdmVQYXRoUmVzcG9uc2VCTFpKZ2l0aHViLmNvbS9jb21wdXRlc2RrL2NvbXB1dGVzZGsvY2xpZW50cy9nby9hcGkvZmlsZXN5c3RlbS92MTtmaWxlc3lzdGVtdjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ci1jb21wdXRlc2RrL2FwaS9maWxlc3lzdGVtL3YxL2ZpbGVzeXN0ZW0ucHJvdG8SHGNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEivgEKCEZpbGVJbmZvEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCRI0CgR0eXBlGAMgASgOMiYuY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5GaWxlVHlwZRIMCgRzaXplGAQgASgEEgwKBG1vZGUYBSABKA0SLwoLbW9kaWZ5X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2xpbmtfdGFyZ2V0GAcgASgJIlMKD1JlYWRGaWxlUmVxdWVzdBISCgpzYW5kYm94X2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgEEg4KBmxlbmd0aBgEIAEoBCIgChBSZWFkRmlsZVJlc3BvbnNlEgwKBGRhdGEYASABKAwifgoPV3JpdGVGaWxlSGVhZGVyEhIKCnNhbmRib3hfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIMCgRtb2RlGAMgASgNEhQKDG1ha2VfcGFyZW50cxgEIAEoCBIOCgZhcHBlbmQYBSABKAgSFQoNZXhwZWN0X2ZpbmlzaBgGIAEoCCIRCg9Xcml0ZUZpbGVGaW5pc2girwEKEFdyaXRlRmlsZVJlcXVlc3QSPwoGaGVhZGVyGAEgASgLMi0uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5Xcml0ZUZpbGVIZWFkZXJIABIOCgRkYXRhGAIgASgMSAASPwoGZmluaXNoGAMgASgLMi0uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5Xcml0ZUZpbGVGaW5pc2hIAEIJCgdyZXF1ZXN0ImAKEVdyaXRlRmlsZVJlc3BvbnNlEjQKBGluZm8YASABKAsyJi5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLkZpbGVJbmZvEhUKDWJ5dGVzX3dyaXR0ZW4YAiABKAQiOAoUTGlzdERpcmVjdG9yeVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIlAKFUxpc3REaXJlY3RvcnlSZXNwb25zZRI3CgdlbnRyaWVzGAEgAygLMiYuY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5GaWxlSW5mbyIzCg9TdGF0UGF0aFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIkgKEFN0YXRQYXRoUmVzcG9uc2USNAoEaW5mbxgBIAEoCzImLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuRmlsZUluZm8iTgoUTWFrZURpcmVjdG9yeVJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhQKDG1ha2VfcGFyZW50cxgDIAEoCCJNChVNYWtlRGlyZWN0b3J5UmVzcG9uc2USNAoEaW5mbxgBIAEoCzImLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuRmlsZUluZm8iSAoRUmVtb3ZlUGF0aFJlcXVlc3QSEgoKc2FuZGJveF9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhEKCXJlY3Vyc2l2ZRgDIAEoCCIUChJSZW1vdmVQYXRoUmVzcG9uc2UiSgoPTW92ZVBhdGhSZXF1ZXN0EhIKCnNhbmRib3hfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhMKC2Rlc3RpbmF0aW9uGAMgASgJIkgKEE1vdmVQYXRoUmVzcG9uc2USNAoEaW5mbxgBIAEoCzImLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuRmlsZUluZm8qfgoIRmlsZVR5cGUSGQoVRklMRV9UWVBFX1VOU1BFQ0lGSUVEEAASEgoORklMRV9UWVBFX0ZJTEUQARIXChNGSUxFX1RZUEVfRElSRUNUT1JZEAISFQoRRklMRV9UWVBFX1NZTUxJTksQAxITCg9GSUxFX1RZUEVfT1RIRVIQBDKrBgoRRmlsZXN5c3RlbVNlcnZpY2USawoIUmVhZEZpbGUSLS5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLlJlYWRGaWxlUmVxdWVzdBouLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuUmVhZEZpbGVSZXNwb25zZTABEm4KCVdyaXRlRmlsZRIuLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuV3JpdGVGaWxlUmVxdWVzdBovLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuV3JpdGVGaWxlUmVzcG9uc2UoARJ4Cg1MaXN0RGlyZWN0b3J5EjIuY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5MaXN0RGlyZWN0b3J5UmVxdWVzdBozLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuTGlzdERpcmVjdG9yeVJlc3BvbnNlEmkKCFN0YXRQYXRoEi0uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5TdGF0UGF0aFJlcXVlc3QaLi5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLlN0YXRQYXRoUmVzcG9uc2USeAoNTWFrZURpcmVjdG9yeRIyLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuTWFrZURpcmVjdG9yeVJlcXVlc3QaMy5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLk1ha2VEaXJlY3RvcnlSZXNwb25zZRJvCgpSZW1vdmVQYXRoEi8uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5SZW1vdmVQYXRoUmVxdWVzdBowLmNvbXB1dGVzZGsuYXBpLmZpbGVzeXN0ZW0udjEuUmVtb3ZlUGF0aFJlc3BvbnNlEmkKCE1vdmVQYXRoEi0uY29tcHV0ZXNkay5hcGkuZmlsZXN5c3RlbS52MS5Nb3ZlUGF0aFJlcXVlc3QaLi5jb21wdXRlc2RrLmFwaS5maWxlc3lzdGVtLnYxLk1vdmVQYXRoUmVzcG9uc2VCTFpKZ2l0aHViLmNvbS9jb21wdXRlc2RrL2NvbXB1dGVzZGsvY2xpZW50cy9nby9hcGkvZmlsZXN5c3RlbS92MTtmaWxlc3lzdGVtdjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * FileInfo describes one entry.
@@ -156,6 +156,16 @@ export type WriteFileHeader = Message<"computesdk.api.filesystem.v1.WriteFileHea
    * @generated from field: bool append = 5;
    */
   append: boolean;
+
+  /**
+   * The client ends its stream with a finish message. The file is put in place
+   * only when that arrives: a stream that ends without it (a cancelled call, a
+   * client that went away) leaves the file as it was. Without expect_finish,
+   * the end of the stream is taken as the finish.
+   *
+   * @generated from field: bool expect_finish = 6;
+   */
+  expectFinish: boolean;
 };
 
 /**
@@ -166,7 +176,22 @@ export const WriteFileHeaderSchema: GenMessage<WriteFileHeader> = /*@__PURE__*/
   messageDesc(file_computesdk_api_filesystem_v1_filesystem, 3);
 
 /**
- * WriteFileRequest is a header, then chunks.
+ * WriteFileFinish marks the last message of a write.
+ *
+ * @generated from message computesdk.api.filesystem.v1.WriteFileFinish
+ */
+export type WriteFileFinish = Message<"computesdk.api.filesystem.v1.WriteFileFinish"> & {
+};
+
+/**
+ * Describes the message computesdk.api.filesystem.v1.WriteFileFinish.
+ * Use `create(WriteFileFinishSchema)` to create a new message.
+ */
+export const WriteFileFinishSchema: GenMessage<WriteFileFinish> = /*@__PURE__*/
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 4);
+
+/**
+ * WriteFileRequest is a header, then chunks, then (with expect_finish) a finish.
  *
  * @generated from message computesdk.api.filesystem.v1.WriteFileRequest
  */
@@ -186,6 +211,12 @@ export type WriteFileRequest = Message<"computesdk.api.filesystem.v1.WriteFileRe
      */
     value: Uint8Array;
     case: "data";
+  } | {
+    /**
+     * @generated from field: computesdk.api.filesystem.v1.WriteFileFinish finish = 3;
+     */
+    value: WriteFileFinish;
+    case: "finish";
   } | { case: undefined; value?: undefined };
 };
 
@@ -194,7 +225,7 @@ export type WriteFileRequest = Message<"computesdk.api.filesystem.v1.WriteFileRe
  * Use `create(WriteFileRequestSchema)` to create a new message.
  */
 export const WriteFileRequestSchema: GenMessage<WriteFileRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 4);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 5);
 
 /**
  * WriteFileResponse reports the written file.
@@ -218,7 +249,7 @@ export type WriteFileResponse = Message<"computesdk.api.filesystem.v1.WriteFileR
  * Use `create(WriteFileResponseSchema)` to create a new message.
  */
 export const WriteFileResponseSchema: GenMessage<WriteFileResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 5);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 6);
 
 /**
  * ListDirectoryRequest names a directory.
@@ -242,7 +273,7 @@ export type ListDirectoryRequest = Message<"computesdk.api.filesystem.v1.ListDir
  * Use `create(ListDirectoryRequestSchema)` to create a new message.
  */
 export const ListDirectoryRequestSchema: GenMessage<ListDirectoryRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 6);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 7);
 
 /**
  * ListDirectoryResponse lists its entries, sorted by name.
@@ -261,7 +292,7 @@ export type ListDirectoryResponse = Message<"computesdk.api.filesystem.v1.ListDi
  * Use `create(ListDirectoryResponseSchema)` to create a new message.
  */
 export const ListDirectoryResponseSchema: GenMessage<ListDirectoryResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 7);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 8);
 
 /**
  * StatPathRequest names a path.
@@ -285,7 +316,7 @@ export type StatPathRequest = Message<"computesdk.api.filesystem.v1.StatPathRequ
  * Use `create(StatPathRequestSchema)` to create a new message.
  */
 export const StatPathRequestSchema: GenMessage<StatPathRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 8);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 9);
 
 /**
  * StatPathResponse describes it.
@@ -304,7 +335,7 @@ export type StatPathResponse = Message<"computesdk.api.filesystem.v1.StatPathRes
  * Use `create(StatPathResponseSchema)` to create a new message.
  */
 export const StatPathResponseSchema: GenMessage<StatPathResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 9);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 10);
 
 /**
  * MakeDirectoryRequest names a directory to create.
@@ -333,7 +364,7 @@ export type MakeDirectoryRequest = Message<"computesdk.api.filesystem.v1.MakeDir
  * Use `create(MakeDirectoryRequestSchema)` to create a new message.
  */
 export const MakeDirectoryRequestSchema: GenMessage<MakeDirectoryRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 10);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 11);
 
 /**
  * MakeDirectoryResponse describes the directory.
@@ -352,7 +383,7 @@ export type MakeDirectoryResponse = Message<"computesdk.api.filesystem.v1.MakeDi
  * Use `create(MakeDirectoryResponseSchema)` to create a new message.
  */
 export const MakeDirectoryResponseSchema: GenMessage<MakeDirectoryResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 11);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 12);
 
 /**
  * RemovePathRequest names a path to remove.
@@ -383,7 +414,7 @@ export type RemovePathRequest = Message<"computesdk.api.filesystem.v1.RemovePath
  * Use `create(RemovePathRequestSchema)` to create a new message.
  */
 export const RemovePathRequestSchema: GenMessage<RemovePathRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 12);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 13);
 
 /**
  * RemovePathResponse is empty on success.
@@ -398,7 +429,7 @@ export type RemovePathResponse = Message<"computesdk.api.filesystem.v1.RemovePat
  * Use `create(RemovePathResponseSchema)` to create a new message.
  */
 export const RemovePathResponseSchema: GenMessage<RemovePathResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 13);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 14);
 
 /**
  * MovePathRequest renames source to destination.
@@ -427,7 +458,7 @@ export type MovePathRequest = Message<"computesdk.api.filesystem.v1.MovePathRequ
  * Use `create(MovePathRequestSchema)` to create a new message.
  */
 export const MovePathRequestSchema: GenMessage<MovePathRequest> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 14);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 15);
 
 /**
  * MovePathResponse describes the moved path.
@@ -446,7 +477,7 @@ export type MovePathResponse = Message<"computesdk.api.filesystem.v1.MovePathRes
  * Use `create(MovePathResponseSchema)` to create a new message.
  */
 export const MovePathResponseSchema: GenMessage<MovePathResponse> = /*@__PURE__*/
-  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 15);
+  messageDesc(file_computesdk_api_filesystem_v1_filesystem, 16);
 
 /**
  * FileType is the kind of a filesystem entry.
