@@ -84,7 +84,10 @@ async def test_a_second_destroy_joins_the_one_in_flight(
 ) -> None:
     sb = await client.create("local", template="base")
     # A process that ignores SIGTERM holds the graceful destroy for its grace.
-    await sb.start_process("trap '' TERM; while :; do sleep 1; done")
+    proc = await sb.start_process("trap '' TERM; echo armed; while :; do sleep 1; done")
+    async for chunk in sb.process(proc.id).attach(stdout_offset=0):
+        if b"armed" in chunk.data:  # the trap is set: SIGTERM no longer ends it
+            break
     first = asyncio.create_task(sb.destroy(graceful=True, timeout_ms=2000))
     await asyncio.sleep(0.3)
     assert await state_of(client, sb.id) == "stopping"
