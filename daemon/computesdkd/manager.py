@@ -228,6 +228,8 @@ class Manager:
                 self._notify_destroyed(sb.id)
                 return
             self._sandboxes[sb.id] = sb
+            if sb.provider_data.pop("restarted_at_adopt", ""):
+                self.store.forget_processes(sb.id)  # its processes ended with it
             self.store.put_sandbox(sb)
             self._oom_seen[sb.id] = (await provider.probe(sb)).oom_kills if provider else 0
             for pid in self.store.unfinished_processes(sb.id):
@@ -1073,7 +1075,10 @@ class Manager:
             if not probe.alive and sb.state == State.RUNNING:
                 # A restart, reset or restore replaces the container under this lock:
                 # its old init is meant to be gone. Only a death seen again with no
-                # such operation in flight is one.
+                # such operation in flight is one. The sweep never waits for one
+                # (it would hold up every other sandbox's timeout): the next looks.
+                if self.sandbox_lock(sb.id).locked():
+                    return
                 async with self.sandbox_lock(sb.id):
                     if sb.state != State.RUNNING:
                         return

@@ -205,3 +205,20 @@ async def test_a_write_without_its_finish_changes_nothing(sandbox: Sandbox) -> N
     assert await sandbox.files.read("/workspace/kept") == b"half a new"
     listing = await sandbox.exec("ls -a /workspace")
     assert "computesdk-" not in listing.stdout  # nothing half-made left behind
+
+    # An append cut short is cut back to where it began.
+    async def append(finish: bool) -> AsyncIterator[fs_pb.WriteFileRequest]:
+        header = fs_pb.WriteFileHeader(
+            sandbox_id=sandbox.id, path="/workspace/kept", append=True, expect_finish=True
+        )
+        yield fs_pb.WriteFileRequest(header=header)
+        yield fs_pb.WriteFileRequest(data=b" PARTIAL")
+        if finish:
+            yield fs_pb.WriteFileRequest(finish=fs_pb.WriteFileFinish())
+            await asyncio.sleep(3600)  # the stream stays open: the finish alone ends it
+
+    with pytest.raises(ComputeSDKError), translated():
+        await sandbox.client.files.WriteFile(append(False))
+    assert await sandbox.files.read("/workspace/kept") == b"half a new"
+    await asyncio.wait_for(sandbox.client.files.WriteFile(append(True)), 30)
+    assert await sandbox.files.read("/workspace/kept") == b"half a new PARTIAL"

@@ -48,6 +48,8 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
             async for req in requests:
                 kind = req.WhichOneof("request")
                 if kind == "finish":
+                    # The end: the file goes in place and the call answers, whether
+                    # or not the client has closed its side yet.
                     break
                 if kind != "data":
                     raise InvalidArgument(
@@ -67,10 +69,6 @@ class FilesystemServicer(pb_grpc.FilesystemServiceServicer):
                 if context.cancelled():
                     raise Aborted("the write was cancelled", reason="WRITE_CANCELLED")
                 return
-            if await anext(requests, None) is not None:
-                raise InvalidArgument(
-                    "nothing may follow a WriteFile finish", reason="WRITE_AFTER_FINISH"
-                )
 
         try:
             info, written = await self.manager.write_file(

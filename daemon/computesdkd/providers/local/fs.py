@@ -268,10 +268,12 @@ class SandboxFS:
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(errno.EISDIR, "is a directory", path)
                 if append and st is not None:
-                    # Appending adds to the file in place (there is no old state to
-                    # keep whole); it must be a regular file.
+                    # Appending adds to the file in place; a write cut short is cut
+                    # back to where it began. It must be a regular file.
                     fd = tree.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
-                    return _Target(path, fd, -1, "", "")
+                    target = _Target(path, fd, -1, "", "")
+                    target.appended_at = os.fstat(fd).st_size
+                    return target
                 return _Target.new(tree, pfd, name, path, mode or 0o644, st)
 
     def _final(self, tree: safefs.Tree, path: str) -> str:
@@ -298,6 +300,7 @@ class _Target:
 
     def __init__(self, path: str, fd: int, dirfd: int, name: str, tmp: str) -> None:
         self.path, self.fd, self.dirfd, self.name, self.tmp = path, fd, dirfd, name, tmp
+        self.appended_at = -1  # an append: the size the file had before it
         self._done = False
 
     @classmethod
@@ -331,6 +334,9 @@ class _Target:
         if self.tmp and not self._done:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp, dir_fd=self.dirfd)
+        if self.appended_at >= 0 and not self._done:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.appended_at)
         os.close(self.fd)
         if self.dirfd >= 0:
             os.close(self.dirfd)

@@ -432,6 +432,10 @@ class LocalProvider(Provider):
             log.warning("local provider unavailable", why=self._unavailable)
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warming
         self._userns.close()
 
     def _check(self) -> str:
@@ -1047,6 +1051,7 @@ class LocalProvider(Provider):
                 "restarted by a daemon upgrade: its processes ended, its files are kept",
                 cause="upgrade",
             )
+        sandbox.provider_data["restarted_at_adopt"] = "1"  # the daemon forgets them
         return True
 
     def _layers_of(self, sandbox: Sandbox) -> set[str]:
