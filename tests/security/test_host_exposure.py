@@ -3,10 +3,11 @@ runtime and state dirs, the sockets, and the mounts of sandbox content."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import uuid
 from pathlib import Path
+
+from hoststate import runtime_dir
 
 from computesdk import Client
 from conftest import DaemonProcess
@@ -16,11 +17,6 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NOBODY, *argv], capture_output=True, text=True, timeout=30)
-
-
-def runtime_dir(daemon: DaemonProcess) -> Path:
-    key = hashlib.sha256(str((daemon.state / "local").resolve()).encode()).hexdigest()[:12]
-    return Path("/run/computesdk-sandboxes") / key
 
 
 def mount_options(prefix: str) -> dict[str, set[str]]:

@@ -627,9 +627,7 @@ def _real_file(tree: safefs.Tree, pfd: int, name: str, mode: int, text: bytes) -
         return
     if kind:
         safefs.remove_tree(pfd, name)
-    fd = os.open(
-        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd
-    )
+    fd = safefs.create_at(pfd, name)
     try:
         os.fchown(fd, *tree.owner)
         os.fchmod(fd, mode)

@@ -226,33 +226,31 @@ class SandboxFS:
         finally:
             os.close(fd)
 
-    def read_bounded(self, path: str, limit: int) -> bytes:
-        """A whole small file (for the daemon's own edits, e.g. /etc/hosts)."""
-        with _errors(path), self._tree() as tree:
-            try:
-                return tree.read_bounded(path, limit)
-            except safefs.TooLarge as exc:
-                raise ResourceExhausted(
-                    f"{path} is larger than {limit} bytes", reason="FILE_TOO_LARGE", path=path
-                ) from exc
-
     async def write(
         self, path: str, chunks: AsyncIterator[bytes], mode: int, parents: bool, append: bool
     ) -> tuple[FileInfo, int]:
         target = await asyncio.to_thread(self._open_for_write, path, mode, parents, append)
         written = 0
+        done = False
         try:
             async for data in chunks:
                 await asyncio.to_thread(_write_all, target.fd, data, path)
                 written += len(data)
-            await asyncio.to_thread(self._as_root, target.commit)
+            done = True
         finally:
-            await asyncio.to_thread(self._as_root, target.abort)
-        return await asyncio.to_thread(self.stat_sync, target.path), written
+            # One hop to a worker: put in place (or cut back), close, describe.
+            info = await asyncio.to_thread(self._finish, target, done)
+        assert info is not None
+        return info, written
 
-    def _as_root(self, fn: Callable[[], None]) -> None:
+    def _finish(self, target: _Target, commit: bool) -> FileInfo | None:
         with idmap.acting_as(self._uid):
-            fn()
+            try:
+                if commit:
+                    target.commit()
+            finally:
+                target.abort()
+        return self.stat_sync(target.path) if commit else None
 
     def _open_for_write(self, path: str, mode: int, parents: bool, append: bool) -> _Target:
         with _errors(path), self._tree() as tree:
@@ -271,9 +269,7 @@ class SandboxFS:
                     # Appending adds to the file in place; a write cut short is cut
                     # back to where it began. It must be a regular file.
                     fd = tree.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
-                    target = _Target(path, fd, -1, "", "")
-                    target.appended_at = os.fstat(fd).st_size
-                    return target
+                    return _Target(path, fd, -1, "", "", appended_at=os.fstat(fd).st_size)
                 return _Target.new(tree, pfd, name, path, mode or 0o644, st)
 
     def _final(self, tree: safefs.Tree, path: str) -> str:
@@ -283,8 +279,8 @@ class SandboxFS:
             with tree.parent(path) as (pfd, name):
                 try:
                     target = os.readlink(name, dir_fd=pfd)
-                except (FileNotFoundError, OSError) as exc:
-                    if isinstance(exc, FileNotFoundError) or exc.errno == errno.EINVAL:
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.EINVAL):  # none, or not a link
                         return path
                     raise
             if not target.startswith("/"):
@@ -298,9 +294,11 @@ class _Target:
     the filesystem allows), put in place of the target at commit; or, for
     appends, the file itself (dirfd -1)."""
 
-    def __init__(self, path: str, fd: int, dirfd: int, name: str, tmp: str) -> None:
+    def __init__(
+        self, path: str, fd: int, dirfd: int, name: str, tmp: str, appended_at: int = -1
+    ) -> None:
         self.path, self.fd, self.dirfd, self.name, self.tmp = path, fd, dirfd, name, tmp
-        self.appended_at = -1  # an append: the size the file had before it
+        self.appended_at = appended_at  # an append: the size the file had before it
         self._done = False
 
     @classmethod

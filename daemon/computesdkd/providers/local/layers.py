@@ -517,12 +517,7 @@ class _Extractor:
         self, pfd: int, base: str, info: tarfile.TarInfo, attrs: tuple[int, int, int], mtime: float
     ) -> None:
         uid, gid, mode = attrs
-        fd = os.open(
-            base,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=pfd,
-        )
+        fd = safefs.create_at(pfd, base)
         try:
             os.fchown(fd, uid, gid)
             src = self.tar.extractfile(info)

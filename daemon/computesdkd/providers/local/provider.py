@@ -267,11 +267,15 @@ def _is_live_init(pid: int, cgroup: str) -> bool:
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        with open(f"/proc/{pid}/cgroup") as f:
-            mine = any(line.rstrip("\n").endswith(":" + cgroup) for line in f)
+        mine = _in_cgroup(pid, cgroup)
     except OSError:
         return False
     return mine and stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field as the path it names (the kernel octal-escapes blanks)."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
 def _mounts() -> list[tuple[str, str]]:
@@ -281,11 +285,7 @@ def _mounts() -> list[tuple[str, str]]:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
-
-            def unescape(s: str) -> str:
-                return s.encode().decode("unicode_escape") if "\\" in s else s
-
-            out.append((unescape(fields[4]), unescape(fields[sep + 2])))
+            out.append((_unescape(fields[4]), _unescape(fields[sep + 2])))
     return out
 
 
@@ -320,12 +320,7 @@ async def _remove_cgroups(sandbox_id: str, orphan: bool = False) -> bool:
 
 
 def _mounted_device(target: Path) -> str:
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1] == str(target):
-                return fields[0]
-    return ""
+    return next((source for point, source in _mounts() if point == str(target)), "")
 
 
 def default_agent_binary() -> Path:
@@ -629,9 +624,7 @@ class LocalProvider(Provider):
                     f.truncate(disk_mb * 1024 * 1024)
                 await _run("e2fsck", "-fp", str(img))
                 await _run("resize2fs", str(img))
-            crash("create.disk")
-            return
-        if self._reflink:
+        elif self._reflink:
             # A clone of an empty disk made once per size: cheaper than mkfs.
             self._empty_users[disk_mb] = self._empty_users.get(disk_mb, 0) + 1
             try:
@@ -641,16 +634,14 @@ class LocalProvider(Provider):
                 self._empty_users[disk_mb] -= 1
                 if not self._empty_users[disk_mb]:
                     del self._empty_users[disk_mb]
-            crash("create.disk")
-            return
-        await self._mkfs(img, disk_mb)
+        else:
+            await self._mkfs(img, disk_mb)
         crash("create.disk")
 
     async def _empty_disk(self, disk_mb: int) -> Path:
         path = self._store / "cache" / f"empty-{disk_mb}.img"
         async with self._empty_lock.setdefault(disk_mb, asyncio.Lock()):
             if not path.exists():
-                path.parent.mkdir(mode=0o700, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 await self._mkfs(tmp, disk_mb)
                 mnt = path.with_suffix(".mnt")
@@ -662,9 +653,9 @@ class LocalProvider(Provider):
                     _umount(str(mnt))
                     mnt.rmdir()
                 tmp.rename(path)
+                self._prune_empty_disks()  # only a new size can overfill the cache
             else:
                 os.utime(path)  # its mtime is its last use, across restarts too
-        self._prune_empty_disks()
         return path
 
     def _prune_empty_disks(self) -> None:
@@ -710,8 +701,7 @@ class LocalProvider(Provider):
         """Mounts the disk and the overlay, and starts the container on them."""
         uid = self._uid_base(sandbox)
         userns = await self._userns.mapping(uid)
-        bundle = Path(sandbox.provider_data["bundle"])
-        rt = _runtime_dir(sandbox)
+        bundle, rt = self._paths(sandbox)
         disk = bundle / "disk"
         disk.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The sandbox's root owns its runtime dir so that runc's init (that uid, in
@@ -1219,7 +1209,7 @@ class LocalProvider(Provider):
     def listen_in_sandbox(self, sandbox: Sandbox, name: str) -> socket.socket:
         # ctl/ is root's and read-only inside: the sandbox can connect to the
         # socket but never swap it for a link (which a chmod by path would follow).
-        return host.listen_unix(_runtime_dir(sandbox) / "ctl" / name, mode=0o666)
+        return host.listen_unix(self._paths(sandbox)[1] / "ctl" / name, mode=0o666)
 
     def _cgroup_file(self, sandbox: Sandbox, controller: str, name: str) -> Path:
         return Path("/sys/fs/cgroup") / controller / CGROUP_PARENT.strip("/") / sandbox.id / name
@@ -1530,11 +1520,6 @@ class LocalProvider(Provider):
 
     async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
         return await asyncio.to_thread(self._fs(sandbox).move_sync, source, destination)
-
-
-def _runtime_dir(sandbox: Sandbox) -> Path:
-    """Where the sandbox's root mount and run dir live (older sandboxes: the bundle)."""
-    return Path(sandbox.provider_data.get("runtime") or sandbox.provider_data["bundle"])
 
 
 class _LocalRun(ProcessRun):

@@ -31,7 +31,6 @@ import stat
 from collections.abc import Iterator
 
 _SYS_OPENAT2 = 437  # x86_64 and aarch64
-RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -255,11 +254,17 @@ class Tree:
         for _ in range(8):
             tmp = temp_name(name)
             try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                return os.open(tmp, flags, 0o600, dir_fd=pfd), tmp
+                return create_at(pfd, tmp), tmp
             except FileExistsError:
                 continue
         raise OSError(errno.EEXIST, "no free temporary name", name)
+
+
+def create_at(pfd: int, name: str) -> int:
+    """A new file pfd/name, for writing, 0600 until its owner sets more: O_EXCL and
+    O_NOFOLLOW, so nothing that was there (a link planted meanwhile) is written."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, 0o600, dir_fd=pfd)
 
 
 def temp_name(name: str) -> str:
@@ -271,7 +276,7 @@ def commit_temp(pfd: int, fd: int, tmp: str, name: str) -> None:
     over the old one. An unnamed file is first linked in under a temporary name."""
     if not tmp:
         tmp = temp_name(name)
-        os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=pfd, follow_symlinks=True)
+        link_at(fd, pfd, tmp)
     try:
         os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
     except BaseException:
