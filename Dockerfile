@@ -12,10 +12,10 @@ RUN apt-get update \
       python3 python3-venv runc mmdebstrap e2fsprogs util-linux ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/computesdk
-COPY pyproject.toml README.md ./
 COPY daemon/ daemon/
 COPY clients/ clients/
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir \
+      ./clients/python-api ./clients/python ./daemon
 COPY --from=agent /computesdk-agent /opt/computesdk/computesdk-agent
 ENV COMPUTESDK_AGENT=/opt/computesdk/computesdk-agent PATH=/opt/venv/bin:$PATH
 # The base root filesystem is built on first start into a volume-friendly path.

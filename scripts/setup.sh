@@ -31,7 +31,12 @@ fi
 
 step "python environment in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# Three distributions (see pyproject.toml): the stubs, the client, the daemon;
+# with --dev also the daemon's test tools.
+extra=""
+[ "$dev" = 1 ] && extra="[dev]"
+.venv/bin/pip install -q --disable-pip-version-check \
+  -e ./clients/python-api -e ./clients/python -e "./daemon$extra"
 
 step "building the in-sandbox agent (static Go binary; daemon/agent/go.sum pins its protobuf)"
 (cd daemon/agent && go mod download && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \

@@ -17,7 +17,7 @@ fi
 
 echo "==> generated stubs are up to date (Python, TypeScript, Go; the agent's wire)" >&2
 ./scripts/gen-protos.sh
-generated=(clients/python/computesdk/api clients/python/computesdk/proto clients/typescript/src/gen clients/go/api
+generated=(clients/python-api/computesdk_api clients/typescript/src/gen clients/go/api
            daemon/computesdkd/providers/local/agentpb daemon/agent/agentpb)
 if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
   git status --porcelain -- "${generated[@]}" >&2

@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from computesdk import Client, InvalidArgumentError, PayloadTooLargeError, Sandbox
-from computesdk.api.process.v1 import process_pb2 as proc_pb
 from computesdk.errors import from_rpc_error
+from computesdk_api.process.v1 import process_pb2 as proc_pb
 from conftest import DaemonProcess
 
 

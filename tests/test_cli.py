@@ -73,7 +73,7 @@ def test_stubs_hand_out_the_protos_and_python_modules(tmp_path: Path) -> None:
     assert "protoc-gen-go-grpc" in (tmp_path / "go" / "buf.gen.yaml").read_text()
 
     assert stubs("--lang", "python", "--out", str(tmp_path / "py")).returncode == 0
-    assert (tmp_path / "py" / "computesdk/api/sandbox/v1/sandbox_pb2_grpc.py").is_file()
+    assert (tmp_path / "py" / "computesdk_api/sandbox/v1/sandbox_pb2_grpc.py").is_file()
 
     bad = stubs("--lang", "cobol", "--out", str(tmp_path / "x"), "--json")
     assert bad.returncode == 1

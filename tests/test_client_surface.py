@@ -8,14 +8,14 @@ import re
 from pathlib import Path
 
 import computesdk
-import computesdk.api
+import computesdk_api
 
 
 def _service_modules() -> list[object]:
     """Every generated *_pb2 module, so that a new service cannot be missed."""
     names = [
         m.name
-        for m in pkgutil.walk_packages(computesdk.api.__path__, "computesdk.api.")
+        for m in pkgutil.walk_packages(computesdk_api.__path__, "computesdk_api.")
         if m.name.endswith("_pb2")
     ]
     return [importlib.import_module(n) for n in sorted(names)]

@@ -175,7 +175,7 @@ async def test_exec_beyond_the_inline_limit_loses_nothing(sandbox: Sandbox) -> N
 async def test_run_command_refuses_stdin_and_a_cancelled_call_kills_the_command(
     sandbox: Sandbox,
 ) -> None:
-    from computesdk.api.process.v1 import process_pb2 as pb
+    from computesdk_api.process.v1 import process_pb2 as pb
 
     stub = sandbox.client.processes
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -19,7 +19,7 @@ from computesdk import (
     Sandbox,
     SandboxFileNotFoundError,
 )
-from computesdk.api.filesystem.v1 import filesystem_pb2 as fs_pb
+from computesdk_api.filesystem.v1 import filesystem_pb2 as fs_pb
 from conftest import DaemonProcess
 
 
@@ -117,9 +117,9 @@ async def test_oversized_chunk_is_refused_and_daemon_serves_on(
         target, options=[("grpc.max_send_message_length", 100 << 20)]
     ) as ch:
         stub = __import__(
-            "computesdk.api.process.v1.process_pb2_grpc", fromlist=["x"]
+            "computesdk_api.process.v1.process_pb2_grpc", fromlist=["x"]
         ).ProcessServiceStub(ch)
-        from computesdk.api.process.v1 import process_pb2 as proc_pb
+        from computesdk_api.process.v1 import process_pb2 as proc_pb
 
         with pytest.raises(grpc.aio.AioRpcError) as big:
             await stub.WriteStdin(

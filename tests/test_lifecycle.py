@@ -90,7 +90,7 @@ async def test_list_filters_and_paginates(client: Client) -> None:
         assert await client.list(metadata={"batch": tag}, states=["error"]) == []
         page = await client.sandboxes.ListSandboxes(
             __import__(
-                "computesdk.api.sandbox.v1.sandbox_pb2", fromlist=["x"]
+                "computesdk_api.sandbox.v1.sandbox_pb2", fromlist=["x"]
             ).ListSandboxesRequest(page_size=2, metadata={"batch": tag})
         )
         assert len(page.sandboxes) == 2 and page.next_page_token
@@ -100,8 +100,8 @@ async def test_list_filters_and_paginates(client: Client) -> None:
 
 
 async def test_bad_page_token_and_metadata(client: Client) -> None:
-    from computesdk.api.sandbox.v1 import sandbox_pb2
     from computesdk.errors import from_rpc_error
+    from computesdk_api.sandbox.v1 import sandbox_pb2
 
     with pytest.raises(Exception) as e:
         await client.sandboxes.ListSandboxes(

@@ -14,19 +14,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from computesdk.api.events.v1 import events_pb2, events_pb2_grpc
-from computesdk.api.filesystem.v1 import filesystem_pb2, filesystem_pb2_grpc
-from computesdk.api.group.v1 import group_pb2, group_pb2_grpc
-from computesdk.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from computesdk.api.monitoring.v1 import monitoring_pb2, monitoring_pb2_grpc
-from computesdk.api.network.v1 import network_pb2, network_pb2_grpc
-from computesdk.api.pool.v1 import pool_pb2, pool_pb2_grpc
-from computesdk.api.process.v1 import process_pb2, process_pb2_grpc
-from computesdk.api.provider.v1 import provider_pb2, provider_pb2_grpc
-from computesdk.api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-from computesdk.api.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
-from computesdk.api.template.v1 import template_pb2, template_pb2_grpc
-from computesdk.api.volume.v1 import volume_pb2, volume_pb2_grpc
+from computesdk_api.events.v1 import events_pb2, events_pb2_grpc
+from computesdk_api.filesystem.v1 import filesystem_pb2, filesystem_pb2_grpc
+from computesdk_api.group.v1 import group_pb2, group_pb2_grpc
+from computesdk_api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from computesdk_api.monitoring.v1 import monitoring_pb2, monitoring_pb2_grpc
+from computesdk_api.network.v1 import network_pb2, network_pb2_grpc
+from computesdk_api.pool.v1 import pool_pb2, pool_pb2_grpc
+from computesdk_api.process.v1 import process_pb2, process_pb2_grpc
+from computesdk_api.provider.v1 import provider_pb2, provider_pb2_grpc
+from computesdk_api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from computesdk_api.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
+from computesdk_api.template.v1 import template_pb2, template_pb2_grpc
+from computesdk_api.volume.v1 import volume_pb2, volume_pb2_grpc
 
 from . import logs, metrics
 from .config import Config

@@ -14,8 +14,8 @@ import pytest
 
 from computesdk import Client, Sandbox
 from computesdk._rpc import translated
-from computesdk.api.filesystem.v1 import filesystem_pb2 as fs_pb
 from computesdk.errors import ComputeSDKError
+from computesdk_api.filesystem.v1 import filesystem_pb2 as fs_pb
 
 
 def snapshot(d: Path) -> list[tuple[str, int, int, int]]:

@@ -16,7 +16,7 @@ import pytest
 from hoststate import held, init_pid
 
 from computesdk import Client, SandboxNotFoundError
-from computesdk.api.sandbox.v1 import sandbox_pb2
+from computesdk_api.sandbox.v1 import sandbox_pb2
 from conftest import DaemonProcess
 
 BOUND_S = 15.0  # generous: a busy 2-core VM

@@ -15,6 +15,8 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+import computesdk_api
+
 from . import cli_fleet, cli_templates
 from ._cli_common import kv as _kv
 from ._cli_common import print_json as _print_json
@@ -396,10 +398,10 @@ _PLUGINS = {
 
 def write_stubs(lang: str, out: Path) -> list[Path]:
     """Copies the shipped protos (or Python stubs) to out; returns what it wrote."""
-    root = Path(__file__).parent
+    root = Path(computesdk_api.__file__).parent
     lang = lang.lower()
     if lang == "python":
-        sources = [p for p in (root / "api").rglob("*") if p.suffix in (".py", ".pyi")]
+        sources = [p for p in root.rglob("*") if p.suffix in (".py", ".pyi")]
         base = root.parent
     else:
         sources = list((root / "proto").rglob("*.proto"))

@@ -13,20 +13,21 @@ from typing import Any
 
 import grpc
 
+from computesdk_api.events.v1 import events_pb2, events_pb2_grpc
+from computesdk_api.filesystem.v1 import filesystem_pb2_grpc
+from computesdk_api.group.v1 import group_pb2_grpc
+from computesdk_api.messaging.v1 import messaging_pb2_grpc
+from computesdk_api.monitoring.v1 import monitoring_pb2_grpc
+from computesdk_api.network.v1 import network_pb2_grpc
+from computesdk_api.pool.v1 import pool_pb2_grpc
+from computesdk_api.process.v1 import process_pb2_grpc
+from computesdk_api.provider.v1 import provider_pb2, provider_pb2_grpc
+from computesdk_api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from computesdk_api.snapshot.v1 import snapshot_pb2_grpc
+from computesdk_api.template.v1 import template_pb2_grpc
+from computesdk_api.volume.v1 import volume_pb2_grpc
+
 from ._rpc import open_channel, target_for, translated
-from .api.events.v1 import events_pb2, events_pb2_grpc
-from .api.filesystem.v1 import filesystem_pb2_grpc
-from .api.group.v1 import group_pb2_grpc
-from .api.messaging.v1 import messaging_pb2_grpc
-from .api.monitoring.v1 import monitoring_pb2_grpc
-from .api.network.v1 import network_pb2_grpc
-from .api.pool.v1 import pool_pb2_grpc
-from .api.process.v1 import process_pb2_grpc
-from .api.provider.v1 import provider_pb2, provider_pb2_grpc
-from .api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
-from .api.snapshot.v1 import snapshot_pb2_grpc
-from .api.template.v1 import template_pb2_grpc
-from .api.volume.v1 import volume_pb2_grpc
 from .errors import ComputeSDKError, error_from, from_rpc_error
 from .fleet import Channels, Groups, Networks, Pools
 from .sandbox import Sandbox

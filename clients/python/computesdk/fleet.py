@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from computesdk_api.group.v1 import group_pb2 as group_pb
+from computesdk_api.messaging.v1 import messaging_pb2 as msg_pb
+from computesdk_api.network.v1 import network_pb2 as net_pb
+from computesdk_api.pool.v1 import pool_pb2 as pool_pb
+
 from ._rpc import translated
-from .api.group.v1 import group_pb2 as group_pb
-from .api.messaging.v1 import messaging_pb2 as msg_pb
-from .api.network.v1 import network_pb2 as net_pb
-from .api.pool.v1 import pool_pb2 as pool_pb
 from .errors import ComputeSDKError, error_from
 from .sandbox import Sandbox, _command, _result
 from .types import ExecResult, Resources

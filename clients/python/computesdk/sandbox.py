@@ -9,11 +9,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from computesdk_api.filesystem.v1 import filesystem_pb2 as fs_pb
+from computesdk_api.monitoring.v1 import monitoring_pb2 as mon_pb
+from computesdk_api.process.v1 import process_pb2 as proc_pb
+from computesdk_api.sandbox.v1 import sandbox_pb2
+
 from ._rpc import CHUNK, translated
-from .api.filesystem.v1 import filesystem_pb2 as fs_pb
-from .api.monitoring.v1 import monitoring_pb2 as mon_pb
-from .api.process.v1 import process_pb2 as proc_pb
-from .api.sandbox.v1 import sandbox_pb2
 from .errors import UnsupportedError
 from .state import Snapshots
 from .types import (

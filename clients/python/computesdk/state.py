@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from computesdk_api.snapshot.v1 import snapshot_pb2 as snap_pb
+from computesdk_api.volume.v1 import volume_pb2 as vol_pb
+
 from ._rpc import translated
-from .api.snapshot.v1 import snapshot_pb2 as snap_pb
-from .api.volume.v1 import volume_pb2 as vol_pb
 from .types import Resources
 
 if TYPE_CHECKING:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from computesdk_api.template.v1 import template_pb2 as pb
+
 from ._rpc import translated
-from .api.template.v1 import template_pb2 as pb
 from .errors import InternalError
 
 if TYPE_CHECKING:

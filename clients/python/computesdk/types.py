@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from .api.events.v1 import events_pb2
-from .api.filesystem.v1 import filesystem_pb2
-from .api.monitoring.v1 import monitoring_pb2
-from .api.process.v1 import process_pb2
-from .api.sandbox.v1 import sandbox_pb2
+from computesdk_api.events.v1 import events_pb2
+from computesdk_api.filesystem.v1 import filesystem_pb2
+from computesdk_api.monitoring.v1 import monitoring_pb2
+from computesdk_api.process.v1 import process_pb2
+from computesdk_api.sandbox.v1 import sandbox_pb2
 
 STATE_NAMES = {
     sandbox_pb2.STATE_CREATING: "creating",

@@ -5,8 +5,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.events.v1 import events_pb2 as pb
-from computesdk.api.events.v1 import events_pb2_grpc as pb_grpc
+from computesdk_api.events.v1 import events_pb2 as pb
+from computesdk_api.events.v1 import events_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from . import convert

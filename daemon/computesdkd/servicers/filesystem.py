@@ -7,8 +7,8 @@ from typing import Any
 from grpc.aio import ServicerContext
 from structlog.contextvars import bind_contextvars
 
-from computesdk.api.filesystem.v1 import filesystem_pb2 as pb
-from computesdk.api.filesystem.v1 import filesystem_pb2_grpc as pb_grpc
+from computesdk_api.filesystem.v1 import filesystem_pb2 as pb
+from computesdk_api.filesystem.v1 import filesystem_pb2_grpc as pb_grpc
 
 from ..errors import Aborted, ComputeError, InvalidArgument
 from ..manager import Manager

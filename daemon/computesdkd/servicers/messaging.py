@@ -5,8 +5,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.messaging.v1 import messaging_pb2 as pb
-from computesdk.api.messaging.v1 import messaging_pb2_grpc as pb_grpc
+from computesdk_api.messaging.v1 import messaging_pb2 as pb
+from computesdk_api.messaging.v1 import messaging_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from ..messaging import Channel

@@ -5,8 +5,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.monitoring.v1 import monitoring_pb2 as pb
-from computesdk.api.monitoring.v1 import monitoring_pb2_grpc as pb_grpc
+from computesdk_api.monitoring.v1 import monitoring_pb2 as pb
+from computesdk_api.monitoring.v1 import monitoring_pb2_grpc as pb_grpc
 
 from ..errors import InvalidArgument
 from ..health import CustomCheck

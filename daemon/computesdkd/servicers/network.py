@@ -4,8 +4,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.network.v1 import network_pb2 as pb
-from computesdk.api.network.v1 import network_pb2_grpc as pb_grpc
+from computesdk_api.network.v1 import network_pb2 as pb
+from computesdk_api.network.v1 import network_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from ..networks import Network

@@ -4,8 +4,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.pool.v1 import pool_pb2 as pb
-from computesdk.api.pool.v1 import pool_pb2_grpc as pb_grpc
+from computesdk_api.pool.v1 import pool_pb2 as pb
+from computesdk_api.pool.v1 import pool_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from ..pools import Pool, PoolSpec

@@ -8,8 +8,8 @@ from typing import Any
 from grpc.aio import ServicerContext
 from structlog.contextvars import bind_contextvars
 
-from computesdk.api.process.v1 import process_pb2 as pb
-from computesdk.api.process.v1 import process_pb2_grpc as pb_grpc
+from computesdk_api.process.v1 import process_pb2 as pb
+from computesdk_api.process.v1 import process_pb2_grpc as pb_grpc
 
 from ..errors import ComputeError, InvalidArgument
 from ..manager import Manager

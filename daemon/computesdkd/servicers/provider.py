@@ -4,8 +4,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.provider.v1 import provider_pb2 as pb
-from computesdk.api.provider.v1 import provider_pb2_grpc as pb_grpc
+from computesdk_api.provider.v1 import provider_pb2 as pb
+from computesdk_api.provider.v1 import provider_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from ._edge import edge

@@ -4,8 +4,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.sandbox.v1 import sandbox_pb2 as pb
-from computesdk.api.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+from computesdk_api.sandbox.v1 import sandbox_pb2 as pb
+from computesdk_api.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 
 from ..errors import ComputeError, InvalidArgument
 from ..manager import Manager

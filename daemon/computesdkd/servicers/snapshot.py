@@ -8,8 +8,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.snapshot.v1 import snapshot_pb2 as pb
-from computesdk.api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
+from computesdk_api.snapshot.v1 import snapshot_pb2 as pb
+from computesdk_api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
 
 from ..errors import ComputeError, InvalidArgument, ResourceExhausted
 from ..manager import Manager

@@ -6,8 +6,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.template.v1 import template_pb2 as pb
-from computesdk.api.template.v1 import template_pb2_grpc as pb_grpc
+from computesdk_api.template.v1 import template_pb2 as pb
+from computesdk_api.template.v1 import template_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from ..model import TemplateDefinition, TemplateInfo

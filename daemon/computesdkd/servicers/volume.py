@@ -4,8 +4,8 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from computesdk.api.volume.v1 import volume_pb2 as pb
-from computesdk.api.volume.v1 import volume_pb2_grpc as pb_grpc
+from computesdk_api.volume.v1 import volume_pb2 as pb
+from computesdk_api.volume.v1 import volume_pb2_grpc as pb_grpc
 
 from ..manager import Manager
 from ..volumes import VolumeRecord
