@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from computesdkd.errors import AGENT_REASONS, Internal, NotFound
+from computesdkd.domain.errors import AGENT_REASONS, Internal, NotFound
 from computesdkd.providers.local import agent as wire
 from computesdkd.providers.local.agentpb import agent_pb2 as pb
 

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from computesdk import Client, UnavailableError
 from computesdkd.breaker import Circuit, CircuitBreaker
-from computesdkd.errors import InvalidArgument, Unavailable
+from computesdkd.domain.errors import InvalidArgument, Unavailable
 from conftest import DaemonProcess, new_daemon, start_e2b_fake
 from fakes.e2b import FakeE2B
 

@@ -52,7 +52,7 @@ def test_every_daemon_reason_is_in_the_enum() -> None:
 
 
 def test_agent_reasons_are_in_the_enum() -> None:
-    from computesdkd.errors import AGENT_REASONS
+    from computesdkd.domain.errors import AGENT_REASONS
 
     assert set(AGENT_REASONS) <= KNOWN
 

@@ -1,3 +1,3 @@
-from .cli import main
+from computesdkd.cli import main
 
 main()

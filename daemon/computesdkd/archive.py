@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import InvalidArgument
+from computesdkd.domain.errors import InvalidArgument
 
 FORMAT = "computesdk-state"
 VERSION = 1

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from structlog.contextvars import bound_contextvars
 
-from . import logs
-from .errors import ComputeError, InvalidArgument
-from .model import Resources, Sandbox, ScalingPolicy, Usage
+from computesdkd.domain.errors import ComputeError, InvalidArgument
+from computesdkd.domain.model import Resources, Sandbox, ScalingPolicy, Usage
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 AUTOSCALE = "autoscale"

@@ -12,9 +12,7 @@ import enum
 import time
 from collections.abc import Callable
 
-import grpc
-
-from .errors import ComputeError, Unavailable
+from computesdkd.domain.errors import Code, ComputeError, Unavailable
 
 
 class Circuit(enum.IntEnum):
@@ -25,12 +23,7 @@ class Circuit(enum.IntEnum):
 
 
 # Failures that say the provider, not the request, is at fault.
-_PROVIDER_FAULTS = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.UNKNOWN,
-}
+_PROVIDER_FAULTS = {Code.UNAVAILABLE, Code.INTERNAL, Code.DEADLINE_EXCEEDED}
 
 
 def is_provider_fault(exc: BaseException) -> bool:

@@ -8,9 +8,15 @@ import resource
 import sys
 from pathlib import Path
 
-from . import logs
-from .config import Config, ConfigError, apply_provider_env, default_socket, default_state_dir
-from .server import Daemon, DaemonError
+from computesdkd.config import (
+    Config,
+    ConfigError,
+    apply_provider_env,
+    default_socket,
+    default_state_dir,
+)
+from computesdkd.server import Daemon, DaemonError
+from computesdkd.support import logs
 
 
 def parse(argv: list[str] | None = None) -> Config:

@@ -10,10 +10,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Collection
 
-from . import logs
-from .errors import Aborted
-from .model import Event
-from .store import Store
+from computesdkd.domain.errors import Aborted
+from computesdkd.domain.model import Event
+from computesdkd.store import Store
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

@@ -13,12 +13,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import logs
-from .errors import Aborted, AlreadyExists, ComputeError, InvalidArgument, NotFound
-from .model import Command, ExitStatus, Output
+from computesdkd.domain.errors import (
+    Aborted,
+    AlreadyExists,
+    ComputeError,
+    InvalidArgument,
+    NotFound,
+)
+from computesdkd.domain.model import Command, ExitStatus, Output
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 

@@ -15,13 +15,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ComputeError, InvalidArgument, NotFound
-from .model import Command, ExitStatus, HealthResult, Output, Sandbox, State
-from .providers.base import Provider
-from .providers.paths import WORKDIR
+from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound
+from computesdkd.domain.model import Command, ExitStatus, HealthResult, Output, Sandbox, State
+from computesdkd.domain.paths import WORKDIR
+from computesdkd.providers.base import Provider
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 HEALTH = "health"
 HEALTH_TIMEOUT_S = 15.0

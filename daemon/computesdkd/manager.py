@@ -22,10 +22,9 @@ from typing import Any, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
-from . import logs, metrics
-from .autoscale import AutoScaler
-from .breaker import Circuit, CircuitBreaker, is_provider_fault
-from .errors import (
+from computesdkd.autoscale import AutoScaler
+from computesdkd.breaker import Circuit, CircuitBreaker, is_provider_fault
+from computesdkd.domain.errors import (
     AlreadyExists,
     ComputeError,
     FailedPrecondition,
@@ -36,11 +35,7 @@ from .errors import (
     Unsupported,
     sandbox_not_found,
 )
-from .events import EventBus
-from .groups import Groups
-from .health import CustomCheck, HealthChecks
-from .messaging import Messaging
-from .model import (
+from computesdkd.domain.model import (
     Command,
     ExitStatus,
     FileInfo,
@@ -56,16 +51,21 @@ from .model import (
     State,
     Usage,
 )
-from .monitor import Monitor
-from .networks import Networks
-from .pools import POOL_LABEL, Pools
-from .providers.base import EXEC_RESUME, SNAPSHOTS, ProcessRun, Provider, ProviderContext
-from .providers.paths import WORKDIR, normalize
-from .snapshots import RESTARTED, Snapshots
-from .store import Store
-from .templates import Templates
-from .testhooks import crash
-from .volumes import VOLUME_MOUNTED, Volumes
+from computesdkd.domain.paths import WORKDIR, normalize
+from computesdkd.events import EventBus
+from computesdkd.groups import Groups
+from computesdkd.health import CustomCheck, HealthChecks
+from computesdkd.messaging import Messaging
+from computesdkd.monitor import Monitor
+from computesdkd.networks import Networks
+from computesdkd.pools import POOL_LABEL, Pools
+from computesdkd.providers.base import EXEC_RESUME, SNAPSHOTS, ProcessRun, Provider, ProviderContext
+from computesdkd.snapshots import RESTARTED, Snapshots
+from computesdkd.store import Store
+from computesdkd.support import logs, metrics
+from computesdkd.support.testhooks import crash
+from computesdkd.templates import Templates
+from computesdkd.volumes import VOLUME_MOUNTED, Volumes
 
 log = logs.get(__name__)
 

@@ -19,11 +19,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import logs
-from .errors import AlreadyExists, ComputeError, InvalidArgument, NotFound, ResourceExhausted
+from computesdkd.domain.errors import (
+    AlreadyExists,
+    ComputeError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 

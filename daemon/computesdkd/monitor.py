@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from . import logs, metrics
-from .model import Usage
+from computesdkd.domain.model import Usage
+from computesdkd.support import logs, metrics
 
 log = logs.get(__name__)
 

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from structlog.contextvars import bound_contextvars
 
-from . import logs
-from .errors import (
+from computesdkd.domain.errors import (
     AlreadyExists,
     ComputeError,
     FailedPrecondition,
@@ -32,10 +31,11 @@ from .errors import (
     NotFound,
     ResourceExhausted,
 )
-from .model import Resources, Sandbox, SandboxSpec
+from computesdkd.domain.model import Resources, Sandbox, SandboxSpec
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 

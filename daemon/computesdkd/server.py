@@ -27,34 +27,33 @@ from computesdk_api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from computesdk_api.snapshot.v1 import snapshot_pb2, snapshot_pb2_grpc
 from computesdk_api.template.v1 import template_pb2, template_pb2_grpc
 from computesdk_api.volume.v1 import volume_pb2, volume_pb2_grpc
-
-from . import logs, metrics
-from .config import Config
-from .errors import ComputeError
-from .events import EventBus
-from .manager import Manager
-from .pools import parse_warm_pool
-from .providers import daytona as _daytona  # noqa: F401 - registers the daytona provider
-from .providers import docker as _docker  # noqa: F401 - registers the docker provider
-from .providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
-from .providers import get_factory, registered_names
-from .providers import local as _local  # noqa: F401 - registers the local provider
-from .providers import modal as _modal  # noqa: F401 - registers the modal provider
-from .providers import vercel as _vercel  # noqa: F401 - registers the vercel provider
-from .servicers.events import EventServicer
-from .servicers.filesystem import FilesystemServicer
-from .servicers.group import GroupServicer
-from .servicers.messaging import MessagingServicer
-from .servicers.monitoring import MonitoringServicer
-from .servicers.network import NetworkServicer
-from .servicers.pool import PoolServicer
-from .servicers.process import ProcessServicer
-from .servicers.provider import ProviderServicer
-from .servicers.sandbox import SandboxServicer
-from .servicers.snapshot import SnapshotServicer
-from .servicers.template import TemplateServicer
-from .servicers.volume import VolumeServicer
-from .store import Store
+from computesdkd.config import Config
+from computesdkd.domain.errors import ComputeError
+from computesdkd.events import EventBus
+from computesdkd.manager import Manager
+from computesdkd.pools import parse_warm_pool
+from computesdkd.providers import daytona as _daytona  # noqa: F401 - registers the daytona provider
+from computesdkd.providers import docker as _docker  # noqa: F401 - registers the docker provider
+from computesdkd.providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
+from computesdkd.providers import get_factory, registered_names
+from computesdkd.providers import local as _local  # noqa: F401 - registers the local provider
+from computesdkd.providers import modal as _modal  # noqa: F401 - registers the modal provider
+from computesdkd.providers import vercel as _vercel  # noqa: F401 - registers the vercel provider
+from computesdkd.servicers.events import EventServicer
+from computesdkd.servicers.filesystem import FilesystemServicer
+from computesdkd.servicers.group import GroupServicer
+from computesdkd.servicers.messaging import MessagingServicer
+from computesdkd.servicers.monitoring import MonitoringServicer
+from computesdkd.servicers.network import NetworkServicer
+from computesdkd.servicers.pool import PoolServicer
+from computesdkd.servicers.process import ProcessServicer
+from computesdkd.servicers.provider import ProviderServicer
+from computesdkd.servicers.sandbox import SandboxServicer
+from computesdkd.servicers.snapshot import SnapshotServicer
+from computesdkd.servicers.template import TemplateServicer
+from computesdkd.servicers.volume import VolumeServicer
+from computesdkd.store import Store
+from computesdkd.support import logs, metrics
 
 log = logs.get(__name__)
 

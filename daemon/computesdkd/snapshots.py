@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from structlog.contextvars import bound_contextvars
 
-from . import archive, logs
-from .errors import ComputeError, InvalidArgument, NotFound
-from .model import Resources, Sandbox, SandboxSpec
+from computesdkd import archive
+from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound
+from computesdkd.domain.model import Resources, Sandbox, SandboxSpec
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 

@@ -14,7 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .model import Event, ExitStatus, Resources, Sandbox, SandboxSpec, State, VolumeMount
+from computesdkd.domain.model import (
+    Event,
+    ExitStatus,
+    Resources,
+    Sandbox,
+    SandboxSpec,
+    State,
+    VolumeMount,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (

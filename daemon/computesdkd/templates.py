@@ -16,13 +16,13 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import logs
-from .errors import FailedPrecondition, InvalidArgument, NotFound
-from .model import BuildStep, TemplateDefinition, TemplateInfo
-from .providers.base import Provider
+from computesdkd.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from computesdkd.domain.model import BuildStep, TemplateDefinition, TemplateInfo
+from computesdkd.providers.base import Provider
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 

@@ -16,13 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from . import logs
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from .model import Sandbox, SandboxSpec, VolumeMount
-from .providers.base import VOLUMES
+from computesdkd.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from computesdkd.domain.model import Sandbox, SandboxSpec, VolumeMount
+from computesdkd.providers.base import VOLUMES
+from computesdkd.support import logs
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from computesdkd.manager import Manager
 
 log = logs.get(__name__)
 

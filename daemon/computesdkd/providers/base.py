@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Unsupported
-from ..model import (
+from computesdkd.domain.errors import Unsupported
+from computesdkd.domain.model import (
     BuildStep,
     Command,
     FileInfo,
@@ -30,7 +30,7 @@ from ..model import (
     TemplateInfo,
     Usage,
 )
-from .execfs import ExecFS
+from computesdkd.providers.execfs import ExecFS
 
 # Capability names, as reported by ProviderService.ListProviders.
 EXEC = "exec"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from ..errors import (
+from computesdkd.domain.errors import (
     AlreadyExists,
     ComputeError,
     FailedPrecondition,
@@ -21,10 +21,10 @@ from ..errors import (
     NotFound,
     ResourceExhausted,
 )
-from ..model import Command, ExitStatus, FileInfo, FileKind, Output, Usage
+from computesdkd.domain.model import Command, ExitStatus, FileInfo, FileKind, Output, Usage
 
 if TYPE_CHECKING:
-    from .base import ProcessRun
+    from computesdkd.providers.base import ProcessRun
 
     RunFn = Callable[[Command], ProcessRun]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import (
+from computesdkd.domain.errors import (
     AlreadyExists,
     ComputeError,
     FailedPrecondition,

@@ -16,8 +16,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from structlog.contextvars import bound_contextvars
 
-from .. import logs, metrics
-from ..errors import DOMAIN, ComputeError, Internal, ResourceExhausted, Unavailable
+from computesdkd.domain.errors import DOMAIN, ComputeError, Internal, ResourceExhausted, Unavailable
+from computesdkd.support import logs, metrics
 
 log = logs.get(__name__)
 

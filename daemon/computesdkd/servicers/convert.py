@@ -8,9 +8,8 @@ from computesdk_api.events.v1 import events_pb2
 from computesdk_api.filesystem.v1 import filesystem_pb2 as fs_pb
 from computesdk_api.process.v1 import process_pb2 as proc_pb
 from computesdk_api.sandbox.v1 import sandbox_pb2 as sb_pb
-
-from ..errors import InvalidArgument
-from ..model import (
+from computesdkd.domain.errors import InvalidArgument
+from computesdkd.domain.model import (
     Command,
     Event,
     ExitStatus,

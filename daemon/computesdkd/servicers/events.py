@@ -7,10 +7,9 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.events.v1 import events_pb2 as pb
 from computesdk_api.events.v1 import events_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from . import convert
-from ._edge import edge
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

@@ -9,11 +9,10 @@ from structlog.contextvars import bind_contextvars
 
 from computesdk_api.filesystem.v1 import filesystem_pb2 as pb
 from computesdk_api.filesystem.v1 import filesystem_pb2_grpc as pb_grpc
-
-from ..errors import Aborted, ComputeError, InvalidArgument
-from ..manager import Manager
-from . import convert
-from ._edge import check_chunk, drain_requests, edge
+from computesdkd.domain.errors import Aborted, ComputeError, InvalidArgument
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import check_chunk, drain_requests, edge
 
 Ctx = ServicerContext[Any, Any]
 

@@ -7,11 +7,10 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.messaging.v1 import messaging_pb2 as pb
 from computesdk_api.messaging.v1 import messaging_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from ..messaging import Channel
-from . import convert
-from ._edge import edge
+from computesdkd.manager import Manager
+from computesdkd.messaging import Channel
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

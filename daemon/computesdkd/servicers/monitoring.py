@@ -7,13 +7,12 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.monitoring.v1 import monitoring_pb2 as pb
 from computesdk_api.monitoring.v1 import monitoring_pb2_grpc as pb_grpc
-
-from ..errors import InvalidArgument
-from ..health import CustomCheck
-from ..manager import Manager
-from ..model import ScalingPolicy, Usage
-from . import convert
-from ._edge import edge
+from computesdkd.domain.errors import InvalidArgument
+from computesdkd.domain.model import ScalingPolicy, Usage
+from computesdkd.health import CustomCheck
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

@@ -6,10 +6,9 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.network.v1 import network_pb2 as pb
 from computesdk_api.network.v1 import network_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from ..networks import Network
-from ._edge import edge
+from computesdkd.manager import Manager
+from computesdkd.networks import Network
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

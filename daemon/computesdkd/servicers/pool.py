@@ -6,11 +6,10 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.pool.v1 import pool_pb2 as pb
 from computesdk_api.pool.v1 import pool_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from ..pools import Pool, PoolSpec
-from . import convert
-from ._edge import edge
+from computesdkd.manager import Manager
+from computesdkd.pools import Pool, PoolSpec
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

@@ -10,13 +10,12 @@ from structlog.contextvars import bind_contextvars
 
 from computesdk_api.process.v1 import process_pb2 as pb
 from computesdk_api.process.v1 import process_pb2_grpc as pb_grpc
-
-from ..errors import ComputeError, InvalidArgument
-from ..manager import Manager
-from ..model import ExitStatus, Output, ProcessEvent, Started
-from ..providers.base import ProcessRun
-from . import convert
-from ._edge import check_chunk, drain_requests, edge
+from computesdkd.domain.errors import ComputeError, InvalidArgument
+from computesdkd.domain.model import ExitStatus, Output, ProcessEvent, Started
+from computesdkd.manager import Manager
+from computesdkd.providers.base import ProcessRun
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import check_chunk, drain_requests, edge
 
 Ctx = ServicerContext[Any, Any]
 

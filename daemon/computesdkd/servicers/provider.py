@@ -6,9 +6,8 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.provider.v1 import provider_pb2 as pb
 from computesdk_api.provider.v1 import provider_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from ._edge import edge
+from computesdkd.manager import Manager
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

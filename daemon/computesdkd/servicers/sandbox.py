@@ -6,12 +6,11 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.sandbox.v1 import sandbox_pb2 as pb
 from computesdk_api.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
-
-from ..errors import ComputeError, InvalidArgument
-from ..manager import Manager
-from ..model import State
-from . import convert
-from ._edge import edge
+from computesdkd.domain.errors import ComputeError, InvalidArgument
+from computesdkd.domain.model import State
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
 
 Ctx = ServicerContext[Any, Any]
 

@@ -10,12 +10,11 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.snapshot.v1 import snapshot_pb2 as pb
 from computesdk_api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
-
-from ..errors import ComputeError, InvalidArgument, ResourceExhausted
-from ..manager import Manager
-from ..snapshots import SnapshotRecord, StateRecord
-from . import convert
-from ._edge import check_chunk, drain_requests, edge
+from computesdkd.domain.errors import ComputeError, InvalidArgument, ResourceExhausted
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import check_chunk, drain_requests, edge
+from computesdkd.snapshots import SnapshotRecord, StateRecord
 
 CHUNK = 1024 * 1024
 MAX_ARCHIVE = 64 * 1024**3

@@ -8,12 +8,11 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.template.v1 import template_pb2 as pb
 from computesdk_api.template.v1 import template_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from ..model import TemplateDefinition, TemplateInfo
-from ..templates import BuildOutcome
-from . import convert
-from ._edge import edge
+from computesdkd.domain.model import TemplateDefinition, TemplateInfo
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
+from computesdkd.templates import BuildOutcome
 
 Ctx = ServicerContext[Any, Any]
 

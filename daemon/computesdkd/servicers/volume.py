@@ -6,11 +6,10 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.volume.v1 import volume_pb2 as pb
 from computesdk_api.volume.v1 import volume_pb2_grpc as pb_grpc
-
-from ..manager import Manager
-from ..volumes import VolumeRecord
-from . import convert
-from ._edge import edge
+from computesdkd.manager import Manager
+from computesdkd.servicers import convert
+from computesdkd.servicers._edge import edge
+from computesdkd.volumes import VolumeRecord
 
 Ctx = ServicerContext[Any, Any]
 

@@ -1,5 +1,5 @@
 """The daytona provider: Daytona's control API and the toolbox API in each sandbox."""
 
-from .provider import DaytonaProvider
+from computesdkd.providers.daytona.provider import DaytonaProvider
 
 __all__ = ["DaytonaProvider"]

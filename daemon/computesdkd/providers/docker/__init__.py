@@ -1,5 +1,5 @@
 """The docker provider: containers on a Docker Engine, over its API socket."""
 
-from .provider import DockerProvider
+from computesdkd.providers.docker.provider import DockerProvider
 
 __all__ = ["DockerProvider"]

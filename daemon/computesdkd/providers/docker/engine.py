@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from ...errors import AlreadyExists, ComputeError, Internal, NotFound, Unavailable
+from computesdkd.domain.errors import AlreadyExists, ComputeError, Internal, NotFound, Unavailable
 
 API = "/v1.41"
 DEFAULT_SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix(

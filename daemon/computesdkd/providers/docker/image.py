@@ -11,8 +11,8 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 
-from ..local.rootfs import RECIPE_VERSION, mmdebstrap_argv
-from .engine import Engine
+from computesdkd.providers.docker.engine import Engine
+from computesdkd.providers.local.rootfs import RECIPE_VERSION, mmdebstrap_argv
 
 IMAGE = f"computesdk/sandbox:bookworm-v{RECIPE_VERSION}"
 

@@ -21,9 +21,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ... import logs
-from ...errors import FailedPrecondition, ResourceExhausted, Unavailable, Unsupported
-from ...model import (
+from computesdkd.domain.errors import (
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    Unsupported,
+)
+from computesdkd.domain.model import (
     Command,
     ExitStatus,
     Output,
@@ -35,11 +39,12 @@ from ...model import (
     Started,
     Usage,
 )
-from .. import base
-from ..base import ProcessRun, Provider, ProviderContext
-from ..local.templates import TEMPLATES, process_env, resolve
-from . import image as image_mod
-from .engine import Engine, HijackedExec
+from computesdkd.providers import base
+from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
+from computesdkd.providers.docker import image as image_mod
+from computesdkd.providers.docker.engine import Engine, HijackedExec
+from computesdkd.providers.local.templates import TEMPLATES, process_env, resolve
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

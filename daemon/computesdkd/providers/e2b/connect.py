@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from ...errors import ComputeError, Unavailable
-from ..http import error_for
+from computesdkd.domain.errors import ComputeError, Unavailable
+from computesdkd.providers.http import error_for
 
 _ENVELOPE = struct.Struct(">BI")
 END_STREAM = 0x02

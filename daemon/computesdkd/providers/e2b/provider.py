@@ -25,9 +25,8 @@ from typing import Any
 
 import httpx
 
-from ... import logs
-from ...errors import AlreadyExists, FailedPrecondition, Unavailable, Unsupported
-from ...model import (
+from computesdkd.domain.errors import AlreadyExists, FailedPrecondition, Unavailable, Unsupported
+from computesdkd.domain.model import (
     Command,
     ExitStatus,
     FileInfo,
@@ -41,12 +40,13 @@ from ...model import (
     Started,
     Usage,
 )
-from .. import base
-from ..base import ProcessRun, Provider
-from ..http import error_for, send
-from ..local.templates import process_env
-from ..paths import WORKDIR
-from . import connect
+from computesdkd.domain.paths import WORKDIR
+from computesdkd.providers import base
+from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.e2b import connect
+from computesdkd.providers.http import error_for, send
+from computesdkd.providers.local.templates import process_env
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

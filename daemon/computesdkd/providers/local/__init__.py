@@ -1,5 +1,5 @@
 """The local provider: runc containers on an overlayfs root, on this machine."""
 
-from .provider import LocalProvider
+from computesdkd.providers.local.provider import LocalProvider
 
 __all__ = ["LocalProvider"]

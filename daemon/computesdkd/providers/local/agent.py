@@ -26,9 +26,9 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from ...errors import AGENT_REASONS, Aborted, ComputeError, Internal, Unavailable
-from ...model import ExitStatus, Output, ProcessEvent, ProcessInfo, Started
-from .agentpb import agent_pb2 as pb
+from computesdkd.domain.errors import AGENT_REASONS, Aborted, ComputeError, Internal, Unavailable
+from computesdkd.domain.model import ExitStatus, Output, ProcessEvent, ProcessInfo, Started
+from computesdkd.providers.local.agentpb import agent_pb2 as pb
 
 _HDR = struct.Struct(">BI")
 REQUEST, STDIN, CLOSE, SIGNAL = b"Q", b"I", b"C", b"K"

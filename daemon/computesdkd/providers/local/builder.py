@@ -32,15 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ... import logs
-from ...errors import FailedPrecondition, Internal, InvalidArgument, NotFound
-from ...model import BuildStep, Resources, TemplateDefinition, TemplateInfo
-from ..base import BuildReport
-from . import buildnet, idmap, images, layers, safefs
-from . import rootfs as rootfs_mod
-from .host import MS_NODEV, MS_NOSUID, mount, run, umount
-from .oci import build_spec
-from .templates import DEFAULT_PATH, TEMPLATES
+from computesdkd.domain.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from computesdkd.domain.model import BuildStep, Resources, TemplateDefinition, TemplateInfo
+from computesdkd.providers.base import BuildReport
+from computesdkd.providers.local import buildnet, idmap, images, layers, safefs
+from computesdkd.providers.local import rootfs as rootfs_mod
+from computesdkd.providers.local.host import MS_NODEV, MS_NOSUID, mount, run, umount
+from computesdkd.providers.local.oci import build_spec
+from computesdkd.providers.local.templates import DEFAULT_PATH, TEMPLATES
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

@@ -52,8 +52,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ... import logs
-from ...errors import Internal
+from computesdkd.domain.errors import Internal
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

@@ -23,7 +23,7 @@ import posixpath
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from ...errors import (
+from computesdkd.domain.errors import (
     AlreadyExists,
     ComputeError,
     FailedPrecondition,
@@ -32,9 +32,9 @@ from ...errors import (
     NotFound,
     ResourceExhausted,
 )
-from ...model import FileInfo, FileKind
-from . import idmap, safefs
-from .rootfs import UID_SHIFT
+from computesdkd.domain.model import FileInfo, FileKind
+from computesdkd.providers.local import idmap, safefs
+from computesdkd.providers.local.rootfs import UID_SHIFT
 
 CHUNK = 256 * 1024
 MAX_ENTRIES = 100_000  # a ListDirectory answer is held in memory

@@ -13,9 +13,9 @@ import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ...errors import Internal
-from ...testhooks import crash
-from . import safefs
+from computesdkd.domain.errors import Internal
+from computesdkd.providers.local import safefs
+from computesdkd.support.testhooks import crash
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

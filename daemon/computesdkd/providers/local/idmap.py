@@ -29,9 +29,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ... import logs
-from ...errors import ResourceExhausted
-from .rootfs import ID_RANGE, UID_SHIFT
+from computesdkd.domain.errors import ResourceExhausted
+from computesdkd.providers.local.rootfs import ID_RANGE, UID_SHIFT
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

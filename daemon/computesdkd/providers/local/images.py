@@ -27,9 +27,9 @@ from typing import IO, Any
 
 import httpx
 
-from ...errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from . import layers as layers_mod
-from . import safefs
+from computesdkd.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from computesdkd.providers.local import layers as layers_mod
+from computesdkd.providers.local import safefs
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

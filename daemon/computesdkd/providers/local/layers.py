@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from ...errors import InvalidArgument, ResourceExhausted
-from . import safefs
-from .rootfs import ID_RANGE, UID_SHIFT
+from computesdkd.domain.errors import InvalidArgument, ResourceExhausted
+from computesdkd.providers.local import safefs
+from computesdkd.providers.local.rootfs import ID_RANGE, UID_SHIFT
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"

@@ -27,7 +27,7 @@ import secrets
 import socket
 import threading
 
-from ...errors import FailedPrecondition, Internal, Unavailable
+from computesdkd.domain.errors import FailedPrecondition, Internal, Unavailable
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ...model import Resources
-from .rootfs import ID_RANGE, UID_SHIFT
-from .templates import DEFAULT_PATH
+from computesdkd.domain.model import Resources
+from computesdkd.providers.local.rootfs import ID_RANGE, UID_SHIFT
+from computesdkd.providers.local.templates import DEFAULT_PATH
 
 AGENT_DIR = "/.computesdk"
 

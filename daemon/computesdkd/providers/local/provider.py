@@ -30,8 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ... import logs
-from ...errors import (
+from computesdkd.domain.errors import (
     ComputeError,
     FailedPrecondition,
     Internal,
@@ -40,7 +39,7 @@ from ...errors import (
     ResourceExhausted,
     Unavailable,
 )
-from ...model import (
+from computesdkd.domain.model import (
     Command,
     FileInfo,
     Output,
@@ -53,19 +52,20 @@ from ...model import (
     TemplateInfo,
     Usage,
 )
-from ...testhooks import crash
-from .. import base
-from ..base import ProcessRun, Provider, ProviderContext
-from . import builder, host, idmap, layers, network, safefs, storage
-from . import rootfs as rootfs_mod
-from .agent import CLOSE, STDIN, Agent, AgentConnection, AgentGone
-from .agentpb import agent_pb2 as agentpb
-from .fs import SandboxFS
-from .host import mount as _mount
-from .host import run as _run
-from .host import umount as _umount
-from .oci import runtime_spec
-from .templates import TEMPLATES, process_env
+from computesdkd.providers import base
+from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
+from computesdkd.providers.local import builder, host, idmap, layers, network, safefs, storage
+from computesdkd.providers.local import rootfs as rootfs_mod
+from computesdkd.providers.local.agent import CLOSE, STDIN, Agent, AgentConnection, AgentGone
+from computesdkd.providers.local.agentpb import agent_pb2 as agentpb
+from computesdkd.providers.local.fs import SandboxFS
+from computesdkd.providers.local.host import mount as _mount
+from computesdkd.providers.local.host import run as _run
+from computesdkd.providers.local.host import umount as _umount
+from computesdkd.providers.local.oci import runtime_spec
+from computesdkd.providers.local.templates import TEMPLATES, process_env
+from computesdkd.support import logs
+from computesdkd.support.testhooks import crash
 
 log = logs.get(__name__)
 

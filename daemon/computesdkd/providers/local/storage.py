@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ... import logs
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

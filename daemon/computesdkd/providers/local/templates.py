@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...errors import FailedPrecondition, NotFound
-from ...model import Command, Sandbox, TemplateDefinition
+from computesdkd.domain.errors import FailedPrecondition, NotFound
+from computesdkd.domain.model import Command, Sandbox, TemplateDefinition
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

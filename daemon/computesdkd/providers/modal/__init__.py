@@ -1,5 +1,5 @@
 """The modal provider: Modal's gRPC API, and the task command router for exec."""
 
-from .provider import ModalProvider
+from computesdkd.providers.modal.provider import ModalProvider
 
 __all__ = ["ModalProvider"]

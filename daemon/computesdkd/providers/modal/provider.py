@@ -29,8 +29,7 @@ from typing import Any
 
 import grpc
 
-from ... import logs
-from ...errors import (
+from computesdkd.domain.errors import (
     ComputeError,
     FailedPrecondition,
     Internal,
@@ -39,7 +38,7 @@ from ...errors import (
     Unavailable,
     Unsupported,
 )
-from ...model import (
+from computesdkd.domain.model import (
     Command,
     ExitStatus,
     Output,
@@ -50,10 +49,11 @@ from ...model import (
     Sandbox,
     Started,
 )
-from .. import base
-from ..base import ProcessRun, Provider
-from ..local.templates import process_env
-from ..paths import WORKDIR
+from computesdkd.domain.paths import WORKDIR
+from computesdkd.providers import base
+from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.local.templates import process_env
+from computesdkd.support import logs
 
 try:
     from modal_proto import api_pb2

@@ -1,5 +1,5 @@
 """The vercel provider: Vercel Sandbox's REST API (v2, sessions, NDJSON commands)."""
 
-from .provider import VercelProvider
+from computesdkd.providers.vercel.provider import VercelProvider
 
 __all__ = ["VercelProvider"]

@@ -29,9 +29,14 @@ from typing import Any
 
 import httpx
 
-from ... import logs
-from ...errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, Unsupported
-from ...model import (
+from computesdkd.domain.errors import (
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    Unsupported,
+)
+from computesdkd.domain.model import (
     Command,
     ExitStatus,
     FileInfo,
@@ -43,11 +48,12 @@ from ...model import (
     Sandbox,
     Started,
 )
-from .. import base
-from ..base import ProcessRun, Provider
-from ..http import error_for, send
-from ..local.templates import process_env
-from ..paths import WORKDIR
+from computesdkd.domain.paths import WORKDIR
+from computesdkd.providers import base
+from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.http import error_for, send
+from computesdkd.providers.local.templates import process_env
+from computesdkd.support import logs
 
 log = logs.get(__name__)
 

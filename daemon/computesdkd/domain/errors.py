@@ -1,20 +1,40 @@
-"""Domain errors. Each carries a canonical gRPC code name and a stable reason.
+"""Domain errors. Each carries a canonical code and a stable reason.
 
-Domain code raises these; the gRPC edge (servicers/_edge.py) is the only place
-that turns them into a status with google.rpc.ErrorInfo.
+Domain code raises these; the gRPC edge is the only place that turns them into a
+status with google.rpc.ErrorInfo. Every reason is listed in
+proto/computesdk/api/errors/v1/errors.proto (tests/test_reasons.py checks).
 """
 
 from __future__ import annotations
 
-import grpc
+import enum
 
 DOMAIN = "computesdk.dev"
+
+
+class Code(enum.Enum):
+    """The canonical codes (google.rpc.Code) the daemon answers with; the edge maps
+    each to the gRPC status of the same name."""
+
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class ComputeError(Exception):
     """Base of every error the daemon reports to a client."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: Code = Code.INTERNAL
     reason: str = "INTERNAL"
 
     def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
@@ -26,54 +46,54 @@ class ComputeError(Exception):
 
 
 class NotFound(ComputeError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Code.NOT_FOUND
     reason = "NOT_FOUND"
 
 
 class InvalidArgument(ComputeError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Code.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
 
 class FailedPrecondition(ComputeError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Code.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
 
 
 class AlreadyExists(ComputeError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = Code.ALREADY_EXISTS
     reason = "ALREADY_EXISTS"
 
 
 class ResourceExhausted(ComputeError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Code.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
 
 class OutOfRange(ComputeError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+    code = Code.OUT_OF_RANGE
     reason = "OUT_OF_RANGE"
 
 
 class Unavailable(ComputeError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Code.UNAVAILABLE
     reason = "UNAVAILABLE"
 
 
 class Aborted(ComputeError):
-    code = grpc.StatusCode.ABORTED
+    code = Code.ABORTED
     reason = "ABORTED"
 
 
 class DeadlineExceeded(ComputeError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Code.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
 
 
 class Unsupported(ComputeError):
     """A provider cannot carry a feature. Names both, never silently succeeds."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = Code.UNIMPLEMENTED
     reason = "FEATURE_UNSUPPORTED"
 
     def __init__(self, provider: str, feature: str, why: str = "") -> None:
@@ -82,7 +102,7 @@ class Unsupported(ComputeError):
 
 
 class Internal(ComputeError):
-    code = grpc.StatusCode.INTERNAL
+    code = Code.INTERNAL
     reason = "INTERNAL"
 
 

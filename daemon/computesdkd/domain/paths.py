@@ -6,7 +6,7 @@ outright rather than clamped, so a caller learns that its path was wrong.
 
 from __future__ import annotations
 
-from ..errors import FailedPrecondition, InvalidArgument
+from computesdkd.domain.errors import FailedPrecondition, InvalidArgument
 
 MAX_PATH = 4096
 WORKDIR = "/workspace"
