@@ -11,10 +11,11 @@ from pathlib import Path
 from computesdkd.config import (
     Config,
     ConfigError,
-    apply_provider_env,
     default_socket,
     default_state_dir,
+    provider_configs,
 )
+from computesdkd.providers import registered_names
 from computesdkd.server import Daemon, DaemonError
 from computesdkd.support import logs
 
@@ -98,19 +99,19 @@ def parse(argv: list[str] | None = None) -> Config:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse(argv)
     logs.configure(cfg.log_format, cfg.log_level)
-    if cfg.config is not None:
-        try:
-            for warning in apply_provider_env(cfg.config):
-                logs.get(__name__).warning(warning)
-        except ConfigError as exc:
-            print(f"computesdkd: {exc}", file=sys.stderr)
-            sys.exit(2)
+    try:
+        providers, warnings = provider_configs(registered_names(), cfg.config)
+    except ConfigError as exc:
+        print(f"computesdkd: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for warning in warnings:
+        logs.get(__name__).warning(warning)
     # Each live sandbox costs the daemon a few fds (a uid range's namespace, a
     # lease, streams): the soft limit of 1024 a service manager gives is too few.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
-        asyncio.run(Daemon(cfg).run())
+        asyncio.run(Daemon(cfg, providers).run())
     except DaemonError as exc:
         print(f"computesdkd: {exc}", file=sys.stderr)
         sys.exit(1)

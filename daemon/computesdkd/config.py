@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from computesdkd.providers.base import ProviderConfig
 
 
 def default_socket() -> Path:
@@ -48,28 +52,40 @@ class ConfigError(ValueError):
     pass
 
 
-def apply_provider_env(path: Path, environ: dict[str, str] | None = None) -> list[str]:
-    """Reads a daemon config file that names where each provider's credentials live:
+def provider_configs(
+    names: list[str], path: Path | None, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, ProviderConfig], list[str]]:
+    """One ProviderConfig per provider name, and warnings. A config file names
+    where each provider's credentials live:
 
         [providers.e2b.env]
         E2B_API_KEY = "TEAM_A_E2B_KEY"   # read E2B's key from $TEAM_A_E2B_KEY
 
-    Each vendor variable is set from the named one before providers start, so
-    keys stay in the environment (never in the file). Returns warnings."""
-    env = os.environ if environ is None else environ
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    warnings = []
-    for provider, section in (data.get("providers") or {}).items():
-        for vendor_var, source_var in (section.get("env") or {}).items():
+    so keys stay in the environment (never in the file)."""
+    base = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    sections = data.get("providers") or {}
+    warnings: list[str] = []
+    configs = {}
+    for name in names:
+        section = dict(sections.get(name) or {})
+        env = dict(base)
+        for vendor_var, source_var in (section.pop("env", None) or {}).items():
             if not isinstance(source_var, str):
-                raise ConfigError(f"providers.{provider}.env.{vendor_var} must name a variable")
-            if source_var in env:
-                env[vendor_var] = env[source_var]
+                raise ConfigError(f"providers.{name}.env.{vendor_var} must name a variable")
+            if source_var in base:
+                env[vendor_var] = base[source_var]
             else:
                 warnings.append(
-                    f"providers.{provider}.env.{vendor_var} names ${source_var}, which is not set"
+                    f"providers.{name}.env.{vendor_var} names ${source_var}, which is not set"
                 )
-    return warnings
+        configs[name] = ProviderConfig(name=name, env=env, options=section)
+    for name in sections:
+        if name not in names:
+            warnings.append(f"providers.{name} names no registered provider")
+    return configs, warnings

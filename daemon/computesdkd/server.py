@@ -35,10 +35,11 @@ from computesdkd.pools import parse_warm_pool
 from computesdkd.providers import daytona as _daytona  # noqa: F401 - registers the daytona provider
 from computesdkd.providers import docker as _docker  # noqa: F401 - registers the docker provider
 from computesdkd.providers import e2b as _e2b  # noqa: F401 - registers the e2b provider
-from computesdkd.providers import get_factory, registered_names
+from computesdkd.providers import get_factory
 from computesdkd.providers import local as _local  # noqa: F401 - registers the local provider
 from computesdkd.providers import modal as _modal  # noqa: F401 - registers the modal provider
 from computesdkd.providers import vercel as _vercel  # noqa: F401 - registers the vercel provider
+from computesdkd.providers.base import ProviderConfig
 from computesdkd.servicers.events import EventServicer
 from computesdkd.servicers.filesystem import FilesystemServicer
 from computesdkd.servicers.group import GroupServicer
@@ -125,8 +126,9 @@ async def _stop_leftover_tasks(timeout: float = 5.0) -> None:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, provider_cfgs: dict[str, ProviderConfig]) -> None:
         self.cfg = cfg
+        self.provider_cfgs = provider_cfgs
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -138,10 +140,10 @@ class Daemon:
         store = Store(cfg.state_dir / "state.db")
         bus = EventBus(store)
         providers = {}
-        for name in registered_names():
+        for name, provider_cfg in self.provider_cfgs.items():
             factory = get_factory(name)
             assert factory is not None
-            providers[name] = factory()
+            providers[name] = factory(provider_cfg)
         if cfg.default_provider not in providers:
             raise DaemonError(f"default provider {cfg.default_provider!r} is not registered")
         manager = Manager(

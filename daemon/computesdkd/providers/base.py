@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from computesdkd.domain.errors import Unsupported
 from computesdkd.domain.model import (
@@ -58,6 +59,19 @@ TEMPLATE_BUILD = "templates.build"
 
 # Receives a template build's progress and log lines as they happen.
 BuildReport = Callable[[BuildStep], None]
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """What a provider's factory gets: its own settings, read once at start.
+    Providers read nothing from os.environ themselves."""
+
+    name: str
+    # The variables the provider may read (credentials, endpoints): the daemon's
+    # environment, with the config file's indirections applied.
+    env: Mapping[str, str] = field(default_factory=dict)
+    # The rest of the provider's [providers.NAME] table in the config file.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -335,13 +349,15 @@ class ProcessRun(ABC):
         """Stops listening; kills the command if it still runs and kill_on_close was set."""
 
 
-_REGISTRY: dict[str, Callable[[], Provider]] = {}
+Factory = Callable[[ProviderConfig], Provider]
+_REGISTRY: dict[str, Factory] = {}
 
 
-def register(name: str) -> Callable[[Callable[[], Provider]], Callable[[], Provider]]:
-    """Registers a back end factory under a provider name."""
+def register(name: str) -> Callable[[Factory], Factory]:
+    """Registers a back end's factory under a provider name; the daemon calls it
+    once at start with that provider's config."""
 
-    def deco(factory: Callable[[], Provider]) -> Callable[[], Provider]:
+    def deco(factory: Factory) -> Factory:
         _REGISTRY[name] = factory
         return factory
 
@@ -352,5 +368,5 @@ def registered_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_factory(name: str) -> Callable[[], Provider] | None:
+def get_factory(name: str) -> Factory | None:
     return _REGISTRY.get(name)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import secrets
 import shlex
 import time
@@ -77,10 +76,10 @@ class DaytonaProvider(Provider):
         {base.EXEC, base.FILESYSTEM, base.EVENTS, base.USAGE, base.RESOURCE_LIMITS, base.DISK_LIMIT}
     )
 
-    def __init__(self) -> None:
-        self._key = os.environ.get("DAYTONA_API_KEY", "")
-        self._api = (os.environ.get("DAYTONA_API_URL") or "https://app.daytona.io/api").rstrip("/")
-        self._target = os.environ.get("DAYTONA_TARGET", "")
+    def __init__(self, cfg: base.ProviderConfig) -> None:
+        self._key = cfg.env.get("DAYTONA_API_KEY", "")
+        self._api = (cfg.env.get("DAYTONA_API_URL") or "https://app.daytona.io/api").rstrip("/")
+        self._target = cfg.env.get("DAYTONA_TARGET", "")
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
 
     def availability(self) -> str:

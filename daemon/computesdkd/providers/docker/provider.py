@@ -70,9 +70,9 @@ class DockerProvider(Provider):
         }
     )
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: base.ProviderConfig) -> None:
         self._engine = Engine()
-        self._image = os.environ.get("COMPUTESDK_DOCKER_IMAGE", image_mod.IMAGE)
+        self._image = cfg.env.get("COMPUTESDK_DOCKER_IMAGE", image_mod.IMAGE)
         self._unavailable = "not started"
 
     async def start(self, ctx: ProviderContext) -> None:

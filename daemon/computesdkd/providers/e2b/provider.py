@@ -17,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import math
-import os
 import shlex
 import time
 from collections.abc import AsyncIterator
@@ -80,12 +79,12 @@ class E2BProvider(Provider):
         {base.EXEC, base.EXEC_STDIN, base.SIGNALS, base.FILESYSTEM, base.EVENTS, base.USAGE}
     )
 
-    def __init__(self) -> None:
-        self._key = os.environ.get("E2B_API_KEY", "")
-        domain = os.environ.get("E2B_DOMAIN", "e2b.app")
+    def __init__(self, cfg: base.ProviderConfig) -> None:
+        self._key = cfg.env.get("E2B_API_KEY", "")
+        domain = cfg.env.get("E2B_DOMAIN", "e2b.app")
         self._domain = domain
-        self._api = os.environ.get("E2B_API_URL") or f"https://api.{domain}"
-        self._sandbox_url = os.environ.get("E2B_SANDBOX_URL", "")
+        self._api = cfg.env.get("E2B_API_URL") or f"https://api.{domain}"
+        self._sandbox_url = cfg.env.get("E2B_SANDBOX_URL", "")
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
 
     def availability(self) -> str:

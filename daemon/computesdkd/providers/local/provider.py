@@ -358,7 +358,7 @@ class LocalProvider(Provider):
         }
     )
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: base.ProviderConfig) -> None:
         self._state = Path()
         self._store = Path()
         self._reflink = False

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import urllib.parse
 import uuid
@@ -127,11 +126,11 @@ class ModalProvider(Provider):
         }
     )
 
-    def __init__(self) -> None:
-        self._token_id = os.environ.get("MODAL_TOKEN_ID", "")
-        self._token_secret = os.environ.get("MODAL_TOKEN_SECRET", "")
-        self._server = os.environ.get("MODAL_SERVER_URL", "https://api.modal.com")
-        self._environment = os.environ.get("MODAL_ENVIRONMENT", "")
+    def __init__(self, cfg: base.ProviderConfig) -> None:
+        self._token_id = cfg.env.get("MODAL_TOKEN_ID", "")
+        self._token_secret = cfg.env.get("MODAL_TOKEN_SECRET", "")
+        self._server = cfg.env.get("MODAL_SERVER_URL", "https://api.modal.com")
+        self._environment = cfg.env.get("MODAL_ENVIRONMENT", "")
         self._api: grpc.aio.Channel | None = None
         self._routers: dict[str, grpc.aio.Channel] = {}
         self._app_id = ""

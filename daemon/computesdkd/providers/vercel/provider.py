@@ -21,7 +21,6 @@ import contextlib
 import gzip
 import io
 import json
-import os
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -78,11 +77,11 @@ class VercelProvider(Provider):
         {base.EXEC, base.SIGNALS, base.FILESYSTEM, base.EVENTS, base.USAGE, base.RESOURCE_LIMITS}
     )
 
-    def __init__(self) -> None:
-        self._token = os.environ.get("VERCEL_TOKEN") or os.environ.get("VERCEL_OIDC_TOKEN", "")
-        self._team = os.environ.get("VERCEL_TEAM_ID", "")
-        self._project = os.environ.get("VERCEL_PROJECT_ID", "")
-        self._api = (os.environ.get("VERCEL_API_URL") or "https://vercel.com/api").rstrip("/")
+    def __init__(self, cfg: base.ProviderConfig) -> None:
+        self._token = cfg.env.get("VERCEL_TOKEN") or cfg.env.get("VERCEL_OIDC_TOKEN", "")
+        self._team = cfg.env.get("VERCEL_TEAM_ID", "")
+        self._project = cfg.env.get("VERCEL_PROJECT_ID", "")
+        self._api = (cfg.env.get("VERCEL_API_URL") or "https://vercel.com/api").rstrip("/")
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
 
     def availability(self) -> str:
