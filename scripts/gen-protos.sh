@@ -17,6 +17,9 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 .tools/node_modules/.bin/buf generate -o "$scratch"
 .tools/node_modules/.bin/buf generate -o "$scratch" --template buf.gen.agent.yaml
+googleapis=$(.venv/bin/python -c 'import pathlib, google.rpc.error_details_pb2 as m; print(pathlib.Path(m.__file__).parents[2])')
+install -D -m 0644 "$googleapis/google/rpc/error_details.proto" "$scratch/googleapis/google/rpc/error_details.proto"
+.tools/node_modules/.bin/buf generate "$scratch/googleapis" -o "$scratch" --template buf.gen.googleapis.yaml
 # The Python distribution computesdk-api ships the public protos too: `computesdk
 # stubs` hands them out.
 (cd proto && find computesdk/api -name '*.proto' -exec install -D -m 0644 {} "$scratch/proto/{}" \;)
@@ -33,6 +36,7 @@ mv "$scratch/proto" "$scratch/py/computesdk_api/proto"
 .venv/bin/python scripts/place_stubs.py "$scratch" \
   --python py/computesdk_api=clients/python-api/computesdk_api \
   clients/typescript/src/gen=clients/typescript/src/gen \
+  clients/typescript/src/googleapis=clients/typescript/src/googleapis \
   clients/go/api=clients/go/api \
   daemon/computesdkd/providers/local/agentpb=daemon/computesdkd/providers/local/agentpb \
   daemon/agent/agentpb=daemon/agent/agentpb

@@ -1,55 +1,78 @@
 #!/usr/bin/env bash
-# Sets everything up, runs every static check, then every test against a real daemon.
-set -euo pipefail
+# Sets everything up, runs every static check, the fast in-process tests, then every
+# test against a real daemon. Every step runs even when an earlier one failed; the
+# summary at the end names each failure, and the exit status is 1 if any failed.
+# Arguments go to the main pytest run (e.g. -x, -k).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-./scripts/setup.sh --dev
+./scripts/setup.sh --dev || exit 1
 
-echo "==> buf lint" >&2
-(cd proto && ../.tools/node_modules/.bin/buf lint)
+failed=()
+step() {
+  local name=$1
+  shift
+  echo "==> $name" >&2
+  local started=$SECONDS
+  if "$@"; then
+    echo "    ok: $name ($((SECONDS - started)) s)" >&2
+  else
+    echo "    FAILED: $name ($((SECONDS - started)) s)" >&2
+    failed+=("$name")
+  fi
+}
 
-echo "==> buf breaking against main" >&2
-if git rev-parse --verify -q main >/dev/null; then
-  (cd proto && ../.tools/node_modules/.bin/buf breaking --against '../.git#branch=main,subdir=proto')
-else
-  echo "no local main branch to compare against; skipped" >&2
-fi
+breaking() {
+  if git rev-parse --verify -q main >/dev/null; then
+    (cd proto && ../.tools/node_modules/.bin/buf breaking --against '../.git#branch=main,subdir=proto')
+  else
+    echo "no local main branch to compare against; skipped" >&2
+  fi
+}
 
-echo "==> generated stubs are up to date (Python, TypeScript, Go; the agent's wire)" >&2
-./scripts/gen-protos.sh
-generated=(clients/python-api/computesdk_api clients/typescript/src/gen clients/go/api
-           daemon/computesdkd/providers/local/agentpb daemon/agent/agentpb)
-if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
-  git status --porcelain -- "${generated[@]}" >&2
-  echo "generated stubs drifted from proto/: run scripts/gen-protos.sh and commit" >&2
-  exit 1
-fi
+stubs_current() {
+  ./scripts/gen-protos.sh || return 1
+  local generated=(clients/python-api/computesdk_api clients/typescript/src/gen
+                   clients/typescript/src/googleapis clients/go/api
+                   daemon/computesdkd/providers/local/agentpb daemon/agent/agentpb)
+  if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
+    git status --porcelain -- "${generated[@]}" >&2
+    echo "generated stubs drifted from proto/: run scripts/gen-protos.sh and commit" >&2
+    return 1
+  fi
+}
 
-echo "==> ruff" >&2
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+go_checks() {
+  local dir
+  for dir in daemon/agent clients/go; do
+    (cd "$dir" && go vet ./... && test -z "$(gofmt -l .)") || return 1
+  done
+  (cd daemon/agent && go test -count=1 ./...)
+}
 
-echo "==> mypy (strict)" >&2
 # From a clean cache: regenerating the stubs rewrites files mypy has cached, and an
 # incremental run then reports modules as missing attributes.
-rm -rf .mypy_cache
-.venv/bin/mypy
+mypy_clean() { rm -rf .mypy_cache && .venv/bin/mypy; }
 
-echo "==> go vet, gofmt (agent, Go client); the agent's own tests" >&2
-for dir in daemon/agent clients/go; do
-  (cd "$dir" && go vet ./... && test -z "$(gofmt -l .)")
-done
-(cd daemon/agent && go test -count=1 ./...)
-
-echo "==> TypeScript client: type-check, build" >&2
-(cd clients/typescript && npm run --silent build)
-
-echo "==> pytest (daemon, providers, Python client and its conformance run)" >&2
-.venv/bin/pytest "$@"
-
+step "buf lint" bash -c 'cd proto && ../.tools/node_modules/.bin/buf lint'
+step "buf breaking against main" breaking
+step "generated stubs are up to date" stubs_current
+step "ruff" bash -c '.venv/bin/ruff check . && .venv/bin/ruff format --check .'
+step "mypy (strict)" mypy_clean
+step "import layers (lint-imports)" .venv/bin/lint-imports --no-cache
+step "go vet, gofmt; the agent's tests" go_checks
+step "TypeScript client: type-check, build" bash -c 'cd clients/typescript && npm run --silent build'
+step "fast tests (core and features on the fake provider)" .venv/bin/pytest -q tests/fast
+step "pytest against a real daemon" .venv/bin/pytest --ignore=tests/fast "$@"
 # Each client suite starts its own computesdkd and runs tests/conformance/scenarios.json.
-echo "==> Go client tests" >&2
-(cd clients/go && go test -count=1 ./...)
+step "Go client tests" bash -c 'cd clients/go && go test -count=1 ./...'
+step "TypeScript client tests" bash -c 'cd clients/typescript && npm test --silent'
 
-echo "==> TypeScript client tests" >&2
-(cd clients/typescript && npm test --silent)
+echo >&2
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "==> every step passed" >&2
+  exit 0
+fi
+echo "==> ${#failed[@]} step(s) failed:" >&2
+printf '    %s\n' "${failed[@]}" >&2
+exit 1

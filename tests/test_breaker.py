@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from computesdk import Client, UnavailableError
-from computesdkd.breaker import Circuit, CircuitBreaker
+from computesdkd.core.breaker import Circuit, CircuitBreaker
 from computesdkd.domain.errors import InvalidArgument, Unavailable
 from conftest import DaemonProcess, new_daemon, start_e2b_fake
 from fakes.e2b import FakeE2B

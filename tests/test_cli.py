@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import DaemonProcess
@@ -18,6 +22,31 @@ def run(
     return subprocess.run(
         [CLI, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60
     )
+
+
+def on_terminal(daemon: DaemonProcess, *args: str, until: bytes = b"", times: int = 1) -> bytes:
+    """Runs the CLI with stdout and stderr on a pseudo-terminal; with until, sends
+    Ctrl-C once that output has been seen that many times. Returns what it drew."""
+    env = {**os.environ, "COMPUTESDK_SOCKET": str(daemon.socket), "COLUMNS": "120"}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [CLI, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    out, deadline, interrupted = b"", time.monotonic() + 60, not until
+    while time.monotonic() < deadline:
+        if not interrupted and out.count(until) >= times:
+            proc.send_signal(signal.SIGINT)
+            interrupted = True
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed: the CLI is gone
+                break
+            out += chunk
+    os.close(master)
+    assert proc.wait(10) == (130 if until else 0), out
+    return out
 
 
 def test_create_exec_rm_as_a_new_user_would(daemon: DaemonProcess) -> None:
@@ -168,3 +197,30 @@ def test_template_build_shows_progress_then_ls_info_rm(
     assert run(daemon, "template", "rm", name).returncode == 0
     gone = run(daemon, "--json", "template", "info", name)
     assert json.loads(gone.stdout)["error"]["reason"] == "TEMPLATE_NOT_FOUND"
+
+
+def test_plain_tables_split_into_columns_and_print_data_as_it_is(daemon: DaemonProcess) -> None:
+    marked = "[bold]:smile:"  # Rich markup and an emoji code: shown, not read
+    sid = run(daemon, "create", "--metadata", f"tag={marked}").stdout.strip()
+    listed = run(daemon, "ls", "--metadata", f"tag={marked}").stdout
+    assert [line.split() for line in listed.splitlines()] == [
+        ["ID", "PROVIDER", "TEMPLATE", "STATE", "METADATA"],
+        [sid, "local", "base", "running", f"tag={marked}"],
+    ]
+    assert "\x1b" not in listed and all(line == line.rstrip() for line in listed.splitlines())
+    top = run(daemon, "top", "--once").stdout.splitlines()
+    assert top[0].startswith("ID") and top[0].endswith("NET RX/TX")
+    row = next(line.split() for line in top if line.startswith(sid))
+    assert row[1] == "local" and len(row) == 7
+    assert run(daemon, "rm", sid).returncode == 0
+
+
+def test_on_a_terminal_rich_draws_tables_and_the_live_top(daemon: DaemonProcess) -> None:
+    sid = run(daemon, "create").stdout.strip()
+    drawn = on_terminal(daemon, "ls")
+    assert b"\x1b[1mID" in drawn and "─".encode() in drawn and sid.encode() in drawn
+    live = on_terminal(daemon, "top", "--interval", "0.2", until=sid.encode(), times=3)
+    assert b"\x1b[1A" in live  # redrawn in place, not scrolled
+    assert live.rstrip().endswith(b"\x1b[?25h")  # Ctrl-C gives the cursor back
+    assert b"Traceback" not in live
+    assert run(daemon, "rm", sid).returncode == 0

@@ -15,6 +15,7 @@ import (
 	"iter"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,7 +42,12 @@ import (
 // maxMessage matches the daemon's limit; output chunks are at most 1 MiB.
 const maxMessage = 64 << 20
 
+// serviceConfig makes every call wait for a (re)starting daemon instead of
+// failing at once; the caller's context deadline bounds the wait.
+const serviceConfig = `{"methodConfig": [{"name": [{}], "waitForReady": true}]}`
+
 // Raw holds the generated stubs, for calls this package does not wrap yet.
+// Their errors are *Error too: the connection translates every call's status.
 type Raw struct {
 	Sandboxes  sandboxv1.SandboxServiceClient
 	Processes  processv1.ProcessServiceClient
@@ -80,13 +86,28 @@ type Client struct {
 
 	mu       sync.Mutex
 	handlers []func(ConnState)
-	// Providers that answered RunCommand with UNIMPLEMENTED: Exec streams for them.
-	noRunCommand sync.Map
+	// Each provider's capabilities as ListProviders said: provider name -> []string.
+	capabilities sync.Map
 }
 
-func (c *Client) streamsExec(provider string) bool {
-	_, ok := c.noRunCommand.Load(provider)
-	return ok
+// remember keeps what ListProviders said each provider can do.
+func (c *Client) remember(providers []*providerv1.Provider) {
+	for _, p := range providers {
+		c.capabilities.Store(p.GetName(), p.GetCapabilities())
+	}
+}
+
+// supports tells whether provider has capability. Connect already learnt the
+// providers the daemon had then; one it did not list is asked about once.
+func (c *Client) supports(ctx context.Context, provider, capability string) (bool, error) {
+	caps, ok := c.capabilities.Load(provider)
+	if !ok {
+		if _, err := c.Providers(ctx); err != nil {
+			return false, err
+		}
+		caps, _ = c.capabilities.LoadOrStore(provider, []string(nil))
+	}
+	return slices.Contains(caps.([]string), capability), nil
 }
 
 type connectConfig struct {
@@ -149,16 +170,17 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 		}
 		// Fail fast: nothing will ever listen on a socket that does not exist.
 		if _, err := os.Stat(abs); err != nil {
-			return nil, &Error{Code: codes.Unavailable, Reason: "DAEMON_UNREACHABLE",
-				Message: "computesdkd is not running: no socket at " + abs}
+			return nil, daemonUnreachable("computesdkd is not running: no socket at " + abs)
 		}
 		target = "unix://" + abs
 	}
 	dial := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// Calls wait for a restarting daemon instead of failing at once.
-		grpc.WithDefaultCallOptions(grpc.WaitForReady(true),
-			grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+		grpc.WithDefaultServiceConfig(serviceConfig),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+		// First in the chain, so the caller's own interceptors see the status as sent.
+		grpc.WithChainUnaryInterceptor(typedErrors),
+		grpc.WithChainStreamInterceptor(typedStreamErrors),
 	}, cfg.dial...)
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
@@ -179,16 +201,16 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 		Volumes:    volumev1.NewVolumeServiceClient(conn),
 		Templates:  templatev1.NewTemplateServiceClient(conn),
 	}}
-	// A cheap call proves the daemon is there; WaitForReady rides out a restart.
+	// A cheap call proves the daemon is there (waitForReady rides out a restart)
+	// and tells what each provider can do.
 	pctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	if _, err := c.Raw.Providers.ListProviders(pctx, &providerv1.ListProvidersRequest{}); err != nil {
+	if _, err := c.Providers(pctx); err != nil {
 		_ = conn.Close()
 		if errors.Is(pctx.Err(), context.DeadlineExceeded) {
-			return nil, &Error{Code: codes.Unavailable, Reason: "DAEMON_UNREACHABLE",
-				Message: "cannot reach computesdkd at " + target}
+			return nil, daemonUnreachable("cannot reach computesdkd at " + target)
 		}
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -296,7 +318,7 @@ func (c *Client) Create(ctx context.Context, provider string, opts ...CreateOpti
 	}
 	resp, err := c.Raw.Sandboxes.CreateSandbox(ctx, req)
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
 }
@@ -321,7 +343,7 @@ func Compute(ctx context.Context, provider string, opts ...CreateOption) (*Sandb
 func (c *Client) Get(ctx context.Context, sandboxID string) (*Sandbox, error) {
 	resp, err := c.Raw.Sandboxes.GetSandbox(ctx, &sandboxv1.GetSandboxRequest{SandboxId: sandboxID})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
 }
@@ -355,7 +377,7 @@ func (c *Client) List(ctx context.Context, opts ...ListOption) iter.Seq2[*Sandbo
 		for {
 			resp, err := c.Raw.Sandboxes.ListSandboxes(ctx, req)
 			if err != nil {
-				yield(nil, fromRPC(err))
+				yield(nil, err)
 				return
 			}
 			for _, s := range resp.GetSandboxes() {
@@ -378,8 +400,9 @@ type Provider = providerv1.Provider
 func (c *Client) Providers(ctx context.Context) ([]*Provider, error) {
 	resp, err := c.Raw.Providers.ListProviders(ctx, &providerv1.ListProvidersRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
+	c.remember(resp.GetProviders())
 	return resp.GetProviders(), nil
 }
 
@@ -453,14 +476,13 @@ func (c *Client) Events(ctx context.Context, opts ...EventOption) iter.Seq2[Even
 			if ctx.Err() != nil {
 				return
 			}
-			converted := fromRPC(err)
 			if req.NoFollow && isEOF(err) {
 				return
 			}
 			// A following stream only ends when the daemon goes away; anything
 			// but that is the caller's error to see.
-			if !isEOF(err) && !errors.Is(converted, ErrUnavailable) && !errors.Is(converted, codeSentinel(codes.Aborted)) {
-				yield(Event{}, converted)
+			if !isEOF(err) && !errors.Is(err, ErrUnavailable) && !errors.Is(err, codeSentinel(codes.Aborted)) {
+				yield(Event{}, err)
 				return
 			}
 			if !lost {

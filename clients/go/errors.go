@@ -1,13 +1,22 @@
 package computesdk
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	errorsv1 "github.com/computesdk/computesdk/clients/go/api/errors/v1"
 )
+
+// errorDomain is ErrorInfo.domain of every reason the daemon sends.
+const errorDomain = "computesdk.dev"
 
 // Error is every failure the daemon reports: a canonical gRPC code plus the
 // stable reason from google.rpc.ErrorInfo.
@@ -41,25 +50,42 @@ func (e *Error) Is(target error) bool {
 	return t.Code == e.Code
 }
 
-// GRPCStatus lets status.FromError and grpc interceptors see the original status.
-func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
+// GRPCStatus lets status.FromError and grpc interceptors see the status as the
+// daemon sent it, ErrorInfo included (Raw calls return *Error too).
+func (e *Error) GRPCStatus() *status.Status {
+	st := status.New(e.Code, e.Message)
+	if e.Reason == "" {
+		return st
+	}
+	if with, err := st.WithDetails(&errdetails.ErrorInfo{Reason: e.Reason, Domain: errorDomain, Metadata: e.Metadata}); err == nil {
+		return with
+	}
+	return st
+}
 
-func reasonSentinel(reason string) *Error { return &Error{Reason: reason} }
+// reasonSentinel names its reason by the generated enum value, so a sentinel
+// for a reason the daemon does not send cannot compile.
+func reasonSentinel(r errorsv1.Reason) *Error {
+	return &Error{Reason: strings.TrimPrefix(r.String(), "REASON_")}
+}
+
 func codeSentinel(code codes.Code) *Error { return &Error{Code: code} }
 
-// Sentinels by reason.
+// Sentinels by reason: the same reasons as the Python and TypeScript clients' typed errors.
 var (
-	ErrSandboxNotFound    = reasonSentinel("SANDBOX_NOT_FOUND")
-	ErrTemplateNotFound   = reasonSentinel("TEMPLATE_NOT_FOUND")
-	ErrProviderNotFound   = reasonSentinel("PROVIDER_NOT_FOUND")
-	ErrProcessNotFound    = reasonSentinel("PROCESS_NOT_FOUND")
-	ErrFileNotFound       = reasonSentinel("FILE_NOT_FOUND")
-	ErrPathOutsideSandbox = reasonSentinel("PATH_OUTSIDE_SANDBOX")
-	ErrSandboxNotRunning  = reasonSentinel("SANDBOX_NOT_RUNNING")
-	ErrPayloadTooLarge    = reasonSentinel("PAYLOAD_TOO_LARGE")
-	ErrSandboxTerminated  = reasonSentinel("SANDBOX_TERMINATED")
-	ErrFeatureUnsupported = reasonSentinel("FEATURE_UNSUPPORTED")
-	ErrDaemonUnreachable  = reasonSentinel("DAEMON_UNREACHABLE")
+	ErrSandboxNotFound     = reasonSentinel(errorsv1.Reason_REASON_SANDBOX_NOT_FOUND)
+	ErrTemplateNotFound    = reasonSentinel(errorsv1.Reason_REASON_TEMPLATE_NOT_FOUND)
+	ErrTemplateBuildFailed = reasonSentinel(errorsv1.Reason_REASON_TEMPLATE_BUILD_FAILED)
+	ErrProviderNotFound    = reasonSentinel(errorsv1.Reason_REASON_PROVIDER_NOT_FOUND)
+	ErrProcessNotFound     = reasonSentinel(errorsv1.Reason_REASON_PROCESS_NOT_FOUND)
+	ErrFileNotFound        = reasonSentinel(errorsv1.Reason_REASON_FILE_NOT_FOUND)
+	ErrPathOutsideSandbox  = reasonSentinel(errorsv1.Reason_REASON_PATH_OUTSIDE_SANDBOX)
+	ErrSandboxNotRunning   = reasonSentinel(errorsv1.Reason_REASON_SANDBOX_NOT_RUNNING)
+	ErrPayloadTooLarge     = reasonSentinel(errorsv1.Reason_REASON_PAYLOAD_TOO_LARGE)
+	ErrSandboxTerminated   = reasonSentinel(errorsv1.Reason_REASON_SANDBOX_TERMINATED)
+	ErrFeatureUnsupported  = reasonSentinel(errorsv1.Reason_REASON_FEATURE_UNSUPPORTED)
+	// The client's own reason, when no daemon answers: the daemon never sends it.
+	ErrDaemonUnreachable = &Error{Reason: "DAEMON_UNREACHABLE"}
 )
 
 // Sentinels by code, for callers that only care about the class of failure.
@@ -74,8 +100,12 @@ var (
 	ErrDeadlineExceeded   = codeSentinel(codes.DeadlineExceeded)
 )
 
-// fromRPC turns a gRPC error into *Error, once, at the boundary. Context
-// cancellation and end of stream pass through unchanged.
+func daemonUnreachable(message string) *Error {
+	return &Error{Code: codes.Unavailable, Reason: ErrDaemonUnreachable.Reason, Message: message}
+}
+
+// fromRPC turns a gRPC error into *Error. Context cancellation and end of
+// stream pass through unchanged.
 func fromRPC(err error) error {
 	if err == nil {
 		return nil
@@ -85,10 +115,7 @@ func fromRPC(err error) error {
 		return err
 	}
 	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	if st.Code() == codes.Canceled {
+	if !ok || st.Code() == codes.Canceled {
 		return err
 	}
 	out := &Error{Code: st.Code(), Message: st.Message()}
@@ -99,3 +126,31 @@ func fromRPC(err error) error {
 	}
 	return out
 }
+
+// typedErrors and typedStreamErrors are the one place where a failed call's
+// status becomes *Error: every call on the connection, Raw ones included,
+// passes through them.
+func typedErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return fromRPC(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+func typedStreamErrors(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	return typedStream{s}, nil
+}
+
+// typedStream translates what a stream's calls fail with; io.EOF passes as is.
+type typedStream struct{ grpc.ClientStream }
+
+func (s typedStream) Header() (metadata.MD, error) {
+	md, err := s.ClientStream.Header()
+	return md, fromRPC(err)
+}
+func (s typedStream) SendMsg(m any) error { return fromRPC(s.ClientStream.SendMsg(m)) }
+func (s typedStream) RecvMsg(m any) error { return fromRPC(s.ClientStream.RecvMsg(m)) }
+func (s typedStream) CloseSend() error    { return fromRPC(s.ClientStream.CloseSend()) }

@@ -40,7 +40,7 @@ func (s *Sandbox) ReadFileRange(ctx context.Context, path string, offset, length
 	st, err := s.client.Raw.Files.ReadFile(ctx, &filesystemv1.ReadFileRequest{
 		SandboxId: s.ID(), Path: path, Offset: offset, Length: length})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	var out []byte
 	for {
@@ -49,7 +49,7 @@ func (s *Sandbox) ReadFileRange(ctx context.Context, path string, offset, length
 			if isEOF(err) {
 				return out, nil
 			}
-			return nil, fromRPC(err)
+			return nil, err
 		}
 		out = append(out, resp.GetData()...)
 	}
@@ -78,7 +78,7 @@ func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts 
 	}
 	st, err := s.client.Raw.Files.WriteFile(ctx)
 	if err != nil {
-		return FileInfo{}, fromRPC(err)
+		return FileInfo{}, err
 	}
 	send := func(req *filesystemv1.WriteFileRequest) bool { return st.Send(req) == nil }
 	ok := send(&filesystemv1.WriteFileRequest{Request: &filesystemv1.WriteFileRequest_Header{Header: header}})
@@ -95,7 +95,7 @@ func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts 
 	// A failed Send means the server ended the call; CloseAndRecv says why.
 	resp, err := st.CloseAndRecv()
 	if err != nil {
-		return FileInfo{}, fromRPC(err)
+		return FileInfo{}, err
 	}
 	return fileInfoFrom(resp.GetInfo()), nil
 }
@@ -104,7 +104,7 @@ func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts 
 func (s *Sandbox) ListDir(ctx context.Context, path string) ([]FileInfo, error) {
 	resp, err := s.client.Raw.Files.ListDirectory(ctx, &filesystemv1.ListDirectoryRequest{SandboxId: s.ID(), Path: path})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	out := make([]FileInfo, 0, len(resp.GetEntries()))
 	for _, e := range resp.GetEntries() {
@@ -117,7 +117,7 @@ func (s *Sandbox) ListDir(ctx context.Context, path string) ([]FileInfo, error) 
 func (s *Sandbox) Stat(ctx context.Context, path string) (FileInfo, error) {
 	resp, err := s.client.Raw.Files.StatPath(ctx, &filesystemv1.StatPathRequest{SandboxId: s.ID(), Path: path})
 	if err != nil {
-		return FileInfo{}, fromRPC(err)
+		return FileInfo{}, err
 	}
 	return fileInfoFrom(resp.GetInfo()), nil
 }
@@ -144,7 +144,7 @@ func (s *Sandbox) Mkdir(ctx context.Context, path string, parents bool) (FileInf
 	resp, err := s.client.Raw.Files.MakeDirectory(ctx, &filesystemv1.MakeDirectoryRequest{
 		SandboxId: s.ID(), Path: path, MakeParents: parents})
 	if err != nil {
-		return FileInfo{}, fromRPC(err)
+		return FileInfo{}, err
 	}
 	return fileInfoFrom(resp.GetInfo()), nil
 }
@@ -153,7 +153,7 @@ func (s *Sandbox) Mkdir(ctx context.Context, path string, parents bool) (FileInf
 func (s *Sandbox) Remove(ctx context.Context, path string, recursive bool) error {
 	_, err := s.client.Raw.Files.RemovePath(ctx, &filesystemv1.RemovePathRequest{
 		SandboxId: s.ID(), Path: path, Recursive: recursive})
-	return fromRPC(err)
+	return err
 }
 
 // Move renames a path.
@@ -161,7 +161,7 @@ func (s *Sandbox) Move(ctx context.Context, source, destination string) (FileInf
 	resp, err := s.client.Raw.Files.MovePath(ctx, &filesystemv1.MovePathRequest{
 		SandboxId: s.ID(), Source: source, Destination: destination})
 	if err != nil {
-		return FileInfo{}, fromRPC(err)
+		return FileInfo{}, err
 	}
 	return fileInfoFrom(resp.GetInfo()), nil
 }

@@ -66,7 +66,7 @@ func (c *Client) BatchCreate(ctx context.Context, items []BatchItem) ([]BatchRes
 	}
 	resp, err := c.Raw.Sandboxes.BatchCreateSandboxes(ctx, req)
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	out := make([]BatchResult, 0, len(resp.GetResults()))
 	for _, r := range resp.GetResults() {
@@ -99,7 +99,7 @@ func WithPool(use bool) CreateOption {
 func (s *Sandbox) Reset(ctx context.Context, hard bool) error {
 	resp, err := s.client.Raw.Sandboxes.ResetSandbox(ctx, &sandboxv1.ResetSandboxRequest{SandboxId: s.ID(), Hard: hard})
 	if err != nil {
-		return fromRPC(err)
+		return err
 	}
 	s.mu.Lock()
 	s.info = resp.GetSandbox()
@@ -112,7 +112,7 @@ func (s *Sandbox) Reset(ctx context.Context, hard bool) error {
 func (s *Sandbox) SetEnv(ctx context.Context, env map[string]string, unset ...string) (map[string]string, error) {
 	resp, err := s.client.Raw.Sandboxes.SetSandboxEnv(ctx, &sandboxv1.SetSandboxEnvRequest{SandboxId: s.ID(), Env: env, Unset: unset})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetEnv(), nil
 }
@@ -150,7 +150,7 @@ func (p *Pools) Create(ctx context.Context, spec PoolSpec) (*Pool, error) {
 		Name: spec.Name, Provider: spec.Provider, Template: spec.Template,
 		Min: uint32(spec.Min), Max: uint32(spec.Max), Resources: spec.Resources.proto(), Env: spec.Env}})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetPool(), nil
 }
@@ -158,7 +158,7 @@ func (p *Pools) Create(ctx context.Context, spec PoolSpec) (*Pool, error) {
 func (p *Pools) Get(ctx context.Context, name string) (*Pool, error) {
 	resp, err := p.c.Raw.Pools.GetPool(ctx, &poolv1.GetPoolRequest{Name: name})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetPool(), nil
 }
@@ -166,14 +166,14 @@ func (p *Pools) Get(ctx context.Context, name string) (*Pool, error) {
 func (p *Pools) List(ctx context.Context) ([]*Pool, error) {
 	resp, err := p.c.Raw.Pools.ListPools(ctx, &poolv1.ListPoolsRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetPools(), nil
 }
 
 func (p *Pools) Delete(ctx context.Context, name string) error {
 	_, err := p.c.Raw.Pools.DeletePool(ctx, &poolv1.DeletePoolRequest{Name: name})
-	return fromRPC(err)
+	return err
 }
 
 // Acquire hands out a healthy warm sandbox, waiting up to wait when all are leased.
@@ -181,7 +181,7 @@ func (p *Pools) Acquire(ctx context.Context, name string, metadata map[string]st
 	resp, err := p.c.Raw.Pools.AcquireSandbox(ctx, &poolv1.AcquireSandboxRequest{
 		Pool: name, Metadata: metadata, WaitTimeoutMs: uint64(wait.Milliseconds())})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Sandbox{client: p.c, info: resp.GetSandbox()}, nil
 }
@@ -190,7 +190,7 @@ func (p *Pools) Acquire(ctx context.Context, name string, metadata map[string]st
 func (p *Pools) Release(ctx context.Context, sandboxID string, hard bool) (bool, error) {
 	resp, err := p.c.Raw.Pools.ReleaseSandbox(ctx, &poolv1.ReleaseSandboxRequest{SandboxId: sandboxID, Hard: hard})
 	if err != nil {
-		return false, fromRPC(err)
+		return false, err
 	}
 	return resp.GetReturned(), nil
 }
@@ -205,7 +205,7 @@ func (c *Client) Groups() *Groups { return &Groups{c} }
 func (g *Groups) Create(ctx context.Context, name string, sandboxIDs ...string) ([]string, error) {
 	resp, err := g.c.Raw.Groups.CreateGroup(ctx, &groupv1.CreateGroupRequest{Name: name, SandboxIds: sandboxIDs})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetGroup().GetSandboxIds(), nil
 }
@@ -213,7 +213,7 @@ func (g *Groups) Create(ctx context.Context, name string, sandboxIDs ...string) 
 func (g *Groups) Get(ctx context.Context, name string) ([]string, error) {
 	resp, err := g.c.Raw.Groups.GetGroup(ctx, &groupv1.GetGroupRequest{Name: name})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetGroup().GetSandboxIds(), nil
 }
@@ -221,7 +221,7 @@ func (g *Groups) Get(ctx context.Context, name string) ([]string, error) {
 func (g *Groups) List(ctx context.Context) (map[string][]string, error) {
 	resp, err := g.c.Raw.Groups.ListGroups(ctx, &groupv1.ListGroupsRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	out := map[string][]string{}
 	for _, gr := range resp.GetGroups() {
@@ -233,7 +233,7 @@ func (g *Groups) List(ctx context.Context) (map[string][]string, error) {
 func (g *Groups) Add(ctx context.Context, name string, sandboxIDs ...string) ([]string, error) {
 	resp, err := g.c.Raw.Groups.AddGroupMembers(ctx, &groupv1.AddGroupMembersRequest{Name: name, SandboxIds: sandboxIDs})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetGroup().GetSandboxIds(), nil
 }
@@ -241,7 +241,7 @@ func (g *Groups) Add(ctx context.Context, name string, sandboxIDs ...string) ([]
 func (g *Groups) Remove(ctx context.Context, name string, sandboxIDs ...string) ([]string, error) {
 	resp, err := g.c.Raw.Groups.RemoveGroupMembers(ctx, &groupv1.RemoveGroupMembersRequest{Name: name, SandboxIds: sandboxIDs})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetGroup().GetSandboxIds(), nil
 }
@@ -262,14 +262,14 @@ func (g *Groups) Broadcast(ctx context.Context, name, command string, opts ...Ex
 		cfg := newExec(command, nil, opts)
 		st, err := g.c.Raw.Groups.Broadcast(ctx, &groupv1.BroadcastRequest{Name: name, Command: &cfg.cmd})
 		if err != nil {
-			yield(MemberResult{}, fromRPC(err))
+			yield(MemberResult{}, err)
 			return
 		}
 		for {
 			resp, err := st.Recv()
 			if err != nil {
 				if !isEOF(err) {
-					yield(MemberResult{}, fromRPC(err))
+					yield(MemberResult{}, err)
 				}
 				return
 			}
@@ -291,7 +291,7 @@ func (g *Groups) Broadcast(ctx context.Context, name, command string, opts ...Ex
 func (g *Groups) DestroyAll(ctx context.Context, name string) ([]string, error) {
 	resp, err := g.c.Raw.Groups.DeleteGroup(ctx, &groupv1.DeleteGroupRequest{Name: name, DestroyMembers: true})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetDestroyedSandboxIds(), nil
 }
@@ -299,7 +299,7 @@ func (g *Groups) DestroyAll(ctx context.Context, name string) ([]string, error) 
 // Delete forgets the group; the members stay.
 func (g *Groups) Delete(ctx context.Context, name string) error {
 	_, err := g.c.Raw.Groups.DeleteGroup(ctx, &groupv1.DeleteGroupRequest{Name: name})
-	return fromRPC(err)
+	return err
 }
 
 // ---------------------------------------------------------------- networks
@@ -320,7 +320,7 @@ func (n *Networks) Create(ctx context.Context, name string, members map[string]s
 	}
 	resp, err := n.c.Raw.Networks.CreateNetwork(ctx, req)
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetNetwork(), nil
 }
@@ -328,7 +328,7 @@ func (n *Networks) Create(ctx context.Context, name string, members map[string]s
 func (n *Networks) Get(ctx context.Context, name string) (*Network, error) {
 	resp, err := n.c.Raw.Networks.GetNetwork(ctx, &networkv1.GetNetworkRequest{Name: name})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetNetwork(), nil
 }
@@ -336,21 +336,21 @@ func (n *Networks) Get(ctx context.Context, name string) (*Network, error) {
 func (n *Networks) List(ctx context.Context) ([]*Network, error) {
 	resp, err := n.c.Raw.Networks.ListNetworks(ctx, &networkv1.ListNetworksRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetNetworks(), nil
 }
 
 func (n *Networks) Delete(ctx context.Context, name string) error {
 	_, err := n.c.Raw.Networks.DeleteNetwork(ctx, &networkv1.DeleteNetworkRequest{Name: name})
-	return fromRPC(err)
+	return err
 }
 
 // ServiceURL is the URL other members use to reach member's port.
 func (n *Networks) ServiceURL(ctx context.Context, network, member string, port int) (string, error) {
 	resp, err := n.c.Raw.Networks.GetServiceUrl(ctx, &networkv1.GetServiceUrlRequest{Network: network, Member: member, Port: uint32(port)})
 	if err != nil {
-		return "", fromRPC(err)
+		return "", err
 	}
 	return resp.GetUrl(), nil
 }
@@ -359,7 +359,7 @@ func (n *Networks) ServiceURL(ctx context.Context, network, member string, port 
 func (n *Networks) URL(ctx context.Context, sandboxID string, port int) (string, error) {
 	resp, err := n.c.Raw.Networks.ExposePort(ctx, &networkv1.ExposePortRequest{SandboxId: sandboxID, Port: uint32(port)})
 	if err != nil {
-		return "", fromRPC(err)
+		return "", err
 	}
 	return resp.GetUrl(), nil
 }
@@ -377,12 +377,12 @@ func (c *Client) Channels() *Channels { return &Channels{c} }
 // Connect creates a channel for these members (sandbox ids or any names).
 func (ch *Channels) Connect(ctx context.Context, name string, capacity int, members ...string) error {
 	_, err := ch.c.Raw.Messaging.CreateChannel(ctx, &messagingv1.CreateChannelRequest{Name: name, Members: members, Capacity: uint32(capacity)})
-	return fromRPC(err)
+	return err
 }
 
 func (ch *Channels) Delete(ctx context.Context, name string) error {
 	_, err := ch.c.Raw.Messaging.DeleteChannel(ctx, &messagingv1.DeleteChannelRequest{Name: name})
-	return fromRPC(err)
+	return err
 }
 
 // Send queues payload for recipient ("" = every other member), waiting while the
@@ -391,7 +391,7 @@ func (ch *Channels) Send(ctx context.Context, channel, sender, recipient string,
 	resp, err := ch.c.Raw.Messaging.SendMessage(ctx, &messagingv1.SendMessageRequest{
 		Channel: channel, Sender: sender, Recipient: recipient, Payload: payload})
 	if err != nil {
-		return 0, fromRPC(err)
+		return 0, err
 	}
 	return resp.GetSenderSequence(), nil
 }
@@ -403,14 +403,14 @@ func (ch *Channels) Subscribe(ctx context.Context, channel, member string) iter.
 		defer cancel()
 		st, err := ch.c.Raw.Messaging.Subscribe(ctx, &messagingv1.SubscribeRequest{Channel: channel, Member: member})
 		if err != nil {
-			yield(nil, fromRPC(err))
+			yield(nil, err)
 			return
 		}
 		for {
 			resp, err := st.Recv()
 			if err != nil {
 				if !isEOF(err) && ctx.Err() == nil {
-					yield(nil, fromRPC(err))
+					yield(nil, err)
 				}
 				return
 			}
@@ -424,5 +424,5 @@ func (ch *Channels) Subscribe(ctx context.Context, channel, member string) iter.
 // Ack acknowledges member's messages up to sequence.
 func (ch *Channels) Ack(ctx context.Context, channel, member string, sequence uint64) error {
 	_, err := ch.c.Raw.Messaging.AckMessages(ctx, &messagingv1.AckMessagesRequest{Channel: channel, Member: member, Sequence: sequence})
-	return fromRPC(err)
+	return err
 }

@@ -226,6 +226,10 @@ func TestTemplatesBuildCacheAndDelete(t *testing.T) {
 	if _, err := c.Templates().Get(ctx, "go-tpl"); !errors.Is(err, computesdk.ErrTemplateNotFound) {
 		t.Fatalf("get after delete: %v", err)
 	}
+	bad := &computesdk.TemplateDefinition{Name: "go-bad", Setup: []string{"exit 4"}}
+	if _, err := c.Templates().Build(ctx, bad, nil); !errors.Is(err, computesdk.ErrTemplateBuildFailed) {
+		t.Fatalf("failing build: %v", err)
+	}
 	list, err := c.Templates().List(ctx)
 	if err != nil || !slices.ContainsFunc(list, func(t *computesdk.Template) bool { return t.GetName() == "python" }) {
 		t.Fatalf("list: %v %v", list, err)

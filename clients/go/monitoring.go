@@ -25,7 +25,7 @@ type ScalingRule = monitoringv1.ScalingRule
 func (s *Sandbox) Usage(ctx context.Context) (*Usage, error) {
 	resp, err := s.client.Raw.Monitoring.GetResourceUsage(ctx, &monitoringv1.GetResourceUsageRequest{SandboxId: s.ID()})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetUsage(), nil
 }
@@ -38,14 +38,14 @@ func (s *Sandbox) Monitor(ctx context.Context, interval time.Duration, metrics .
 		st, err := s.client.Raw.Monitoring.Monitor(ctx, &monitoringv1.MonitorRequest{
 			SandboxId: s.ID(), IntervalMs: uint32(interval.Milliseconds()), Metrics: metrics})
 		if err != nil {
-			yield(nil, fromRPC(err))
+			yield(nil, err)
 			return
 		}
 		for {
 			resp, err := st.Recv()
 			if err != nil {
 				if !isEOF(err) && ctx.Err() == nil {
-					yield(nil, fromRPC(err))
+					yield(nil, err)
 				}
 				return
 			}
@@ -68,7 +68,7 @@ func (s *Sandbox) SetResourceLimits(ctx context.Context, l Limits) (Resources, e
 	resp, err := s.client.Raw.Monitoring.SetResourceLimits(ctx, &monitoringv1.SetResourceLimitsRequest{
 		SandboxId: s.ID(), CpuPercent: l.CPUPercent, MemoryMb: l.MemoryMB, DiskMb: l.DiskMB})
 	if err != nil {
-		return Resources{}, fromRPC(err)
+		return Resources{}, err
 	}
 	return resourcesFrom(resp.GetResources()), nil
 }
@@ -78,7 +78,7 @@ func (s *Sandbox) Scale(ctx context.Context, cpuCores float64, memoryMB uint64) 
 	resp, err := s.client.Raw.Monitoring.Scale(ctx, &monitoringv1.ScaleRequest{
 		SandboxId: s.ID(), CpuCores: cpuCores, MemoryMb: memoryMB})
 	if err != nil {
-		return Resources{}, fromRPC(err)
+		return Resources{}, err
 	}
 	return resourcesFrom(resp.GetResources()), nil
 }
@@ -87,7 +87,7 @@ func (s *Sandbox) Scale(ctx context.Context, cpuCores float64, memoryMB uint64) 
 func (s *Sandbox) SetAlertThresholds(ctx context.Context, interval time.Duration, thresholds ...*AlertThreshold) error {
 	_, err := s.client.Raw.Monitoring.SetAlertThresholds(ctx, &monitoringv1.SetAlertThresholdsRequest{
 		SandboxId: s.ID(), Thresholds: thresholds, IntervalMs: uint32(interval.Milliseconds())})
-	return fromRPC(err)
+	return err
 }
 
 // AutoScaling configures ConfigureAutoScaling.
@@ -107,14 +107,14 @@ func (s *Sandbox) ConfigureAutoScaling(ctx context.Context, a AutoScaling) error
 		SandboxId: s.ID(), Enabled: a.Enabled, Cpu: a.CPU, Memory: a.Memory, MaxCpuCores: a.MaxCPUCores,
 		MaxMemoryMb: a.MaxMemoryMB, CooldownMs: uint32(a.Cooldown.Milliseconds()),
 		IntervalMs: uint32(a.Interval.Milliseconds())})
-	return fromRPC(err)
+	return err
 }
 
 // CheckHealth runs the built-in checks and every registered one now.
 func (s *Sandbox) CheckHealth(ctx context.Context) (*HealthReport, error) {
 	resp, err := s.client.Raw.Monitoring.CheckHealth(ctx, &monitoringv1.CheckHealthRequest{SandboxId: s.ID()})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp, nil
 }
@@ -125,12 +125,12 @@ func (s *Sandbox) RegisterHealthCheck(ctx context.Context, name, command string,
 	_, err := s.client.Raw.Monitoring.RegisterHealthCheck(ctx, &monitoringv1.RegisterHealthCheckRequest{
 		SandboxId: s.ID(), Name: name, Command: command,
 		IntervalMs: uint32(interval.Milliseconds()), TimeoutMs: uint32(timeout.Milliseconds())})
-	return fromRPC(err)
+	return err
 }
 
 // UnregisterHealthCheck removes a registered check.
 func (s *Sandbox) UnregisterHealthCheck(ctx context.Context, name string) error {
 	_, err := s.client.Raw.Monitoring.UnregisterHealthCheck(ctx, &monitoringv1.UnregisterHealthCheckRequest{
 		SandboxId: s.ID(), Name: name})
-	return fromRPC(err)
+	return err
 }

@@ -63,7 +63,7 @@ func (s *Sandbox) Client() *Client             { return s.client }
 func (s *Sandbox) Refresh(ctx context.Context) error {
 	resp, err := s.client.Raw.Sandboxes.GetSandbox(ctx, &sandboxv1.GetSandboxRequest{SandboxId: s.ID()})
 	if err != nil {
-		return fromRPC(err)
+		return err
 	}
 	s.mu.Lock()
 	s.info = resp.GetSandbox()
@@ -83,7 +83,7 @@ func (s *Sandbox) GetStatus(ctx context.Context) (*Status, error) {
 	resp, err := s.client.Raw.Sandboxes.GetSandboxStatus(ctx,
 		&sandboxv1.GetSandboxStatusRequest{SandboxId: s.ID()})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Status{State: State(resp.GetState()),
 		Uptime:    time.Duration(resp.GetUptimeMs()) * time.Millisecond,
@@ -110,7 +110,7 @@ func (s *Sandbox) Destroy(ctx context.Context, opts ...DestroyOption) error {
 	if s.ownsClient {
 		_ = s.client.Close()
 	}
-	return fromRPC(err)
+	return err
 }
 
 // CloneOption changes the copy made by Clone.
@@ -137,7 +137,7 @@ func (s *Sandbox) Clone(ctx context.Context, opts ...CloneOption) (*Sandbox, err
 	}
 	resp, err := s.client.Raw.Sandboxes.CloneSandbox(ctx, req)
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Sandbox{client: s.client, info: resp.GetSandbox()}, nil
 }
@@ -169,7 +169,7 @@ func (s *Sandbox) Migrate(ctx context.Context, provider string, opts ...MigrateO
 	}
 	resp, err := s.client.Raw.Sandboxes.MigrateSandbox(ctx, req)
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Sandbox{client: s.client, info: resp.GetSandbox()}, nil
 }
@@ -272,7 +272,7 @@ func (s *Sandbox) stream(ctx context.Context, cfg *execConfig) (*ExecStream, err
 	st, err := s.client.Raw.Processes.Exec(ctx)
 	if err != nil {
 		cancel()
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	es := &ExecStream{stream: st, cancel: cancel}
 	start := &processv1.ExecRequest{Request: &processv1.ExecRequest_Start{
@@ -299,13 +299,10 @@ func (s *Sandbox) stream(ctx context.Context, cfg *execConfig) (*ExecStream, err
 func (e *ExecStream) send(req *processv1.ExecRequest) error {
 	e.sendMu.Lock()
 	defer e.sendMu.Unlock()
-	if err := e.stream.Send(req); err != nil {
-		if errors.Is(err, io.EOF) {
-			// The server ended the call; Output reports why.
-			return nil
-		}
-		return fromRPC(err)
+	if err := e.stream.Send(req); !isEOF(err) {
+		return err
 	}
+	// The server ended the call; Output reports why.
 	return nil
 }
 
@@ -340,7 +337,7 @@ func (e *ExecStream) Output() iter.Seq2[Chunk, error] {
 			resp, err := e.stream.Recv()
 			if err != nil {
 				if !isEOF(err) {
-					yield(Chunk{}, fromRPC(err))
+					yield(Chunk{}, err)
 				}
 				return
 			}
@@ -376,7 +373,7 @@ func (e *ExecStream) Wait() (*ExecResult, error) {
 		}
 	}
 	if e.exited == nil {
-		return nil, &Error{Code: codes.Aborted, Reason: "SANDBOX_TERMINATED", Message: "exec ended without an exit status"}
+		return nil, &Error{Code: codes.Aborted, Reason: ErrSandboxTerminated.Reason, Message: "exec ended without an exit status"}
 	}
 	return resultFrom(e.ProcessID, out, errOut, e.exited), nil
 }
@@ -394,15 +391,21 @@ func (s *Sandbox) ExecArgv(ctx context.Context, argv []string, opts ...ExecOptio
 	return s.run(ctx, newExec("", argv, opts))
 }
 
-// run takes one unary call (RunCommand) when the command has no stdin, and the
-// Exec stream when it has, or when the provider cannot re-attach.
+// execResume is the capability RunCommand needs: output past what fits inline
+// is read on with AttachProcess.
+const execResume = "exec.resume"
+
+// run takes one unary call (RunCommand) when the command has no stdin and the
+// provider can re-attach, and the Exec stream otherwise.
 func (s *Sandbox) run(ctx context.Context, cfg *execConfig) (*ExecResult, error) {
-	if !cfg.hasStdin && !cfg.interactive && !s.client.streamsExec(s.Provider()) {
-		res, err := s.runCommand(ctx, cfg)
-		if !errors.Is(err, ErrUnimplemented) {
-			return res, err
+	if !cfg.hasStdin && !cfg.interactive {
+		resumable, err := s.client.supports(ctx, s.Provider(), execResume)
+		if err != nil {
+			return nil, err
 		}
-		s.client.noRunCommand.Store(s.Provider(), true)
+		if resumable {
+			return s.runCommand(ctx, cfg)
+		}
 	}
 	st, err := s.stream(ctx, cfg)
 	if err != nil {
@@ -417,7 +420,7 @@ func (s *Sandbox) runCommand(ctx context.Context, cfg *execConfig) (*ExecResult,
 	resp, err := s.client.Raw.Processes.RunCommand(ctx, &processv1.RunCommandRequest{
 		SandboxId: s.ID(), Command: &cfg.cmd})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	if exited := resp.GetExited(); exited != nil {
 		return resultFrom(resp.GetProcessId(), resp.GetStdout(), resp.GetStderr(), exited), nil
@@ -451,7 +454,7 @@ func (s *Sandbox) startProcess(ctx context.Context, cfg *execConfig) (*Process, 
 	resp, err := s.client.Raw.Processes.StartProcess(ctx, &processv1.StartProcessRequest{
 		SandboxId: s.ID(), Command: &cfg.cmd, Tag: cfg.tag})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	p := &Process{ID: resp.GetProcess().GetProcessId(), sandbox: s}
 	if cfg.hasStdin {
@@ -469,7 +472,7 @@ func (s *Sandbox) Process(id string) *Process { return &Process{ID: id, sandbox:
 func (s *Sandbox) Processes(ctx context.Context) ([]*ProcessInfo, error) {
 	resp, err := s.client.Raw.Processes.ListProcesses(ctx, &processv1.ListProcessesRequest{SandboxId: s.ID()})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetProcesses(), nil
 }
@@ -488,7 +491,7 @@ func (p *Process) attach(ctx context.Context, outOff, errOff uint64, yield func(
 	st, err := p.sandbox.client.Raw.Processes.AttachProcess(ctx, &processv1.AttachProcessRequest{
 		SandboxId: p.sandbox.ID(), ProcessId: p.ID, StdoutOffset: outOff, StderrOffset: errOff})
 	if err != nil {
-		return nil, yield(Chunk{}, fromRPC(err))
+		return nil, yield(Chunk{}, err)
 	}
 	var exited *processv1.Exited
 	for {
@@ -497,7 +500,7 @@ func (p *Process) attach(ctx context.Context, outOff, errOff uint64, yield func(
 			if isEOF(err) {
 				return exited, true
 			}
-			return nil, yield(Chunk{}, fromRPC(err))
+			return nil, yield(Chunk{}, err)
 		}
 		switch ev := resp.GetEvent().(type) {
 		case *processv1.AttachProcessResponse_Stdout:
@@ -547,7 +550,7 @@ func (p *Process) WriteStdin(ctx context.Context, data []byte, close bool) error
 		_, err := p.sandbox.client.Raw.Processes.WriteStdin(ctx, &processv1.WriteStdinRequest{
 			SandboxId: p.sandbox.ID(), ProcessId: p.ID, Data: data[:n], Close: close && n == len(data)})
 		if err != nil {
-			return fromRPC(err)
+			return err
 		}
 		data = data[n:]
 	}
@@ -558,7 +561,7 @@ func (p *Process) WriteStdin(ctx context.Context, data []byte, close bool) error
 func (p *Process) Signal(ctx context.Context, sig int) error {
 	_, err := p.sandbox.client.Raw.Processes.SignalProcess(ctx, &processv1.SignalProcessRequest{
 		SandboxId: p.sandbox.ID(), ProcessId: p.ID, Signal: int32(sig)})
-	return fromRPC(err)
+	return err
 }
 
 // Kill sends SIGKILL.

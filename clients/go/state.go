@@ -25,7 +25,7 @@ func (s *Sandbox) CreateSnapshot(ctx context.Context, name, description string) 
 	resp, err := s.client.Raw.Snapshots.CreateSnapshot(ctx, &snapshotv1.CreateSnapshotRequest{
 		SandboxId: s.ID(), Name: name, Description: description})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetSnapshot(), nil
 }
@@ -34,7 +34,7 @@ func (s *Sandbox) CreateSnapshot(ctx context.Context, name, description string) 
 func (s *Sandbox) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 	resp, err := s.client.Raw.Snapshots.ListSnapshots(ctx, &snapshotv1.ListSnapshotsRequest{SandboxId: s.ID()})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetSnapshots(), nil
 }
@@ -44,7 +44,7 @@ func (s *Sandbox) RestoreSnapshot(ctx context.Context, snapshotID string) error 
 	resp, err := s.client.Raw.Snapshots.RestoreSnapshot(ctx, &snapshotv1.RestoreSnapshotRequest{
 		SandboxId: s.ID(), SnapshotId: snapshotID})
 	if err != nil {
-		return fromRPC(err)
+		return err
 	}
 	s.mu.Lock()
 	s.info = resp.GetSandbox()
@@ -56,14 +56,14 @@ func (s *Sandbox) RestoreSnapshot(ctx context.Context, snapshotID string) error 
 func (s *Sandbox) DeleteSnapshot(ctx context.Context, snapshotID string) error {
 	_, err := s.client.Raw.Snapshots.DeleteSnapshot(ctx, &snapshotv1.DeleteSnapshotRequest{
 		SandboxId: s.ID(), SnapshotId: snapshotID})
-	return fromRPC(err)
+	return err
 }
 
 // SaveState keeps the sandbox under an id that outlives it.
 func (s *Sandbox) SaveState(ctx context.Context, name string) (*SavedState, error) {
 	resp, err := s.client.Raw.Snapshots.SaveState(ctx, &snapshotv1.SaveStateRequest{SandboxId: s.ID(), Name: name})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetState(), nil
 }
@@ -72,7 +72,7 @@ func (s *Sandbox) SaveState(ctx context.Context, name string) (*SavedState, erro
 func (c *Client) States(ctx context.Context) ([]*SavedState, error) {
 	resp, err := c.Raw.Snapshots.ListStates(ctx, &snapshotv1.ListStatesRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetStates(), nil
 }
@@ -80,7 +80,7 @@ func (c *Client) States(ctx context.Context) ([]*SavedState, error) {
 // DeleteState frees a saved state.
 func (c *Client) DeleteState(ctx context.Context, stateID string) error {
 	_, err := c.Raw.Snapshots.DeleteState(ctx, &snapshotv1.DeleteStateRequest{StateId: stateID})
-	return fromRPC(err)
+	return err
 }
 
 // WithRestoreFrom starts the sandbox from a saved state instead of its template.
@@ -122,7 +122,7 @@ func (s *Sandbox) Restart(ctx context.Context, opts ...RestartOption) error {
 	}
 	resp, err := s.client.Raw.Sandboxes.RestartSandbox(ctx, req)
 	if err != nil {
-		return fromRPC(err)
+		return err
 	}
 	s.mu.Lock()
 	s.info = resp.GetSandbox()
@@ -138,7 +138,7 @@ func (c *Client) Volumes() *Volumes { return &Volumes{c} }
 func (v *Volumes) Create(ctx context.Context, name string, sizeMB uint64, persistent bool) (*Volume, error) {
 	resp, err := v.c.Raw.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{Name: name, SizeMb: sizeMB, Persistent: persistent})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetVolume(), nil
 }
@@ -146,7 +146,7 @@ func (v *Volumes) Create(ctx context.Context, name string, sizeMB uint64, persis
 func (v *Volumes) Get(ctx context.Context, name string) (*Volume, error) {
 	resp, err := v.c.Raw.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{Name: name})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetVolume(), nil
 }
@@ -154,14 +154,14 @@ func (v *Volumes) Get(ctx context.Context, name string) (*Volume, error) {
 func (v *Volumes) List(ctx context.Context) ([]*Volume, error) {
 	resp, err := v.c.Raw.Volumes.ListVolumes(ctx, &volumev1.ListVolumesRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetVolumes(), nil
 }
 
 func (v *Volumes) Delete(ctx context.Context, name string) error {
 	_, err := v.c.Raw.Volumes.DeleteVolume(ctx, &volumev1.DeleteVolumeRequest{Name: name})
-	return fromRPC(err)
+	return err
 }
 
 // ExportState writes a saved state (stateID) or a sandbox as it is now
@@ -175,7 +175,7 @@ func (c *Client) ExportState(ctx context.Context, stateID, sandboxID string, w i
 	}
 	st, err := c.Raw.Snapshots.ExportState(ctx, req)
 	if err != nil {
-		return fromRPC(err)
+		return err
 	}
 	for {
 		resp, err := st.Recv()
@@ -183,7 +183,7 @@ func (c *Client) ExportState(ctx context.Context, stateID, sandboxID string, w i
 			if isEOF(err) {
 				return nil
 			}
-			return fromRPC(err)
+			return err
 		}
 		if _, err := w.Write(resp.GetData()); err != nil {
 			return err
@@ -195,7 +195,7 @@ func (c *Client) ExportState(ctx context.Context, stateID, sandboxID string, w i
 func (c *Client) ImportState(ctx context.Context, r io.Reader, provider string, metadata map[string]string) (*Sandbox, error) {
 	st, err := c.Raw.Snapshots.ImportState(ctx)
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	send := func(req *snapshotv1.ImportStateRequest) bool { return st.Send(req) == nil }
 	ok := send(&snapshotv1.ImportStateRequest{Request: &snapshotv1.ImportStateRequest_Header{
@@ -216,7 +216,7 @@ func (c *Client) ImportState(ctx context.Context, r io.Reader, provider string, 
 	// A failed Send means the server ended the call; CloseAndRecv says why.
 	resp, err := st.CloseAndRecv()
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	computesdk "github.com/computesdk/computesdk/clients/go"
+	errorsv1 "github.com/computesdk/computesdk/clients/go/api/errors/v1"
 	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
 	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
 	groupv1 "github.com/computesdk/computesdk/clients/go/api/group/v1"
@@ -46,6 +47,7 @@ func TestEveryRPCIsWrapped(t *testing.T) {
 		snapshotv1.File_computesdk_api_snapshot_v1_snapshot_proto,
 		volumev1.File_computesdk_api_volume_v1_volume_proto,
 		templatev1.File_computesdk_api_template_v1_template_proto,
+		errorsv1.File_computesdk_api_errors_v1_errors_proto, // the Reason enum, no service
 	}
 	// Every generated package is in the list above.
 	dirs, err := os.ReadDir("api")
@@ -94,6 +96,37 @@ func TestErrorsIsMatchesReasonAndCode(t *testing.T) {
 	}
 	if errors.Is(err, computesdk.ErrFileNotFound) || errors.Is(err, computesdk.ErrInvalidArgument) {
 		t.Fatal("errors.Is matched another reason or code")
+	}
+}
+
+// Drift: the reasons with a sentinel of their own are the ones every client
+// types (Python's _BY_REASON, TypeScript's byReason), each in the proto enum.
+func TestReasonSentinelsAreInTheEnum(t *testing.T) {
+	known := map[string]bool{}
+	for _, name := range errorsv1.Reason_name {
+		known[strings.TrimPrefix(name, "REASON_")] = true
+	}
+	sentinels := map[string]*computesdk.Error{
+		"SANDBOX_NOT_FOUND":     computesdk.ErrSandboxNotFound,
+		"TEMPLATE_NOT_FOUND":    computesdk.ErrTemplateNotFound,
+		"TEMPLATE_BUILD_FAILED": computesdk.ErrTemplateBuildFailed,
+		"PROVIDER_NOT_FOUND":    computesdk.ErrProviderNotFound,
+		"PROCESS_NOT_FOUND":     computesdk.ErrProcessNotFound,
+		"FILE_NOT_FOUND":        computesdk.ErrFileNotFound,
+		"PATH_OUTSIDE_SANDBOX":  computesdk.ErrPathOutsideSandbox,
+		"SANDBOX_NOT_RUNNING":   computesdk.ErrSandboxNotRunning,
+		"PAYLOAD_TOO_LARGE":     computesdk.ErrPayloadTooLarge,
+		"SANDBOX_TERMINATED":    computesdk.ErrSandboxTerminated,
+		"FEATURE_UNSUPPORTED":   computesdk.ErrFeatureUnsupported,
+	}
+	for reason, sentinel := range sentinels {
+		if sentinel.Reason != reason || !known[reason] {
+			t.Errorf("sentinel for %s has reason %q, in the enum: %v", reason, sentinel.Reason, known[sentinel.Reason])
+		}
+	}
+	// The one reason this client makes itself, when no daemon answers.
+	if known[computesdk.ErrDaemonUnreachable.Reason] {
+		t.Errorf("%s is in the enum now: give it a sentinel from there", computesdk.ErrDaemonUnreachable.Reason)
 	}
 }
 

@@ -49,14 +49,14 @@ func (t *Templates) BuildStream(ctx context.Context, def *TemplateDefinition, op
 		}
 		st, err := t.c.Raw.Templates.BuildTemplate(ctx, req)
 		if err != nil {
-			yield(nil, fromRPC(err))
+			yield(nil, err)
 			return
 		}
 		for {
 			ev, err := st.Recv()
 			if err != nil {
 				if !isEOF(err) {
-					yield(nil, fromRPC(err))
+					yield(nil, err)
 				}
 				return
 			}
@@ -87,7 +87,7 @@ func (t *Templates) Build(ctx context.Context, def *TemplateDefinition, onEvent 
 func (t *Templates) Get(ctx context.Context, name string) (*Template, error) {
 	resp, err := t.c.Raw.Templates.GetTemplate(ctx, &templatev1.GetTemplateRequest{Name: name})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetTemplate(), nil
 }
@@ -95,12 +95,12 @@ func (t *Templates) Get(ctx context.Context, name string) (*Template, error) {
 func (t *Templates) List(ctx context.Context) ([]*Template, error) {
 	resp, err := t.c.Raw.Templates.ListTemplates(ctx, &templatev1.ListTemplatesRequest{})
 	if err != nil {
-		return nil, fromRPC(err)
+		return nil, err
 	}
 	return resp.GetTemplates(), nil
 }
 
 func (t *Templates) Delete(ctx context.Context, name string) error {
 	_, err := t.c.Raw.Templates.DeleteTemplate(ctx, &templatev1.DeleteTemplateRequest{Name: name})
-	return fromRPC(err)
+	return err
 }

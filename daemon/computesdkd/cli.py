@@ -8,6 +8,7 @@ import resource
 import sys
 from pathlib import Path
 
+from computesdkd.app import Daemon, DaemonError
 from computesdkd.config import (
     Config,
     ConfigError,
@@ -15,8 +16,8 @@ from computesdkd.config import (
     default_state_dir,
     provider_configs,
 )
+from computesdkd.providers import builtin as _builtin  # noqa: F401 - registers the back ends
 from computesdkd.providers import registered_names
-from computesdkd.server import Daemon, DaemonError
 from computesdkd.support import logs
 
 

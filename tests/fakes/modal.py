@@ -42,6 +42,11 @@ class FakeModal:
         self.jwt = secrets.token_hex(16)
         self.router_port = 0
         self.requests: list[str] = []
+        self.idempotency_keys: list[str] = []
+        # When set, this many more ModalClient calls are turned away as Modal's
+        # server throttles: RESOURCE_EXHAUSTED with an RPCRetryPolicy in the details.
+        self.throttle = 0
+        self.throttle_retry_after_s = 0.0
         self._client: Client | None = None
 
     async def client(self) -> Client:
@@ -118,8 +123,27 @@ class FakeModal:
     async def _auth(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         self.requests.append(method)
         md = dict(context.invocation_metadata() or ())
+        self.idempotency_keys.append(str(md.get("x-idempotency-key", "")))
         if md.get("x-modal-token-id") != TOKEN_ID or md.get("x-modal-token-secret") != TOKEN_SECRET:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Invalid token")
+        if self.throttle:
+            self.throttle -= 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "rate limit exceeded",
+                trailing_metadata=(("grpc-status-details-bin", self._retry_policy()),),
+            )
+
+    def _retry_policy(self) -> bytes:
+        """The status details Modal's server sends, packed as its SDK's codec expects."""
+        status = api_pb2.RPCStatus(
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="rate limit exceeded"
+        )
+        status.details.add().Pack(
+            api_pb2.RPCRetryPolicy(retry_after_secs=self.throttle_retry_after_s),
+            type_url_prefix="type.modal.com/",
+        )
+        return status.SerializeToString()
 
     async def _router_auth(
         self, context: grpc.aio.ServicerContext[Any, Any], task_id: str, method: str

@@ -7,14 +7,18 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ._cli_common import kv, print_json
+from rich.table import Table
+
+from ._cli_common import ERR, kv, print_json, print_table, right, table
 from .client import Client
 from .errors import ComputeSDKError
 
 
-def _out(a: argparse.Namespace, obj: Any, text: str) -> None:
+def _out(a: argparse.Namespace, obj: Any, text: str | Table) -> None:
     if a.json:
         print_json(obj)
+    elif isinstance(text, Table):
+        print_table(text)
     else:
         print(text)
 
@@ -27,14 +31,13 @@ async def cmd_pool(c: Client, a: argparse.Namespace) -> int:
         _out(a, asdict(p), p.name)
     elif a.action == "ls":
         pools = await c.pools.list()
+        counts = map(right, ["IDLE", "LEASED", "CREATING", "MIN", "MAX"])
+        rows = [
+            (p.name, p.provider, p.template, p.idle, p.leased, p.creating, p.min, p.max)
+            for p in pools
+        ]
         _out(
-            a,
-            [asdict(p) for p in pools],
-            "\n".join(
-                f"{p.name}\t{p.provider}/{p.template}\tidle {p.idle} leased {p.leased} "
-                f"creating {p.creating}\tmin {p.min} max {p.max}"
-                for p in pools
-            ),
+            a, [asdict(p) for p in pools], table("NAME", "PROVIDER", "TEMPLATE", *counts, rows=rows)
         )
     elif a.action == "acquire":
         sb = await c.pools.acquire(a.name, wait_timeout_ms=a.wait_ms)
@@ -49,7 +52,8 @@ async def cmd_pool(c: Client, a: argparse.Namespace) -> int:
 
 async def cmd_batch(c: Client, a: argparse.Namespace) -> int:
     items = [{"provider": a.provider, "template": t} for t in a.template for _ in range(a.count)]
-    results = await c.batch_create(items)
+    with ERR.status(f"creating {len(items)} sandboxes"):  # shown on a terminal only
+        results = await c.batch_create(items)
     failed = 0
     for r in results:
         if isinstance(r, ComputeSDKError):
@@ -65,7 +69,8 @@ async def cmd_group(c: Client, a: argparse.Namespace) -> int:
         _out(a, await c.groups.create(a.name, a.ids), a.name)
     elif a.action == "ls":
         groups = await c.groups.list()
-        _out(a, groups, "\n".join(f"{n}\t{' '.join(m)}" for n, m in groups.items()))
+        rows = [(n, " ".join(m)) for n, m in groups.items()]
+        _out(a, groups, table("NAME", "MEMBERS", rows=rows))
     elif a.action == "add":
         _out(a, await c.groups.add(a.name, a.ids), a.name)
     elif a.action == "remove":
@@ -107,14 +112,12 @@ async def cmd_network(c: Client, a: argparse.Namespace) -> int:
             host, sep, sid = item.partition("=")
             members[host if sep else item] = sid if sep else item
         net = await c.networks.create(a.name, members)
-        _out(a, asdict(net), "\n".join(f"{h}\t{s}\t{ip}" for h, (s, ip) in net.members.items()))
+        rows = [(h, s, ip) for h, (s, ip) in net.members.items()]
+        _out(a, asdict(net), table("HOSTNAME", "SANDBOX", "ADDRESS", rows=rows))
     elif a.action == "ls":
         nets = await c.networks.list()
-        _out(
-            a,
-            [asdict(n) for n in nets],
-            "\n".join(f"{n.name}\t{n.subnet}\t{' '.join(n.members)}" for n in nets),
-        )
+        rows = [(n.name, n.subnet, " ".join(n.members)) for n in nets]
+        _out(a, [asdict(n) for n in nets], table("NAME", "SUBNET", "MEMBERS", rows=rows))
     elif a.action == "url":
         url = await c.networks.get_service_url(a.name, a.ids[0], int(a.ids[1]))
         _out(a, {"url": url}, url)
@@ -172,13 +175,9 @@ async def cmd_snapshot(c: Client, a: argparse.Namespace) -> int:
         _out(a, asdict(snap), snap.id)
     elif a.action == "ls":
         snaps = await sb.snapshots.list()
-        _out(
-            a,
-            [asdict(x) for x in snaps],
-            "\n".join(
-                f"{x.id}\t{x.name}\t{x.size_bytes}\t{x.created:%Y-%m-%d %H:%M:%S}" for x in snaps
-            ),
-        )
+        rows = [(x.id, x.name, x.size_bytes, f"{x.created:%Y-%m-%d %H:%M:%S}") for x in snaps]
+        listing = table("ID", "NAME", right("BYTES"), "CREATED", rows=rows)
+        _out(a, [asdict(x) for x in snaps], listing)
     elif a.action == "restore":
         await sb.snapshots.restore(a.name)
     elif a.action == "rm":
@@ -192,13 +191,9 @@ async def cmd_state(c: Client, a: argparse.Namespace) -> int:
         _out(a, asdict(st), st.id)
     elif a.action == "ls":
         states = await c.states.list()
-        _out(
-            a,
-            [asdict(x) for x in states],
-            "\n".join(
-                f"{x.id}\t{x.name}\t{x.provider}/{x.template}\t{x.size_bytes}" for x in states
-            ),
-        )
+        rows = [(x.id, x.name, x.provider, x.template, x.size_bytes) for x in states]
+        listing = table("ID", "NAME", "PROVIDER", "TEMPLATE", right("BYTES"), rows=rows)
+        _out(a, [asdict(x) for x in states], listing)
     elif a.action == "rm":
         await c.states.delete(a.arg)
     return 0
@@ -210,15 +205,14 @@ async def cmd_volume(c: Client, a: argparse.Namespace) -> int:
         _out(a, asdict(v), v.name)
     elif a.action == "ls":
         vols = await c.volumes.list()
-        _out(
-            a,
-            [asdict(x) for x in vols],
-            "\n".join(
-                f"{x.name}\t{x.size_mb} MB\t{x.used_bytes} used\t"
-                f"{'persistent' if x.persistent else 'ephemeral'}\t{' '.join(x.mounted_by)}"
-                for x in vols
-            ),
-        )
+        rows = [
+            (x.name, x.size_mb, x.used_bytes, "persistent" if x.persistent else "ephemeral",
+             " ".join(x.mounted_by))
+            for x in vols
+        ]  # fmt: skip
+        listing = table("NAME", right("SIZE MB"), right("USED BYTES"), "KIND", "MOUNTED BY",
+                        rows=rows)  # fmt: skip
+        _out(a, [asdict(x) for x in vols], listing)
     elif a.action == "rm":
         await c.volumes.delete(a.name)
     return 0

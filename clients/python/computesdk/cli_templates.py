@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from ._cli_common import kv, print_json
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ._cli_common import ERR, kv, print_json, print_table, table
 from .client import Client
 from .templates import BuildEvent, BuildLog, BuildProgress, TemplateInfo
 
@@ -24,27 +25,31 @@ def _size(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
-class Progress:
-    """Shows a build as it runs: on a terminal, one status line kept at the bottom
-    (step, what it does, bytes for downloads) with the log scrolling above it;
-    otherwise one line per step and the log as it comes."""
+class BuildDisplay:
+    """Shows a build as it runs, on stderr: on a terminal, a bar over the steps
+    (what the step does, bytes for downloads, time) with the log scrolling above
+    it; otherwise one line per step and the log as it comes."""
 
-    def __init__(self, out: TextIO = sys.stderr, quiet: bool = False) -> None:
-        self.out = out
-        self.tty = out.isatty()
+    def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.status = ""
-        self.started = time.monotonic()
         self.last_step = (0, "")
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=ERR,
+            transient=True,
+            disable=not ERR.is_terminal,
+        )
+        self.task = self.bar.add_task("starting", total=None)
 
-    def _clear(self) -> None:
-        if self.tty and self.status:
-            self.out.write("\r\x1b[2K")
+    def __enter__(self) -> BuildDisplay:
+        self.bar.start()
+        return self
 
-    def _draw(self) -> None:
-        if self.tty and self.status:
-            self.out.write(self.status[:200])
-            self.out.flush()
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
 
     def __call__(self, event: BuildEvent) -> None:
         if isinstance(event, BuildProgress):
@@ -54,23 +59,17 @@ class Progress:
                 head += f"  {_size(event.bytes_done)}/{_size(event.bytes_total)} ({pct:.0f}%)"
             elif event.bytes_done:
                 head += f"  {_size(event.bytes_done)}"
-            elapsed = time.monotonic() - self.started
-            if self.tty:
-                self._clear()
-                self.status = f"{head}  {elapsed:.1f}s"
-                self._draw()
-            elif (event.step, event.description) != self.last_step:
-                print(head, file=self.out, flush=True)
+            self.bar.update(
+                self.task, description=head, completed=event.step - 1, total=event.total_steps
+            )
+            if self.bar.disable and (event.step, event.description) != self.last_step:
+                print(head, file=sys.stderr, flush=True)
             self.last_step = (event.step, event.description)
         elif isinstance(event, BuildLog) and not self.quiet:
-            self._clear()
-            print(f"  {event.line}", file=self.out)
-            self._draw()
-
-    def done(self) -> None:
-        self._clear()
-        self.status = ""
-        self.out.flush()
+            if self.bar.disable:
+                print(f"  {event.line}", file=sys.stderr)
+            else:
+                self.bar.console.print(f"  {event.line}")  # above the bar
 
 
 def _info_text(t: TemplateInfo) -> str:
@@ -101,10 +100,13 @@ async def cmd_template(c: Client, a: argparse.Namespace) -> int:
         if a.json:
             print_json([asdict(t) for t in infos])
             return 0
+        rows = []
         for t in infos:
-            kind = "predefined" if t.builtin else t.digest[:19]
             note = f"  unavailable: {t.unavailable_reason}" if t.unavailable_reason else ""
-            print(f"{t.name:<20} {kind:<20} {t.description}{note}")
+            rows.append(
+                (t.name, "predefined" if t.builtin else t.digest[:19], t.description + note)
+            )
+        print_table(table("NAME", "DIGEST", "DESCRIPTION", rows=rows))
         return 0
     if not a.name and not a.file:
         raise SystemExit(f"computesdk: template {a.action} needs a NAME")
@@ -118,8 +120,7 @@ async def cmd_template(c: Client, a: argparse.Namespace) -> int:
     definition: dict[str, Any] = {}
     if a.file:
         definition = json.loads(Path(a.file).read_text())
-    progress = Progress(quiet=a.quiet)
-    try:
+    with BuildDisplay(quiet=a.quiet) as display:
         result = await c.templates.build(
             a.name or str(definition.get("name", "")),
             base_image=a.base_image or str(definition.get("base_image", "")),
@@ -129,10 +130,8 @@ async def cmd_template(c: Client, a: argparse.Namespace) -> int:
             description=a.description or str(definition.get("description", "")),
             no_cache=a.no_cache,
             provider=a.provider,
-            on_event=progress,
+            on_event=display,
         )
-    finally:
-        progress.done()
     t = result.template
     if a.json:
         print_json({**asdict(t), "cache_hit": result.cache_hit, "duration_ms": result.duration_ms})

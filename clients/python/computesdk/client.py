@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import inspect
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -27,25 +26,18 @@ from computesdk_api.snapshot.v1 import snapshot_pb2_grpc
 from computesdk_api.template.v1 import template_pb2_grpc
 from computesdk_api.volume.v1 import volume_pb2_grpc
 
-from ._rpc import open_channel, target_for, translated
-from .errors import ComputeSDKError, error_from, from_rpc_error
+from . import _rpc
+from ._rpc import Callback, fire, open_channel, target_for
+from .errors import ComputeSDKError, error_from
 from .fleet import Channels, Groups, Networks, Pools
 from .sandbox import Sandbox
 from .state import States, Volumes
 from .templates import Templates
 from .types import Event, Resources
 
-Callback = Callable[..., Any]
 # Client-side connection events.
 CONNECTED, DISCONNECTED, RECONNECTING = "connected", "disconnected", "reconnecting"
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
-
-
-async def fire(callbacks: Sequence[Callback], *args: Any) -> None:
-    for cb in list(callbacks):
-        result = cb(*args)
-        if inspect.isawaitable(result):
-            await result
 
 
 class Client:
@@ -67,9 +59,7 @@ class Client:
         self.snapshot_stub = snapshot_pb2_grpc.SnapshotServiceStub(self.channel)
         self.volume_stub = volume_pb2_grpc.VolumeServiceStub(self.channel)
         self.template_stub = template_pb2_grpc.TemplateServiceStub(self.channel)
-        # Providers whose sandboxes answered RunCommand with UNIMPLEMENTED: their
-        # exec() goes through the Exec stream.
-        self.no_run_command: set[str] = set()
+        self._capabilities: dict[str, frozenset[str]] = {}
         self.states = States(self)
         self.volumes = Volumes(self)
         self.templates = Templates(self)
@@ -160,8 +150,7 @@ class Client:
                     size_mb=v.get("size_mb", 0),
                 )
             )
-        with translated():
-            resp = await self.sandboxes.CreateSandbox(req)
+        resp = await _rpc.call(self.sandboxes.CreateSandbox, req)
         return Sandbox(self, resp.sandbox)
 
     async def batch_create(
@@ -185,10 +174,10 @@ class Client:
             )
             for i in items
         ]
-        with translated():
-            resp = await self.sandboxes.BatchCreateSandboxes(
-                sandbox_pb2.BatchCreateSandboxesRequest(requests=reqs)
-            )
+        resp = await _rpc.call(
+            self.sandboxes.BatchCreateSandboxes,
+            sandbox_pb2.BatchCreateSandboxesRequest(requests=reqs),
+        )
         out: builtins.list[Sandbox | ComputeSDKError] = []
         for r in resp.results:
             if r.WhichOneof("result") == "sandbox":
@@ -202,10 +191,9 @@ class Client:
         return await self.list(states=["running"])
 
     async def get(self, sandbox_id: str) -> Sandbox:
-        with translated():
-            resp = await self.sandboxes.GetSandbox(
-                sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id)
-            )
+        resp = await _rpc.call(
+            self.sandboxes.GetSandbox, sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id)
+        )
         return Sandbox(self, resp.sandbox)
 
     async def list(
@@ -221,25 +209,34 @@ class Client:
         out: list[Sandbox] = []
         token = ""
         while True:
-            with translated():
-                resp = await self.sandboxes.ListSandboxes(
-                    sandbox_pb2.ListSandboxesRequest(
-                        page_size=page_size,
-                        page_token=token,
-                        metadata=dict(metadata or {}),
-                        states=[names[s] for s in states],  # type: ignore[misc]
-                        provider=provider,
-                    )
-                )
+            resp = await _rpc.call(
+                self.sandboxes.ListSandboxes,
+                sandbox_pb2.ListSandboxesRequest(
+                    page_size=page_size,
+                    page_token=token,
+                    metadata=dict(metadata or {}),
+                    states=[names[s] for s in states],  # type: ignore[misc]
+                    provider=provider,
+                ),
+            )
             out.extend(Sandbox(self, s) for s in resp.sandboxes)
             token = resp.next_page_token
             if not token:
                 return out
 
     async def providers(self) -> builtins.list[provider_pb2.Provider]:
-        with translated():
-            resp = await self.providers_stub.ListProviders(provider_pb2.ListProvidersRequest())
+        resp = await _rpc.call(
+            self.providers_stub.ListProviders, provider_pb2.ListProvidersRequest()
+        )
         return list(resp.providers)
+
+    async def capabilities(self, provider: str) -> frozenset[str]:
+        """The provider's features ("exec.resume", "snapshots", ...), from
+        ListProviders once per client; empty for a provider the daemon lacks."""
+        if provider not in self._capabilities:
+            for p in await self.providers():
+                self._capabilities[p.name] = frozenset(p.capabilities)
+        return self._capabilities.setdefault(provider, frozenset())
 
     # ------------------------------------------------------------ events
 
@@ -263,7 +260,7 @@ class Client:
                 no_follow=not follow,
             )
             try:
-                async for resp in self.events_stub.SubscribeEvents(req, wait_for_ready=True):
+                async for resp in _rpc.stream(self.events_stub.SubscribeEvents, req):
                     ev = Event.from_proto(resp.event)
                     last = ev.sequence
                     backoff = 0.05
@@ -271,9 +268,9 @@ class Client:
                 if not follow:
                     return
                 # A following stream only ends when the daemon shuts down: reconnect.
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in _RETRYABLE:
-                    raise from_rpc_error(err) from None
+            except ComputeSDKError as err:
+                if err.code not in _RETRYABLE:
+                    raise
             await fire(self._callbacks[DISCONNECTED])
             while True:
                 await fire(self._callbacks[RECONNECTING])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from computesdk_api.errors.v1 import errors_pb2
 
 
 class ComputeSDKError(Exception):
@@ -96,6 +97,13 @@ class PermissionDeniedError(ComputeSDKError): ...
 class InternalError(ComputeSDKError): ...
 
 
+# Every reason the daemon can send: the names of the one enum they are defined in,
+# without the REASON_ prefix. Reasons not mapped below raise by status code.
+REASONS: frozenset[str] = frozenset(
+    name.removeprefix("REASON_")
+    for name in errors_pb2.Reason.DESCRIPTOR.values_by_name
+    if name != "REASON_UNSPECIFIED"
+)
 _BY_REASON: dict[str, type[ComputeSDKError]] = {
     "SANDBOX_NOT_FOUND": SandboxNotFoundError,
     "TEMPLATE_NOT_FOUND": TemplateNotFoundError,
@@ -107,6 +115,7 @@ _BY_REASON: dict[str, type[ComputeSDKError]] = {
     "SANDBOX_NOT_RUNNING": SandboxNotRunningError,
     "PAYLOAD_TOO_LARGE": PayloadTooLargeError,
     "SANDBOX_TERMINATED": SandboxTerminatedError,
+    "FEATURE_UNSUPPORTED": UnsupportedError,
 }
 _BY_CODE: dict[grpc.StatusCode, type[ComputeSDKError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -124,24 +133,28 @@ _BY_CODE: dict[grpc.StatusCode, type[ComputeSDKError]] = {
 }
 
 
+def _typed(
+    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+) -> ComputeSDKError:
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, ComputeSDKError)
+    return cls(message, code=code, reason=reason, metadata=metadata)
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ComputeSDKError:
-    """Turns a failed call into the most specific exception, once, at the boundary."""
+    """Turns a failed call into the most specific exception: by the ErrorInfo in
+    its google.rpc.Status when the daemon sent one, else by its status code."""
     reason, metadata = "", {}
-    trailers: Any = err.trailing_metadata() or ()
-    for key, value in trailers:
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason, metadata = info.reason, dict(info.metadata)
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(err.code(), ComputeSDKError)
-    return cls(err.details() or "", code=err.code(), reason=reason, metadata=metadata)
+    # from_call reads only code(), details() and trailing_metadata(), which an
+    # AioRpcError answers at once as a finished sync call does; the stubs know
+    # only grpc.Call.
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason, metadata = info.reason, dict(info.metadata)
+    return _typed(err.code(), reason, err.details() or "", metadata)
 
 
 def error_from(code: str, reason: str, message: str) -> ComputeSDKError:
     """The typed error for one failed item of a batch or broadcast."""
-    status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(status, ComputeSDKError)
-    return cls(message, code=status, reason=reason)
+    return _typed(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), reason, message)

@@ -15,9 +15,10 @@ from computesdk_api.messaging.v1 import messaging_pb2 as msg_pb
 from computesdk_api.network.v1 import network_pb2 as net_pb
 from computesdk_api.pool.v1 import pool_pb2 as pool_pb
 
-from ._rpc import translated
+from . import _rpc
+from ._process import _command, _result
 from .errors import ComputeSDKError, error_from
-from .sandbox import Sandbox, _command, _result
+from .sandbox import Sandbox
 from .types import ExecResult, Resources
 
 if TYPE_CHECKING:
@@ -99,42 +100,38 @@ class Pools:
             resources=(resources or Resources()).to_proto(),
             env=dict(env or {}),
         )
-        with translated():
-            resp = await self._c.pool_stub.CreatePool(pool_pb.CreatePoolRequest(spec=spec))
+        resp = await _rpc.call(self._c.pool_stub.CreatePool, pool_pb.CreatePoolRequest(spec=spec))
         return PoolInfo.from_proto(resp.pool)
 
     async def get(self, name: str) -> PoolInfo:
-        with translated():
-            resp = await self._c.pool_stub.GetPool(pool_pb.GetPoolRequest(name=name))
+        resp = await _rpc.call(self._c.pool_stub.GetPool, pool_pb.GetPoolRequest(name=name))
         return PoolInfo.from_proto(resp.pool)
 
     async def list(self) -> builtins.list[PoolInfo]:
-        with translated():
-            resp = await self._c.pool_stub.ListPools(pool_pb.ListPoolsRequest())
+        resp = await _rpc.call(self._c.pool_stub.ListPools, pool_pb.ListPoolsRequest())
         return [PoolInfo.from_proto(p) for p in resp.pools]
 
     async def delete(self, name: str) -> None:
-        with translated():
-            await self._c.pool_stub.DeletePool(pool_pb.DeletePoolRequest(name=name))
+        await _rpc.call(self._c.pool_stub.DeletePool, pool_pb.DeletePoolRequest(name=name))
 
     async def acquire(
         self, name: str, *, metadata: Mapping[str, str] | None = None, wait_timeout_ms: int = 0
     ) -> Sandbox:
         """A healthy warm sandbox; release() gives it back."""
-        with translated():
-            resp = await self._c.pool_stub.AcquireSandbox(
-                pool_pb.AcquireSandboxRequest(
-                    pool=name, metadata=dict(metadata or {}), wait_timeout_ms=wait_timeout_ms
-                )
-            )
+        resp = await _rpc.call(
+            self._c.pool_stub.AcquireSandbox,
+            pool_pb.AcquireSandboxRequest(
+                pool=name, metadata=dict(metadata or {}), wait_timeout_ms=wait_timeout_ms
+            ),
+        )
         return Sandbox(self._c, resp.sandbox)
 
     async def release(self, sandbox: SandboxRef, *, hard: bool = False) -> bool:
         """Resets the sandbox and returns it to its pool (True), or destroys it (False)."""
-        with translated():
-            resp = await self._c.pool_stub.ReleaseSandbox(
-                pool_pb.ReleaseSandboxRequest(sandbox_id=_id(sandbox), hard=hard)
-            )
+        resp = await _rpc.call(
+            self._c.pool_stub.ReleaseSandbox,
+            pool_pb.ReleaseSandboxRequest(sandbox_id=_id(sandbox), hard=hard),
+        )
         return resp.returned
 
 
@@ -159,34 +156,32 @@ class Groups:
         self._c = client
 
     async def create(self, name: str, members: Sequence[SandboxRef] = ()) -> builtins.list[str]:
-        with translated():
-            resp = await self._c.group_stub.CreateGroup(
-                group_pb.CreateGroupRequest(name=name, sandbox_ids=[_id(m) for m in members])
-            )
+        resp = await _rpc.call(
+            self._c.group_stub.CreateGroup,
+            group_pb.CreateGroupRequest(name=name, sandbox_ids=[_id(m) for m in members]),
+        )
         return list(resp.group.sandbox_ids)
 
     async def get(self, name: str) -> builtins.list[str]:
-        with translated():
-            resp = await self._c.group_stub.GetGroup(group_pb.GetGroupRequest(name=name))
+        resp = await _rpc.call(self._c.group_stub.GetGroup, group_pb.GetGroupRequest(name=name))
         return list(resp.group.sandbox_ids)
 
     async def list(self) -> dict[str, builtins.list[str]]:
-        with translated():
-            resp = await self._c.group_stub.ListGroups(group_pb.ListGroupsRequest())
+        resp = await _rpc.call(self._c.group_stub.ListGroups, group_pb.ListGroupsRequest())
         return {g.name: list(g.sandbox_ids) for g in resp.groups}
 
     async def add(self, name: str, members: Sequence[SandboxRef]) -> builtins.list[str]:
-        with translated():
-            resp = await self._c.group_stub.AddGroupMembers(
-                group_pb.AddGroupMembersRequest(name=name, sandbox_ids=[_id(m) for m in members])
-            )
+        resp = await _rpc.call(
+            self._c.group_stub.AddGroupMembers,
+            group_pb.AddGroupMembersRequest(name=name, sandbox_ids=[_id(m) for m in members]),
+        )
         return list(resp.group.sandbox_ids)
 
     async def remove(self, name: str, members: Sequence[SandboxRef]) -> builtins.list[str]:
-        with translated():
-            resp = await self._c.group_stub.RemoveGroupMembers(
-                group_pb.RemoveGroupMembersRequest(name=name, sandbox_ids=[_id(m) for m in members])
-            )
+        resp = await _rpc.call(
+            self._c.group_stub.RemoveGroupMembers,
+            group_pb.RemoveGroupMembersRequest(name=name, sandbox_ids=[_id(m) for m in members]),
+        )
         return list(resp.group.sandbox_ids)
 
     async def broadcast(
@@ -202,31 +197,25 @@ class Groups:
         req = group_pb.BroadcastRequest(
             name=name, command=_command(command, cwd, env, timeout_ms, False)
         )
-        with translated():
-            async for resp in self._c.group_stub.Broadcast(req, wait_for_ready=True):
-                if resp.WhichOneof("outcome") == "error":
-                    e = resp.error
-                    yield MemberResult(
-                        resp.sandbox_id, None, error_from(e.code, e.reason, e.message)
-                    )
-                else:
-                    r = resp.result
-                    yield MemberResult(
-                        resp.sandbox_id, _result(r.stdout, r.stderr, r.exited, ""), None
-                    )
+        async for resp in _rpc.stream(self._c.group_stub.Broadcast, req):
+            if resp.WhichOneof("outcome") == "error":
+                e = resp.error
+                yield MemberResult(resp.sandbox_id, None, error_from(e.code, e.reason, e.message))
+            else:
+                r = resp.result
+                yield MemberResult(resp.sandbox_id, _result(r.stdout, r.stderr, r.exited, ""), None)
 
     async def destroy_all(self, name: str) -> builtins.list[str]:
         """Destroys every member and forgets the group; returns the destroyed ids."""
-        with translated():
-            resp = await self._c.group_stub.DeleteGroup(
-                group_pb.DeleteGroupRequest(name=name, destroy_members=True)
-            )
+        resp = await _rpc.call(
+            self._c.group_stub.DeleteGroup,
+            group_pb.DeleteGroupRequest(name=name, destroy_members=True),
+        )
         return list(resp.destroyed_sandbox_ids)
 
     async def delete(self, name: str) -> None:
         """Forgets the group; the members stay."""
-        with translated():
-            await self._c.group_stub.DeleteGroup(group_pb.DeleteGroupRequest(name=name))
+        await _rpc.call(self._c.group_stub.DeleteGroup, group_pb.DeleteGroupRequest(name=name))
 
 
 # ---------------------------------------------------------------- networks
@@ -258,40 +247,37 @@ class Networks:
             ]
         else:
             items = [net_pb.NetworkMember(sandbox_id=_id(s)) for s in members]
-        with translated():
-            resp = await self._c.network_stub.CreateNetwork(
-                net_pb.CreateNetworkRequest(name=name, members=items)
-            )
+        resp = await _rpc.call(
+            self._c.network_stub.CreateNetwork,
+            net_pb.CreateNetworkRequest(name=name, members=items),
+        )
         return NetworkInfo.from_proto(resp.network)
 
     async def get(self, name: str) -> NetworkInfo:
-        with translated():
-            resp = await self._c.network_stub.GetNetwork(net_pb.GetNetworkRequest(name=name))
+        resp = await _rpc.call(self._c.network_stub.GetNetwork, net_pb.GetNetworkRequest(name=name))
         return NetworkInfo.from_proto(resp.network)
 
     async def list(self) -> builtins.list[NetworkInfo]:
-        with translated():
-            resp = await self._c.network_stub.ListNetworks(net_pb.ListNetworksRequest())
+        resp = await _rpc.call(self._c.network_stub.ListNetworks, net_pb.ListNetworksRequest())
         return [NetworkInfo.from_proto(n) for n in resp.networks]
 
     async def delete(self, name: str) -> None:
-        with translated():
-            await self._c.network_stub.DeleteNetwork(net_pb.DeleteNetworkRequest(name=name))
+        await _rpc.call(self._c.network_stub.DeleteNetwork, net_pb.DeleteNetworkRequest(name=name))
 
     async def get_service_url(self, network: str, member: str, port: int) -> str:
         """The URL other members use to reach member's port."""
-        with translated():
-            resp = await self._c.network_stub.GetServiceUrl(
-                net_pb.GetServiceUrlRequest(network=network, member=member, port=port)
-            )
+        resp = await _rpc.call(
+            self._c.network_stub.GetServiceUrl,
+            net_pb.GetServiceUrlRequest(network=network, member=member, port=port),
+        )
         return resp.url
 
     async def get_url(self, sandbox: SandboxRef, port: int) -> str:
         """A URL on the host's loopback that forwards to the sandbox's port."""
-        with translated():
-            resp = await self._c.network_stub.ExposePort(
-                net_pb.ExposePortRequest(sandbox_id=_id(sandbox), port=port)
-            )
+        resp = await _rpc.call(
+            self._c.network_stub.ExposePort,
+            net_pb.ExposePortRequest(sandbox_id=_id(sandbox), port=port),
+        )
         return resp.url
 
 
@@ -322,17 +308,18 @@ class Channels:
         self, name: str, members: Sequence[SandboxRef], *, capacity: int = 0
     ) -> builtins.list[str]:
         """Creates a channel for these members (sandboxes or any names)."""
-        with translated():
-            resp = await self._c.messaging_stub.CreateChannel(
-                msg_pb.CreateChannelRequest(
-                    name=name, members=[_id(m) for m in members], capacity=capacity
-                )
-            )
+        resp = await _rpc.call(
+            self._c.messaging_stub.CreateChannel,
+            msg_pb.CreateChannelRequest(
+                name=name, members=[_id(m) for m in members], capacity=capacity
+            ),
+        )
         return list(resp.channel.members)
 
     async def delete(self, name: str) -> None:
-        with translated():
-            await self._c.messaging_stub.DeleteChannel(msg_pb.DeleteChannelRequest(name=name))
+        await _rpc.call(
+            self._c.messaging_stub.DeleteChannel, msg_pb.DeleteChannelRequest(name=name)
+        )
 
     async def send(
         self,
@@ -346,36 +333,31 @@ class Channels:
         """Queues payload for recipient (None: every other member); returns the
         sender's sequence number. Waits while the recipient's queue is full."""
         data = payload.encode() if isinstance(payload, str) else payload
-        with translated():
-            resp = await self._c.messaging_stub.SendMessage(
-                msg_pb.SendMessageRequest(
-                    channel=channel,
-                    sender=_id(sender),
-                    recipient=_id(recipient) if recipient is not None else "",
-                    payload=data,
-                    wait_timeout_ms=wait_timeout_ms,
-                )
-            )
+        resp = await _rpc.call(
+            self._c.messaging_stub.SendMessage,
+            msg_pb.SendMessageRequest(
+                channel=channel,
+                sender=_id(sender),
+                recipient=_id(recipient) if recipient is not None else "",
+                payload=data,
+                wait_timeout_ms=wait_timeout_ms,
+            ),
+        )
         return resp.sender_sequence
 
     async def subscribe(self, channel: str, member: SandboxRef) -> AsyncIterator[Message]:
         """Every unacknowledged message, then new ones; call ack() as they are handled."""
         req = msg_pb.SubscribeRequest(channel=channel, member=_id(member))
-        with translated():
-            async for resp in self._c.messaging_stub.Subscribe(req, wait_for_ready=True):
-                m = resp.message
-                yield Message(
-                    m.sequence,
-                    m.sender,
-                    m.recipient,
-                    m.payload,
-                    m.sender_sequence,
-                    m.send_time.ToDatetime(),
-                )
+        async for resp in _rpc.stream(self._c.messaging_stub.Subscribe, req):
+            m = resp.message
+            yield Message(
+                m.sequence, m.sender, m.recipient, m.payload, m.sender_sequence,
+                m.send_time.ToDatetime(),
+            )  # fmt: skip
 
     async def ack(self, channel: str, member: SandboxRef, sequence: int) -> None:
         """Acknowledges member's messages up to sequence: they are not delivered again."""
-        with translated():
-            await self._c.messaging_stub.AckMessages(
-                msg_pb.AckMessagesRequest(channel=channel, member=_id(member), sequence=sequence)
-            )
+        await _rpc.call(
+            self._c.messaging_stub.AckMessages,
+            msg_pb.AckMessagesRequest(channel=channel, member=_id(member), sequence=sequence),
+        )

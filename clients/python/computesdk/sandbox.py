@@ -1,324 +1,35 @@
-"""A sandbox handle: processes, files, status and events of one sandbox."""
+"""A sandbox handle: processes, lifecycle and events of one sandbox. Its files
+(Files), commands (ExecStream, Process) and monitoring calls live in their own
+modules; this one puts them together."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from computesdk_api.filesystem.v1 import filesystem_pb2 as fs_pb
-from computesdk_api.monitoring.v1 import monitoring_pb2 as mon_pb
 from computesdk_api.process.v1 import process_pb2 as proc_pb
 from computesdk_api.sandbox.v1 import sandbox_pb2
 
-from ._rpc import CHUNK, translated
-from .errors import UnsupportedError
+from . import _rpc
+from ._files import Files
+from ._process import ExecStream, Process, _command, _result
+from ._rpc import Callback, fire
+from ._sandbox_monitoring import SandboxMonitoring
 from .state import Snapshots
-from .types import (
-    STATE_NAMES,
-    AlertThreshold,
-    Event,
-    ExecResult,
-    FileInfo,
-    HealthReport,
-    OutputChunk,
-    ProcessInfo,
-    Resources,
-    ResourceUsage,
-    SandboxStatus,
-)
+from .types import STATE_NAMES, Event, ExecResult, ProcessInfo, Resources, SandboxStatus
 
 if TYPE_CHECKING:
     from .client import Client
 
-Callback = Callable[..., Any]
 OutputCallback = Callable[[str], Any]
 
 
-def _command(
-    command: str | Sequence[str],
-    cwd: str,
-    env: Mapping[str, str] | None,
-    timeout_ms: int,
-    stdin: bool,
-) -> proc_pb.Command:
-    c = proc_pb.Command(cwd=cwd, env=dict(env or {}), timeout_ms=timeout_ms, stdin=stdin)
-    if isinstance(command, str):
-        c.command = command
-    else:
-        c.args.extend(command)
-    return c
-
-
-async def _call(cb: Callable[..., Any] | None, *args: Any) -> None:
-    if cb is not None:
-        result = cb(*args)
-        if inspect.isawaitable(result):
-            await result
-
-
-def _stdin_requests(raw: bytes) -> list[proc_pb.ExecRequest]:
-    return [proc_pb.ExecRequest(stdin=raw[i : i + CHUNK]) for i in range(0, len(raw), CHUNK)]
-
-
-class _Tracked(Protocol):
-    process_id: str
-    pid: int
-    exited: proc_pb.Exited | None
-
-
-async def _output(call: Any, proc: _Tracked) -> AsyncIterator[OutputChunk]:
-    """Turns an Exec or AttachProcess stream into chunks, noting start and exit on proc."""
-    try:
-        with translated():
-            async for resp in call:
-                kind = resp.WhichOneof("event")
-                if kind == "started":
-                    proc.process_id, proc.pid = resp.started.process_id, resp.started.pid
-                elif kind in ("stdout", "stderr"):
-                    out = getattr(resp, kind)
-                    yield OutputChunk(kind, out.data, out.offset)
-                elif kind == "exited":
-                    proc.exited = resp.exited
-                    # The exit is the stream's last word. Input sent as the
-                    # command ended can make grpcio report INTERNAL ("Internal
-                    # error from Core", grpc/grpc#36066) in place of the OK
-                    # that follows: nothing after the exit is worth waiting for.
-                    return
-    finally:
-        call.cancel()
-
-
-class ExecStream:
-    """A running command. Iterate it for output chunks; afterwards .result holds the end."""
-
-    def __init__(self, sandbox: Sandbox, command: proc_pb.Command, stdin: bytes | None) -> None:
-        self._sandbox = sandbox
-        self._requests: asyncio.Queue[proc_pb.ExecRequest | None] = asyncio.Queue()
-        self._requests.put_nowait(
-            proc_pb.ExecRequest(start=proc_pb.ExecStart(sandbox_id=sandbox.id, command=command))
-        )
-        if stdin is not None:
-            for req in _stdin_requests(stdin):
-                self._requests.put_nowait(req)
-            self._requests.put_nowait(proc_pb.ExecRequest(close_stdin=True))
-        self.process_id = ""
-        self.pid = 0
-        self.exited: proc_pb.Exited | None = None
-
-    async def _outgoing(self) -> AsyncIterator[proc_pb.ExecRequest]:
-        while (req := await self._requests.get()) is not None:
-            yield req
-
-    async def __aiter__(self) -> AsyncIterator[OutputChunk]:
-        try:
-            async for chunk in _output(
-                self._sandbox.client.processes.Exec(self._outgoing(), wait_for_ready=True), self
-            ):
-                yield chunk
-        finally:
-            self._requests.put_nowait(None)
-
-    async def send_stdin(self, data: bytes | str) -> None:
-        for req in _stdin_requests(data.encode() if isinstance(data, str) else data):
-            await self._requests.put(req)
-
-    async def close_stdin(self) -> None:
-        await self._requests.put(proc_pb.ExecRequest(close_stdin=True))
-
-    async def signal(self, signal: int) -> None:
-        await self._requests.put(proc_pb.ExecRequest(signal=signal))
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.exited is None else self.exited.exit_code
-
-
-class Process:
-    """A background process; its output can be re-read from any byte offset."""
-
-    @property
-    def id(self) -> str:
-        return self.process_id
-
-    def __init__(self, sandbox: Sandbox, info: proc_pb.Process) -> None:
-        self.sandbox = sandbox
-        self.process_id = info.process_id
-        self.pid = info.pid
-        self.exited: proc_pb.Exited | None = None
-
-    async def attach(
-        self, stdout_offset: int = 0, stderr_offset: int = 0
-    ) -> AsyncIterator[OutputChunk]:
-        req = proc_pb.AttachProcessRequest(
-            sandbox_id=self.sandbox.id,
-            process_id=self.id,
-            stdout_offset=stdout_offset,
-            stderr_offset=stderr_offset,
-        )
-        async for chunk in _output(
-            self.sandbox.client.processes.AttachProcess(req, wait_for_ready=True), self
-        ):
-            yield chunk
-
-    async def wait(self) -> ExecResult:
-        """Collects all output from offset 0 until the process exits."""
-        return await self._collect(bytearray(), bytearray())
-
-    async def _collect(self, out: bytearray, err: bytearray) -> ExecResult:
-        """Appends the output from where out and err end until the process exits."""
-        async for chunk in self.attach(len(out), len(err)):
-            (out if chunk.stream == "stdout" else err).extend(chunk.data)
-        assert self.exited is not None
-        return _result(bytes(out), bytes(err), self.exited, self.id)
-
-    async def write_stdin(self, data: bytes | str, *, close: bool = False) -> None:
-        raw = data.encode() if isinstance(data, str) else data
-        with translated():
-            await self.sandbox.client.processes.WriteStdin(
-                proc_pb.WriteStdinRequest(
-                    sandbox_id=self.sandbox.id, process_id=self.id, data=raw, close=close
-                )
-            )
-
-    async def signal(self, signal: int) -> None:
-        with translated():
-            await self.sandbox.client.processes.SignalProcess(
-                proc_pb.SignalProcessRequest(
-                    sandbox_id=self.sandbox.id, process_id=self.id, signal=signal
-                )
-            )
-
-    async def kill(self) -> None:
-        await self.signal(9)
-
-
-def _result(out: bytes, err: bytes, ex: proc_pb.Exited, process_id: str) -> ExecResult:
-    return ExecResult(
-        stdout=out.decode(errors="replace"),
-        stderr=err.decode(errors="replace"),
-        exit_code=ex.exit_code,
-        duration_ms=ex.duration_ms,
-        signal=ex.signal,
-        timed_out=ex.timed_out,
-        oom_killed=ex.oom_killed,
-        process_id=process_id,
-        stdout_bytes=out,
-        stderr_bytes=err,
-    )
-
-
-class Files:
-    """File operations inside the sandbox. Relative paths start at /workspace."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sb = sandbox
-
-    async def read(self, path: str, *, offset: int = 0, length: int = 0) -> bytes:
-        buf = bytearray()
-        async for chunk in self.read_stream(path, offset=offset, length=length):
-            buf.extend(chunk)
-        return bytes(buf)
-
-    async def read_text(self, path: str) -> str:
-        return (await self.read(path)).decode()
-
-    async def read_stream(
-        self, path: str, *, offset: int = 0, length: int = 0
-    ) -> AsyncIterator[bytes]:
-        call = self._sb.client.files.ReadFile(
-            fs_pb.ReadFileRequest(sandbox_id=self._sb.id, path=path, offset=offset, length=length),
-            wait_for_ready=True,
-        )
-        with translated():
-            async for resp in call:
-                yield resp.data
-
-    async def write(
-        self,
-        path: str,
-        data: bytes | str | AsyncIterator[bytes],
-        *,
-        mode: int = 0,
-        make_parents: bool = True,
-        append: bool = False,
-    ) -> FileInfo:
-        async def requests() -> AsyncIterator[fs_pb.WriteFileRequest]:
-            yield fs_pb.WriteFileRequest(
-                header=fs_pb.WriteFileHeader(
-                    sandbox_id=self._sb.id,
-                    path=path,
-                    mode=mode,
-                    make_parents=make_parents,
-                    append=append,
-                    expect_finish=True,
-                )
-            )
-            if isinstance(data, (bytes, str)):
-                raw = data.encode() if isinstance(data, str) else data
-                for i in range(0, len(raw), CHUNK):
-                    yield fs_pb.WriteFileRequest(data=raw[i : i + CHUNK])
-            else:
-                async for piece in data:
-                    yield fs_pb.WriteFileRequest(data=piece)
-            # Only now is the file put in place: a write cut short changes nothing.
-            yield fs_pb.WriteFileRequest(finish=fs_pb.WriteFileFinish())
-
-        with translated():
-            resp = await self._sb.client.files.WriteFile(requests(), wait_for_ready=True)
-        return FileInfo.from_proto(resp.info)
-
-    async def list(self, path: str = "/workspace") -> list[FileInfo]:
-        with translated():
-            resp = await self._sb.client.files.ListDirectory(
-                fs_pb.ListDirectoryRequest(sandbox_id=self._sb.id, path=path)
-            )
-        return [FileInfo.from_proto(e) for e in resp.entries]
-
-    async def stat(self, path: str) -> FileInfo:
-        with translated():
-            resp = await self._sb.client.files.StatPath(
-                fs_pb.StatPathRequest(sandbox_id=self._sb.id, path=path)
-            )
-        return FileInfo.from_proto(resp.info)
-
-    async def exists(self, path: str) -> bool:
-        from .errors import SandboxFileNotFoundError
-
-        try:
-            await self.stat(path)
-        except SandboxFileNotFoundError:
-            return False
-        return True
-
-    async def mkdir(self, path: str, *, parents: bool = True) -> FileInfo:
-        with translated():
-            resp = await self._sb.client.files.MakeDirectory(
-                fs_pb.MakeDirectoryRequest(sandbox_id=self._sb.id, path=path, make_parents=parents)
-            )
-        return FileInfo.from_proto(resp.info)
-
-    async def remove(self, path: str, *, recursive: bool = False) -> None:
-        with translated():
-            await self._sb.client.files.RemovePath(
-                fs_pb.RemovePathRequest(sandbox_id=self._sb.id, path=path, recursive=recursive)
-            )
-
-    async def move(self, source: str, destination: str) -> FileInfo:
-        with translated():
-            resp = await self._sb.client.files.MovePath(
-                fs_pb.MovePathRequest(
-                    sandbox_id=self._sb.id, source=source, destination=destination
-                )
-            )
-        return FileInfo.from_proto(resp.info)
-
-
-class Sandbox:
-    """One sandbox. Use `async with` to destroy it on exit."""
+class Sandbox(SandboxMonitoring):
+    """One sandbox. Use `async with` to destroy it on exit. Usage, limits, scaling
+    and health checks come with SandboxMonitoring."""
 
     def __init__(self, client: Client, info: sandbox_pb2.Sandbox) -> None:
         self.client = client
@@ -391,31 +102,29 @@ class Sandbox:
     ) -> ExecResult:
         """Runs a command to completion; on_stdout/on_stderr see output as it arrives."""
         quick = stdin is None and on_stdout is None and on_stderr is None
-        if quick and self.provider not in self.client.no_run_command:
-            try:
-                return await self._run_command(_command(command, cwd, env, timeout_ms, False))
-            except UnsupportedError:
-                # The provider cannot re-attach (or the daemon predates RunCommand).
-                self.client.no_run_command.add(self.provider)
+        # RunCommand reads on past its inline answer by re-attaching: only a
+        # provider that can re-attach to a command takes it.
+        if quick and "exec.resume" in await self.client.capabilities(self.provider):
+            return await self._run_command(_command(command, cwd, env, timeout_ms, False))
         stream = self.exec_stream(command, cwd=cwd, env=env, timeout_ms=timeout_ms, stdin=stdin)
         out, err = bytearray(), bytearray()
         async for chunk in stream:
             if chunk.stream == "stdout":
                 out.extend(chunk.data)
-                await _call(on_stdout, chunk.text)
+                await fire([on_stdout], chunk.text)
             else:
                 err.extend(chunk.data)
-                await _call(on_stderr, chunk.text)
+                await fire([on_stderr], chunk.text)
         assert stream.exited is not None
         return _result(bytes(out), bytes(err), stream.exited, stream.process_id)
 
     async def _run_command(self, command: proc_pb.Command) -> ExecResult:
         """One unary call; a command that writes more than fits inline is read on
         with AttachProcess from where the answer stopped."""
-        with translated():
-            resp = await self.client.processes.RunCommand(
-                proc_pb.RunCommandRequest(sandbox_id=self.id, command=command)
-            )
+        resp = await _rpc.call(
+            self.client.processes.RunCommand,
+            proc_pb.RunCommandRequest(sandbox_id=self.id, command=command),
+        )
         if resp.HasField("exited"):
             return _result(resp.stdout, resp.stderr, resp.exited, resp.process_id)
         proc = Process(self, proc_pb.Process(process_id=resp.process_id, pid=resp.pid))
@@ -432,14 +141,14 @@ class Sandbox:
         stdin: bool = False,
     ) -> Process:
         """Starts a background process that outlives this call and the connection."""
-        with translated():
-            resp = await self.client.processes.StartProcess(
-                proc_pb.StartProcessRequest(
-                    sandbox_id=self.id,
-                    command=_command(command, cwd, env, timeout_ms, stdin),
-                    tag=tag,
-                )
-            )
+        resp = await _rpc.call(
+            self.client.processes.StartProcess,
+            proc_pb.StartProcessRequest(
+                sandbox_id=self.id,
+                command=_command(command, cwd, env, timeout_ms, stdin),
+                tag=tag,
+            ),
+        )
         return Process(self, resp.process)
 
     def process(self, process_id: str) -> Process:
@@ -447,44 +156,42 @@ class Sandbox:
         return Process(self, proc_pb.Process(process_id=process_id))
 
     async def processes(self) -> list[ProcessInfo]:
-        with translated():
-            resp = await self.client.processes.ListProcesses(
-                proc_pb.ListProcessesRequest(sandbox_id=self.id)
-            )
+        resp = await _rpc.call(
+            self.client.processes.ListProcesses, proc_pb.ListProcessesRequest(sandbox_id=self.id)
+        )
         return [ProcessInfo.from_proto(p) for p in resp.processes]
 
     # ------------------------------------------------------------ lifecycle
 
     async def get_status(self) -> SandboxStatus:
-        with translated():
-            resp = await self.client.sandboxes.GetSandboxStatus(
-                sandbox_pb2.GetSandboxStatusRequest(sandbox_id=self.id)
-            )
+        resp = await _rpc.call(
+            self.client.sandboxes.GetSandboxStatus,
+            sandbox_pb2.GetSandboxStatusRequest(sandbox_id=self.id),
+        )
         return SandboxStatus.from_proto(resp)
 
     async def refresh(self) -> Sandbox:
-        with translated():
-            resp = await self.client.sandboxes.GetSandbox(
-                sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
-            )
+        resp = await _rpc.call(
+            self.client.sandboxes.GetSandbox, sandbox_pb2.GetSandboxRequest(sandbox_id=self.id)
+        )
         self.info = resp.sandbox
         return self
 
     async def destroy(self, *, graceful: bool = False, timeout_ms: int = 0) -> None:
-        with translated():
-            await self.client.sandboxes.DestroySandbox(
-                sandbox_pb2.DestroySandboxRequest(
-                    sandbox_id=self.id, graceful=graceful, graceful_timeout_ms=timeout_ms
-                )
-            )
+        await _rpc.call(
+            self.client.sandboxes.DestroySandbox,
+            sandbox_pb2.DestroySandboxRequest(
+                sandbox_id=self.id, graceful=graceful, graceful_timeout_ms=timeout_ms
+            ),
+        )
         await self._stop_listening()
 
     async def reset(self, *, hard: bool = False) -> None:
         """Kills every process; hard also returns the files to the template's state."""
-        with translated():
-            resp = await self.client.sandboxes.ResetSandbox(
-                sandbox_pb2.ResetSandboxRequest(sandbox_id=self.id, hard=hard)
-            )
+        resp = await _rpc.call(
+            self.client.sandboxes.ResetSandbox,
+            sandbox_pb2.ResetSandboxRequest(sandbox_id=self.id, hard=hard),
+        )
         self.info = resp.sandbox
 
     async def set_env(
@@ -493,10 +200,10 @@ class Sandbox:
         """Sets variables for later commands (set_env("K", "v") or set_env({...}));
         kept across daemon restarts. Returns the whole environment now in effect."""
         pairs = {env: value or ""} if isinstance(env, str) else dict(env)
-        with translated():
-            resp = await self.client.sandboxes.SetSandboxEnv(
-                sandbox_pb2.SetSandboxEnvRequest(sandbox_id=self.id, env=pairs, unset=list(unset))
-            )
+        resp = await _rpc.call(
+            self.client.sandboxes.SetSandboxEnv,
+            sandbox_pb2.SetSandboxEnvRequest(sandbox_id=self.id, env=pairs, unset=list(unset)),
+        )
         return dict(resp.env)
 
     async def restart(
@@ -513,8 +220,7 @@ class Sandbox:
             req.env.update(env)
         if resources is not None:
             req.resources.CopyFrom(resources.to_proto())
-        with translated():
-            resp = await self.client.sandboxes.RestartSandbox(req)
+        resp = await _rpc.call(self.client.sandboxes.RestartSandbox, req)
         self.info = resp.sandbox
 
     async def save_state(self, name: str = "") -> str:
@@ -543,8 +249,7 @@ class Sandbox:
         )
         if resources is not None:
             req.resources.CopyFrom(resources.to_proto())
-        with translated():
-            resp = await self.client.sandboxes.CloneSandbox(req)
+        resp = await _rpc.call(self.client.sandboxes.CloneSandbox, req)
         return Sandbox(self.client, resp.sandbox)
 
     async def migrate(
@@ -558,139 +263,19 @@ class Sandbox:
         env_mapping: Mapping[str, str] | None = None,
     ) -> Sandbox:
         """Moves to another provider; this sandbox is destroyed once the move succeeded."""
-        with translated():
-            resp = await self.client.sandboxes.MigrateSandbox(
-                sandbox_pb2.MigrateSandboxRequest(
-                    sandbox_id=self.id,
-                    provider=provider,
-                    template=template,
-                    preserve_files=preserve_files,
-                    preserve_env=preserve_env,
-                    template_mapping=dict(template_mapping or {}),
-                    env_mapping=dict(env_mapping or {}),
-                )
-            )
-        return Sandbox(self.client, resp.sandbox)
-
-    # ------------------------------------------------------------ usage and limits
-
-    async def get_resource_usage(self) -> ResourceUsage:
-        with translated():
-            resp = await self.client.monitoring.GetResourceUsage(
-                mon_pb.GetResourceUsageRequest(sandbox_id=self.id)
-            )
-        return ResourceUsage.from_proto(resp.usage)
-
-    async def monitor(
-        self, *, interval_ms: int = 1000, metrics: Sequence[str] = ()
-    ) -> AsyncIterator[ResourceUsage]:
-        """Samples at a steady pace until the caller stops iterating."""
-        call = self.client.monitoring.Monitor(
-            mon_pb.MonitorRequest(
-                sandbox_id=self.id, interval_ms=interval_ms, metrics=list(metrics)
+        resp = await _rpc.call(
+            self.client.sandboxes.MigrateSandbox,
+            sandbox_pb2.MigrateSandboxRequest(
+                sandbox_id=self.id,
+                provider=provider,
+                template=template,
+                preserve_files=preserve_files,
+                preserve_env=preserve_env,
+                template_mapping=dict(template_mapping or {}),
+                env_mapping=dict(env_mapping or {}),
             ),
-            wait_for_ready=True,
         )
-        try:
-            with translated():
-                async for resp in call:
-                    yield ResourceUsage.from_proto(resp.usage)
-        finally:
-            call.cancel()
-
-    async def set_resource_limits(
-        self, *, cpu_percent: float = 0, memory_mb: int = 0, disk_mb: int = 0
-    ) -> Resources:
-        with translated():
-            resp = await self.client.monitoring.SetResourceLimits(
-                mon_pb.SetResourceLimitsRequest(
-                    sandbox_id=self.id,
-                    cpu_percent=cpu_percent,
-                    memory_mb=memory_mb,
-                    disk_mb=disk_mb,
-                )
-            )
-        return Resources.from_proto(resp.resources)
-
-    async def scale(self, *, cpu_cores: float = 0, memory_mb: int = 0) -> Resources:
-        with translated():
-            resp = await self.client.monitoring.Scale(
-                mon_pb.ScaleRequest(sandbox_id=self.id, cpu_cores=cpu_cores, memory_mb=memory_mb)
-            )
-        return Resources.from_proto(resp.resources)
-
-    async def set_alert_thresholds(
-        self, thresholds: Sequence[AlertThreshold], *, interval_ms: int = 1000
-    ) -> None:
-        """Replaces the alerts; each crossing becomes one resourceAlert event."""
-        with translated():
-            await self.client.monitoring.SetAlertThresholds(
-                mon_pb.SetAlertThresholdsRequest(
-                    sandbox_id=self.id,
-                    interval_ms=interval_ms,
-                    thresholds=[
-                        mon_pb.AlertThreshold(
-                            type=t.type, percent=t.percent, clear_percent=t.clear_percent
-                        )
-                        for t in thresholds
-                    ],
-                )
-            )
-
-    async def configure_auto_scaling(
-        self,
-        *,
-        enabled: bool = True,
-        cpu_threshold: float = 0,
-        memory_threshold: float = 0,
-        max_cpu_cores: float = 0,
-        max_memory_mb: int = 0,
-        cooldown_ms: int = 30_000,
-        interval_ms: int = 1000,
-    ) -> None:
-        """Lets the daemon scale this sandbox within the caps; each decision is an
-        autoscale event. Thresholds are percents of the current limits."""
-        with translated():
-            await self.client.monitoring.ConfigureAutoScaling(
-                mon_pb.ConfigureAutoScalingRequest(
-                    sandbox_id=self.id,
-                    enabled=enabled,
-                    cpu=mon_pb.ScalingRule(threshold=cpu_threshold, action="scale-up"),
-                    memory=mon_pb.ScalingRule(threshold=memory_threshold, action="scale-up"),
-                    max_cpu_cores=max_cpu_cores,
-                    max_memory_mb=max_memory_mb,
-                    cooldown_ms=cooldown_ms,
-                    interval_ms=interval_ms,
-                )
-            )
-
-    async def health_check(self) -> HealthReport:
-        """Built-in checks (agent, exec, disk, memory) plus the registered ones."""
-        with translated():
-            resp = await self.client.monitoring.CheckHealth(
-                mon_pb.CheckHealthRequest(sandbox_id=self.id)
-            )
-        return HealthReport.from_proto(resp)
-
-    async def register_health_check(
-        self, name: str, command: str, *, interval_ms: int = 0, timeout_ms: int = 0
-    ) -> None:
-        with translated():
-            await self.client.monitoring.RegisterHealthCheck(
-                mon_pb.RegisterHealthCheckRequest(
-                    sandbox_id=self.id,
-                    name=name,
-                    command=command,
-                    interval_ms=interval_ms,
-                    timeout_ms=timeout_ms,
-                )
-            )
-
-    async def unregister_health_check(self, name: str) -> None:
-        with translated():
-            await self.client.monitoring.UnregisterHealthCheck(
-                mon_pb.UnregisterHealthCheckRequest(sandbox_id=self.id, name=name)
-            )
+        return Sandbox(self.client, resp.sandbox)
 
     # ------------------------------------------------------------ events
 
@@ -716,8 +301,7 @@ class Sandbox:
 
     async def _listen(self) -> None:
         async for ev in self.events():
-            for cb in list(self._callbacks.get(ev.type, ())):
-                await _call(cb, ev)
+            await fire(self._callbacks.get(ev.type, ()), ev)
             if ev.type == "destroyed":
                 return
 

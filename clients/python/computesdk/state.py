@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from computesdk_api.snapshot.v1 import snapshot_pb2 as snap_pb
 from computesdk_api.volume.v1 import volume_pb2 as vol_pb
 
-from ._rpc import translated
+from . import _rpc
 from .types import Resources
 
 if TYPE_CHECKING:
@@ -91,36 +91,36 @@ class Snapshots:
         self._sb = sandbox
 
     async def create(self, name: str = "", *, description: str = "") -> SnapshotInfo:
-        with translated():
-            resp = await self._sb.client.snapshot_stub.CreateSnapshot(
-                snap_pb.CreateSnapshotRequest(
-                    sandbox_id=self._sb.id, name=name, description=description
-                )
-            )
+        resp = await _rpc.call(
+            self._sb.client.snapshot_stub.CreateSnapshot,
+            snap_pb.CreateSnapshotRequest(
+                sandbox_id=self._sb.id, name=name, description=description
+            ),
+        )
         return SnapshotInfo.from_proto(resp.snapshot)
 
     async def list(self) -> builtins.list[SnapshotInfo]:
-        with translated():
-            resp = await self._sb.client.snapshot_stub.ListSnapshots(
-                snap_pb.ListSnapshotsRequest(sandbox_id=self._sb.id)
-            )
+        resp = await _rpc.call(
+            self._sb.client.snapshot_stub.ListSnapshots,
+            snap_pb.ListSnapshotsRequest(sandbox_id=self._sb.id),
+        )
         return [SnapshotInfo.from_proto(s) for s in resp.snapshots]
 
     async def restore(self, snapshot: SnapshotInfo | str) -> None:
         """Files go back to the snapshot; every process stops; the id stays."""
         sid = snapshot if isinstance(snapshot, str) else snapshot.id
-        with translated():
-            resp = await self._sb.client.snapshot_stub.RestoreSnapshot(
-                snap_pb.RestoreSnapshotRequest(sandbox_id=self._sb.id, snapshot_id=sid)
-            )
+        resp = await _rpc.call(
+            self._sb.client.snapshot_stub.RestoreSnapshot,
+            snap_pb.RestoreSnapshotRequest(sandbox_id=self._sb.id, snapshot_id=sid),
+        )
         self._sb.info = resp.sandbox
 
     async def delete(self, snapshot: SnapshotInfo | str) -> None:
         sid = snapshot if isinstance(snapshot, str) else snapshot.id
-        with translated():
-            await self._sb.client.snapshot_stub.DeleteSnapshot(
-                snap_pb.DeleteSnapshotRequest(sandbox_id=self._sb.id, snapshot_id=sid)
-            )
+        await _rpc.call(
+            self._sb.client.snapshot_stub.DeleteSnapshot,
+            snap_pb.DeleteSnapshotRequest(sandbox_id=self._sb.id, snapshot_id=sid),
+        )
 
 
 class States:
@@ -132,20 +132,19 @@ class States:
 
     async def save(self, sandbox: Sandbox | str, name: str = "") -> StateInfo:
         sid = sandbox if isinstance(sandbox, str) else sandbox.id
-        with translated():
-            resp = await self._c.snapshot_stub.SaveState(
-                snap_pb.SaveStateRequest(sandbox_id=sid, name=name)
-            )
+        resp = await _rpc.call(
+            self._c.snapshot_stub.SaveState, snap_pb.SaveStateRequest(sandbox_id=sid, name=name)
+        )
         return StateInfo.from_proto(resp.state)
 
     async def list(self) -> builtins.list[StateInfo]:
-        with translated():
-            resp = await self._c.snapshot_stub.ListStates(snap_pb.ListStatesRequest())
+        resp = await _rpc.call(self._c.snapshot_stub.ListStates, snap_pb.ListStatesRequest())
         return [StateInfo.from_proto(s) for s in resp.states]
 
     async def delete(self, state_id: str) -> None:
-        with translated():
-            await self._c.snapshot_stub.DeleteState(snap_pb.DeleteStateRequest(state_id=state_id))
+        await _rpc.call(
+            self._c.snapshot_stub.DeleteState, snap_pb.DeleteStateRequest(state_id=state_id)
+        )
 
     async def export(
         self, *, state_id: str = "", sandbox: Sandbox | str = ""
@@ -158,9 +157,8 @@ class States:
             if state_id
             else snap_pb.ExportStateRequest(sandbox_id=sid)
         )
-        with translated():
-            async for resp in self._c.snapshot_stub.ExportState(req, wait_for_ready=True):
-                yield resp.data
+        async for resp in _rpc.stream(self._c.snapshot_stub.ExportState, req):
+            yield resp.data
 
     async def import_(
         self,
@@ -179,22 +177,18 @@ class States:
             async for piece in _chunks(archive):
                 yield snap_pb.ImportStateRequest(data=piece)
 
-        with translated():
-            resp = await self._c.snapshot_stub.ImportState(requests(), wait_for_ready=True)
+        resp = await _rpc.call(self._c.snapshot_stub.ImportState, requests())
         return Sandbox(self._c, resp.sandbox)
-
-
-CHUNK = 1024 * 1024
 
 
 async def _chunks(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     if isinstance(data, bytes):
-        for i in range(0, len(data), CHUNK):
-            yield data[i : i + CHUNK]
+        for piece in _rpc.pieces(data):
+            yield piece
     else:
-        async for piece in data:
-            for i in range(0, len(piece), CHUNK):
-                yield piece[i : i + CHUNK]
+        async for part in data:
+            for piece in _rpc.pieces(part):
+                yield piece
 
 
 class Volumes:
@@ -204,22 +198,19 @@ class Volumes:
         self._c = client
 
     async def create(self, name: str, *, size_mb: int = 0, persistent: bool = True) -> VolumeInfo:
-        with translated():
-            resp = await self._c.volume_stub.CreateVolume(
-                vol_pb.CreateVolumeRequest(name=name, size_mb=size_mb, persistent=persistent)
-            )
+        resp = await _rpc.call(
+            self._c.volume_stub.CreateVolume,
+            vol_pb.CreateVolumeRequest(name=name, size_mb=size_mb, persistent=persistent),
+        )
         return VolumeInfo.from_proto(resp.volume)
 
     async def get(self, name: str) -> VolumeInfo:
-        with translated():
-            resp = await self._c.volume_stub.GetVolume(vol_pb.GetVolumeRequest(name=name))
+        resp = await _rpc.call(self._c.volume_stub.GetVolume, vol_pb.GetVolumeRequest(name=name))
         return VolumeInfo.from_proto(resp.volume)
 
     async def list(self) -> builtins.list[VolumeInfo]:
-        with translated():
-            resp = await self._c.volume_stub.ListVolumes(vol_pb.ListVolumesRequest())
+        resp = await _rpc.call(self._c.volume_stub.ListVolumes, vol_pb.ListVolumesRequest())
         return [VolumeInfo.from_proto(v) for v in resp.volumes]
 
     async def delete(self, name: str) -> None:
-        with translated():
-            await self._c.volume_stub.DeleteVolume(vol_pb.DeleteVolumeRequest(name=name))
+        await _rpc.call(self._c.volume_stub.DeleteVolume, vol_pb.DeleteVolumeRequest(name=name))

@@ -4,6 +4,7 @@ Reached as client.templates."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from computesdk_api.template.v1 import template_pb2 as pb
 
-from ._rpc import translated
+from . import _rpc
 from .errors import InternalError
 
 if TYPE_CHECKING:
@@ -88,24 +89,22 @@ class Templates:
         self._c = client
 
     async def list(self, *, provider: str = "") -> builtins.list[TemplateInfo]:
-        with translated():
-            resp = await self._c.template_stub.ListTemplates(
-                pb.ListTemplatesRequest(provider=provider)
-            )
+        resp = await _rpc.call(
+            self._c.template_stub.ListTemplates, pb.ListTemplatesRequest(provider=provider)
+        )
         return [TemplateInfo.from_proto(t) for t in resp.templates]
 
     async def get(self, name: str, *, provider: str = "") -> TemplateInfo:
-        with translated():
-            resp = await self._c.template_stub.GetTemplate(
-                pb.GetTemplateRequest(provider=provider, name=name)
-            )
+        resp = await _rpc.call(
+            self._c.template_stub.GetTemplate, pb.GetTemplateRequest(provider=provider, name=name)
+        )
         return TemplateInfo.from_proto(resp.template)
 
     async def delete(self, name: str, *, provider: str = "") -> None:
-        with translated():
-            await self._c.template_stub.DeleteTemplate(
-                pb.DeleteTemplateRequest(provider=provider, name=name)
-            )
+        await _rpc.call(
+            self._c.template_stub.DeleteTemplate,
+            pb.DeleteTemplateRequest(provider=provider, name=name),
+        )
 
     async def build_stream(
         self,
@@ -133,25 +132,24 @@ class Templates:
                 description=description,
             ),
         )
-        call = self._c.template_stub.BuildTemplate(req, wait_for_ready=True)
-        try:
-            with translated():
-                async for resp in call:
-                    kind = resp.WhichOneof("event")
-                    if kind == "progress":
-                        p = resp.progress
-                        yield BuildProgress(
-                            p.step, p.total_steps, p.description, p.bytes_done, p.bytes_total
-                        )
-                    elif kind == "log":
-                        yield BuildLog(resp.log.step, resp.log.line, resp.log.stderr)
-                    elif kind == "result":
-                        r = resp.result
-                        yield BuildResult(
-                            TemplateInfo.from_proto(r.template), r.cache_hit, r.duration_ms
-                        )
-        finally:
-            call.cancel()  # leaving the loop early cancels the build on the daemon
+        # Closed with this generator: leaving the loop early cancels the build on the daemon.
+        async with contextlib.aclosing(
+            _rpc.stream(self._c.template_stub.BuildTemplate, req)
+        ) as events:
+            async for resp in events:
+                kind = resp.WhichOneof("event")
+                if kind == "progress":
+                    p = resp.progress
+                    yield BuildProgress(
+                        p.step, p.total_steps, p.description, p.bytes_done, p.bytes_total
+                    )
+                elif kind == "log":
+                    yield BuildLog(resp.log.step, resp.log.line, resp.log.stderr)
+                elif kind == "result":
+                    r = resp.result
+                    yield BuildResult(
+                        TemplateInfo.from_proto(r.template), r.cache_hit, r.duration_ms
+                    )
 
     async def build(
         self,

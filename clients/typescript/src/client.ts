@@ -4,7 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { existsSync } from "node:fs";
 import { randomUUID } from "node:crypto";
-import { Code, ConnectError, createClient, type Client as RpcClient } from "@connectrpc/connect";
+import { createClient, type Client as RpcClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { PoolPolicy, SandboxService, State, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
@@ -23,10 +23,10 @@ import { States, Volumes } from "./state.js";
 import { TemplateService } from "./gen/computesdk/api/template/v1/template_pb.js";
 import { Templates } from "./templates.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
-import { ComputeSDKError, fromError, translated, typedError } from "./errors.js";
+import { ComputeSDKError, fromError, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, toDate, type Resources } from "./sandbox.js";
 
-/** The generated service clients, for calls the idiomatic layer does not wrap. */
+/** The generated service clients, for calls the idiomatic layer does not wrap; they fail with typed errors too. */
 export interface Raw {
   sandboxes: RpcClient<typeof SandboxService>;
   processes: RpcClient<typeof ProcessService>;
@@ -130,11 +130,40 @@ const SOCKET_ERRORS = new Set(["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE"])
 
 /** The daemon went away (restart, crash): worth reconnecting, unlike a refused call. */
 function isConnectionLoss(err: unknown): boolean {
-  if (!(err instanceof ConnectError)) return false;
-  if (err.code === Code.Unavailable || err.code === Code.Aborted) return true;
-  // connect-node reports a socket that cannot be dialled as INTERNAL with the errno as cause.
-  const cause = err.cause as { code?: unknown } | undefined;
-  return typeof cause?.code === "string" && SOCKET_ERRORS.has(cause.code);
+  if (!(err instanceof ComputeSDKError)) return false;
+  if (err.code === "UNAVAILABLE" || err.code === "ABORTED") return true;
+  // connect-node reports a socket that cannot be dialled as INTERNAL, the errno down its causes.
+  for (let e = err.cause; e instanceof Error; e = e.cause) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && SOCKET_ERRORS.has(code)) return true;
+  }
+  return false;
+}
+
+/**
+ * The one call path: every call through the returned transport, raw ones
+ * included, fails with a typed error. A transport and not a Connect
+ * interceptor, because Connect wraps whatever an interceptor throws in a
+ * ConnectError again.
+ */
+function typedErrors(transport: Transport): Transport {
+  const rethrow = (err: unknown): never => {
+    throw fromError(err);
+  };
+  async function* typedMessages<T>(messages: AsyncIterable<T>): AsyncIterable<T> {
+    try {
+      yield* messages;
+    } catch (err) {
+      throw fromError(err);
+    }
+  }
+  return {
+    unary: (...args) => transport.unary(...args).catch(rethrow),
+    async stream(...args) {
+      const res = await transport.stream(...args).catch(rethrow);
+      return { ...res, message: typedMessages(res.message) };
+    },
+  };
 }
 
 /** One connection to the daemon. Share it; close() it when done. */
@@ -147,8 +176,8 @@ export class Client {
   readonly states: States;
   readonly volumes: Volumes;
   readonly templates: Templates;
-  /** Providers that answered RunCommand with UNIMPLEMENTED: their exec() streams. */
-  readonly noRunCommand = new Set<string>();
+  /** Each provider's capabilities, as ListProviders said. */
+  private readonly known = new Map<string, ReadonlySet<string>>();
   readonly target: string;
   private readonly session: Http2SessionManager;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();
@@ -161,12 +190,14 @@ export class Client {
       { pingIntervalMs: 30_000 },
       socket ? { createConnection: () => net.connect(socket) } : {},
     );
-    const transport = createGrpcTransport({
-      baseUrl: target,
-      sessionManager: this.session,
-      readMaxBytes: MAX_MESSAGE,
-      writeMaxBytes: MAX_MESSAGE,
-    });
+    const transport = typedErrors(
+      createGrpcTransport({
+        baseUrl: target,
+        sessionManager: this.session,
+        readMaxBytes: MAX_MESSAGE,
+        writeMaxBytes: MAX_MESSAGE,
+      }),
+    );
     this.raw = {
       sandboxes: createClient(SandboxService, transport),
       processes: createClient(ProcessService, transport),
@@ -204,14 +235,15 @@ export class Client {
       target = "http://localhost";
     }
     const client = new Client(target, socket);
+    // A cheap call proves the daemon is there and tells what each provider can do.
     try {
-      await client.raw.providers.listProviders({}, { timeoutMs: options.timeoutMs ?? 10_000 });
+      client.remember((await client.raw.providers.listProviders({}, { timeoutMs: options.timeoutMs ?? 10_000 })).providers);
     } catch (err) {
       client.close();
-      if (err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded)) {
-        throw new ComputeSDKError(`cannot reach computesdkd at ${socket ?? target}: ${err.rawMessage}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
+      if (err instanceof ComputeSDKError && (err.code === "UNAVAILABLE" || err.code === "DEADLINE_EXCEEDED")) {
+        throw new ComputeSDKError(`cannot reach computesdkd at ${socket ?? target}: ${err.message}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
       }
-      throw fromError(err);
+      throw err;
     }
     return client;
   }
@@ -241,7 +273,7 @@ export class Client {
 
   /** Creates a sandbox on provider ("" = the daemon's default) once it is ready. */
   async create(provider = "", options: CreateOptions = {}): Promise<Sandbox> {
-    const resp = await translated(() => this.raw.sandboxes.createSandbox(createRequest(provider, options)));
+    const resp = await this.raw.sandboxes.createSandbox(createRequest(provider, options));
     return new Sandbox(this, resp.sandbox as SandboxMessage);
   }
 
@@ -250,7 +282,7 @@ export class Client {
    * item is its typed error and does not fail the others.
    */
   async batchCreate(items: (CreateOptions & { provider?: string })[]): Promise<(Sandbox | ComputeSDKError)[]> {
-    const resp = await translated(() => this.raw.sandboxes.batchCreateSandboxes({ requests: items.map((i) => createRequest(i.provider ?? "", i)) }));
+    const resp = await this.raw.sandboxes.batchCreateSandboxes({ requests: items.map((i) => createRequest(i.provider ?? "", i)) });
     return resp.results.map((r) =>
       r.result.case === "sandbox" ? new Sandbox(this, r.result.value) : typedError(r.result.value?.code ?? "UNKNOWN", r.result.value?.reason ?? "", r.result.value?.message ?? ""),
     );
@@ -262,7 +294,7 @@ export class Client {
   }
 
   async get(sandboxId: string): Promise<Sandbox> {
-    const resp = await translated(() => this.raw.sandboxes.getSandbox({ sandboxId }));
+    const resp = await this.raw.sandboxes.getSandbox({ sandboxId });
     return new Sandbox(this, resp.sandbox as SandboxMessage);
   }
 
@@ -276,15 +308,13 @@ export class Client {
       return v;
     });
     for (;;) {
-      const resp = await translated(() =>
-        this.raw.sandboxes.listSandboxes({
-          pageSize: 100,
-          pageToken,
-          metadata: options.metadata ?? {},
-          states,
-          provider: options.provider ?? "",
-        }),
-      );
+      const resp = await this.raw.sandboxes.listSandboxes({
+        pageSize: 100,
+        pageToken,
+        metadata: options.metadata ?? {},
+        states,
+        provider: options.provider ?? "",
+      });
       out.push(...resp.sandboxes.map((s) => new Sandbox(this, s)));
       pageToken = resp.nextPageToken;
       if (!pageToken) return out;
@@ -292,8 +322,25 @@ export class Client {
   }
 
   async providers(): Promise<Provider[]> {
-    const resp = await translated(() => this.raw.providers.listProviders({}));
+    const resp = await this.raw.providers.listProviders({});
+    this.remember(resp.providers);
     return resp.providers;
+  }
+
+  private remember(providers: Provider[]): void {
+    for (const p of providers) this.known.set(p.name, new Set(p.capabilities));
+  }
+
+  /**
+   * The provider's features ("exec.resume", "snapshots", ...), from ListProviders.
+   * connect() learnt the providers the daemon had then; one it did not list is asked about once.
+   */
+  async capabilities(provider: string): Promise<ReadonlySet<string>> {
+    if (!this.known.has(provider)) {
+      await this.providers();
+      if (!this.known.has(provider)) this.known.set(provider, new Set());
+    }
+    return this.known.get(provider)!;
   }
 
   /**
@@ -330,7 +377,7 @@ export class Client {
         // A following stream only ends when the daemon shuts down: reconnect.
       } catch (err) {
         if (options.signal?.aborted || this.closed) return;
-        if (!isConnectionLoss(err)) throw fromError(err);
+        if (!isConnectionLoss(err)) throw err;
       }
       if (options.signal?.aborted) return;
       if (!lost) {

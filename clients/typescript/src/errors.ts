@@ -1,6 +1,8 @@
 // Typed errors, mapped once from the daemon's status code and ErrorInfo.reason.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BinaryReader } from "@bufbuild/protobuf/wire";
+
+import type { Reason } from "./gen/computesdk/api/errors/v1/errors_pb.js";
+import { ErrorInfoSchema } from "./googleapis/google/rpc/error_details_pb.js";
 
 export class ComputeSDKError extends Error {
   /** Canonical code name, e.g. "NOT_FOUND". */
@@ -9,8 +11,8 @@ export class ComputeSDKError extends Error {
   readonly reason: string;
   readonly metadata: Record<string, string>;
 
-  constructor(message: string, code: string, reason = "", metadata: Record<string, string> = {}) {
-    super(message);
+  constructor(message: string, code: string, reason = "", metadata: Record<string, string> = {}, options?: ErrorOptions) {
+    super(message, options);
     this.name = new.target.name;
     this.code = code;
     this.reason = reason;
@@ -43,9 +45,11 @@ export class OutOfRangeError extends ComputeSDKError {}
 export class PermissionDeniedError extends ComputeSDKError {}
 export class InternalError extends ComputeSDKError {}
 
-type ErrorClass = new (m: string, c: string, r?: string, md?: Record<string, string>) => ComputeSDKError;
+type ErrorClass = new (m: string, c: string, r?: string, md?: Record<string, string>, o?: ErrorOptions) => ComputeSDKError;
 
-const byReason: Record<string, ErrorClass> = {
+// Keyed by the generated enum's names (the wire's reasons), so a reason the
+// daemon does not send cannot be listed. The same reasons as the Python and Go clients.
+const byReason: { [R in keyof typeof Reason]?: ErrorClass } = {
   SANDBOX_NOT_FOUND: SandboxNotFoundError,
   TEMPLATE_NOT_FOUND: TemplateNotFoundError,
   TEMPLATE_BUILD_FAILED: TemplateBuildError,
@@ -79,63 +83,20 @@ export function codeName(code: Code): string {
   return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
-interface ErrorInfo {
-  reason: string;
-  domain: string;
-  metadata: Record<string, string>;
+function errorClass(reason: string, code: Code | undefined): ErrorClass {
+  return byReason[reason as keyof typeof Reason] ?? (code === undefined ? undefined : byCode[code]) ?? ComputeSDKError;
 }
 
-// google.rpc.ErrorInfo is three fields; decoding them here spares every user
-// a generated copy of googleapis.
-function decodeErrorInfo(bytes: Uint8Array): ErrorInfo {
-  const info: ErrorInfo = { reason: "", domain: "", metadata: {} };
-  const r = new BinaryReader(bytes);
-  while (r.pos < r.len) {
-    const [field, wireType] = r.tag();
-    if (field === 1) info.reason = r.string();
-    else if (field === 2) info.domain = r.string();
-    else if (field === 3) {
-      const entry = new BinaryReader(r.bytes());
-      let key = "";
-      let value = "";
-      while (entry.pos < entry.len) {
-        const [f, wt] = entry.tag();
-        if (f === 1) key = entry.string();
-        else if (f === 2) value = entry.string();
-        else entry.skip(wt);
-      }
-      info.metadata[key] = value;
-    } else r.skip(wireType);
-  }
-  return info;
-}
-
-/** Turns anything a call threw into the most specific ComputeSDKError. */
+/** Turns anything a call threw into the most specific ComputeSDKError; cancellation passes as is. */
 export function fromError(err: unknown): unknown {
-  if (err instanceof ComputeSDKError) return err;
-  if (!(err instanceof ConnectError)) return err;
-  if (err.code === Code.Canceled) return err;
-  let info: ErrorInfo | undefined;
-  for (const d of err.details) {
-    if ("type" in d && d.type === "google.rpc.ErrorInfo") info = decodeErrorInfo(d.value);
-  }
+  if (!(err instanceof ConnectError) || err.code === Code.Canceled) return err;
+  const info = err.findDetails(ErrorInfoSchema)[0];
   const reason = info?.reason ?? "";
-  const cls = byReason[reason] ?? byCode[err.code] ?? ComputeSDKError;
-  return new cls(err.rawMessage, codeName(err.code), reason, info?.metadata ?? {});
-}
-
-/** Runs a call and rethrows its failure as a typed error. */
-export async function translated<T>(call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (err) {
-    throw fromError(err);
-  }
+  return new (errorClass(reason, err.code))(err.rawMessage, codeName(err.code), reason, info?.metadata ?? {}, { cause: err });
 }
 
 /** The typed error for one failed item of a batch or broadcast, from its code name and reason. */
 export function typedError(code: string, reason: string, message: string): ComputeSDKError {
   const entry = Object.entries(Code).find(([, v]) => typeof v === "number" && codeName(v as Code) === code);
-  const cls = byReason[reason] ?? (entry ? byCode[entry[1] as Code] : undefined) ?? ComputeSDKError;
-  return new cls(message, code, reason);
+  return new (errorClass(reason, entry?.[1] as Code | undefined))(message, code, reason);
 }

@@ -4,7 +4,7 @@
 
 import type { Pool } from "./gen/computesdk/api/pool/v1/pool_pb.js";
 import type { Network } from "./gen/computesdk/api/network/v1/network_pb.js";
-import { codeName, ComputeSDKError, fromError, translated, typedError } from "./errors.js";
+import { codeName, ComputeSDKError, typedError } from "./errors.js";
 import { Sandbox, commandToProto, resourcesToProto, resultFromParts, toDate, type CommandLine, type ExecResult, type Resources } from "./sandbox.js";
 import type { Client } from "./client.js";
 
@@ -58,45 +58,41 @@ export class Pools {
   constructor(private readonly client: Client) {}
 
   async create(name: string, options: { provider?: string; template?: string; min?: number; max?: number; resources?: Resources; env?: Record<string, string> } = {}): Promise<PoolInfo> {
-    const resp = await translated(() =>
-      this.client.raw.pools.createPool({
-        spec: {
-          name,
-          provider: options.provider ?? "",
-          template: options.template ?? "",
-          min: options.min ?? 1,
-          max: options.max ?? 10,
-          resources: resourcesToProto(options.resources),
-          env: options.env ?? {},
-        },
-      }),
-    );
+    const resp = await this.client.raw.pools.createPool({
+      spec: {
+        name,
+        provider: options.provider ?? "",
+        template: options.template ?? "",
+        min: options.min ?? 1,
+        max: options.max ?? 10,
+        resources: resourcesToProto(options.resources),
+        env: options.env ?? {},
+      },
+    });
     return poolInfo(resp.pool);
   }
 
   async get(name: string): Promise<PoolInfo> {
-    return poolInfo((await translated(() => this.client.raw.pools.getPool({ name }))).pool);
+    return poolInfo((await this.client.raw.pools.getPool({ name })).pool);
   }
 
   async list(): Promise<PoolInfo[]> {
-    return (await translated(() => this.client.raw.pools.listPools({}))).pools.map(poolInfo);
+    return (await this.client.raw.pools.listPools({})).pools.map(poolInfo);
   }
 
   async delete(name: string): Promise<void> {
-    await translated(() => this.client.raw.pools.deletePool({ name }));
+    await this.client.raw.pools.deletePool({ name });
   }
 
   /** A healthy warm sandbox; release() gives it back. */
   async acquire(name: string, options: { metadata?: Record<string, string>; waitTimeoutMs?: number } = {}): Promise<Sandbox> {
-    const resp = await translated(() =>
-      this.client.raw.pools.acquireSandbox({ pool: name, metadata: options.metadata ?? {}, waitTimeoutMs: BigInt(options.waitTimeoutMs ?? 0) }),
-    );
+    const resp = await this.client.raw.pools.acquireSandbox({ pool: name, metadata: options.metadata ?? {}, waitTimeoutMs: BigInt(options.waitTimeoutMs ?? 0) });
     return new Sandbox(this.client, resp.sandbox!);
   }
 
   /** Resets the sandbox and returns it to its pool (true), or destroys it (false). */
   async release(sandbox: SandboxRef, options: { hard?: boolean } = {}): Promise<boolean> {
-    const resp = await translated(() => this.client.raw.pools.releaseSandbox({ sandboxId: idOf(sandbox), hard: options.hard ?? false }));
+    const resp = await this.client.raw.pools.releaseSandbox({ sandboxId: idOf(sandbox), hard: options.hard ?? false });
     return resp.returned;
   }
 }
@@ -112,52 +108,48 @@ export class Groups {
   constructor(private readonly client: Client) {}
 
   async create(name: string, members: SandboxRef[] = []): Promise<string[]> {
-    return (await translated(() => this.client.raw.groups.createGroup({ name, sandboxIds: members.map(idOf) }))).group!.sandboxIds;
+    return (await this.client.raw.groups.createGroup({ name, sandboxIds: members.map(idOf) })).group!.sandboxIds;
   }
 
   async get(name: string): Promise<string[]> {
-    return (await translated(() => this.client.raw.groups.getGroup({ name }))).group!.sandboxIds;
+    return (await this.client.raw.groups.getGroup({ name })).group!.sandboxIds;
   }
 
   async list(): Promise<Record<string, string[]>> {
-    const resp = await translated(() => this.client.raw.groups.listGroups({}));
+    const resp = await this.client.raw.groups.listGroups({});
     return Object.fromEntries(resp.groups.map((g) => [g.name, g.sandboxIds]));
   }
 
   async add(name: string, members: SandboxRef[]): Promise<string[]> {
-    return (await translated(() => this.client.raw.groups.addGroupMembers({ name, sandboxIds: members.map(idOf) }))).group!.sandboxIds;
+    return (await this.client.raw.groups.addGroupMembers({ name, sandboxIds: members.map(idOf) })).group!.sandboxIds;
   }
 
   async remove(name: string, members: SandboxRef[]): Promise<string[]> {
-    return (await translated(() => this.client.raw.groups.removeGroupMembers({ name, sandboxIds: members.map(idOf) }))).group!.sandboxIds;
+    return (await this.client.raw.groups.removeGroupMembers({ name, sandboxIds: members.map(idOf) })).group!.sandboxIds;
   }
 
   /** Runs command on every member at once; yields each member's outcome as it finishes. */
   async *broadcast(name: string, command: CommandLine, options: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {}): AsyncGenerator<MemberResult> {
-    try {
-      for await (const resp of this.client.raw.groups.broadcast({ name, command: commandToProto(command, options) })) {
-        const o = resp.outcome;
-        if (o.case === "error") {
-          const error = typedError(o.value.code, o.value.reason, o.value.message);
-          yield { sandboxId: resp.sandboxId, result: undefined, error, ok: false };
-        } else if (o.case === "result") {
-          const result = resultFromParts([o.value.stdout], [o.value.stderr], o.value.exited!, "");
-          yield { sandboxId: resp.sandboxId, result, error: undefined, ok: result.exitCode === 0 };
-        }
+    for await (const resp of this.client.raw.groups.broadcast({ name, command: commandToProto(command, options) })) {
+      const o = resp.outcome;
+      if (o.case === "error") {
+        const error = typedError(o.value.code, o.value.reason, o.value.message);
+        yield { sandboxId: resp.sandboxId, result: undefined, error, ok: false };
+      } else if (o.case === "result") {
+        const result = resultFromParts([o.value.stdout], [o.value.stderr], o.value.exited!, "");
+        yield { sandboxId: resp.sandboxId, result, error: undefined, ok: result.exitCode === 0 };
       }
-    } catch (err) {
-      throw fromError(err);
     }
   }
 
   /** Destroys every member and forgets the group. */
   async destroyAll(name: string): Promise<string[]> {
-    return (await translated(() => this.client.raw.groups.deleteGroup({ name, destroyMembers: true }))).destroyedSandboxIds;
+    return (await this.client.raw.groups.deleteGroup({ name, destroyMembers: true })).destroyedSandboxIds;
   }
 
   /** Forgets the group; the members stay. */
   async delete(name: string): Promise<void> {
-    await translated(() => this.client.raw.groups.deleteGroup({ name, destroyMembers: false }));
+    await this.client.raw.groups.deleteGroup({ name, destroyMembers: false });
   }
 }
 
@@ -181,29 +173,29 @@ export class Networks {
     const list = Array.isArray(members)
       ? members.map((s) => ({ sandboxId: idOf(s), hostname: "" }))
       : Object.entries(members).map(([hostname, s]) => ({ sandboxId: idOf(s), hostname }));
-    return networkInfo((await translated(() => this.client.raw.networks.createNetwork({ name, members: list }))).network);
+    return networkInfo((await this.client.raw.networks.createNetwork({ name, members: list })).network);
   }
 
   async get(name: string): Promise<NetworkInfo> {
-    return networkInfo((await translated(() => this.client.raw.networks.getNetwork({ name }))).network);
+    return networkInfo((await this.client.raw.networks.getNetwork({ name })).network);
   }
 
   async list(): Promise<NetworkInfo[]> {
-    return (await translated(() => this.client.raw.networks.listNetworks({}))).networks.map(networkInfo);
+    return (await this.client.raw.networks.listNetworks({})).networks.map(networkInfo);
   }
 
   async delete(name: string): Promise<void> {
-    await translated(() => this.client.raw.networks.deleteNetwork({ name }));
+    await this.client.raw.networks.deleteNetwork({ name });
   }
 
   /** The URL other members use to reach member's port. */
   async getServiceUrl(network: string, member: string, port: number): Promise<string> {
-    return (await translated(() => this.client.raw.networks.getServiceUrl({ network, member, port }))).url;
+    return (await this.client.raw.networks.getServiceUrl({ network, member, port })).url;
   }
 
   /** A URL on the host's loopback that forwards to the sandbox's port. */
   async getUrl(sandbox: SandboxRef, port: number): Promise<string> {
-    return (await translated(() => this.client.raw.networks.exposePort({ sandboxId: idOf(sandbox), port }))).url;
+    return (await this.client.raw.networks.exposePort({ sandboxId: idOf(sandbox), port })).url;
   }
 }
 
@@ -256,25 +248,23 @@ export class Channels {
   constructor(private readonly client: Client) {}
 
   async connect(name: string, members: SandboxRef[], options: { capacity?: number } = {}): Promise<string[]> {
-    return (await translated(() => this.client.raw.messaging.createChannel({ name, members: members.map(idOf), capacity: options.capacity ?? 0 }))).channel!.members;
+    return (await this.client.raw.messaging.createChannel({ name, members: members.map(idOf), capacity: options.capacity ?? 0 })).channel!.members;
   }
 
   async delete(name: string): Promise<void> {
-    await translated(() => this.client.raw.messaging.deleteChannel({ name }));
+    await this.client.raw.messaging.deleteChannel({ name });
   }
 
   /** Queues payload for recipient (undefined: every other member); waits while the queue is full. */
   async send(channel: string, sender: SandboxRef, recipient: SandboxRef | undefined, payload: unknown, options: { waitTimeoutMs?: number } = {}): Promise<number> {
     const data = payload instanceof Uint8Array ? payload : new TextEncoder().encode(typeof payload === "string" ? payload : JSON.stringify(payload));
-    const resp = await translated(() =>
-      this.client.raw.messaging.sendMessage({
-        channel,
-        sender: idOf(sender),
-        recipient: recipient === undefined ? "" : idOf(recipient),
-        payload: data,
-        waitTimeoutMs: BigInt(options.waitTimeoutMs ?? 0),
-      }),
-    );
+    const resp = await this.client.raw.messaging.sendMessage({
+      channel,
+      sender: idOf(sender),
+      recipient: recipient === undefined ? "" : idOf(recipient),
+      payload: data,
+      waitTimeoutMs: BigInt(options.waitTimeoutMs ?? 0),
+    });
     return Number(resp.senderSequence);
   }
 
@@ -296,12 +286,12 @@ export class Channels {
         };
       }
     } catch (err) {
-      if (!options.signal?.aborted) throw fromError(err);
+      if (!options.signal?.aborted) throw err;
     }
   }
 
   async ack(channel: string, member: SandboxRef, sequence: number): Promise<void> {
-    await translated(() => this.client.raw.messaging.ackMessages({ channel, member: idOf(member), sequence: BigInt(sequence) }));
+    await this.client.raw.messaging.ackMessages({ channel, member: idOf(member), sequence: BigInt(sequence) });
   }
 }
 

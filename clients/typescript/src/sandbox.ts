@@ -6,12 +6,15 @@ import { State, type Resources as ResourcesMessage, type Sandbox as SandboxMessa
 import { CommandSchema, ExecRequestSchema, ExecStartSchema, type Command as CommandMessage, type ExecRequest, type Exited, type Process as ProcessMessage } from "./gen/computesdk/api/process/v1/process_pb.js";
 import { FileType, WriteFileFinishSchema, WriteFileHeaderSchema, WriteFileRequestSchema, type FileInfo as FileInfoMessage, type WriteFileRequest } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
 import type { CheckHealthResponse, Usage as UsageMessage } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
-import { ComputeSDKError, UnsupportedError, fromError, translated } from "./errors.js";
+import { ComputeSDKError } from "./errors.js";
 import { Snapshots } from "./state.js";
 import type { Client, ConnectionState, Event } from "./client.js";
 
 /** The largest stdin or file piece sent in one message. */
 const CHUNK = 1024 * 1024;
+
+/** The capability RunCommand needs: output past what fits inline is read on with attach. */
+const EXEC_RESUME = "exec.resume";
 
 export interface Resources {
   cpuCores?: number;
@@ -219,8 +222,6 @@ export class ExecStream implements AsyncIterable<OutputChunk> {
           this.exited = ev.value;
         }
       }
-    } catch (err) {
-      throw fromError(err);
     } finally {
       this.requests.push(null);
       this.abort.abort();
@@ -255,23 +256,19 @@ export class Process {
   /** Output from these offsets (0, 0 replays it all) until the process ends. */
   async *attach(options: { stdoutOffset?: number; stderrOffset?: number; signal?: AbortSignal } = {}): AsyncGenerator<OutputChunk, Exited | undefined> {
     let exited: Exited | undefined;
-    try {
-      const stream = this.sandbox.client.raw.processes.attachProcess(
-        {
-          sandboxId: this.sandbox.id,
-          processId: this.id,
-          stdoutOffset: BigInt(options.stdoutOffset ?? 0),
-          stderrOffset: BigInt(options.stderrOffset ?? 0),
-        },
-        { signal: options.signal },
-      );
-      for await (const resp of stream) {
-        const ev = resp.event;
-        if (ev.case === "stdout" || ev.case === "stderr") yield chunk(ev.case, ev.value.data, ev.value.offset);
-        else if (ev.case === "exited") exited = ev.value;
-      }
-    } catch (err) {
-      throw fromError(err);
+    const stream = this.sandbox.client.raw.processes.attachProcess(
+      {
+        sandboxId: this.sandbox.id,
+        processId: this.id,
+        stdoutOffset: BigInt(options.stdoutOffset ?? 0),
+        stderrOffset: BigInt(options.stderrOffset ?? 0),
+      },
+      { signal: options.signal },
+    );
+    for await (const resp of stream) {
+      const ev = resp.event;
+      if (ev.case === "stdout" || ev.case === "stderr") yield chunk(ev.case, ev.value.data, ev.value.offset);
+      else if (ev.case === "exited") exited = ev.value;
     }
     return exited;
   }
@@ -301,19 +298,17 @@ export class Process {
     do {
       const piece = raw.subarray(i, i + CHUNK);
       i += CHUNK;
-      await translated(() =>
-        this.sandbox.client.raw.processes.writeStdin({
-          sandboxId: this.sandbox.id,
-          processId: this.id,
-          data: piece,
-          close: (options.close ?? false) && i >= raw.length,
-        }),
-      );
+      await this.sandbox.client.raw.processes.writeStdin({
+        sandboxId: this.sandbox.id,
+        processId: this.id,
+        data: piece,
+        close: (options.close ?? false) && i >= raw.length,
+      });
     } while (i < raw.length);
   }
 
   async signal(signal: number): Promise<void> {
-    await translated(() => this.sandbox.client.raw.processes.signalProcess({ sandboxId: this.sandbox.id, processId: this.id, signal }));
+    await this.sandbox.client.raw.processes.signalProcess({ sandboxId: this.sandbox.id, processId: this.id, signal });
   }
 
   kill(): Promise<void> {
@@ -355,12 +350,10 @@ export class Files {
   }
 
   async read(path: string, options: { offset?: number; length?: number } = {}): Promise<Uint8Array> {
-    return translated(async () => {
-      const parts: Uint8Array[] = [];
-      const stream = this.rpc.readFile({ sandboxId: this.sandbox.id, path, offset: BigInt(options.offset ?? 0), length: BigInt(options.length ?? 0) });
-      for await (const resp of stream) parts.push(resp.data);
-      return concat(parts);
-    });
+    const parts: Uint8Array[] = [];
+    const stream = this.rpc.readFile({ sandboxId: this.sandbox.id, path, offset: BigInt(options.offset ?? 0), length: BigInt(options.length ?? 0) });
+    for await (const resp of stream) parts.push(resp.data);
+    return concat(parts);
   }
 
   async readText(path: string): Promise<string> {
@@ -378,17 +371,17 @@ export class Files {
       // Only now is the file put in place: a write cut short changes nothing.
       yield create(WriteFileRequestSchema, { request: { case: "finish", value: create(WriteFileFinishSchema) } });
     }
-    const resp = await translated(() => this.rpc.writeFile(requests()));
+    const resp = await this.rpc.writeFile(requests());
     return fileInfo(resp.info);
   }
 
   async list(path = "/workspace"): Promise<FileInfo[]> {
-    const resp = await translated(() => this.rpc.listDirectory({ sandboxId: this.sandbox.id, path }));
+    const resp = await this.rpc.listDirectory({ sandboxId: this.sandbox.id, path });
     return resp.entries.map(fileInfo);
   }
 
   async stat(path: string): Promise<FileInfo> {
-    const resp = await translated(() => this.rpc.statPath({ sandboxId: this.sandbox.id, path }));
+    const resp = await this.rpc.statPath({ sandboxId: this.sandbox.id, path });
     return fileInfo(resp.info);
   }
 
@@ -403,16 +396,16 @@ export class Files {
   }
 
   async mkdir(path: string, options: { parents?: boolean } = {}): Promise<FileInfo> {
-    const resp = await translated(() => this.rpc.makeDirectory({ sandboxId: this.sandbox.id, path, makeParents: options.parents ?? true }));
+    const resp = await this.rpc.makeDirectory({ sandboxId: this.sandbox.id, path, makeParents: options.parents ?? true });
     return fileInfo(resp.info);
   }
 
   async remove(path: string, options: { recursive?: boolean } = {}): Promise<void> {
-    await translated(() => this.rpc.removePath({ sandboxId: this.sandbox.id, path, recursive: options.recursive ?? false }));
+    await this.rpc.removePath({ sandboxId: this.sandbox.id, path, recursive: options.recursive ?? false });
   }
 
   async move(source: string, destination: string): Promise<FileInfo> {
-    const resp = await translated(() => this.rpc.movePath({ sandboxId: this.sandbox.id, source, destination }));
+    const resp = await this.rpc.movePath({ sandboxId: this.sandbox.id, source, destination });
     return fileInfo(resp.info);
   }
 }
@@ -467,7 +460,7 @@ export class Monitor implements AsyncIterable<Usage> {
       );
       for await (const resp of stream) yield usage(resp.usage);
     } catch (err) {
-      if (!this.abort.signal.aborted) throw fromError(err);
+      if (!this.abort.signal.aborted) throw err;
     }
   }
 
@@ -533,23 +526,13 @@ export class Sandbox {
   /** Runs a command to completion. A string goes through /bin/sh -c; an array is the argv. */
   async exec(command: CommandLine, options: ExecOptions = {}): Promise<ExecResult> {
     const quick = options.stdin === undefined && !options.interactive && !options.onStdout && !options.onStderr;
-    if (quick && !this.client.noRunCommand.has(this.provider)) {
-      try {
-        return await this.runCommand(command, options);
-      } catch (err) {
-        // The provider cannot re-attach (or the daemon predates RunCommand): stream instead.
-        if (!(err instanceof UnsupportedError)) throw err;
-        this.client.noRunCommand.add(this.provider);
-      }
-    }
+    if (quick && (await this.client.capabilities(this.provider)).has(EXEC_RESUME)) return this.runCommand(command, options);
     return new ExecStream(this, command, options).wait();
   }
 
   /** One unary call; output past what fits inline is read on with attach from where it stopped. */
   private async runCommand(command: CommandLine, options: ExecOptions): Promise<ExecResult> {
-    const resp = await translated(() =>
-      this.client.raw.processes.runCommand({ sandboxId: this.id, command: commandToProto(command, options) }, { signal: options.signal }),
-    );
+    const resp = await this.client.raw.processes.runCommand({ sandboxId: this.id, command: commandToProto(command, options) }, { signal: options.signal });
     if (resp.exited) return resultFromParts([resp.stdout], [resp.stderr], resp.exited, resp.processId);
     return new Process(this, resp.processId).collect([resp.stdout], [resp.stderr], options.signal);
   }
@@ -562,13 +545,11 @@ export class Sandbox {
   /** Starts a background process that outlives this call and the connection. */
   async startProcess(command: CommandLine, options: ExecOptions & { tag?: string } = {}): Promise<Process> {
     const { stdin, ...rest } = options;
-    const resp = await translated(() =>
-      this.client.raw.processes.startProcess({
-        sandboxId: this.id,
-        command: commandToProto(command, { ...rest, interactive: rest.interactive || stdin !== undefined }),
-        tag: options.tag ?? "",
-      }),
-    );
+    const resp = await this.client.raw.processes.startProcess({
+      sandboxId: this.id,
+      command: commandToProto(command, { ...rest, interactive: rest.interactive || stdin !== undefined }),
+      tag: options.tag ?? "",
+    });
     const proc = new Process(this, resp.process!.processId);
     if (stdin !== undefined) await proc.writeStdin(stdin, { close: !options.interactive });
     return proc;
@@ -580,14 +561,14 @@ export class Sandbox {
   }
 
   async processes(): Promise<ProcessMessage[]> {
-    const resp = await translated(() => this.client.raw.processes.listProcesses({ sandboxId: this.id }));
+    const resp = await this.client.raw.processes.listProcesses({ sandboxId: this.id });
     return resp.processes;
   }
 
   // ------------------------------------------------------------ lifecycle
 
   async getStatus(): Promise<SandboxStatus> {
-    const resp = await translated(() => this.client.raw.sandboxes.getSandboxStatus({ sandboxId: this.id }));
+    const resp = await this.client.raw.sandboxes.getSandboxStatus({ sandboxId: this.id });
     const u = resp.usage;
     return {
       state: stateName(resp.state),
@@ -606,7 +587,7 @@ export class Sandbox {
 
   /** Re-reads the sandbox from the daemon. */
   async refresh(): Promise<this> {
-    const resp = await translated(() => this.client.raw.sandboxes.getSandbox({ sandboxId: this.id }));
+    const resp = await this.client.raw.sandboxes.getSandbox({ sandboxId: this.id });
     this.info = resp.sandbox!;
     return this;
   }
@@ -614,9 +595,7 @@ export class Sandbox {
   /** Destroys the sandbox; graceful sends SIGTERM and waits timeoutMs before SIGKILL. */
   async destroy(options: { graceful?: boolean; timeoutMs?: number } = {}): Promise<void> {
     try {
-      await translated(() =>
-        this.client.raw.sandboxes.destroySandbox({ sandboxId: this.id, graceful: options.graceful ?? false, gracefulTimeoutMs: BigInt(options.timeoutMs ?? 0) }),
-      );
+      await this.client.raw.sandboxes.destroySandbox({ sandboxId: this.id, graceful: options.graceful ?? false, gracefulTimeoutMs: BigInt(options.timeoutMs ?? 0) });
     } finally {
       await this.stopListening();
       if (this.ownsClient) this.client.close();
@@ -624,15 +603,13 @@ export class Sandbox {
   }
 
   async clone(options: { provider?: string; template?: string; env?: Record<string, string>; resources?: Resources } = {}): Promise<Sandbox> {
-    const resp = await translated(() =>
-      this.client.raw.sandboxes.cloneSandbox({
-        sandboxId: this.id,
-        provider: options.provider ?? "",
-        template: options.template ?? "",
-        env: options.env ?? {},
-        resources: options.resources && resourcesToProto(options.resources),
-      }),
-    );
+    const resp = await this.client.raw.sandboxes.cloneSandbox({
+      sandboxId: this.id,
+      provider: options.provider ?? "",
+      template: options.template ?? "",
+      env: options.env ?? {},
+      resources: options.resources && resourcesToProto(options.resources),
+    });
     return new Sandbox(this.client, resp.sandbox!);
   }
 
@@ -640,42 +617,38 @@ export class Sandbox {
     provider: string,
     options: { template?: string; preserveFiles?: boolean; preserveEnv?: boolean; templateMapping?: Record<string, string>; envMapping?: Record<string, string> } = {},
   ): Promise<Sandbox> {
-    const resp = await translated(() =>
-      this.client.raw.sandboxes.migrateSandbox({
-        sandboxId: this.id,
-        provider,
-        template: options.template ?? "",
-        preserveFiles: options.preserveFiles ?? true,
-        preserveEnv: options.preserveEnv ?? true,
-        templateMapping: options.templateMapping ?? {},
-        envMapping: options.envMapping ?? {},
-      }),
-    );
+    const resp = await this.client.raw.sandboxes.migrateSandbox({
+      sandboxId: this.id,
+      provider,
+      template: options.template ?? "",
+      preserveFiles: options.preserveFiles ?? true,
+      preserveEnv: options.preserveEnv ?? true,
+      templateMapping: options.templateMapping ?? {},
+      envMapping: options.envMapping ?? {},
+    });
     return new Sandbox(this.client, resp.sandbox!);
   }
 
   /** Kills every process; hard also returns the files to the template's state. */
   async reset(options: { hard?: boolean } = {}): Promise<void> {
-    this.info = (await translated(() => this.client.raw.sandboxes.resetSandbox({ sandboxId: this.id, hard: options.hard ?? false }))).sandbox!;
+    this.info = (await this.client.raw.sandboxes.resetSandbox({ sandboxId: this.id, hard: options.hard ?? false })).sandbox!;
   }
 
   /** Sets variables for later commands: setEnv('K', 'v') or setEnv({ K: 'v' }). Kept across daemon restarts. */
   async setEnv(env: string | Record<string, string>, value?: string, options: { unset?: string[] } = {}): Promise<Record<string, string>> {
     const pairs = typeof env === "string" ? { [env]: value ?? "" } : env;
-    const resp = await translated(() => this.client.raw.sandboxes.setSandboxEnv({ sandboxId: this.id, env: pairs, unset: options.unset ?? [] }));
+    const resp = await this.client.raw.sandboxes.setSandboxEnv({ sandboxId: this.id, env: pairs, unset: options.unset ?? [] });
     return { ...resp.env };
   }
 
   /** Stops every process and starts again: same id and files, or a new template's files. */
   async restart(options: { template?: string; env?: Record<string, string>; resources?: Resources } = {}): Promise<void> {
-    const resp = await translated(() =>
-      this.client.raw.sandboxes.restartSandbox({
-        sandboxId: this.id,
-        template: options.template ?? "",
-        env: options.env ?? {},
-        resources: options.resources && resourcesToProto(options.resources),
-      }),
-    );
+    const resp = await this.client.raw.sandboxes.restartSandbox({
+      sandboxId: this.id,
+      template: options.template ?? "",
+      env: options.env ?? {},
+      resources: options.resources && resourcesToProto(options.resources),
+    });
     this.info = resp.sandbox!;
   }
 
@@ -697,7 +670,7 @@ export class Sandbox {
   // ------------------------------------------------------------ monitoring
 
   async getResourceUsage(): Promise<Usage> {
-    const resp = await translated(() => this.client.raw.monitoring.getResourceUsage({ sandboxId: this.id }));
+    const resp = await this.client.raw.monitoring.getResourceUsage({ sandboxId: this.id });
     return usage(resp.usage);
   }
 
@@ -707,33 +680,27 @@ export class Sandbox {
   }
 
   async setResourceLimits(limits: { cpuPercent?: number; memoryMB?: number; diskMB?: number }): Promise<Resources> {
-    const resp = await translated(() =>
-      this.client.raw.monitoring.setResourceLimits({
-        sandboxId: this.id,
-        cpuPercent: limits.cpuPercent ?? 0,
-        memoryMb: BigInt(limits.memoryMB ?? 0),
-        diskMb: BigInt(limits.diskMB ?? 0),
-      }),
-    );
+    const resp = await this.client.raw.monitoring.setResourceLimits({
+      sandboxId: this.id,
+      cpuPercent: limits.cpuPercent ?? 0,
+      memoryMb: BigInt(limits.memoryMB ?? 0),
+      diskMb: BigInt(limits.diskMB ?? 0),
+    });
     return resourcesFromProto(resp.resources);
   }
 
   async scale(options: { cpuCores?: number; memoryMB?: number }): Promise<Resources> {
-    const resp = await translated(() =>
-      this.client.raw.monitoring.scale({ sandboxId: this.id, cpuCores: options.cpuCores ?? 0, memoryMb: BigInt(options.memoryMB ?? 0) }),
-    );
+    const resp = await this.client.raw.monitoring.scale({ sandboxId: this.id, cpuCores: options.cpuCores ?? 0, memoryMb: BigInt(options.memoryMB ?? 0) });
     return resourcesFromProto(resp.resources);
   }
 
   /** Each crossing becomes one 'resourceAlert' event; it re-arms below clearPercent. */
   async setAlertThresholds(thresholds: { type: string; percent: number; clearPercent?: number }[], options: { interval?: number } = {}): Promise<void> {
-    await translated(() =>
-      this.client.raw.monitoring.setAlertThresholds({
-        sandboxId: this.id,
-        thresholds: thresholds.map((t) => ({ type: t.type, percent: t.percent, clearPercent: t.clearPercent ?? 0 })),
-        intervalMs: options.interval ?? 0,
-      }),
-    );
+    await this.client.raw.monitoring.setAlertThresholds({
+      sandboxId: this.id,
+      thresholds: thresholds.map((t) => ({ type: t.type, percent: t.percent, clearPercent: t.clearPercent ?? 0 })),
+      intervalMs: options.interval ?? 0,
+    });
   }
 
   /** The spec's shape: metrics.{cpu,memory}.{threshold,action}, limits.{maxCpuCores,maxMemoryMB}. */
@@ -745,33 +712,29 @@ export class Sandbox {
     intervalMs?: number;
   }): Promise<void> {
     const rule = (r?: { threshold: number; action?: string }) => r && { threshold: r.threshold, action: r.action ?? "scale-up" };
-    await translated(() =>
-      this.client.raw.monitoring.configureAutoScaling({
-        sandboxId: this.id,
-        enabled: config.enabled,
-        cpu: rule(config.metrics?.cpu),
-        memory: rule(config.metrics?.memory),
-        maxCpuCores: config.limits?.maxCpuCores ?? 0,
-        maxMemoryMb: BigInt(config.limits?.maxMemoryMB ?? 0),
-        cooldownMs: config.cooldownMs ?? 0,
-        intervalMs: config.intervalMs ?? 0,
-      }),
-    );
+    await this.client.raw.monitoring.configureAutoScaling({
+      sandboxId: this.id,
+      enabled: config.enabled,
+      cpu: rule(config.metrics?.cpu),
+      memory: rule(config.metrics?.memory),
+      maxCpuCores: config.limits?.maxCpuCores ?? 0,
+      maxMemoryMb: BigInt(config.limits?.maxMemoryMB ?? 0),
+      cooldownMs: config.cooldownMs ?? 0,
+      intervalMs: config.intervalMs ?? 0,
+    });
   }
 
   /** Built-in checks (agent, exec, disk, memory) and every registered one. */
   async healthCheck(): Promise<CheckHealthResponse> {
-    return translated(() => this.client.raw.monitoring.checkHealth({ sandboxId: this.id }));
+    return this.client.raw.monitoring.checkHealth({ sandboxId: this.id });
   }
 
   async registerHealthCheck(name: string, command: string, options: { intervalMs?: number; timeoutMs?: number } = {}): Promise<void> {
-    await translated(() =>
-      this.client.raw.monitoring.registerHealthCheck({ sandboxId: this.id, name, command, intervalMs: options.intervalMs ?? 0, timeoutMs: options.timeoutMs ?? 0 }),
-    );
+    await this.client.raw.monitoring.registerHealthCheck({ sandboxId: this.id, name, command, intervalMs: options.intervalMs ?? 0, timeoutMs: options.timeoutMs ?? 0 });
   }
 
   async unregisterHealthCheck(name: string): Promise<void> {
-    await translated(() => this.client.raw.monitoring.unregisterHealthCheck({ sandboxId: this.id, name }));
+    await this.client.raw.monitoring.unregisterHealthCheck({ sandboxId: this.id, name });
   }
 
   // ------------------------------------------------------------ events

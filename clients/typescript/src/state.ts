@@ -3,7 +3,6 @@
 import { create } from "@bufbuild/protobuf";
 import { ImportStateRequestSchema, type ImportStateRequest, type Snapshot, type State } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import type { Volume } from "./gen/computesdk/api/volume/v1/volume_pb.js";
-import { fromError, translated } from "./errors.js";
 import type { Client } from "./client.js";
 // A cycle (sandbox.ts uses Snapshots) that ESM resolves: neither module uses
 // the other's classes before both are loaded.
@@ -79,24 +78,24 @@ export class Snapshots {
   }
 
   async create(name = "", options: { description?: string } = {}): Promise<SnapshotInfo> {
-    const resp = await translated(() => this.rpc.createSnapshot({ sandboxId: this.sandbox.id, name, description: options.description ?? "" }));
+    const resp = await this.rpc.createSnapshot({ sandboxId: this.sandbox.id, name, description: options.description ?? "" });
     return snapshotInfo(resp.snapshot);
   }
 
   async list(): Promise<SnapshotInfo[]> {
-    return (await translated(() => this.rpc.listSnapshots({ sandboxId: this.sandbox.id }))).snapshots.map(snapshotInfo);
+    return (await this.rpc.listSnapshots({ sandboxId: this.sandbox.id })).snapshots.map(snapshotInfo);
   }
 
   /** Files go back to the snapshot; every process stops; the id stays. */
   async restore(snapshot: SnapshotInfo | string): Promise<void> {
     const snapshotId = typeof snapshot === "string" ? snapshot : snapshot.id;
-    const resp = await translated(() => this.rpc.restoreSnapshot({ sandboxId: this.sandbox.id, snapshotId }));
+    const resp = await this.rpc.restoreSnapshot({ sandboxId: this.sandbox.id, snapshotId });
     this.sandbox.info = resp.sandbox!;
   }
 
   async delete(snapshot: SnapshotInfo | string): Promise<void> {
     const snapshotId = typeof snapshot === "string" ? snapshot : snapshot.id;
-    await translated(() => this.rpc.deleteSnapshot({ sandboxId: this.sandbox.id, snapshotId }));
+    await this.rpc.deleteSnapshot({ sandboxId: this.sandbox.id, snapshotId });
   }
 }
 
@@ -106,15 +105,15 @@ export class States {
 
   async save(sandbox: Sandbox | string, name = ""): Promise<StateInfo> {
     const sandboxId = typeof sandbox === "string" ? sandbox : sandbox.id;
-    return stateInfo((await translated(() => this.client.raw.snapshots.saveState({ sandboxId, name }))).state);
+    return stateInfo((await this.client.raw.snapshots.saveState({ sandboxId, name })).state);
   }
 
   async list(): Promise<StateInfo[]> {
-    return (await translated(() => this.client.raw.snapshots.listStates({}))).states.map(stateInfo);
+    return (await this.client.raw.snapshots.listStates({})).states.map(stateInfo);
   }
 
   async delete(stateId: string): Promise<void> {
-    await translated(() => this.client.raw.snapshots.deleteState({ stateId }));
+    await this.client.raw.snapshots.deleteState({ stateId });
   }
 
   /** A saved state, or a sandbox as it is now, as a portable archive (tar). */
@@ -123,11 +122,7 @@ export class States {
       "stateId" in source
         ? { source: { case: "stateId" as const, value: source.stateId } }
         : { source: { case: "sandboxId" as const, value: typeof source.sandbox === "string" ? source.sandbox : source.sandbox.id } };
-    try {
-      for await (const resp of this.client.raw.snapshots.exportState(req)) yield resp.data;
-    } catch (err) {
-      throw fromError(err);
-    }
+    for await (const resp of this.client.raw.snapshots.exportState(req)) yield resp.data;
   }
 
   /** Creates a sandbox from an archive that export() wrote. */
@@ -141,7 +136,7 @@ export class States {
         }
       }
     }
-    const resp = await translated(() => this.client.raw.snapshots.importState(requests()));
+    const resp = await this.client.raw.snapshots.importState(requests());
     return new Sandbox(this.client, resp.sandbox!);
   }
 }
@@ -151,19 +146,19 @@ export class Volumes {
   constructor(private readonly client: Client) {}
 
   async create(name: string, options: { sizeMB?: number; persistent?: boolean } = {}): Promise<VolumeInfo> {
-    const resp = await translated(() => this.client.raw.volumes.createVolume({ name, sizeMb: BigInt(options.sizeMB ?? 0), persistent: options.persistent ?? true }));
+    const resp = await this.client.raw.volumes.createVolume({ name, sizeMb: BigInt(options.sizeMB ?? 0), persistent: options.persistent ?? true });
     return volumeInfo(resp.volume);
   }
 
   async get(name: string): Promise<VolumeInfo> {
-    return volumeInfo((await translated(() => this.client.raw.volumes.getVolume({ name }))).volume);
+    return volumeInfo((await this.client.raw.volumes.getVolume({ name })).volume);
   }
 
   async list(): Promise<VolumeInfo[]> {
-    return (await translated(() => this.client.raw.volumes.listVolumes({}))).volumes.map(volumeInfo);
+    return (await this.client.raw.volumes.listVolumes({})).volumes.map(volumeInfo);
   }
 
   async delete(name: string): Promise<void> {
-    await translated(() => this.client.raw.volumes.deleteVolume({ name }));
+    await this.client.raw.volumes.deleteVolume({ name });
   }
 }

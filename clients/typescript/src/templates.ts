@@ -1,7 +1,7 @@
 // Templates: client.templates lists the predefined ones and builds custom ones.
 
 import type { BuildTemplateResponse, Template } from "./gen/computesdk/api/template/v1/template_pb.js";
-import { InternalError, fromError, translated } from "./errors.js";
+import { InternalError } from "./errors.js";
 import type { Client } from "./client.js";
 import { toDate } from "./sandbox.js";
 
@@ -80,15 +80,15 @@ export class Templates {
   constructor(private readonly client: Client) {}
 
   async list(options: { provider?: string } = {}): Promise<TemplateInfo[]> {
-    return (await translated(() => this.client.raw.templates.listTemplates({ provider: options.provider ?? "" }))).templates.map(templateInfo);
+    return (await this.client.raw.templates.listTemplates({ provider: options.provider ?? "" })).templates.map(templateInfo);
   }
 
   async get(name: string, options: { provider?: string } = {}): Promise<TemplateInfo> {
-    return templateInfo((await translated(() => this.client.raw.templates.getTemplate({ name, provider: options.provider ?? "" }))).template);
+    return templateInfo((await this.client.raw.templates.getTemplate({ name, provider: options.provider ?? "" })).template);
   }
 
   async delete(name: string, options: { provider?: string } = {}): Promise<void> {
-    await translated(() => this.client.raw.templates.deleteTemplate({ name, provider: options.provider ?? "" }));
+    await this.client.raw.templates.deleteTemplate({ name, provider: options.provider ?? "" });
   }
 
   /** Builds a template, yielding progress, log lines and, last, the result. Leaving the loop early cancels the build. */
@@ -104,8 +104,6 @@ export class Templates {
         const ev = buildEvent(resp);
         if (ev) yield ev;
       }
-    } catch (err) {
-      throw fromError(err);
     } finally {
       abort.abort();
     }

@@ -21,7 +21,8 @@ import { MessagingService } from "../src/gen/computesdk/api/messaging/v1/messagi
 import { SnapshotService } from "../src/gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import { VolumeService } from "../src/gen/computesdk/api/volume/v1/volume_pb.js";
 import { TemplateService } from "../src/gen/computesdk/api/template/v1/template_pb.js";
-import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateBuildError, TemplateNotFoundError, connect, createSharedNetwork, fromError } from "../src/index.js";
+import { Reason } from "../src/gen/computesdk/api/errors/v1/errors_pb.js";
+import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateBuildError, TemplateNotFoundError, connect, createSharedNetwork, fromError, typedError } from "../src/index.js";
 import { Daemon } from "./daemon.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -48,9 +49,9 @@ it("wraps every RPC in the protos", () => {
   const missing: string[] = [];
   let total = 0;
   const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService, SnapshotService, VolumeService, TemplateService];
-  // Every generated package has its service in the list above.
+  // Every generated package has its service in the list above; errors has only the Reason enum.
   const packages = readdirSync(path.resolve(here, "../../src/gen/computesdk/api")).sort();
-  assert.deepEqual(packages, services.map((s) => s.typeName.split(".")[2]).sort());
+  assert.deepEqual(packages, [...services.map((s) => s.typeName.split(".")[2]), "errors"].sort());
   for (const svc of services) {
     for (const m of svc.methods) {
       total++;
@@ -59,6 +60,26 @@ it("wraps every RPC in the protos", () => {
   }
   assert.ok(total >= 55, `only ${total} RPCs found`);
   assert.deepEqual(missing, []);
+});
+
+// Drift: the reasons with a typed error of their own are the ones every client
+// has (Python's _BY_REASON, Go's sentinels); the table's keys are Reason names by type.
+it("types the same reasons as the other clients", () => {
+  const names = Object.keys(Reason).filter((k) => Number.isNaN(Number(k)));
+  const typed = names.filter((r) => typedError("UNKNOWN", r, "").constructor !== ComputeSDKError);
+  assert.deepEqual(typed.sort(), [
+    "FEATURE_UNSUPPORTED",
+    "FILE_NOT_FOUND",
+    "PATH_OUTSIDE_SANDBOX",
+    "PAYLOAD_TOO_LARGE",
+    "PROCESS_NOT_FOUND",
+    "PROVIDER_NOT_FOUND",
+    "SANDBOX_NOT_FOUND",
+    "SANDBOX_NOT_RUNNING",
+    "SANDBOX_TERMINATED",
+    "TEMPLATE_BUILD_FAILED",
+    "TEMPLATE_NOT_FOUND",
+  ]);
 });
 
 it("maps ErrorInfo.reason to a typed error", async () => {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,10 +16,12 @@ import httpx
 from computesdkd.domain.errors import AlreadyExists, ComputeError, Internal, NotFound, Unavailable
 
 API = "/v1.41"
-DEFAULT_SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix(
-    "unix://"
-)
 _FRAME = struct.Struct(">BxxxI")
+
+
+def socket_path(docker_host: str) -> str:
+    """The Engine's socket, from DOCKER_HOST as the docker CLI reads it (unix:// only)."""
+    return (docker_host or "unix:///var/run/docker.sock").removeprefix("unix://")
 
 
 def _error(resp: httpx.Response, what: str) -> ComputeError:
@@ -40,7 +41,7 @@ def _error(resp: httpx.Response, what: str) -> ComputeError:
 
 
 class Engine:
-    def __init__(self, socket_path: str = DEFAULT_SOCKET) -> None:
+    def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),

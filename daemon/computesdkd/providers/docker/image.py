@@ -1,20 +1,22 @@
 """Builds the docker provider's base image locally: no registry is needed.
 
-The same Debian recipe as the local provider's root filesystem, written by
-mmdebstrap as a tarball and imported through the Engine API.
+The Debian recipe the local provider's root filesystem is built from
+(common/rootfs_recipe.py), written by mmdebstrap as a tarball and imported
+through the Engine API.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 
-from computesdkd.providers.docker.engine import Engine
-from computesdkd.providers.local.rootfs import RECIPE_VERSION, mmdebstrap_argv
+from computesdkd.providers.common.rootfs_recipe import RECIPE_VERSION, SUITE, mmdebstrap_argv
+from computesdkd.providers.docker.engine import Engine, socket_path
 
-IMAGE = f"computesdk/sandbox:bookworm-v{RECIPE_VERSION}"
+IMAGE = f"computesdk/sandbox:{SUITE}-v{RECIPE_VERSION}"
 
 
 async def exists(engine: Engine, image: str = IMAGE) -> bool:
@@ -64,7 +66,8 @@ def main() -> None:
     a = ap.parse_args()
 
     async def run() -> None:
-        engine = Engine()
+        # A command of its own, so its own environment (the provider has its config).
+        engine = Engine(socket_path(os.environ.get("DOCKER_HOST", "")))
         try:
             print(await build(engine, force=a.force))
         finally:

@@ -17,7 +17,6 @@ import contextlib
 import math
 import os
 import signal as signals
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,24 +28,21 @@ from computesdkd.domain.errors import (
 )
 from computesdkd.domain.model import (
     Command,
-    ExitStatus,
-    Output,
     Probe,
     ProcessEvent,
     ProcessInfo,
     Resources,
     Sandbox,
-    Started,
     Usage,
 )
 from computesdkd.providers import base
 from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
+from computesdkd.providers.common.env import process_env
+from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
+from computesdkd.providers.common.run import StreamedRun
+from computesdkd.providers.common.templates import TEMPLATES, resolve
 from computesdkd.providers.docker import image as image_mod
-from computesdkd.providers.docker.engine import Engine, HijackedExec
-from computesdkd.providers.local.templates import TEMPLATES, process_env, resolve
-from computesdkd.support import logs
-
-log = logs.get(__name__)
+from computesdkd.providers.docker.engine import Engine, HijackedExec, socket_path
 
 NAME = "docker"
 DEFAULTS = Resources(cpu_cores=1.0, memory_mb=1024, pids_limit=512)
@@ -71,7 +67,7 @@ class DockerProvider(Provider):
     )
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
-        self._engine = Engine()
+        self._engine = Engine(socket_path(cfg.env.get("DOCKER_HOST", "")))
         self._image = cfg.env.get("COMPUTESDK_DOCKER_IMAGE", image_mod.IMAGE)
         self._unavailable = "not started"
 
@@ -132,11 +128,7 @@ class DockerProvider(Provider):
         if self._unavailable:
             await self._refresh()  # dockerd may have come up since
         if self._unavailable:
-            raise Unavailable(
-                f"provider 'docker' cannot run here: {self._unavailable}",
-                reason="PROVIDER_UNAVAILABLE",
-                provider=NAME,
-            )
+            raise cannot_run(NAME, self._unavailable)
         resolve(sandbox.spec.template, NAME)
         res = sandbox.resources = self._resources(sandbox)
         mem = res.memory_mb << 20
@@ -165,12 +157,8 @@ class DockerProvider(Provider):
         )
         sandbox.provider_sandbox_id = out["Id"]
         sandbox.provider_data = {"container": out["Id"]}
-        try:
+        async with destroyed_on_failure(self, sandbox):
             await self._engine.request("POST", f"/containers/{out['Id']}/start", "start")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.destroy(sandbox)
-            raise
 
     def _cid(self, sandbox: Sandbox) -> str:
         return sandbox.provider_data.get("container") or f"computesdk-{sandbox.id}"
@@ -249,7 +237,7 @@ class DockerProvider(Provider):
     ) -> ProcessRun:
         if tag:
             raise self._unsupported("process tags")
-        return _DockerRun(self._engine, self._cid(sandbox), sandbox, command, kill_on_close)
+        return DockerRun(self._engine, self._cid(sandbox), sandbox, command, kill_on_close)
 
     async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
         raise Unsupported(
@@ -268,46 +256,42 @@ class DockerProvider(Provider):
         yield  # pragma: no cover
 
 
-class _DockerRun(ProcessRun):
+class DockerRun(StreamedRun):
+    # The Engine has no exec timeout: `timeout` inside the container kills the
+    # command's whole process group at the deadline.
+    kill_at_deadline = False
+
     def __init__(
         self, engine: Engine, cid: str, sandbox: Sandbox, command: Command, kill_on_close: bool
     ) -> None:
+        super().__init__(NAME, command, kill_on_close)
         self._engine = engine
         self._cid = cid
         self._sandbox = sandbox
-        self._command = command
-        self._kill_on_close = kill_on_close
         self._conn: HijackedExec | None = None
-        self._exec_id = ""
         self._pid = 0
-        self._done = False
 
-    async def events(self) -> AsyncIterator[ProcessEvent]:
-        cmd = self._command
+    async def _stream(self) -> AsyncIterator[ProcessEvent]:
+        cmd = self.command
         args = list(cmd.args)
-        if cmd.timeout_ms:  # the Engine has no exec timeout: enforce it inside
+        if cmd.timeout_ms:
             args = ["timeout", "-s", "KILL", f"{cmd.timeout_ms / 1000:.3f}", *args]
         env = [f"{k}={v}" for k, v in process_env(self._sandbox, cmd).items()]
-        self._exec_id = await self._engine.exec_create(self._cid, args, env, cmd.cwd, cmd.stdin)
-        started = time.monotonic()
-        self._conn = await self._engine.exec_attach(self._exec_id)
-        info = await self._engine.json("GET", f"/exec/{self._exec_id}/json", "exec inspect")
+        exec_id = await self._engine.exec_create(self._cid, args, env, cmd.cwd, cmd.stdin)
+        self._conn = await self._engine.exec_attach(exec_id)
+        info = await self._engine.json("GET", f"/exec/{exec_id}/json", "exec inspect")
         self._pid = int(info.get("Pid") or 0)
-        yield Started(self._exec_id[:12], self._pid)
-        offsets = {1: 0, 2: 0}
+        yield self.started_event(exec_id[:12], self._pid)
         async for stream, data in self._conn.frames():
-            if stream in offsets:
-                yield Output("stdout" if stream == 1 else "stderr", data, offsets[stream])
-                offsets[stream] += len(data)
-        info = await self._engine.json("GET", f"/exec/{self._exec_id}/json", "exec inspect")
-        self._done = True
+            if stream in (1, 2):
+                yield self.output("stdout" if stream == 1 else "stderr", data)
+        info = await self._engine.json("GET", f"/exec/{exec_id}/json", "exec inspect")
         code = int(info.get("ExitCode") or 0)
-        duration = int((time.monotonic() - started) * 1000)
-        timed_out = bool(cmd.timeout_ms) and code == 137 and duration >= cmd.timeout_ms
+        timed_out = bool(cmd.timeout_ms) and code == 137 and self.elapsed_ms() >= cmd.timeout_ms
         if code > 128 and (timed_out or code - 128 in (signals.SIGKILL, signals.SIGTERM)):
-            yield ExitStatus(-1, code - 128, duration, timed_out)
+            yield self.exited(-1, code - 128, timed_out)
         else:
-            yield ExitStatus(code, 0, duration, timed_out)
+            yield self.exited(code, 0, timed_out)
 
     def _need(self) -> HijackedExec:
         if self._conn is None:
@@ -326,9 +310,10 @@ class _DockerRun(ProcessRun):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal)
 
+    async def _kill(self) -> None:
+        await self.send_signal(signals.SIGKILL)
+
     async def aclose(self) -> None:
-        if self._kill_on_close and not self._done and self._pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signals.SIGKILL)
+        await super().aclose()
         if self._conn is not None:
             await self._conn.close()

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from computesdkd.domain.errors import ComputeError, Unavailable
-from computesdkd.providers.http import error_for
+from computesdkd.domain.errors import ComputeError
+from computesdkd.providers.common import http
 
 _ENVELOPE = struct.Struct(">BI")
 END_STREAM = 0x02
@@ -41,7 +41,15 @@ def connect_error(
         "resource_exhausted": 429,
         "failed_precondition": 400,
     }.get(err.get("code", ""), 500)
-    return error_for(provider, what, httpx.Response(status, json=err), not_found)
+    return http.error_for(provider, what, httpx.Response(status, json=err), not_found)
+
+
+def _error_body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {"code": "unknown", "message": resp.text[:300]}
+    return body if isinstance(body, dict) else {"code": "unknown", "message": str(body)[:300]}
 
 
 async def unary(
@@ -53,21 +61,19 @@ async def unary(
     what: str,
     headers: dict[str, str],
     not_found: str = "NOT_FOUND",
+    idempotent: bool = False,
 ) -> dict[str, Any]:
-    try:
-        resp = await client.post(url, json=msg, headers={**HEADERS, **headers})
-    except httpx.TransportError as exc:
-        raise Unavailable(
-            f"{provider}: {what}: {type(exc).__name__}",
-            reason="PROVIDER_UNAVAILABLE",
-            provider=provider,
-        ) from exc
-    if resp.status_code != 200:
-        try:
-            err = resp.json()
-        except ValueError:
-            err = {"code": "unknown", "message": resp.text[:300]}
-        raise connect_error(provider, what, err, not_found)
+    resp = await http.send(
+        client,
+        "POST",
+        url,
+        provider=provider,
+        what=what,
+        idempotent=idempotent,
+        error=lambda r: connect_error(provider, what, _error_body(r), not_found),
+        json=msg,
+        headers={**HEADERS, **headers},
+    )
     out: dict[str, Any] = resp.json()
     return out
 
@@ -81,35 +87,28 @@ async def server_stream(
     what: str,
     headers: dict[str, str],
 ) -> AsyncIterator[dict[str, Any]]:
-    hdrs = {**HEADERS, **headers, "Content-Type": "application/connect+json"}
-    try:
-        async with client.stream(
-            "POST",
-            url,
-            content=envelope(msg),
-            headers=hdrs,
-            timeout=httpx.Timeout(None, connect=10.0),
-        ) as resp:
-            if resp.status_code != 200:
-                await resp.aread()
-                raise connect_error(provider, what, resp.json() if resp.content else {})
-            buf = b""
-            async for chunk in resp.aiter_raw():
-                buf += chunk
-                while len(buf) >= _ENVELOPE.size:
-                    flags, n = _ENVELOPE.unpack_from(buf)
-                    if len(buf) < _ENVELOPE.size + n:
-                        break
-                    body = json.loads(buf[_ENVELOPE.size : _ENVELOPE.size + n] or b"{}")
-                    buf = buf[_ENVELOPE.size + n :]
-                    if flags & END_STREAM:
-                        if body.get("error"):
-                            raise connect_error(provider, what, body["error"])
-                        return
-                    yield body
-    except httpx.TransportError as exc:
-        raise Unavailable(
-            f"{provider}: {what}: stream broke ({type(exc).__name__})",
-            reason="PROVIDER_UNAVAILABLE",
-            provider=provider,
-        ) from exc
+    async with http.stream(
+        client,
+        "POST",
+        url,
+        provider=provider,
+        what=what,
+        error=lambda r: connect_error(provider, what, _error_body(r) if r.content else {}),
+        content=envelope(msg),
+        headers={**HEADERS, **headers, "Content-Type": "application/connect+json"},
+        timeout=httpx.Timeout(None, connect=10.0),
+    ) as resp:
+        buf = b""
+        async for chunk in resp.aiter_raw():
+            buf += chunk
+            while len(buf) >= _ENVELOPE.size:
+                flags, n = _ENVELOPE.unpack_from(buf)
+                if len(buf) < _ENVELOPE.size + n:
+                    break
+                body = json.loads(buf[_ENVELOPE.size : _ENVELOPE.size + n] or b"{}")
+                buf = buf[_ENVELOPE.size + n :]
+                if flags & END_STREAM:
+                    if body.get("error"):
+                        raise connect_error(provider, what, body["error"])
+                    return
+                yield body

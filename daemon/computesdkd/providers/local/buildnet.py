@@ -5,22 +5,9 @@ A build never runs in the host's network namespace. Each build gets one:
   host                                   build netns (/run/netns/csb<hex>)
   csb<hex> 10.214.N.1/30  <-- veth -->   eth0 10.214.N.2/30, default via .1, lo up
 
-and on the host, for every csb* interface at once (iptables, kept while any build
-network exists, removed with the last one):
-
-- INPUT: everything from a build is dropped, so no service on the host is
-  reachable: not on 127.0.0.1 (a packet from outside the host to a loopback
-  address is never delivered anyway), nor on any of the host's own addresses
-  (they all end in INPUT), the gateway's included.
-- FORWARD (chain CSDK-BUILD, jumped to first): a build may go out through the
-  host's uplinks (the interfaces of its default routes and of the routes to the
-  build's resolvers) and get the replies; nothing else, so no other build, no
-  local bridge (docker0, ...), no shared network and no link-local address (a
-  cloud's metadata service).
-- nat POSTROUTING: MASQUERADE of 10.214.0.0/16 out of those uplinks.
-- IPv6 is off on both ends of the pair (no link-local path to the host; the
-  build's loopback keeps ::1), and ip6tables drops csb* input and forwarding
-  besides.
+and the host's firewall keeps it off the host and everything but the uplinks
+(buildfw.py). IPv6 is off on both ends of the pair (no link-local path to the
+host; the build's loopback keeps ::1).
 
 IPv4 forwarding is switched on for the build's interface and the uplinks only,
 when the host has it off. The build's resolver is the host's /etc/resolv.conf,
@@ -53,19 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from computesdkd.domain.errors import Internal
+from computesdkd.providers.local import buildfw
+from computesdkd.providers.local.buildfw import PREFIX_NAME, SUBNETS
+from computesdkd.providers.local.host import run_sync
 from computesdkd.support import logs
 
 log = logs.get(__name__)
 
-SUBNETS = ipaddress.ip_network("10.214.0.0/16")  # shared networks use 10.213.0.0/16
 PREFIX = 30
-PREFIX_NAME = "csb"  # netns and host-side veth: csb + the build id's 12 hex digits
-CHAIN = "CSDK-BUILD"
 LOCK = Path("/run/computesdk-buildnet.lock")
 NETNS_DIR = Path("/run/netns")
 HOST_RESOLV = Path("/etc/resolv.conf")
 UPSTREAM_RESOLV = Path("/run/systemd/resolve/resolv.conf")
-_WILDCARD = PREFIX_NAME + "+"
 
 
 @dataclass(frozen=True)
@@ -104,17 +90,7 @@ async def mount_sysfs(net: BuildNet, target: Path) -> None:
 
 
 def _run(*argv: str, check: bool = True) -> str:
-    return _call(*argv, check=check).stdout
-
-
-def _call(*argv: str, check: bool) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise Internal(f"{argv[0]}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise Internal(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc
+    return run_sync(*argv, check=check).stdout
 
 
 @contextlib.contextmanager
@@ -153,7 +129,7 @@ def _setup(name: str, userns: str) -> BuildNet:
     with _locked():
         resolv, servers = _resolv_conf()
         uplinks = _uplinks(servers)
-        _ensure_rules(uplinks)
+        buildfw.ensure(uplinks)
         subnet = _free_subnet()
         gateway, inner = (str(a) for a in list(subnet.hosts())[:2])
         netns = str(NETNS_DIR / name)
@@ -187,7 +163,7 @@ def _teardown(name: str) -> None:
     with _locked():
         _remove(name)
         if not _live_build_links():
-            _drop_rules()
+            buildfw.drop()
 
 
 def _remove(name: str) -> None:
@@ -224,7 +200,7 @@ async def remove_leftovers(build_ids: list[str]) -> None:
                     log.info("removing a build network left by a crash", netns=name)
                     _remove(name)
             if not _live_build_links() and not leftover_names():
-                _drop_rules()
+                buildfw.drop()
 
     await asyncio.to_thread(work)
 
@@ -328,73 +304,3 @@ def _free_subnet() -> ipaddress.IPv4Network:
         if isinstance(sub, ipaddress.IPv4Network) and not any(sub.overlaps(u) for u in used):
             return sub
     raise Internal("every build subnet in 10.214.0.0/16 is in use")
-
-
-def _ipt(*args: str, v6: bool = False, check: bool = True) -> bool:
-    return _call("ip6tables" if v6 else "iptables", "-w", *args, check=check).returncode == 0
-
-
-def _ensure(table: str, chain: str, rule: tuple[str, ...], v6: bool = False) -> None:
-    if not _ipt("-t", table, "-C", chain, *rule, v6=v6, check=False):
-        _ipt("-t", table, "-I", chain, "1", *rule, v6=v6)
-
-
-def _rules_v4() -> list[tuple[str, str, tuple[str, ...]]]:
-    return [
-        ("filter", "INPUT", ("-i", _WILDCARD, "-j", "DROP")),
-        ("filter", "FORWARD", ("-j", CHAIN)),
-        ("nat", "POSTROUTING", ("-s", str(SUBNETS), "!", "-o", _WILDCARD, "-j", "MASQUERADE")),
-    ]
-
-
-def _rules_v6() -> list[tuple[str, str, tuple[str, ...]]]:
-    return [
-        ("filter", "INPUT", ("-i", _WILDCARD, "-j", "DROP")),
-        ("filter", "FORWARD", ("-i", _WILDCARD, "-j", "DROP")),
-        ("filter", "FORWARD", ("-o", _WILDCARD, "-j", "DROP")),
-    ]
-
-
-def _ensure_rules(uplinks: list[str]) -> None:
-    """Idempotent. CSDK-BUILD is rewritten in one iptables-restore transaction (a
-    declared chain is flushed, even with --noflush), so a build of another daemon
-    never sees it half filled, and a changed uplink is picked up."""
-    body: list[tuple[str, ...]] = [("-i", _WILDCARD, "-o", _WILDCARD, "-j", "DROP")]
-    # Link-local: a cloud's instance metadata service (169.254.169.254) hands out
-    # the host's credentials to whoever asks from the host's address.
-    body += [("-i", _WILDCARD, "-d", "169.254.0.0/16", "-j", "DROP")]
-    body += [("-i", _WILDCARD, "-o", dev, "-j", "ACCEPT") for dev in uplinks]
-    body += [
-        ("-i", _WILDCARD, "-j", "DROP"),
-        ("-o", _WILDCARD, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"),
-        ("-o", _WILDCARD, "-j", "DROP"),
-    ]
-    script = "\n".join(
-        ["*filter", f":{CHAIN} - [0:0]", *(" ".join(["-A", CHAIN, *r]) for r in body), "COMMIT", ""]
-    )
-    try:
-        proc = subprocess.run(
-            ["iptables-restore", "-w", "--noflush"],
-            input=script, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise Internal(f"iptables-restore: {exc}") from exc
-    if proc.returncode != 0:
-        raise Internal(f"iptables-restore: {proc.stderr.strip()}")
-    for table, chain, rule in _rules_v4():
-        _ensure(table, chain, rule)
-    for table, chain, rule in _rules_v6():
-        # Belt and braces (IPv6 is off on the pair); a host without ip6tables is fine.
-        with contextlib.suppress(Internal):
-            _ensure(table, chain, rule, v6=True)
-
-
-def _drop_rules() -> None:
-    rules = [(r, False) for r in _rules_v4()] + [(r, True) for r in _rules_v6()]
-    with contextlib.suppress(Internal):  # a host without ip6tables
-        for (table, chain, rule), v6 in rules:
-            for _ in range(16):  # every copy, should a crash have doubled one
-                if not _ipt("-t", table, "-D", chain, *rule, v6=v6, check=False):
-                    break
-    _ipt("-t", "filter", "-F", CHAIN, check=False)
-    _ipt("-t", "filter", "-X", CHAIN, check=False)

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -44,6 +45,22 @@ def umount(target: str) -> None:
     crash("umount")
 
 
+def _unescape(field: str) -> str:
+    """A mountinfo field as the path it names (the kernel octal-escapes blanks)."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def mounts() -> list[tuple[str, str]]:
+    """(mount point, source) of every mount in the daemon's mount namespace."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            out.append((_unescape(fields[4]), _unescape(fields[sep + 2])))
+    return out
+
+
 async def run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> str:
     """Runs a helper. With log_fd, its output (and the container's, for runc run) goes there."""
     pipe = asyncio.subprocess.PIPE
@@ -62,6 +79,22 @@ async def run(*argv: str, timeout: float = 30.0, log_fd: int | None = None) -> s
         )
     crash(_step(argv))
     return (out or b"").decode()
+
+
+def run_sync(
+    *argv: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a helper from a worker thread (the build network's ip, iptables,
+    nsenter); with check, a failure raises Internal with what it said."""
+    try:
+        proc = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Internal(f"{argv[0]}: {exc}") from exc
+    if check and proc.returncode != 0:
+        raise Internal(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc
 
 
 def _step(argv: tuple[str, ...] | list[str]) -> str:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from computesdkd.domain.model import Resources
+from computesdkd.providers.common.env import DEFAULT_PATH
 from computesdkd.providers.local.rootfs import ID_RANGE, UID_SHIFT
-from computesdkd.providers.local.templates import DEFAULT_PATH
 
 AGENT_DIR = "/.computesdk"
 

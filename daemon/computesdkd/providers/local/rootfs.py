@@ -1,9 +1,9 @@
 """The read-only base root filesystem of local sandboxes.
 
-Built once from Debian packages with mmdebstrap, using the host's own apt
-sources, then shifted into the sandboxes' user-namespace range so that root in
-a sandbox owns its system files (apt-get install and pip work as on E2B) while
-being an unprivileged uid on the host.
+Built once with mmdebstrap from the Debian recipe docker shares
+(common/rootfs_recipe.py), then shifted into the sandboxes' user-namespace range
+so that root in a sandbox owns its system files (apt-get install and pip work as
+on E2B) while being an unprivileged uid on the host.
 """
 
 from __future__ import annotations
@@ -18,24 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+from computesdkd.providers.common.rootfs_recipe import (
+    PACKAGES,
+    RECIPE_VERSION,
+    SUITE,
+    mmdebstrap_argv,
+)
+
 # Root in a sandbox is this uid on the host; the range holds 65536 ids.
 UID_SHIFT = 100_000
 ID_RANGE = 65_536
 
-SUITE = "bookworm"
-# python-is-python3: `python` is what users type (the spec's Quick Start runs
-# `python --version`), as on E2B's and Modal's images.
-PACKAGES = [
-    "python3",
-    "python-is-python3",
-    "python3-pip",
-    "python3-venv",
-    "nodejs",
-    "ca-certificates",
-    "procps",
-]
-# Bumped whenever the recipe changes, so a stale cache is rebuilt.
-RECIPE_VERSION = 2
 DEFAULT_IMAGE_DIR = Path(os.environ.get("COMPUTESDK_IMAGE_DIR", "/var/lib/computesdk/images"))
 
 
@@ -53,30 +46,6 @@ def is_built(image_dir: Path = DEFAULT_IMAGE_DIR) -> bool:
         return bool(json.loads(marker.read_text()) == recipe())
     except (OSError, ValueError):
         return False
-
-
-def _apt_sources() -> str:
-    for cand in [
-        *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
-        Path("/etc/apt/sources.list"),
-    ]:
-        if cand.is_file() and cand.stat().st_size > 0:
-            return str(cand)
-    raise RuntimeError("no apt sources found in /etc/apt; cannot build the base root filesystem")
-
-
-def mmdebstrap_argv(target: str, *hooks: str) -> list[str]:
-    """The one recipe for a Debian base; target "-" writes a tarball to stdout."""
-    hook_args = [f"--customize-hook={h}" for h in hooks]
-    return [
-        "mmdebstrap",
-        "--variant=minbase",
-        "--include=" + ",".join(PACKAGES),
-        *hook_args,
-        SUITE,
-        target,
-        _apt_sources(),
-    ]
 
 
 def shift_ids(root: Path, shift: int = UID_SHIFT) -> int:

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from computesdkd.providers.local import host
 from computesdkd.support import logs
 
 log = logs.get(__name__)
@@ -51,8 +52,7 @@ def can_reflink(directory: Path) -> bool:
 
 def is_mountpoint(path: Path) -> bool:
     target = str(path.resolve())
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f)
+    return any(point == target for point, _ in host.mounts())
 
 
 def ensure_store(local_state: Path) -> tuple[Path, bool]:

@@ -1,62 +1,35 @@
-"""The vercel provider, on Vercel Sandbox's REST API.
+"""The vercel provider, on Vercel Sandbox's REST API (api.py).
 
-Sandboxes are named; each runs a session that carries the commands and files.
-Commands stream NDJSON: a `command` line, `{stream, data}` log lines, and a
-final `command` line with the exit code. The model follows the API and the
-in-memory double Vercel ships for it (vercel/sandbox, vercel-sandbox-mock).
+Sandboxes are named; each runs a session that carries the commands (run.py) and
+files. The model follows the API and the in-memory double Vercel ships for it
+(vercel/sandbox, vercel-sandbox-mock).
 
 What Vercel's API cannot carry is refused by name: stdin (its REST commands
 have none), memory and disk sizing (memory follows vCPUs), GPUs, background
-processes with output replay. Usage is sampled by a command in the sandbox:
-Vercel has no metrics API.
-
-Configuration: VERCEL_TOKEN (or VERCEL_OIDC_TOKEN), VERCEL_TEAM_ID,
-VERCEL_PROJECT_ID, and VERCEL_API_URL to point elsewhere.
+processes with output replay. Usage, and the file calls other than read and
+write, go through commands in the sandbox (providers/execfs.py): Vercel has no
+metrics API, and its file API has no stat or listing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gzip
 import io
-import json
 import tarfile
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-import httpx
-
-from computesdkd.domain.errors import (
-    FailedPrecondition,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-    Unsupported,
-)
-from computesdkd.domain.model import (
-    Command,
-    ExitStatus,
-    FileInfo,
-    Output,
-    Probe,
-    ProcessEvent,
-    ProcessInfo,
-    Resources,
-    Sandbox,
-    Started,
-)
+from computesdkd.domain.errors import FailedPrecondition, NotFound, ResourceExhausted, Unsupported
+from computesdkd.domain.model import Command, FileInfo, Probe, ProcessInfo, Resources, Sandbox
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
 from computesdkd.providers.base import ProcessRun, Provider
-from computesdkd.providers.http import error_for, send
-from computesdkd.providers.local.templates import process_env
-from computesdkd.support import logs
+from computesdkd.providers.common import files
+from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
+from computesdkd.providers.common.run import run_checked
+from computesdkd.providers.vercel.api import NAME, VercelAPI, session
+from computesdkd.providers.vercel.run import NO_STDIN, VercelRun
 
-log = logs.get(__name__)
-
-NAME = "vercel"
 RUNTIMES = {
     "base": "node22",
     "node": "node22",
@@ -67,6 +40,8 @@ RUNTIMES = {
 MEMORY_PER_VCPU_MB = 2048
 # Files are uploaded as a tar.gz, which needs the whole file first.
 MAX_UPLOAD = 256 * 1024 * 1024
+# A session's timeout is extended by this much when less than a third of it is left.
+LEASE_S = 30 * 60
 
 
 @base.register(NAME)
@@ -78,56 +53,23 @@ class VercelProvider(Provider):
     )
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
-        self._token = cfg.env.get("VERCEL_TOKEN") or cfg.env.get("VERCEL_OIDC_TOKEN", "")
-        self._team = cfg.env.get("VERCEL_TEAM_ID", "")
-        self._project = cfg.env.get("VERCEL_PROJECT_ID", "")
-        self._api = (cfg.env.get("VERCEL_API_URL") or "https://vercel.com/api").rstrip("/")
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+        self._api = VercelAPI(cfg.env)
 
     def availability(self) -> str:
-        missing = [
-            n
-            for n, v in (
-                ("VERCEL_TOKEN", self._token),
-                ("VERCEL_TEAM_ID", self._team),
-                ("VERCEL_PROJECT_ID", self._project),
-            )
-            if not v
-        ]
+        missing = self._api.missing()
         return f"{', '.join(missing)} not set" if missing else ""
 
     def templates(self) -> list[str]:
         return sorted(RUNTIMES)
 
     async def close(self) -> None:
-        await self._http.aclose()
-
-    async def _call(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self._token}", **kw.pop("headers", {})}
-        return await send(
-            self._http,
-            method,
-            f"{self._api}/v2/sandboxes{path}",
-            provider=NAME,
-            what=what,
-            headers=headers,
-            params={"teamId": self._team},
-            **kw,
-        )
-
-    def _session(self, sandbox: Sandbox) -> str:
-        return f"/sessions/{sandbox.provider_data['session']}"
+        await self._api.close()
 
     # -------------------------------------------------------------- lifecycle
 
     async def create(self, sandbox: Sandbox) -> None:
-        why = self.availability()
-        if why:
-            raise Unavailable(
-                f"provider 'vercel' cannot run here: {why}",
-                reason="PROVIDER_UNAVAILABLE",
-                provider=NAME,
-            )
+        if why := self.availability():
+            raise cannot_run(NAME, why)
         r = sandbox.spec.resources
         if r.gpu_enabled:
             raise Unsupported(NAME, "gpu")
@@ -148,7 +90,7 @@ class VercelProvider(Provider):
         vcpus = max(1, round(r.cpu_cores or 2))
         body = {
             "name": f"computesdk-{sandbox.id}",
-            "projectId": self._project,
+            "projectId": self._api.project,
             "runtime": runtime,
             "resources": {"vcpus": vcpus},
             "timeout": sandbox.spec.timeout_ms,
@@ -156,43 +98,46 @@ class VercelProvider(Provider):
             "tags": sandbox.spec.metadata,
             "ports": [],
         }
-        out = (await self._call("POST", "", "create sandbox", json=body)).json()
+        out = (await self._api.call("POST", "", "create sandbox", json=body)).json()
         sandbox.provider_sandbox_id = out["sandbox"]["name"]
         sandbox.provider_data = {"session": out["session"]["id"], "cwd": out["session"]["cwd"]}
         sandbox.resources = Resources(
             cpu_cores=float(out["session"].get("vcpus", vcpus)),
             memory_mb=int(out["session"].get("memory", 0)),
         )
-        try:  # every provider offers the same working directory
-            await _run_checked(self, sandbox, ["mkdir", "-p", WORKDIR])
-        except Exception:
-            with contextlib.suppress(Exception):
-                await self.destroy(sandbox)
-            raise
+        async with destroyed_on_failure(self, sandbox):  # the same working directory everywhere
+            await run_checked(
+                self.run(sandbox, Command(args=["mkdir", "-p", WORKDIR], cwd="/")),
+                FailedPrecondition(
+                    "mkdir failed in the vercel sandbox", reason="SETUP_FAILED", provider=NAME
+                ),
+            )
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         if sandbox.provider_sandbox_id:
-            await self._call(
+            await self._api.call(
                 "DELETE", f"/{sandbox.provider_sandbox_id}", "delete sandbox", ok=(404,)
             )
 
     async def refresh_lease(self, sandbox: Sandbox) -> None:
         until = float(sandbox.provider_data.get("lease_until") or 0)
-        if until - time.time() > 600:
+        if until - time.time() > LEASE_S / 3:
             return
-        await self._call(
+        await self._api.call(
             "POST",
-            f"{self._session(sandbox)}/extend-timeout",
+            f"{session(sandbox)}/extend-timeout",
             "extend timeout",
-            json={"duration": 30 * 60 * 1000},
+            json={"duration": LEASE_S * 1000},
         )
-        sandbox.provider_data["lease_until"] = str(time.time() + 30 * 60)
+        sandbox.provider_data["lease_until"] = str(time.time() + LEASE_S)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
         return (await self.probe(sandbox)).alive
 
     async def probe(self, sandbox: Sandbox) -> Probe:
-        resp = await self._call("GET", f"/{sandbox.provider_sandbox_id}", "get sandbox", ok=(404,))
+        resp = await self._api.call(
+            "GET", f"/{sandbox.provider_sandbox_id}", "get sandbox", ok=(404,)
+        )
         alive = resp.status_code == 200 and resp.json()["session"]["status"] == "running"
         return Probe(alive=alive)
 
@@ -204,8 +149,8 @@ class VercelProvider(Provider):
         if tag:
             raise self._unsupported("process tags")
         if command.stdin:
-            raise Unsupported(NAME, "stdin", "Vercel's command API takes no input")
-        return _VercelRun(self, sandbox, command, kill_on_close)
+            raise Unsupported(NAME, "stdin", NO_STDIN)
+        return VercelRun(self._api, sandbox, command, kill_on_close)
 
     async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
         raise Unsupported(
@@ -219,13 +164,12 @@ class VercelProvider(Provider):
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
-        info = await self.stat(sandbox, path)  # clear errors for directories and misses
-        if info.kind.name == "DIRECTORY":
-            raise FailedPrecondition(f"{path}: is a directory", reason="IS_A_DIRECTORY")
-        resp = await self._call(
+        await files.check_readable(self._files(sandbox), path)
+        resp = await self._api.call(
             "POST",
-            f"{self._session(sandbox)}/fs/read",
+            f"{session(sandbox)}/fs/read",
             "read file",
+            idempotent=True,
             json={"path": path, "cwd": "/"},
             not_found="FILE_NOT_FOUND",
         )
@@ -254,17 +198,18 @@ class VercelProvider(Provider):
                     reason="PAYLOAD_TOO_LARGE",
                     provider=NAME,
                 )
+        fs = self._files(sandbox)
         if not make_parents:
-            await self.stat(sandbox, path.rsplit("/", 1)[0] or "/")
-        archive = _targz(path.lstrip("/"), bytes(buf), mode or 0o644)
-        await self._call(
+            await files.check_parent(fs, path)
+        await self._api.call(
             "POST",
-            f"{self._session(sandbox)}/fs/write",
+            f"{session(sandbox)}/fs/write",
             "write file",
-            content=archive,
+            idempotent=True,  # the upload replaces the file
+            content=_targz(path.lstrip("/"), bytes(buf), mode or 0o644),
             headers={"Content-Type": "application/gzip", "x-cwd": "/"},
         )
-        return await self.stat(sandbox, path), len(buf)
+        return await fs.stat(path), len(buf)
 
 
 def _targz(name: str, data: bytes, mode: int) -> bytes:
@@ -276,119 +221,3 @@ def _targz(name: str, data: bytes, mode: int) -> bytes:
         info.mtime = int(time.time())
         tar.addfile(info, io.BytesIO(data))
     return gzip.compress(raw.getvalue())
-
-
-async def _run_checked(p: VercelProvider, sandbox: Sandbox, args: list[str]) -> None:
-    run = p.run(sandbox, Command(args=args, cwd="/"))
-    try:
-        async for ev in run.events():
-            if isinstance(ev, ExitStatus) and ev.exit_code != 0:
-                raise FailedPrecondition(
-                    f"{args[0]} failed in the vercel sandbox", reason="SETUP_FAILED", provider=NAME
-                )
-    finally:
-        await run.aclose()
-
-
-class _VercelRun(ProcessRun):
-    def __init__(
-        self, p: VercelProvider, sandbox: Sandbox, command: Command, kill_on_close: bool
-    ) -> None:
-        self._p = p
-        self._sandbox = sandbox
-        self._command = command
-        self._kill_on_close = kill_on_close
-        self._cmd_id = ""
-        self._done = False
-        self._timed_out = False
-        self._kill: asyncio.Task[None] | None = None
-
-    async def events(self) -> AsyncIterator[ProcessEvent]:
-        cmd = self._command
-        p, sb = self._p, self._sandbox
-        body = {
-            "command": cmd.args[0],
-            "args": cmd.args[1:],
-            "cwd": cmd.cwd,
-            "env": process_env(sb, cmd),
-            "sudo": True,
-            "wait": True,
-            "logs": True,
-        }
-        url = f"{p._api}/v2/sandboxes{p._session(sb)}/cmd"
-        offsets = {"stdout": 0, "stderr": 0}
-        started = time.monotonic()
-        killer: asyncio.TimerHandle | None = None
-        try:
-            async with p._http.stream(
-                "POST",
-                url,
-                json=body,
-                params={"teamId": p._team},
-                headers={"Authorization": f"Bearer {p._token}"},
-                timeout=httpx.Timeout(None, connect=10.0),
-            ) as resp:
-                if resp.status_code != 200:
-                    await resp.aread()
-                    raise error_for(NAME, "run command", resp, "NOT_FOUND")
-                async for line in resp.aiter_lines():
-                    if not line.strip():
-                        continue
-                    msg = json.loads(line)
-                    if "command" in msg:
-                        c = msg["command"]
-                        if not self._cmd_id:
-                            self._cmd_id = c["id"]
-                            if cmd.timeout_ms:
-                                killer = asyncio.get_running_loop().call_later(
-                                    cmd.timeout_ms / 1000, self._on_timeout
-                                )
-                            yield Started(c["id"], 0)
-                        if c.get("exitCode") is not None:
-                            self._done = True
-                            ms = int((time.monotonic() - started) * 1000)
-                            code = int(c["exitCode"])
-                            if self._timed_out or code in (137, 143):
-                                yield ExitStatus(-1, code - 128, ms, self._timed_out)
-                            else:
-                                yield ExitStatus(code, 0, ms)
-                            return
-                    elif msg.get("stream") in offsets:
-                        data = str(msg.get("data", "")).encode()
-                        name = msg["stream"]
-                        yield Output(name, data, offsets[name])
-                        offsets[name] += len(data)
-        except httpx.TransportError as exc:
-            raise Unavailable(
-                f"vercel: command stream broke ({type(exc).__name__})",
-                reason="PROVIDER_UNAVAILABLE",
-                provider=NAME,
-            ) from exc
-        finally:
-            if killer is not None:
-                killer.cancel()
-
-    def _on_timeout(self) -> None:
-        self._timed_out = True
-        self._kill = asyncio.create_task(self.send_signal(9))
-
-    async def send_stdin(self, data: bytes) -> None:
-        raise Unsupported(NAME, "stdin", "Vercel's command API takes no input")
-
-    async def close_stdin(self) -> None:
-        raise Unsupported(NAME, "stdin", "Vercel's command API takes no input")
-
-    async def send_signal(self, signal: int) -> None:
-        if not self._cmd_id:
-            raise FailedPrecondition("the command has not started yet", reason="NOT_STARTED")
-        await self._p._call(
-            "POST",
-            f"{self._p._session(self._sandbox)}/cmd/{self._cmd_id}/kill",
-            "kill command",
-            json={"signal": signal},
-        )
-
-    async def aclose(self) -> None:
-        if self._kill_on_close and self._cmd_id and not self._done:
-            with contextlib.suppress(Exception):
-                await self.send_signal(9)

@@ -1,0 +1,255 @@
+"""The composition root: builds the store, the core, the features and the servicers,
+wires the features into the core's hooks, and runs them behind a grpc.aio server.
+
+Nothing below this module knows how the others are put together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from computesdk_api.events.v1 import events_pb2_grpc
+from computesdk_api.filesystem.v1 import filesystem_pb2_grpc
+from computesdk_api.group.v1 import group_pb2_grpc
+from computesdk_api.messaging.v1 import messaging_pb2_grpc
+from computesdk_api.monitoring.v1 import monitoring_pb2_grpc
+from computesdk_api.network.v1 import network_pb2_grpc
+from computesdk_api.pool.v1 import pool_pb2_grpc
+from computesdk_api.process.v1 import process_pb2_grpc
+from computesdk_api.provider.v1 import provider_pb2_grpc
+from computesdk_api.sandbox.v1 import sandbox_pb2_grpc
+from computesdk_api.snapshot.v1 import snapshot_pb2_grpc
+from computesdk_api.template.v1 import template_pb2_grpc
+from computesdk_api.volume.v1 import volume_pb2_grpc
+from computesdkd.config import Config
+from computesdkd.core.bus import EventBus
+from computesdkd.core.files import Files
+from computesdkd.core.guard import Providers, Tasks
+from computesdkd.core.lifecycle import Lifecycle
+from computesdkd.core.placement import Placement
+from computesdkd.core.processes import Processes
+from computesdkd.core.registry import Registry
+from computesdkd.core.sweeper import Sweeper
+from computesdkd.domain.errors import ComputeError
+from computesdkd.edge import server as edge_server
+from computesdkd.edge.services.events import EventServicer
+from computesdkd.edge.services.filesystem import FilesystemServicer
+from computesdkd.edge.services.group import GroupServicer
+from computesdkd.edge.services.messaging import MessagingServicer
+from computesdkd.edge.services.monitoring import MonitoringServicer
+from computesdkd.edge.services.network import NetworkServicer
+from computesdkd.edge.services.pool import PoolServicer
+from computesdkd.edge.services.process import ProcessServicer
+from computesdkd.edge.services.provider import ProviderServicer
+from computesdkd.edge.services.sandbox import SandboxServicer
+from computesdkd.edge.services.snapshot import SnapshotServicer
+from computesdkd.edge.services.template import TemplateServicer
+from computesdkd.edge.services.volume import VolumeServicer
+from computesdkd.features.channels import Channels
+from computesdkd.features.clone import Cloning
+from computesdkd.features.groups import Groups
+from computesdkd.features.monitoring import Monitoring
+from computesdkd.features.networks import Networks
+from computesdkd.features.pools import Pools, parse_warm_pool
+from computesdkd.features.snapshots import Snapshots
+from computesdkd.features.templates import Templates
+from computesdkd.features.volumes import Volumes
+from computesdkd.providers import get_factory
+from computesdkd.providers.base import Provider, ProviderConfig, ProviderContext
+from computesdkd.store import Store
+from computesdkd.support import logs, metrics
+
+log = logs.get(__name__)
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+class App:
+    """Every service of one daemon, built and wired."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        store: Store,
+        providers: dict[str, Provider],
+        default_provider: str,
+        pool_create: bool = True,
+    ) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.bus = bus = EventBus(store)
+        self.tasks = tasks = Tasks()
+        self.providers = guard = Providers(providers, default_provider, bus)
+        self.registry = registry = Registry(store, guard)
+        self.processes = processes = Processes(registry, guard, store, bus, tasks)
+        self.files = Files(registry)
+        self.placement = placement = Placement(registry, guard, processes, store, bus, pool_create)
+        self.lifecycle = lifecycle = Lifecycle(registry, guard, processes, placement, store, bus)
+        self.sweeper = Sweeper(registry, guard, lifecycle, processes, bus, tasks)
+        scratch = state_dir / "tmp"  # archives in transit (removed when done)
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        self.scratch = scratch
+        self.monitoring = Monitoring(registry, lifecycle, store, bus)
+        self.pools = Pools(registry, guard, placement, lifecycle, store, bus, tasks)
+        self.groups = Groups(registry, processes, lifecycle, store)
+        self.networks = Networks(registry, guard, self.files, store, bus)
+        self.channels = Channels(registry, guard, store)
+        self.snapshots = Snapshots(registry, guard, placement, processes, store, bus, scratch)
+        self.volumes = Volumes(registry, guard, store, bus)
+        self.templates = Templates(registry, guard, bus)
+        self.cloning = Cloning(registry, guard, placement, lifecycle, bus)
+        # The features that keep sandboxes' parts outside the core.
+        placement.preparers.append(self.volumes.prepare_sandbox)
+        placement.on_removed.append(self.volumes.sandbox_gone)
+        lifecycle.on_teardown.append(self.snapshots.drop_all)
+        self.templates.users_of += [self.pools.template_users, self.snapshots.template_users]
+        metrics.watch_state(registry.counts, lambda: bus.subscriber_count)
+
+    async def start(self) -> None:
+        await self.providers.start(ProviderContext(state_dir=self.state_dir, emit=self.bus.emit))
+        for sb in self.store.sandboxes.all():
+            await self.lifecycle.adopt(sb)
+        # Before anything new is made (pools start after), so that nothing in
+        # progress can be mistaken for a leftover.
+        await self.providers.reconcile({(sb.spec.provider, sb.id) for sb in self.registry.all()})
+        self.sweeper.start()
+        await self.snapshots.collect_garbage()
+        await self.pools.start()
+        self.groups.start()
+        self.networks.start()
+        await self.channels.start()
+
+    async def shutdown(self, destroy: bool) -> None:
+        self.placement.accepting = False
+        await self.pools.shutdown()
+        await self.networks.shutdown()
+        await self.channels.shutdown()
+        self.sweeper.stop()
+        self.tasks.cancel_all()
+        for sandbox_id in self.registry.ids():  # alerts, autoscalers, health checks
+            self.registry.forget_watchers(sandbox_id)
+        if destroy:
+            await self.lifecycle.destroy_all()
+        await self.lifecycle.wait_for_destroys()
+        await self.providers.close()
+
+    def services(self) -> list[edge_server.Service]:
+        """Each servicer, given only what it needs, with its registration function."""
+        return [
+            (
+                sandbox_pb2_grpc.add_SandboxServiceServicer_to_server,
+                SandboxServicer(self.placement, self.lifecycle, self.registry, self.cloning),
+            ),
+            (
+                process_pb2_grpc.add_ProcessServiceServicer_to_server,
+                ProcessServicer(self.processes),
+            ),
+            (
+                filesystem_pb2_grpc.add_FilesystemServiceServicer_to_server,
+                FilesystemServicer(self.files),
+            ),
+            (events_pb2_grpc.add_EventServiceServicer_to_server, EventServicer(self.bus)),
+            (
+                provider_pb2_grpc.add_ProviderServiceServicer_to_server,
+                ProviderServicer(self.providers),
+            ),
+            (
+                monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server,
+                MonitoringServicer(self.monitoring, self.lifecycle),
+            ),
+            (pool_pb2_grpc.add_PoolServiceServicer_to_server, PoolServicer(self.pools)),
+            (group_pb2_grpc.add_GroupServiceServicer_to_server, GroupServicer(self.groups)),
+            (network_pb2_grpc.add_NetworkServiceServicer_to_server, NetworkServicer(self.networks)),
+            (
+                messaging_pb2_grpc.add_MessagingServiceServicer_to_server,
+                MessagingServicer(self.channels),
+            ),
+            (
+                snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server,
+                SnapshotServicer(self.snapshots, self.scratch),
+            ),
+            (volume_pb2_grpc.add_VolumeServiceServicer_to_server, VolumeServicer(self.volumes)),
+            (
+                template_pb2_grpc.add_TemplateServiceServicer_to_server,
+                TemplateServicer(self.templates),
+            ),
+        ]
+
+
+class Daemon:
+    def __init__(self, cfg: Config, provider_cfgs: dict[str, ProviderConfig]) -> None:
+        self.cfg = cfg
+        self.provider_cfgs = provider_cfgs
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _providers(self) -> dict[str, Provider]:
+        providers = {}
+        for name, provider_cfg in self.provider_cfgs.items():
+            factory = get_factory(name)
+            assert factory is not None
+            providers[name] = factory(provider_cfg)
+        if self.cfg.default_provider not in providers:
+            raise DaemonError(f"default provider {self.cfg.default_provider!r} is not registered")
+        return providers
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        cfg = self.cfg
+        try:
+            lock_fd = edge_server.lock_state_dir(cfg.state_dir)
+        except edge_server.StateDirBusy as exc:
+            raise DaemonError(str(exc)) from exc
+        store = Store(cfg.state_dir / "state.db")
+        providers = self._providers()
+        app = App(cfg.state_dir, store, providers, cfg.default_provider, cfg.pool_create)
+        await app.start()
+        for text in cfg.warm_pools:
+            try:
+                app.pools.ensure(parse_warm_pool(text))
+            except ComputeError as exc:
+                await app.shutdown(destroy=False)
+                raise DaemonError(exc.message) from exc
+        server, health_servicer = edge_server.build(
+            app.services(), accepting=lambda: app.placement.accepting
+        )
+        try:
+            await edge_server.listen(server, health_servicer, cfg.socket, cfg.listen)
+        except edge_server.SocketBusy as exc:
+            raise DaemonError(str(exc)) from exc
+        if cfg.metrics_listen:
+            metrics.serve(cfg.metrics_listen)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        log.info(
+            "computesdkd serving",
+            socket=str(cfg.socket),
+            listen=cfg.listen or None,
+            state_dir=str(cfg.state_dir),
+            providers={n: (p.availability() or "ok") for n, p in providers.items()},
+        )
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("shutting down", destroy_sandboxes=cfg.destroy_on_exit)
+            app.placement.accepting = False
+            await health_servicer.enter_graceful_shutdown()
+            app.bus.close()  # event streams end cleanly; clients resume by sequence
+            await server.stop(cfg.grace_s)
+            await app.shutdown(destroy=cfg.destroy_on_exit)
+            await edge_server.stop_leftover_tasks()
+            store.close()
+            with contextlib.suppress(OSError):
+                cfg.socket.unlink()
+            os.close(lock_fd)
+            log.info("stopped")

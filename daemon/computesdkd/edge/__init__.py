@@ -1,0 +1,1 @@
+"""The gRPC edge: one servicer per service, status mapping, conversions, the server."""

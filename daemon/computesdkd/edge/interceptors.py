@@ -1,0 +1,60 @@
+"""Server interceptors: what applies to every call of our API before a servicer runs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from computesdkd.domain.errors import Unavailable
+from computesdkd.edge.status import to_status
+
+# Our services; health and reflection keep answering while the daemon drains.
+API_PREFIX = "/computesdk.api."
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class Draining(_Interceptor):
+    """Refuses new calls once the daemon is shutting down, with a reason."""
+
+    def __init__(self, accepting: Callable[[], bool]) -> None:
+        self._accepting = accepting
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None or self._accepting() or not details.method.startswith(API_PREFIX):
+            return handler
+        return _refusing(handler)
+
+
+def _refusing(handler: Handler) -> Handler:
+    st = to_status(Unavailable("the daemon is shutting down", reason="DAEMON_SHUTTING_DOWN"))
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(st.code, st.details, st.trailing_metadata)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(st.code, st.details, st.trailing_metadata)
+        yield  # pragma: no cover - marks this as an async generator
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        refuse_stream if handler.response_streaming else refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -1,0 +1,147 @@
+"""HTTP for the cloud providers: one error mapping, and retries by the one policy
+(retry.py).
+
+What is tried again: for any call, a connection that was never made and a 429
+or 503 (the vendor turned the call away, so nothing was done); for idempotent
+calls (by method, unless the caller says), also the other 5xx and a connection
+that broke mid-call. A body that is a stream is sent once, and so is a streamed
+response. What is left is mapped to a domain error that names the provider;
+credentials never appear in a message (only the status and the vendor's own
+message are kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+
+from computesdkd.domain.errors import (
+    AlreadyExists,
+    ComputeError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from computesdkd.providers.common import retry
+
+RETRYABLE = {429, 500, 502, 503, 504}
+REFUSED = {429, 503}
+IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
+# Failures before the request left: safe to send again whatever the call.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+ErrorFor = Callable[[httpx.Response], ComputeError]
+
+
+def vendor_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)[:300]
+    return str(body)[:300]
+
+
+def error_for(provider: str, what: str, resp: httpx.Response, not_found: str) -> ComputeError:
+    msg = f"{provider}: {what}: {resp.status_code} {vendor_message(resp)}"
+    code = resp.status_code
+    if code == 404:
+        return NotFound(msg, reason=not_found, provider=provider)
+    if code in (401, 403):
+        return FailedPrecondition(msg, reason="PROVIDER_AUTH_FAILED", provider=provider)
+    if code == 409:
+        return AlreadyExists(msg, reason="PROVIDER_CONFLICT", provider=provider)
+    if code in (400, 422):
+        return InvalidArgument(msg, reason="PROVIDER_REJECTED", provider=provider)
+    if code in RETRYABLE:
+        return Unavailable(msg, reason="PROVIDER_UNAVAILABLE", provider=provider)
+    return Internal(msg, reason="PROVIDER_ERROR", provider=provider)
+
+
+def unreachable(provider: str, what: str, exc: Exception) -> Unavailable:
+    return Unavailable(
+        f"{provider}: {what}: {type(exc).__name__}",
+        reason="PROVIDER_UNAVAILABLE",
+        provider=provider,
+    )
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """The vendor's Retry-After in seconds (sent as seconds or as an HTTP date)."""
+    value = resp.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    what: str,
+    not_found: str = "NOT_FOUND",
+    ok: tuple[int, ...] = (),
+    idempotent: bool | None = None,
+    error: ErrorFor | None = None,
+    **kw: Any,
+) -> httpx.Response:
+    """The response, once its status is 2xx or in ok. error maps any other
+    response (by default error_for)."""
+    again = method in IDEMPOTENT if idempotent is None else idempotent
+    replayable = isinstance(kw.get("content"), bytes | str | None)
+
+    async def attempt() -> httpx.Response:
+        try:
+            resp = await client.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            broken = unreachable(provider, what, exc)
+            if again or isinstance(exc, _NOT_SENT):
+                raise retry.Retryable(broken) from exc
+            raise broken from exc
+        if resp.status_code < 300 or resp.status_code in ok:
+            return resp
+        err = error(resp) if error else error_for(provider, what, resp, not_found)
+        if resp.status_code in REFUSED or (again and resp.status_code in RETRYABLE):
+            raise retry.Retryable(err, retry_after(resp))
+        raise err
+
+    return await retry.call(attempt, attempts=retry.ATTEMPTS if replayable else 1)
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    what: str,
+    not_found: str = "NOT_FOUND",
+    ok: tuple[int, ...] = (200,),
+    error: ErrorFor | None = None,
+    **kw: Any,
+) -> AsyncIterator[httpx.Response]:
+    """A streamed response, once its status is in ok. A broken connection, then or
+    while the caller reads, is Unavailable."""
+    try:
+        async with client.stream(method, url, **kw) as resp:
+            if resp.status_code not in ok:
+                await resp.aread()
+                raise error(resp) if error else error_for(provider, what, resp, not_found)
+            yield resp
+    except httpx.TransportError as exc:
+        raise unreachable(provider, what, exc) from exc

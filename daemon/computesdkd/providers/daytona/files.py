@@ -1,0 +1,132 @@
+"""One sandbox's files through the toolbox's `/files` API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from computesdkd.domain.errors import Unsupported
+from computesdkd.domain.model import FileInfo, FileKind, Sandbox
+from computesdkd.providers.common import files, http
+from computesdkd.providers.daytona.api import NAME, DaytonaAPI
+
+
+def _info(f: dict[str, Any], path: str) -> FileInfo:
+    mode = f.get("permissions") or f.get("mode") or "0"
+    try:
+        bits = int(str(mode), 8) & 0o7777
+    except ValueError:
+        bits = 0
+    return FileInfo(
+        name=f.get("name", ""),
+        path=path,
+        kind=FileKind.DIRECTORY if f.get("isDir") else FileKind.FILE,
+        size=int(f.get("size", 0)),
+        mode=bits,
+        mtime=files.rfc3339(str(f.get("modTime") or f.get("modifiedAt") or "")),
+    )
+
+
+class ToolboxFS:
+    def __init__(self, api: DaytonaAPI, sandbox: Sandbox) -> None:
+        self._api = api
+        self._sandbox = sandbox
+
+    async def folder(self, path: str, *, exist_ok: bool) -> None:
+        """Makes path and its missing parents."""
+        await self._api.tb(
+            self._sandbox,
+            "POST",
+            "/files/folder",
+            "create folder",
+            idempotent=exist_ok,  # else a retry after a lost answer would find it there
+            params={"path": path, "mode": "755"},
+            ok=(409,) if exist_ok else (),
+        )
+
+    async def read(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        await files.check_readable(self, path)
+        async with http.stream(
+            self._api.http,
+            "GET",
+            self._api.toolbox(self._sandbox) + "/files/download",
+            provider=NAME,
+            what="download",
+            not_found="FILE_NOT_FOUND",
+            params={"path": path},
+            headers=self._api.auth,
+        ) as resp:
+            # The toolbox has no ranges: skip to offset, stop at offset + length.
+            pos = 0
+            end = offset + length if length else None
+            async for chunk in resp.aiter_bytes():
+                lo = max(offset - pos, 0)
+                hi = len(chunk) if end is None else min(len(chunk), end - pos)
+                pos += len(chunk)
+                if hi > lo:
+                    yield chunk[lo:hi]
+                if end is not None and pos >= end:
+                    return
+
+    async def write(
+        self, path: str, chunks: AsyncIterator[bytes], mode: int, parents: bool, append: bool
+    ) -> tuple[FileInfo, int]:
+        if append:
+            raise Unsupported(NAME, "append writes", "the toolbox replaces files on upload")
+        data = b"".join([c async for c in chunks])
+        if parents:
+            await self.folder(files.parent_of(path), exist_ok=True)
+        await self._api.tb(
+            self._sandbox,
+            "POST",
+            "/files/upload",
+            "upload",
+            idempotent=True,  # the upload replaces the file
+            params={"path": path},
+            files={"file": (path.rsplit("/", 1)[-1], data)},
+        )
+        if mode:
+            await self._api.tb(
+                self._sandbox,
+                "POST",
+                "/files/permissions",
+                "chmod",
+                idempotent=True,
+                params={"path": path, "mode": oct(mode)[2:]},
+            )
+        return await self.stat(path), len(data)
+
+    async def stat(self, path: str) -> FileInfo:
+        resp = await self._api.tb(
+            self._sandbox, "GET", "/files/info", "stat", params={"path": path}
+        )
+        return _info(resp.json(), path)
+
+    async def list_dir(self, path: str) -> list[FileInfo]:
+        resp = await self._api.tb(self._sandbox, "GET", "/files", "list", params={"path": path})
+        parent = path.rstrip("/")
+        return sorted(
+            (_info(f, f"{parent}/{f['name']}") for f in resp.json()), key=lambda f: f.name
+        )
+
+    async def mkdir(self, path: str, parents: bool) -> FileInfo:
+        if not parents:
+            await files.check_parent(self, path)
+        await self.folder(path, exist_ok=False)
+        return await self.stat(path)
+
+    async def remove(self, path: str, recursive: bool) -> None:
+        await files.check_removable(self, path, recursive)
+        await self._api.tb(
+            self._sandbox, "DELETE", "/files", "remove", params={"path": path, "recursive": "true"}
+        )
+
+    async def move(self, source: str, destination: str) -> FileInfo:
+        await self._api.tb(
+            self._sandbox,
+            "POST",
+            "/files/move",
+            "move",
+            params={"source": source, "destination": destination},
+        )
+        return await self.stat(destination)

@@ -1,1 +1,0 @@
-"""Thin gRPC adapters: validate, bind log context, call the manager, convert."""
