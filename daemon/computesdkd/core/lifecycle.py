@@ -21,6 +21,8 @@ from computesdkd.domain import events
 from computesdkd.domain.env import check_env_names
 from computesdkd.domain.errors import ComputeError, Internal, InvalidArgument
 from computesdkd.domain.model import Resources, Sandbox, State, Usage
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import logs
 from computesdkd.support.testhooks import crash
@@ -238,9 +240,10 @@ class Lifecycle:
     async def status(self, sandbox_id: str) -> Status:
         sb = self._registry.get(sandbox_id)
         usage = None
-        if sb.state == State.RUNNING:
+        meter = self._providers.of(sb).part(caps.Metering)
+        if sb.state == State.RUNNING and meter is not None:
             with contextlib.suppress(ComputeError):
-                usage = await self._providers.of(sb).usage(sb)
+                usage = await meter.usage(sb)
         uptime = int((time.time() - sb.started_at) * 1000) if sb.started_at else 0
         return Status(sb.state, uptime, sb, usage)
 
@@ -250,7 +253,9 @@ class Lifecycle:
             sb, provider = self._registry.running(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
                 self._registry.forget_watchers(sandbox_id)
-                await self._providers.guarded(provider, provider.reset(sb, hard))
+                await self._providers.guarded(
+                    provider, require(provider, caps.Resettable, "reset").reset(sb, hard)
+                )
                 self._store.processes.forget(sandbox_id)
                 self._registry.save(sb)
                 self._bus.emit(sandbox_id, events.RESET, hard=str(hard).lower())
@@ -277,7 +282,12 @@ class Lifecycle:
                 )
                 self._processes.forget(sandbox_id)
                 try:
-                    await self._providers.guarded(provider, provider.restart(sb, wipe=new_template))
+                    await self._providers.guarded(
+                        provider,
+                        require(provider, caps.Restartable, "restart").restart(
+                            sb, wipe=new_template
+                        ),
+                    )
                 except ComputeError:
                     sb.spec = before
                     raise
@@ -313,7 +323,7 @@ class Lifecycle:
         sb, provider = self._registry.running(sandbox_id)
         with bound_contextvars(sandbox_id=sandbox_id):
             before = sb.resources
-            sb.resources = await provider.set_limits(
+            sb.resources = await require(provider, caps.LiveLimits, "live limits").set_limits(
                 sb, cpu_cores=cpu_cores, memory_mb=memory_mb, disk_mb=disk_mb
             )
             self._registry.save(sb)

@@ -14,7 +14,7 @@ from computesdkd.core.guard import Providers, Tasks
 from computesdkd.core.registry import Registry
 from computesdkd.domain import events
 from computesdkd.domain.env import check_env_names
-from computesdkd.domain.errors import ComputeError, InvalidArgument, Unsupported
+from computesdkd.domain.errors import ComputeError, InvalidArgument
 from computesdkd.domain.model import (
     Command,
     ExitStatus,
@@ -25,7 +25,9 @@ from computesdkd.domain.model import (
     Started,
 )
 from computesdkd.domain.paths import WORKDIR, normalize
-from computesdkd.providers.base import EXEC_RESUME, ProcessRun, Provider
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import metrics
 
@@ -76,8 +78,7 @@ class Processes:
         if command.stdin:
             raise InvalidArgument("RunCommand takes no stdin; use Exec", reason="STDIN_NOT_ALLOWED")
         sb, provider = self._registry.running(sandbox_id)
-        if EXEC_RESUME not in provider.capabilities:
-            raise Unsupported(provider.name, "run command (use Exec)")
+        require(provider, caps.Reattach, "run command (use Exec)")
         run = provider.run(sb, _prepared(sb, command), kill_on_close=False)
         out = RunOutcome()
         tracked = self._track(sb, provider, run)
@@ -97,7 +98,9 @@ class Processes:
             # The caller went away before the answer: as with Exec, the command goes.
             if out.started is not None and out.exited is None:
                 with contextlib.suppress(ComputeError):
-                    await provider.signal(sb, out.started.process_id, 9)
+                    await require(provider, caps.Background, "signals").signal(
+                        sb, out.started.process_id, 9
+                    )
             raise
         finally:
             await tracked.aclose()
@@ -105,7 +108,9 @@ class Processes:
 
     async def start(self, sandbox_id: str, command: Command, tag: str) -> ProcessInfo:
         sb, provider = self._registry.running(sandbox_id)
-        info = await provider.start_process(sb, _prepared(sb, command), tag)
+        info = await require(provider, caps.Background, "background processes").start_process(
+            sb, _prepared(sb, command), tag
+        )
         self._started(sb, Started(info.process_id, info.pid))
         self.watch(sb, info.process_id)
         return info
@@ -114,19 +119,21 @@ class Processes:
         self, sandbox_id: str, process_id: str, stdout_offset: int, stderr_offset: int
     ) -> AsyncIterator[ProcessEvent]:
         sb, provider = self._registry.running(sandbox_id)
-        return provider.attach(sb, process_id, stdout_offset, stderr_offset)
+        return require(provider, caps.Reattach, "process attach").attach(
+            sb, process_id, stdout_offset, stderr_offset
+        )
 
     async def write_stdin(self, sandbox_id: str, process_id: str, data: bytes, close: bool) -> None:
         sb, provider = self._registry.running(sandbox_id)
-        await provider.write_stdin(sb, process_id, data, close)
+        await require(provider, caps.Background, "stdin").write_stdin(sb, process_id, data, close)
 
     async def signal(self, sandbox_id: str, process_id: str, signal: int) -> None:
         sb, provider = self._registry.running(sandbox_id)
-        await provider.signal(sb, process_id, signal)
+        await require(provider, caps.Background, "signals").signal(sb, process_id, signal)
 
     async def list(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
         sb, provider = self._registry.running(sandbox_id)
-        return await provider.list_processes(sb)
+        return await require(provider, caps.ProcessListing, "process listing").list_processes(sb)
 
     def forget(self, sandbox_id: str) -> None:
         """Its processes are gone (reset, restore, restart): stop following them."""
@@ -142,7 +149,9 @@ class Processes:
         async def watch() -> None:
             provider = self._providers.of(sb)
             with contextlib.suppress(ComputeError):
-                async for ev in provider.attach(sb, process_id, 0, 0, output=False):
+                async for ev in require(provider, caps.Reattach, "process attach").attach(
+                    sb, process_id, 0, 0, output=False
+                ):
                     if isinstance(ev, ExitStatus):
                         await self._exited(sb, provider, process_id, ev)
 

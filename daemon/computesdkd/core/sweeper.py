@@ -18,6 +18,7 @@ from computesdkd.domain import events
 from computesdkd.domain.errors import ComputeError
 from computesdkd.domain.model import Sandbox, State
 from computesdkd.providers.base import Provider
+from computesdkd.providers.capabilities import Leases
 from computesdkd.support import logs
 
 log = logs.get(__name__)
@@ -91,8 +92,9 @@ class Sweeper:
 
     async def _probe(self, sb: Sandbox, provider: Provider) -> None:
         with bound_contextvars(sandbox_id=sb.id), contextlib.suppress(ComputeError, TimeoutError):
-            if sb.spec.keep_alive:
-                await asyncio.wait_for(provider.refresh_lease(sb), PROBE_TIMEOUT_S)
+            lease = provider.part(Leases)
+            if sb.spec.keep_alive and lease is not None:
+                await asyncio.wait_for(lease.refresh_lease(sb), PROBE_TIMEOUT_S)
             probe = await asyncio.wait_for(provider.probe(sb), PROBE_TIMEOUT_S)
             self._processes.check_oom(sb, probe.oom_kills)
             if not probe.alive and sb.state == State.RUNNING:

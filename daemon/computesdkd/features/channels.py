@@ -27,6 +27,8 @@ from computesdkd.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import logs
 
@@ -250,7 +252,9 @@ class Channels:
                 continue
             provider = self._providers.by_name[sb.spec.provider]
             try:
-                sock = provider.listen_in_sandbox(sb, "mq.sock")
+                sock = require(
+                    provider, caps.SandboxSockets, "in-sandbox sockets"
+                ).listen_in_sandbox(sb, "mq.sock")
             except ComputeError:
                 continue  # this provider has no way in; its members use the API
             server = await asyncio.start_unix_server(

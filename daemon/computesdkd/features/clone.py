@@ -26,7 +26,9 @@ from computesdkd.domain.model import (
     SandboxSpec,
 )
 from computesdkd.domain.paths import WORKDIR
-from computesdkd.providers.base import SNAPSHOTS, Provider
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.base import Provider
+from computesdkd.providers.capabilities import require
 from computesdkd.support.testhooks import crash
 
 # Stdin chunks of a workspace copy stay well under every provider's message limits.
@@ -75,7 +77,7 @@ class Cloning:
         if (
             target == src.spec.provider
             and spec.template == src.spec.template
-            and SNAPSHOTS in src_provider.capabilities
+            and src_provider.part(caps.Snapshots) is not None
         ):
             dst = await self._clone_by_snapshot(src, spec, src_provider)
         else:
@@ -90,13 +92,15 @@ class Cloning:
         copy-on-write twin of the source's whole disk, not only /workspace."""
         snap = "clone-" + secrets.token_hex(8)
         async with self._registry.lock(src.id):
-            await self._providers.guarded(provider, provider.snapshot_create(src, snap))
+            await self._providers.guarded(
+                provider, require(provider, caps.Snapshots, "snapshots").snapshot_create(src, snap)
+            )
         crash("clone.snapshot")
         try:
             return await self._placement.create_on(provider, self._placement.validate(spec), snap)
         finally:
             with contextlib.suppress(ComputeError):
-                await provider.snapshot_delete(snap)
+                await require(provider, caps.Snapshots, "snapshots").snapshot_delete(snap)
 
     async def migrate(
         self,

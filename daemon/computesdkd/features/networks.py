@@ -30,6 +30,8 @@ from computesdkd.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import logs
 
@@ -162,20 +164,26 @@ class Networks:
             provider = self._providers.by_name[provider_name]
             subnet = ipaddress.ip_network(self._free_subnet())
             net = Network(name, secrets.token_hex(4), provider_name, str(subnet))
-            await provider.create_network(net.id)
+            await require(provider, caps.SharedNetworks, "shared networks").create_network(net.id)
             hosts = list(subnet.hosts())
             try:
                 for i, (sb, hostname) in enumerate(zip(sandboxes, hostnames, strict=True)):
                     address = str(hosts[i])
-                    await provider.attach_network(sb, net.id, IFNAME, address, PREFIX)
+                    await require(provider, caps.SharedNetworks, "shared networks").attach_network(
+                        sb, net.id, IFNAME, address, PREFIX
+                    )
                     net.members.append(Member(sb.id, hostname, address))
                 await self._write_hosts(net)
             except BaseException:
                 for m in net.members:
                     with contextlib.suppress(Exception):
-                        await provider.detach_network(self._registry.get(m.sandbox_id), IFNAME)
+                        await require(
+                            provider, caps.SharedNetworks, "shared networks"
+                        ).detach_network(self._registry.get(m.sandbox_id), IFNAME)
                 with contextlib.suppress(Exception):
-                    await provider.delete_network(net.id)
+                    await require(provider, caps.SharedNetworks, "shared networks").delete_network(
+                        net.id
+                    )
                 raise
             self._networks[name] = net
             self._save(net)
@@ -237,10 +245,12 @@ class Networks:
                 if sb is None:
                     continue
                 with contextlib.suppress(ComputeError):
-                    await provider.detach_network(sb, IFNAME)
+                    await require(provider, caps.SharedNetworks, "shared networks").detach_network(
+                        sb, IFNAME
+                    )
                     await self._set_hosts_block(m.sandbox_id, "")
                 self._bus.emit(m.sandbox_id, NETWORK_LEFT, network=name)
-            await provider.delete_network(net.id)
+            await require(provider, caps.SharedNetworks, "shared networks").delete_network(net.id)
             self._networks.pop(name, None)
             self._store.records("networks").delete(name)
 
@@ -274,7 +284,9 @@ class Networks:
         if (sandbox_id, port) in self._forwards:
             return self._forwards[(sandbox_id, port)].url
         # Fail now, naming the provider, rather than on the first connection.
-        _, probe = await provider.open_port(sb, port)
+        _, probe = await require(provider, caps.PortForwarding, "port forwarding").open_port(
+            sb, port
+        )
         probe.close()
         fwd: Forward
 
@@ -301,7 +313,9 @@ class Networks:
                 fwd.tasks.discard(task)
                 return
             try:
-                up_r, up_w = await provider.open_port(sb, port)
+                up_r, up_w = await require(
+                    provider, caps.PortForwarding, "port forwarding"
+                ).open_port(sb, port)
             except ComputeError:
                 writer.close()
                 fwd.tasks.discard(task)

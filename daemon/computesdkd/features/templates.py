@@ -20,7 +20,9 @@ from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from computesdkd.domain.model import BuildStep, TemplateDefinition, TemplateInfo
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import Provider
+from computesdkd.providers.capabilities import require
 from computesdkd.support import logs
 
 log = logs.get(__name__)
@@ -83,7 +85,12 @@ class Templates:
         started = time.monotonic()
         steps: asyncio.Queue[BuildStep] = asyncio.Queue()
         task = asyncio.create_task(
-            self._providers.guarded(p, p.build_template(definition, no_cache, steps.put_nowait))
+            self._providers.guarded(
+                p,
+                require(p, caps.TemplateBuilds, "custom templates").build_template(
+                    definition, no_cache, steps.put_nowait
+                ),
+            )
         )
         try:
             while not task.done():
@@ -121,7 +128,9 @@ class Templates:
                 reason="TEMPLATE_IN_USE",
                 template=name,
             )
-        await self._providers.guarded(p, p.delete_template(name))
+        await self._providers.guarded(
+            p, require(p, caps.TemplateBuilds, "custom templates").delete_template(name)
+        )
         self._bus.emit("", TEMPLATE_DELETED, template=name, provider=p.name)
 
     def users(self, provider: str, name: str) -> list[str]:

@@ -20,7 +20,8 @@ from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from computesdkd.domain.model import Sandbox, SandboxSpec, VolumeMount
-from computesdkd.providers.base import VOLUMES
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import logs
 
@@ -80,7 +81,9 @@ class Volumes:
         )
 
     def used_bytes(self, rec: VolumeRecord) -> int:
-        return self._providers.by_name[rec.provider].volume_used_bytes(rec.name)
+        return require(
+            self._providers.by_name[rec.provider], caps.Volumes, "volumes"
+        ).volume_used_bytes(rec.name)
 
     async def create(
         self, name: str, size_mb: int, persistent: bool, provider: str = "", owner: str = ""
@@ -95,10 +98,8 @@ class Volumes:
         if self._record(name) is not None:
             raise AlreadyExists(f"volume {name!r} exists", reason="VOLUME_EXISTS", volume=name)
         provider = provider or self._providers.default
-        p = self._providers.by_name[provider]
-        if VOLUMES not in p.capabilities:
-            raise p._unsupported("volumes")
-        await p.volume_create(name, size_mb)
+        volumes = require(self._providers.by_name[provider], caps.Volumes, "volumes")
+        await volumes.volume_create(name, size_mb)
         rec = VolumeRecord(name, provider, size_mb, persistent, time.time(), owner)
         self._store.records("volumes").put(name, asdict(rec))
         # A daemon-wide event (no sandbox), unless an ephemeral volume's sandbox made it.
@@ -120,7 +121,9 @@ class Volumes:
                 reason="VOLUME_IN_USE",
                 volume=name,
             )
-        await self._providers.by_name[rec.provider].volume_delete(name)
+        await require(self._providers.by_name[rec.provider], caps.Volumes, "volumes").volume_delete(
+            name
+        )
         self._store.records("volumes").delete(name)
         self._bus.emit(rec.owner, VOLUME_DELETED, volume=name)
 

@@ -17,6 +17,7 @@ import tarfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from computesdkd.domain.errors import ComputeError, NotFound
 from computesdkd.domain.model import (
@@ -35,6 +36,7 @@ from computesdkd.domain.model import (
 )
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
+from computesdkd.providers import capabilities as caps
 
 NAME = "fake"
 _ids = itertools.count(1)
@@ -59,23 +61,9 @@ class FakeProcess:
     task: asyncio.Task[None] | None = None
 
 
-class FakeProvider(base.Provider):
+class FakeProvider(base.Provider, caps.Files, caps.Metering):
     name = NAME
-    capabilities = frozenset(
-        {
-            base.EXEC,
-            base.EXEC_STDIN,
-            base.EXEC_RESUME,
-            base.BACKGROUND,
-            base.SIGNALS,
-            base.FILESYSTEM,
-            base.EVENTS,
-            base.USAGE,
-            base.RESOURCE_LIMITS,
-            base.SNAPSHOTS,
-            base.VOLUMES,
-        }
-    )
+    traits = frozenset({caps.EXEC_STDIN, caps.SIGNALS, caps.RESOURCE_LIMITS})
     probe_interval_s = 0.0
 
     def __init__(self, name: str = NAME) -> None:
@@ -87,6 +75,10 @@ class FakeProvider(base.Provider):
         self.create_error: ComputeError | None = None
         self.destroy_error: ComputeError | None = None
         self.created = 0
+        self._parts = [_FakeChanges(self), _FakeStorage(self), _FakeProcesses(self)]
+
+    def part(self, kind: type[base.T]) -> base.T | None:
+        return next((p for p in self._parts if isinstance(p, kind)), None) or super().part(kind)
 
     def templates(self) -> list[str]:
         return ["base", "python"]
@@ -101,6 +93,9 @@ class FakeProvider(base.Provider):
         snap = sandbox.provider_data.get("from_snapshot", "")
         if snap:
             box.files = dict(self.snapshots[snap])
+        layer = sandbox.provider_data.get("import_layer", "")
+        if layer:
+            _untar(box.files, "/", Path(layer).read_bytes())
         sandbox.provider_sandbox_id = f"{self.name}-{next(_ids)}"
         sandbox.resources = sandbox.spec.resources
         self.boxes[sandbox.id] = box
@@ -124,56 +119,11 @@ class FakeProvider(base.Provider):
         box = self._box(sandbox)
         return Usage(disk_used_bytes=sum(map(len, box.files.values())), sample_time=time.time())
 
-    async def set_limits(
-        self, sandbox: Sandbox, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
-    ) -> Resources:
-        r = sandbox.resources
-        return Resources(
-            cpu_cores=cpu_cores or r.cpu_cores,
-            memory_mb=memory_mb or r.memory_mb,
-            disk_mb=disk_mb or r.disk_mb,
-        )
-
-    async def reset(self, sandbox: Sandbox, hard: bool) -> None:
-        box = self._box(sandbox)
-        for proc in box.processes.values():
-            if proc.task:
-                proc.task.cancel()
-        if hard:
-            box.files.clear()
-
-    async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
-        await self.reset(sandbox, wipe)
-
     def _box(self, sandbox: Sandbox) -> FakeBox:
         box = self.boxes.get(sandbox.id)
         if box is None:
             raise NotFound(f"no fake sandbox {sandbox.id}", reason="SANDBOX_NOT_FOUND")
         return box
-
-    # ------------------------------------------------------------ snapshots, volumes
-
-    async def snapshot_create(self, sandbox: Sandbox, snapshot_id: str) -> int:
-        files = self.snapshots[snapshot_id] = dict(self._box(sandbox).files)
-        return sum(map(len, files.values()))
-
-    async def snapshot_restore(self, sandbox: Sandbox, snapshot_id: str) -> None:
-        self._box(sandbox).files = dict(self.snapshots[snapshot_id])
-
-    async def snapshot_delete(self, snapshot_id: str) -> None:
-        self.snapshots.pop(snapshot_id, None)
-
-    def snapshot_ids(self) -> list[str]:
-        return list(self.snapshots)
-
-    async def volume_create(self, name: str, size_mb: int) -> None:
-        self.volumes[name] = size_mb
-
-    async def volume_delete(self, name: str) -> None:
-        self.volumes.pop(name, None)
-
-    def volume_used_bytes(self, name: str) -> int:
-        return 0
 
     # ------------------------------------------------------------ processes
 
@@ -181,56 +131,6 @@ class FakeProvider(base.Provider):
         self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
     ) -> base.ProcessRun:
         return _Run(self, sandbox, command, tag, kill_on_close)
-
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        run = _Run(self, sandbox, command, tag, kill=False)
-        events = aiter(run.events())
-        started = await anext(events)
-        assert isinstance(started, Started)
-
-        async def drain() -> None:
-            async for _ in events:
-                pass
-
-        proc = self._box(sandbox).processes[started.process_id]
-        proc.task = asyncio.create_task(drain())
-        return proc.info
-
-    async def attach(
-        self,
-        sandbox: Sandbox,
-        process_id: str,
-        stdout_offset: int,
-        stderr_offset: int,
-        output: bool = True,
-    ) -> AsyncIterator[ProcessEvent]:
-        proc = self._box(sandbox).processes.get(process_id)
-        if proc is None:
-            raise NotFound(f"no process {process_id}", reason="PROCESS_NOT_FOUND")
-        await proc.done.wait()
-        if output:
-            for stream, offset in (("stdout", stdout_offset), ("stderr", stderr_offset)):
-                data = bytes(proc.out[stream][offset:])
-                if data:
-                    yield Output(stream, data, offset)  # type: ignore[arg-type]
-        assert proc.info.exit is not None
-        yield proc.info.exit
-
-    async def write_stdin(
-        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
-    ) -> None:
-        proc = self._box(sandbox).processes[process_id]
-        proc.stdin.put_nowait(data)
-        if close:
-            proc.stdin.put_nowait(None)
-
-    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
-        proc = self._box(sandbox).processes.get(process_id)
-        if proc is not None and proc.task is not None:
-            proc.task.cancel()
-
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        return [p.info for p in self._box(sandbox).processes.values()]
 
     # ------------------------------------------------------------ files
 
@@ -290,6 +190,117 @@ class FakeProvider(base.Provider):
     @staticmethod
     def _info(path: str, data: bytes) -> FileInfo:
         return FileInfo(posixpath.basename(path), path, FileKind.FILE, len(data), 0o644, 0)
+
+
+class _FakeChanges(caps.LiveLimits, caps.Resettable, caps.Restartable):
+    def __init__(self, fake: FakeProvider) -> None:
+        self._fake = fake
+
+    async def set_limits(
+        self, sandbox: Sandbox, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
+    ) -> Resources:
+        r = sandbox.resources
+        return Resources(
+            cpu_cores=cpu_cores or r.cpu_cores,
+            memory_mb=memory_mb or r.memory_mb,
+            disk_mb=disk_mb or r.disk_mb,
+        )
+
+    async def reset(self, sandbox: Sandbox, hard: bool) -> None:
+        box = self._fake._box(sandbox)
+        for proc in box.processes.values():
+            if proc.task:
+                proc.task.cancel()
+        if hard:
+            box.files.clear()
+
+    async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
+        await self.reset(sandbox, wipe)
+
+
+class _FakeStorage(caps.Snapshots, caps.Volumes):
+    def __init__(self, fake: FakeProvider) -> None:
+        self._fake = fake
+
+    async def snapshot_create(self, sandbox: Sandbox, snapshot_id: str) -> int:
+        files = self._fake.snapshots[snapshot_id] = dict(self._fake._box(sandbox).files)
+        return sum(map(len, files.values()))
+
+    async def snapshot_restore(self, sandbox: Sandbox, snapshot_id: str) -> None:
+        self._fake._box(sandbox).files = dict(self._fake.snapshots[snapshot_id])
+
+    async def snapshot_delete(self, snapshot_id: str) -> None:
+        self._fake.snapshots.pop(snapshot_id, None)
+
+    def snapshot_ids(self) -> list[str]:
+        return list(self._fake.snapshots)
+
+    async def volume_create(self, name: str, size_mb: int) -> None:
+        self._fake.volumes[name] = size_mb
+
+    async def volume_delete(self, name: str) -> None:
+        self._fake.volumes.pop(name, None)
+
+    def volume_used_bytes(self, name: str) -> int:
+        return 0
+
+    async def snapshot_export(self, snapshot_id: str, layer: Path) -> None:
+        layer.write_bytes(_tar(self._fake.snapshots[snapshot_id], "/"))
+
+
+class _FakeProcesses(caps.Background, caps.ProcessListing, caps.Reattach):
+    def __init__(self, fake: FakeProvider) -> None:
+        self._fake = fake
+
+    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
+        run = _Run(self._fake, sandbox, command, tag, kill=False)
+        events = aiter(run.events())
+        started = await anext(events)
+        assert isinstance(started, Started)
+
+        async def drain() -> None:
+            async for _ in events:
+                pass
+
+        proc = self._fake._box(sandbox).processes[started.process_id]
+        proc.task = asyncio.create_task(drain())
+        return proc.info
+
+    async def attach(
+        self,
+        sandbox: Sandbox,
+        process_id: str,
+        stdout_offset: int,
+        stderr_offset: int,
+        output: bool = True,
+    ) -> AsyncIterator[ProcessEvent]:
+        proc = self._fake._box(sandbox).processes.get(process_id)
+        if proc is None:
+            raise NotFound(f"no process {process_id}", reason="PROCESS_NOT_FOUND")
+        await proc.done.wait()
+        if output:
+            for stream, offset in (("stdout", stdout_offset), ("stderr", stderr_offset)):
+                data = bytes(proc.out[stream][offset:])
+                if data:
+                    yield Output(stream, data, offset)  # type: ignore[arg-type]
+        assert proc.info.exit is not None
+        yield proc.info.exit
+
+    async def write_stdin(
+        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
+    ) -> None:
+        proc = self._fake._box(sandbox).processes[process_id]
+        proc.stdin.put_nowait(data)
+        if close:
+            proc.stdin.put_nowait(None)
+
+    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
+        proc = self._fake._box(sandbox).processes.get(process_id)
+        if proc is not None and proc.task is not None:
+            proc.task.cancel()
+
+    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
+        return [p.info for p in self._fake._box(sandbox).processes.values()]
 
 
 class _Run(base.ProcessRun):

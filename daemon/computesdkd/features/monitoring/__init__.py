@@ -13,6 +13,8 @@ from computesdkd.domain.model import HealthResult, Resources, Sandbox, ScalingPo
 from computesdkd.features.monitoring.autoscale import AutoScaler
 from computesdkd.features.monitoring.health import CustomCheck, HealthChecks
 from computesdkd.features.monitoring.monitor import Monitor
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import logs
 
@@ -43,7 +45,7 @@ class Monitoring:
                     reason="SANDBOX_NOT_RUNNING",
                     sandbox_id=sandbox_id,
                 )
-            return await provider.usage(sb)
+            return await require(provider, caps.Metering, "resource usage").usage(sb)
 
         return sample
 

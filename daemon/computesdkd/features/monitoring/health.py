@@ -20,7 +20,9 @@ from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound
 from computesdkd.domain.model import Command, ExitStatus, HealthResult, Output, Sandbox, State
 from computesdkd.domain.paths import WORKDIR
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import Provider
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 
 HEALTH = "health"
@@ -80,14 +82,14 @@ class HealthChecks:
             return code == 0, "ran true" if code == 0 else f"true exited {code}"
 
         async def disk() -> tuple[bool, str]:
-            u = await provider.usage(sb)
+            u = await require(provider, caps.Metering, "resource usage").usage(sb)
             if not u.disk_limit_bytes:
                 return True, "no disk limit to measure"
             free = 100 * (1 - u.disk_used_bytes / u.disk_limit_bytes)
             return free >= MIN_FREE_PERCENT, f"{free:.0f}% free"
 
         async def memory() -> tuple[bool, str]:
-            u = await provider.usage(sb)
+            u = await require(provider, caps.Metering, "resource usage").usage(sb)
             if not u.memory_limit_bytes:
                 return True, "no memory limit to measure"
             free = 100 * (1 - u.memory_used_bytes / u.memory_limit_bytes)

@@ -30,6 +30,8 @@ from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound
 from computesdkd.domain.model import Resources, Sandbox, SandboxSpec
 from computesdkd.features.snapshots import archive
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
 from computesdkd.support import logs
 
@@ -102,7 +104,8 @@ class Snapshots:
             snap_id = "snap-" + secrets.token_hex(8)
             with bound_contextvars(sandbox_id=sandbox_id):
                 size = await self._providers.guarded(
-                    provider, provider.snapshot_create(sb, snap_id)
+                    provider,
+                    require(provider, caps.Snapshots, "snapshots").snapshot_create(sb, snap_id),
                 )
                 rec = SnapshotRecord(snap_id, sandbox_id, name, description, time.time(), size)
                 self._store.sandbox_records("snapshots").put(sandbox_id, snap_id, asdict(rec))
@@ -133,7 +136,12 @@ class Snapshots:
             sb, provider = self._registry.running(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
                 self._processes.forget(sandbox_id)
-                await self._providers.guarded(provider, provider.snapshot_restore(sb, snapshot_id))
+                await self._providers.guarded(
+                    provider,
+                    require(provider, caps.Snapshots, "snapshots").snapshot_restore(
+                        sb, snapshot_id
+                    ),
+                )
                 self._store.sandboxes.put(sb)
                 self._bus.emit(sandbox_id, SNAPSHOT_RESTORED, snapshot_id=snapshot_id)
         return sb
@@ -141,7 +149,7 @@ class Snapshots:
     async def delete(self, sandbox_id: str, snapshot_id: str) -> None:
         self._get(sandbox_id, snapshot_id)
         _, provider = self._registry.running(sandbox_id)
-        await provider.snapshot_delete(snapshot_id)
+        await require(provider, caps.Snapshots, "snapshots").snapshot_delete(snapshot_id)
         self._store.sandbox_records("snapshots").delete(sandbox_id, snapshot_id)
         self._bus.emit(sandbox_id, SNAPSHOT_DELETED, snapshot_id=snapshot_id)
 
@@ -152,7 +160,9 @@ class Snapshots:
         for sb in self._registry.all():
             owned |= {name for name, _ in self._store.sandbox_records("snapshots").of(sb.id)}
         for name, provider in self._providers.by_name.items():
-            for snap in provider.snapshot_ids():
+            snaps = provider.part(caps.Snapshots)
+            held = snaps.snapshot_ids() if snaps is not None else []
+            for snap in held:
                 if snap not in owned:
                     log.info("freeing an unowned snapshot", snapshot_id=snap, provider=name)
                     await self._free(name, snap)
@@ -169,7 +179,7 @@ class Snapshots:
         provider = self._providers.by_name.get(provider_name)
         if provider is not None:
             try:
-                await provider.snapshot_delete(snapshot_id)
+                await require(provider, caps.Snapshots, "snapshots").snapshot_delete(snapshot_id)
             except Exception as exc:
                 log.warning("could not free a snapshot", snapshot_id=snapshot_id, error=repr(exc))
 
@@ -180,7 +190,10 @@ class Snapshots:
         async with self._registry.lock(sandbox_id):
             sb, provider = self._registry.running(sandbox_id)
             snap_id = "state-" + secrets.token_hex(8)
-            size = await self._providers.guarded(provider, provider.snapshot_create(sb, snap_id))
+            size = await self._providers.guarded(
+                provider,
+                require(provider, caps.Snapshots, "snapshots").snapshot_create(sb, snap_id),
+            )
         rec = StateRecord(
             id=snap_id,
             name=name,
@@ -260,7 +273,10 @@ class Snapshots:
             sb, provider = self._registry.running(sandbox_id)
             snap, temporary = "export-" + secrets.token_hex(8), True
             async with self._registry.lock(sandbox_id):
-                await self._providers.guarded(provider, provider.snapshot_create(sb, snap))
+                await self._providers.guarded(
+                    provider,
+                    require(provider, caps.Snapshots, "snapshots").snapshot_create(sb, snap),
+                )
             manifest = {
                 "name": "",
                 "provider": sb.spec.provider,
@@ -272,7 +288,7 @@ class Snapshots:
         work = Path(tempfile.mkdtemp(dir=self._scratch))
         try:
             layer = work / "layer.tar"
-            await provider.snapshot_export(snap, layer)
+            await require(provider, caps.Snapshots, "state export").snapshot_export(snap, layer)
             manifest["exported_at"] = time.time()
             for piece in archive.pack(layer, manifest):
                 yield piece
@@ -280,7 +296,7 @@ class Snapshots:
             shutil.rmtree(work, ignore_errors=True)
             if temporary:
                 with contextlib.suppress(ComputeError):
-                    await provider.snapshot_delete(snap)
+                    await require(provider, caps.Snapshots, "snapshots").snapshot_delete(snap)
 
     async def import_state(
         self, archive_path: Path, provider: str, metadata: dict[str, str]

@@ -1,8 +1,5 @@
-"""Providers whose vendor has a file API of its own.
-
-The file calls go to one object per sandbox with the shape of ExecFS (which
-serves every other provider, through base.py's defaults), so each adapter
-writes that object, not the delegation.
+"""The file calls as one object per sandbox (a vendor's file API, or ExecFS for
+back ends without one), so each adapter writes that object, not the delegation.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from computesdkd.domain.model import FileInfo, Sandbox
-from computesdkd.providers.base import Provider
+from computesdkd.providers.capabilities import Files
 
 
 class FileAPI(Protocol):
@@ -33,7 +30,9 @@ class FileAPI(Protocol):
     async def move(self, source: str, destination: str) -> FileInfo: ...
 
 
-class FileAPIProvider(Provider):
+class FileAPIFiles(Files):
+    """capabilities.Files carried by the object _fs returns for a sandbox."""
+
     @abstractmethod
     def _fs(self, sandbox: Sandbox) -> FileAPI: ...
 

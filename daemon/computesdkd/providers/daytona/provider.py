@@ -18,11 +18,13 @@ import time
 from typing import Any
 
 from computesdkd.domain.errors import Unavailable, Unsupported
-from computesdkd.domain.model import Command, Probe, ProcessInfo, Resources, Sandbox
+from computesdkd.domain.model import Command, Probe, Resources, Sandbox
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
-from computesdkd.providers.base import ProcessRun
-from computesdkd.providers.common.file_api import FileAPIProvider
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.common.execfs import UsageByExec
+from computesdkd.providers.common.file_api import FileAPIFiles
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.daytona.api import NAME, DaytonaAPI
 from computesdkd.providers.daytona.files import ToolboxFS
@@ -44,12 +46,13 @@ CREATE_TIMEOUT_S = 120.0
 
 
 @base.register(NAME)
-class DaytonaProvider(FileAPIProvider):
+class DaytonaProvider(FileAPIFiles, UsageByExec, Provider):
     name = NAME
     probe_interval_s = 30.0
-    capabilities = frozenset(
-        {base.EXEC, base.FILESYSTEM, base.EVENTS, base.USAGE, base.RESOURCE_LIMITS, base.DISK_LIMIT}
-    )
+    why_not = {
+        "background processes": "not carried by this adapter yet; sessions could replay logs"
+    }
+    traits = frozenset({caps.RESOURCE_LIMITS, caps.DISK_LIMIT})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = DaytonaAPI(cfg.env)
@@ -161,13 +164,6 @@ class DaytonaProvider(FileAPIProvider):
         if command.stdin:
             raise Unsupported(NAME, "stdin", NO_STDIN)
         return DaytonaRun(self._api, sandbox, command)
-
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        raise Unsupported(
-            NAME,
-            "background processes",
-            "not carried by this adapter yet; sessions could replay logs",
-        )
 
     # -------------------------------------------------------------- files
 

@@ -30,14 +30,15 @@ from computesdkd.domain.model import (
     Command,
     Probe,
     ProcessEvent,
-    ProcessInfo,
     Resources,
     Sandbox,
     Usage,
 )
 from computesdkd.providers import base
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
 from computesdkd.providers.common.env import process_env
+from computesdkd.providers.common.execfs import FilesByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import StreamedRun
 from computesdkd.providers.common.templates import TEMPLATES, resolve
@@ -50,20 +51,15 @@ LABEL = "dev.computesdk.sandbox"
 
 
 @base.register(NAME)
-class DockerProvider(Provider):
+class DockerProvider(FilesByExec, Provider, caps.Metering, caps.LiveLimits):
     name = NAME
     probe_interval_s = 5.0
-    capabilities = frozenset(
-        {
-            base.EXEC,
-            base.EXEC_STDIN,
-            base.SIGNALS,
-            base.FILESYSTEM,
-            base.EVENTS,
-            base.RESOURCE_LIMITS,
-            base.USAGE,
-            base.NETWORK_ISOLATION,
-        }
+    why_not = {
+        "background processes": "the Engine keeps no exec output to re-attach to",
+        "process attach": "the Engine keeps no exec output",
+    }
+    traits = frozenset(
+        {caps.EXEC_STDIN, caps.SIGNALS, caps.RESOURCE_LIMITS, caps.NETWORK_ISOLATION}
     )
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
@@ -238,22 +234,6 @@ class DockerProvider(Provider):
         if tag:
             raise self._unsupported("process tags")
         return DockerRun(self._engine, self._cid(sandbox), sandbox, command, kill_on_close)
-
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        raise Unsupported(
-            NAME, "background processes", "the Engine keeps no exec output to re-attach to"
-        )
-
-    async def attach(
-        self,
-        sandbox: Sandbox,
-        process_id: str,
-        stdout_offset: int,
-        stderr_offset: int,
-        output: bool = True,
-    ) -> AsyncIterator[ProcessEvent]:
-        raise Unsupported(NAME, "process attach", "the Engine keeps no exec output")
-        yield  # pragma: no cover
 
 
 class DockerRun(StreamedRun):

@@ -27,8 +27,9 @@ from computesdkd.domain.model import (
 )
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
-from computesdkd.providers.base import ProcessRun
-from computesdkd.providers.common.file_api import FileAPIProvider
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.common.file_api import FileAPIFiles
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.e2b.api import E2BAPI, NAME
 from computesdkd.providers.e2b.files import EnvdFS
@@ -49,12 +50,11 @@ LEASE_MARGIN_S = 30
 
 
 @base.register(NAME)
-class E2BProvider(FileAPIProvider):
+class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, caps.Leases):
     name = NAME
     probe_interval_s = 30.0
-    capabilities = frozenset(
-        {base.EXEC, base.EXEC_STDIN, base.SIGNALS, base.FILESYSTEM, base.EVENTS, base.USAGE}
-    )
+    why_not = {"background processes": "envd cannot replay a process's output from an offset"}
+    traits = frozenset({caps.EXEC_STDIN, caps.SIGNALS})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = E2BAPI(cfg.env)
@@ -179,11 +179,6 @@ class E2BProvider(FileAPIProvider):
         if tag:
             raise self._unsupported("process tags")
         return E2BRun(self._api, sandbox, command, kill_on_close)
-
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        raise Unsupported(
-            NAME, "background processes", "envd cannot replay a process's output from an offset"
-        )
 
     async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
         return [

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from computesdkd.domain.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from computesdkd.domain.model import BuildStep, TemplateDefinition, TemplateInfo
-from computesdkd.providers.base import BuildReport
+from computesdkd.providers.capabilities import BuildReport
 from computesdkd.providers.common.templates import TEMPLATES
 from computesdkd.providers.local import blobs, buildnet, images, imagesources, layerin
 from computesdkd.providers.local import rootfs as rootfs_mod

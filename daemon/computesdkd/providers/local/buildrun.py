@@ -16,7 +16,7 @@ from pathlib import Path
 
 from computesdkd.domain.errors import FailedPrecondition
 from computesdkd.domain.model import BuildStep, Resources, TemplateDefinition
-from computesdkd.providers.base import BuildReport
+from computesdkd.providers.capabilities import BuildReport
 from computesdkd.providers.common.env import DEFAULT_PATH
 from computesdkd.providers.local import buildnet, buildroot, idmap, layerout, safefs
 from computesdkd.providers.local import rootfs as rootfs_mod

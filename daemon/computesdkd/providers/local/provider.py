@@ -8,27 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from computesdkd.domain.errors import Unavailable
 from computesdkd.domain.model import (
     Command,
     FileInfo,
     Probe,
-    ProcessEvent,
-    ProcessInfo,
-    Resources,
     Sandbox,
-    TemplateDefinition,
     TemplateInfo,
     Usage,
 )
 from computesdkd.providers import base
-from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.base import ProcessRun, Provider, ProviderContext, T
 from computesdkd.providers.common.templates import TEMPLATES
-from computesdkd.providers.local import builder, cgroups, host, initproc, layout, monitor, network
+from computesdkd.providers.local import builder, cgroups, initproc, layout, monitor, parts
 from computesdkd.providers.local import rootfs as rootfs_mod
 from computesdkd.providers.local.containers import Containers
 from computesdkd.providers.local.disks import Disks
@@ -46,30 +41,17 @@ log = logs.get(__name__)
 
 
 @base.register("local")
-class LocalProvider(Provider):
+class LocalProvider(Provider, caps.Files, caps.Metering):
     name = "local"
-    capabilities = frozenset(
+    traits = frozenset(
         {
-            base.EXEC,
-            base.EXEC_STDIN,
-            base.EXEC_RESUME,
-            base.BACKGROUND,
-            base.SIGNALS,
-            base.FILESYSTEM,
-            base.EVENTS,
-            base.RESOURCE_LIMITS,
-            base.USAGE,
-            base.OOM_EVENTS,
-            base.NETWORK_ISOLATION,
-            base.DISK_LIMIT,
-            base.RESET,
-            base.RESET_HARD,
-            base.SHARED_NETWORK,
-            base.PORT_FORWARD,
-            base.SNAPSHOTS,
-            base.RESTART,
-            base.VOLUMES,
-            base.TEMPLATE_BUILD,
+            caps.EXEC_STDIN,
+            caps.SIGNALS,
+            caps.RESOURCE_LIMITS,
+            caps.OOM_EVENTS,
+            caps.NETWORK_ISOLATION,
+            caps.DISK_LIMIT,
+            caps.RESET_HARD,
         }
     )
 
@@ -96,6 +78,17 @@ class LocalProvider(Provider):
             self._emit,
         )
         self._processes = Processes(self._layout, self._template_env)
+        self._parts: list[object] = [
+            parts.LocalProcesses(self._processes),
+            parts.LocalChanges(self._containers, self._processes, self._limits),
+            parts.LocalSnapshots(self._snapshots, self._containers),
+            parts.LocalVolumes(self._volumes, self._require),
+            parts.LocalNetworks(self._layout, self._require),
+            parts.LocalTemplates(self._template_store),
+        ]
+
+    def part(self, kind: type[T]) -> T | None:
+        return next((p for p in self._parts if isinstance(p, kind)), None) or super().part(kind)
 
     def _emit(self, *args: object, **attrs: str) -> None:
         """An event the provider noticed on its own (an OOM kill, an upgrade)."""
@@ -165,18 +158,7 @@ class LocalProvider(Provider):
     def _template_env(self, name: str) -> dict[str, str] | None:
         return self._templates.env(name) if self._templates else None
 
-    async def build_template(
-        self, definition: TemplateDefinition, no_cache: bool, report: base.BuildReport
-    ) -> tuple[TemplateInfo, bool]:
-        return await self._template_store().build(definition, no_cache, report)
-
-    async def delete_template(self, name: str) -> None:
-        await self._template_store().delete(name)
-
     # -------------------------------------------------------------- lifecycle
-
-    def resolve_resources(self, sandbox: Sandbox) -> Resources:
-        return self._limits.resolve(sandbox)
 
     async def create(self, sandbox: Sandbox) -> None:
         self._require()
@@ -184,9 +166,6 @@ class LocalProvider(Provider):
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         await self._containers.destroy(sandbox, graceful_timeout_s)
-
-    async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
-        await self._containers.restart(sandbox, wipe)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
         return await self._containers.adopt(sandbox)
@@ -203,80 +182,11 @@ class LocalProvider(Provider):
     async def healthy(self, sandbox: Sandbox) -> bool:
         return await self._processes.healthy(sandbox)
 
-    async def reset(self, sandbox: Sandbox, hard: bool) -> None:
-        if hard:
-            # A new container on a new upper layer, under the same id: nothing of
-            # the old one (files, processes, mounts) can survive.
-            await self._containers.restart(sandbox, wipe=True)
-        else:
-            await self._processes.kill_all(sandbox)
-
     async def probe(self, sandbox: Sandbox) -> Probe:
         return monitor.probe(sandbox)
 
     async def usage(self, sandbox: Sandbox) -> Usage:
         return monitor.usage(sandbox)
-
-    async def set_limits(
-        self, sandbox: Sandbox, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
-    ) -> Resources:
-        return await self._limits.update(sandbox, cpu_cores, memory_mb, disk_mb)
-
-    # -------------------------------------------------------------- snapshots
-
-    async def snapshot_create(self, sandbox: Sandbox, snapshot_id: str) -> int:
-        return await self._snapshots.create(sandbox, snapshot_id)
-
-    async def snapshot_restore(self, sandbox: Sandbox, snapshot_id: str) -> None:
-        await self._containers.restore(sandbox, snapshot_id)
-
-    async def snapshot_delete(self, snapshot_id: str) -> None:
-        await self._snapshots.delete(snapshot_id)
-
-    def snapshot_ids(self) -> list[str]:
-        return self._snapshots.ids()
-
-    async def snapshot_export(self, snapshot_id: str, layer: Path) -> None:
-        await self._snapshots.export(snapshot_id, layer)
-
-    # -------------------------------------------------------------- volumes
-
-    async def volume_create(self, name: str, size_mb: int) -> None:
-        self._require()
-        await self._volumes.create(name, size_mb)
-
-    async def volume_delete(self, name: str) -> None:
-        await self._volumes.delete(name)
-
-    def volume_used_bytes(self, name: str) -> int:
-        return self._volumes.used_bytes(name)
-
-    # -------------------------------------------------------------- networks
-
-    async def create_network(self, network_id: str) -> None:
-        self._require()
-        await network.create_bridge(network_id)
-
-    async def delete_network(self, network_id: str) -> None:
-        await network.delete_bridge(network_id)
-
-    async def attach_network(
-        self, sandbox: Sandbox, network_id: str, ifname: str, address: str, prefix: int
-    ) -> None:
-        await network.attach(network_id, initproc.live_pid(sandbox), ifname, address, prefix)
-
-    async def detach_network(self, sandbox: Sandbox, ifname: str) -> None:
-        await network.detach(initproc.live_pid(sandbox), ifname)
-
-    async def open_port(
-        self, sandbox: Sandbox, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await network.open_port(initproc.live_pid(sandbox), port)
-
-    def listen_in_sandbox(self, sandbox: Sandbox, name: str) -> socket.socket:
-        # ctl/ is root's and read-only inside: the sandbox can connect to the
-        # socket but never swap it for a link (which a chmod by path would follow).
-        return host.listen_unix(self._layout.paths(sandbox)[1] / "ctl" / name, mode=0o666)
 
     # -------------------------------------------------------------- processes
 
@@ -284,30 +194,6 @@ class LocalProvider(Provider):
         self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
     ) -> ProcessRun:
         return self._processes.run(sandbox, command, tag, kill_on_close)
-
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        return await self._processes.start(sandbox, command, tag)
-
-    def attach(
-        self,
-        sandbox: Sandbox,
-        process_id: str,
-        stdout_offset: int,
-        stderr_offset: int,
-        output: bool = True,
-    ) -> AsyncIterator[ProcessEvent]:
-        return self._processes.attach(sandbox, process_id, stdout_offset, stderr_offset, output)
-
-    async def write_stdin(
-        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
-    ) -> None:
-        await self._processes.write_stdin(sandbox, process_id, data, close)
-
-    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
-        await self._processes.signal(sandbox, process_id, signal)
-
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        return await self._processes.processes(sandbox)
 
     # -------------------------------------------------------------- files
 

@@ -24,7 +24,9 @@ from computesdkd.domain.model import (
 )
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import run_checked
 from computesdkd.providers.modal import commands
@@ -46,22 +48,10 @@ IMAGES = {
 
 
 @base.register(NAME)
-class ModalProvider(Provider):
+class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Reattach):
     name = NAME
     probe_interval_s = 30.0
-    capabilities = frozenset(
-        {
-            base.EXEC,
-            base.EXEC_STDIN,
-            base.EXEC_RESUME,
-            base.BACKGROUND,
-            base.FILESYSTEM,
-            base.EVENTS,
-            base.USAGE,
-            base.RESOURCE_LIMITS,
-            base.NETWORK_ISOLATION,
-        }
-    )
+    traits = frozenset({caps.EXEC_STDIN, caps.RESOURCE_LIMITS, caps.NETWORK_ISOLATION})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = ModalAPI(cfg.env)

@@ -20,11 +20,13 @@ import time
 from collections.abc import AsyncIterator
 
 from computesdkd.domain.errors import FailedPrecondition, NotFound, ResourceExhausted, Unsupported
-from computesdkd.domain.model import Command, FileInfo, Probe, ProcessInfo, Resources, Sandbox
+from computesdkd.domain.model import Command, FileInfo, Probe, Resources, Sandbox
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.common import files
+from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import run_checked
 from computesdkd.providers.vercel.api import NAME, VercelAPI, session
@@ -45,12 +47,13 @@ LEASE_S = 30 * 60
 
 
 @base.register(NAME)
-class VercelProvider(Provider):
+class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
     name = NAME
     probe_interval_s = 30.0
-    capabilities = frozenset(
-        {base.EXEC, base.SIGNALS, base.FILESYSTEM, base.EVENTS, base.USAGE, base.RESOURCE_LIMITS}
-    )
+    why_not = {
+        "background processes": "the daemon cannot re-read Vercel command logs from an offset"
+    }
+    traits = frozenset({caps.SIGNALS, caps.RESOURCE_LIMITS})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = VercelAPI(cfg.env)
@@ -152,19 +155,12 @@ class VercelProvider(Provider):
             raise Unsupported(NAME, "stdin", NO_STDIN)
         return VercelRun(self._api, sandbox, command, kill_on_close)
 
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        raise Unsupported(
-            NAME,
-            "background processes",
-            "the daemon cannot re-read Vercel command logs from an offset",
-        )
-
     # -------------------------------------------------------------- files
 
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
-        await files.check_readable(self._files(sandbox), path)
+        await files.check_readable(self._fs(sandbox), path)
         resp = await self._api.call(
             "POST",
             f"{session(sandbox)}/fs/read",
@@ -198,7 +194,7 @@ class VercelProvider(Provider):
                     reason="PAYLOAD_TOO_LARGE",
                     provider=NAME,
                 )
-        fs = self._files(sandbox)
+        fs = self._fs(sandbox)
         if not make_parents:
             await files.check_parent(fs, path)
         await self._api.call(

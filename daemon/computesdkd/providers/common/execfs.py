@@ -21,7 +21,9 @@ from computesdkd.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
-from computesdkd.domain.model import Command, ExitStatus, FileInfo, FileKind, Output, Usage
+from computesdkd.domain.model import Command, ExitStatus, FileInfo, FileKind, Output, Sandbox, Usage
+from computesdkd.providers.capabilities import Metering
+from computesdkd.providers.common.file_api import FileAPIFiles
 
 if TYPE_CHECKING:
     from computesdkd.providers.base import ProcessRun
@@ -213,3 +215,28 @@ def _int(v: str) -> int:
         return int(float(v))
     except ValueError:
         return 0  # "max": no limit
+
+
+class _RunsCommands:
+    """For the mixins below: the Provider they are mixed into runs the commands."""
+
+    if TYPE_CHECKING:
+
+        def run(
+            self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
+        ) -> ProcessRun: ...
+
+
+class FilesByExec(_RunsCommands, FileAPIFiles):
+    """The file calls, through commands in the sandbox, for back ends with no file
+    API of their own."""
+
+    def _fs(self, sandbox: Sandbox) -> ExecFS:
+        return ExecFS(lambda cmd: self.run(sandbox, cmd))
+
+
+class UsageByExec(_RunsCommands, Metering):
+    """Usage figures sampled by a command in the sandbox (cgroup files, df)."""
+
+    async def usage(self, sandbox: Sandbox) -> Usage:
+        return await ExecFS(lambda cmd: self.run(sandbox, cmd)).usage()
