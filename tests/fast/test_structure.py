@@ -66,3 +66,38 @@ def test_the_provider_contract_requires_little() -> None:
         if getattr(fn, "__isabstractmethod__", False)
     ]
     assert 0 < len(required) < 15, required
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """lint-imports keeps the layers; this finds a cycle anywhere, within a layer too
+    (strongly connected components of the module graph, by grimp, import-linter's
+    own graph builder)."""
+    import grimp
+
+    graph = grimp.build_graph("computesdkd")
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                cycles.append(sorted([v, *component]))
+
+    for m in sorted(graph.modules):
+        if m not in index:
+            visit(m)
+    assert not cycles, cycles
