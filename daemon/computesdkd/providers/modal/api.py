@@ -3,7 +3,7 @@ and each sandbox's task command router.
 
 The messages come from the `modal` package's generated protos (modal_proto);
 the calls are made with grpcio, so the daemon keeps one gRPC stack. Install
-with `pip install computesdk[modal]`.
+with `pip install 'computesdkd[modal]'`.
 
 Configuration: MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (required),
 MODAL_SERVER_URL, MODAL_ENVIRONMENT.

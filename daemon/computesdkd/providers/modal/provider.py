@@ -60,7 +60,7 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
 
     def availability(self) -> str:
         if not HAVE_MODAL:
-            return "the modal extra is not installed (pip install computesdk[modal])"
+            return "the modal extra is not installed (pip install 'computesdkd[modal]')"
         if not self._api.has_token():
             return "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET are not set"
         return ""
