@@ -100,3 +100,17 @@ def test_an_unfinished_process_counts_after_a_restart(tmp_path: Path) -> None:
         assert again.processes.unfinished("sbx-1") == []
     finally:
         again.close()
+
+
+def test_a_late_exit_of_a_removed_sandbox_leaves_no_row(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    try:
+        store.processes.add("sbx-1", "p1")
+        store.processes.forget("sbx-1")
+        store.sandboxes.delete("sbx-1")
+        assert not store.processes.set_exit("sbx-1", "p1", ExitStatus(0))
+        store.flush()
+        rows = store._db.execute("SELECT COUNT(*) FROM processes").fetchone()[0]
+        assert rows == 0
+    finally:
+        store.close()
