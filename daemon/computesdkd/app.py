@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from computesdk_api.events.v1 import events_pb2_grpc
 from computesdk_api.filesystem.v1 import filesystem_pb2_grpc
@@ -200,15 +201,9 @@ class Daemon:
             raise DaemonError(f"default provider {self.cfg.default_provider!r} is not registered")
         return providers
 
-    async def run(self, ready: asyncio.Event | None = None) -> None:
+    async def _start(self, store: Store) -> tuple[App, Any, Any]:
         cfg = self.cfg
-        try:
-            lock_fd = edge_server.lock_state_dir(cfg.state_dir)
-        except edge_server.StateDirBusy as exc:
-            raise DaemonError(str(exc)) from exc
-        store = Store(cfg.state_dir / "state.db")
-        providers = self._providers()
-        app = App(cfg.state_dir, store, providers, cfg.default_provider, cfg.pool_create)
+        app = App(cfg.state_dir, store, self._providers(), cfg.default_provider, cfg.pool_create)
         await app.start()
         for text in cfg.warm_pools:
             try:
@@ -222,7 +217,23 @@ class Daemon:
         try:
             await edge_server.listen(server, health_servicer, cfg.socket, cfg.listen)
         except edge_server.SocketBusy as exc:
+            await app.shutdown(destroy=False)
             raise DaemonError(str(exc)) from exc
+        return app, server, health_servicer
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        cfg = self.cfg
+        try:
+            lock_fd = edge_server.lock_state_dir(cfg.state_dir)
+        except edge_server.StateDirBusy as exc:
+            raise DaemonError(str(exc)) from exc
+        store = Store(cfg.state_dir / "state.db")
+        try:
+            app, server, health_servicer = await self._start(store)
+        except BaseException:
+            store.close()  # what start queued (adopt's events) reaches the disk
+            os.close(lock_fd)
+            raise
         if cfg.metrics_listen:
             metrics.serve(cfg.metrics_listen)
 
@@ -234,7 +245,7 @@ class Daemon:
             socket=str(cfg.socket),
             listen=cfg.listen or None,
             state_dir=str(cfg.state_dir),
-            providers={n: (p.availability() or "ok") for n, p in providers.items()},
+            providers={p.name: (p.availability() or "ok") for p in app.providers},
         )
         if ready is not None:
             ready.set()

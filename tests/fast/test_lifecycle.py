@@ -105,3 +105,27 @@ async def test_exec_refuses_env_names_a_process_cannot_carry(h: Harness) -> None
         with pytest.raises(InvalidArgument) as e:
             await h.app.processes.exec(sb.id, Command(["true"], env={bad: "1"}))
         assert e.value.reason == "INVALID_ENV"
+
+
+@pytest.mark.parametrize("change", ["reset", "restart"])
+async def test_a_process_ended_by_a_reset_or_restart_still_reports_its_exit(
+    h: Harness, change: str
+) -> None:
+    sb = await h.app.placement.create(spec())
+    await h.app.processes.start(sb.id, Command(["sleep", "30"]), "")
+    if change == "reset":
+        await h.app.lifecycle.reset(sb.id, hard=False)
+    else:
+        await h.app.lifecycle.restart(sb.id, "", None, None)
+    for _ in range(100):
+        if "process.exited" in h.events(sb.id):
+            break
+        await asyncio.sleep(0.01)
+    assert "process.exited" in h.events(sb.id)
+
+
+async def test_restart_refuses_env_names_a_process_cannot_carry(h: Harness) -> None:
+    sb = await h.app.placement.create(spec())
+    with pytest.raises(InvalidArgument) as e:
+        await h.app.lifecycle.restart(sb.id, "", {"A=B": "1"}, None)
+    assert e.value.reason == "INVALID_ENV"

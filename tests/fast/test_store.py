@@ -102,15 +102,29 @@ def test_an_unfinished_process_counts_after_a_restart(tmp_path: Path) -> None:
         again.close()
 
 
-def test_a_late_exit_of_a_removed_sandbox_leaves_no_row(tmp_path: Path) -> None:
+def test_a_row_sqlite_cannot_take_costs_only_itself(tmp_path: Path) -> None:
+    """A lone surrogate cannot be encoded: that event is dropped, the writer lives
+    on, and the rows around it land."""
+    store = Store(tmp_path / "state.db")
+    try:
+        store.events.append(0.0, "", "t", "before", {})
+        store.events.append(0.0, "", "t", "bad \udcff", {})
+        store.events.append(0.0, "", "t", "after", {})
+        store.flush()  # returns: the writer thread is alive
+        assert [e.message for e in store.events.after(0)] == ["before", "after"]
+    finally:
+        store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.flush()
+
+
+def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
     try:
         store.processes.add("sbx-1", "p1")
         store.processes.forget("sbx-1")
-        store.sandboxes.delete("sbx-1")
-        assert not store.processes.set_exit("sbx-1", "p1", ExitStatus(0))
+        store.processes.add("sbx-1", "p2")
         store.flush()
-        rows = store._db.execute("SELECT COUNT(*) FROM processes").fetchone()[0]
-        assert rows == 0
+        assert store.processes.unfinished("sbx-1") == ["p2"]
     finally:
         store.close()

@@ -269,6 +269,7 @@ class Lifecycle:
         env: dict[str, str] | None,
         resources: Resources | None,
     ) -> Sandbox:
+        check_env_names(env or {})
         async with self._registry.lock(sandbox_id):
             sb, provider = self._registry.running(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):

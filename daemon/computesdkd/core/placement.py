@@ -28,6 +28,7 @@ from computesdkd.domain.errors import (
     ComputeError,
     InvalidArgument,
     Unavailable,
+    Unsupported,
 )
 from computesdkd.domain.model import Sandbox, SandboxSpec, State
 from computesdkd.providers.base import Provider
@@ -149,7 +150,9 @@ class Placement:
         """Takes a warm pooled sandbox when allowed and one matches; else tries
         spec.provider, then each fallback in order, while the failure is the
         provider's (down, circuit open); a bad request fails at once."""
-        if spec.restore_from and self.restorer is not None:
+        if spec.restore_from:
+            if self.restorer is None:
+                raise Unsupported(spec.provider, "restore from a saved state")
             spec, snapshot = self.restorer(spec)
             return await self.create_on(self._providers.get(spec.provider), spec, snapshot)
         pool_ok = spec.pool_policy == POOL_ALLOW or (

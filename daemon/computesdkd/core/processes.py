@@ -208,7 +208,9 @@ class Processes:
     async def _exited(
         self, sb: Sandbox, provider: Provider, process_id: str, status: ExitStatus
     ) -> ExitStatus:
-        if status.signal == 9 and self._registry.find(sb.id) is not None:
+        if self._registry.find(sb.id) is None:
+            return status  # the sandbox is gone, and its rows with it
+        if status.signal == 9:
             with contextlib.suppress(ComputeError):
                 if self.check_oom(sb, (await provider.probe(sb)).oom_kills):
                     status = replace(status, oom_killed=True)

@@ -44,8 +44,6 @@ class Registry:
 
     def remove(self, sandbox_id: str) -> None:
         self._sandboxes.pop(sandbox_id, None)
-        # First its processes: an exit reported later then writes no orphan row.
-        self._store.processes.forget(sandbox_id)
         self._store.sandboxes.delete(sandbox_id)
 
     def find(self, sandbox_id: str) -> Sandbox | None:

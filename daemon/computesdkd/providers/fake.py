@@ -60,6 +60,12 @@ class FakeProcess:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
+    def killed_before_start(self) -> None:
+        """A kill that lands before the run's first step still ends the process."""
+        if not self.done.is_set():
+            self.info = replace(self.info, exit=ExitStatus(-1, 9, 0), running=False)
+            self.done.set()
+
 
 class FakeProvider(base.Provider, caps.Files, caps.Metering):
     name = NAME
@@ -254,16 +260,14 @@ class _FakeProcesses(caps.Background, caps.ProcessListing, caps.Reattach):
 
     async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
         run = _Run(self._fake, sandbox, command, tag, kill=False)
-        events = aiter(run.events())
-        started = await anext(events)
-        assert isinstance(started, Started)
 
-        async def drain() -> None:
-            async for _ in events:
+        async def drive() -> None:  # the whole run in one task, which a kill cancels
+            async for _ in run.events():
                 pass
 
-        proc = self._fake._box(sandbox).processes[started.process_id]
-        proc.task = asyncio.create_task(drain())
+        proc = run.process
+        proc.task = asyncio.create_task(drive())
+        proc.task.add_done_callback(lambda _: proc.killed_before_start())
         return proc.info
 
     async def attach(
@@ -316,6 +320,7 @@ class _Run(base.ProcessRun):
             ProcessInfo(f"proc-{pid}", pid, list(command.args), tag, True, None, int(time.time()))
         )
         self._box.processes[self._proc.info.process_id] = self._proc
+        self.process = self._proc
         self._args = _words(command.args)
         self._queue: asyncio.Queue[ProcessEvent | None] = asyncio.Queue()
 

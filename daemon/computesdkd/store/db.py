@@ -39,6 +39,7 @@ class Database:
         self._writer = threading.Thread(
             target=self._write_batches, name="store-writer", daemon=True
         )
+        self._closed = False
         self._writer.start()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -46,16 +47,25 @@ class Database:
 
     def later(self, sql: str, params: Sequence[Any]) -> None:
         """Queues a write for the writer thread; it commits in batches."""
+        self._check_open()
         self._queue.put((sql, params))
 
     def flush(self) -> None:
         """Waits until everything queued so far is committed (before a read that
         must see it)."""
+        self._check_open()
         done = threading.Event()
         self._queue.put(done)
-        done.wait()
+        while not done.wait(1.0):
+            if not self._writer.is_alive():
+                raise RuntimeError("the store's writer thread is gone")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the store is closed")
 
     def close(self) -> None:
+        self._closed = True
         self._queue.put(None)
         self._writer.join()
         self.conn.close()
@@ -92,18 +102,26 @@ class Database:
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list[_Statement]) -> None:
+        """One transaction for the batch (autocommit connection: BEGIN by hand)."""
         if not batch:
             return
         try:
-            with conn:
-                for sql, params in batch:
-                    conn.execute(sql, params)
-        except sqlite3.Error as exc:
-            # One bad statement must not stop the rest: retry them one by one.
-            log.error("batched write failed; retrying one by one", error=str(exc))
+            conn.execute("BEGIN IMMEDIATE")
             for sql, params in batch:
-                with contextlib.suppress(sqlite3.Error), conn:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            # Any bad statement (a string SQLite cannot encode, say) must cost only
+            # itself: the batch rolls back and is replayed one by one, and the
+            # writer thread, which every flush waits on, never dies.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("batched write failed; replaying one by one", error=repr(exc))
+            for sql, params in batch:
+                try:
                     conn.execute(sql, params)
+                except Exception as one:
+                    log.error("a batched write was dropped", error=repr(one), sql=sql[:80])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

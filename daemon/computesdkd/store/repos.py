@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
@@ -24,6 +25,7 @@ from computesdkd.store.db import Database
 MAX_EVENTS = 200_000
 TRIM_EVERY = 10_000
 SEQ_BLOCK = 10_000
+MAX_RECORDED = 100_000
 
 
 class Sandboxes:
@@ -74,23 +76,26 @@ class Processes:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        # Processes started and not yet exited: an exit is recorded once.
-        self._open: set[tuple[str, str]] = set()
+        # Exits already recorded, so each is reported once (an exec stream and a
+        # watcher can both see one). Only recent ones can race; older ones go.
+        self._recorded: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, sandbox_id: str, process_id: str) -> None:
-        with self._lock:
-            self._open.add((sandbox_id, process_id))
         self._db.later(
             "INSERT OR IGNORE INTO processes VALUES (?,?,NULL)", (sandbox_id, process_id)
         )
 
     def set_exit(self, sandbox_id: str, process_id: str, status: ExitStatus) -> bool:
-        """Records an exit once. Returns False when it was already recorded."""
+        """Records an exit once. Returns False when it was already recorded. A
+        process forgotten by a reset or restart still gets its exit recorded."""
+        key = (sandbox_id, process_id)
         with self._lock:
-            if (sandbox_id, process_id) not in self._open:
+            if key in self._recorded:
                 return False
-            self._open.discard((sandbox_id, process_id))
+            self._recorded[key] = None
+            if len(self._recorded) > MAX_RECORDED:
+                self._recorded.popitem(last=False)
         self._db.later(
             "INSERT INTO processes VALUES (?,?,?) ON CONFLICT (sandbox_id, process_id) "
             "DO UPDATE SET exit = excluded.exit WHERE exit IS NULL",
@@ -99,21 +104,16 @@ class Processes:
         return True
 
     def forget(self, sandbox_id: str) -> None:
-        with self._lock:
-            self._open = {k for k in self._open if k[0] != sandbox_id}
         self._db.later("DELETE FROM processes WHERE sandbox_id = ?", (sandbox_id,))
 
     def unfinished(self, sandbox_id: str) -> list[str]:
-        """After a restart: what was still running; its exits count as new."""
+        """After a restart: what was still running."""
         self._db.flush()
         rows = self._db.execute(
             "SELECT process_id FROM processes WHERE sandbox_id = ? AND exit IS NULL",
             (sandbox_id,),
         ).fetchall()
-        ids = [str(r[0]) for r in rows]
-        with self._lock:
-            self._open |= {(sandbox_id, pid) for pid in ids}
-        return ids
+        return [str(r[0]) for r in rows]
 
 
 class Events:
@@ -132,13 +132,14 @@ class Events:
     def append(
         self, time: float, sandbox_id: str, type_: str, message: str, attributes: dict[str, str]
     ) -> int:
-        self._seq += 1
-        seq = self._seq
+        seq = self._seq + 1
         if seq > self._reserved:
-            self._reserved = seq + SEQ_BLOCK
+            # On disk first: a number is handed out only once its block is reserved.
             self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('event_seq', ?)", (self._reserved,)
+                "INSERT OR REPLACE INTO meta VALUES ('event_seq', ?)", (seq + SEQ_BLOCK,)
             )
+            self._reserved = seq + SEQ_BLOCK
+        self._seq = seq
         self._db.later(
             "INSERT INTO events (seq, time, sandbox_id, type, message, attributes) "
             "VALUES (?,?,?,?,?,?)",
