@@ -113,19 +113,18 @@ class Placement:
             return await self._create_once(spec)
         return await self.create_with_fallback(spec)
 
-    async def create_direct(self, spec: SandboxSpec) -> Sandbox:
-        """A fresh sandbox on spec.provider: no pool, no fallback (pools fill with it)."""
-        self._check_accepting()
-        spec = self.validate(spec)
-        return await self.create_on(self._providers.get(spec.provider), spec)
-
-    async def create_imported(self, spec: SandboxSpec, layer: Path) -> Sandbox:
-        """A new sandbox whose files come from an imported layer."""
+    async def create_direct(self, spec: SandboxSpec, import_layer: str = "") -> Sandbox:
+        """A fresh sandbox on spec.provider: no pool, no fallback (pools fill with it),
+        its files from an imported layer when one is given."""
         self._check_accepting()
         spec = self.validate(spec)
         return await self.create_on(
-            self._providers.get(spec.provider), spec, import_layer=str(layer)
+            self._providers.get(spec.provider), spec, import_layer=import_layer
         )
+
+    async def create_imported(self, spec: SandboxSpec, layer: Path) -> Sandbox:
+        """A new sandbox whose files come from an imported layer."""
+        return await self.create_direct(spec, import_layer=str(layer))
 
     async def batch(
         self, specs: builtins.list[SandboxSpec]

@@ -12,7 +12,7 @@ persistence; that is what lets every provider offer the same lifecycle.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,9 +63,16 @@ class Provider(ABC):
         """What ListProviders reports: derived from the interfaces implemented."""
         return derived(self, self.traits)
 
+    # Objects that carry optional interfaces for the provider (its snapshots,
+    # networks, ...), so that the provider class itself stays the contract's core.
+    parts: Sequence[object] = ()
+
     def part(self, kind: type[T]) -> T | None:
-        """What carries that optional interface (capabilities.py): by default the
-        provider itself, when it inherits the interface."""
+        """What carries that optional interface (capabilities.py): one of parts,
+        else the provider itself when it inherits the interface."""
+        for p in self.parts:
+            if isinstance(p, kind):
+                return p
         return self if isinstance(self, kind) else None
 
     async def start(self, ctx: ProviderContext) -> None:  # noqa: B027 - optional hook

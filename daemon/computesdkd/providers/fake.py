@@ -81,10 +81,7 @@ class FakeProvider(base.Provider, caps.Files, caps.Metering):
         self.create_error: ComputeError | None = None
         self.destroy_error: ComputeError | None = None
         self.created = 0
-        self._parts = [_FakeChanges(self), _FakeStorage(self), _FakeProcesses(self)]
-
-    def part(self, kind: type[base.T]) -> base.T | None:
-        return next((p for p in self._parts if isinstance(p, kind)), None) or super().part(kind)
+        self.parts = [_FakeChanges(self), _FakeStorage(self), _FakeProcesses(self)]
 
     def templates(self) -> list[str]:
         return ["base", "python"]

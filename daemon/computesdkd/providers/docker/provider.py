@@ -4,7 +4,7 @@ Containers run with no network, no_new_privs, Docker's default seccomp profile
 and capability set, memory/CPU/pids limits, and tini as PID 1. Exec goes
 through the Engine's exec API on a hijacked connection (stdout and stderr
 stay separate; stdin streams). Files and disk usage go through commands in the
-container (providers/execfs.py).
+container (providers/common/execfs.py).
 
 What the Engine cannot carry is refused by name: re-attaching to a process's
 output (exec output is not kept), background processes, and a disk limit

@@ -21,7 +21,7 @@ from computesdkd.domain.model import (
 )
 from computesdkd.providers import base
 from computesdkd.providers import capabilities as caps
-from computesdkd.providers.base import ProcessRun, Provider, ProviderContext, T
+from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
 from computesdkd.providers.common.templates import TEMPLATES
 from computesdkd.providers.local import builder, cgroups, initproc, layout, monitor, parts
 from computesdkd.providers.local import rootfs as rootfs_mod
@@ -78,7 +78,7 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
             self._emit,
         )
         self._processes = Processes(self._layout, self._template_env)
-        self._parts: list[object] = [
+        self.parts = [
             parts.LocalProcesses(self._processes),
             parts.LocalChanges(self._containers, self._processes, self._limits),
             parts.LocalSnapshots(self._snapshots, self._containers),
@@ -86,9 +86,6 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
             parts.LocalNetworks(self._layout, self._require),
             parts.LocalTemplates(self._template_store),
         ]
-
-    def part(self, kind: type[T]) -> T | None:
-        return next((p for p in self._parts if isinstance(p, kind)), None) or super().part(kind)
 
     def _emit(self, *args: object, **attrs: str) -> None:
         """An event the provider noticed on its own (an OOM kill, an upgrade)."""

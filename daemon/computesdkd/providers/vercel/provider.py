@@ -7,7 +7,7 @@ files. The model follows the API and the in-memory double Vercel ships for it
 What Vercel's API cannot carry is refused by name: stdin (its REST commands
 have none), memory and disk sizing (memory follows vCPUs), GPUs, background
 processes with output replay. Usage, and the file calls other than read and
-write, go through commands in the sandbox (providers/execfs.py): Vercel has no
+write, go through commands in the sandbox (providers/common/execfs.py): Vercel has no
 metrics API, and its file API has no stat or listing.
 """
 
