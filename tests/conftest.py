@@ -50,12 +50,14 @@ class DaemonProcess:
         self.extra_args: list[str] = []
         self.metrics_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_start = 0
 
     def start(self) -> None:
         argv = [str(BIN / "computesdkd"), "--socket", str(self.socket),
                 "--state-dir", str(self.state), "--log-format", "json",
                 "--grace", "2", "--on-exit", self.on_exit, *self.extra_args]  # fmt: skip
         with self.log.open("ab") as log:
+            self.log_start = log.tell()  # where this run's lines begin
             self.proc = subprocess.Popen(
                 argv,
                 stdout=log,
@@ -113,6 +115,22 @@ class DaemonProcess:
         for m in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
         subprocess.run(["rm", "-rf", str(self.root), str(runtime)], capture_output=True)
+
+
+def serving_port(d: DaemonProcess, timeout: float = 30.0) -> int:
+    """The port d's network listener bound (its log says once it serves)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with d.log.open("rb") as f:
+            f.seek(d.log_start)
+            lines = f.read().decode(errors="replace").splitlines()
+        for text in lines:
+            with contextlib.suppress(ValueError):
+                line = json.loads(text)
+                if line.get("event") == "computesdkd serving" and line.get("port"):
+                    return int(str(line["port"]))
+        time.sleep(0.05)
+    raise RuntimeError(f"no network listener:\n{d.log.read_text()[-3000:]}")
 
 
 def new_daemon(on_exit: str = "destroy") -> DaemonProcess:

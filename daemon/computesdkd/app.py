@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from computesdk_api.admin.v1 import admin_pb2_grpc
 from computesdk_api.events.v1 import events_pb2_grpc
 from computesdk_api.filesystem.v1 import filesystem_pb2_grpc
 from computesdk_api.group.v1 import group_pb2_grpc
@@ -30,12 +32,16 @@ from computesdkd.core.bus import EventBus
 from computesdkd.core.files import Files
 from computesdkd.core.guard import Providers, Tasks
 from computesdkd.core.lifecycle import Lifecycle
+from computesdkd.core.owners import SANDBOX, Owners
 from computesdkd.core.placement import Placement
 from computesdkd.core.processes import Processes
 from computesdkd.core.registry import Registry
 from computesdkd.core.sweeper import Sweeper
-from computesdkd.domain.errors import ComputeError
+from computesdkd.domain.errors import ComputeError, NotFound
 from computesdkd.edge import server as edge_server
+from computesdkd.edge import tenancy
+from computesdkd.edge.access import Guard
+from computesdkd.edge.services.admin import AdminServicer
 from computesdkd.edge.services.events import EventServicer
 from computesdkd.edge.services.filesystem import FilesystemServicer
 from computesdkd.edge.services.group import GroupServicer
@@ -49,12 +55,14 @@ from computesdkd.edge.services.sandbox import SandboxServicer
 from computesdkd.edge.services.snapshot import SnapshotServicer
 from computesdkd.edge.services.template import TemplateServicer
 from computesdkd.edge.services.volume import VolumeServicer
+from computesdkd.features.access import Access
 from computesdkd.features.channels import Channels
 from computesdkd.features.clone import Cloning
 from computesdkd.features.groups import Groups
 from computesdkd.features.monitoring import Monitoring
 from computesdkd.features.networks import Networks
 from computesdkd.features.pools import Pools, parse_warm_pool
+from computesdkd.features.quotas import Quotas
 from computesdkd.features.snapshots import Snapshots
 from computesdkd.features.templates import Templates
 from computesdkd.features.volumes import Volumes
@@ -87,9 +95,12 @@ class App:
         self.tasks = tasks = Tasks()
         self.providers = guard = Providers(providers, default_provider, bus)
         self.registry = registry = Registry(store, guard)
+        self.owners = owners = Owners(store)
         self.processes = processes = Processes(registry, guard, store, bus, tasks)
         self.files = Files(registry)
-        self.placement = placement = Placement(registry, guard, processes, store, bus, pool_create)
+        self.placement = placement = Placement(
+            registry, guard, processes, store, bus, owners, pool_create
+        )
         self.lifecycle = lifecycle = Lifecycle(registry, guard, processes, placement, store, bus)
         self.sweeper = Sweeper(registry, guard, lifecycle, processes, bus, tasks)
         scratch = state_dir / "tmp"  # archives in transit (removed when done)
@@ -104,12 +115,52 @@ class App:
         self.volumes = Volumes(registry, guard, store, bus)
         self.templates = Templates(registry, guard, bus)
         self.cloning = Cloning(registry, guard, placement, lifecycle, bus)
+        self.access = Access(store)
+        self.quotas = Quotas(registry, owners, store, self._volume_size)
+        placement.admission.append(self.quotas.admit)
+        self.tenancy = tenancy.Tenancy(owners, self._exists(), default_provider)
         # The features that keep sandboxes' parts outside the core.
         placement.preparers.append(self.volumes.prepare_sandbox)
         placement.on_removed.append(self.volumes.sandbox_gone)
         lifecycle.on_teardown.append(self.snapshots.drop_all)
         self.templates.users_of += [self.pools.template_users, self.snapshots.template_users]
         metrics.watch_state(registry.counts, lambda: bus.subscriber_count)
+
+    def _volume_size(self, name: str) -> int | None:
+        try:
+            return self.volumes.get(name).size_mb
+        except NotFound:
+            return None
+
+    def _exists(self) -> dict[str, Callable[[str], bool]]:
+        """Whether a thing of each kind exists now, whoever owns it (edge/tenancy.py)."""
+
+        def found(get: Callable[[str], object]) -> Callable[[str], bool]:
+            def exists(key: str) -> bool:
+                try:
+                    get(key)
+                except NotFound:
+                    return False
+                return True
+
+            return exists
+
+        return {
+            SANDBOX: lambda key: self.registry.find(key) is not None,
+            tenancy.POOL: found(self.pools.get),
+            tenancy.GROUP: found(self.groups.get),
+            tenancy.NETWORK: found(self.networks.get),
+            tenancy.CHANNEL: found(self.channels.get),
+            tenancy.VOLUME: found(self.volumes.get),
+            tenancy.STATE: found(self.snapshots.state),
+            tenancy.TEMPLATE: lambda key: any(
+                info.name == key for p in self.providers for info in p.template_infos()
+            ),
+        }
+
+    def guard(self, network: bool) -> Guard:
+        """What every call passes: the network's callers need a token."""
+        return Guard(self.access if network else None, self.tenancy, self.quotas)
 
     async def start(self) -> None:
         await self.providers.start(ProviderContext(state_dir=self.state_dir, emit=self.bus.emit))
@@ -143,6 +194,10 @@ class App:
         """Each servicer, given only what it needs, with its registration function."""
         return [
             (
+                admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                AdminServicer(self.access, self.quotas),
+            ),
+            (
                 sandbox_pb2_grpc.add_SandboxServiceServicer_to_server,
                 SandboxServicer(self.placement, self.lifecycle, self.registry, self.cloning),
             ),
@@ -174,7 +229,10 @@ class App:
                 snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server,
                 SnapshotServicer(self.snapshots, self.scratch),
             ),
-            (volume_pb2_grpc.add_VolumeServiceServicer_to_server, VolumeServicer(self.volumes)),
+            (
+                volume_pb2_grpc.add_VolumeServiceServicer_to_server,
+                VolumeServicer(self.volumes, self.quotas),
+            ),
             (
                 template_pb2_grpc.add_TemplateServiceServicer_to_server,
                 TemplateServicer(self.templates),
@@ -187,6 +245,7 @@ class Daemon:
         self.cfg = cfg
         self.provider_cfgs = provider_cfgs
         self._stop = asyncio.Event()
+        self.port = 0  # of the network listener, once bound
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -201,7 +260,7 @@ class Daemon:
             raise DaemonError(f"default provider {self.cfg.default_provider!r} is not registered")
         return providers
 
-    async def _start(self, store: Store) -> tuple[App, Any, Any]:
+    async def _start(self, store: Store) -> tuple[App, list[tuple[Any, Any]]]:
         cfg = self.cfg
         app = App(cfg.state_dir, store, self._providers(), cfg.default_provider, cfg.pool_create)
         await app.start()
@@ -211,15 +270,23 @@ class Daemon:
             except ComputeError as exc:
                 await app.shutdown(destroy=False)
                 raise DaemonError(exc.message) from exc
-        server, health_servicer = edge_server.build(
-            app.services(), accepting=lambda: app.placement.accepting
-        )
+        accepting = lambda: app.placement.accepting  # noqa: E731
+        servers = []
         try:
-            await edge_server.listen(server, health_servicer, cfg.socket, cfg.listen)
-        except edge_server.SocketBusy as exc:
+            server, health = edge_server.build(app.services(), accepting, app.guard(False))
+            servers.append((server, health))
+            await edge_server.listen_socket(server, health, cfg.socket)
+            if cfg.listener is not None:
+                # A server of its own: its calls pass the token check, the socket's not.
+                server, health = edge_server.build(app.services(), accepting, app.guard(True))
+                servers.append((server, health))
+                self.port = await edge_server.listen_network(server, health, cfg.listener)
+        except (edge_server.SocketBusy, edge_server.ListenerRefused) as exc:
+            for server, _ in servers:
+                await server.stop(0)
             await app.shutdown(destroy=False)
             raise DaemonError(str(exc)) from exc
-        return app, server, health_servicer
+        return app, servers
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         cfg = self.cfg
@@ -229,7 +296,7 @@ class Daemon:
             raise DaemonError(str(exc)) from exc
         store = Store(cfg.state_dir / "state.db")
         try:
-            app, server, health_servicer = await self._start(store)
+            app, servers = await self._start(store)
         except BaseException:
             store.close()  # what start queued (adopt's events) reaches the disk
             os.close(lock_fd)
@@ -243,7 +310,9 @@ class Daemon:
         log.info(
             "computesdkd serving",
             socket=str(cfg.socket),
-            listen=cfg.listen or None,
+            listen=cfg.listener.address if cfg.listener else None,
+            port=self.port or None,
+            tls=bool(cfg.listener and cfg.listener.cert),
             state_dir=str(cfg.state_dir),
             providers={p.name: (p.availability() or "ok") for p in app.providers},
         )
@@ -254,9 +323,10 @@ class Daemon:
         finally:
             log.info("shutting down", destroy_sandboxes=cfg.destroy_on_exit)
             app.placement.accepting = False
-            await health_servicer.enter_graceful_shutdown()
+            for _, health in servers:
+                await health.enter_graceful_shutdown()
             app.bus.close()  # event streams end cleanly; clients resume by sequence
-            await server.stop(cfg.grace_s)
+            await asyncio.gather(*(server.stop(cfg.grace_s) for server, _ in servers))
             await app.shutdown(destroy=cfg.destroy_on_exit)
             await edge_server.stop_leftover_tasks()
             store.close()

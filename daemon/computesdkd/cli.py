@@ -16,6 +16,7 @@ from computesdkd.config import (
     default_state_dir,
     provider_configs,
 )
+from computesdkd.edge.server import Listener
 from computesdkd.providers import builtin as _builtin  # noqa: F401 - registers the back ends
 from computesdkd.providers import registered_names
 from computesdkd.support import logs
@@ -29,11 +30,21 @@ def parse(argv: list[str] | None = None) -> Config:
         default=default_socket(),
         help="Unix socket to serve on, mode 0600 (env COMPUTESDK_SOCKET)",
     )
-    ap.add_argument(
-        "--listen",
-        default="",
-        metavar="HOST:PORT",
-        help="also serve plain TCP here (opt-in; no authentication)",
+    net = ap.add_argument_group(
+        "network listener",
+        "TCP for remote clients: TLS, and a bearer token on every call "
+        "(computesdk token create makes one)",
+    )
+    net.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve TCP here")
+    net.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    net.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    net.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
+    )
+    net.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow plaintext TCP off loopback (tokens are still required)",
     )
     ap.add_argument(
         "--state-dir",
@@ -81,10 +92,14 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--log-format", choices=["console", "json"], default="console")
     ap.add_argument("--log-level", default="info")
     a = ap.parse_args(argv)
+    if (a.tls_cert or a.tls_client_ca or a.insecure_listen) and not a.listen:
+        ap.error("--tls-cert, --tls-client-ca and --insecure-listen need --listen")
     return Config(
         socket=a.socket,
         state_dir=a.state_dir,
-        listen=a.listen,
+        listener=Listener(a.listen, a.tls_cert, a.tls_key, a.tls_client_ca, a.insecure_listen)
+        if a.listen
+        else None,
         default_provider=a.default_provider,
         destroy_on_exit=a.on_exit == "destroy",
         grace_s=a.grace,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from computesdkd.edge.server import Listener
 from computesdkd.providers.base import ProviderConfig
 
 
@@ -32,7 +33,8 @@ def default_state_dir() -> Path:
 class Config:
     socket: Path
     state_dir: Path
-    listen: str = ""
+    # The TCP listener (TLS, tokens); None: the Unix socket only.
+    listener: Listener | None = None
     default_provider: str = "local"
     # On SIGTERM/SIGINT: keep sandboxes running for the next daemon, or destroy them.
     destroy_on_exit: bool = False

@@ -17,6 +17,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -46,10 +47,72 @@ def default_socket() -> str:
     return str(Path(runtime) / "computesdk" / "computesdkd.sock")
 
 
-def target_for(socket: str | os.PathLike[str] | None, target: str | None) -> str:
+@dataclass(frozen=True)
+class Transport:
+    """Where the daemon is and how to reach it: the Unix socket, or TCP with TLS
+    and a bearer token (the daemon's network listener)."""
+
+    target: str
+    token: str | None = None
+    # TLS: None means plaintext (the socket, or a loopback --insecure-listen).
+    tls: bool = False
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+def _pem(value: str | bytes | os.PathLike[str] | None) -> bytes | None:
+    """PEM given as bytes, as text, or as a path to a file."""
+    if value is None or isinstance(value, bytes):
+        return value
+    text = os.fspath(value)
+    return text.encode() if "-----BEGIN" in text else Path(text).read_bytes()
+
+
+def transport_for(
+    socket: str | os.PathLike[str] | None = None,
+    target: str | None = None,
+    *,
+    address: str | None = None,
+    token: str | None = None,
+    ca: str | bytes | os.PathLike[str] | None = None,
+    cert: str | bytes | os.PathLike[str] | None = None,
+    key: str | bytes | os.PathLike[str] | None = None,
+    insecure: bool | None = None,
+    server_name: str | None = None,
+) -> Transport:
+    """Options first, then $COMPUTESDK_ADDRESS, $COMPUTESDK_TOKEN, $COMPUTESDK_CA,
+    $COMPUTESDK_CLIENT_CERT, $COMPUTESDK_CLIENT_KEY and $COMPUTESDK_INSECURE; an
+    explicit socket or target wins over the address in the environment."""
+    env = os.environ
+    token = token or env.get("COMPUTESDK_TOKEN") or None
     if target:
-        return target
-    return f"unix:{socket or default_socket()}"
+        return Transport(target, token)
+    if not socket:
+        address = address or env.get("COMPUTESDK_ADDRESS") or None
+    if not address:
+        return Transport(f"unix:{socket or default_socket()}", token)
+    if insecure is None:
+        insecure = env.get("COMPUTESDK_INSECURE", "") not in ("", "0", "false")
+    if insecure:
+        return Transport(address, token)
+    return Transport(
+        address,
+        token,
+        tls=True,
+        ca=_pem(ca or env.get("COMPUTESDK_CA") or None),
+        cert=_pem(cert or env.get("COMPUTESDK_CLIENT_CERT") or None),
+        key=_pem(key or env.get("COMPUTESDK_CLIENT_KEY") or None),
+        server_name=server_name,
+    )
+
+
+def target_for(socket: str | os.PathLike[str] | None, target: str | None) -> str:
+    return transport_for(socket, target).target
 
 
 # Every method ({} names them all) waits for the daemon instead of failing while
@@ -57,18 +120,58 @@ def target_for(socket: str | os.PathLike[str] | None, target: str | None) -> str
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "waitForReady": True}]})
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.service_config", _SERVICE_CONFIG),
-            # Quick reconnects after a daemon restart.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
-    )
+class _Bearer:
+    """Puts the token on every call. Interceptors rather than call credentials,
+    which grpc refuses on a plaintext channel (a loopback --insecure-listen)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+
+class _BearerUU(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_unary(self, cont: Any, details: Any, request: Any) -> Any:
+        return await cont(self._with_token(details), request)
+
+
+class _BearerUS(_Bearer, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_stream(self, cont: Any, details: Any, request: Any) -> Any:
+        return await cont(self._with_token(details), request)
+
+
+class _BearerSU(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_unary(self, cont: Any, details: Any, requests: Any) -> Any:
+        return await cont(self._with_token(details), requests)
+
+
+class _BearerSS(_Bearer, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_stream(self, cont: Any, details: Any, requests: Any) -> Any:
+        return await cont(self._with_token(details), requests)
+
+
+def open_channel(where: str | Transport) -> grpc.aio.Channel:
+    t = where if isinstance(where, Transport) else Transport(where)
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        # Quick reconnects after a daemon restart.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if t.server_name:
+        options.append(("grpc.ssl_target_name_override", t.server_name))
+    # grpc files each interceptor under one kind of call only: one per kind.
+    kinds = (_BearerUU, _BearerUS, _BearerSU, _BearerSS)
+    interceptors: Any = [k(t.token) for k in kinds] if t.token else None
+    if t.tls:
+        return grpc.aio.secure_channel(
+            t.target, t.credentials(), options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(t.target, options=options, interceptors=interceptors)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import grpc
 
 import computesdk_api
 
-from . import cli_fleet, cli_sandbox, cli_templates
+from . import cli_admin, cli_fleet, cli_sandbox, cli_templates
 from ._cli_common import print_json as _print_json
 from .client import Client
 from .errors import ComputeSDKError
@@ -28,7 +28,20 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--socket", help="daemon socket (env COMPUTESDK_SOCKET)", **d)
-    p.add_argument("--target", help="gRPC target instead of the socket, e.g. host:port", **d)
+    p.add_argument("--target", help="any gRPC target, plaintext, e.g. unix:/path", **d)
+    p.add_argument("--address", help="a network listener, HOST:PORT (env COMPUTESDK_ADDRESS)", **d)
+    p.add_argument("--token", help="bearer token (env COMPUTESDK_TOKEN)", **d)
+    p.add_argument("--ca", help="CA certificate to trust, PEM (env COMPUTESDK_CA)", **d)
+    p.add_argument(
+        "--cert", help="client certificate for mutual TLS (env COMPUTESDK_CLIENT_CERT)", **d
+    )
+    p.add_argument("--key", help="its key (env COMPUTESDK_CLIENT_KEY)", **d)
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else None,
+        help="plaintext TCP to a --insecure-listen daemon (env COMPUTESDK_INSECURE=1)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output", **d)
     return p
 
@@ -45,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     cli_sandbox.add_parsers(sub, common)
     cli_fleet.add_parsers(sub, common)
     cli_templates.add_parsers(sub, common)
+    cli_admin.add_parsers(sub, common)
     p = sub.add_parser(
         "stubs",
         parents=[common],
@@ -110,7 +124,17 @@ def write_stubs(lang: str, out: Path) -> list[Path]:
 
 
 async def _run(a: argparse.Namespace) -> int:
-    client = await Client.connect(socket=a.socket, target=a.target, timeout=5.0)
+    client = await Client.connect(
+        socket=a.socket,
+        target=a.target,
+        timeout=5.0,
+        address=a.address,
+        token=a.token,
+        ca=a.ca,
+        cert=a.cert,
+        key=a.key,
+        insecure=a.insecure,
+    )
     try:
         code: int = await a.fn(client, a)
         return code

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from computesdk_api.admin.v1 import admin_pb2_grpc
 from computesdk_api.events.v1 import events_pb2, events_pb2_grpc
 from computesdk_api.filesystem.v1 import filesystem_pb2_grpc
 from computesdk_api.group.v1 import group_pb2_grpc
@@ -27,7 +28,8 @@ from computesdk_api.template.v1 import template_pb2_grpc
 from computesdk_api.volume.v1 import volume_pb2_grpc
 
 from . import _rpc
-from ._rpc import Callback, fire, open_channel, target_for
+from ._rpc import Callback, Transport, fire, open_channel, target_for, transport_for
+from .admin import Admin
 from .errors import ComputeSDKError, error_from
 from .fleet import Channels, Groups, Networks, Pools
 from .sandbox import Sandbox
@@ -43,9 +45,10 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 class Client:
     """One channel to the daemon. Cheap to share; close it when done."""
 
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.channel = open_channel(target)
+    def __init__(self, target: str | Transport) -> None:
+        transport = target if isinstance(target, Transport) else Transport(target)
+        self.target = transport.target
+        self.channel = open_channel(transport)
         self.sandboxes = sandbox_pb2_grpc.SandboxServiceStub(self.channel)
         self.processes = process_pb2_grpc.ProcessServiceStub(self.channel)
         self.files = filesystem_pb2_grpc.FilesystemServiceStub(self.channel)
@@ -59,10 +62,12 @@ class Client:
         self.snapshot_stub = snapshot_pb2_grpc.SnapshotServiceStub(self.channel)
         self.volume_stub = volume_pb2_grpc.VolumeServiceStub(self.channel)
         self.template_stub = template_pb2_grpc.TemplateServiceStub(self.channel)
+        self.admin_stub = admin_pb2_grpc.AdminServiceStub(self.channel)
         self._capabilities: dict[str, frozenset[str]] = {}
         self.states = States(self)
         self.volumes = Volumes(self)
         self.templates = Templates(self)
+        self.admin = Admin(self)
         self.pools = Pools(self)
         self.groups = Groups(self)
         self.networks = Networks(self)
@@ -76,9 +81,33 @@ class Client:
         socket: str | os.PathLike[str] | None = None,
         target: str | None = None,
         timeout: float = 10.0,
+        address: str | None = None,
+        token: str | None = None,
+        ca: str | bytes | os.PathLike[str] | None = None,
+        cert: str | bytes | os.PathLike[str] | None = None,
+        key: str | bytes | os.PathLike[str] | None = None,
+        insecure: bool | None = None,
+        server_name: str | None = None,
     ) -> Client:
-        """Connects over the Unix socket (default: $COMPUTESDK_SOCKET) or a gRPC target."""
-        client = cls(target_for(socket, target))
+        """Connects over the Unix socket (default: $COMPUTESDK_SOCKET), or to a
+        daemon's network listener: address "host:port" over TLS (ca: the CA to
+        trust, PEM or a path; cert and key for mutual TLS) with a bearer token,
+        or plaintext with insecure=True. $COMPUTESDK_ADDRESS, $COMPUTESDK_TOKEN,
+        $COMPUTESDK_CA, $COMPUTESDK_CLIENT_CERT, $COMPUTESDK_CLIENT_KEY and
+        $COMPUTESDK_INSECURE stand in for options not given."""
+        client = cls(
+            transport_for(
+                socket,
+                target,
+                address=address,
+                token=token,
+                ca=ca,
+                cert=cert,
+                key=key,
+                insecure=insecure,
+                server_name=server_name,
+            )
+        )
         path = client.target.removeprefix("unix:")
         if client.target.startswith("unix:") and not os.path.exists(path):
             await client.close()  # fail fast: nothing will ever listen there by itself

@@ -10,7 +10,7 @@ import asyncio
 import builtins
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from structlog.contextvars import bound_contextvars
 from computesdkd.core.breaker import is_provider_fault
 from computesdkd.core.bus import EventBus
 from computesdkd.core.guard import Providers
+from computesdkd.core.owners import SANDBOX, Owners
 from computesdkd.core.processes import Processes
 from computesdkd.core.registry import Registry
 from computesdkd.domain import events
@@ -55,6 +56,9 @@ Restorer = Callable[[SandboxSpec], tuple[SandboxSpec, str]]
 Preparer = Callable[[Sandbox], Awaitable[None]]
 # Runs once a sandbox's record is gone (volumes: frees ephemeral ones).
 Removed = Callable[[Sandbox], Awaitable[None]]
+# Says whether a sandbox of this spec may be made (quotas), given the specs whose
+# sandboxes are on their way but not in the registry yet; raises when not.
+Admission = Callable[[SandboxSpec, Iterable[SandboxSpec]], None]
 
 
 class Placement:
@@ -65,9 +69,11 @@ class Placement:
         processes: Processes,
         store: Store,
         bus: EventBus,
+        owners: Owners,
         pool_create: bool = True,
     ) -> None:
         self._registry = registry
+        self._owners = owners
         self._providers = providers
         self._processes = processes
         self._store = store
@@ -80,6 +86,9 @@ class Placement:
         self.restorer: Restorer | None = None
         self.preparers: list[Preparer] = []
         self.on_removed: list[Removed] = []
+        self.admission: list[Admission] = []
+        # Specs of draws from warm pools in flight: their sandboxes count already.
+        self._drawing: list[SandboxSpec] = []
 
     def validate(self, spec: SandboxSpec) -> SandboxSpec:
         if (
@@ -101,6 +110,10 @@ class Placement:
             template=spec.template or "base",
             timeout_ms=spec.timeout_ms or DEFAULT_TIMEOUT_MS,
         )
+
+    def _admit(self, spec: SandboxSpec) -> None:
+        for admit in self.admission:
+            admit(spec, self._drawing)
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -159,8 +172,15 @@ class Placement:
         )
         if pool_ok and not spec.volumes:
             for source in self.sources:
-                drawn = await source(spec)
+                self._admit(spec)
+                self._drawing.append(spec)
+                try:
+                    drawn = await source(spec)
+                finally:
+                    self._drawing.remove(spec)
                 if drawn is not None:
+                    # No await since the draw: it is counted in the registry now.
+                    self._owners.claim(SANDBOX, drawn.id, spec.tenant)
                     return drawn
         names = [spec.provider, *(p for p in spec.fallback_providers if p != spec.provider)]
         for i, name in enumerate(names):
@@ -217,6 +237,9 @@ class Placement:
             },
         )
         with bound_contextvars(sandbox_id=sb.id):
+            # No await between the admission and the registry: a burst cannot overshoot.
+            self._admit(spec)
+            self._owners.claim(SANDBOX, sb.id, spec.tenant)
             self._registry.add(sb)
             self._bus.emit(sb.id, events.CREATED, provider=spec.provider, template=spec.template)
             try:

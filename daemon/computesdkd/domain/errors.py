@@ -36,6 +36,8 @@ class ComputeError(Exception):
 
     code: Code = Code.INTERNAL
     reason: str = "INTERNAL"
+    # Seconds after which a retry may succeed (sent as google.rpc.RetryInfo).
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, reason: str | None = None, **metadata: str) -> None:
         super().__init__(message)
@@ -68,6 +70,16 @@ class AlreadyExists(ComputeError):
 class ResourceExhausted(ComputeError):
     code = Code.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(ComputeError):
+    code = Code.UNAUTHENTICATED
+    reason = "TOKEN_INVALID"
+
+
+class PermissionDenied(ComputeError):
+    code = Code.PERMISSION_DENIED
+    reason = "SCOPE_INSUFFICIENT"
 
 
 class OutOfRange(ComputeError):
@@ -104,6 +116,18 @@ class Unsupported(ComputeError):
 class Internal(ComputeError):
     code = Code.INTERNAL
     reason = "INTERNAL"
+
+
+def not_found(kind: str, key: str) -> NotFound:
+    """What is answered for a pool, group, network, channel, volume or state that is
+    not there (or is another tenant's: the answer must be the same)."""
+    attr = "state_id" if kind == "state" else kind
+    return NotFound(f"{kind} {key!r} not found", reason=f"{kind.upper()}_NOT_FOUND", **{attr: key})
+
+
+def already_exists(kind: str, key: str) -> AlreadyExists:
+    """What a create answers for a name that is taken (by anyone: names are global)."""
+    return AlreadyExists(f"{kind} {key!r} exists", reason=f"{kind.upper()}_EXISTS", **{kind: key})
 
 
 def sandbox_not_found(sandbox_id: str) -> NotFound:

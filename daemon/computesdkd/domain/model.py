@@ -52,6 +52,8 @@ class SandboxSpec:
     # Start from this saved state (SnapshotService.SaveState) instead of the template.
     restore_from: str = ""
     volumes: tuple[VolumeMount, ...] = ()
+    # Who the sandbox belongs to; empty for the admin (the Unix socket).
+    tenant: str = ""
 
 
 @dataclass

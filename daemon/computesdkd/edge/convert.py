@@ -21,6 +21,7 @@ from computesdkd.domain.model import (
     Usage,
     VolumeMount,
 )
+from computesdkd.edge import caller as callers
 
 
 def ts(seconds: float) -> Timestamp:
@@ -54,7 +55,9 @@ def resources_to(r: Resources) -> sb_pb.Resources:
 
 
 def spec_from(req: sb_pb.CreateSandboxRequest) -> SandboxSpec:
+    """The spec a request asks for, the caller's tenant's."""
     return SandboxSpec(
+        tenant=callers.current().tenant,
         provider=req.provider,
         template=req.template,
         metadata=dict(req.metadata),

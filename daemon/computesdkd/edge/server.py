@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from computesdk_api.admin.v1 import admin_pb2
 from computesdk_api.events.v1 import events_pb2
 from computesdk_api.filesystem.v1 import filesystem_pb2
 from computesdk_api.group.v1 import group_pb2
@@ -37,6 +40,7 @@ log = logs.get(__name__)
 # so that an oversized chunk gets a PAYLOAD_TOO_LARGE reason rather than a bare status.
 MAX_MESSAGE = 64 * 1024 * 1024
 SERVICE_NAMES = [
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name,
     process_pb2.DESCRIPTOR.services_by_name["ProcessService"].full_name,
     filesystem_pb2.DESCRIPTOR.services_by_name["FilesystemService"].full_name,
@@ -108,10 +112,63 @@ async def stop_leftover_tasks(timeout: float = 5.0) -> None:
         log.error("task did not stop", task=t.get_name(), stack=frames)
 
 
-def build(services: list[Service], accepting: Callable[[], bool]) -> tuple[grpc.aio.Server, Any]:
-    """The server with every service, the health service and reflection."""
+@dataclass(frozen=True)
+class Listener:
+    """The network listener: where, and with which TLS (none: plaintext)."""
+
+    address: str
+    cert: Path | None = None
+    key: Path | None = None
+    # Client certificates must be signed by this CA (mutual TLS).
+    client_ca: Path | None = None
+    insecure: bool = False
+
+    def check(self) -> None:
+        """Refuses a plaintext listener off loopback unless it is asked for."""
+        if bool(self.cert) != bool(self.key):
+            raise ListenerRefused("--tls-cert and --tls-key go together")
+        if self.client_ca and not self.cert:
+            raise ListenerRefused("--tls-client-ca needs --tls-cert and --tls-key")
+        if not self.cert and not self.insecure and not is_loopback(self.address):
+            raise ListenerRefused(
+                f"refusing plaintext on {self.address}, which is not loopback: give "
+                "--tls-cert and --tls-key, or --insecure-listen to accept the risk"
+            )
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        if not self.cert or not self.key:
+            return None
+        try:
+            pair = (self.key.read_bytes(), self.cert.read_bytes())
+            roots = self.client_ca.read_bytes() if self.client_ca else None
+        except OSError as exc:
+            raise ListenerRefused(f"cannot read TLS material: {exc}") from exc
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=roots, require_client_auth=roots is not None
+        )
+
+
+class ListenerRefused(RuntimeError):
+    pass
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build(
+    services: list[Service], accepting: Callable[[], bool], guard: Any
+) -> tuple[grpc.aio.Server, Any]:
+    """A server with every service, the health service and reflection, each call
+    passing guard (edge/access.py) first."""
     server = grpc.aio.server(
-        interceptors=[Draining(accepting)],
+        interceptors=[Draining(accepting), guard],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -128,20 +185,36 @@ def build(services: list[Service], accepting: Callable[[], bool]) -> tuple[grpc.
     return server, health_servicer
 
 
-async def listen(
-    server: grpc.aio.Server, health_servicer: Any, socket_path: Path, tcp: str
-) -> None:
-    """Serves on the Unix socket (born 0600: only its owner may connect), and on
-    TCP when asked; then says every service is serving."""
+async def listen_socket(server: grpc.aio.Server, health_servicer: Any, socket_path: Path) -> None:
+    """Serves on the Unix socket (born 0600: only its owner may connect); then says
+    every service is serving."""
     _prepare_socket(socket_path)
     old_umask = os.umask(0o177)
     try:
         server.add_insecure_port(f"unix:{socket_path}")
     finally:
         os.umask(old_umask)
-    if tcp:
-        server.add_insecure_port(tcp)
     await server.start()
     os.chmod(socket_path, 0o600)
+    await serving(health_servicer)
+
+
+async def listen_network(server: grpc.aio.Server, health_servicer: Any, at: Listener) -> int:
+    """Serves on TCP, over TLS unless told otherwise; returns the port bound."""
+    at.check()
+    creds = at.credentials()
+    try:
+        if creds is None:
+            port = server.add_insecure_port(at.address)
+        else:
+            port = server.add_secure_port(at.address, creds)
+    except RuntimeError as exc:
+        raise ListenerRefused(f"cannot listen on {at.address}: {exc}") from exc
+    await server.start()
+    await serving(health_servicer)
+    return port
+
+
+async def serving(health_servicer: Any) -> None:
     for svc in ["", *SERVICE_NAMES]:
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)

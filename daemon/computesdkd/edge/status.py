@@ -31,10 +31,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def to_status(err: ComputeError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    if err.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(err.retry_after * 1e9))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
     code = getattr(code_pb2, err.code.name)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=err.message, details=[detail]))
+    return rpc_status.to_status(status_pb2.Status(code=code, message=err.message, details=details))
 
 
 def check_chunk(data: bytes, what: str) -> None:
@@ -78,7 +83,7 @@ def _context_of(self: Any, request: Any) -> dict[str, str]:
     return {"sandbox_id": sid} if isinstance(sid, str) and sid else {}
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: ComputeError) -> None:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: ComputeError) -> None:
     st = to_status(err)
     await context.abort(st.code, st.details, st.trailing_metadata)
 
@@ -108,7 +113,7 @@ def edge(fn: F) -> F:
                 except Exception as exc:
                     err = _translate(exc)
                     code = err.code.name
-                    await _abort(context, err)
+                    await abort(context, err)
                 finally:
                     metrics.OPEN_STREAMS.labels(method).dec()
                     metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
@@ -130,7 +135,7 @@ def edge(fn: F) -> F:
             except Exception as exc:
                 err = _translate(exc)
                 code = err.code.name
-                await _abort(context, err)
+                await abort(context, err)
             finally:
                 metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
 

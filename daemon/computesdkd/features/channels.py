@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import (
-    AlreadyExists,
     ComputeError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    already_exists,
+    not_found,
 )
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.capabilities import require
@@ -129,14 +130,14 @@ class Channels:
     def get(self, name: str) -> Channel:
         ch = self._channels.get(name)
         if ch is None:
-            raise NotFound(f"channel {name!r} not found", reason="CHANNEL_NOT_FOUND", channel=name)
+            raise not_found("channel", name)
         return ch
 
     async def create(self, name: str, members: list[str], capacity: int) -> Channel:
         if not NAME.match(name):
             raise InvalidArgument("bad channel name", reason="INVALID_NAME")
         if name in self._channels:
-            raise AlreadyExists(f"channel {name!r} exists", reason="CHANNEL_EXISTS")
+            raise already_exists("channel", name)
         members = list(dict.fromkeys(members))
         if not 2 <= len(members) <= MAX_MEMBERS or not all(NAME.match(m) for m in members):
             raise InvalidArgument(

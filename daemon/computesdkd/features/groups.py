@@ -17,10 +17,10 @@ from computesdkd.core.processes import Processes
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import (
     Aborted,
-    AlreadyExists,
     ComputeError,
     InvalidArgument,
-    NotFound,
+    already_exists,
+    not_found,
 )
 from computesdkd.domain.model import Command, ExitStatus, Output
 from computesdkd.store import Store
@@ -84,7 +84,7 @@ class Groups:
                 "group names are 1-63 of A-Z, a-z, 0-9, '.', '_', '-'", reason="INVALID_NAME"
             )
         if name in self._groups:
-            raise AlreadyExists(f"group {name!r} exists", reason="GROUP_EXISTS", group=name)
+            raise already_exists("group", name)
         self._check_members(sandbox_ids)
         self._groups[name] = self._limited(sandbox_ids)
         self._save(name)
@@ -93,7 +93,7 @@ class Groups:
     def get(self, name: str) -> list[str]:
         members = self._groups.get(name)
         if members is None:
-            raise NotFound(f"group {name!r} not found", reason="GROUP_NOT_FOUND", group=name)
+            raise not_found("group", name)
         return members
 
     def all(self) -> dict[str, list[str]]:

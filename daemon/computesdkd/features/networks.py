@@ -23,12 +23,13 @@ from computesdkd.core.files import Files
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import (
-    AlreadyExists,
     ComputeError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    already_exists,
+    not_found,
 )
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.capabilities import require
@@ -119,7 +120,7 @@ class Networks:
     def get(self, name: str) -> Network:
         net = self._networks.get(name)
         if net is None:
-            raise NotFound(f"network {name!r} not found", reason="NETWORK_NOT_FOUND", network=name)
+            raise not_found("network", name)
         return net
 
     def all(self) -> list[Network]:
@@ -141,7 +142,7 @@ class Networks:
             raise InvalidArgument(f"at most {MAX_MEMBERS} members", reason="NETWORK_TOO_LARGE")
         async with self._lock:
             if name in self._networks:
-                raise AlreadyExists(f"network {name!r} exists", reason="NETWORK_EXISTS")
+                raise already_exists("network", name)
             sandboxes = [self._registry.running(sid)[0] for sid, _ in members]
             providers = {sb.spec.provider for sb in sandboxes}
             if len(providers) > 1:

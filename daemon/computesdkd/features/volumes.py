@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass
 from computesdkd.core.bus import EventBus
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
-from computesdkd.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from computesdkd.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    already_exists,
+    not_found,
+)
 from computesdkd.domain.model import Sandbox, SandboxSpec, VolumeMount
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.capabilities import require
@@ -68,7 +74,7 @@ class Volumes:
     def get(self, name: str) -> VolumeRecord:
         rec = self._record(name)
         if rec is None:
-            raise NotFound(f"volume {name!r} not found", reason="VOLUME_NOT_FOUND", volume=name)
+            raise not_found("volume", name)
         return rec
 
     def all(self) -> list[VolumeRecord]:
@@ -96,7 +102,7 @@ class Volumes:
         if not 1 <= size_mb <= MAX_SIZE_MB:
             raise InvalidArgument(f"size_mb is 1 to {MAX_SIZE_MB}", reason="INVALID_SIZE")
         if self._record(name) is not None:
-            raise AlreadyExists(f"volume {name!r} exists", reason="VOLUME_EXISTS", volume=name)
+            raise already_exists("volume", name)
         provider = provider or self._providers.default
         volumes = require(self._providers.by_name[provider], caps.Volumes, "volumes")
         await volumes.volume_create(name, size_mb)

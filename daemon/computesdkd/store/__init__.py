@@ -6,6 +6,8 @@ store.events      the event log (batched; sequence numbers handed out in memory)
 store.messages    channel deliveries
 store.records(T)  a feature's records by name: pools, groups, networks, ...
 store.sandbox_records(T)  records that go with their sandbox: alerts, health, ...
+store.owners      the tenant of each sandbox and named thing
+store.records("tokens"), store.records("quotas")  remote access
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from computesdkd.store.db import Database
-from computesdkd.store.migrations import RECORDS, SANDBOX_RECORDS
-from computesdkd.store.repos import Events, Messages, Processes, Records, Sandboxes, SandboxRecords
+from computesdkd.store.migrations import ACCESS_RECORDS, RECORDS, SANDBOX_RECORDS
+from computesdkd.store.repos import (
+    Events,
+    Messages,
+    Owners,
+    Processes,
+    Records,
+    Sandboxes,
+    SandboxRecords,
+)
 
 
 class Store:
@@ -24,7 +34,8 @@ class Store:
         self.processes = Processes(self._db)
         self.events = Events(self._db)
         self.messages = Messages(self._db)
-        self._records = {t: Records(self._db, t) for t in RECORDS}
+        self.owners = Owners(self._db)
+        self._records = {t: Records(self._db, t) for t in (*RECORDS, *ACCESS_RECORDS)}
         self._sandbox_records = {t: SandboxRecords(self._db, t) for t in SANDBOX_RECORDS}
 
     def records(self, table: str) -> Records:

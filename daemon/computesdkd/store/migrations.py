@@ -93,4 +93,17 @@ _V2 = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1, _V2]
+# Version 3: remote access. Tokens (hashes only) and quotas are records like the
+# features'; owners says which tenant each sandbox and named thing belongs to.
+ACCESS_RECORDS = ("tokens", "quotas")
+_V3 = [
+    *(f"CREATE TABLE {t} (name TEXT PRIMARY KEY, value TEXT NOT NULL)" for t in ACCESS_RECORDS),
+    """CREATE TABLE owners (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+    )""",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2, _V3]

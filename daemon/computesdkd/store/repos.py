@@ -217,6 +217,23 @@ class Records:
         return [(str(r[0]), json.loads(r[1])) for r in rows.fetchall()]
 
 
+class Owners:
+    """Which tenant each thing belongs to: (kind, key) -> tenant."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def put(self, kind: str, key: str, tenant: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO owners VALUES (?,?,?)", (kind, key, tenant))
+
+    def delete(self, kind: str, key: str) -> None:
+        self._db.execute("DELETE FROM owners WHERE kind = ? AND key = ?", (kind, key))
+
+    def all(self) -> list[tuple[str, str, str]]:
+        rows = self._db.execute("SELECT kind, key, tenant FROM owners")
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows.fetchall()]
+
+
 class SandboxRecords:
     """A feature's records that belong to one sandbox (alerts, health checks, ...)."""
 

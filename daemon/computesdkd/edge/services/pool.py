@@ -6,6 +6,7 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.pool.v1 import pool_pb2 as pb
 from computesdk_api.pool.v1 import pool_pb2_grpc as pb_grpc
+from computesdkd.edge import caller as callers
 from computesdkd.edge import convert
 from computesdkd.edge.status import edge
 from computesdkd.features.pools import Pool, Pools, PoolSpec
@@ -48,6 +49,7 @@ class PoolServicer(pb_grpc.PoolServiceServicer):
                 env=dict(s.env),
                 min=s.min,
                 max=s.max,
+                tenant=callers.current().tenant,
             )
         )
         return pb.CreatePoolResponse(pool=_pool_to(self._pools, pool))

@@ -11,6 +11,7 @@ from grpc.aio import ServicerContext
 from computesdk_api.snapshot.v1 import snapshot_pb2 as pb
 from computesdk_api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
 from computesdkd.domain.errors import ComputeError, InvalidArgument, ResourceExhausted
+from computesdkd.edge import caller as callers
 from computesdkd.edge import convert
 from computesdkd.edge.status import check_chunk, drain_requests, edge
 from computesdkd.features.snapshots import SnapshotRecord, Snapshots, StateRecord
@@ -144,7 +145,9 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
                     await drain_requests(requests)
                     raise
             h = first.header
-            sb = await self._snapshots.import_state(path, h.provider, dict(h.metadata))
+            sb = await self._snapshots.import_state(
+                path, h.provider, dict(h.metadata), callers.current().tenant
+            )
         finally:
             path.unlink(missing_ok=True)
         return pb.ImportStateResponse(sandbox=convert.sandbox_to(sb))

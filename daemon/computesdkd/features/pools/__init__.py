@@ -27,12 +27,13 @@ from computesdkd.core.lifecycle import Lifecycle
 from computesdkd.core.placement import Placement
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import (
-    AlreadyExists,
     ComputeError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    already_exists,
+    not_found,
 )
 from computesdkd.domain.model import Resources, Sandbox, SandboxSpec, State
 from computesdkd.features.pools.model import (
@@ -185,7 +186,7 @@ class Pools:
                 f"need 0 <= min <= max, 1 <= max <= {MAX_POOL_SIZE}", reason="INVALID_POOL_SIZE"
             )
         if spec.name in self._pools:
-            raise AlreadyExists(f"pool {spec.name!r} exists", reason="POOL_EXISTS", pool=spec.name)
+            raise already_exists("pool", spec.name)
         # The provider and template are checked now, not at the first fill.
         provider, template = self._defaults(spec.provider, spec.template)
         spec = replace(spec, provider=provider, template=template)
@@ -202,7 +203,7 @@ class Pools:
     def get(self, name: str) -> Pool:
         pool = self._pools.get(name)
         if pool is None:
-            raise NotFound(f"pool {name!r} not found", reason="POOL_NOT_FOUND", pool=name)
+            raise not_found("pool", name)
         return pool
 
     def list(self) -> list[Pool]:
@@ -370,6 +371,8 @@ class Pools:
         for pool in self._pools.values():
             if pool.draining or pool.spec.key() != key:
                 continue
+            if pool.spec.tenant not in ("", spec.tenant):
+                continue  # another tenant's pool: its members may carry its env
             sid = await self._take(pool, fresh_only=True)
             if sid is None:
                 continue

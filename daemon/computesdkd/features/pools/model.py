@@ -30,6 +30,9 @@ class PoolSpec:
     env: dict[str, str]
     min: int
     max: int
+    # The pool's tenant, and its members'; empty for the admin's pools, whose fresh
+    # members any tenant's create may draw (a never-used sandbox holds nothing).
+    tenant: str = ""
 
     def key(self) -> tuple[object, ...]:
         return (self.provider, self.template, self.resources, tuple(sorted(self.env.items())))
@@ -85,4 +88,5 @@ def member_spec(pool: Pool) -> SandboxSpec:
         keep_alive=True,  # the pool, not the sweeper, decides when idle ones go
         resources=s.resources,
         env=dict(s.env),
+        tenant=s.tenant,
     )

@@ -27,7 +27,7 @@ from computesdkd.core.guard import Providers
 from computesdkd.core.placement import Placement
 from computesdkd.core.processes import Processes
 from computesdkd.core.registry import Registry
-from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound
+from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound, not_found
 from computesdkd.domain.model import Resources, Sandbox, SandboxSpec
 from computesdkd.features.snapshots import archive
 from computesdkd.providers import capabilities as caps
@@ -229,7 +229,7 @@ class Snapshots:
         for rec in self.states():
             if rec.id == state_id:
                 return rec
-        raise NotFound(f"state {state_id!r} not found", reason="STATE_NOT_FOUND", state_id=state_id)
+        raise not_found("state", state_id)
 
     async def delete_state(self, state_id: str) -> None:
         rec = self.state(state_id)
@@ -299,7 +299,7 @@ class Snapshots:
                     await require(provider, caps.Snapshots, "snapshots").snapshot_delete(snap)
 
     async def import_state(
-        self, archive_path: Path, provider: str, metadata: dict[str, str]
+        self, archive_path: Path, provider: str, metadata: dict[str, str], tenant: str = ""
     ) -> Sandbox:
         work = Path(tempfile.mkdtemp(dir=self._scratch))
         try:
@@ -313,6 +313,7 @@ class Snapshots:
                     keep_alive=False,
                     resources=Resources(**manifest["resources"]),
                     env={str(k): str(v) for k, v in manifest["env"].items()},
+                    tenant=tenant,
                 )
             except (TypeError, AttributeError) as exc:
                 raise InvalidArgument(

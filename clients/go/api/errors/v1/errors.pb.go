@@ -322,6 +322,26 @@ const (
 	Reason_REASON_WRITE_HEADER_REPEATED Reason = 144
 	// INVALID_ARGUMENT
 	Reason_REASON_WRITE_HEADER_REQUIRED Reason = 145
+	// UNAUTHENTICATED
+	Reason_REASON_TOKEN_MISSING Reason = 146
+	// UNAUTHENTICATED
+	Reason_REASON_TOKEN_INVALID Reason = 147
+	// UNAUTHENTICATED
+	Reason_REASON_TOKEN_REVOKED Reason = 148
+	// UNAUTHENTICATED
+	Reason_REASON_TOKEN_EXPIRED Reason = 149
+	// PERMISSION_DENIED
+	Reason_REASON_SCOPE_INSUFFICIENT Reason = 150
+	// RESOURCE_EXHAUSTED
+	Reason_REASON_QUOTA_EXCEEDED Reason = 151
+	// RESOURCE_EXHAUSTED
+	Reason_REASON_RATE_LIMITED Reason = 152
+	// NOT_FOUND
+	Reason_REASON_TOKEN_NOT_FOUND Reason = 153
+	// INVALID_ARGUMENT
+	Reason_REASON_TENANT_INVALID Reason = 154
+	// PERMISSION_DENIED
+	Reason_REASON_ADMIN_SOCKET_ONLY Reason = 155
 )
 
 // Enum value maps for Reason.
@@ -473,6 +493,16 @@ var (
 		143: "REASON_WRITE_CANCELLED",
 		144: "REASON_WRITE_HEADER_REPEATED",
 		145: "REASON_WRITE_HEADER_REQUIRED",
+		146: "REASON_TOKEN_MISSING",
+		147: "REASON_TOKEN_INVALID",
+		148: "REASON_TOKEN_REVOKED",
+		149: "REASON_TOKEN_EXPIRED",
+		150: "REASON_SCOPE_INSUFFICIENT",
+		151: "REASON_QUOTA_EXCEEDED",
+		152: "REASON_RATE_LIMITED",
+		153: "REASON_TOKEN_NOT_FOUND",
+		154: "REASON_TENANT_INVALID",
+		155: "REASON_ADMIN_SOCKET_ONLY",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":                 0,
@@ -621,6 +651,16 @@ var (
 		"REASON_WRITE_CANCELLED":             143,
 		"REASON_WRITE_HEADER_REPEATED":       144,
 		"REASON_WRITE_HEADER_REQUIRED":       145,
+		"REASON_TOKEN_MISSING":               146,
+		"REASON_TOKEN_INVALID":               147,
+		"REASON_TOKEN_REVOKED":               148,
+		"REASON_TOKEN_EXPIRED":               149,
+		"REASON_SCOPE_INSUFFICIENT":          150,
+		"REASON_QUOTA_EXCEEDED":              151,
+		"REASON_RATE_LIMITED":                152,
+		"REASON_TOKEN_NOT_FOUND":             153,
+		"REASON_TENANT_INVALID":              154,
+		"REASON_ADMIN_SOCKET_ONLY":           155,
 	}
 )
 
@@ -655,7 +695,7 @@ var File_computesdk_api_errors_v1_errors_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\xaf!\n" +
+	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\xc9#\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_ABORTED\x10\x01\x12\x16\n" +
@@ -803,7 +843,17 @@ const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\x1fREASON_VOLUME_PROVIDER_MISMATCH\x10\x8e\x01\x12\x1b\n" +
 	"\x16REASON_WRITE_CANCELLED\x10\x8f\x01\x12!\n" +
 	"\x1cREASON_WRITE_HEADER_REPEATED\x10\x90\x01\x12!\n" +
-	"\x1cREASON_WRITE_HEADER_REQUIRED\x10\x91\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
+	"\x1cREASON_WRITE_HEADER_REQUIRED\x10\x91\x01\x12\x19\n" +
+	"\x14REASON_TOKEN_MISSING\x10\x92\x01\x12\x19\n" +
+	"\x14REASON_TOKEN_INVALID\x10\x93\x01\x12\x19\n" +
+	"\x14REASON_TOKEN_REVOKED\x10\x94\x01\x12\x19\n" +
+	"\x14REASON_TOKEN_EXPIRED\x10\x95\x01\x12\x1e\n" +
+	"\x19REASON_SCOPE_INSUFFICIENT\x10\x96\x01\x12\x1a\n" +
+	"\x15REASON_QUOTA_EXCEEDED\x10\x97\x01\x12\x18\n" +
+	"\x13REASON_RATE_LIMITED\x10\x98\x01\x12\x1b\n" +
+	"\x16REASON_TOKEN_NOT_FOUND\x10\x99\x01\x12\x1a\n" +
+	"\x15REASON_TENANT_INVALID\x10\x9a\x01\x12\x1d\n" +
+	"\x18REASON_ADMIN_SOCKET_ONLY\x10\x9b\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
 
 var (
 	file_computesdk_api_errors_v1_errors_proto_rawDescOnce sync.Once

@@ -313,6 +313,26 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """INVALID_ARGUMENT"""
     REASON_WRITE_HEADER_REQUIRED: _Reason.ValueType  # 145
     """INVALID_ARGUMENT"""
+    REASON_TOKEN_MISSING: _Reason.ValueType  # 146
+    """UNAUTHENTICATED"""
+    REASON_TOKEN_INVALID: _Reason.ValueType  # 147
+    """UNAUTHENTICATED"""
+    REASON_TOKEN_REVOKED: _Reason.ValueType  # 148
+    """UNAUTHENTICATED"""
+    REASON_TOKEN_EXPIRED: _Reason.ValueType  # 149
+    """UNAUTHENTICATED"""
+    REASON_SCOPE_INSUFFICIENT: _Reason.ValueType  # 150
+    """PERMISSION_DENIED"""
+    REASON_QUOTA_EXCEEDED: _Reason.ValueType  # 151
+    """RESOURCE_EXHAUSTED"""
+    REASON_RATE_LIMITED: _Reason.ValueType  # 152
+    """RESOURCE_EXHAUSTED"""
+    REASON_TOKEN_NOT_FOUND: _Reason.ValueType  # 153
+    """NOT_FOUND"""
+    REASON_TENANT_INVALID: _Reason.ValueType  # 154
+    """INVALID_ARGUMENT"""
+    REASON_ADMIN_SOCKET_ONLY: _Reason.ValueType  # 155
+    """PERMISSION_DENIED"""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason lists every google.rpc.ErrorInfo.reason the daemon sends (ErrorInfo.domain
@@ -615,4 +635,24 @@ REASON_WRITE_HEADER_REPEATED: Reason.ValueType  # 144
 """INVALID_ARGUMENT"""
 REASON_WRITE_HEADER_REQUIRED: Reason.ValueType  # 145
 """INVALID_ARGUMENT"""
+REASON_TOKEN_MISSING: Reason.ValueType  # 146
+"""UNAUTHENTICATED"""
+REASON_TOKEN_INVALID: Reason.ValueType  # 147
+"""UNAUTHENTICATED"""
+REASON_TOKEN_REVOKED: Reason.ValueType  # 148
+"""UNAUTHENTICATED"""
+REASON_TOKEN_EXPIRED: Reason.ValueType  # 149
+"""UNAUTHENTICATED"""
+REASON_SCOPE_INSUFFICIENT: Reason.ValueType  # 150
+"""PERMISSION_DENIED"""
+REASON_QUOTA_EXCEEDED: Reason.ValueType  # 151
+"""RESOURCE_EXHAUSTED"""
+REASON_RATE_LIMITED: Reason.ValueType  # 152
+"""RESOURCE_EXHAUSTED"""
+REASON_TOKEN_NOT_FOUND: Reason.ValueType  # 153
+"""NOT_FOUND"""
+REASON_TENANT_INVALID: Reason.ValueType  # 154
+"""INVALID_ARGUMENT"""
+REASON_ADMIN_SOCKET_ONLY: Reason.ValueType  # 155
+"""PERMISSION_DENIED"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015

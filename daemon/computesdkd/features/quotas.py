@@ -1,0 +1,158 @@
+"""Per-tenant quotas: how many sandboxes, how much CPU, memory, disk and volume
+space a tenant may hold, and how fast it may create sandboxes.
+
+Placement asks admit() with no await between the answer and the sandbox joining
+the registry, and counts draws from warm pools that are still in flight, so a
+burst of creates cannot overshoot a bound. The admin (tenant "") has none."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+
+from computesdkd.core.owners import Owners
+from computesdkd.core.registry import Registry
+from computesdkd.domain.errors import InvalidArgument, ResourceExhausted
+from computesdkd.domain.model import SandboxSpec, State
+from computesdkd.store import Store
+
+VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Zero in a field means no bound."""
+
+    max_sandboxes: int = 0
+    max_cpu_cores: float = 0.0
+    max_memory_mb: int = 0
+    max_disk_mb: int = 0
+    max_volume_mb: int = 0
+    creates_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    sandboxes: int = 0
+    cpu_cores: float = 0.0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    volume_mb: int = 0
+
+
+class _Bucket:
+    """A token bucket: `rate` creates a second, bursts of up to `rate` (at least 1)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.level = self.capacity
+        self.at = time.monotonic()
+
+    def take(self, n: int) -> float:
+        """0 when n were taken, else the seconds until they could be."""
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if n <= self.level:
+            self.level -= n
+            return 0.0
+        return (n - self.level) / self.rate
+
+
+class Quotas:
+    def __init__(
+        self,
+        registry: Registry,
+        owners: Owners,
+        store: Store,
+        volume_size: Callable[[str], int | None],
+    ) -> None:
+        self._registry = registry
+        self._owners = owners
+        self._records = store.records("quotas")
+        # The size in MB of a volume, None when there is none by that name.
+        self._volume_size = volume_size
+        self._quotas = {name: Quota(**value) for name, value in self._records.all()}
+        self._buckets: dict[str, _Bucket] = {}
+
+    def get(self, tenant: str) -> Quota:
+        return self._quotas.get(tenant, Quota())
+
+    def set(self, tenant: str, quota: Quota) -> Quota:
+        for f in fields(quota):
+            value = getattr(quota, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise InvalidArgument(f"{f.name} must be a finite number >= 0")
+        self._quotas[tenant] = quota
+        self._records.put(tenant, asdict(quota))
+        self._buckets.pop(tenant, None)
+        return quota
+
+    def usage(self, tenant: str, pending: Iterable[SandboxSpec] = ()) -> Usage:
+        specs = [
+            sb.spec
+            for sb in self._registry.all()
+            if sb.spec.tenant == tenant and sb.state != State.STOPPED
+        ]
+        specs += [s for s in pending if s.tenant == tenant]
+        volume_mb = sum(self._volume_size(n) or 0 for n in self._owners.keys(VOLUME, tenant))
+        return Usage(
+            sandboxes=len(specs),
+            cpu_cores=sum(s.resources.cpu_cores for s in specs),
+            memory_mb=sum(s.resources.memory_mb for s in specs),
+            disk_mb=sum(s.resources.disk_mb for s in specs),
+            volume_mb=volume_mb,
+        )
+
+    def admit(self, spec: SandboxSpec, pending: Iterable[SandboxSpec] = ()) -> None:
+        """Raises QUOTA_EXCEEDED when spec would take its tenant past a bound."""
+        q = self._quotas.get(spec.tenant)
+        if not spec.tenant or q is None:
+            return
+        u = self.usage(spec.tenant, pending)
+        r = spec.resources
+        new_volume_mb = sum(
+            m.size_mb for m in spec.volumes if m.size_mb and self._volume_size(m.name) is None
+        )
+        _bound("sandboxes", u.sandboxes + 1, q.max_sandboxes)
+        _bound("cpu_cores", u.cpu_cores + r.cpu_cores, q.max_cpu_cores)
+        _bound("memory_mb", u.memory_mb + r.memory_mb, q.max_memory_mb)
+        _bound("disk_mb", u.disk_mb + r.disk_mb, q.max_disk_mb)
+        if new_volume_mb:
+            _bound("volume_mb", u.volume_mb + new_volume_mb, q.max_volume_mb)
+
+    def admit_volume(self, tenant: str, size_mb: int) -> None:
+        q = self._quotas.get(tenant)
+        if tenant and q is not None:
+            _bound("volume_mb", self.usage(tenant).volume_mb + size_mb, q.max_volume_mb)
+
+    def take_creates(self, tenant: str, n: int = 1) -> None:
+        """Raises RATE_LIMITED, with when to retry, past creates_per_second."""
+        q = self._quotas.get(tenant)
+        if not tenant or q is None or not q.creates_per_second:
+            return
+        bucket = self._buckets.get(tenant)
+        if bucket is None or bucket.rate != q.creates_per_second:
+            bucket = self._buckets[tenant] = _Bucket(q.creates_per_second)
+        wait = bucket.take(n)
+        if wait:
+            err = ResourceExhausted(
+                f"tenant {tenant!r} creates at most {q.creates_per_second:g} sandboxes a second",
+                reason="RATE_LIMITED",
+                limit=f"{q.creates_per_second:g}",
+            )
+            err.retry_after = wait
+            raise err
+
+
+def _bound(what: str, wanted: float, limit: float) -> None:
+    if limit and wanted > limit:
+        raise ResourceExhausted(
+            f"quota exceeded: {what} would be {wanted:g}, the tenant's bound is {limit:g}",
+            reason="QUOTA_EXCEEDED",
+            resource=what,
+            limit=f"{limit:g}",
+        )

@@ -1,0 +1,267 @@
+"""The network listener: TLS with certificates the test makes, bearer tokens and
+their failures, scopes, revocation without a restart, mTLS, and the refusal of
+plaintext off loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from conftest import BIN, DaemonProcess, new_daemon, serving_port
+from pki import CA, Pair
+
+from computesdk import Client
+from computesdk.admin import Quota
+from computesdk.errors import ComputeSDKError
+from computesdk_api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+
+@dataclass
+class Net:
+    daemon: DaemonProcess
+    admin: Client
+    address: str
+    ca: CA
+    client_pair: Pair | None = None
+
+    async def token(self, tenant: str, scope: str = "write", ttl: int = 0) -> str:
+        _, secret = await self.admin.admin.create_token(tenant, scope, ttl_seconds=ttl)
+        return secret
+
+    async def connect(self, token: str | None, **kw: object) -> Client:
+        opts: dict[str, object] = {"address": self.address, "ca": str(self.ca.pem), "token": token}
+        if self.client_pair is not None:
+            opts.update(cert=str(self.client_pair.cert), key=str(self.client_pair.key))
+        opts = {"timeout": 10, **opts, **kw}
+        return await Client.connect(**opts)  # type: ignore[arg-type]
+
+
+async def _start(mtls: bool) -> tuple[DaemonProcess, Net]:
+    d = new_daemon()
+    ca = CA(d.root)
+    server = ca.issue("server", server=True)
+    d.extra_args = ["--listen", "127.0.0.1:0", "--tls-cert", str(server.cert),
+                    "--tls-key", str(server.key)]  # fmt: skip
+    if mtls:
+        d.extra_args += ["--tls-client-ca", str(ca.pem)]
+    d.start()
+    port = serving_port(d)
+    admin = await Client.connect(socket=d.socket)
+    net = Net(d, admin, f"127.0.0.1:{port}", ca, ca.issue("client", server=False) if mtls else None)
+    return d, net
+
+
+@pytest_asyncio.fixture(scope="module")
+async def net() -> AsyncIterator[Net]:
+    d, n = await _start(mtls=False)
+    try:
+        yield n
+    finally:
+        await n.admin.close()
+        d.cleanup()
+
+
+async def _reason(coro: object) -> tuple[str, str]:
+    with pytest.raises(ComputeSDKError) as info:
+        await coro  # type: ignore[misc]
+    return info.value.code.name, info.value.reason
+
+
+async def test_tls_with_a_token_serves(net: Net) -> None:
+    c = await net.connect(await net.token("alpha"))
+    try:
+        sb = await c.create("local")
+        result = await sb.exec(["echo", "over tls"])
+        assert result.stdout == "over tls\n"
+        await sb.destroy()
+    finally:
+        await c.close()
+
+
+async def test_plaintext_to_the_tls_port_is_refused(net: Net) -> None:
+    channel = grpc.aio.insecure_channel(net.address)
+    stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListSandboxes(sandbox_pb2.ListSandboxesRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    await channel.close()
+
+
+async def test_a_server_cert_from_another_ca_is_not_trusted(net: Net, tmp_path: Path) -> None:
+    other = CA(tmp_path, "other-ca")
+    with pytest.raises(ComputeSDKError) as info:
+        await net.connect(await net.token("alpha"), ca=str(other.pem))
+    assert info.value.reason == "DAEMON_UNREACHABLE"
+
+
+async def test_each_bad_token_has_its_reason(net: Net) -> None:
+    good = await net.token("alpha")
+    expiring = await net.token("alpha", ttl=1)
+    token_id = good.split("_")[1]
+    cases = {
+        "TOKEN_MISSING": None,
+        "TOKEN_INVALID": good[:-4] + "AAAA",
+        "TOKEN_EXPIRED": expiring,
+    }
+    await asyncio.sleep(1.2)
+    for reason, token in cases.items():
+        c = await net.connect(token)
+        try:
+            assert await _reason(c.list()) == ("UNAUTHENTICATED", reason)
+        finally:
+            await c.close()
+    c = await net.connect(good)
+    try:
+        assert await c.list() == []
+        # Revoked: the very next call on the same connection is refused, no restart.
+        await net.admin.admin.revoke_token(token_id)
+        assert await _reason(c.list()) == ("UNAUTHENTICATED", "TOKEN_REVOKED")
+    finally:
+        await c.close()
+    # A header that is not a bearer token, and a long one, are refused the same way,
+    # without an echo. (grpc itself refuses metadata past 8 KiB.)
+    channel = grpc.aio.secure_channel(
+        net.address, grpc.ssl_channel_credentials(net.ca.pem.read_bytes())
+    )
+    stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+    for header in ("Basic abc", "Bearer " + "x" * 4_000):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListSandboxes(
+                sandbox_pb2.ListSandboxesRequest(), metadata=[("authorization", header)]
+            )
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(info.value.details() or "") < 200
+    await channel.close()
+
+
+async def test_scopes(net: Net) -> None:
+    writer = await net.connect(await net.token("scoped", "write"))
+    reader = await net.connect(await net.token("scoped", "read"))
+    try:
+        sb = await writer.create("local")
+        assert [s.id for s in await reader.list()] == [sb.id]
+        mine = await reader.get(sb.id)
+        assert await _reason(mine.exec(["true"])) == ("PERMISSION_DENIED", "SCOPE_INSUFFICIENT")
+        assert await _reason(reader.create("local")) == ("PERMISSION_DENIED", "SCOPE_INSUFFICIENT")
+        # Tokens are an admin-scope matter, and a write token is not one.
+        assert await _reason(writer.admin.create_token("scoped")) == (
+            "PERMISSION_DENIED",
+            "SCOPE_INSUFFICIENT",
+        )
+        await sb.destroy()
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_an_admin_token_reaches_its_own_tenant_only(net: Net) -> None:
+    c = await net.connect(await net.token("own", "admin"))
+    try:
+        token, secret = await c.admin.create_token("own", "read")
+        assert token.tenant == "own" and secret.startswith("csk_")
+        assert await _reason(c.admin.create_token("someone-else")) == (
+            "PERMISSION_DENIED",
+            "SCOPE_INSUFFICIENT",
+        )
+        assert {t.tenant for t in await c.admin.list_tokens()} == {"own"}
+        other = (await net.admin.admin.list_tokens("alpha"))[0]
+        assert await _reason(c.admin.revoke_token(other.id)) == ("NOT_FOUND", "TOKEN_NOT_FOUND")
+        assert await _reason(c.admin.set_quota("own", Quota(1))) == (
+            "PERMISSION_DENIED",
+            "ADMIN_SOCKET_ONLY",
+        )
+    finally:
+        await c.close()
+
+
+async def test_secrets_are_stored_hashed(net: Net) -> None:
+    secret = await net.token("hashed")
+    net.daemon.stop()
+    try:
+        db = (net.daemon.state / "state.db").read_bytes()
+        assert secret.encode() not in db
+        assert secret.split("_", 2)[2].encode() not in db
+        assert secret.split("_")[1].encode() in db  # the id is public
+    finally:
+        net.daemon.start()
+        await asyncio.sleep(0)
+    # A restarted daemon knows the token.
+    port = serving_port(net.daemon)
+    net.address = f"127.0.0.1:{port}"
+    c = await net.connect(secret)
+    try:
+        assert await c.list() == []
+    finally:
+        await c.close()
+
+
+async def test_mtls_refuses_a_client_cert_from_another_ca(tmp_path: Path) -> None:
+    d, n = await _start(mtls=True)
+    try:
+        token = await n.token("mtls")
+        c = await n.connect(token)
+        assert await c.list() == []
+        await c.close()
+        other = CA(tmp_path, "rogue-ca").issue("client", server=False)
+        for pair in (other, None):
+            kw = {"cert": str(pair.cert), "key": str(pair.key)} if pair else {}
+            n.client_pair = None
+            with pytest.raises(ComputeSDKError) as info:
+                await n.connect(token, timeout=3, **kw)
+            assert info.value.reason == "DAEMON_UNREACHABLE"
+    finally:
+        await n.admin.close()
+        d.cleanup()
+
+
+def test_plaintext_off_loopback_is_refused_unless_asked() -> None:
+    d = new_daemon()
+    try:
+        argv = [str(BIN / "computesdkd"), "--socket", str(d.socket), "--state-dir", str(d.state),
+                "--listen", "0.0.0.0:0"]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0
+        assert "not loopback" in out.stderr and "--insecure-listen" in out.stderr
+    finally:
+        d.cleanup()
+
+
+async def test_loopback_plaintext_still_needs_a_token() -> None:
+    d = new_daemon()
+    d.extra_args = ["--listen", "127.0.0.1:0"]
+    d.start()
+    try:
+        address = f"127.0.0.1:{serving_port(d)}"
+        c = await Client.connect(address=address, insecure=True)
+        assert await _reason(c.list()) == ("UNAUTHENTICATED", "TOKEN_MISSING")
+        await c.close()
+        admin = await Client.connect(socket=d.socket)
+        _, secret = await admin.admin.create_token("plain")
+        await admin.close()
+        c = await Client.connect(address=address, insecure=True, token=secret)
+        assert await c.list() == []
+        await c.close()
+    finally:
+        d.cleanup()
+
+
+async def test_rotation_without_restart(net: Net) -> None:
+    old = await net.token("rotating")
+    c_old = await net.connect(old)
+    sb = await c_old.create("local")
+    new = await net.token("rotating")
+    await net.admin.admin.revoke_token(old.split("_")[1])
+    c_new = await net.connect(new)
+    try:
+        assert [s.id for s in await c_new.list()] == [sb.id]  # the same tenant's
+        assert await _reason(c_old.list()) == ("UNAUTHENTICATED", "TOKEN_REVOKED")
+        await (await c_new.get(sb.id)).destroy()
+    finally:
+        await c_old.close()
+        await c_new.close()
