@@ -467,13 +467,19 @@ def peers(n: int) -> dict[str, Result]:
 
 
 async def run(a: argparse.Namespace) -> Result:
-    from conftest import new_daemon
+    from conftest import new_daemon, serving_port
+    from pki import CA
 
     d = new_daemon()
+    # The network listener too, over TLS: exec over it is measured beside the socket's.
+    ca = CA(d.root)
+    server = ca.issue("server", server=True)
     # As the README's daemon runs: a warm pool of the TTI template that create draws
     # from transparently. The *_cold rows switch the pool off per request.
     pool_min = min(max(a.burst, a.iterations), TTI_POOL_MIN)
-    d.extra_args = ["--warm-pool", f"{TTI_POOL}=local/node:{pool_min}:{pool_min * 2}"]
+    d.extra_args = ["--warm-pool", f"{TTI_POOL}=local/node:{pool_min}:{pool_min * 2}",
+                    "--listen", "127.0.0.1:0", "--tls-cert", str(server.cert),
+                    "--tls-key", str(server.key)]  # fmt: skip
     d.start()
     assert d.proc is not None
     res: Result = {
@@ -505,6 +511,13 @@ async def run(a: argparse.Namespace) -> Result:
         res["state_ops"] = await state_ops(client, a.state_sizes, 3 if a.quick else 10)
         step("exec round trip")
         res["exec_true"] = await exec_rtt(client, max(n * 4, 50))
+        step("exec round trip over TLS TCP, with a token")
+        _, token = await client.admin.create_token("bench")
+        tls = await Client.connect(
+            address=f"127.0.0.1:{serving_port(d)}", ca=str(ca.pem), token=token
+        )
+        res["exec_true_tls"] = await exec_rtt(tls, max(n * 4, 50))
+        await tls.close()
         step("stdout throughput")
         res["stdout"] = await stdout_mb_s(client, a.stdout_mib)
         step("concurrency")
@@ -582,6 +595,16 @@ def table(res: Result) -> str:
             f"{ratio(e['p50'], f['unary']['p50'])} of a bare unary call",
         )
     )
+    if "exec_true_tls" in res:
+        t = res["exec_true_tls"]
+        rows.append(
+            (
+                "exec `true`, TLS TCP + token",
+                f"{t['p50']:.2f}",
+                f"{t['p95']:.2f}",
+                f"{ratio(t['p50'], e['p50'])} of the socket's",
+            )
+        )
     rows.append(
         ("bare grpc.aio unary", f"{f['unary']['p50']:.2f}", f"{f['unary']['p95']:.2f}", "floor")
     )

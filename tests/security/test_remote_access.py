@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,15 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from conftest import BIN, DaemonProcess, new_daemon, serving_port
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from pki import CA, Pair
 
 from computesdk import Client
 from computesdk.admin import Quota
 from computesdk.errors import ComputeSDKError
 from computesdk_api.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from conftest import BIN, DaemonProcess, new_daemon, serving_port
 
 
 @dataclass
@@ -265,3 +268,67 @@ async def test_rotation_without_restart(net: Net) -> None:
     finally:
         await c_old.close()
         await c_new.close()
+
+
+async def test_quota_holds_under_a_burst_of_50_creates(net: Net) -> None:
+    await net.admin.admin.set_quota("bursty", Quota(max_sandboxes=5, max_memory_mb=4096))
+    c = await net.connect(await net.token("bursty"))
+    try:
+        results = await asyncio.gather(
+            *(c.create("local") for _ in range(50)), return_exceptions=True
+        )
+        made = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, ComputeSDKError)]
+        assert len(made) == 5 and len(refused) == 45, results
+        assert {(e.code.name, e.reason) for e in refused} == {
+            ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED")
+        }
+        usage = await net.admin.admin.get_quota("bursty")
+        assert usage.sandboxes == 5
+        for sb in made:
+            await sb.destroy()
+        assert (await c.create("local")) is not None  # room again once they are gone
+    finally:
+        for sb in await c.list():
+            await sb.destroy()
+        await c.close()
+
+
+async def test_creates_per_second_under_a_burst_of_50(net: Net) -> None:
+    await net.admin.admin.set_quota("ratey", Quota(creates_per_second=2))
+    token = await net.token("ratey")
+    c = await net.connect(token)
+    channel = grpc.aio.secure_channel(
+        net.address, grpc.ssl_channel_credentials(net.ca.pem.read_bytes())
+    )
+    stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(c.create("local") for _ in range(50)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        made = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, ComputeSDKError)]
+        # A bucket of 2, refilled at 2 a second while the burst lasted.
+        assert 1 <= len(made) <= 2 + int(2 * elapsed) + 1, (len(made), elapsed)
+        assert refused and {e.reason for e in refused} == {"RATE_LIMITED"}
+        # The refusal says when to come back (google.rpc.RetryInfo).
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            for _ in range(5):
+                await stub.CreateSandbox(
+                    sandbox_pb2.CreateSandboxRequest(provider="local"),
+                    metadata=[("authorization", f"Bearer {token}")],
+                )
+        status = rpc_status.from_call(info.value)
+        assert status is not None
+        retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert retry
+        delay = error_details_pb2.RetryInfo()
+        retry[0].Unpack(delay)
+        assert 0 < delay.retry_delay.ToTimedelta().total_seconds() <= 1
+    finally:
+        await channel.close()
+        for sb in await c.list():
+            await sb.destroy()
+        await c.close()

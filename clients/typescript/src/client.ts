@@ -2,9 +2,10 @@
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { existsSync } from "node:fs";
+import type { SecureClientSessionOptions } from "node:http2";
+import { existsSync, readFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
-import { createClient, type Client as RpcClient, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client as RpcClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { PoolPolicy, SandboxService, State, type Sandbox as SandboxMessage } from "./gen/computesdk/api/sandbox/v1/sandbox_pb.js";
@@ -21,9 +22,11 @@ import { SnapshotService } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js
 import { VolumeService } from "./gen/computesdk/api/volume/v1/volume_pb.js";
 import { States, Volumes } from "./state.js";
 import { TemplateService } from "./gen/computesdk/api/template/v1/template_pb.js";
+import { AdminService } from "./gen/computesdk/api/admin/v1/admin_pb.js";
 import { Templates } from "./templates.js";
+import { Quotas, Tokens } from "./admin.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
-import { ComputeSDKError, fromError, typedError } from "./errors.js";
+import { ComputeSDKError, InvalidArgumentError, fromError, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, toDate, type Resources } from "./sandbox.js";
 
 /** The generated service clients, for calls the idiomatic layer does not wrap; they fail with typed errors too. */
@@ -41,17 +44,84 @@ export interface Raw {
   snapshots: RpcClient<typeof SnapshotService>;
   volumes: RpcClient<typeof VolumeService>;
   templates: RpcClient<typeof TemplateService>;
+  admin: RpcClient<typeof AdminService>;
 }
 
 export type ConnectionState = "connected" | "disconnected" | "reconnecting";
 
+/**
+ * Where the daemon is and how to reach it: one of socket, address and target.
+ * With none, $COMPUTESDK_ADDRESS if set, else $COMPUTESDK_SOCKET, else the
+ * daemon's default socket. Every other option left out (undefined) is taken
+ * from its environment variable; an explicit option always beats it.
+ *
+ *     COMPUTESDK_ADDRESS      host:port of the daemon's TCP listener (TLS unless insecure)
+ *     COMPUTESDK_TOKEN        bearer token sent on every call
+ *     COMPUTESDK_CA           the CA (PEM file) that alone is trusted for the daemon's certificate
+ *     COMPUTESDK_CLIENT_CERT  PEM client certificate, for a daemon that wants mTLS
+ *     COMPUTESDK_CLIENT_KEY   its private key
+ *     COMPUTESDK_INSECURE=1   plaintext TCP instead of TLS
+ *     COMPUTESDK_SOCKET       the Unix socket, when no address is given
+ *
+ * For example, with a token from `computesdk token create --tenant me --scope write`:
+ *
+ *     const client = await connect({ address: "sandboxes.internal:7443", ca: "/etc/computesdk/ca.pem", token });
+ *
+ * A token the daemon refuses fails connect() with an UnauthenticatedError whose
+ * reason says why (TOKEN_MISSING, TOKEN_INVALID, TOKEN_REVOKED, TOKEN_EXPIRED);
+ * a call the token's scope does not cover fails with a PermissionDeniedError
+ * (SCOPE_INSUFFICIENT). A daemon that cannot be reached, or whose TLS handshake
+ * fails, gives reason DAEMON_UNREACHABLE with the cause in the message.
+ */
 export interface ConnectOptions {
-  /** Unix socket of the daemon (default: $COMPUTESDK_SOCKET, then the daemon's default). */
+  /** The daemon's Unix (admin) socket: no TLS, no token needed. Beats $COMPUTESDK_ADDRESS. */
   socket?: string;
-  /** Any other gRPC target, as "http://host:port". */
+  /**
+   * "host:port" of the daemon's TCP listener (computesdkd --listen), "[::1]:port"
+   * for IPv6. TLS, verified against Node's default roots or ca, unless insecure.
+   */
+  address?: string;
+  /**
+   * Any other gRPC target, "http://host:port" (plaintext) or "https://host:port"
+   * (TLS with ca, cert, key and serverName; the environment's TLS settings do not apply).
+   */
   target?: string;
+  /**
+   * Bearer token, sent as "authorization: Bearer <token>" on every call, unary
+   * and streaming (default: $COMPUTESDK_TOKEN; "" sends none). The Unix socket
+   * ignores it. The client keeps it out of errors and logs.
+   */
+  token?: string;
+  /**
+   * The only CA trusted to sign the daemon's certificate, instead of Node's
+   * default roots: a PEM file's path, or the PEM itself as a string or Buffer
+   * (default: $COMPUTESDK_CA).
+   */
+  ca?: string | Buffer;
+  /** Client certificate for a daemon that requires one (computesdkd --tls-client-ca): path or PEM (default: $COMPUTESDK_CLIENT_CERT). */
+  cert?: string | Buffer;
+  /** The client certificate's private key: path or PEM (default: $COMPUTESDK_CLIENT_KEY). */
+  key?: string | Buffer;
+  /**
+   * Plaintext TCP to address, for a daemon started with --insecure-listen, e.g.
+   * on loopback (default: $COMPUTESDK_INSECURE=1). The token still goes on every
+   * call, in the clear: keep it to networks you trust.
+   */
+  insecure?: boolean;
+  /** Checks the daemon's certificate against this name (also sent as SNI) instead of the address's host. */
+  serverName?: string;
   /** How long connect() waits for the daemon (default 10 s). */
   timeoutMs?: number;
+}
+
+/** A resolved ConnectOptions: what the transport dials. */
+interface Endpoint {
+  baseUrl: string;
+  socket?: string;
+  tls?: SecureClientSessionOptions;
+  token?: string;
+  /** For messages: the socket path or the URL, never the token. */
+  where: string;
 }
 
 export interface CreateOptions {
@@ -109,6 +179,106 @@ export function defaultSocket(): string {
   return path.join(runtime, "computesdk", "computesdkd.sock");
 }
 
+const invalid = (message: string) => new InvalidArgumentError(message, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+
+/** A path, or PEM text when it holds a PEM header; a Buffer is PEM as is. */
+function pem(value: string | Buffer, what: string): string | Buffer {
+  if (Buffer.isBuffer(value) || value.includes("-----BEGIN")) return value;
+  try {
+    return readFileSync(value);
+  } catch (err) {
+    throw invalid(`cannot read the ${what} ${value}: ${(err as Error).message}`);
+  }
+}
+
+/** An option left out (undefined) is taken from the environment; "" (or null) is none. */
+function pick<T>(option: T | undefined | null, env: T | undefined): T | undefined {
+  const v = option === undefined ? env : option;
+  return v === "" || v === null ? undefined : v;
+}
+
+/** COMPUTESDK_INSECURE=1 (or true, yes, on). */
+const envTrue = (v: string | undefined) => ["1", "true", "yes", "on"].includes((v ?? "").trim().toLowerCase());
+
+function bearer(token: string): Interceptor {
+  const value = `Bearer ${token}`;
+  return (next) => (req) => {
+    req.header.set("authorization", value);
+    return next(req);
+  };
+}
+
+/**
+ * Which transport the options (then the environment) ask for; throws
+ * InvalidArgumentError on a contradiction. The same rules as the Go client.
+ */
+function resolveEndpoint(options: ConnectOptions, env: NodeJS.ProcessEnv = process.env): Endpoint {
+  const chosen = (["socket", "address", "target"] as const).filter((k) => options[k]);
+  if (chosen.length > 1) throw invalid(`give one of socket, address and target, not ${chosen.join(" and ")}`);
+  const address = options.address || (chosen.length === 0 ? env.COMPUTESDK_ADDRESS?.trim() : undefined);
+  const target = options.target;
+
+  // The token goes on any connection (the Unix socket ignores it).
+  const rawToken = pick(options.token, env.COMPUTESDK_TOKEN)?.trim();
+  const token = rawToken ? { token: checkToken(rawToken) } : {};
+  if (!target && !address) {
+    const socket = path.resolve(options.socket || defaultSocket());
+    return { baseUrl: "http://localhost", socket, where: socket, ...token };
+  }
+
+  // TLS settings asked for in the options; the environment's apply to an address only.
+  const explicitTls = (["ca", "cert", "key", "serverName"] as const).filter((k) => options[k]);
+  let baseUrl: string;
+  if (target) {
+    baseUrl = target;
+  } else {
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(address!)) throw invalid(`address is host:port, not a URL (${address}); a URL goes in target`);
+    let plaintext = envTrue(env.COMPUTESDK_INSECURE) && explicitTls.length === 0;
+    if (options.insecure !== undefined) plaintext = options.insecure;
+    baseUrl = `${plaintext ? "http" : "https"}://${address}`;
+  }
+  let url: URL;
+  try {
+    url = new URL(baseUrl);
+  } catch {
+    throw invalid(`not a host:port or URL: ${target ?? address}`);
+  }
+  if (address && (!url.port || url.pathname !== "/" || url.search || url.hash || url.username)) throw invalid(`address must be host:port, not ${address}`);
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw invalid(`target must be http:// or https://, not ${url.protocol}`);
+  const endpoint: Endpoint = { baseUrl, where: baseUrl, ...token };
+  if (url.protocol === "http:") {
+    if (explicitTls.length) throw invalid(`${options.insecure ? "insecure" : "an http:// target"} is plaintext: it takes no ${explicitTls.join(", ")}`);
+    return endpoint;
+  }
+
+  const fromEnv = !target;
+  const ca = pick(options.ca, fromEnv ? env.COMPUTESDK_CA : undefined);
+  let cert = options.cert;
+  let key = options.key;
+  if (cert === undefined && key === undefined && fromEnv) {
+    cert = env.COMPUTESDK_CLIENT_CERT;
+    key = env.COMPUTESDK_CLIENT_KEY;
+  }
+  cert = pick(cert, undefined);
+  key = pick(key, undefined);
+  const tls: SecureClientSessionOptions = {};
+  if (ca) tls.ca = pem(ca, "CA");
+  if (!cert !== !key) throw invalid("a client certificate needs both cert and key (COMPUTESDK_CLIENT_CERT and COMPUTESDK_CLIENT_KEY)");
+  if (cert && key) {
+    tls.cert = pem(cert, "client certificate");
+    tls.key = pem(key, "client key");
+  }
+  if (options.serverName) tls.servername = options.serverName;
+  endpoint.tls = tls;
+  return endpoint;
+}
+
+/** A header value cannot carry controls or spaces; say so without echoing the secret. */
+function checkToken(token: string): string {
+  if (!/^[\x21-\x7e]+$/.test(token)) throw invalid("the token has characters a header cannot carry (is it the whole output of token create?)");
+  return token;
+}
+
 export function eventFromProto(e: EventMessage): Event {
   return {
     sequence: Number(e.sequence),
@@ -138,6 +308,19 @@ function isConnectionLoss(err: unknown): boolean {
     if (typeof code === "string" && SOCKET_ERRORS.has(code)) return true;
   }
   return false;
+}
+
+/** The TLS layer's complaint (a certificate not trusted, a name that does not match, ...), if that is why a call failed. */
+function tlsFailure(err: ComputeSDKError): string | undefined {
+  for (let e = err.cause; e instanceof Error; e = e.cause) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code !== "string") continue;
+    if (!/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|HOSTNAME|ALTNAME|ALPN/.test(code)) continue;
+    // OpenSSL's own errors carry a short reason beside a long message.
+    const reason = (e as { reason?: unknown }).reason;
+    return `${(typeof reason === "string" && reason ? reason : e.message).trim()} (${code})`;
+  }
+  return undefined;
 }
 
 /**
@@ -176,26 +359,35 @@ export class Client {
   readonly states: States;
   readonly volumes: Volumes;
   readonly templates: Templates;
+  /** Bearer tokens for the TCP listener (AdminService). */
+  readonly tokens: Tokens;
+  /** Per-tenant quotas (AdminService). */
+  readonly quotas: Quotas;
   /** Each provider's capabilities, as ListProviders said. */
   private readonly known = new Map<string, ReadonlySet<string>>();
+  /** The URL dialled: http://localhost over the Unix socket, else the TCP target. */
   readonly target: string;
   private readonly session: Http2SessionManager;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();
   private closed = false;
 
-  private constructor(target: string, socket: string | undefined) {
-    this.target = target;
+  private constructor(endpoint: Endpoint) {
+    this.target = endpoint.baseUrl;
+    const socket = endpoint.socket;
     this.session = new Http2SessionManager(
-      target,
+      endpoint.baseUrl,
       { pingIntervalMs: 30_000 },
-      socket ? { createConnection: () => net.connect(socket) } : {},
+      socket ? { createConnection: () => net.connect(socket) } : (endpoint.tls ?? {}),
     );
     const transport = typedErrors(
       createGrpcTransport({
-        baseUrl: target,
+        baseUrl: endpoint.baseUrl,
+        // The session manager dials (the socket, or TCP with endpoint.tls as its nodeOptions).
         sessionManager: this.session,
         readMaxBytes: MAX_MESSAGE,
         writeMaxBytes: MAX_MESSAGE,
+        // The token rides on every call, unary and streaming; it is kept nowhere else.
+        interceptors: endpoint.token ? [bearer(endpoint.token)] : [],
       }),
     );
     this.raw = {
@@ -212,7 +404,10 @@ export class Client {
       snapshots: createClient(SnapshotService, transport),
       volumes: createClient(VolumeService, transport),
       templates: createClient(TemplateService, transport),
+      admin: createClient(AdminService, transport),
     };
+    this.tokens = new Tokens(this);
+    this.quotas = new Quotas(this);
     this.states = new States(this);
     this.volumes = new Volumes(this);
     this.templates = new Templates(this);
@@ -224,24 +419,31 @@ export class Client {
 
   /** Connects and waits until the daemon answers. */
   static async connect(options: ConnectOptions = {}): Promise<Client> {
-    let socket: string | undefined;
-    let target = options.target;
-    if (!target) {
-      socket = path.resolve(options.socket ?? defaultSocket());
-      // Fail fast: nothing will ever listen on a socket that does not exist.
-      if (!existsSync(socket)) {
-        throw new ComputeSDKError(`computesdkd is not running: no socket at ${socket}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
-      }
-      target = "http://localhost";
+    const endpoint = resolveEndpoint(options);
+    // Fail fast: nothing will ever listen on a socket that does not exist.
+    if (endpoint.socket && !existsSync(endpoint.socket)) {
+      throw new ComputeSDKError(`computesdkd is not running: no socket at ${endpoint.socket}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
     }
-    const client = new Client(target, socket);
-    // A cheap call proves the daemon is there and tells what each provider can do.
+    const client = new Client(endpoint);
+    // A cheap call proves the daemon is there (and takes the token) and tells what each provider can do.
     try {
       client.remember((await client.raw.providers.listProviders({}, { timeoutMs: options.timeoutMs ?? 10_000 })).providers);
     } catch (err) {
       client.close();
-      if (err instanceof ComputeSDKError && (err.code === "UNAVAILABLE" || err.code === "DEADLINE_EXCEEDED")) {
-        throw new ComputeSDKError(`cannot reach computesdkd at ${socket ?? target}: ${err.message}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
+      // Nothing here cancels: a cancelled stream is the peer hanging up, e.g. a TLS port spoken to in plaintext.
+      if (err instanceof ConnectError && err.code === Code.Canceled) {
+        throw new ComputeSDKError(
+          `cannot reach computesdkd at ${endpoint.where}: the connection closed before it answered ${endpoint.tls ? "(does it want a client certificate, or refuse this one?)" : "(is it a TLS port?)"}`,
+          "UNAVAILABLE",
+          "DAEMON_UNREACHABLE",
+          {},
+          { cause: err },
+        );
+      }
+      if (err instanceof ComputeSDKError && (isConnectionLoss(err) || err.code === "DEADLINE_EXCEEDED" || tlsFailure(err))) {
+        const tls = tlsFailure(err);
+        const why = tls ? `TLS: ${tls}` : err.message;
+        throw new ComputeSDKError(`cannot reach computesdkd at ${endpoint.where}: ${why}`, "UNAVAILABLE", "DAEMON_UNREACHABLE", {}, { cause: err });
       }
       throw err;
     }
@@ -408,7 +610,7 @@ function createRequest(provider: string, o: CreateOptions) {
   };
 }
 
-/** Connects with the default options (or $COMPUTESDK_SOCKET). */
+/** Connects with the default options (or $COMPUTESDK_ADDRESS, $COMPUTESDK_SOCKET, ...: see ConnectOptions). */
 export function connect(options: ConnectOptions = {}): Promise<Client> {
   return Client.connect(options);
 }

@@ -42,7 +42,10 @@ export class UnavailableError extends ComputeSDKError {}
 export class SandboxTerminatedError extends ComputeSDKError {}
 export class DeadlineExceededError extends ComputeSDKError {}
 export class OutOfRangeError extends ComputeSDKError {}
+/** The call lacks what it needs: over TCP, a token's scope too narrow (SCOPE_INSUFFICIENT). */
 export class PermissionDeniedError extends ComputeSDKError {}
+/** Over TCP: no token (TOKEN_MISSING), or one the daemon refuses (TOKEN_INVALID, TOKEN_REVOKED, TOKEN_EXPIRED). */
+export class UnauthenticatedError extends ComputeSDKError {}
 export class InternalError extends ComputeSDKError {}
 
 type ErrorClass = new (m: string, c: string, r?: string, md?: Record<string, string>, o?: ErrorOptions) => ComputeSDKError;
@@ -74,6 +77,7 @@ const byCode: Partial<Record<Code, ErrorClass>> = {
   [Code.Aborted]: SandboxTerminatedError,
   [Code.DeadlineExceeded]: DeadlineExceededError,
   [Code.PermissionDenied]: PermissionDeniedError,
+  [Code.Unauthenticated]: UnauthenticatedError,
   [Code.Internal]: InternalError,
   [Code.OutOfRange]: OutOfRangeError,
 };

@@ -1,4 +1,4 @@
-// computesdk: the TypeScript client of computesdkd.
+// computesdk: the TypeScript client of computesdkd, over its Unix socket or TCP with TLS and a token.
 export { Client, compute, connect, defaultSocket } from "./client.js";
 export type { ConnectOptions, ConnectionState, CreateOptions, Event, EventsOptions, ListOptions, Raw } from "./client.js";
 export { ExecStream, Files, Monitor, Process, Sandbox, stateName } from "./sandbox.js";
@@ -10,3 +10,5 @@ export { Snapshots, States, Volumes } from "./state.js";
 export type { SnapshotInfo, StateInfo, VolumeInfo } from "./state.js";
 export { Templates } from "./templates.js";
 export type { BuildEvent, BuildResult, TemplateDefinition, TemplateInfo } from "./templates.js";
+export { Quotas, Tokens } from "./admin.js";
+export type { Quota, QuotaUsage, Scope, TokenInfo } from "./admin.js";

@@ -1,4 +1,6 @@
-// Runs tests/conformance/scenarios.json, the list every client runs, against a real daemon.
+// Runs tests/conformance/scenarios.json, the list every client runs, against a real daemon:
+// over its Unix socket, or with COMPUTESDK_TEST_TLS=1 over TLS on TCP with a tenant's
+// admin token (see daemon.ts), where every scenario must pass the same.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -191,7 +193,9 @@ describe("conformance", () => {
   assert.ok(file.scenarios.length > 0);
   for (const sc of file.scenarios) {
     it(sc.name, async () => {
-      const runner = new Runner(await Client.connect({ socket: daemon.socket }));
+      const client = await Client.connect(daemon.connectOptions());
+      if (daemon.listen === "tls") assert.equal(client.target, `https://${daemon.address}`);
+      const runner = new Runner(client);
       try {
         for (const [i, st] of sc.steps.entries()) {
           if (st.error) {

@@ -1,4 +1,5 @@
 // The client's own tests: RPC drift, typed errors, the Quick Start, processes and monitoring.
+// With COMPUTESDK_TEST_TLS=1 they reach the daemon over TLS with a token, as conformance does.
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -21,6 +22,7 @@ import { MessagingService } from "../src/gen/computesdk/api/messaging/v1/messagi
 import { SnapshotService } from "../src/gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import { VolumeService } from "../src/gen/computesdk/api/volume/v1/volume_pb.js";
 import { TemplateService } from "../src/gen/computesdk/api/template/v1/template_pb.js";
+import { AdminService } from "../src/gen/computesdk/api/admin/v1/admin_pb.js";
 import { Reason } from "../src/gen/computesdk/api/errors/v1/errors_pb.js";
 import { Client, ComputeSDKError, MessageQueue, PathOutsideSandboxError, Sandbox, SandboxNotFoundError, TemplateBuildError, TemplateNotFoundError, connect, createSharedNetwork, fromError, typedError } from "../src/index.js";
 import { Daemon } from "./daemon.js";
@@ -48,7 +50,7 @@ it("wraps every RPC in the protos", () => {
     .join("\n");
   const missing: string[] = [];
   let total = 0;
-  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService, SnapshotService, VolumeService, TemplateService];
+  const services = [SandboxService, ProcessService, FilesystemService, EventService, ProviderService, MonitoringService, PoolService, GroupService, NetworkService, MessagingService, SnapshotService, VolumeService, TemplateService, AdminService];
   // Every generated package has its service in the list above; errors has only the Reason enum.
   const packages = readdirSync(path.resolve(here, "../../src/gen/computesdk/api")).sort();
   assert.deepEqual(packages, [...services.map((s) => s.typeName.split(".")[2]), "errors"].sort());
@@ -93,7 +95,7 @@ it("maps ErrorInfo.reason to a typed error", async () => {
   assert.equal(err.reason, "PATH_OUTSIDE_SANDBOX");
 
   await tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     await assert.rejects(client.get("sbx-0000000000000000"), SandboxNotFoundError);
     client.close();
   });
@@ -102,10 +104,10 @@ it("maps ErrorInfo.reason to a typed error", async () => {
 
 it("runs the spec's Quick Start as written", () =>
   tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     const before = (await client.list()).length;
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [path.join(here, "quickstart.js")], {
-      env: { ...process.env, COMPUTESDK_SOCKET: daemon.socket },
+      env: { ...process.env, ...daemon.connectEnv() },
       timeout: 60_000,
     });
     assert.equal(stdout + stderr, "");
@@ -120,7 +122,7 @@ it("runs the spec's Quick Start as written", () =>
 
 it("keeps background processes, re-attaches by offset, monitors and fires sandbox.on", () =>
   tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     const sb = await client.create("local", { metadata: { t: "surface" } });
     const seen: string[] = [];
     sb.on("ready", () => seen.push("ready"));
@@ -154,7 +156,7 @@ it("keeps background processes, re-attaches by offset, monitors and fires sandbo
 
 it("pools, batches, groups, shared networks and message queues, the spec's way", () =>
   tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     await client.pools.create("ts-pool", { provider: "local", template: "base", min: 1, max: 2 });
     for (let i = 0; (await client.pools.get("ts-pool")).idle < 1; i++) {
       assert.ok(i < 300, "pool never warmed");
@@ -206,7 +208,7 @@ it("pools, batches, groups, shared networks and message queues, the spec's way",
 
 it("snapshots, saved states, restart and volumes", () =>
   tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     await client.volumes.create("ts-data", { sizeMB: 8 });
     const sb = await client.create("local", { template: "python", volumes: [{ name: "ts-data", mountPath: "/data" }] });
     await sb.files.write("/workspace/v", "one");
@@ -239,7 +241,7 @@ it("snapshots, saved states, restart and volumes", () =>
 
 it("builds a custom template once, then hits the cache, and deletes it", () =>
   tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     const events: string[] = [];
     const def = { setup: ["echo from-ts > /from-ts", "echo logged"], env: { TS_TPL: "yes" } };
     const first = await client.templates.build("ts-tpl", def, { onEvent: (ev) => events.push(ev.type) });
@@ -262,7 +264,7 @@ it("builds a custom template once, then hits the cache, and deletes it", () =>
 
 it("exec past the inline limit loses nothing", () =>
   tracked(async () => {
-    const client = await connect({ socket: daemon.socket });
+    const client = await connect(daemon.connectOptions());
     const sb = await client.create("local");
     const r = await sb.exec("head -c 3000000 /dev/zero | tr '\\0' a; printf done >&2");
     assert.equal(r.stdout.length, 3000000);
