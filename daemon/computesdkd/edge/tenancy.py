@@ -30,8 +30,9 @@ from computesdkd.edge.caller import Caller
 
 POOL, GROUP, NETWORK, CHANNEL = "pool", "group", "network", "channel"
 VOLUME, TEMPLATE, STATE = "volume", "template", "state"
-# A channel member: a sandbox id when it is one, else a free name.
+# A channel member: a sandbox id when it looks like one, else a free name.
 MEMBER = "member"
+SANDBOX_ID_PREFIX = "sbx-"
 NAMED = (POOL, GROUP, NETWORK, CHANNEL, VOLUME, TEMPLATE, STATE)
 
 # Fields that reference a sandbox wherever they appear.
@@ -218,12 +219,17 @@ class Tenancy:
         the call succeeds, and whether msg named anything at all."""
         fresh: list[tuple[str, str]] = []
         named = False
-        for kind, key, holder in refs(msg):
+        # Sandboxes first: any not the caller's, missing or another's, answers the
+        # same, before a named thing can; so which of two is reported tells nothing.
+        found = sorted(refs(msg), key=lambda r: r[0] != SANDBOX)
+        for kind, key, holder in found:
             named = True
             if caller.admin:
                 break
             if kind == MEMBER:
-                if not self._is_sandbox(key):
+                # What looks like a sandbox id is one: else a missing id would be a
+                # free name and another's a refusal, and the difference would tell.
+                if not key.startswith(SANDBOX_ID_PREFIX) and not self._is_sandbox(key):
                     continue
                 kind = SANDBOX
             owner = self._owners.of(kind, key)
