@@ -467,8 +467,9 @@ def peers(n: int) -> dict[str, Result]:
 
 
 async def run(a: argparse.Namespace) -> Result:
-    from conftest import new_daemon, serving_port
     from pki import CA
+
+    from conftest import new_daemon, serving_port
 
     d = new_daemon()
     # The network listener too, over TLS: exec over it is measured beside the socket's.

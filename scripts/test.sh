@@ -67,7 +67,10 @@ step "pytest against a real daemon" .venv/bin/pytest --ignore=tests/fast "$@"
 # Each client suite starts its own computesdkd and runs tests/conformance/scenarios.json.
 step "Go client tests" bash -c 'cd clients/go && go test -count=1 ./...'
 step "TypeScript client tests" bash -c 'cd clients/typescript && npm test --silent'
-# The same conformance scenarios over the network listener: TLS and a token.
+# The same conformance scenarios over the network listener: TLS and a token
+# (tests/test_conformance.py runs them both ways for Python).
+step "Go conformance over TLS" bash -c \
+  'cd clients/go && COMPUTESDK_TEST_TLS=1 go test -count=1 -run Conformance .'
 step "TypeScript conformance over TLS" bash -c \
   'cd clients/typescript && COMPUTESDK_TEST_TLS=1 node --test dist/test/conformance.test.js'
 

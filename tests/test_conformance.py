@@ -7,12 +7,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from pki import CA
 
 from computesdk import Client, ComputeSDKError, Sandbox
 from computesdk.types import Event
@@ -24,7 +26,18 @@ SCENARIOS = json.loads((Path(__file__).parent / "conformance" / "scenarios.json"
 @pytest_asyncio.fixture(scope="module")
 async def conformance_daemon() -> AsyncIterator[DaemonProcess]:
     d = new_daemon(on_exit="keep")  # sandboxes must outlive restart_daemon
+    # The network listener too, on a port that stays the same across restarts.
+    ca = CA(d.root)
+    server = ca.issue("server", server=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    d.extra_args = ["--listen", f"127.0.0.1:{port}", "--tls-cert", str(server.cert),
+                    "--tls-key", str(server.key)]  # fmt: skip
     d.start()
+    async with await Client.connect(socket=d.socket) as admin:
+        _, token = await admin.admin.create_token("conformance", "admin")
+    d.tls = {"address": f"127.0.0.1:{port}", "ca": str(ca.pem), "token": token}  # type: ignore[attr-defined]
     yield d
     with contextlib.suppress(Exception):
         async with await Client.connect(socket=d.socket) as c:
@@ -165,9 +178,16 @@ def _subsequence(want: list[str], got: list[str]) -> bool:
     return all(any(g == w for g in it) for w in want)
 
 
+@pytest.mark.parametrize("transport", ["socket", "tls"])
 @pytest.mark.parametrize("scenario", SCENARIOS["scenarios"], ids=lambda s: s["name"])
-async def test_conformance(scenario: dict[str, Any], conformance_daemon: DaemonProcess) -> None:
-    client = await Client.connect(socket=conformance_daemon.socket)
+async def test_conformance(
+    scenario: dict[str, Any], transport: str, conformance_daemon: DaemonProcess
+) -> None:
+    """Each scenario over the Unix socket, and over TLS TCP with a tenant's token."""
+    if transport == "tls":
+        client = await Client.connect(**conformance_daemon.tls)  # type: ignore[attr-defined]
+    else:
+        client = await Client.connect(socket=conformance_daemon.socket)
     runner = Runner(client, conformance_daemon)
     try:
         for i, st in enumerate(scenario["steps"]):

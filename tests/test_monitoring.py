@@ -166,7 +166,7 @@ async def test_ten_subscribers_share_one_sampler(client: Client, daemon: DaemonP
 async def test_prometheus_figures_move_with_sandboxes(
     client: Client, daemon: DaemonProcess
 ) -> None:
-    key = ("computesdk_sandboxes", (("provider", "local"), ("state", "running")))
+    key = ("computesdk_sandboxes", (("provider", "local"), ("state", "running"), ("tenant", "")))
     before = scrape(daemon).get(key, 0)
     sb = await client.create()
     await sb.exec("true")

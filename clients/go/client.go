@@ -6,6 +6,18 @@
 //	sb, err := computesdk.Compute(ctx, "local", computesdk.WithTemplate("python"))
 //	res, err := sb.Exec(ctx, "python --version")
 //	err = sb.Destroy(ctx)
+//
+// Connect (and Compute) find the daemon on its Unix socket, or over TCP with
+// TLS and a bearer token: WithAddress, WithToken, WithCA, WithClientCert,
+// WithInsecure, WithServerName, or the same from the environment
+// (COMPUTESDK_ADDRESS, COMPUTESDK_TOKEN, COMPUTESDK_CA, COMPUTESDK_CLIENT_CERT,
+// COMPUTESDK_CLIENT_KEY, COMPUTESDK_INSECURE=1):
+//
+//	export COMPUTESDK_ADDRESS=sandboxes.internal:7443 COMPUTESDK_CA=/etc/computesdk/ca.pem
+//	export COMPUTESDK_TOKEN=$(computesdk --socket /run/computesdk/computesdkd.sock token create --tenant me --scope write)
+//
+// Calls wait for a restarting daemon and event streams resume after it, over
+// either transport.
 package computesdk
 
 import (
@@ -13,17 +25,15 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	adminv1 "github.com/computesdk/computesdk/clients/go/api/admin/v1"
 	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
 	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
 	groupv1 "github.com/computesdk/computesdk/clients/go/api/group/v1"
@@ -62,6 +72,7 @@ type Raw struct {
 	Snapshots  snapshotv1.SnapshotServiceClient
 	Volumes    volumev1.VolumeServiceClient
 	Templates  templatev1.TemplateServiceClient
+	Admin      adminv1.AdminServiceClient
 }
 
 // ConnState is the client's view of its connection, reported by event streams
@@ -110,78 +121,44 @@ func (c *Client) supports(ctx context.Context, provider, capability string) (boo
 	return slices.Contains(caps.([]string), capability), nil
 }
 
-type connectConfig struct {
-	socket  string
-	target  string
-	timeout time.Duration
-	dial    []grpc.DialOption
-}
-
-// ConnectOption configures Connect.
-type ConnectOption func(*connectConfig)
-
-// WithSocket connects over this Unix socket (default: $COMPUTESDK_SOCKET, then
-// the daemon's own default for this user).
-func WithSocket(path string) ConnectOption { return func(c *connectConfig) { c.socket = path } }
-
-// WithTarget connects to any gRPC target instead, e.g. "127.0.0.1:7777".
-func WithTarget(target string) ConnectOption { return func(c *connectConfig) { c.target = target } }
-
-// WithConnectTimeout bounds how long Connect waits for the daemon (default 10s).
-func WithConnectTimeout(d time.Duration) ConnectOption {
-	return func(c *connectConfig) { c.timeout = d }
-}
-
-// WithDialOptions adds grpc dial options, e.g. interceptors.
-func WithDialOptions(opts ...grpc.DialOption) ConnectOption {
-	return func(c *connectConfig) { c.dial = append(c.dial, opts...) }
-}
-
-// DefaultSocket is where the daemon listens unless told otherwise.
-func DefaultSocket() string {
-	if s := os.Getenv("COMPUTESDK_SOCKET"); s != "" {
-		return s
-	}
-	if os.Geteuid() == 0 {
-		return "/run/computesdk/computesdkd.sock"
-	}
-	runtime := os.Getenv("XDG_RUNTIME_DIR")
-	if runtime == "" {
-		runtime = fmt.Sprintf("/tmp/computesdk-%d", os.Geteuid())
-	}
-	return filepath.Join(runtime, "computesdk", "computesdkd.sock")
-}
-
-// Connect opens a connection and waits until the daemon answers.
+// Connect opens a connection and waits until the daemon answers (the first
+// call, ListProviders, needs scope read over TCP).
+//
+// By default it goes to the Unix socket, or to $COMPUTESDK_ADDRESS when that
+// is set. Over TCP the connection is TLS and every call carries the token:
+//
+//	c, err := computesdk.Connect(ctx,
+//		computesdk.WithAddress("sandboxes.internal:7443"),
+//		computesdk.WithCA("/etc/computesdk/ca.pem"),
+//		computesdk.WithToken(os.Getenv("COMPUTESDK_TOKEN")))
+//
+// A token the daemon refuses fails Connect with an *Error whose reason tells
+// why (ErrTokenMissing, ErrTokenInvalid, ErrTokenRevoked, ErrTokenExpired;
+// ErrScopeInsufficient later, for a call the token's scope does not cover).
+// A daemon that cannot be reached, or whose TLS handshake fails, gives
+// ErrDaemonUnreachable with the cause in its message.
 func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 	cfg := connectConfig{timeout: 10 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	target := cfg.target
-	if target == "" {
-		socket := cfg.socket
-		if socket == "" {
-			socket = DefaultSocket()
-		}
-		abs, err := filepath.Abs(socket)
-		if err != nil {
-			return nil, err
-		}
-		// Fail fast: nothing will ever listen on a socket that does not exist.
-		if _, err := os.Stat(abs); err != nil {
-			return nil, daemonUnreachable("computesdkd is not running: no socket at " + abs)
-		}
-		target = "unix://" + abs
+	plan, err := cfg.plan()
+	if err != nil {
+		return nil, err
 	}
-	dial := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	target := plan.target
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(plan.creds),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 		// First in the chain, so the caller's own interceptors see the status as sent.
 		grpc.WithChainUnaryInterceptor(typedErrors),
 		grpc.WithChainStreamInterceptor(typedStreamErrors),
-	}, cfg.dial...)
+	}
+	if plan.token != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer(plan.token)))
+	}
+	dial = append(dial, cfg.dial...)
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, err
@@ -200,15 +177,42 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 		Snapshots:  snapshotv1.NewSnapshotServiceClient(conn),
 		Volumes:    volumev1.NewVolumeServiceClient(conn),
 		Templates:  templatev1.NewTemplateServiceClient(conn),
+		Admin:      adminv1.NewAdminServiceClient(conn),
 	}}
 	// A cheap call proves the daemon is there (waitForReady rides out a restart)
 	// and tells what each provider can do.
 	pctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
+	if plan.tls != nil {
+		go func() {
+			select {
+			case <-plan.tls.failed:
+				cancel()
+			case <-pctx.Done():
+			}
+		}()
+	}
 	if _, err := c.Providers(pctx); err != nil {
 		_ = conn.Close()
+		if plan.tls != nil {
+			select {
+			case <-plan.tls.failed:
+				return nil, daemonUnreachable(fmt.Sprintf("cannot reach computesdkd at %s: TLS handshake: %v", target, plan.tls.err))
+			default:
+			}
+		}
 		if errors.Is(pctx.Err(), context.DeadlineExceeded) {
-			return nil, daemonUnreachable("cannot reach computesdkd at " + target)
+			msg := "cannot reach computesdkd at " + target
+			// What grpc last met on the way (refused, TLS handshake failed, ...).
+			var e *Error
+			if errors.As(err, &e) && e.Code == codes.DeadlineExceeded && e.Message != "" {
+				msg += ": " + e.Message
+			}
+			if plan.tls != nil && plan.tls.hungUp.Load() {
+				msg += " (the daemon hung up right after the TLS handshake: does it want a client" +
+					" certificate (WithClientCert) signed by another CA?)"
+			}
+			return nil, daemonUnreachable(msg)
 		}
 		return nil, err
 	}
@@ -324,7 +328,8 @@ func (c *Client) Create(ctx context.Context, provider string, opts ...CreateOpti
 }
 
 // Compute connects to the daemon and creates a sandbox in one step, as the
-// spec's compute() does. The sandbox owns that connection: Destroy closes it.
+// spec's compute() does, with the connection the environment describes (see
+// Connect). The sandbox owns that connection: Destroy closes it.
 func Compute(ctx context.Context, provider string, opts ...CreateOption) (*Sandbox, error) {
 	c, err := Connect(ctx)
 	if err != nil {

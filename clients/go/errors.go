@@ -84,6 +84,14 @@ var (
 	ErrPayloadTooLarge     = reasonSentinel(errorsv1.Reason_REASON_PAYLOAD_TOO_LARGE)
 	ErrSandboxTerminated   = reasonSentinel(errorsv1.Reason_REASON_SANDBOX_TERMINATED)
 	ErrFeatureUnsupported  = reasonSentinel(errorsv1.Reason_REASON_FEATURE_UNSUPPORTED)
+	// Over TCP (code Unauthenticated): no "authorization: Bearer" metadata, a
+	// token the daemon does not know, one revoked, one past its expiry.
+	ErrTokenMissing = reasonSentinel(errorsv1.Reason_REASON_TOKEN_MISSING)
+	ErrTokenInvalid = reasonSentinel(errorsv1.Reason_REASON_TOKEN_INVALID)
+	ErrTokenRevoked = reasonSentinel(errorsv1.Reason_REASON_TOKEN_REVOKED)
+	ErrTokenExpired = reasonSentinel(errorsv1.Reason_REASON_TOKEN_EXPIRED)
+	// PermissionDenied: the token's scope (read < write < admin) does not cover the call.
+	ErrScopeInsufficient = reasonSentinel(errorsv1.Reason_REASON_SCOPE_INSUFFICIENT)
 	// The client's own reason, when no daemon answers: the daemon never sends it.
 	ErrDaemonUnreachable = &Error{Reason: "DAEMON_UNREACHABLE"}
 )
@@ -98,6 +106,9 @@ var (
 	ErrUnimplemented      = codeSentinel(codes.Unimplemented)
 	ErrUnavailable        = codeSentinel(codes.Unavailable)
 	ErrDeadlineExceeded   = codeSentinel(codes.DeadlineExceeded)
+	// Every token refusal (ErrTokenMissing, ...) and every scope refusal.
+	ErrUnauthenticated  = codeSentinel(codes.Unauthenticated)
+	ErrPermissionDenied = codeSentinel(codes.PermissionDenied)
 )
 
 func daemonUnreachable(message string) *Error {

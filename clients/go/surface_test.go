@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	computesdk "github.com/computesdk/computesdk/clients/go"
+	adminv1 "github.com/computesdk/computesdk/clients/go/api/admin/v1"
 	errorsv1 "github.com/computesdk/computesdk/clients/go/api/errors/v1"
 	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
 	filesystemv1 "github.com/computesdk/computesdk/clients/go/api/filesystem/v1"
@@ -47,6 +48,7 @@ func TestEveryRPCIsWrapped(t *testing.T) {
 		snapshotv1.File_computesdk_api_snapshot_v1_snapshot_proto,
 		volumev1.File_computesdk_api_volume_v1_volume_proto,
 		templatev1.File_computesdk_api_template_v1_template_proto,
+		adminv1.File_computesdk_api_admin_v1_admin_proto,
 		errorsv1.File_computesdk_api_errors_v1_errors_proto, // the Reason enum, no service
 	}
 	// Every generated package is in the list above.
@@ -100,7 +102,9 @@ func TestErrorsIsMatchesReasonAndCode(t *testing.T) {
 }
 
 // Drift: the reasons with a sentinel of their own are the ones every client
-// types (Python's _BY_REASON, TypeScript's byReason), each in the proto enum.
+// types (Python's _BY_REASON, TypeScript's byReason), each in the proto enum;
+// and the token and scope reasons, which those type by code (unauthenticated,
+// permission denied) with the reason carried.
 func TestReasonSentinelsAreInTheEnum(t *testing.T) {
 	known := map[string]bool{}
 	for _, name := range errorsv1.Reason_name {
@@ -118,6 +122,11 @@ func TestReasonSentinelsAreInTheEnum(t *testing.T) {
 		"PAYLOAD_TOO_LARGE":     computesdk.ErrPayloadTooLarge,
 		"SANDBOX_TERMINATED":    computesdk.ErrSandboxTerminated,
 		"FEATURE_UNSUPPORTED":   computesdk.ErrFeatureUnsupported,
+		"TOKEN_MISSING":         computesdk.ErrTokenMissing,
+		"TOKEN_INVALID":         computesdk.ErrTokenInvalid,
+		"TOKEN_REVOKED":         computesdk.ErrTokenRevoked,
+		"TOKEN_EXPIRED":         computesdk.ErrTokenExpired,
+		"SCOPE_INSUFFICIENT":    computesdk.ErrScopeInsufficient,
 	}
 	for reason, sentinel := range sentinels {
 		if sentinel.Reason != reason || !known[reason] {

@@ -88,6 +88,8 @@ class App:
         providers: dict[str, Provider],
         default_provider: str,
         pool_create: bool = True,
+        expose_host: str = "",
+        public_host: str = "",
     ) -> None:
         self.state_dir = state_dir
         self.store = store
@@ -109,7 +111,7 @@ class App:
         self.monitoring = Monitoring(registry, lifecycle, store, bus)
         self.pools = Pools(registry, guard, placement, lifecycle, store, bus, tasks)
         self.groups = Groups(registry, processes, lifecycle, store)
-        self.networks = Networks(registry, guard, self.files, store, bus)
+        self.networks = Networks(registry, guard, self.files, store, bus, expose_host, public_host)
         self.channels = Channels(registry, guard, store)
         self.snapshots = Snapshots(registry, guard, placement, processes, store, bus, scratch)
         self.volumes = Volumes(registry, guard, store, bus)
@@ -118,6 +120,7 @@ class App:
         self.access = Access(store)
         self.quotas = Quotas(registry, owners, store, self._volume_size)
         placement.admission.append(self.quotas.admit)
+        lifecycle.limit_admission.append(self.quotas.admit_limits)
         self.tenancy = tenancy.Tenancy(owners, self._exists(), default_provider)
         # The features that keep sandboxes' parts outside the core.
         placement.preparers.append(self.volumes.prepare_sandbox)
@@ -262,7 +265,15 @@ class Daemon:
 
     async def _start(self, store: Store) -> tuple[App, list[tuple[Any, Any]]]:
         cfg = self.cfg
-        app = App(cfg.state_dir, store, self._providers(), cfg.default_provider, cfg.pool_create)
+        app = App(
+            cfg.state_dir,
+            store,
+            self._providers(),
+            cfg.default_provider,
+            cfg.pool_create,
+            cfg.expose_host,
+            cfg.public_host,
+        )
         await app.start()
         for text in cfg.warm_pools:
             try:

@@ -42,6 +42,15 @@ def parse(argv: list[str] | None = None) -> Config:
         "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
     )
     net.add_argument(
+        "--expose-host",
+        default="",
+        metavar="ADDR",
+        help="where ports a tenant exposes listen (default 127.0.0.1); each needs its secret",
+    )
+    net.add_argument(
+        "--public-host", default="", metavar="NAME", help="the host name exposed ports' URLs give"
+    )
+    net.add_argument(
         "--insecure-listen",
         action="store_true",
         help="allow plaintext TCP off loopback (tokens are still required)",
@@ -109,6 +118,8 @@ def parse(argv: list[str] | None = None) -> Config:
         metrics_listen=a.metrics_listen,
         warm_pools=tuple(a.warm_pool),
         pool_create=not a.no_pool_create,
+        expose_host=a.expose_host,
+        public_host=a.public_host,
     )
 
 

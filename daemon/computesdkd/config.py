@@ -48,6 +48,9 @@ class Config:
     warm_pools: tuple[str, ...] = ()
     # Whether CreateSandbox takes a matching warm sandbox unless told not to.
     pool_create: bool = True
+    # Where a tenant's exposed ports listen, and the host name their URLs give.
+    expose_host: str = ""
+    public_host: str = ""
 
 
 class ConfigError(ValueError):

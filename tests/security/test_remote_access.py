@@ -5,6 +5,8 @@ plaintext off loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -332,3 +334,124 @@ async def test_creates_per_second_under_a_burst_of_50(net: Net) -> None:
         for sb in await c.list():
             await sb.destroy()
         await c.close()
+
+
+ECHO = """
+import http.server, json
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+def _http(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), headers=headers or {})
+    resp = conn.getresponse()
+    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    conn.close()
+    return out
+
+
+async def test_a_tenants_exposed_port_needs_its_secret(net: Net) -> None:
+    c = await net.connect(await net.token("web"))
+    try:
+        sb = await c.create("local", template="python")
+        await sb.start_process(["python3", "-c", ECHO])
+        for _ in range(100):
+            try:
+                url = await sb.get_url(8080)
+                break
+            except ComputeSDKError as exc:
+                assert exc.reason == "PORT_NOT_LISTENING"
+                await asyncio.sleep(0.1)
+        base, _, secret = url.rpartition("/_csk/")
+        assert secret and base.startswith("http://127.0.0.1:")
+
+        status, _, body = await asyncio.to_thread(_http, url + "/app?x=1")
+        assert status == 200
+        seen = json.loads(body)
+        assert seen["path"] == "/app?x=1"
+        assert secret not in body.decode()  # the sandbox never sees the secret
+
+        for bad in (base + "/app", base + "/_csk/wrong/app", base + f"/_csk/{secret[:-1]}/app"):
+            assert (await asyncio.to_thread(_http, bad))[0] == 403, bad
+        status, _, body = await asyncio.to_thread(
+            _http, base + "/h", {"X-Computesdk-Secret": secret, "X-Other": "1"}
+        )
+        assert status == 200 and secret not in body.decode()
+        assert json.loads(body)["headers"].get("X-Other") == "1"
+
+        # A browser opening the URL gets a cookie, so the page's own links work.
+        status, headers, _ = await asyncio.to_thread(
+            _http, url + "/", {"Sec-Fetch-Mode": "navigate"}
+        )
+        assert status == 303 and headers["location"] == "/"
+        cookie = headers["set-cookie"].split(";")[0]
+        assert "HttpOnly" in headers["set-cookie"]
+        status, _, body = await asyncio.to_thread(
+            _http, base + "/asset.js", {"Cookie": f"theirs=1; {cookie}"}
+        )
+        assert status == 200
+        assert json.loads(body)["headers"].get("Cookie") == "theirs=1"
+        await sb.destroy()
+    finally:
+        await c.close()
+
+
+def test_the_cli_over_tls_with_a_token(net: Net) -> None:
+    token = asyncio.run(_token_via_cli(net))
+    env = {
+        **os.environ,
+        "COMPUTESDK_ADDRESS": net.address,
+        "COMPUTESDK_CA": str(net.ca.pem),
+        "COMPUTESDK_TOKEN": token,
+    }
+    env.pop("COMPUTESDK_SOCKET", None)
+    cli = str(BIN / "computesdk")
+
+    def run(*args: str, **kw: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, *args], capture_output=True, text=True, timeout=120, env={**env, **kw}
+        )
+
+    made = run("create", "--json")
+    assert made.returncode == 0, made.stderr
+    sid = json.loads(made.stdout)["id"]
+    out = run("exec", sid, "--", "sh", "-c", "echo over-the-network; echo err >&2")
+    assert out.returncode == 0 and out.stdout == "over-the-network\n" and out.stderr == "err\n"
+    assert sid in run("ls").stdout
+    refused = run("ls", COMPUTESDK_TOKEN="csk_nothing_here")
+    assert refused.returncode != 0 and "TOKEN_INVALID" in refused.stderr
+    assert token not in refused.stderr
+    assert run("rm", sid).returncode == 0
+
+
+async def _token_via_cli(net: Net) -> str:
+    out = subprocess.run(
+        [str(BIN / "computesdk"), "--socket", str(net.daemon.socket), "token", "create",
+         "--tenant", "cli-user", "--scope", "write", "--expires", "1h"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert token.startswith("csk_") and "\n" not in token
+    listed = subprocess.run(
+        [str(BIN / "computesdk"), "--socket", str(net.daemon.socket), "token", "ls", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    rows = json.loads(listed.stdout)
+    assert any(r["tenant"] == "cli-user" and r["expires"] for r in rows)
+    assert token not in listed.stdout
+    return token

@@ -82,6 +82,8 @@ class Lifecycle:
         self.on_teardown: list[Teardown] = []
         # Called for each sandbox re-adopted after a daemon restart (settings come back).
         self.on_adopted: list[Callable[[Sandbox], object]] = []
+        # Says whether a running sandbox may take these limits (quotas); raises when not.
+        self.limit_admission: list[Callable[[Sandbox, Resources], None]] = []
 
     # ------------------------------------------------------------ after a restart
 
@@ -324,6 +326,14 @@ class Lifecycle:
         sb, provider = self._registry.running(sandbox_id)
         with bound_contextvars(sandbox_id=sandbox_id):
             before = sb.resources
+            wanted = replace(
+                before,
+                cpu_cores=cpu_cores or before.cpu_cores,
+                memory_mb=memory_mb or before.memory_mb,
+                disk_mb=disk_mb or before.disk_mb,
+            )
+            for admit in self.limit_admission:
+                admit(sb, wanted)
             sb.resources = await require(provider, caps.LiveLimits, "live limits").set_limits(
                 sb, cpu_cores=cpu_cores, memory_mb=memory_mb, disk_mb=disk_mb
             )

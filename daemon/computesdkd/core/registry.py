@@ -72,11 +72,12 @@ class Registry:
     def ids(self) -> set[str]:
         return set(self._sandboxes)
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """(state, provider) → sandboxes, for the metrics endpoint."""
-        counts: dict[tuple[str, str], int] = {}
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """(state, provider, tenant) → sandboxes, for the metrics endpoint (the admin's:
+        tenant "" is the admin's own)."""
+        counts: dict[tuple[str, str, str], int] = {}
         for sb in self._sandboxes.values():
-            key = (sb.state.name.lower(), sb.spec.provider)
+            key = (sb.state.name.lower(), sb.spec.provider, sb.spec.tenant)
             counts[key] = counts.get(key, 0) + 1
         return counts
 

@@ -39,6 +39,7 @@ CREATES: dict[str, Callable[[Any], int]] = {
     _SANDBOX + "CreateSandbox": lambda r: 1,
     _SANDBOX + "BatchCreateSandboxes": lambda r: len(r.requests),
     _SANDBOX + "CloneSandbox": lambda r: 1,
+    "/computesdk.api.snapshot.v1.SnapshotService/ImportState": lambda r: 1,
 }
 
 
@@ -136,9 +137,7 @@ class _Call:
         try:
             if isinstance(request, Message):
                 self.check(request)
-            cost = CREATES.get(self.method)
-            if cost is not None and not self.caller.admin:
-                self.guard._quotas.take_creates(self.caller.tenant, cost(request))
+                self.charge(request)
         except ComputeError as exc:
             self.audit(exc.code.name, exc.reason)
             await abort(context, exc)
@@ -156,9 +155,19 @@ class _Call:
         return self._checked(request)
 
     async def _checked(self, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+        first = True
         async for msg in requests:
             self.check(msg)
+            if first:
+                self.charge(msg)
+                first = False
             yield msg
+
+    def charge(self, request: Message) -> None:
+        """Takes the sandboxes the call creates from the tenant's creates per second."""
+        cost = CREATES.get(self.method)
+        if cost is not None and not self.caller.admin:
+            self.guard._quotas.take_creates(self.caller.tenant, cost(request))
 
     def finish(
         self,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from computesdkd.core.owners import Owners
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import InvalidArgument, ResourceExhausted
-from computesdkd.domain.model import SandboxSpec, State
+from computesdkd.domain.model import Resources, Sandbox, SandboxSpec, State
 from computesdkd.store import Store
 
 VOLUME = "volume"
@@ -91,19 +91,21 @@ class Quotas:
         self._buckets.pop(tenant, None)
         return quota
 
-    def usage(self, tenant: str, pending: Iterable[SandboxSpec] = ()) -> Usage:
-        specs = [
-            sb.spec
+    def usage(
+        self, tenant: str, pending: Iterable[SandboxSpec] = (), leaving_out: str = ""
+    ) -> Usage:
+        held = [
+            _held(sb)
             for sb in self._registry.all()
-            if sb.spec.tenant == tenant and sb.state != State.STOPPED
+            if sb.spec.tenant == tenant and sb.state != State.STOPPED and sb.id != leaving_out
         ]
-        specs += [s for s in pending if s.tenant == tenant]
+        held += [s.resources for s in pending if s.tenant == tenant]
         volume_mb = sum(self._volume_size(n) or 0 for n in self._owners.keys(VOLUME, tenant))
         return Usage(
-            sandboxes=len(specs),
-            cpu_cores=sum(s.resources.cpu_cores for s in specs),
-            memory_mb=sum(s.resources.memory_mb for s in specs),
-            disk_mb=sum(s.resources.disk_mb for s in specs),
+            sandboxes=len(held),
+            cpu_cores=sum(r.cpu_cores for r in held),
+            memory_mb=sum(r.memory_mb for r in held),
+            disk_mb=sum(r.disk_mb for r in held),
             volume_mb=volume_mb,
         )
 
@@ -123,6 +125,17 @@ class Quotas:
         _bound("disk_mb", u.disk_mb + r.disk_mb, q.max_disk_mb)
         if new_volume_mb:
             _bound("volume_mb", u.volume_mb + new_volume_mb, q.max_volume_mb)
+
+    def admit_limits(self, sb: Sandbox, wanted: Resources) -> None:
+        """Raises QUOTA_EXCEEDED when new live limits would take the tenant past a bound
+        (Scale, SetResourceLimits, autoscaling)."""
+        q = self._quotas.get(sb.spec.tenant)
+        if not sb.spec.tenant or q is None:
+            return
+        u = self.usage(sb.spec.tenant, leaving_out=sb.id)
+        _bound("cpu_cores", u.cpu_cores + wanted.cpu_cores, q.max_cpu_cores)
+        _bound("memory_mb", u.memory_mb + wanted.memory_mb, q.max_memory_mb)
+        _bound("disk_mb", u.disk_mb + wanted.disk_mb, q.max_disk_mb)
 
     def admit_volume(self, tenant: str, size_mb: int) -> None:
         q = self._quotas.get(tenant)
@@ -146,6 +159,18 @@ class Quotas:
             )
             err.retry_after = wait
             raise err
+
+
+def _held(sb: Sandbox) -> Resources:
+    """What a sandbox counts: its limits in force, or what it asked while those are
+    not known yet (a sandbox that asks nothing counts its provider's defaults once
+    it runs)."""
+    r, asked = sb.resources, sb.spec.resources
+    return Resources(
+        cpu_cores=max(r.cpu_cores, asked.cpu_cores),
+        memory_mb=max(r.memory_mb, asked.memory_mb),
+        disk_mb=max(r.disk_mb, asked.disk_mb),
+    )
 
 
 def _bound(what: str, wanted: float, limit: float) -> None:

@@ -41,17 +41,21 @@ class _StateCollector(Collector):
     """Figures read from the daemon's state at scrape time, so they never drift."""
 
     def __init__(
-        self, sandboxes: Callable[[], dict[tuple[str, str], int]], subscribers: Callable[[], int]
+        self,
+        sandboxes: Callable[[], dict[tuple[str, str, str], int]],
+        subscribers: Callable[[], int],
     ) -> None:
         self._sandboxes = sandboxes
         self._subscribers = subscribers
 
     def collect(self) -> Iterator[Any]:
         g = GaugeMetricFamily(
-            "computesdk_sandboxes", "Sandboxes by state and provider", labels=["state", "provider"]
+            "computesdk_sandboxes",
+            "Sandboxes by state, provider and tenant",
+            labels=["state", "provider", "tenant"],
         )
-        for (state, provider), n in sorted(self._sandboxes().items()):
-            g.add_metric([state, provider], n)
+        for (state, provider, tenant), n in sorted(self._sandboxes().items()):
+            g.add_metric([state, provider, tenant], n)
         yield g
         yield GaugeMetricFamily(
             "computesdk_event_subscribers", "Live event subscriptions", value=self._subscribers()
@@ -62,7 +66,7 @@ _collector: _StateCollector | None = None
 
 
 def watch_state(
-    sandboxes: Callable[[], dict[tuple[str, str], int]], subscribers: Callable[[], int]
+    sandboxes: Callable[[], dict[tuple[str, str, str], int]], subscribers: Callable[[], int]
 ) -> None:
     global _collector
     if _collector is not None:

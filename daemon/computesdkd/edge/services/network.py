@@ -6,6 +6,7 @@ from grpc.aio import ServicerContext
 
 from computesdk_api.network.v1 import network_pb2 as pb
 from computesdk_api.network.v1 import network_pb2_grpc as pb_grpc
+from computesdkd.edge import caller as callers
 from computesdkd.edge.status import edge
 from computesdkd.features.networks import Network, Networks
 
@@ -67,5 +68,8 @@ class NetworkServicer(pb_grpc.NetworkServiceServicer):
         self, request: pb.ExposePortRequest, context: Ctx
     ) -> pb.ExposePortResponse:
         return pb.ExposePortResponse(
-            url=await self._networks.expose(request.sandbox_id, request.port)
+            # A tenant's port gets a secret; the admin's stays on loopback.
+            url=await self._networks.expose(
+                request.sandbox_id, request.port, gated=not callers.current().admin
+            )
         )

@@ -658,7 +658,7 @@ func (x *ExposePortRequest) GetPort() uint32 {
 	return 0
 }
 
-// ExposePortResponse carries the URL on the host's loopback.
+// ExposePortResponse carries the URL.
 type ExposePortResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`

@@ -44,7 +44,9 @@ type NetworkServiceClient interface {
 	DeleteNetwork(ctx context.Context, in *DeleteNetworkRequest, opts ...grpc.CallOption) (*DeleteNetworkResponse, error)
 	// GetServiceUrl is the URL of a member's port as other members reach it.
 	GetServiceUrl(ctx context.Context, in *GetServiceUrlRequest, opts ...grpc.CallOption) (*GetServiceUrlResponse, error)
-	// ExposePort forwards a port on the host's loopback to a sandbox's port.
+	// ExposePort forwards a host port to a sandbox's port: on loopback for the
+	// admin (the Unix socket); for a tenant, where --expose-host says, behind a
+	// secret that the URL carries (see the README).
 	ExposePort(ctx context.Context, in *ExposePortRequest, opts ...grpc.CallOption) (*ExposePortResponse, error)
 }
 
@@ -133,7 +135,9 @@ type NetworkServiceServer interface {
 	DeleteNetwork(context.Context, *DeleteNetworkRequest) (*DeleteNetworkResponse, error)
 	// GetServiceUrl is the URL of a member's port as other members reach it.
 	GetServiceUrl(context.Context, *GetServiceUrlRequest) (*GetServiceUrlResponse, error)
-	// ExposePort forwards a port on the host's loopback to a sandbox's port.
+	// ExposePort forwards a host port to a sandbox's port: on loopback for the
+	// admin (the Unix socket); for a tenant, where --expose-host says, behind a
+	// secret that the URL carries (see the README).
 	ExposePort(context.Context, *ExposePortRequest) (*ExposePortResponse, error)
 	mustEmbedUnimplementedNetworkServiceServer()
 }

@@ -318,7 +318,7 @@ Global___ExposePortRequest: _TypeAlias = ExposePortRequest  # noqa: Y015
 
 @_typing.final
 class ExposePortResponse(_message.Message):
-    """ExposePortResponse carries the URL on the host's loopback."""
+    """ExposePortResponse carries the URL."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -108,7 +108,9 @@ class NetworkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExposePort(self, request, context):
-        """ExposePort forwards a port on the host's loopback to a sandbox's port.
+        """ExposePort forwards a host port to a sandbox's port: on loopback for the
+        admin (the Unix socket); for a tenant, where --expose-host says, behind a
+        secret that the URL carries (see the README).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

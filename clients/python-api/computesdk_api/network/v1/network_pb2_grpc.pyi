@@ -46,7 +46,10 @@ class NetworkServiceStub:
     GetServiceUrl: _grpc.UnaryUnaryMultiCallable[_network_pb2.GetServiceUrlRequest, _network_pb2.GetServiceUrlResponse]
     """GetServiceUrl is the URL of a member's port as other members reach it."""
     ExposePort: _grpc.UnaryUnaryMultiCallable[_network_pb2.ExposePortRequest, _network_pb2.ExposePortResponse]
-    """ExposePort forwards a port on the host's loopback to a sandbox's port."""
+    """ExposePort forwards a host port to a sandbox's port: on loopback for the
+    admin (the Unix socket); for a tenant, where --expose-host says, behind a
+    secret that the URL carries (see the README).
+    """
 
 @_typing.type_check_only
 class NetworkServiceAsyncStub(NetworkServiceStub):
@@ -66,7 +69,10 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     GetServiceUrl: _aio.UnaryUnaryMultiCallable[_network_pb2.GetServiceUrlRequest, _network_pb2.GetServiceUrlResponse]  # type: ignore[assignment]
     """GetServiceUrl is the URL of a member's port as other members reach it."""
     ExposePort: _aio.UnaryUnaryMultiCallable[_network_pb2.ExposePortRequest, _network_pb2.ExposePortResponse]  # type: ignore[assignment]
-    """ExposePort forwards a port on the host's loopback to a sandbox's port."""
+    """ExposePort forwards a host port to a sandbox's port: on loopback for the
+    admin (the Unix socket); for a tenant, where --expose-host says, behind a
+    secret that the URL carries (see the README).
+    """
 
 class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
     """NetworkService joins sandboxes on private networks and forwards their ports."""
@@ -119,6 +125,9 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _network_pb2.ExposePortRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_network_pb2.ExposePortResponse, _abc.Awaitable[_network_pb2.ExposePortResponse]]:
-        """ExposePort forwards a port on the host's loopback to a sandbox's port."""
+        """ExposePort forwards a host port to a sandbox's port: on loopback for the
+        admin (the Unix socket); for a tenant, where --expose-host says, behind a
+        secret that the URL carries (see the README).
+        """
 
 def add_NetworkServiceServicer_to_server(servicer: NetworkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

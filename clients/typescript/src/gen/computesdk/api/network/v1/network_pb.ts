@@ -300,7 +300,7 @@ export const ExposePortRequestSchema: GenMessage<ExposePortRequest> = /*@__PURE_
   messageDesc(file_computesdk_api_network_v1_network, 12);
 
 /**
- * ExposePortResponse carries the URL on the host's loopback.
+ * ExposePortResponse carries the URL.
  *
  * @generated from message computesdk.api.network.v1.ExposePortResponse
  */
@@ -376,7 +376,9 @@ export const NetworkService: GenService<{
     output: typeof GetServiceUrlResponseSchema;
   },
   /**
-   * ExposePort forwards a port on the host's loopback to a sandbox's port.
+   * ExposePort forwards a host port to a sandbox's port: on loopback for the
+   * admin (the Unix socket); for a tenant, where --expose-host says, behind a
+   * secret that the URL carries (see the README).
    *
    * @generated from rpc computesdk.api.network.v1.NetworkService.ExposePort
    */

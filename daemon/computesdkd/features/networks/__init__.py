@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from computesdkd.domain.errors import (
     already_exists,
     not_found,
 )
+from computesdkd.features.networks.ports import Ports
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.capabilities import require
 from computesdkd.store import Store
@@ -54,7 +54,6 @@ HOSTS_MAX = 1 << 20
 DEFAULT_HOSTS = "127.0.0.1\tlocalhost\n"
 # Rows of /proc/net/tcp and tcp6 read to find the owner of a connection to an
 # exposed port; past that the connection is refused (fail closed).
-PROC_TCP_MAX_ROWS = 1 << 18
 
 
 @dataclass
@@ -73,13 +72,6 @@ class Network:
     members: list[Member] = field(default_factory=list)
 
 
-@dataclass
-class Forward:
-    server: asyncio.Server
-    url: str
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-
 class Networks:
     def __init__(
         self,
@@ -88,6 +80,8 @@ class Networks:
         files: Files,
         store: Store,
         bus: EventBus,
+        expose_host: str = "",
+        public_host: str = "",
     ) -> None:
         self._registry = registry
         self._providers = providers
@@ -95,7 +89,7 @@ class Networks:
         self._store = store
         self._bus = bus
         self._networks: dict[str, Network] = {}
-        self._forwards: dict[tuple[str, int], Forward] = {}
+        self.ports = Ports(registry, providers, expose_host, public_host)
         self._lock = asyncio.Lock()
         registry.on_destroyed.append(self._member_gone)
 
@@ -108,11 +102,7 @@ class Networks:
             self._save(net)
 
     async def shutdown(self) -> None:
-        for fwd in self._forwards.values():
-            fwd.server.close()
-            for t in fwd.tasks:
-                t.cancel()
-        self._forwards.clear()
+        self.ports.close()
 
     def _save(self, net: Network) -> None:
         self._store.records("networks").put(net.name, asdict(net))
@@ -270,120 +260,14 @@ class Networks:
                 # Its veth went with its namespace; only the record is left to fix.
                 net.members = [m for m in net.members if m.sandbox_id != sandbox_id]
                 self._save(net)
-        for key in [k for k in self._forwards if k[0] == sandbox_id]:
-            fwd = self._forwards.pop(key)
-            fwd.server.close()
-            for t in fwd.tasks:
-                t.cancel()
+        self.ports.forget(sandbox_id)
 
     # ------------------------------------------------------------ forwarded ports
 
-    async def expose(self, sandbox_id: str, port: int) -> str:
-        if not 0 < port < 65536:
-            raise InvalidArgument(f"bad port {port}", reason="INVALID_PORT")
-        sb, provider = self._registry.running(sandbox_id)
-        if (sandbox_id, port) in self._forwards:
-            return self._forwards[(sandbox_id, port)].url
-        # Fail now, naming the provider, rather than on the first connection.
-        _, probe = await require(provider, caps.PortForwarding, "port forwarding").open_port(
-            sb, port
-        )
-        probe.close()
-        fwd: Forward
-
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            fwd.tasks.add(task)
-            try:
-                uid = await asyncio.to_thread(
-                    peer_uid, writer.get_extra_info("peername"), writer.get_extra_info("sockname")
-                )
-            except OSError:
-                uid = None
-            if uid not in (0, os.geteuid()):
-                # Any local user can reach 127.0.0.1; only root and the daemon's own
-                # user (the owner, until clients authenticate) may use the port.
-                log.warning(
-                    "refused a connection to an exposed port",
-                    sandbox_id=sandbox_id,
-                    port=port,
-                    peer_uid=-1 if uid is None else uid,
-                )
-                writer.close()
-                fwd.tasks.discard(task)
-                return
-            try:
-                up_r, up_w = await require(
-                    provider, caps.PortForwarding, "port forwarding"
-                ).open_port(sb, port)
-            except ComputeError:
-                writer.close()
-                fwd.tasks.discard(task)
-                return
-            try:
-                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
-            finally:
-                fwd.tasks.discard(task)
-
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        host_port = server.sockets[0].getsockname()[1]
-        fwd = Forward(server, f"http://127.0.0.1:{host_port}")
-        self._forwards[(sandbox_id, port)] = fwd
-        log.info("port exposed", sandbox_id=sandbox_id, port=port, url=fwd.url)
-        return fwd.url
-
-
-def _proc_net_hex(host: str, port: int, v6: bool) -> str:
-    """An address as /proc/net/tcp{,6} prints it: each 32-bit word in host order."""
-    ip = ipaddress.ip_address(host)
-    if v6 and ip.version == 4:
-        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
-    if (ip.version == 6) != v6:
-        return ""
-    packed = ip.packed
-    words = [packed[i : i + 4] for i in range(0, len(packed), 4)]
-    return "".join(w[::-1].hex().upper() for w in words) + f":{port:04X}"
-
-
-def peer_uid(peer: object, ours: object) -> int | None:
-    """The uid owning the other end of a loopback TCP connection: the row of
-    /proc/net/tcp (or tcp6, for a v4-mapped client) whose local address is the
-    peer's and remote address ours. Reads each table once, line by line, at most
-    PROC_TCP_MAX_ROWS rows; None when not found."""
-    if not (isinstance(peer, tuple) and isinstance(ours, tuple)):
-        return None
-    for table, v6 in (("/proc/self/net/tcp", False), ("/proc/self/net/tcp6", True)):
-        local = _proc_net_hex(str(peer[0]), int(peer[1]), v6)
-        remote = _proc_net_hex(str(ours[0]), int(ours[1]), v6)
-        if not local or not remote:
-            continue
-        try:
-            with open(table) as f:
-                next(f, None)  # the header
-                for n, line in enumerate(f):
-                    if n >= PROC_TCP_MAX_ROWS:
-                        log.warning("too many sockets to check a connection's owner", table=table)
-                        return None
-                    fields = line.split()
-                    if len(fields) > 7 and fields[1] == local and fields[2] == remote:
-                        return int(fields[7])
-        except FileNotFoundError:
-            continue
-    return None
+    async def expose(self, sandbox_id: str, port: int, gated: bool = False) -> str:
+        """A host URL for the sandbox's port (ports.py); gated: a tenant's, with a secret."""
+        return await self.ports.expose(sandbox_id, port, gated)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(65536):
-            dst.write(data)
-            await dst.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            dst.close()

@@ -1,0 +1,261 @@
+"""Exposed ports: a host listener that forwards each connection to a sandbox's port.
+
+The admin's (exposed over the Unix socket) listen on loopback and let in only
+root and the daemon's own user: any local user can reach 127.0.0.1, and raw TCP
+carries no credential. A tenant's (exposed over the network listener) listen
+where --expose-host says and speak HTTP: the first request of a connection must
+carry the port's secret, which the URL holds as its first path segments
+(http://HOST:PORT/_csk/SECRET), or an X-Computesdk-Secret header, or the cookie
+a browser is given when it first opens the URL. The secret is taken out before
+the request reaches the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from computesdkd.core.guard import Providers
+from computesdkd.core.registry import Registry
+from computesdkd.domain.errors import ComputeError, InvalidArgument
+from computesdkd.providers import capabilities as caps
+from computesdkd.providers.capabilities import require
+from computesdkd.support import logs
+
+log = logs.get(__name__)
+
+# /proc/net/tcp rows read at most to find a connection's owner.
+PROC_TCP_MAX_ROWS = 1 << 18
+PREFIX = b"/_csk/"
+HEADER = b"x-computesdk-secret"
+COOKIE = b"csk_secret"
+# The head of a connection's first request: bounded, and in bounded time.
+MAX_HEAD = 16 * 1024
+HEAD_SECONDS = 10.0
+
+
+@dataclass
+class Forward:
+    server: asyncio.Server
+    url: str
+    secret: str = ""
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Ports:
+    def __init__(
+        self, registry: Registry, providers: Providers, host: str = "", public_host: str = ""
+    ) -> None:
+        self._registry = registry
+        self._providers = providers
+        # Where a tenant's ports listen, and the name their URLs give.
+        self._host = host or "127.0.0.1"
+        self._public_host = public_host or self._host
+        self._forwards: dict[tuple[str, int, bool], Forward] = {}
+
+    async def expose(self, sandbox_id: str, port: int, gated: bool) -> str:
+        """The URL of a host listener for the sandbox's port; gated: a tenant's."""
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"bad port {port}", reason="INVALID_PORT")
+        sb, provider = self._registry.running(sandbox_id)
+        known = self._forwards.get((sandbox_id, port, gated))
+        if known is not None:
+            return known.url
+        # Fail now, naming the provider, rather than on the first connection.
+        _, probe = await require(provider, caps.PortForwarding, "port forwarding").open_port(
+            sb, port
+        )
+        probe.close()
+        fwd: Forward
+        secret = secrets.token_urlsafe(24) if gated else ""
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            fwd.tasks.add(task)
+            try:
+                first = await (_gate(reader, writer, secret) if gated else _local(writer))
+                if first is None:
+                    writer.close()
+                    return
+                try:
+                    up_r, up_w = await require(
+                        provider, caps.PortForwarding, "port forwarding"
+                    ).open_port(sb, port)
+                except ComputeError:
+                    writer.close()
+                    return
+                up_w.write(first)
+                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+            finally:
+                fwd.tasks.discard(task)
+
+        host = self._host if gated else "127.0.0.1"
+        server = await asyncio.start_server(serve, host, 0)
+        host_port = server.sockets[0].getsockname()[1]
+        where = _url_host(self._public_host if gated else "127.0.0.1")
+        url = f"http://{where}:{host_port}" + (f"/_csk/{secret}" if gated else "")
+        fwd = Forward(server, url, secret)
+        self._forwards[(sandbox_id, port, gated)] = fwd
+        log.info("port exposed", sandbox_id=sandbox_id, port=port, host_port=host_port, gated=gated)
+        return url
+
+    def forget(self, sandbox_id: str) -> None:
+        for key in [k for k in self._forwards if k[0] == sandbox_id]:
+            _close(self._forwards.pop(key))
+
+    def close(self) -> None:
+        for fwd in self._forwards.values():
+            _close(fwd)
+        self._forwards.clear()
+
+
+def _close(fwd: Forward) -> None:
+    fwd.server.close()
+    for t in fwd.tasks:
+        t.cancel()
+
+
+def _url_host(host: str) -> str:
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    return host
+
+
+async def _local(writer: asyncio.StreamWriter) -> bytes | None:
+    """b"" when the peer is root or the daemon's user, else None (refused)."""
+    try:
+        uid = await asyncio.to_thread(
+            peer_uid, writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        )
+    except OSError:
+        uid = None
+    if uid in (0, os.geteuid()):
+        return b""
+    log.warning("refused a connection to an exposed port", peer_uid=-1 if uid is None else uid)
+    return None
+
+
+async def _gate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str
+) -> bytes | None:
+    """The first request's head, the secret taken out, when it carries the secret;
+    else None, after an answer (403, or a browser's redirect that sets the cookie)."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_SECONDS)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        await _answer(writer, b"400 Bad Request")
+        return None
+    if len(head) > MAX_HEAD:
+        await _answer(writer, b"431 Request Header Fields Too Large")
+        return None
+    lines = head[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        await _answer(writer, b"400 Bad Request")
+        return None
+    method, target, version = parts
+    want = secret.encode()
+    ok, headers, browser = False, [], False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        key, value = name.strip().lower(), value.strip()
+        if key == HEADER:
+            ok = ok or hmac.compare_digest(value, want)
+            continue  # the sandbox never sees the secret
+        if key == b"cookie":
+            kept = []
+            for crumb in value.split(b";"):
+                k, _, v = crumb.strip().partition(b"=")
+                if k == COOKIE:
+                    ok = ok or hmac.compare_digest(v, want)
+                else:
+                    kept.append(crumb.strip())
+            if not kept:
+                continue
+            line = b"Cookie: " + b"; ".join(kept)
+        if key == b"sec-fetch-mode" and value == b"navigate":
+            browser = True
+        headers.append(line)
+    if target.startswith(PREFIX):
+        given, _, rest = target[len(PREFIX) :].partition(b"/")
+        given, q, query = given.partition(b"?")
+        if hmac.compare_digest(given, want):
+            target = b"/" + rest + (b"?" + query if q else b"")
+            if browser:
+                # A page's own links and assets carry no secret: a cookie does.
+                cookie = COOKIE + b"=" + want + b"; HttpOnly; SameSite=Lax; Path=/"
+                await _answer(
+                    writer, b"303 See Other", (b"Location: " + target, b"Set-Cookie: " + cookie)
+                )
+                return None
+            ok = True
+    if not ok:
+        await _answer(writer, b"403 Forbidden")
+        return None
+    return b"\r\n".join([b" ".join([method, target, version]), *headers]) + b"\r\n\r\n"
+
+
+async def _answer(
+    writer: asyncio.StreamWriter, status: bytes, extra: tuple[bytes, ...] = ()
+) -> None:
+    lines = [b"HTTP/1.1 " + status, b"Content-Length: 0", b"Connection: close", *extra]
+    with contextlib.suppress(ConnectionError, OSError):
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        await writer.drain()
+
+
+def _proc_net_hex(host: str, port: int, v6: bool) -> str:
+    """An address as /proc/net/tcp{,6} prints it: each 32-bit word in host order."""
+    ip = ipaddress.ip_address(host)
+    if v6 and ip.version == 4:
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    if (ip.version == 6) != v6:
+        return ""
+    packed = ip.packed
+    words = [packed[i : i + 4] for i in range(0, len(packed), 4)]
+    return "".join(w[::-1].hex().upper() for w in words) + f":{port:04X}"
+
+
+def peer_uid(peer: object, ours: object) -> int | None:
+    """The uid owning the other end of a loopback TCP connection: the row of
+    /proc/net/tcp (or tcp6, for a v4-mapped client) whose local address is the
+    peer's and remote address ours. Reads each table once, line by line, at most
+    PROC_TCP_MAX_ROWS rows; None when not found."""
+    if not (isinstance(peer, tuple) and isinstance(ours, tuple)):
+        return None
+    for table, v6 in (("/proc/self/net/tcp", False), ("/proc/self/net/tcp6", True)):
+        local = _proc_net_hex(str(peer[0]), int(peer[1]), v6)
+        remote = _proc_net_hex(str(ours[0]), int(ours[1]), v6)
+        if not local or not remote:
+            continue
+        try:
+            with open(table) as f:
+                next(f, None)  # the header
+                for n, line in enumerate(f):
+                    if n >= PROC_TCP_MAX_ROWS:
+                        log.warning("too many sockets to check a connection's owner", table=table)
+                        return None
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1] == local and fields[2] == remote:
+                        return int(fields[7])
+        except FileNotFoundError:
+            continue
+    return None
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            dst.close()
