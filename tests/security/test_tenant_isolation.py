@@ -29,6 +29,7 @@ from computesdk_api.pool.v1 import pool_pb2 as pl
 from computesdk_api.process.v1 import process_pb2 as pr
 from computesdk_api.sandbox.v1 import sandbox_pb2 as sb
 from computesdk_api.snapshot.v1 import snapshot_pb2 as sn
+from computesdk_api.template.v1 import template_pb2 as tp
 from computesdk_api.volume.v1 import volume_pb2 as vo
 from computesdkd.edge.server import SERVICE_NAMES
 from conftest import DaemonProcess, new_daemon, serving_port
@@ -150,13 +151,15 @@ REQUESTS: dict[str, Callable[[K], Any] | None] = {
     "ListVolumes": None,
     "DeleteVolume": lambda k: vo.DeleteVolumeRequest(name=k["vol"]),
     # TemplateService
-    "BuildTemplate": None,
-    "GetTemplate": None,
+    "BuildTemplate": lambda k: tp.BuildTemplateRequest(
+        definition=tp.TemplateDefinition(name=k["tpl"], base_image="template:base")
+    ),
+    "GetTemplate": lambda k: tp.GetTemplateRequest(name=k["tpl"]),
     "ListTemplates": None,
-    "DeleteTemplate": None,
+    "DeleteTemplate": lambda k: tp.DeleteTemplateRequest(name=k["tpl"]),
 }
 # Names are global, like bucket names: making one that is taken says so.
-TAKEN = {"CreatePool", "CreateVolume"}
+TAKEN = {"CreatePool", "CreateVolume", "BuildTemplate"}
 # A batch answers a missing thing per item, and another tenant's for the whole
 # call (the guard sees the request, not the items' fates): the same reason and
 # message, one level up. (Ids are 64 random bits: nothing to probe.)
@@ -171,6 +174,7 @@ MISSING: K = {
     "vol": "zz-vol",
     "state": "state-0000000000000000",
     "snap": "snap-0000000000000000",
+    "tpl": "zz-template",
 }
 POOL = descriptor_pool.Default()
 
@@ -210,6 +214,7 @@ async def world() -> AsyncIterator[tuple[DaemonProcess, Client, grpc.aio.Channel
     state = await s1.save_state("a-state")
     snap = await s1.snapshots.create("a-snap")
     await s1.register_health_check("hc", "true", interval_ms=60_000)
+    await a.templates.build("a-template", base_image="template:base", env={"A": "1"})
     keys = {
         "sb": s1.id,
         "pid": proc.process_id,
@@ -220,6 +225,7 @@ async def world() -> AsyncIterator[tuple[DaemonProcess, Client, grpc.aio.Channel
         "vol": "a-vol",
         "state": state,
         "snap": snap.id if hasattr(snap, "id") else str(snap),
+        "tpl": "a-template",
     }
     b = open_channel(Transport(address, tb, tls=True, ca=ca.pem.read_bytes()))
     try:
@@ -294,8 +300,8 @@ async def test_tenant_b_gets_nothing_of_tenant_a(world: Any) -> None:
         m = methods[name]
         if build is None:
             # No reference: whatever B gets back carries nothing of A's.
-            if name in ("ImportState", "BuildTemplate"):
-                continue  # they take a stream of B's own bytes or definition
+            if name == "ImportState":
+                continue  # it takes a stream of B's own bytes
             request = message_factory.GetMessageClass(m.input_type)()
             _code, _, message, text = await _call(b, m, request)
             for secret in secrets_of_a:
@@ -331,5 +337,8 @@ async def test_tenant_b_gets_nothing_of_tenant_a(world: Any) -> None:
     assert list(await a.groups.list()) == ["a-group"]
     assert [n.name for n in await a.networks.list()] == ["a-net"]
     assert keys["state"] in [s.id for s in await a.states.list()]
+    assert "a-template" in [t.name for t in await a.templates.list()]
+    # An admin's template is everyone's to use, and no tenant's to rebuild or delete.
+    assert any(t.name == "base" for t in await a.templates.list())
     # And A sees none of the sandboxes B made on the way (CreateSandbox, clones).
     assert len(await a.list()) == 2

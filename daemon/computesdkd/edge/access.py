@@ -178,16 +178,14 @@ class _Call:
         code = _code(context) if failed else "OK"
         if code == "OK":
             self.guard._tenancy.settle(self.caller, self.method, self.headers, self.fresh, answer)
-        self.audit(code)
+        made = self.guard._tenancy.made(answer) if answer is not None else ""
+        self.audit(code, resource=made)
 
-    def audit(self, code: str, reason: str = "") -> None:
+    def audit(self, code: str, reason: str = "", resource: str = "") -> None:
         if needed_scope(self.method) == Scope.READ:
             return
-        resource = next(
-            (key for msg in self.headers for _, key, _ in refs(msg)),
-            self.fresh[0][1] if self.fresh else "",
-        )
-        _audit(self.method, self.caller, resource, code, reason=reason)
+        named = next((key for msg in self.headers for _, key, _ in refs(msg)), "")
+        _audit(self.method, self.caller, named or resource, code, reason=reason)
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -149,8 +149,15 @@ IDENTITY: dict[str, tuple[tuple[str, ...], str]] = {
     "events.v1.Event": (("sandbox_id",), SANDBOX),
 }
 
+# Lists of names inside answers: the caller's own and the shared ones stay.
+ANSWER_NAMES: dict[str, dict[str, str]] = {"provider.v1.Provider": {"templates": TEMPLATE}}
+
 # Things a call makes whose key only its answer carries.
 MADE_BY_ANSWER = {"/computesdk.api.snapshot.v1.SnapshotService/SaveState": (("state", "id"), STATE)}
+
+# Where a template is made or removed rather than used: the admin's (shared)
+# templates are not the tenant's to rebuild or delete.
+TEMPLATE_WRITES = {"template.v1.TemplateDefinition", "template.v1.DeleteTemplateRequest"}
 
 # Messages that make the thing they name: a taken name answers ALREADY_EXISTS.
 CREATES = {
@@ -238,7 +245,7 @@ class Tenancy:
             if kind == SANDBOX:
                 raise sandbox_not_found(key)
             exists = self._exists[kind](key)
-            if owner is None and kind == TEMPLATE:
+            if owner is None and kind == TEMPLATE and _short(holder) not in TEMPLATE_WRITES:
                 if not exists:
                     fresh.append((kind, key))
                 continue  # the admin's templates are everyone's
@@ -292,7 +299,15 @@ class Tenancy:
             # An event of no sandbox is the daemon's (a provider's circuit).
             if key and not self.visible(caller, ident[1], key):
                 return None
+        names = ANSWER_NAMES.get(_short(msg), {})
         for field, value in msg.ListFields():
+            kind = names.get(field.name)
+            if kind is not None and field.is_repeated:
+                kept_names = [v for v in value if self.visible(caller, kind, v)]
+                if len(kept_names) != len(value):
+                    del value[:]
+                    value.extend(kept_names)
+                continue
             if field.type != field.TYPE_MESSAGE or _is_map(field):
                 continue
             if field.is_repeated:
@@ -305,6 +320,15 @@ class Tenancy:
         return msg
 
     # ------------------------------------------------------------ helpers
+
+    def made(self, answer: Message) -> str:
+        """The key of the thing an answer carries (for the audit line)."""
+        for field, value in answer.ListFields():
+            if field.type == field.TYPE_MESSAGE and not field.is_repeated:
+                ident = IDENTITY.get(_short(value))
+                if ident is not None:
+                    return _get(value, ident[0])
+        return ""
 
     def _is_sandbox(self, key: str) -> bool:
         return self._owners.of(SANDBOX, key) is not None or self._exists[SANDBOX](key)
@@ -320,6 +344,9 @@ class Tenancy:
                 reason="VOLUME_NOT_FOUND",
                 volume=key,
             )
+        if _short(holder) == "template.v1.DeleteTemplateRequest":
+            # As the provider's builder says it (providers/local/builder.py).
+            return NotFound(f"template {key!r} not found", reason="TEMPLATE_NOT_FOUND")
         if kind == TEMPLATE:
             provider = getattr(holder, "provider", "") or self._default_provider
             return NotFound(
