@@ -90,6 +90,7 @@ class App:
         pool_create: bool = True,
         expose_host: str = "",
         public_host: str = "",
+        tenant_registries: tuple[str, ...] = (),
     ) -> None:
         self.state_dir = state_dir
         self.store = store
@@ -118,22 +119,19 @@ class App:
         self.templates = Templates(registry, guard, bus)
         self.cloning = Cloning(registry, guard, placement, lifecycle, bus)
         self.access = Access(store)
-        self.quotas = Quotas(registry, owners, store, self._volume_size)
+        self.quotas = Quotas(registry, store, self.volumes.mb_of)
         placement.admission.append(self.quotas.admit)
+        self.volumes.admission.append(self.quotas.admit_volume)
         lifecycle.limit_admission.append(self.quotas.admit_limits)
-        self.tenancy = tenancy.Tenancy(owners, self._exists(), default_provider)
+        self.tenancy = tenancy.Tenancy(
+            owners, self._exists(), default_provider, frozenset(tenant_registries)
+        )
         # The features that keep sandboxes' parts outside the core.
         placement.preparers.append(self.volumes.prepare_sandbox)
         placement.on_removed.append(self.volumes.sandbox_gone)
         lifecycle.on_teardown.append(self.snapshots.drop_all)
         self.templates.users_of += [self.pools.template_users, self.snapshots.template_users]
         metrics.watch_state(registry.counts, lambda: bus.subscriber_count)
-
-    def _volume_size(self, name: str) -> int | None:
-        try:
-            return self.volumes.get(name).size_mb
-        except NotFound:
-            return None
 
     def _exists(self) -> dict[str, Callable[[str], bool]]:
         """Whether a thing of each kind exists now, whoever owns it (edge/tenancy.py)."""
@@ -163,7 +161,7 @@ class App:
 
     def guard(self, network: bool) -> Guard:
         """What every call passes: the network's callers need a token."""
-        return Guard(self.access if network else None, self.tenancy, self.quotas)
+        return Guard(self.access if network else None, self.tenancy)
 
     async def start(self) -> None:
         await self.providers.start(ProviderContext(state_dir=self.state_dir, emit=self.bus.emit))
@@ -230,11 +228,11 @@ class App:
             ),
             (
                 snapshot_pb2_grpc.add_SnapshotServiceServicer_to_server,
-                SnapshotServicer(self.snapshots, self.scratch),
+                SnapshotServicer(self.snapshots, self.scratch, self.tenancy),
             ),
             (
                 volume_pb2_grpc.add_VolumeServiceServicer_to_server,
-                VolumeServicer(self.volumes, self.quotas),
+                VolumeServicer(self.volumes),
             ),
             (
                 template_pb2_grpc.add_TemplateServiceServicer_to_server,
@@ -273,6 +271,7 @@ class Daemon:
             cfg.pool_create,
             cfg.expose_host,
             cfg.public_host,
+            cfg.tenant_registries,
         )
         await app.start()
         for text in cfg.warm_pools:
@@ -289,7 +288,9 @@ class Daemon:
             await edge_server.listen_socket(server, health, cfg.socket)
             if cfg.listener is not None:
                 # A server of its own: its calls pass the token check, the socket's not.
-                server, health = edge_server.build(app.services(), accepting, app.guard(True))
+                server, health = edge_server.build(
+                    app.services(), accepting, app.guard(True), network=True
+                )
                 servers.append((server, health))
                 self.port = await edge_server.listen_network(server, health, cfg.listener)
         except (edge_server.SocketBusy, edge_server.ListenerRefused) as exc:

@@ -51,6 +51,13 @@ def parse(argv: list[str] | None = None) -> Config:
         "--public-host", default="", metavar="NAME", help="the host name exposed ports' URLs give"
     )
     net.add_argument(
+        "--tenant-registry",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a registry tenants' templates may start from (repeatable; docker.io for Docker Hub)",
+    )
+    net.add_argument(
         "--insecure-listen",
         action="store_true",
         help="allow plaintext TCP off loopback (tokens are still required)",
@@ -120,6 +127,7 @@ def parse(argv: list[str] | None = None) -> Config:
         pool_create=not a.no_pool_create,
         expose_host=a.expose_host,
         public_host=a.public_host,
+        tenant_registries=tuple(a.tenant_registry),
     )
 
 

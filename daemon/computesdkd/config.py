@@ -51,6 +51,8 @@ class Config:
     # Where a tenant's exposed ports listen, and the host name their URLs give.
     expose_host: str = ""
     public_host: str = ""
+    # Registries a tenant's custom template may start from.
+    tenant_registries: tuple[str, ...] = ()
 
 
 class ConfigError(ValueError):

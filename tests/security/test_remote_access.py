@@ -273,7 +273,7 @@ async def test_rotation_without_restart(net: Net) -> None:
 
 
 async def test_quota_holds_under_a_burst_of_50_creates(net: Net) -> None:
-    await net.admin.admin.set_quota("bursty", Quota(max_sandboxes=5, max_memory_mb=4096))
+    await net.admin.admin.set_quota("bursty", Quota(max_sandboxes=5, max_memory_mb=8192))
     c = await net.connect(await net.token("bursty"))
     try:
         results = await asyncio.gather(

@@ -275,6 +275,9 @@ class Lifecycle:
         async with self._registry.lock(sandbox_id):
             sb, provider = self._registry.running(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
+                if resources is not None:
+                    for admit in self.limit_admission:
+                        admit(sb, provider.expected_resources(resources))
                 new_template = bool(template) and template != sb.spec.template
                 before = sb.spec
                 sb.spec = replace(

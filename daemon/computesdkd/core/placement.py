@@ -57,8 +57,9 @@ Preparer = Callable[[Sandbox], Awaitable[None]]
 # Runs once a sandbox's record is gone (volumes: frees ephemeral ones).
 Removed = Callable[[Sandbox], Awaitable[None]]
 # Says whether a sandbox of this spec may be made (quotas), given the specs whose
-# sandboxes are on their way but not in the registry yet; raises when not.
-Admission = Callable[[SandboxSpec, Iterable[SandboxSpec]], None]
+# sandboxes are on their way but not in the registry yet, and whether one is made
+# now (not drawn from a pool); raises when not.
+Admission = Callable[[SandboxSpec, Iterable[SandboxSpec], bool], None]
 
 
 class Placement:
@@ -81,7 +82,8 @@ class Placement:
         # Whether create takes warm pooled sandboxes unless the request says otherwise.
         self.pool_create = pool_create
         self.accepting = True
-        self._creating: dict[str, asyncio.Future[Sandbox]] = {}
+        # (tenant, request id) -> the create in flight.
+        self._creating: dict[tuple[str, str], asyncio.Future[Sandbox]] = {}
         self.sources: list[Source] = []
         self.restorer: Restorer | None = None
         self.preparers: list[Preparer] = []
@@ -111,9 +113,18 @@ class Placement:
             timeout_ms=spec.timeout_ms or DEFAULT_TIMEOUT_MS,
         )
 
-    def _admit(self, spec: SandboxSpec) -> None:
+    def _admit(self, spec: SandboxSpec, making: bool = False) -> SandboxSpec:
+        """Asks each admission (quotas) about spec as its provider will make it (its
+        defaults filled in); returns that spec, for the draws in flight."""
+        if not self.admission:
+            return spec
+        provider = self._providers.by_name.get(spec.provider)
+        held = spec
+        if provider is not None:
+            held = replace(spec, resources=provider.expected_resources(spec.resources))
         for admit in self.admission:
-            admit(spec, self._drawing)
+            admit(held, self._drawing, making)
+        return held
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -172,12 +183,12 @@ class Placement:
         )
         if pool_ok and not spec.volumes:
             for source in self.sources:
-                self._admit(spec)
-                self._drawing.append(spec)
+                held = self._admit(spec)
+                self._drawing.append(held)
                 try:
                     drawn = await source(spec)
                 finally:
-                    self._drawing.remove(spec)
+                    self._drawing.remove(held)
                 if drawn is not None:
                     # No await since the draw: it is counted in the registry now.
                     self._owners.claim(SANDBOX, drawn.id, spec.tenant)
@@ -195,9 +206,10 @@ class Placement:
         raise AssertionError("unreachable")
 
     async def _create_once(self, spec: SandboxSpec) -> Sandbox:
-        existing = self._store.sandboxes.by_request_id(spec.request_id)
-        if existing is None and spec.request_id in self._creating:
-            existing = await asyncio.shield(self._creating[spec.request_id])
+        key = (spec.tenant, spec.request_id)
+        existing = self._store.sandboxes.by_request_id(*key)
+        if existing is None and key in self._creating:
+            existing = await asyncio.shield(self._creating[key])
         if existing is not None:
             if replace(existing.spec, provider=spec.provider) != spec:
                 raise AlreadyExists(
@@ -207,7 +219,7 @@ class Placement:
                 )
             return self._registry.find(existing.id) or existing
         fut: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
-        self._creating[spec.request_id] = fut
+        self._creating[key] = fut
         try:
             sb = await self.create_with_fallback(spec)
             fut.set_result(sb)
@@ -217,7 +229,7 @@ class Placement:
             fut.exception()  # retrieved: waiters re-raise it themselves
             raise
         finally:
-            del self._creating[spec.request_id]
+            del self._creating[key]
 
     async def create_on(
         self, provider: Provider, spec: SandboxSpec, from_snapshot: str = "", import_layer: str = ""
@@ -238,7 +250,7 @@ class Placement:
         )
         with bound_contextvars(sandbox_id=sb.id):
             # No await between the admission and the registry: a burst cannot overshoot.
-            self._admit(spec)
+            self._admit(spec, making=True)
             self._owners.claim(SANDBOX, sb.id, spec.tenant)
             self._registry.add(sb)
             self._bus.emit(sb.id, events.CREATED, provider=spec.provider, template=spec.template)

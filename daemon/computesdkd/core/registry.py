@@ -108,7 +108,10 @@ class Registry:
         metadata: dict[str, str],
         states: list[State],
         provider: str,
+        tenant: str | None = None,
     ) -> tuple[list[Sandbox], str]:
+        """A page of sandboxes; tenant, when given, keeps only that tenant's (before
+        paging, so that a page token never points into another's)."""
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
         size = min(page_size or 100, MAX_PAGE)
@@ -121,6 +124,8 @@ class Registry:
             if states and sb.state not in states:
                 continue
             if provider and sb.spec.provider != provider:
+                continue
+            if tenant is not None and sb.spec.tenant != tenant:
                 continue
             if any(sb.spec.metadata.get(k) != v for k, v in metadata.items()):
                 continue

@@ -130,6 +130,18 @@ def already_exists(kind: str, key: str) -> AlreadyExists:
     return AlreadyExists(f"{kind} {key!r} exists", reason=f"{kind.upper()}_EXISTS", **{kind: key})
 
 
+def template_not_found(name: str, provider: str) -> NotFound:
+    """One answer for a template that is not there, whoever asks and whatever for:
+    another tenant's must read the same, so it lists no names."""
+    return NotFound(
+        f"template {name!r} is not known to provider {provider!r} "
+        "(computesdk template ls lists them)",
+        reason="TEMPLATE_NOT_FOUND",
+        template=name,
+        provider=provider,
+    )
+
+
 def sandbox_not_found(sandbox_id: str) -> NotFound:
     return NotFound(
         f"sandbox {sandbox_id!r} not found", reason="SANDBOX_NOT_FOUND", sandbox_id=sandbox_id

@@ -1,6 +1,6 @@
 """The guard every API call passes: who calls (a bearer token on the network
 listener; the admin on the Unix socket), whether the token's scope allows the
-method, what the caller may touch (edge/tenancy.py), how fast it may create, and
+method, what the caller may touch (edge/tenancy.py), and
 one audit line per mutating call."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from computesdkd.edge.interceptors import API_PREFIX, refusing, rewrap
 from computesdkd.edge.status import abort
 from computesdkd.edge.tenancy import Tenancy, refs
 from computesdkd.features.access import Access, Scope
-from computesdkd.features.quotas import Quotas
 from computesdkd.support import logs
 
 if TYPE_CHECKING:
@@ -33,14 +32,6 @@ log = logs.get("computesdkd.audit")
 ADMIN_SERVICE = "/computesdk.api.admin.v1.AdminService/"
 # Methods that change nothing: a read-scope token may call these.
 READ_VERBS = ("Get", "List", "Subscribe", "Read", "Stat", "Check", "Monitor", "Attach", "Export")
-_SANDBOX = "/computesdk.api.sandbox.v1.SandboxService/"
-# How many sandboxes a call creates, for the tenant's creates-per-second bound.
-CREATES: dict[str, Callable[[Any], int]] = {
-    _SANDBOX + "CreateSandbox": lambda r: 1,
-    _SANDBOX + "BatchCreateSandboxes": lambda r: len(r.requests),
-    _SANDBOX + "CloneSandbox": lambda r: 1,
-    "/computesdk.api.snapshot.v1.SnapshotService/ImportState": lambda r: 1,
-}
 
 
 def needed_scope(method: str) -> Scope:
@@ -52,10 +43,9 @@ def needed_scope(method: str) -> Scope:
 class Guard(_Interceptor):
     """access is None on the Unix socket: every call there is the admin's."""
 
-    def __init__(self, access: Access | None, tenancy: Tenancy, quotas: Quotas) -> None:
+    def __init__(self, access: Access | None, tenancy: Tenancy) -> None:
         self._access = access
         self._tenancy = tenancy
-        self._quotas = quotas
 
     async def intercept_service(
         self,
@@ -137,7 +127,6 @@ class _Call:
         try:
             if isinstance(request, Message):
                 self.check(request)
-                self.charge(request)
         except ComputeError as exc:
             self.audit(exc.code.name, exc.reason)
             await abort(context, exc)
@@ -155,19 +144,9 @@ class _Call:
         return self._checked(request)
 
     async def _checked(self, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
-        first = True
         async for msg in requests:
             self.check(msg)
-            if first:
-                self.charge(msg)
-                first = False
             yield msg
-
-    def charge(self, request: Message) -> None:
-        """Takes the sandboxes the call creates from the tenant's creates per second."""
-        cost = CREATES.get(self.method)
-        if cost is not None and not self.caller.admin:
-            self.guard._quotas.take_creates(self.caller.tenant, cost(request))
 
     def finish(
         self,
@@ -184,7 +163,7 @@ class _Call:
     def audit(self, code: str, reason: str = "", resource: str = "") -> None:
         if needed_scope(self.method) == Scope.READ:
             return
-        named = next((key for msg in self.headers for _, key, _ in refs(msg)), "")
+        named = next((key for msg in self.headers for _, key, _, _ in refs(msg)), "")
         _audit(self.method, self.caller, named or resource, code, reason=reason)
 
 
@@ -198,7 +177,8 @@ def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 def _audit(method: str, caller: Caller | None, resource: str, code: str, reason: str = "") -> None:
     log.info(
         "audit",
-        tenant=(caller.tenant or "admin") if caller else None,
+        tenant=caller.tenant if caller and caller.tenant else None,
+        via="socket" if caller and caller.admin else "network",
         token_id=caller.token_id if caller and caller.token_id else None,
         method=method,
         resource=resource or None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+from computesdkd.domain import acting
 from computesdkd.features.access import Scope
 
 
@@ -32,6 +33,7 @@ def current() -> Caller:
 
 
 def bind(caller: Caller) -> contextvars.Token[Caller]:
+    acting.act_for(caller.tenant)
     return _CALLER.set(caller)
 
 

@@ -75,4 +75,9 @@ def refusing(handler: Handler, err: ComputeError) -> Handler:
         await context.abort(st.code, st.details, st.trailing_metadata)
         yield  # pragma: no cover - marks this as an async generator
 
-    return rewrap(handler, lambda inner: refuse_stream if handler.response_streaming else refuse)
+    # The refused request is never parsed: raw bytes, dropped.
+    return _MAKE[(handler.request_streaming, handler.response_streaming)](
+        refuse_stream if handler.response_streaming else refuse,
+        request_deserializer=None,
+        response_serializer=handler.response_serializer,
+    )

@@ -39,6 +39,10 @@ log = logs.get(__name__)
 # The transport takes messages well above the per-chunk limit (servicers/_edge.py)
 # so that an oversized chunk gets a PAYLOAD_TOO_LARGE reason rather than a bare status.
 MAX_MESSAGE = 64 * 1024 * 1024
+# The network listener's: above the per-chunk limit (status.MAX_CHUNK), far below
+# what an unauthenticated peer could make the daemon hold.
+NETWORK_MAX_MESSAGE = 5 * 1024 * 1024
+NETWORK_MAX_STREAMS = 256
 SERVICE_NAMES = [
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name,
@@ -163,18 +167,19 @@ def is_loopback(address: str) -> bool:
 
 
 def build(
-    services: list[Service], accepting: Callable[[], bool], guard: Any
+    services: list[Service], accepting: Callable[[], bool], guard: Any, network: bool = False
 ) -> tuple[grpc.aio.Server, Any]:
     """A server with every service, the health service and reflection, each call
-    passing guard (edge/access.py) first."""
-    server = grpc.aio.server(
-        interceptors=[Draining(accepting), guard],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    passing guard (edge/access.py) first. The network's takes smaller messages
+    (a client's chunks are 1 MiB): anyone can send before a token is checked."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", NETWORK_MAX_MESSAGE if network else MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.so_reuseport", 0),
+    ]
+    if network:
+        options.append(("grpc.max_concurrent_streams", NETWORK_MAX_STREAMS))
+    server = grpc.aio.server(interceptors=[Draining(accepting), guard], options=options)
     for add, servicer in services:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -22,9 +22,11 @@ from computesdkd.domain.errors import (
     AlreadyExists,
     ComputeError,
     NotFound,
+    PermissionDenied,
     already_exists,
     not_found,
     sandbox_not_found,
+    template_not_found,
 )
 from computesdkd.edge.caller import Caller
 
@@ -74,6 +76,7 @@ REFS: dict[str, dict[str, str]] = {
     "volume.v1.CreateVolumeRequest": {"name": VOLUME},
     "volume.v1.GetVolumeRequest": {"name": VOLUME},
     "volume.v1.DeleteVolumeRequest": {"name": VOLUME},
+    # base_image names a template only as template:NAME (_base_ref says the rest).
     "template.v1.TemplateDefinition": {"name": TEMPLATE, "base_image": TEMPLATE},
     "template.v1.GetTemplateRequest": {"name": TEMPLATE},
     "template.v1.DeleteTemplateRequest": {"name": TEMPLATE},
@@ -152,12 +155,20 @@ IDENTITY: dict[str, tuple[tuple[str, ...], str]] = {
 # Lists of names inside answers: the caller's own and the shared ones stay.
 ANSWER_NAMES: dict[str, dict[str, str]] = {"provider.v1.Provider": {"templates": TEMPLATE}}
 
+# Events of no sandbox and no tenant that every tenant sees.
+DAEMON_WIDE_EVENTS = {"provider.circuit"}
+
 # Things a call makes whose key only its answer carries.
 MADE_BY_ANSWER = {"/computesdk.api.snapshot.v1.SnapshotService/SaveState": (("state", "id"), STATE)}
 
+TEMPLATE_BASE = "template:"
+
 # Where a template is made or removed rather than used: the admin's (shared)
 # templates are not the tenant's to rebuild or delete.
-TEMPLATE_WRITES = {"template.v1.TemplateDefinition", "template.v1.DeleteTemplateRequest"}
+TEMPLATE_WRITES = {
+    ("template.v1.TemplateDefinition", "name"),
+    ("template.v1.DeleteTemplateRequest", "name"),
+}
 
 # Messages that make the thing they name: a taken name answers ALREADY_EXISTS.
 CREATES = {
@@ -176,8 +187,9 @@ def _short(msg: Message) -> str:
     return msg.DESCRIPTOR.full_name.removeprefix(_PREFIX)
 
 
-def refs(msg: Message) -> Iterator[tuple[str, str, Message]]:
-    """(kind, key, the message holding it) for every reference in msg, nested ones too."""
+def refs(msg: Message) -> Iterator[tuple[str, str, Message, str]]:
+    """(kind, key, the message holding it, the field) for every reference in msg,
+    nested ones too."""
     rules = REFS.get(_short(msg), {})
     for field, value in msg.ListFields():
         kind = rules.get(field.name) or SANDBOX_FIELDS.get(field.name)
@@ -185,14 +197,16 @@ def refs(msg: Message) -> Iterator[tuple[str, str, Message]]:
             if _is_map(field):
                 if kind:  # a map whose values name things
                     for v in value.values():
-                        yield kind, v, msg
+                        yield kind, v, msg, field.name
                 continue
             for item in value if field.is_repeated else (value,):
                 yield from refs(item)
         elif kind and field.type == field.TYPE_STRING:
             for v in value if field.is_repeated else (value,):
+                if field.name == "base_image":
+                    v = v[len(TEMPLATE_BASE) :] if v.startswith(TEMPLATE_BASE) else ""
                 if v:
-                    yield kind, v, msg
+                    yield kind, v, msg, field.name
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -212,8 +226,11 @@ class Tenancy:
         owners: Owners,
         exists: Mapping[str, Callable[[str], bool]],
         default_provider: str,
+        registries: frozenset[str] = frozenset(),
     ) -> None:
         self._owners = owners
+        # The registries a tenant's template may come from (--tenant-registry).
+        self._registries = registries
         # Whether a named thing exists now, whoever owns it.
         self._exists = exists
         self._default_provider = default_provider
@@ -226,13 +243,18 @@ class Tenancy:
         the call succeeds, and whether msg named anything at all."""
         fresh: list[tuple[str, str]] = []
         named = False
+        if not caller.admin and _short(msg) == "template.v1.BuildTemplateRequest":
+            self._check_base(msg.definition.base_image)  # type: ignore[attr-defined]
         # Sandboxes first: any not the caller's, missing or another's, answers the
         # same, before a named thing can; so which of two is reported tells nothing.
         found = sorted(refs(msg), key=lambda r: r[0] != SANDBOX)
-        for kind, key, holder in found:
+        for kind, key, holder, field in found:
             named = True
             if caller.admin:
-                break
+                stale = kind in NAMED and self._owners.of(kind, key) is not None
+                if stale and not self._exists[kind](key):
+                    fresh.append((kind, key))  # a tenant's row of a thing gone: the
+                continue  # admin's, if the admin makes it now (settle)
             if kind == MEMBER:
                 # What looks like a sandbox id is one: else a missing id would be a
                 # free name and another's a refusal, and the difference would tell.
@@ -245,12 +267,13 @@ class Tenancy:
             if kind == SANDBOX:
                 raise sandbox_not_found(key)
             exists = self._exists[kind](key)
-            if owner is None and kind == TEMPLATE and _short(holder) not in TEMPLATE_WRITES:
+            writes = (_short(holder), field) in TEMPLATE_WRITES
+            if owner is None and kind == TEMPLATE and not writes:
                 if not exists:
                     fresh.append((kind, key))
                 continue  # the admin's templates are everyone's
             if exists:
-                raise self._not_found(kind, key, holder)
+                raise self._not_found(kind, key, holder, field)
             fresh.append((kind, key))  # free (or a stale row of a thing since gone)
         return fresh, named
 
@@ -262,10 +285,8 @@ class Tenancy:
         fresh: list[tuple[str, str]],
         answer: Message | None,
     ) -> None:
-        """After a call succeeded: the caller owns what it made, and what it
-        deleted is nobody's."""
-        if caller.admin:
-            return
+        """After a call succeeded: the caller owns what it made (the admin: no row),
+        and what it deleted is nobody's."""
         for kind, key in fresh:
             if self._exists[kind](key):
                 self._owners.claim(kind, key, caller.tenant)
@@ -275,7 +296,7 @@ class Tenancy:
             if key:
                 self._owners.claim(made[1], key, caller.tenant)
         for msg in requests:
-            for kind, key, _ in refs(msg):
+            for kind, key, _, _ in refs(msg):
                 mine = kind in NAMED and self._owners.of(kind, key) == caller.tenant
                 if mine and not self._exists[kind](key):
                     self._owners.release(kind, key)
@@ -293,10 +314,16 @@ class Tenancy:
         msg itself is such a thing (a stream then skips it)."""
         if caller.admin:
             return msg
-        ident = IDENTITY.get(_short(msg))
+        short = _short(msg)
+        if short == "events.v1.Event" and not msg.sandbox_id:  # type: ignore[attr-defined]
+            # Of no sandbox: its tenant's (stamped when emitted), else the daemon's
+            # own, which only the daemon-wide kinds (a provider's circuit) show.
+            stamped = msg.attributes.get("tenant", "")  # type: ignore[attr-defined]
+            wide = not stamped and msg.type in DAEMON_WIDE_EVENTS  # type: ignore[attr-defined]
+            return msg if stamped == caller.tenant or wide else None
+        ident = IDENTITY.get(short)
         if ident is not None:
             key = _get(msg, ident[0])
-            # An event of no sandbox is the daemon's (a provider's circuit).
             if key and not self.visible(caller, ident[1], key):
                 return None
         names = ANSWER_NAMES.get(_short(msg), {})
@@ -330,11 +357,28 @@ class Tenancy:
                     return _get(value, ident[0])
         return ""
 
+    def _check_base(self, ref: str) -> None:
+        """A tenant builds on a template, or on a registry the daemon allows: never on
+        the daemon host's files (oci:, docker-archive:) or network."""
+        if not ref or ref.startswith(TEMPLATE_BASE):
+            return
+        name = ref.removeprefix("docker://")
+        first, _, rest = name.partition("/")
+        host = first if rest and ("." in first or ":" in first or first == "localhost") else ""
+        if ref.startswith(("oci:", "docker-archive:")) or (host or "docker.io") not in (
+            self._registries
+        ):
+            raise PermissionDenied(
+                f"base_image {ref[:200]!r}: a tenant builds on templates (template:NAME) and "
+                "on the registries the daemon allows (computesdkd --tenant-registry)",
+                reason="BASE_IMAGE_FORBIDDEN",
+            )
+
     def _is_sandbox(self, key: str) -> bool:
         return self._owners.of(SANDBOX, key) is not None or self._exists[SANDBOX](key)
 
-    def _not_found(self, kind: str, key: str, holder: Message) -> ComputeError:
-        if _short(holder) in CREATES:
+    def _not_found(self, kind: str, key: str, holder: Message, field: str) -> ComputeError:
+        if _short(holder) in CREATES and field == "name":
             if kind == TEMPLATE:
                 return AlreadyExists(f"template {key!r} exists", reason="ALREADY_EXISTS")
             return already_exists(kind, key)
@@ -344,15 +388,8 @@ class Tenancy:
                 reason="VOLUME_NOT_FOUND",
                 volume=key,
             )
-        if _short(holder) == "template.v1.DeleteTemplateRequest":
-            # As the provider's builder says it (providers/local/builder.py).
-            return NotFound(f"template {key!r} not found", reason="TEMPLATE_NOT_FOUND")
         if kind == TEMPLATE:
-            provider = getattr(holder, "provider", "") or self._default_provider
-            return NotFound(
-                f"template {key!r} is not known to provider {provider!r}",
-                reason="TEMPLATE_NOT_FOUND",
-                template=key,
-                provider=provider,
+            return template_not_found(
+                key, getattr(holder, "provider", "") or self._default_provider
             )
         return not_found(kind, key)

@@ -27,6 +27,7 @@ PREFIX = "csk_"
 TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # What an Authorization header may hold before we look at it at all.
 MAX_TOKEN = 256
+MAX_CHAIN = 16
 
 
 class Scope(enum.IntEnum):
@@ -46,6 +47,9 @@ class Token:
     created_at: float = 0.0
     expires_at: float = 0.0  # 0: never
     revoked_at: float = 0.0  # 0: in force
+    # The token that made this one over the network (a tenant's admin token), if
+    # any: it lives no longer than its parent and dies with it.
+    parent: str = ""
 
 
 def check_tenant(tenant: str) -> str:
@@ -69,15 +73,28 @@ class Access:
             self._tokens[name] = Token(**{**value, "scope": Scope(value["scope"])})
 
     def create(
-        self, tenant: str, scope: Scope, description: str = "", ttl_s: float = 0
+        self,
+        tenant: str,
+        scope: Scope,
+        description: str = "",
+        ttl_s: float = 0,
+        parent: Token | None = None,
     ) -> tuple[Token, str]:
-        """A new token and the string a client sends (never stored)."""
+        """A new token and the string a client sends (never stored). A token made
+        with another (parent) expires no later than it and is revoked with it."""
         check_tenant(tenant)
         if len(description) > 256:
             raise InvalidArgument("a description is at most 256 characters")
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = time.time()
+        expires = now + ttl_s if ttl_s > 0 else 0.0
+        if parent is not None and parent.expires_at:
+            expires = min(expires or parent.expires_at, parent.expires_at)
+        if parent is not None and self._depth(parent) >= MAX_CHAIN - 1:
+            raise InvalidArgument(
+                f"tokens made by tokens nest at most {MAX_CHAIN} deep: make it over the socket"
+            )
         token = Token(
             token_id,
             tenant,
@@ -85,7 +102,8 @@ class Access:
             _digest(secret),
             description,
             now,
-            now + ttl_s if ttl_s > 0 else 0.0,
+            expires,
+            parent=parent.id if parent is not None else "",
         )
         self._put(token)
         log.info("token created", token_id=token_id, tenant=tenant, scope=token.scope.name)
@@ -124,11 +142,27 @@ class Access:
         # The digest is compared in constant time so that timing says nothing of it.
         if token is None or not hmac.compare_digest(token.digest, _digest(secret)):
             raise Unauthenticated("the token is not valid", reason="TOKEN_INVALID")
-        if token.revoked_at:
-            raise Unauthenticated("the token was revoked", reason="TOKEN_REVOKED")
-        if token.expires_at and token.expires_at <= time.time():
-            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        # It holds while it and every token above it hold (a short chain: each
+        # link was made by the one before, so the walk ends).
+        link: Token | None = token
+        for _ in range(MAX_CHAIN):
+            if link is None:
+                break
+            if link.revoked_at:
+                raise Unauthenticated("the token was revoked", reason="TOKEN_REVOKED")
+            if link.expires_at and link.expires_at <= time.time():
+                raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+            link = self._tokens.get(link.parent) if link.parent else None
         return token
+
+    def _depth(self, token: Token) -> int:
+        depth, link = 0, token
+        while link.parent and depth < MAX_CHAIN:
+            parent = self._tokens.get(link.parent)
+            if parent is None:
+                break
+            link, depth = parent, depth + 1
+        return depth
 
     def _put(self, token: Token) -> None:
         self._tokens[token.id] = token

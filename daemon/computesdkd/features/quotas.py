@@ -12,13 +12,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 
-from computesdkd.core.owners import Owners
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import InvalidArgument, ResourceExhausted
 from computesdkd.domain.model import Resources, Sandbox, SandboxSpec, State
 from computesdkd.store import Store
-
-VOLUME = "volume"
 
 
 @dataclass(frozen=True)
@@ -66,15 +63,13 @@ class Quotas:
     def __init__(
         self,
         registry: Registry,
-        owners: Owners,
         store: Store,
-        volume_size: Callable[[str], int | None],
+        volume_mb: Callable[[str], int],
     ) -> None:
         self._registry = registry
-        self._owners = owners
         self._records = store.records("quotas")
-        # The size in MB of a volume, None when there is none by that name.
-        self._volume_size = volume_size
+        # The space a tenant's volumes take (those being made included).
+        self._volume_mb = volume_mb
         self._quotas = {name: Quota(**value) for name, value in self._records.all()}
         self._buckets: dict[str, _Bucket] = {}
 
@@ -100,7 +95,7 @@ class Quotas:
             if sb.spec.tenant == tenant and sb.state != State.STOPPED and sb.id != leaving_out
         ]
         held += [s.resources for s in pending if s.tenant == tenant]
-        volume_mb = sum(self._volume_size(n) or 0 for n in self._owners.keys(VOLUME, tenant))
+        volume_mb = self._volume_mb(tenant)
         return Usage(
             sandboxes=len(held),
             cpu_cores=sum(r.cpu_cores for r in held),
@@ -109,22 +104,23 @@ class Quotas:
             volume_mb=volume_mb,
         )
 
-    def admit(self, spec: SandboxSpec, pending: Iterable[SandboxSpec] = ()) -> None:
-        """Raises QUOTA_EXCEEDED when spec would take its tenant past a bound."""
+    def admit(
+        self, spec: SandboxSpec, pending: Iterable[SandboxSpec] = (), making: bool = False
+    ) -> None:
+        """Raises QUOTA_EXCEEDED when spec would take its tenant past a bound, and,
+        for a sandbox made now (any create, a pool's fill included; not a draw from
+        a warm pool), RATE_LIMITED past its creates per second."""
         q = self._quotas.get(spec.tenant)
         if not spec.tenant or q is None:
             return
         u = self.usage(spec.tenant, pending)
         r = spec.resources
-        new_volume_mb = sum(
-            m.size_mb for m in spec.volumes if m.size_mb and self._volume_size(m.name) is None
-        )
         _bound("sandboxes", u.sandboxes + 1, q.max_sandboxes)
         _bound("cpu_cores", u.cpu_cores + r.cpu_cores, q.max_cpu_cores)
         _bound("memory_mb", u.memory_mb + r.memory_mb, q.max_memory_mb)
         _bound("disk_mb", u.disk_mb + r.disk_mb, q.max_disk_mb)
-        if new_volume_mb:
-            _bound("volume_mb", u.volume_mb + new_volume_mb, q.max_volume_mb)
+        if making:
+            self.take_creates(spec.tenant)
 
     def admit_limits(self, sb: Sandbox, wanted: Resources) -> None:
         """Raises QUOTA_EXCEEDED when new live limits would take the tenant past a bound

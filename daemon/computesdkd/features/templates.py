@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from computesdkd.core.bus import EventBus
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
-from computesdkd.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from computesdkd.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    template_not_found,
+)
 from computesdkd.domain.model import BuildStep, TemplateDefinition, TemplateInfo
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import Provider
@@ -68,12 +72,7 @@ class Templates:
         for info in p.template_infos():
             if info.name == name:
                 return info
-        raise NotFound(
-            f"template {name!r} is not known to provider {p.name!r}",
-            reason="TEMPLATE_NOT_FOUND",
-            template=name,
-            provider=p.name,
-        )
+        raise template_not_found(name, p.name)
 
     async def build(
         self, provider: str, definition: TemplateDefinition, no_cache: bool

@@ -13,6 +13,7 @@ import json
 import posixpath
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from computesdkd.core.bus import EventBus
@@ -50,6 +51,8 @@ class VolumeRecord:
     created_at: float
     # For an ephemeral volume: the sandbox it goes with.
     owner: str = ""
+    # Whose space it counts against (quotas); empty for the admin.
+    tenant: str = ""
 
 
 class Volumes:
@@ -64,6 +67,11 @@ class Volumes:
         self._providers = providers
         self._store = store
         self._bus = bus
+        # Names being made now, with their tenant and size: a second create of the
+        # same name is refused before the first's await, and quotas count them.
+        self._making: dict[str, tuple[str, int]] = {}
+        # Says whether a tenant may have a volume of this size more (quotas).
+        self.admission: list[Callable[[str, int], None]] = []
 
     def _record(self, name: str) -> VolumeRecord | None:
         for n, value in self._store.records("volumes").all():
@@ -91,8 +99,19 @@ class Volumes:
             self._providers.by_name[rec.provider], caps.Volumes, "volumes"
         ).volume_used_bytes(rec.name)
 
+    def mb_of(self, tenant: str) -> int:
+        """The space a tenant's volumes take, those being made included."""
+        made = sum(r.size_mb for r in self.all() if r.tenant == tenant)
+        return made + sum(size for t, size in self._making.values() if t == tenant)
+
     async def create(
-        self, name: str, size_mb: int, persistent: bool, provider: str = "", owner: str = ""
+        self,
+        name: str,
+        size_mb: int,
+        persistent: bool,
+        provider: str = "",
+        owner: str = "",
+        tenant: str = "",
     ) -> VolumeRecord:
         if not NAME.match(name):
             raise InvalidArgument(
@@ -101,13 +120,19 @@ class Volumes:
         size_mb = size_mb or DEFAULT_SIZE_MB
         if not 1 <= size_mb <= MAX_SIZE_MB:
             raise InvalidArgument(f"size_mb is 1 to {MAX_SIZE_MB}", reason="INVALID_SIZE")
-        if self._record(name) is not None:
+        if name in self._making or self._record(name) is not None:
             raise already_exists("volume", name)
         provider = provider or self._providers.default
         volumes = require(self._providers.by_name[provider], caps.Volumes, "volumes")
-        await volumes.volume_create(name, size_mb)
-        rec = VolumeRecord(name, provider, size_mb, persistent, time.time(), owner)
-        self._store.records("volumes").put(name, asdict(rec))
+        for admit in self.admission:  # no await from here to the reservation
+            admit(tenant, size_mb)
+        self._making[name] = (tenant, size_mb)
+        try:
+            await volumes.volume_create(name, size_mb)
+            rec = VolumeRecord(name, provider, size_mb, persistent, time.time(), owner, tenant)
+            self._store.records("volumes").put(name, asdict(rec))
+        finally:
+            del self._making[name]
         # A daemon-wide event (no sandbox), unless an ephemeral volume's sandbox made it.
         self._bus.emit(
             owner,
@@ -165,7 +190,9 @@ class Volumes:
                         reason="VOLUME_NOT_FOUND",
                         volume=m.name,
                     )
-                rec = await self.create(m.name, m.size_mb, False, spec.provider, sandbox_id)
+                rec = await self.create(
+                    m.name, m.size_mb, False, spec.provider, sandbox_id, spec.tenant
+                )
             if rec.provider != spec.provider:
                 raise FailedPrecondition(
                     f"volume {m.name!r} lives on provider {rec.provider!r}",

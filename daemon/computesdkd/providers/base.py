@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from computesdkd.domain.errors import Unsupported
-from computesdkd.domain.model import Command, Probe, ProcessEvent, Sandbox, TemplateInfo
+from computesdkd.domain.model import (
+    Command,
+    Probe,
+    ProcessEvent,
+    Resources,
+    Sandbox,
+    TemplateInfo,
+)
 from computesdkd.providers.capabilities import derived
 
 
@@ -87,6 +94,11 @@ class Provider(ABC):
 
     def templates(self) -> list[str]:
         return []
+
+    def expected_resources(self, asked: Resources) -> Resources:
+        """What a sandbox that asks this will hold, defaults filled in (quotas count
+        it before the sandbox exists). By default what was asked."""
+        return asked
 
     def template_infos(self) -> list[TemplateInfo]:
         """Every template, predefined and built; by default the predefined names."""

@@ -39,7 +39,7 @@ class Sandboxes:
             "INSERT OR REPLACE INTO sandboxes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 sb.id,
-                sb.spec.request_id or None,
+                request_key(sb.spec.tenant, sb.spec.request_id),
                 int(sb.state),
                 json.dumps(asdict(sb.spec)),
                 sb.created_at,
@@ -64,11 +64,19 @@ class Sandboxes:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created_at, id").fetchall()
         return [_sandbox(r) for r in rows]
 
-    def by_request_id(self, request_id: str) -> Sandbox | None:
+    def by_request_id(self, tenant: str, request_id: str) -> Sandbox | None:
         row = self._db.execute(
-            "SELECT * FROM sandboxes WHERE request_id = ?", (request_id,)
+            "SELECT * FROM sandboxes WHERE request_id = ?", (request_key(tenant, request_id),)
         ).fetchone()
         return _sandbox(row) if row else None
+
+
+def request_key(tenant: str, request_id: str) -> str | None:
+    """Request ids are each tenant's own: two tenants may use the same one. (The
+    admin's are stored as they are, as before tenants.)"""
+    if not request_id:
+        return None
+    return f"{tenant}\x00{request_id}" if tenant else request_id
 
 
 class Processes:

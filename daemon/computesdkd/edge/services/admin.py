@@ -69,8 +69,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if request.scope not in (0, *Scope):
             raise InvalidArgument("scope is read, write or admin", reason="INVALID_ARGUMENT")
         scope = Scope(request.scope or Scope.WRITE)
+        caller = callers.current()
+        parent = self._access.get(caller.token_id) if caller.token_id else None
         token, secret = self._access.create(
-            _tenant(request.tenant), scope, request.description, request.ttl_seconds
+            _tenant(request.tenant), scope, request.description, request.ttl_seconds, parent
         )
         return pb.CreateTokenResponse(token=_token_to(token), secret=secret)
 

@@ -11,6 +11,7 @@ from computesdkd.core.placement import Placement
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import ComputeError, InvalidArgument
 from computesdkd.domain.model import State
+from computesdkd.edge import caller as callers
 from computesdkd.edge import convert
 from computesdkd.edge.status import edge
 from computesdkd.features.clone import Cloning
@@ -47,8 +48,14 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
         self, request: pb.ListSandboxesRequest, context: Ctx
     ) -> pb.ListSandboxesResponse:
         states = [State(s) for s in request.states if s in State._value2member_map_]
+        caller = callers.current()
         items, token = self._registry.list(
-            request.page_size, request.page_token, dict(request.metadata), states, request.provider
+            request.page_size,
+            request.page_token,
+            dict(request.metadata),
+            states,
+            request.provider,
+            tenant=None if caller.admin else caller.tenant,
         )
         return pb.ListSandboxesResponse(
             sandboxes=[convert.sandbox_to(s) for s in items], next_page_token=token

@@ -14,6 +14,7 @@ from computesdkd.domain.errors import ComputeError, InvalidArgument, ResourceExh
 from computesdkd.edge import caller as callers
 from computesdkd.edge import convert
 from computesdkd.edge.status import check_chunk, drain_requests, edge
+from computesdkd.edge.tenancy import TEMPLATE, Tenancy
 from computesdkd.features.snapshots import SnapshotRecord, Snapshots, StateRecord
 
 CHUNK = 1024 * 1024
@@ -48,9 +49,10 @@ def _state(r: StateRecord) -> pb.State:
 
 
 class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
-    def __init__(self, snapshots: Snapshots, scratch: Path) -> None:
+    def __init__(self, snapshots: Snapshots, scratch: Path, tenancy: Tenancy) -> None:
         self._snapshots = snapshots
         self._scratch = scratch
+        self._tenancy = tenancy
 
     @edge
     async def CreateSnapshot(
@@ -145,8 +147,13 @@ class SnapshotServicer(pb_grpc.SnapshotServiceServicer):
                     await drain_requests(requests)
                     raise
             h = first.header
+            caller = callers.current()
             sb = await self._snapshots.import_state(
-                path, h.provider, dict(h.metadata), callers.current().tenant
+                path,
+                h.provider,
+                dict(h.metadata),
+                caller.tenant,
+                lambda template: self._tenancy.visible(caller, TEMPLATE, template),
             )
         finally:
             path.unlink(missing_ok=True)

@@ -9,16 +9,14 @@ from computesdk_api.volume.v1 import volume_pb2_grpc as pb_grpc
 from computesdkd.edge import caller as callers
 from computesdkd.edge import convert
 from computesdkd.edge.status import edge
-from computesdkd.features.quotas import Quotas
-from computesdkd.features.volumes import DEFAULT_SIZE_MB, VolumeRecord, Volumes
+from computesdkd.features.volumes import VolumeRecord, Volumes
 
 Ctx = ServicerContext[Any, Any]
 
 
 class VolumeServicer(pb_grpc.VolumeServiceServicer):
-    def __init__(self, volumes: Volumes, quotas: Quotas) -> None:
+    def __init__(self, volumes: Volumes) -> None:
         self._volumes = volumes
-        self._quotas = quotas
 
     def _volume(self, r: VolumeRecord) -> pb.Volume:
         return pb.Volume(
@@ -34,8 +32,9 @@ class VolumeServicer(pb_grpc.VolumeServiceServicer):
     async def CreateVolume(
         self, request: pb.CreateVolumeRequest, context: Ctx
     ) -> pb.CreateVolumeResponse:
-        self._quotas.admit_volume(callers.current().tenant, request.size_mb or DEFAULT_SIZE_MB)
-        rec = await self._volumes.create(request.name, request.size_mb, request.persistent)
+        rec = await self._volumes.create(
+            request.name, request.size_mb, request.persistent, tenant=callers.current().tenant
+        )
         return pb.CreateVolumeResponse(volume=self._volume(rec))
 
     @edge

@@ -15,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,13 @@ from computesdkd.core.guard import Providers
 from computesdkd.core.placement import Placement
 from computesdkd.core.processes import Processes
 from computesdkd.core.registry import Registry
-from computesdkd.domain.errors import ComputeError, InvalidArgument, NotFound, not_found
+from computesdkd.domain.errors import (
+    ComputeError,
+    InvalidArgument,
+    NotFound,
+    not_found,
+    template_not_found,
+)
 from computesdkd.domain.model import Resources, Sandbox, SandboxSpec
 from computesdkd.features.snapshots import archive
 from computesdkd.providers import capabilities as caps
@@ -299,8 +305,15 @@ class Snapshots:
                     await require(provider, caps.Snapshots, "snapshots").snapshot_delete(snap)
 
     async def import_state(
-        self, archive_path: Path, provider: str, metadata: dict[str, str], tenant: str = ""
+        self,
+        archive_path: Path,
+        provider: str,
+        metadata: dict[str, str],
+        tenant: str = "",
+        may_use: Callable[[str], bool] = lambda template: True,
     ) -> Sandbox:
+        """A new sandbox from an exported state. may_use says whether the importer
+        may start from the template the archive names (another tenant's may not)."""
         work = Path(tempfile.mkdtemp(dir=self._scratch))
         try:
             manifest, layer = await asyncio.to_thread(archive.unpack, archive_path, work)
@@ -319,6 +332,8 @@ class Snapshots:
                 raise InvalidArgument(
                     f"not a valid state archive: bad manifest ({exc})", reason="ARCHIVE_CORRUPT"
                 ) from exc
+            if not may_use(spec.template):
+                raise template_not_found(spec.template, spec.provider or self._providers.default)
             sb = await self._placement.create_imported(spec, layer)
             self._bus.emit(sb.id, STATE_IMPORTED, template=spec.template)
             return sb

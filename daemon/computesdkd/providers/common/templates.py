@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from computesdkd.domain.errors import FailedPrecondition, NotFound
+from computesdkd.domain.errors import FailedPrecondition, template_not_found
 from computesdkd.domain.model import TemplateDefinition
 
 
@@ -66,13 +66,7 @@ TEMPLATES = {t.name: t for t in _TEMPLATES}
 def resolve(name: str, provider: str = "local") -> Template:
     tpl = TEMPLATES.get(name or "base")
     if tpl is None:
-        raise NotFound(
-            f"template {name!r} is not known to provider {provider!r} "
-            f"(known: {', '.join(sorted(TEMPLATES))})",
-            reason="TEMPLATE_NOT_FOUND",
-            template=name,
-            provider=provider,
-        )
+        raise template_not_found(name, provider)
     if tpl.unavailable:
         raise FailedPrecondition(
             f"template {name!r} cannot run on provider {provider!r}: {tpl.unavailable}",

@@ -30,7 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from computesdkd.domain.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from computesdkd.domain.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    template_not_found,
+)
 from computesdkd.domain.model import BuildStep, TemplateDefinition, TemplateInfo
 from computesdkd.providers.capabilities import BuildReport
 from computesdkd.providers.common.templates import TEMPLATES
@@ -103,13 +108,7 @@ class TemplateStore:
         """The template a sandbox (or a build) starts from; a clear error when it cannot."""
         tpl = self._lookup(name)
         if tpl is None:
-            raise NotFound(
-                f"template {name!r} is not known to provider 'local' "
-                f"(known: {', '.join(self.names())})",
-                reason="TEMPLATE_NOT_FOUND",
-                template=name,
-                provider="local",
-            )
+            raise template_not_found(name, "local")
         if tpl.info.unavailable:
             raise FailedPrecondition(
                 f"template {name!r} cannot run on provider 'local': {tpl.info.unavailable}",
@@ -319,7 +318,7 @@ class TemplateStore:
                 reason="TEMPLATE_NAME_RESERVED",
             )
         if name not in self._cache:
-            raise NotFound(f"template {name!r} not found", reason="TEMPLATE_NOT_FOUND")
+            raise template_not_found(name, "local")
         async with self._lock:
             records.path(self.records, name).unlink(missing_ok=True)
             del self._cache[name]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from computesdkd.domain.errors import Unavailable
 from computesdkd.domain.model import (
     Command,
     FileInfo,
     Probe,
+    Resources,
     Sandbox,
     TemplateInfo,
     Usage,
@@ -138,6 +140,14 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
 
     def templates(self) -> list[str]:
         return self._templates.names() if self._templates else sorted(TEMPLATES)
+
+    def expected_resources(self, asked: Resources) -> Resources:
+        return replace(
+            asked,
+            cpu_cores=asked.cpu_cores or DEFAULTS.cpu_cores,
+            memory_mb=asked.memory_mb or DEFAULTS.memory_mb,
+            disk_mb=asked.disk_mb or DEFAULTS.disk_mb,
+        )
 
     def template_infos(self) -> list[TemplateInfo]:
         if self._templates is None:

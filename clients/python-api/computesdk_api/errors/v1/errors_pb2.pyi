@@ -333,6 +333,8 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """INVALID_ARGUMENT"""
     REASON_ADMIN_SOCKET_ONLY: _Reason.ValueType  # 155
     """PERMISSION_DENIED"""
+    REASON_BASE_IMAGE_FORBIDDEN: _Reason.ValueType  # 156
+    """PERMISSION_DENIED"""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason lists every google.rpc.ErrorInfo.reason the daemon sends (ErrorInfo.domain
@@ -654,5 +656,7 @@ REASON_TOKEN_NOT_FOUND: Reason.ValueType  # 153
 REASON_TENANT_INVALID: Reason.ValueType  # 154
 """INVALID_ARGUMENT"""
 REASON_ADMIN_SOCKET_ONLY: Reason.ValueType  # 155
+"""PERMISSION_DENIED"""
+REASON_BASE_IMAGE_FORBIDDEN: Reason.ValueType  # 156
 """PERMISSION_DENIED"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
