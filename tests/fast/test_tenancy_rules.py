@@ -84,3 +84,4 @@ def test_scopes_of_methods() -> None:
     # Spot checks both ways: what only reads, and what must need write.
     assert {"ListSandboxes", "SubscribeEvents", "ReadFile", "AttachProcess"} <= reads
     assert not {"Exec", "WriteFile", "DestroySandbox", "AckMessages", "SendMessage"} & reads
+    assert not {"CheckHealth", "ExportState"} & reads  # they run commands, snapshot

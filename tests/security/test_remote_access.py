@@ -455,3 +455,35 @@ async def _token_via_cli(net: Net) -> str:
     assert any(r["tenant"] == "cli-user" and r["expires"] for r in rows)
     assert token not in listed.stdout
     return token
+
+
+async def test_a_client_certificate_can_stand_for_a_token(tmp_path: Path) -> None:
+    d, n = await _start(mtls=True)
+    try:
+        alice = n.ca.issue("svc-alice", server=False)
+        bob = n.ca.issue("svc-bob", server=False)
+        token, secret = await n.admin.admin.create_token(
+            "certs", "write", client_subject="svc-alice"
+        )
+        assert secret == "" and token.client_subject == "svc-alice"
+        n.client_pair = alice
+        c = await n.connect(None)
+        sb = await c.create("local")
+        assert [s.id for s in await c.list()] == [sb.id]
+        n.client_pair = bob  # a good certificate that no token names
+        other = await n.connect(None)
+        assert await _reason(other.list()) == ("UNAUTHENTICATED", "TOKEN_MISSING")
+        await other.close()
+        # A bearer token still wins over the certificate when both come.
+        _, beta = await n.admin.admin.create_token("beta")
+        n.client_pair = alice
+        with_token = await n.connect(beta)
+        assert await with_token.list() == []
+        await with_token.close()
+        await n.admin.admin.revoke_token(token.id)
+        assert await _reason(c.list()) == ("UNAUTHENTICATED", "TOKEN_REVOKED")
+        await c.close()
+        await (await n.admin.get(sb.id)).destroy()
+    finally:
+        await n.admin.close()
+        d.cleanup()

@@ -34,6 +34,8 @@ class Token:
     created: datetime | None
     expires: datetime | None
     revoked: datetime | None
+    # A client certificate identity instead of a secret (mutual TLS).
+    client_subject: str = ""
 
     @classmethod
     def from_proto(cls, t: pb.Token) -> Token:
@@ -46,6 +48,7 @@ class Token:
             _time(t.create_time),
             _time(t.expire_time) if t.HasField("expire_time") else None,
             _time(t.revoke_time) if t.HasField("revoke_time") else None,
+            t.client_subject,
         )
 
 
@@ -87,9 +90,16 @@ class Admin:
         self._stub = client.admin_stub
 
     async def create_token(
-        self, tenant: str, scope: str = "write", description: str = "", ttl_seconds: int = 0
+        self,
+        tenant: str,
+        scope: str = "write",
+        description: str = "",
+        ttl_seconds: int = 0,
+        client_subject: str = "",
     ) -> tuple[Token, str]:
-        """The token and its secret: what a client sends, shown this once only."""
+        """The token and its secret: what a client sends, shown this once only.
+        With client_subject, a client certificate naming it (CN or SAN) is the
+        credential instead, and the secret is empty."""
         if scope not in SCOPES:
             raise ValueError(f"scope is one of {', '.join(SCOPES)}")
         resp = await _rpc.call(
@@ -99,6 +109,7 @@ class Admin:
                 scope=SCOPES[scope],
                 description=description,
                 ttl_seconds=ttl_seconds,
+                client_subject=client_subject,
             ),
         )
         return Token.from_proto(resp.token), resp.secret

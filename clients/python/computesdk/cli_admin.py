@@ -28,11 +28,15 @@ def _when(value: Any) -> str:
 
 async def cmd_token(c: Client, a: argparse.Namespace) -> int:
     if a.action == "create":
-        token, secret = await c.admin.create_token(a.tenant, a.scope, a.description, a.expires or 0)
+        token, secret = await c.admin.create_token(
+            a.tenant, a.scope, a.description, a.expires or 0, a.client_subject
+        )
         if a.json:
             print_json({**asdict(token), "token": secret})
         else:
-            print(secret)  # alone on stdout: TOKEN=$(computesdk token create ...)
+            # Alone on stdout: TOKEN=$(computesdk token create ...); a certificate's
+            # token has no secret, so its id is printed.
+            print(secret or token.id)
     elif a.action == "ls":
         tokens = await c.admin.list_tokens(a.tenant or "")
         if a.json:
@@ -105,6 +109,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=["read", "write", "admin"], default="write")
     p.add_argument("--expires", type=duration, help="lifetime, e.g. 12h or 30d")
     p.add_argument("--description", default="")
+    p.add_argument(
+        "--client-subject",
+        default="",
+        help="no secret: a client certificate with this CN or SAN is the credential (mTLS)",
+    )
     p.set_defaults(fn=cmd_token)
     p = sub.add_parser(
         "quota",

@@ -18,7 +18,7 @@ from computesdkd.edge.caller import ADMIN, Caller
 from computesdkd.edge.interceptors import API_PREFIX, refusing, rewrap
 from computesdkd.edge.status import abort
 from computesdkd.edge.tenancy import Tenancy, refs
-from computesdkd.features.access import Access, Scope
+from computesdkd.features.access import Access, Scope, Token
 from computesdkd.support import logs
 
 if TYPE_CHECKING:
@@ -34,10 +34,16 @@ ADMIN_SERVICE = "/computesdk.api.admin.v1.AdminService/"
 READ_VERBS = ("Get", "List", "Subscribe", "Read", "Stat", "Check", "Monitor", "Attach", "Export")
 
 
+# Named like reads, but they act: CheckHealth runs the registered commands in the
+# sandbox, ExportState snapshots it.
+ACTING_READS = {"CheckHealth", "ExportState"}
+
+
 def needed_scope(method: str) -> Scope:
     if method.startswith(ADMIN_SERVICE):
         return Scope.ADMIN
-    return Scope.READ if method.rsplit("/", 1)[-1].startswith(READ_VERBS) else Scope.WRITE
+    name = method.rsplit("/", 1)[-1]
+    return Scope.READ if name.startswith(READ_VERBS) and name not in ACTING_READS else Scope.WRITE
 
 
 class Guard(_Interceptor):
@@ -62,15 +68,31 @@ class Guard(_Interceptor):
             return refusing(handler, exc)
         return rewrap(handler, lambda inner: _Call(self, details.method, caller).wrap(inner))
 
-    def _authenticate(self, details: grpc.HandlerCallDetails) -> Caller:
+    def _authenticate(self, details: grpc.HandlerCallDetails) -> Caller | None:
+        """The caller, or None when only the connection's client certificate can
+        say (its names are known to the call, not here)."""
         if self._access is None:
             return ADMIN
         header = None
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 header = value if isinstance(value, str) else value.decode("latin-1")
-        token = self._access.authenticate(header)
-        need = needed_scope(details.method)
+        if header is None:
+            return None
+        return self._caller(self._access.authenticate(header), details.method)
+
+    def by_certificate(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Caller:
+        assert self._access is not None
+        auth = context.auth_context() or {}
+        names = [
+            v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+            for key in ("x509_common_name", "x509_subject_alternative_name")
+            for v in auth.get(key, [])
+        ]
+        return self._caller(self._access.by_certificate(names), method)
+
+    def _caller(self, token: Token, method: str) -> Caller:
+        need = needed_scope(method)
         if token.scope < need:
             raise PermissionDenied(
                 f"this call needs a token of scope {need.name.lower()}",
@@ -84,12 +106,17 @@ class _Call:
     """One call's passage: its references checked, its answers filtered, what it
     made claimed, and its audit line."""
 
-    def __init__(self, guard: Guard, method: str, caller: Caller) -> None:
+    def __init__(self, guard: Guard, method: str, caller: Caller | None) -> None:
         self.guard = guard
         self.method = method
-        self.caller = caller
+        self._caller = caller
         self.fresh: list[tuple[str, str]] = []
         self.headers: list[Message] = []  # the requests that named something
+
+    @property
+    def caller(self) -> Caller:
+        assert self._caller is not None, "start() says who calls"
+        return self._caller
 
     def wrap(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(inner):
@@ -122,6 +149,12 @@ class _Call:
         return unary
 
     async def start(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self._caller is None:
+            try:
+                self._caller = self.guard.by_certificate(context, self.method)
+            except ComputeError as exc:
+                _audit(self.method, None, "", exc.code.name, reason=exc.reason)
+                await abort(context, exc)
         # Each call runs in a task of its own, so the binding ends with the call.
         callers.bind(self.caller)
         try:

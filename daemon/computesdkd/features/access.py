@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from computesdkd.domain.errors import InvalidArgument, NotFound, Unauthenticated
@@ -50,6 +51,11 @@ class Token:
     # The token that made this one over the network (a tenant's admin token), if
     # any: it lives no longer than its parent and dies with it.
     parent: str = ""
+    # A client certificate identity (CN or SAN) standing in for a secret.
+    subject: str = ""
+
+    def live(self) -> bool:
+        return not self.revoked_at and not (self.expires_at and self.expires_at <= time.time())
 
 
 def check_tenant(tenant: str) -> str:
@@ -79,12 +85,19 @@ class Access:
         description: str = "",
         ttl_s: float = 0,
         parent: Token | None = None,
+        subject: str = "",
     ) -> tuple[Token, str]:
         """A new token and the string a client sends (never stored). A token made
         with another (parent) expires no later than it and is revoked with it."""
         check_tenant(tenant)
         if len(description) > 256:
             raise InvalidArgument("a description is at most 256 characters")
+        if len(subject) > 512 or subject != subject.strip():
+            raise InvalidArgument("a client subject is at most 512 characters, unpadded")
+        if subject and any(t.subject == subject and t.live() for t in self._tokens.values()):
+            raise InvalidArgument(
+                f"client subject {subject[:100]!r} already names a token: revoke it first"
+            )
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         now = time.time()
@@ -104,10 +117,15 @@ class Access:
             now,
             expires,
             parent=parent.id if parent is not None else "",
+            subject=subject,
         )
+        if subject:
+            # No secret: the certificate is the credential.
+            token = Token(**{**asdict(token), "digest": ""})
+            secret = ""
         self._put(token)
         log.info("token created", token_id=token_id, tenant=tenant, scope=token.scope.name)
-        return token, f"{PREFIX}{token_id}_{secret}"
+        return token, f"{PREFIX}{token_id}_{secret}" if secret else ""
 
     def list(self, tenant: str = "") -> list[Token]:
         tokens = sorted(self._tokens.values(), key=lambda t: (t.tenant, t.created_at))
@@ -140,8 +158,27 @@ class Access:
         token_id, _, secret = value.strip().removeprefix(PREFIX).partition("_")
         token = self._tokens.get(token_id)
         # The digest is compared in constant time so that timing says nothing of it.
-        if token is None or not hmac.compare_digest(token.digest, _digest(secret)):
+        if (
+            token is None
+            or not token.digest
+            or not hmac.compare_digest(token.digest, _digest(secret))
+        ):
             raise Unauthenticated("the token is not valid", reason="TOKEN_INVALID")
+        return self._holding(token)
+
+    def by_certificate(self, names: Sequence[str]) -> Token:
+        """The token a verified client certificate's names (CN, SANs) stand for."""
+        named = [t for t in self._tokens.values() if t.subject and t.subject in names]
+        if named:
+            live = [t for t in named if t.live()]
+            return self._holding(max(live or named, key=lambda t: t.created_at))
+        raise Unauthenticated(
+            "this listener needs a token (authorization: Bearer <token>), or a client "
+            "certificate that a token names",
+            reason="TOKEN_MISSING",
+        )
+
+    def _holding(self, token: Token) -> Token:
         # It holds while it and every token above it hold (a short chain: each
         # link was made by the one before, so the walk ends).
         link: Token | None = token

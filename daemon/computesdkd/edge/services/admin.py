@@ -27,6 +27,7 @@ def _token_to(t: Token) -> pb.Token:
         scope=int(t.scope),  # type: ignore[arg-type]
         description=t.description,
         create_time=convert.ts(t.created_at),
+        client_subject=t.subject,
     )
     if t.expires_at:
         out.expire_time.CopyFrom(convert.ts(t.expires_at))
@@ -72,7 +73,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         caller = callers.current()
         parent = self._access.get(caller.token_id) if caller.token_id else None
         token, secret = self._access.create(
-            _tenant(request.tenant), scope, request.description, request.ttl_seconds, parent
+            _tenant(request.tenant),
+            scope,
+            request.description,
+            request.ttl_seconds,
+            parent,
+            request.client_subject,
         )
         return pb.CreateTokenResponse(token=_token_to(token), secret=secret)
 

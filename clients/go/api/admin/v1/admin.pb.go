@@ -27,7 +27,8 @@ type Scope int32
 
 const (
 	Scope_SCOPE_UNSPECIFIED Scope = 0
-	// Get, List, Read, Stat, Subscribe, Monitor, Attach, Check and Export calls.
+	// Get, List, Read, Stat, Subscribe, Monitor and Attach calls (not CheckHealth,
+	// which runs commands, nor ExportState, which snapshots).
 	Scope_SCOPE_READ Scope = 1
 	// Everything else of the sandbox API: create, exec, write, destroy.
 	Scope_SCOPE_WRITE Scope = 2
@@ -90,7 +91,9 @@ type Token struct {
 	// Unset: never expires.
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// Set once revoked.
-	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	RevokeTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	// A client certificate identity instead of a secret (see CreateTokenRequest).
+	ClientSubject string `protobuf:"bytes,8,opt,name=client_subject,json=clientSubject,proto3" json:"client_subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -174,6 +177,13 @@ func (x *Token) GetRevokeTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Token) GetClientSubject() string {
+	if x != nil {
+		return x.ClientSubject
+	}
+	return ""
+}
+
 // CreateTokenRequest describes the token.
 type CreateTokenRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -182,7 +192,11 @@ type CreateTokenRequest struct {
 	Scope       Scope  `protobuf:"varint,2,opt,name=scope,proto3,enum=computesdk.api.admin.v1.Scope" json:"scope,omitempty"`
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// Zero: never expires.
-	TtlSeconds    uint64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	TtlSeconds uint64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// Instead of a secret: a client certificate (mutual TLS, --tls-client-ca) whose
+	// common name or a subject alternative name (DNS or URI, e.g. a SPIFFE id) is
+	// this identifies the caller. Such a call carries no authorization header.
+	ClientSubject string `protobuf:"bytes,5,opt,name=client_subject,json=clientSubject,proto3" json:"client_subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -245,11 +259,19 @@ func (x *CreateTokenRequest) GetTtlSeconds() uint64 {
 	return 0
 }
 
+func (x *CreateTokenRequest) GetClientSubject() string {
+	if x != nil {
+		return x.ClientSubject
+	}
+	return ""
+}
+
 // CreateTokenResponse carries the token and its secret.
 type CreateTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// What a client sends as "authorization: Bearer <secret>".
+	// What a client sends as "authorization: Bearer <secret>"; empty for a client
+	// certificate identity.
 	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -846,7 +868,7 @@ var File_computesdk_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"#computesdk/api/admin/v1/admin.proto\x12\x17computesdk.api.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x02\n" +
+	"#computesdk/api/admin/v1/admin.proto\x12\x17computesdk.api.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x124\n" +
@@ -857,13 +879,15 @@ const file_computesdk_api_admin_v1_admin_proto_rawDesc = "" +
 	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12;\n" +
 	"\vrevoke_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"revokeTime\"\xa5\x01\n" +
+	"revokeTime\x12%\n" +
+	"\x0eclient_subject\x18\b \x01(\tR\rclientSubject\"\xcc\x01\n" +
 	"\x12CreateTokenRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x124\n" +
 	"\x05scope\x18\x02 \x01(\x0e2\x1e.computesdk.api.admin.v1.ScopeR\x05scope\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x1f\n" +
 	"\vttl_seconds\x18\x04 \x01(\x04R\n" +
-	"ttlSeconds\"c\n" +
+	"ttlSeconds\x12%\n" +
+	"\x0eclient_subject\x18\x05 \x01(\tR\rclientSubject\"c\n" +
 	"\x13CreateTokenResponse\x124\n" +
 	"\x05token\x18\x01 \x01(\v2\x1e.computesdk.api.admin.v1.TokenR\x05token\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\"+\n" +

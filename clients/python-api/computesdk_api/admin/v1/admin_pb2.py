@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#computesdk/api/admin/v1/admin.proto\x12\x17\x63omputesdk.api.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x02\n\x05Token\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x34\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.computesdk.api.admin.v1.ScopeR\x05scope\x12 \n\x0b\x64\x65scription\x18\x04 \x01(\tR\x0b\x64\x65scription\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12;\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\"\xa5\x01\n\x12\x43reateTokenRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x34\n\x05scope\x18\x02 \x01(\x0e\x32\x1e.computesdk.api.admin.v1.ScopeR\x05scope\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x1f\n\x0bttl_seconds\x18\x04 \x01(\x04R\nttlSeconds\"c\n\x13\x43reateTokenResponse\x12\x34\n\x05token\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.TokenR\x05token\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"+\n\x11ListTokensRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\"L\n\x12ListTokensResponse\x12\x36\n\x06tokens\x18\x01 \x03(\x0b\x32\x1e.computesdk.api.admin.v1.TokenR\x06tokens\"$\n\x12RevokeTokenRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"K\n\x13RevokeTokenResponse\x12\x34\n\x05token\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.TokenR\x05token\"\xe6\x01\n\x05Quota\x12#\n\rmax_sandboxes\x18\x01 \x01(\rR\x0cmaxSandboxes\x12\"\n\rmax_cpu_cores\x18\x02 \x01(\x01R\x0bmaxCpuCores\x12\"\n\rmax_memory_mb\x18\x03 \x01(\x04R\x0bmaxMemoryMb\x12\x1e\n\x0bmax_disk_mb\x18\x04 \x01(\x04R\tmaxDiskMb\x12\"\n\rmax_volume_mb\x18\x05 \x01(\x04R\x0bmaxVolumeMb\x12,\n\x12\x63reates_per_second\x18\x06 \x01(\x01R\x10\x63reatesPerSecond\"\x95\x01\n\x05Usage\x12\x1c\n\tsandboxes\x18\x01 \x01(\rR\tsandboxes\x12\x1b\n\tcpu_cores\x18\x02 \x01(\x01R\x08\x63puCores\x12\x1b\n\tmemory_mb\x18\x03 \x01(\x04R\x08memoryMb\x12\x17\n\x07\x64isk_mb\x18\x04 \x01(\x04R\x06\x64iskMb\x12\x1b\n\tvolume_mb\x18\x05 \x01(\x04R\x08volumeMb\"_\n\x0fSetQuotaRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x34\n\x05quota\x18\x02 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.QuotaR\x05quota\"H\n\x10SetQuotaResponse\x12\x34\n\x05quota\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.QuotaR\x05quota\")\n\x0fGetQuotaRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\"~\n\x10GetQuotaResponse\x12\x34\n\x05quota\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.QuotaR\x05quota\x12\x34\n\x05usage\x18\x02 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.UsageR\x05usage*P\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03\x32\x8b\x04\n\x0c\x41\x64minService\x12h\n\x0b\x43reateToken\x12+.computesdk.api.admin.v1.CreateTokenRequest\x1a,.computesdk.api.admin.v1.CreateTokenResponse\x12\x65\n\nListTokens\x12*.computesdk.api.admin.v1.ListTokensRequest\x1a+.computesdk.api.admin.v1.ListTokensResponse\x12h\n\x0bRevokeToken\x12+.computesdk.api.admin.v1.RevokeTokenRequest\x1a,.computesdk.api.admin.v1.RevokeTokenResponse\x12_\n\x08SetQuota\x12(.computesdk.api.admin.v1.SetQuotaRequest\x1a).computesdk.api.admin.v1.SetQuotaResponse\x12_\n\x08GetQuota\x12(.computesdk.api.admin.v1.GetQuotaRequest\x1a).computesdk.api.admin.v1.GetQuotaResponseBBZ@github.com/computesdk/computesdk/clients/go/api/admin/v1;adminv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#computesdk/api/admin/v1/admin.proto\x12\x17\x63omputesdk.api.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x05Token\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x34\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.computesdk.api.admin.v1.ScopeR\x05scope\x12 \n\x0b\x64\x65scription\x18\x04 \x01(\tR\x0b\x64\x65scription\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12;\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\x12%\n\x0e\x63lient_subject\x18\x08 \x01(\tR\rclientSubject\"\xcc\x01\n\x12\x43reateTokenRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x34\n\x05scope\x18\x02 \x01(\x0e\x32\x1e.computesdk.api.admin.v1.ScopeR\x05scope\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x1f\n\x0bttl_seconds\x18\x04 \x01(\x04R\nttlSeconds\x12%\n\x0e\x63lient_subject\x18\x05 \x01(\tR\rclientSubject\"c\n\x13\x43reateTokenResponse\x12\x34\n\x05token\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.TokenR\x05token\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"+\n\x11ListTokensRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\"L\n\x12ListTokensResponse\x12\x36\n\x06tokens\x18\x01 \x03(\x0b\x32\x1e.computesdk.api.admin.v1.TokenR\x06tokens\"$\n\x12RevokeTokenRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"K\n\x13RevokeTokenResponse\x12\x34\n\x05token\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.TokenR\x05token\"\xe6\x01\n\x05Quota\x12#\n\rmax_sandboxes\x18\x01 \x01(\rR\x0cmaxSandboxes\x12\"\n\rmax_cpu_cores\x18\x02 \x01(\x01R\x0bmaxCpuCores\x12\"\n\rmax_memory_mb\x18\x03 \x01(\x04R\x0bmaxMemoryMb\x12\x1e\n\x0bmax_disk_mb\x18\x04 \x01(\x04R\tmaxDiskMb\x12\"\n\rmax_volume_mb\x18\x05 \x01(\x04R\x0bmaxVolumeMb\x12,\n\x12\x63reates_per_second\x18\x06 \x01(\x01R\x10\x63reatesPerSecond\"\x95\x01\n\x05Usage\x12\x1c\n\tsandboxes\x18\x01 \x01(\rR\tsandboxes\x12\x1b\n\tcpu_cores\x18\x02 \x01(\x01R\x08\x63puCores\x12\x1b\n\tmemory_mb\x18\x03 \x01(\x04R\x08memoryMb\x12\x17\n\x07\x64isk_mb\x18\x04 \x01(\x04R\x06\x64iskMb\x12\x1b\n\tvolume_mb\x18\x05 \x01(\x04R\x08volumeMb\"_\n\x0fSetQuotaRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x34\n\x05quota\x18\x02 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.QuotaR\x05quota\"H\n\x10SetQuotaResponse\x12\x34\n\x05quota\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.QuotaR\x05quota\")\n\x0fGetQuotaRequest\x12\x16\n\x06tenant\x18\x01 \x01(\tR\x06tenant\"~\n\x10GetQuotaResponse\x12\x34\n\x05quota\x18\x01 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.QuotaR\x05quota\x12\x34\n\x05usage\x18\x02 \x01(\x0b\x32\x1e.computesdk.api.admin.v1.UsageR\x05usage*P\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03\x32\x8b\x04\n\x0c\x41\x64minService\x12h\n\x0b\x43reateToken\x12+.computesdk.api.admin.v1.CreateTokenRequest\x1a,.computesdk.api.admin.v1.CreateTokenResponse\x12\x65\n\nListTokens\x12*.computesdk.api.admin.v1.ListTokensRequest\x1a+.computesdk.api.admin.v1.ListTokensResponse\x12h\n\x0bRevokeToken\x12+.computesdk.api.admin.v1.RevokeTokenRequest\x1a,.computesdk.api.admin.v1.RevokeTokenResponse\x12_\n\x08SetQuota\x12(.computesdk.api.admin.v1.SetQuotaRequest\x1a).computesdk.api.admin.v1.SetQuotaResponse\x12_\n\x08GetQuota\x12(.computesdk.api.admin.v1.GetQuotaRequest\x1a).computesdk.api.admin.v1.GetQuotaResponseBBZ@github.com/computesdk/computesdk/clients/go/api/admin/v1;adminv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'computesdk_api.admin.v1.adm
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z@github.com/computesdk/computesdk/clients/go/api/admin/v1;adminv1'
-  _globals['_SCOPE']._serialized_start=1652
-  _globals['_SCOPE']._serialized_end=1732
+  _globals['_SCOPE']._serialized_start=1730
+  _globals['_SCOPE']._serialized_end=1810
   _globals['_TOKEN']._serialized_start=98
-  _globals['_TOKEN']._serialized_end=416
-  _globals['_CREATETOKENREQUEST']._serialized_start=419
-  _globals['_CREATETOKENREQUEST']._serialized_end=584
-  _globals['_CREATETOKENRESPONSE']._serialized_start=586
-  _globals['_CREATETOKENRESPONSE']._serialized_end=685
-  _globals['_LISTTOKENSREQUEST']._serialized_start=687
-  _globals['_LISTTOKENSREQUEST']._serialized_end=730
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=732
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=808
-  _globals['_REVOKETOKENREQUEST']._serialized_start=810
-  _globals['_REVOKETOKENREQUEST']._serialized_end=846
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=848
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=923
-  _globals['_QUOTA']._serialized_start=926
-  _globals['_QUOTA']._serialized_end=1156
-  _globals['_USAGE']._serialized_start=1159
-  _globals['_USAGE']._serialized_end=1308
-  _globals['_SETQUOTAREQUEST']._serialized_start=1310
-  _globals['_SETQUOTAREQUEST']._serialized_end=1405
-  _globals['_SETQUOTARESPONSE']._serialized_start=1407
-  _globals['_SETQUOTARESPONSE']._serialized_end=1479
-  _globals['_GETQUOTAREQUEST']._serialized_start=1481
-  _globals['_GETQUOTAREQUEST']._serialized_end=1522
-  _globals['_GETQUOTARESPONSE']._serialized_start=1524
-  _globals['_GETQUOTARESPONSE']._serialized_end=1650
-  _globals['_ADMINSERVICE']._serialized_start=1735
-  _globals['_ADMINSERVICE']._serialized_end=2258
+  _globals['_TOKEN']._serialized_end=455
+  _globals['_CREATETOKENREQUEST']._serialized_start=458
+  _globals['_CREATETOKENREQUEST']._serialized_end=662
+  _globals['_CREATETOKENRESPONSE']._serialized_start=664
+  _globals['_CREATETOKENRESPONSE']._serialized_end=763
+  _globals['_LISTTOKENSREQUEST']._serialized_start=765
+  _globals['_LISTTOKENSREQUEST']._serialized_end=808
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=810
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=886
+  _globals['_REVOKETOKENREQUEST']._serialized_start=888
+  _globals['_REVOKETOKENREQUEST']._serialized_end=924
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=926
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1001
+  _globals['_QUOTA']._serialized_start=1004
+  _globals['_QUOTA']._serialized_end=1234
+  _globals['_USAGE']._serialized_start=1237
+  _globals['_USAGE']._serialized_end=1386
+  _globals['_SETQUOTAREQUEST']._serialized_start=1388
+  _globals['_SETQUOTAREQUEST']._serialized_end=1483
+  _globals['_SETQUOTARESPONSE']._serialized_start=1485
+  _globals['_SETQUOTARESPONSE']._serialized_end=1557
+  _globals['_GETQUOTAREQUEST']._serialized_start=1559
+  _globals['_GETQUOTAREQUEST']._serialized_end=1600
+  _globals['_GETQUOTARESPONSE']._serialized_start=1602
+  _globals['_GETQUOTARESPONSE']._serialized_end=1728
+  _globals['_ADMINSERVICE']._serialized_start=1813
+  _globals['_ADMINSERVICE']._serialized_end=2336
 # @@protoc_insertion_point(module_scope)

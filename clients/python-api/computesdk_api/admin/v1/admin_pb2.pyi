@@ -28,7 +28,9 @@ class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType
     DESCRIPTOR: _descriptor.EnumDescriptor
     SCOPE_UNSPECIFIED: _Scope.ValueType  # 0
     SCOPE_READ: _Scope.ValueType  # 1
-    """Get, List, Read, Stat, Subscribe, Monitor, Attach, Check and Export calls."""
+    """Get, List, Read, Stat, Subscribe, Monitor and Attach calls (not CheckHealth,
+    which runs commands, nor ExportState, which snapshots).
+    """
     SCOPE_WRITE: _Scope.ValueType  # 2
     """Everything else of the sandbox API: create, exec, write, destroy."""
     SCOPE_ADMIN: _Scope.ValueType  # 3
@@ -39,7 +41,9 @@ class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
 
 SCOPE_UNSPECIFIED: Scope.ValueType  # 0
 SCOPE_READ: Scope.ValueType  # 1
-"""Get, List, Read, Stat, Subscribe, Monitor, Attach, Check and Export calls."""
+"""Get, List, Read, Stat, Subscribe, Monitor and Attach calls (not CheckHealth,
+which runs commands, nor ExportState, which snapshots).
+"""
 SCOPE_WRITE: Scope.ValueType  # 2
 """Everything else of the sandbox API: create, exec, write, destroy."""
 SCOPE_ADMIN: Scope.ValueType  # 3
@@ -59,11 +63,14 @@ class Token(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    CLIENT_SUBJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Public; the first part of the secret token string."""
     tenant: _builtins.str
     scope: Global___Scope.ValueType
     description: _builtins.str
+    client_subject: _builtins.str
+    """A client certificate identity instead of a secret (see CreateTokenRequest)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -84,10 +91,11 @@ class Token(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        client_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "expire_time", b"expire_time", "id", b"id", "revoke_time", b"revoke_time", "scope", b"scope", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_subject", b"client_subject", "create_time", b"create_time", "description", b"description", "expire_time", b"expire_time", "id", b"id", "revoke_time", b"revoke_time", "scope", b"scope", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -103,12 +111,18 @@ class CreateTokenRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CLIENT_SUBJECT_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     scope: Global___Scope.ValueType
     """Unspecified means write."""
     description: _builtins.str
     ttl_seconds: _builtins.int
     """Zero: never expires."""
+    client_subject: _builtins.str
+    """Instead of a secret: a client certificate (mutual TLS, --tls-client-ca) whose
+    common name or a subject alternative name (DNS or URI, e.g. a SPIFFE id) is
+    this identifies the caller. Such a call carries no authorization header.
+    """
     def __init__(
         self,
         *,
@@ -116,10 +130,11 @@ class CreateTokenRequest(_message.Message):
         scope: Global___Scope.ValueType = ...,
         description: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        client_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "scope", b"scope", "tenant", b"tenant", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_subject", b"client_subject", "description", b"description", "scope", b"scope", "tenant", b"tenant", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -134,7 +149,9 @@ class CreateTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
-    """What a client sends as "authorization: Bearer <secret>"."""
+    """What a client sends as "authorization: Bearer <secret>"; empty for a client
+    certificate identity.
+    """
     @_builtins.property
     def token(self) -> Global___Token: ...
     def __init__(
