@@ -8,7 +8,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor
 
 from computesdkd.edge import tenancy
-from computesdkd.edge.access import READ_VERBS, needed_scope
+from computesdkd.edge.scopes import READ_VERBS, needed_scope
 from computesdkd.edge.server import SERVICE_NAMES
 from computesdkd.features.access import Scope
 

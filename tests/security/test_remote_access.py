@@ -487,3 +487,36 @@ async def test_a_client_certificate_can_stand_for_a_token(tmp_path: Path) -> Non
     finally:
         await n.admin.close()
         d.cleanup()
+
+
+async def test_one_audit_line_per_mutating_call(net: Net) -> None:
+    token = await net.token("audited")
+    c = await net.connect(token)
+    try:
+        sb = await c.create("local")
+        await sb.exec(["true"])
+        await c.list()  # a read: no line
+        assert await _reason(c.get("sbx-00000000deadbeef")) == ("NOT_FOUND", "SANDBOX_NOT_FOUND")
+        await _reason((await c.get(sb.id)).exec(["nonexistent-command"]))
+        await sb.destroy()
+    finally:
+        await c.close()
+    bad = await net.connect("csk_nothing_here")
+    await _reason(bad.create("local"))
+    await bad.close()
+    lines = [line for line in net.daemon.log_lines() if line.get("event") == "audit"]
+    mine = [line for line in lines if line.get("tenant") == "audited"]
+    seen = [(line["method"], line["resource"], line["status"]) for line in mine]
+    assert ("SandboxService/CreateSandbox", sb.id, "OK") in seen
+    assert ("ProcessService/RunCommand", sb.id, "OK") in seen  # what exec() calls
+    assert ("ProcessService/RunCommand", sb.id, "NOT_FOUND") in seen  # no such executable
+    assert ("SandboxService/DestroySandbox", sb.id, "OK") in seen
+    assert not any(m.startswith(("SandboxService/List", "SandboxService/Get")) for m, _, _ in seen)
+    assert all(line["via"] == "network" and line["token_id"] for line in mine)
+    refused = [
+        line
+        for line in lines
+        if line["method"] == "SandboxService/CreateSandbox" and line["status"] == "UNAUTHENTICATED"
+    ]
+    assert refused and refused[-1]["reason"] == "TOKEN_INVALID" and refused[-1]["tenant"] is None
+    assert token not in net.daemon.log.read_text()

@@ -1,7 +1,9 @@
-"""The guard every API call passes: who calls (a bearer token on the network
-listener; the admin on the Unix socket), whether the token's scope allows the
-method, what the caller may touch (edge/tenancy.py), and
-one audit line per mutating call."""
+"""The guard every API call of the network listener passes: who calls (a bearer
+token, or a client certificate a token names), whether the token's scope allows
+the method (edge/scopes.py), and what the caller may touch (edge/tenancy.py).
+On the Unix socket every call is the admin's; only the calls that can make a
+named thing pass it there, for what they make over a stale row (settle).
+Refusals write their audit line here; calls that run, in edge/status.py."""
 
 from __future__ import annotations
 
@@ -14,36 +16,19 @@ from google.protobuf.message import Message
 
 from computesdkd.domain.errors import ComputeError, PermissionDenied
 from computesdkd.edge import caller as callers
+from computesdkd.edge.audit import audit
 from computesdkd.edge.caller import ADMIN, Caller
 from computesdkd.edge.interceptors import API_PREFIX, refusing, rewrap
+from computesdkd.edge.scopes import needed_scope
 from computesdkd.edge.status import abort
-from computesdkd.edge.tenancy import Tenancy, refs
+from computesdkd.edge.tenancy import Tenancy, names_things
 from computesdkd.features.access import Access, Scope, Token
-from computesdkd.support import logs
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _Interceptor = grpc.aio.ServerInterceptor
-
-log = logs.get("computesdkd.audit")
-
-ADMIN_SERVICE = "/computesdk.api.admin.v1.AdminService/"
-# Methods that change nothing: a read-scope token may call these.
-READ_VERBS = ("Get", "List", "Subscribe", "Read", "Stat", "Check", "Monitor", "Attach", "Export")
-
-
-# Named like reads, but they act: CheckHealth runs the registered commands in the
-# sandbox, ExportState snapshots it.
-ACTING_READS = {"CheckHealth", "ExportState"}
-
-
-def needed_scope(method: str) -> Scope:
-    if method.startswith(ADMIN_SERVICE):
-        return Scope.ADMIN
-    name = method.rsplit("/", 1)[-1]
-    return Scope.READ if name.startswith(READ_VERBS) and name not in ACTING_READS else Scope.WRITE
 
 
 class Guard(_Interceptor):
@@ -52,6 +37,16 @@ class Guard(_Interceptor):
     def __init__(self, access: Access | None, tenancy: Tenancy) -> None:
         self._access = access
         self._tenancy = tenancy
+        # Per method: whether its requests can name a pool, volume, ... (the socket's).
+        self._names: dict[str, bool] = {}
+
+    def _admin_needs(self, details: grpc.HandlerCallDetails, handler: Handler) -> bool:
+        method = details.method
+        if method not in self._names:
+            desc = getattr(handler.request_deserializer, "__self__", None)
+            d = getattr(desc, "DESCRIPTOR", None)
+            self._names[method] = d is None or names_things(d)
+        return self._names[method]
 
     async def intercept_service(
         self,
@@ -61,10 +56,12 @@ class Guard(_Interceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(API_PREFIX):
             return handler  # health and reflection: open, they tell nothing of tenants
+        if self._access is None and not self._admin_needs(details, handler):
+            return handler  # the admin's, and it can make no named thing
         try:
             caller = self._authenticate(details)
         except ComputeError as exc:
-            _audit(details.method, None, "", exc.code.name, reason=exc.reason)
+            audit(details.method, None, "", exc.code.name, reason=exc.reason)
             return refusing(handler, exc)
         return rewrap(handler, lambda inner: _Call(self, details.method, caller).wrap(inner))
 
@@ -153,7 +150,7 @@ class _Call:
             try:
                 self._caller = self.guard.by_certificate(context, self.method)
             except ComputeError as exc:
-                _audit(self.method, None, "", exc.code.name, reason=exc.reason)
+                audit(self.method, None, "", exc.code.name, reason=exc.reason)
                 await abort(context, exc)
         # Each call runs in a task of its own, so the binding ends with the call.
         callers.bind(self.caller)
@@ -161,7 +158,8 @@ class _Call:
             if isinstance(request, Message):
                 self.check(request)
         except ComputeError as exc:
-            self.audit(exc.code.name, exc.reason)
+            if needed_scope(self.method) != Scope.READ:
+                audit(self.method, self.caller, "", exc.code.name, reason=exc.reason)
             await abort(context, exc)
 
     def check(self, msg: Message) -> None:
@@ -187,34 +185,5 @@ class _Call:
         answer: Message | None,
         failed: bool = False,
     ) -> None:
-        code = _code(context) if failed else "OK"
-        if code == "OK":
+        if not failed:
             self.guard._tenancy.settle(self.caller, self.method, self.headers, self.fresh, answer)
-        made = self.guard._tenancy.made(answer) if answer is not None else ""
-        self.audit(code, resource=made)
-
-    def audit(self, code: str, reason: str = "", resource: str = "") -> None:
-        if needed_scope(self.method) == Scope.READ:
-            return
-        named = next((key for msg in self.headers for _, key, _, _ in refs(msg)), "")
-        _audit(self.method, self.caller, named or resource, code, reason=reason)
-
-
-def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return "CANCELLED" if code is None else str(code)
-
-
-def _audit(method: str, caller: Caller | None, resource: str, code: str, reason: str = "") -> None:
-    log.info(
-        "audit",
-        tenant=caller.tenant if caller and caller.tenant else None,
-        via="socket" if caller and caller.admin else "network",
-        token_id=caller.token_id if caller and caller.token_id else None,
-        method=method,
-        resource=resource or None,
-        status=code,
-        reason=reason or None,
-    )

@@ -18,6 +18,9 @@ from grpc_status import rpc_status
 from structlog.contextvars import bound_contextvars
 
 from computesdkd.domain.errors import DOMAIN, ComputeError, Internal, ResourceExhausted
+from computesdkd.edge import caller as callers
+from computesdkd.edge.audit import audit, resource_of
+from computesdkd.edge.scopes import reads
 from computesdkd.support import logs, metrics
 
 log = logs.get(__name__)
@@ -89,9 +92,17 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: ComputeError) 
 
 
 def edge(fn: F) -> F:
-    """Wraps a servicer method: binds sandbox_id, maps errors to status once, and
-    records the call's latency and, for streams, that it is open."""
+    """Wraps a servicer method: binds sandbox_id, maps errors to status once,
+    records the call's latency and, for streams, that it is open, and writes the
+    audit line of a call that changes something."""
     method = fn.__name__
+    owner = fn.__qualname__.split(".")[0].removesuffix("Servicer")
+    audited = f"{owner}Service/{method}" if not reads(method) else ""
+
+    def record(request: Any, answer: Any, code: str) -> None:
+        if audited:
+            audit(audited, callers.current(), resource_of(request, answer), code)
+
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
@@ -117,15 +128,18 @@ def edge(fn: F) -> F:
                 finally:
                     metrics.OPEN_STREAMS.labels(method).dec()
                     metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
+                    record(request, None, code)
 
         return stream  # type: ignore[return-value]
 
     @functools.wraps(fn)
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started, code = time.perf_counter(), "OK"
+        answer = None
         with bound_contextvars(**_context_of(self, request)):
             try:
-                return await fn(self, request, context)
+                answer = await fn(self, request, context)
+                return answer
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -138,5 +152,6 @@ def edge(fn: F) -> F:
                 await abort(context, err)
             finally:
                 metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
+                record(request, answer, code)
 
     return unary  # type: ignore[return-value]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from computesdkd.core.owners import SANDBOX, Owners
@@ -209,6 +209,33 @@ def refs(msg: Message) -> Iterator[tuple[str, str, Message, str]]:
                     yield kind, v, msg, field.name
 
 
+def made(answer: Message) -> str:
+    """The key of the thing an answer carries (for the audit line)."""
+    for field, value in answer.ListFields():
+        if field.type == field.TYPE_MESSAGE and not field.is_repeated:
+            ident = IDENTITY.get(_short(value))
+            if ident is not None:
+                return _get(value, ident[0])
+    return ""
+
+
+def names_things(msg: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether a request of this type can name a pool, volume or other named
+    thing (not only sandboxes): the admin's calls that cannot need no guard."""
+    if msg.full_name in seen:
+        return False
+    rules = REFS.get(msg.full_name.removeprefix(_PREFIX), {})
+    for field in msg.fields:
+        if rules.get(field.name) in NAMED:
+            return True
+        sub = field.message_type
+        if sub is None or sub.GetOptions().map_entry:
+            continue
+        if names_things(sub, seen | {msg.full_name}):
+            return True
+    return False
+
+
 def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
@@ -347,15 +374,6 @@ class Tenancy:
         return msg
 
     # ------------------------------------------------------------ helpers
-
-    def made(self, answer: Message) -> str:
-        """The key of the thing an answer carries (for the audit line)."""
-        for field, value in answer.ListFields():
-            if field.type == field.TYPE_MESSAGE and not field.is_repeated:
-                ident = IDENTITY.get(_short(value))
-                if ident is not None:
-                    return _get(value, ident[0])
-        return ""
 
     def _check_base(self, ref: str) -> None:
         """A tenant builds on a template, or on a registry the daemon allows: never on
