@@ -38,8 +38,8 @@ from computesdkd.core.processes import Processes
 from computesdkd.core.registry import Registry
 from computesdkd.core.sweeper import Sweeper
 from computesdkd.domain.errors import ComputeError, NotFound
+from computesdkd.edge import references, tenancy
 from computesdkd.edge import server as edge_server
-from computesdkd.edge import tenancy
 from computesdkd.edge.access import Guard
 from computesdkd.edge.services.admin import AdminServicer
 from computesdkd.edge.services.events import EventServicer
@@ -148,20 +148,21 @@ class App:
 
         return {
             SANDBOX: lambda key: self.registry.find(key) is not None,
-            tenancy.POOL: found(self.pools.get),
-            tenancy.GROUP: found(self.groups.get),
-            tenancy.NETWORK: found(self.networks.get),
-            tenancy.CHANNEL: found(self.channels.get),
-            tenancy.VOLUME: found(self.volumes.get),
-            tenancy.STATE: found(self.snapshots.state),
-            tenancy.TEMPLATE: lambda key: any(
+            references.POOL: found(self.pools.get),
+            references.GROUP: found(self.groups.get),
+            references.NETWORK: found(self.networks.get),
+            references.CHANNEL: found(self.channels.get),
+            references.VOLUME: found(self.volumes.get),
+            references.STATE: found(self.snapshots.state),
+            references.TEMPLATE: lambda key: any(
                 info.name == key for p in self.providers for info in p.template_infos()
             ),
         }
 
-    def guard(self, network: bool) -> Guard:
-        """What every call passes: the network's callers need a token."""
-        return Guard(self.access if network else None, self.tenancy)
+    def guard(self, network: bool, certificates: bool = False) -> Guard:
+        """What every call passes: the network's callers need a token (or a client
+        certificate a token names)."""
+        return Guard(self.access if network else None, self.tenancy, certificates)
 
     async def start(self) -> None:
         await self.providers.start(ProviderContext(state_dir=self.state_dir, emit=self.bus.emit))
@@ -289,7 +290,10 @@ class Daemon:
             if cfg.listener is not None:
                 # A server of its own: its calls pass the token check, the socket's not.
                 server, health = edge_server.build(
-                    app.services(), accepting, app.guard(True), network=True
+                    app.services(),
+                    accepting,
+                    app.guard(True, cfg.listener.client_ca is not None),
+                    network=True,
                 )
                 servers.append((server, health))
                 self.port = await edge_server.listen_network(server, health, cfg.listener)

@@ -108,8 +108,8 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--log-format", choices=["console", "json"], default="console")
     ap.add_argument("--log-level", default="info")
     a = ap.parse_args(argv)
-    if (a.tls_cert or a.tls_client_ca or a.insecure_listen) and not a.listen:
-        ap.error("--tls-cert, --tls-client-ca and --insecure-listen need --listen")
+    if (a.tls_cert or a.tls_key or a.tls_client_ca or a.insecure_listen) and not a.listen:
+        ap.error("--tls-cert, --tls-key, --tls-client-ca and --insecure-listen need --listen")
     return Config(
         socket=a.socket,
         state_dir=a.state_dir,

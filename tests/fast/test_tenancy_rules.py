@@ -1,13 +1,13 @@
 """Every string a request can carry is either a reference the tenancy guard checks
 or listed as naming nothing a tenant owns: a new field fails here until it is
-classified (edge/tenancy.py), so no reference slips past the guard."""
+classified (edge/references.py), so no reference slips past the guard."""
 
 from __future__ import annotations
 
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor
 
-from computesdkd.edge import tenancy
+from computesdkd.edge import references
 from computesdkd.edge.scopes import READ_VERBS, needed_scope
 from computesdkd.edge.server import SERVICE_NAMES
 from computesdkd.features.access import Scope
@@ -45,9 +45,9 @@ def _request_strings() -> set[str]:
 def _classified(field: str) -> bool:
     msg, name = field.rsplit(".", 1)
     return (
-        name in tenancy.SANDBOX_FIELDS
-        or name in tenancy.REFS.get(msg, {})
-        or name in tenancy.NOT_REFS.get(msg, set())
+        name in references.SANDBOX_FIELDS
+        or name in references.REFS.get(msg, {})
+        or name in references.NOT_REFS.get(msg, set())
     )
 
 
@@ -55,14 +55,14 @@ def test_every_request_string_is_classified() -> None:
     fields = _request_strings()
     assert len(fields) > 100  # the walk reached the nested messages
     missing = sorted(f for f in fields if not _classified(f))
-    assert not missing, f"classify these in edge/tenancy.py: {missing}"
+    assert not missing, f"classify these in edge/references.py: {missing}"
 
 
 def test_no_rule_names_a_field_that_does_not_exist() -> None:
     fields = _request_strings()
     listed = {
         f"{m}.{n}"
-        for rules in (tenancy.REFS, tenancy.NOT_REFS)
+        for rules in (references.REFS, references.NOT_REFS)
         for m, ns in rules.items()
         for n in ns
     }

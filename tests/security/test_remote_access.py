@@ -399,12 +399,37 @@ async def test_a_tenants_exposed_port_needs_its_secret(net: Net) -> None:
         )
         assert status == 303 and headers["location"] == "/"
         cookie = headers["set-cookie"].split(";")[0]
-        assert "HttpOnly" in headers["set-cookie"]
+        port = base.rsplit(":", 1)[1]
+        assert cookie.startswith(f"csk_secret_{port}=") and "HttpOnly" in headers["set-cookie"]
+        other_port = "csk_secret_1=some-other-ports-secret"
         status, _, body = await asyncio.to_thread(
-            _http, base + "/asset.js", {"Cookie": f"theirs=1; {cookie}"}
+            _http, base + "/asset.js", {"Cookie": f"theirs=1; {other_port}; {cookie}"}
         )
         assert status == 200
+        # Neither this port's secret nor another port's reaches the sandbox.
         assert json.loads(body)["headers"].get("Cookie") == "theirs=1"
+        assert json.loads(body)["headers"].get("Connection") == "close"
+
+        # One request per connection: a second, pipelined one never reaches the
+        # sandbox (it could carry another port's cookie), and chunked bodies are
+        # refused rather than framed twice.
+        import socket as socketlib
+
+        host, hport = base.removeprefix("http://").split(":")
+        with socketlib.create_connection((host, int(hport)), timeout=10) as raw:
+            raw.sendall(
+                f"GET /_csk/{secret}/one HTTP/1.1\r\nHost: x\r\n\r\n"
+                f"GET /two HTTP/1.1\r\nHost: x\r\nCookie: {other_port}\r\n\r\n".encode()
+            )
+            got = b""
+            while chunk := raw.recv(65536):
+                got += chunk
+        assert got.count(b"HTTP/1.") == 1 and b'"/one"' in got and b"/two" not in got
+        status, _, _ = await asyncio.to_thread(
+            _http, url + "/x", {"Transfer-Encoding": "chunked"}
+        )
+        assert status == 411
+        assert (await asyncio.to_thread(_http, f"{url}//evil.example/"))[0] == 400
         await sb.destroy()
     finally:
         await c.close()

@@ -89,9 +89,10 @@ def transport_for(
     $COMPUTESDK_CLIENT_CERT, $COMPUTESDK_CLIENT_KEY and $COMPUTESDK_INSECURE; an
     explicit socket or target wins over the address in the environment."""
     env = os.environ
-    token = token or env.get("COMPUTESDK_TOKEN") or None
     if target:
+        # Any target, plaintext: only a token given here goes there, never the env's.
         return Transport(target, token)
+    token = token or env.get("COMPUTESDK_TOKEN") or None
     if not socket:
         address = address or env.get("COMPUTESDK_ADDRESS") or None
     if not address:

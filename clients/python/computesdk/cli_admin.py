@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from ._cli_common import print_json, print_table, table
-from .admin import Quota
+from .admin import Quota, Token
 from .client import Client
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -20,6 +21,15 @@ def duration(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r}: want a duration such as 90s, 30m, 12h, 7d")
     return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _state(t: Token) -> str:
+    """Its own state (a token made by a revoked token is refused as well)."""
+    if t.revoked:
+        return "revoked"
+    if t.expires and t.expires.replace(tzinfo=UTC) <= datetime.now(UTC):
+        return "expired"
+    return "active"
 
 
 def _when(value: Any) -> str:
@@ -49,16 +59,14 @@ async def cmd_token(c: Client, a: argparse.Namespace) -> int:
                     t.scope,
                     _when(t.created),
                     _when(t.expires),
-                    "revoked" if t.revoked else "active",
+                    _state(t),
+                    t.client_subject or "-",
                     t.description,
                 )
                 for t in tokens
             ]
-            print_table(
-                table(
-                    "ID", "TENANT", "SCOPE", "CREATED", "EXPIRES", "STATE", "DESCRIPTION", rows=rows
-                )
-            )
+            heads = ("ID", "TENANT", "SCOPE", "CREATED", "EXPIRES", "STATE", "CERT", "DESCRIPTION")
+            print_table(table(*heads, rows=rows))
     elif a.action == "revoke":
         token = await c.admin.revoke_token(a.id)
         print_json(asdict(token)) if a.json else print(f"revoked {token.id}")

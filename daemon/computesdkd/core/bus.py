@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Collection
 
-from computesdkd.domain import acting
+from computesdkd.domain import acting, events
 from computesdkd.domain.errors import Aborted
 from computesdkd.domain.model import Event
 from computesdkd.store import Store
@@ -46,7 +46,7 @@ class EventBus:
         return len(self._subs)
 
     def emit(self, sandbox_id: str, type_: str, message: str = "", **attributes: str) -> Event:
-        if not sandbox_id and acting.tenant():
+        if not sandbox_id and type_ != events.CIRCUIT and acting.tenant():
             # Of no sandbox (a volume's, a template's): whose it is goes with it.
             attributes["tenant"] = acting.tenant()
         now = time.time()

@@ -14,6 +14,8 @@ SANDBOX = "sandbox"
 class Owners:
     def __init__(self, store: Store) -> None:
         self._store = store
+        # A gone sandbox's row is kept while its events are: they are its tenant's.
+        store.owners.prune_sandboxes()
         self._rows: dict[tuple[str, str], str] = {
             (kind, key): tenant for kind, key, tenant in store.owners.all()
         }
@@ -33,6 +35,3 @@ class Owners:
     def release(self, kind: str, key: str) -> None:
         if self._rows.pop((kind, key), None) is not None:
             self._store.owners.delete(kind, key)
-
-    def keys(self, kind: str, tenant: str) -> list[str]:
-        return [k for (kd, k), t in self._rows.items() if kd == kind and t == tenant]

@@ -198,7 +198,8 @@ class Placement:
             last = i == len(names) - 1
             try:
                 provider = self._providers.get(name)
-                return await self.create_on(provider, replace(spec, provider=name))
+                # One create, however many providers it tries: one from the rate.
+                return await self.create_on(provider, replace(spec, provider=name), charged=i > 0)
             except ComputeError as exc:
                 if last or not (is_provider_fault(exc) or exc.reason == "CIRCUIT_OPEN"):
                     raise
@@ -232,7 +233,12 @@ class Placement:
             del self._creating[key]
 
     async def create_on(
-        self, provider: Provider, spec: SandboxSpec, from_snapshot: str = "", import_layer: str = ""
+        self,
+        provider: Provider,
+        spec: SandboxSpec,
+        from_snapshot: str = "",
+        import_layer: str = "",
+        charged: bool = False,
     ) -> Sandbox:
         """Makes the sandbox on this provider, recording every step."""
         now = time.time()
@@ -250,7 +256,7 @@ class Placement:
         )
         with bound_contextvars(sandbox_id=sb.id):
             # No await between the admission and the registry: a burst cannot overshoot.
-            self._admit(spec, making=True)
+            self._admit(spec, making=not charged)
             self._owners.claim(SANDBOX, sb.id, spec.tenant)
             self._registry.add(sb)
             self._bus.emit(sb.id, events.CREATED, provider=spec.provider, template=spec.template)

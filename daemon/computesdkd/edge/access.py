@@ -19,10 +19,11 @@ from computesdkd.edge import caller as callers
 from computesdkd.edge.audit import audit
 from computesdkd.edge.caller import ADMIN, Caller
 from computesdkd.edge.interceptors import API_PREFIX, refusing, rewrap
-from computesdkd.edge.scopes import needed_scope
+from computesdkd.edge.references import names_things
+from computesdkd.edge.scopes import needed_scope, reads
 from computesdkd.edge.status import abort
-from computesdkd.edge.tenancy import Tenancy, names_things
-from computesdkd.features.access import Access, Scope, Token
+from computesdkd.edge.tenancy import Tenancy
+from computesdkd.features.access import Access, Token
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -34,9 +35,12 @@ else:
 class Guard(_Interceptor):
     """access is None on the Unix socket: every call there is the admin's."""
 
-    def __init__(self, access: Access | None, tenancy: Tenancy) -> None:
+    def __init__(self, access: Access | None, tenancy: Tenancy, certificates: bool = False) -> None:
         self._access = access
-        self._tenancy = tenancy
+        self.tenancy = tenancy
+        # Whether the listener verifies client certificates (--tls-client-ca): only
+        # then may a call without a token be a certificate's.
+        self._certificates = certificates
         # Per method: whether its requests can name a pool, volume, ... (the socket's).
         self._names: dict[str, bool] = {}
 
@@ -74,8 +78,8 @@ class Guard(_Interceptor):
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 header = value if isinstance(value, str) else value.decode("latin-1")
-        if header is None:
-            return None
+        if header is None and self._certificates:
+            return None  # start() asks the connection's certificate
         return self._caller(self._access.authenticate(header), details.method)
 
     def by_certificate(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Caller:
@@ -100,11 +104,12 @@ class Guard(_Interceptor):
 
 
 class _Call:
-    """One call's passage: its references checked, its answers filtered, what it
-    made claimed, and its audit line."""
+    """One call's passage: who calls, its references checked, its answers
+    filtered, and what it made claimed when it ends."""
 
     def __init__(self, guard: Guard, method: str, caller: Caller | None) -> None:
         self.guard = guard
+        self.tenancy = guard.tenancy
         self.method = method
         self._caller = caller
         self.fresh: list[tuple[str, str]] = []
@@ -120,27 +125,27 @@ class _Call:
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await self.start(request, context)
+                ok = False
                 try:
                     async for item in inner(self.requests(request), context):
-                        kept = self.guard._tenancy.filter(self.caller, item)
+                        kept = self.tenancy.filter(self.caller, item)
                         if kept is not None:
                             yield kept
-                except BaseException:
-                    self.finish(context, None, failed=True)
-                    raise
-                self.finish(context, None)
+                    ok = True
+                finally:
+                    self.finish(None, ok)
 
             return stream
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await self.start(request, context)
+            answer, ok = None, False
             try:
                 answer = await inner(self.requests(request), context)
-            except BaseException:
-                self.finish(context, None, failed=True)
-                raise
-            self.finish(context, answer)
-            kept = self.guard._tenancy.filter(self.caller, answer)
+                ok = True
+            finally:
+                self.finish(answer, ok)
+            kept = self.tenancy.filter(self.caller, answer)
             return kept if kept is not None else type(answer)()
 
         return unary
@@ -158,12 +163,12 @@ class _Call:
             if isinstance(request, Message):
                 self.check(request)
         except ComputeError as exc:
-            if needed_scope(self.method) != Scope.READ:
+            if not reads(self.method.rsplit("/", 1)[-1]):
                 audit(self.method, self.caller, "", exc.code.name, reason=exc.reason)
             await abort(context, exc)
 
     def check(self, msg: Message) -> None:
-        fresh, named = self.guard._tenancy.check(self.caller, msg)
+        fresh, named = self.tenancy.check(self.caller, msg)
         self.fresh += fresh
         if named and len(self.headers) < 8:
             self.headers.append(msg)
@@ -179,11 +184,7 @@ class _Call:
             self.check(msg)
             yield msg
 
-    def finish(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        answer: Message | None,
-        failed: bool = False,
-    ) -> None:
-        if not failed:
-            self.guard._tenancy.settle(self.caller, self.method, self.headers, self.fresh, answer)
+    def finish(self, answer: Message | None, ok: bool) -> None:
+        """Claims what the call made, whether or not it then failed (a build whose
+        stream was cut made its template all the same)."""
+        self.tenancy.settle(self.caller, self.method, self.headers, self.fresh, answer, ok)

@@ -5,18 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from computesdkd.edge.caller import Caller
-from computesdkd.edge.tenancy import made, refs
+from computesdkd.edge.references import made, refs
 from computesdkd.support import logs
 
 log = logs.get("computesdkd.audit")
 
 
 def resource_of(request: Any, answer: Any = None) -> str:
-    """The thing a call was about: the first it named, else the one it made."""
+    """The thing a call was about: the one it made, else the first it named (or
+    the token or tenant an admin call names)."""
+    if hasattr(answer, "ListFields"):
+        key = made(answer) or getattr(getattr(answer, "token", None), "id", "")
+        if key:
+            return str(key)
     if hasattr(request, "ListFields"):
         for _, key, _, _ in refs(request):
             return key
-    return made(answer) if hasattr(answer, "ListFields") else ""
+        for name in ("id", "tenant"):
+            value = getattr(request, name, "")
+            if isinstance(value, str) and value:
+                return value
+    return ""
 
 
 def audit(method: str, caller: Caller | None, resource: str, code: str, reason: str = "") -> None:

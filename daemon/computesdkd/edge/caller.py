@@ -32,10 +32,7 @@ def current() -> Caller:
     return _CALLER.get()
 
 
-def bind(caller: Caller) -> contextvars.Token[Caller]:
+def bind(caller: Caller) -> None:
+    """For the rest of this task (each call runs in a task of its own)."""
     acting.act_for(caller.tenant)
-    return _CALLER.set(caller)
-
-
-def unbind(token: contextvars.Token[Caller]) -> None:
-    _CALLER.reset(token)
+    _CALLER.set(caller)

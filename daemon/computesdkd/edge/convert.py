@@ -21,7 +21,6 @@ from computesdkd.domain.model import (
     Usage,
     VolumeMount,
 )
-from computesdkd.edge import caller as callers
 
 
 def ts(seconds: float) -> Timestamp:
@@ -54,10 +53,10 @@ def resources_to(r: Resources) -> sb_pb.Resources:
     )
 
 
-def spec_from(req: sb_pb.CreateSandboxRequest) -> SandboxSpec:
-    """The spec a request asks for, the caller's tenant's."""
+def spec_from(req: sb_pb.CreateSandboxRequest, tenant: str) -> SandboxSpec:
+    """The spec a request asks for, for this tenant ("": the admin)."""
     return SandboxSpec(
-        tenant=callers.current().tenant,
+        tenant=tenant,
         provider=req.provider,
         template=req.template,
         metadata=dict(req.metadata),

@@ -115,8 +115,8 @@ def edge(fn: F) -> F:
                 try:
                     async for item in fn(self, request, context):
                         yield item
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
+                except (asyncio.CancelledError, GeneratorExit):
+                    code = "CANCELLED"  # the client went (GeneratorExit: it closed early)
                     raise
                 except grpc.aio.AbortError:
                     code = "ABORTED_BY_HANDLER"

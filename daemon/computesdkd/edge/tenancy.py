@@ -1,9 +1,8 @@
 """Tenants see and touch only their own: every request field that names a sandbox
 or a named thing is checked against its owner, and lists and streams are filtered.
 
-The rules are data, keyed by message type, so one walk covers every RPC, nested
-messages and client streams included; tests/fast/test_tenancy_rules.py fails on
-any string field of a request that is neither a reference nor listed as none.
+The rules are data (edge/references.py), keyed by message type, so one walk
+covers every RPC, nested messages and client streams included.
 
 Another tenant's thing answers exactly what a missing one does (NOT_FOUND with
 the same reason and message), so ids and names leak nothing. What the admin made
@@ -11,10 +10,8 @@ the same reason and message), so ids and names leak nothing. What the admin made
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from computesdkd.core.owners import SANDBOX, Owners
@@ -29,222 +26,24 @@ from computesdkd.domain.errors import (
     template_not_found,
 )
 from computesdkd.edge.caller import Caller
-
-POOL, GROUP, NETWORK, CHANNEL = "pool", "group", "network", "channel"
-VOLUME, TEMPLATE, STATE = "volume", "template", "state"
-# A channel member: a sandbox id when it looks like one, else a free name.
-MEMBER = "member"
-SANDBOX_ID_PREFIX = "sbx-"
-NAMED = (POOL, GROUP, NETWORK, CHANNEL, VOLUME, TEMPLATE, STATE)
-
-# Fields that reference a sandbox wherever they appear.
-SANDBOX_FIELDS = {"sandbox_id": SANDBOX, "sandbox_ids": SANDBOX}
-
-# Request message (less "computesdk.api.") -> field -> the kind it names.
-REFS: dict[str, dict[str, str]] = {
-    "sandbox.v1.CreateSandboxRequest": {"template": TEMPLATE, "restore_from": STATE},
-    "sandbox.v1.VolumeMount": {"name": VOLUME},
-    "sandbox.v1.CloneSandboxRequest": {"template": TEMPLATE},
-    "sandbox.v1.MigrateSandboxRequest": {"template": TEMPLATE, "template_mapping": TEMPLATE},
-    "sandbox.v1.RestartSandboxRequest": {"template": TEMPLATE},
-    "pool.v1.PoolSpec": {"name": POOL, "template": TEMPLATE},
-    "pool.v1.GetPoolRequest": {"name": POOL},
-    "pool.v1.DeletePoolRequest": {"name": POOL},
-    "pool.v1.AcquireSandboxRequest": {"pool": POOL},
-    **{
-        f"group.v1.{m}Request": {"name": GROUP}
-        for m in (
-            "CreateGroup",
-            "GetGroup",
-            "AddGroupMembers",
-            "RemoveGroupMembers",
-            "Broadcast",
-            "DeleteGroup",
-        )
-    },
-    "network.v1.CreateNetworkRequest": {"name": NETWORK},
-    "network.v1.GetNetworkRequest": {"name": NETWORK},
-    "network.v1.DeleteNetworkRequest": {"name": NETWORK},
-    "network.v1.GetServiceUrlRequest": {"network": NETWORK},
-    "messaging.v1.CreateChannelRequest": {"name": CHANNEL, "members": MEMBER},
-    "messaging.v1.DeleteChannelRequest": {"name": CHANNEL},
-    "messaging.v1.SendMessageRequest": {"channel": CHANNEL},
-    "messaging.v1.SubscribeRequest": {"channel": CHANNEL},
-    "messaging.v1.AckMessagesRequest": {"channel": CHANNEL},
-    "snapshot.v1.DeleteStateRequest": {"state_id": STATE},
-    "snapshot.v1.ExportStateRequest": {"state_id": STATE},
-    "volume.v1.CreateVolumeRequest": {"name": VOLUME},
-    "volume.v1.GetVolumeRequest": {"name": VOLUME},
-    "volume.v1.DeleteVolumeRequest": {"name": VOLUME},
-    # base_image names a template only as template:NAME (_base_ref says the rest).
-    "template.v1.TemplateDefinition": {"name": TEMPLATE, "base_image": TEMPLATE},
-    "template.v1.GetTemplateRequest": {"name": TEMPLATE},
-    "template.v1.DeleteTemplateRequest": {"name": TEMPLATE},
-}
-
-# String fields of requests that name nothing a tenant owns (paths, commands,
-# providers, labels, names scoped inside a checked sandbox, channel or network).
-NOT_REFS = {
-    "sandbox.v1.CreateSandboxRequest": {"provider", "metadata", "env", "request_id"}
-    | {"fallback_providers"},
-    "sandbox.v1.GpuSpec": {"type"},
-    "sandbox.v1.VolumeMount": {"mount_path"},
-    "sandbox.v1.ListSandboxesRequest": {"page_token", "metadata", "provider"},
-    "sandbox.v1.CloneSandboxRequest": {"provider", "env"},
-    "sandbox.v1.MigrateSandboxRequest": {"provider", "env_mapping"},
-    "sandbox.v1.SetSandboxEnvRequest": {"env", "unset"},
-    "sandbox.v1.RestartSandboxRequest": {"env"},
-    "process.v1.Command": {"command", "args", "cwd", "env"},
-    "process.v1.StartProcessRequest": {"tag"},
-    # A process is looked up within the sandbox the same request names.
-    **{
-        f"process.v1.{m}Request": {"process_id"}
-        for m in ("AttachProcess", "WriteStdin", "SignalProcess")
-    },
-    **{
-        f"filesystem.v1.{m}": {"path"}
-        for m in (
-            "ReadFileRequest",
-            "WriteFileHeader",
-            "ListDirectoryRequest",
-            "StatPathRequest",
-            "MakeDirectoryRequest",
-            "RemovePathRequest",
-        )
-    },
-    "filesystem.v1.MovePathRequest": {"source", "destination"},
-    "events.v1.SubscribeEventsRequest": {"types"},
-    "monitoring.v1.MonitorRequest": {"metrics"},
-    "monitoring.v1.AlertThreshold": {"type"},
-    "monitoring.v1.ScalingRule": {"action"},
-    "monitoring.v1.RegisterHealthCheckRequest": {"name", "command"},
-    "monitoring.v1.UnregisterHealthCheckRequest": {"name"},
-    "pool.v1.PoolSpec": {"provider", "env"},
-    "pool.v1.AcquireSandboxRequest": {"metadata"},
-    "network.v1.NetworkMember": {"hostname", "address"},
-    "network.v1.GetServiceUrlRequest": {"member"},
-    "messaging.v1.SendMessageRequest": {"sender", "recipient"},
-    "messaging.v1.SubscribeRequest": {"member"},
-    "messaging.v1.AckMessagesRequest": {"member"},
-    # A snapshot is looked up within the sandbox the same request names.
-    "snapshot.v1.CreateSnapshotRequest": {"name", "description"},
-    "snapshot.v1.RestoreSnapshotRequest": {"snapshot_id"},
-    "snapshot.v1.DeleteSnapshotRequest": {"snapshot_id"},
-    "snapshot.v1.SaveStateRequest": {"name"},
-    "snapshot.v1.ImportStateHeader": {"provider", "metadata"},
-    "template.v1.BuildTemplateRequest": {"provider"},
-    "template.v1.TemplateDefinition": {"packages", "env", "setup", "description"},
-    "template.v1.GetTemplateRequest": {"provider"},
-    "template.v1.ListTemplatesRequest": {"provider"},
-    "template.v1.DeleteTemplateRequest": {"provider"},
-}
-
-# Response messages that are one thing, by the path to its key: a list drops the
-# ones the caller may not see, and a stream drops the whole message.
-IDENTITY: dict[str, tuple[tuple[str, ...], str]] = {
-    "sandbox.v1.Sandbox": (("id",), SANDBOX),
-    "pool.v1.Pool": (("spec", "name"), POOL),
-    "group.v1.Group": (("name",), GROUP),
-    "network.v1.Network": (("name",), NETWORK),
-    "volume.v1.Volume": (("name",), VOLUME),
-    "template.v1.Template": (("name",), TEMPLATE),
-    "snapshot.v1.State": (("id",), STATE),
-    "events.v1.Event": (("sandbox_id",), SANDBOX),
-}
-
-# Lists of names inside answers: the caller's own and the shared ones stay.
-ANSWER_NAMES: dict[str, dict[str, str]] = {"provider.v1.Provider": {"templates": TEMPLATE}}
-
-# Events of no sandbox and no tenant that every tenant sees.
-DAEMON_WIDE_EVENTS = {"provider.circuit"}
-
-# Things a call makes whose key only its answer carries.
-MADE_BY_ANSWER = {"/computesdk.api.snapshot.v1.SnapshotService/SaveState": (("state", "id"), STATE)}
-
-TEMPLATE_BASE = "template:"
-
-# Where a template is made or removed rather than used: the admin's (shared)
-# templates are not the tenant's to rebuild or delete.
-TEMPLATE_WRITES = {
-    ("template.v1.TemplateDefinition", "name"),
-    ("template.v1.DeleteTemplateRequest", "name"),
-}
-
-# Messages that make the thing they name: a taken name answers ALREADY_EXISTS.
-CREATES = {
-    "volume.v1.CreateVolumeRequest",
-    "group.v1.CreateGroupRequest",
-    "network.v1.CreateNetworkRequest",
-    "messaging.v1.CreateChannelRequest",
-    "pool.v1.PoolSpec",
-    "template.v1.TemplateDefinition",
-}
-
-_PREFIX = "computesdk.api."
-
-
-def _short(msg: Message) -> str:
-    return msg.DESCRIPTOR.full_name.removeprefix(_PREFIX)
-
-
-def refs(msg: Message) -> Iterator[tuple[str, str, Message, str]]:
-    """(kind, key, the message holding it, the field) for every reference in msg,
-    nested ones too."""
-    rules = REFS.get(_short(msg), {})
-    for field, value in msg.ListFields():
-        kind = rules.get(field.name) or SANDBOX_FIELDS.get(field.name)
-        if field.type == field.TYPE_MESSAGE:
-            if _is_map(field):
-                if kind:  # a map whose values name things
-                    for v in value.values():
-                        yield kind, v, msg, field.name
-                continue
-            for item in value if field.is_repeated else (value,):
-                yield from refs(item)
-        elif kind and field.type == field.TYPE_STRING:
-            for v in value if field.is_repeated else (value,):
-                if field.name == "base_image":
-                    v = v[len(TEMPLATE_BASE) :] if v.startswith(TEMPLATE_BASE) else ""
-                if v:
-                    yield kind, v, msg, field.name
-
-
-def made(answer: Message) -> str:
-    """The key of the thing an answer carries (for the audit line)."""
-    for field, value in answer.ListFields():
-        if field.type == field.TYPE_MESSAGE and not field.is_repeated:
-            ident = IDENTITY.get(_short(value))
-            if ident is not None:
-                return _get(value, ident[0])
-    return ""
-
-
-def names_things(msg: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
-    """Whether a request of this type can name a pool, volume or other named
-    thing (not only sandboxes): the admin's calls that cannot need no guard."""
-    if msg.full_name in seen:
-        return False
-    rules = REFS.get(msg.full_name.removeprefix(_PREFIX), {})
-    for field in msg.fields:
-        if rules.get(field.name) in NAMED:
-            return True
-        sub = field.message_type
-        if sub is None or sub.GetOptions().map_entry:
-            continue
-        if names_things(sub, seen | {msg.full_name}):
-            return True
-    return False
-
-
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
-def _get(msg: Message, path: tuple[str, ...]) -> str:
-    value: Any = msg
-    for name in path:
-        value = getattr(value, name)
-    return str(value)
+from computesdkd.edge.references import (
+    ANSWER_NAMES,
+    CREATES,
+    DAEMON_WIDE_EVENTS,
+    IDENTITY,
+    MADE_BY_ANSWER,
+    MEMBER,
+    NAMED,
+    SANDBOX_ID_PREFIX,
+    TEMPLATE,
+    TEMPLATE_BASE,
+    TEMPLATE_WRITES,
+    get_path,
+    is_map,
+    makes,
+    refs,
+    short_name,
+)
 
 
 class Tenancy:
@@ -261,48 +60,84 @@ class Tenancy:
         # Whether a named thing exists now, whoever owns it.
         self._exists = exists
         self._default_provider = default_provider
+        # Names calls in flight are making: (kind, key) -> (tenant, calls).
+        self._pending: dict[tuple[str, str], tuple[str, int]] = {}
 
     # ------------------------------------------------------------ requests
 
     def check(self, caller: Caller, msg: Message) -> tuple[list[tuple[str, str]], bool]:
         """Raises what a missing thing answers for any reference the caller may not
-        touch. Returns the named things it may make (free names), to claim once
-        the call succeeds, and whether msg named anything at all."""
+        touch, and, for a tenant, for one that names nothing: the answer is then the
+        same whether a thing is missing or another's, and no use can race the
+        thing's making. Returns the names the call makes, reserved until settle
+        (another's call may not take them meanwhile), and whether msg named any."""
         fresh: list[tuple[str, str]] = []
         named = False
-        if not caller.admin and _short(msg) == "template.v1.BuildTemplateRequest":
+        if not caller.admin and short_name(msg) == "template.v1.BuildTemplateRequest":
             self._check_base(msg.definition.base_image)  # type: ignore[attr-defined]
         # Sandboxes first: any not the caller's, missing or another's, answers the
         # same, before a named thing can; so which of two is reported tells nothing.
         found = sorted(refs(msg), key=lambda r: r[0] != SANDBOX)
-        for kind, key, holder, field in found:
-            named = True
-            if caller.admin:
-                stale = kind in NAMED and self._owners.of(kind, key) is not None
-                if stale and not self._exists[kind](key):
-                    fresh.append((kind, key))  # a tenant's row of a thing gone: the
-                continue  # admin's, if the admin makes it now (settle)
-            if kind == MEMBER:
-                # What looks like a sandbox id is one: else a missing id would be a
-                # free name and another's a refusal, and the difference would tell.
-                if not key.startswith(SANDBOX_ID_PREFIX) and not self._is_sandbox(key):
-                    continue
-                kind = SANDBOX
-            owner = self._owners.of(kind, key)
-            if owner == caller.tenant:
-                continue
-            if kind == SANDBOX:
-                raise sandbox_not_found(key)
-            exists = self._exists[kind](key)
-            writes = (_short(holder), field) in TEMPLATE_WRITES
-            if owner is None and kind == TEMPLATE and not writes:
-                if not exists:
-                    fresh.append((kind, key))
-                continue  # the admin's templates are everyone's
-            if exists:
-                raise self._not_found(kind, key, holder, field)
-            fresh.append((kind, key))  # free (or a stale row of a thing since gone)
+        try:
+            for kind, key, holder, field in found:
+                named = True
+                if kind == MEMBER:
+                    # What looks like a sandbox id is one: else a missing id would be
+                    # a free name and another's a refusal, and the difference would tell.
+                    if caller.admin or (
+                        not key.startswith(SANDBOX_ID_PREFIX) and not self._is_sandbox(key)
+                    ):
+                        continue
+                    kind = SANDBOX
+                self._check_one(caller, kind, key, holder, field, fresh)
+        except ComputeError:
+            self.release(fresh)
+            raise
         return fresh, named
+
+    def _check_one(
+        self,
+        caller: Caller,
+        kind: str,
+        key: str,
+        holder: Message,
+        field: str,
+        fresh: list[tuple[str, str]],
+    ) -> None:
+        owner = self._owners.of(kind, key)
+        if caller.admin:
+            if kind in NAMED and makes(holder, field) and not self._exists[kind](key):
+                self._reserve(caller, kind, key, holder, field)
+                fresh.append((kind, key))  # what the admin makes has no owner row
+            return
+        if owner == caller.tenant and (kind, key) not in self._pending:
+            return
+        if kind == SANDBOX:
+            raise sandbox_not_found(key)
+        exists = self._exists[kind](key)
+        if exists and owner is None and kind == TEMPLATE:
+            if (short_name(holder), field) in TEMPLATE_WRITES:
+                raise self._not_found(kind, key, holder, field)
+            return  # the admin's templates are everyone's to use
+        if exists and owner == caller.tenant:
+            return
+        if not exists and makes(holder, field):
+            self._reserve(caller, kind, key, holder, field)
+            fresh.append((kind, key))  # free (or a stale row of a thing since gone)
+            return
+        raise self._not_found(kind, key, holder, field)
+
+    def _reserve(self, caller: Caller, kind: str, key: str, holder: Message, field: str) -> None:
+        held = self._pending.get((kind, key))
+        if held is not None and held[0] != caller.tenant:
+            raise self._not_found(kind, key, holder, field)  # being made by another
+        self._pending[(kind, key)] = (caller.tenant, (held[1] if held else 0) + 1)
+
+    def release(self, fresh: list[tuple[str, str]]) -> None:
+        for item in fresh:
+            held = self._pending.pop(item, None)
+            if held is not None and held[1] > 1:
+                self._pending[item] = (held[0], held[1] - 1)
 
     def settle(
         self,
@@ -311,15 +146,19 @@ class Tenancy:
         requests: list[Message],
         fresh: list[tuple[str, str]],
         answer: Message | None,
+        ok: bool,
     ) -> None:
-        """After a call succeeded: the caller owns what it made (the admin: no row),
-        and what it deleted is nobody's."""
+        """When a call ends: what it made is the caller's (the admin's: no row), even
+        if the call then failed; and, if it succeeded, what it deleted is nobody's."""
         for kind, key in fresh:
             if self._exists[kind](key):
                 self._owners.claim(kind, key, caller.tenant)
+        self.release(fresh)
+        if not ok:
+            return
         made = MADE_BY_ANSWER.get(method)
         if made is not None and answer is not None:
-            key = _get(answer, made[0])
+            key = get_path(answer, made[0])
             if key:
                 self._owners.claim(made[1], key, caller.tenant)
         for msg in requests:
@@ -341,7 +180,7 @@ class Tenancy:
         msg itself is such a thing (a stream then skips it)."""
         if caller.admin:
             return msg
-        short = _short(msg)
+        short = short_name(msg)
         if short == "events.v1.Event" and not msg.sandbox_id:  # type: ignore[attr-defined]
             # Of no sandbox: its tenant's (stamped when emitted), else the daemon's
             # own, which only the daemon-wide kinds (a provider's circuit) show.
@@ -350,10 +189,10 @@ class Tenancy:
             return msg if stamped == caller.tenant or wide else None
         ident = IDENTITY.get(short)
         if ident is not None:
-            key = _get(msg, ident[0])
+            key = get_path(msg, ident[0])
             if key and not self.visible(caller, ident[1], key):
                 return None
-        names = ANSWER_NAMES.get(_short(msg), {})
+        names = ANSWER_NAMES.get(short_name(msg), {})
         for field, value in msg.ListFields():
             kind = names.get(field.name)
             if kind is not None and field.is_repeated:
@@ -362,7 +201,7 @@ class Tenancy:
                     del value[:]
                     value.extend(kept_names)
                 continue
-            if field.type != field.TYPE_MESSAGE or _is_map(field):
+            if field.type != field.TYPE_MESSAGE or is_map(field):
                 continue
             if field.is_repeated:
                 kept = [m for m in value if self.filter(caller, m) is not None]
@@ -396,11 +235,11 @@ class Tenancy:
         return self._owners.of(SANDBOX, key) is not None or self._exists[SANDBOX](key)
 
     def _not_found(self, kind: str, key: str, holder: Message, field: str) -> ComputeError:
-        if _short(holder) in CREATES and field == "name":
+        if short_name(holder) in CREATES and field == "name":
             if kind == TEMPLATE:
                 return AlreadyExists(f"template {key!r} exists", reason="ALREADY_EXISTS")
             return already_exists(kind, key)
-        if _short(holder) == "sandbox.v1.VolumeMount":
+        if short_name(holder) == "sandbox.v1.VolumeMount":
             return NotFound(  # as features/volumes.py says it
                 f"volume {key!r} not found (give size_mb to make an ephemeral one)",
                 reason="VOLUME_NOT_FOUND",

@@ -29,6 +29,7 @@ TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # What an Authorization header may hold before we look at it at all.
 MAX_TOKEN = 256
 MAX_CHAIN = 16
+MAX_TTL_S = 10 * 365 * 86400
 
 
 class Scope(enum.IntEnum):
@@ -90,6 +91,8 @@ class Access:
         """A new token and the string a client sends (never stored). A token made
         with another (parent) expires no later than it and is revoked with it."""
         check_tenant(tenant)
+        if not 0 <= ttl_s <= MAX_TTL_S:
+            raise InvalidArgument(f"ttl_seconds is at most {MAX_TTL_S} (ten years)")
         if len(description) > 256:
             raise InvalidArgument("a description is at most 256 characters")
         if len(subject) > 512 or subject != subject.strip():
@@ -169,8 +172,14 @@ class Access:
     def by_certificate(self, names: Sequence[str]) -> Token:
         """The token a verified client certificate's names (CN, SANs) stand for."""
         named = [t for t in self._tokens.values() if t.subject and t.subject in names]
+        live = [t for t in named if t.live()]
+        if len({t.tenant for t in live}) > 1:
+            # A certificate whose names two tenants' tokens bind is nobody's.
+            raise Unauthenticated(
+                "this client certificate's names stand for more than one tenant",
+                reason="TOKEN_INVALID",
+            )
         if named:
-            live = [t for t in named if t.live()]
             return self._holding(max(live or named, key=lambda t: t.created_at))
         raise Unauthenticated(
             "this listener needs a token (authorization: Bearer <token>), or a client "

@@ -237,6 +237,13 @@ class Owners:
     def delete(self, kind: str, key: str) -> None:
         self._db.execute("DELETE FROM owners WHERE kind = ? AND key = ?", (kind, key))
 
+    def prune_sandboxes(self) -> None:
+        """Drops the rows of sandboxes that are gone and have no stored event left."""
+        self._db.execute(
+            "DELETE FROM owners WHERE kind = 'sandbox' AND key NOT IN (SELECT id FROM sandboxes)"
+            " AND key NOT IN (SELECT DISTINCT sandbox_id FROM events)"
+        )
+
     def all(self) -> list[tuple[str, str, str]]:
         rows = self._db.execute("SELECT kind, key, tenant FROM owners")
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows.fetchall()]

@@ -71,6 +71,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise InvalidArgument("scope is read, write or admin", reason="INVALID_ARGUMENT")
         scope = Scope(request.scope or Scope.WRITE)
         caller = callers.current()
+        if request.client_subject and not caller.admin:
+            # A certificate's names are not a tenant's to claim: the socket binds them.
+            raise PermissionDenied(
+                "client subjects are bound over the admin socket", reason="ADMIN_SOCKET_ONLY"
+            )
         parent = self._access.get(caller.token_id) if caller.token_id else None
         token, secret = self._access.create(
             _tenant(request.tenant),

@@ -32,7 +32,7 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     async def CreateSandbox(
         self, request: pb.CreateSandboxRequest, context: Ctx
     ) -> pb.CreateSandboxResponse:
-        sb = await self._placement.create(convert.spec_from(request))
+        sb = await self._placement.create(convert.spec_from(request, callers.current().tenant))
         return pb.CreateSandboxResponse(sandbox=convert.sandbox_to(sb))
 
     @edge
@@ -121,7 +121,10 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
     async def BatchCreateSandboxes(
         self, request: pb.BatchCreateSandboxesRequest, context: Ctx
     ) -> pb.BatchCreateSandboxesResponse:
-        results = await self._placement.batch([convert.spec_from(r) for r in request.requests])
+        tenant = callers.current().tenant
+        results = await self._placement.batch(
+            [convert.spec_from(r, tenant) for r in request.requests]
+        )
         out = pb.BatchCreateSandboxesResponse()
         for r in results:
             if isinstance(r, ComputeError):

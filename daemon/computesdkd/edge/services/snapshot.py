@@ -13,8 +13,9 @@ from computesdk_api.snapshot.v1 import snapshot_pb2_grpc as pb_grpc
 from computesdkd.domain.errors import ComputeError, InvalidArgument, ResourceExhausted
 from computesdkd.edge import caller as callers
 from computesdkd.edge import convert
+from computesdkd.edge.references import TEMPLATE
 from computesdkd.edge.status import check_chunk, drain_requests, edge
-from computesdkd.edge.tenancy import TEMPLATE, Tenancy
+from computesdkd.edge.tenancy import Tenancy
 from computesdkd.features.snapshots import SnapshotRecord, Snapshots, StateRecord
 
 CHUNK = 1024 * 1024

@@ -52,8 +52,6 @@ NETWORK_JOINED, NETWORK_LEFT = "network.joined", "network.left"
 # regular file (a FIFO, a device, a directory).
 HOSTS_MAX = 1 << 20
 DEFAULT_HOSTS = "127.0.0.1\tlocalhost\n"
-# Rows of /proc/net/tcp and tcp6 read to find the owner of a connection to an
-# exposed port; past that the connection is refused (fail closed).
 
 
 @dataclass

@@ -3,11 +3,13 @@
 The admin's (exposed over the Unix socket) listen on loopback and let in only
 root and the daemon's own user: any local user can reach 127.0.0.1, and raw TCP
 carries no credential. A tenant's (exposed over the network listener) listen
-where --expose-host says and speak HTTP: the first request of a connection must
-carry the port's secret, which the URL holds as its first path segments
-(http://HOST:PORT/_csk/SECRET), or an X-Computesdk-Secret header, or the cookie
-a browser is given when it first opens the URL. The secret is taken out before
-the request reaches the sandbox."""
+where --expose-host says and speak HTTP, one request per connection (the
+sandbox's server is told Connection: close), and each request must carry the
+port's secret: in the URL's first path segments (http://HOST:PORT/_csk/SECRET),
+an X-Computesdk-Secret header, or the cookie (csk_secret_PORT) a browser is given
+when it first opens the URL. Every form of the secret, and other ports' cookies,
+are taken out before the request reaches the sandbox. A WebSocket upgrade, once
+let in, becomes a tunnel."""
 
 from __future__ import annotations
 
@@ -22,17 +24,20 @@ from dataclasses import dataclass, field
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import ComputeError, InvalidArgument
+from computesdkd.domain.model import Sandbox
 from computesdkd.providers import capabilities as caps
+from computesdkd.providers.base import Provider
 from computesdkd.providers.capabilities import require
 from computesdkd.support import logs
 
 log = logs.get(__name__)
 
-# /proc/net/tcp rows read at most to find a connection's owner.
+# Rows of /proc/net/tcp and tcp6 read to find the owner of a connection to an
+# admin's port; past that the connection is refused (fail closed).
 PROC_TCP_MAX_ROWS = 1 << 18
 PREFIX = b"/_csk/"
 HEADER = b"x-computesdk-secret"
-COOKIE = b"csk_secret"
+COOKIE = b"csk_secret"  # and the port: csk_secret_<port>
 # The head of a connection's first request: bounded, and in bounded time.
 MAX_HEAD = 16 * 1024
 HEAD_SECONDS = 10.0
@@ -62,7 +67,8 @@ class Ports:
         if not 0 < port < 65536:
             raise InvalidArgument(f"bad port {port}", reason="INVALID_PORT")
         sb, provider = self._registry.running(sandbox_id)
-        known = self._forwards.get((sandbox_id, port, gated))
+        key = (sandbox_id, port, gated)
+        known = self._forwards.get(key)
         if known is not None:
             return known.url
         # Fail now, naming the provider, rather than on the first connection.
@@ -72,35 +78,44 @@ class Ports:
         probe.close()
         fwd: Forward
         secret = secrets.token_urlsafe(24) if gated else ""
+        cookie = b""
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
             fwd.tasks.add(task)
             try:
-                first = await (_gate(reader, writer, secret) if gated else _local(writer))
-                if first is None:
-                    writer.close()
-                    return
-                try:
+                if gated:
+                    passed = await _gate(reader, writer, secret.encode(), cookie)
+                    if passed is not None:
+                        await _forward_one(provider, sb, port, reader, writer, passed)
+                elif await _local(writer):
                     up_r, up_w = await require(
                         provider, caps.PortForwarding, "port forwarding"
                     ).open_port(sb, port)
-                except ComputeError:
-                    writer.close()
-                    return
-                up_w.write(first)
-                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+                    await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+            except (ComputeError, ConnectionError, OSError):
+                pass
             finally:
+                with contextlib.suppress(Exception):
+                    writer.close()
                 fwd.tasks.discard(task)
 
         host = self._host if gated else "127.0.0.1"
         server = await asyncio.start_server(serve, host, 0)
         host_port = server.sockets[0].getsockname()[1]
+        # Browsers keep cookies by host, not port: each port's cookie has its name.
+        cookie = COOKIE + b"_" + str(host_port).encode()
+        if key in self._forwards or self._registry.find(sandbox_id) is None:
+            # Another call made it meanwhile, or the sandbox went: this one is not needed.
+            server.close()
+            if key in self._forwards:
+                return self._forwards[key].url
+            self._registry.running(sandbox_id)  # raises what a gone sandbox answers
         where = _url_host(self._public_host if gated else "127.0.0.1")
         url = f"http://{where}:{host_port}" + (f"/_csk/{secret}" if gated else "")
         fwd = Forward(server, url, secret)
-        self._forwards[(sandbox_id, port, gated)] = fwd
+        self._forwards[key] = fwd
         log.info("port exposed", sandbox_id=sandbox_id, port=port, host_port=host_port, gated=gated)
         return url
 
@@ -127,8 +142,8 @@ def _url_host(host: str) -> str:
     return host
 
 
-async def _local(writer: asyncio.StreamWriter) -> bytes | None:
-    """b"" when the peer is root or the daemon's user, else None (refused)."""
+async def _local(writer: asyncio.StreamWriter) -> bool:
+    """Whether the peer is root or the daemon's user."""
     try:
         uid = await asyncio.to_thread(
             peer_uid, writer.get_extra_info("peername"), writer.get_extra_info("sockname")
@@ -136,16 +151,25 @@ async def _local(writer: asyncio.StreamWriter) -> bytes | None:
     except OSError:
         uid = None
     if uid in (0, os.geteuid()):
-        return b""
+        return True
     log.warning("refused a connection to an exposed port", peer_uid=-1 if uid is None else uid)
-    return None
+    return False
+
+
+@dataclass(frozen=True)
+class _Passed:
+    head: bytes  # the request line and headers, as the sandbox gets them
+    body: int  # Content-Length: the bytes of the body that follow
+    upgrade: bool  # a protocol switch (WebSocket): the connection becomes a tunnel
 
 
 async def _gate(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str
-) -> bytes | None:
-    """The first request's head, the secret taken out, when it carries the secret;
-    else None, after an answer (403, or a browser's redirect that sets the cookie)."""
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, cookie: bytes
+) -> _Passed | None:
+    """The connection's one request, its secret taken out, when it carries the
+    secret; else None, after an answer (403, or a browser's redirect that sets the
+    cookie). Each connection carries one request (Connection: close): every request
+    is checked, and no later one can bring a secret to the sandbox."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_SECONDS)
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
@@ -160,45 +184,88 @@ async def _gate(
         await _answer(writer, b"400 Bad Request")
         return None
     method, target, version = parts
-    want = secret.encode()
-    ok, headers, browser = False, [], False
+    ok, browser, upgrade, body = False, False, False, 0
+    headers: list[bytes] = []
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         key, value = name.strip().lower(), value.strip()
         if key == HEADER:
-            ok = ok or hmac.compare_digest(value, want)
+            ok = ok or hmac.compare_digest(value, secret)
             continue  # the sandbox never sees the secret
         if key == b"cookie":
             kept = []
             for crumb in value.split(b";"):
                 k, _, v = crumb.strip().partition(b"=")
-                if k == COOKIE:
-                    ok = ok or hmac.compare_digest(v, want)
-                else:
+                if k == cookie:
+                    ok = ok or hmac.compare_digest(v, secret)
+                elif not k.startswith(COOKIE + b"_"):  # nor another port's
                     kept.append(crumb.strip())
-            if not kept:
-                continue
-            line = b"Cookie: " + b"; ".join(kept)
+            if kept:
+                headers.append(b"Cookie: " + b"; ".join(kept))
+            continue
+        if key in (b"connection", b"keep-alive", b"proxy-connection"):
+            upgrade = upgrade or b"upgrade" in value.lower()
+            continue  # ours says how the connection goes
+        if key == b"transfer-encoding":
+            await _answer(writer, b"411 Length Required")  # one framing only: Content-Length
+            return None
+        if key == b"content-length":
+            if not value.isdigit():
+                await _answer(writer, b"400 Bad Request")
+                return None
+            body = int(value)
         if key == b"sec-fetch-mode" and value == b"navigate":
             browser = True
         headers.append(line)
     if target.startswith(PREFIX):
         given, _, rest = target[len(PREFIX) :].partition(b"/")
         given, q, query = given.partition(b"?")
-        if hmac.compare_digest(given, want):
+        if hmac.compare_digest(given, secret):
+            if rest.startswith(b"/"):
+                await _answer(writer, b"400 Bad Request")  # no //host redirects
+                return None
             target = b"/" + rest + (b"?" + query if q else b"")
             if browser:
                 # A page's own links and assets carry no secret: a cookie does.
-                cookie = COOKIE + b"=" + want + b"; HttpOnly; SameSite=Lax; Path=/"
+                crumb = cookie + b"=" + secret + b"; HttpOnly; SameSite=Strict; Path=/"
                 await _answer(
-                    writer, b"303 See Other", (b"Location: " + target, b"Set-Cookie: " + cookie)
+                    writer, b"303 See Other", (b"Location: " + target, b"Set-Cookie: " + crumb)
                 )
                 return None
             ok = True
     if not ok:
         await _answer(writer, b"403 Forbidden")
         return None
-    return b"\r\n".join([b" ".join([method, target, version]), *headers]) + b"\r\n\r\n"
+    headers.append(b"Connection: upgrade" if upgrade else b"Connection: close")
+    head = b"\r\n".join([b" ".join([method, target, version]), *headers]) + b"\r\n\r\n"
+    return _Passed(head, body, upgrade)
+
+
+async def _forward_one(
+    provider: Provider,
+    sb: Sandbox,
+    port: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    passed: _Passed,
+) -> None:
+    """The one request to the sandbox's port, and its answer back."""
+    up_r, up_w = await require(provider, caps.PortForwarding, "port forwarding").open_port(sb, port)
+    up_w.write(passed.head)
+    if passed.upgrade:
+        await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+        return
+    left = passed.body
+    while left > 0:
+        data = await reader.read(min(left, 65536))
+        if not data:
+            break
+        up_w.write(data)
+        await up_w.drain()
+        left -= len(data)
+    await _pipe(up_r, writer)
+    with contextlib.suppress(Exception):
+        up_w.close()
 
 
 async def _answer(
