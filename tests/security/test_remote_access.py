@@ -425,9 +425,7 @@ async def test_a_tenants_exposed_port_needs_its_secret(net: Net) -> None:
             while chunk := raw.recv(65536):
                 got += chunk
         assert got.count(b"HTTP/1.") == 1 and b'"/one"' in got and b"/two" not in got
-        status, _, _ = await asyncio.to_thread(
-            _http, url + "/x", {"Transfer-Encoding": "chunked"}
-        )
+        status, _, _ = await asyncio.to_thread(_http, url + "/x", {"Transfer-Encoding": "chunked"})
         assert status == 411
         assert (await asyncio.to_thread(_http, f"{url}//evil.example/"))[0] == 400
         await sb.destroy()
