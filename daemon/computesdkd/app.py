@@ -122,6 +122,7 @@ class App:
         self.quotas = Quotas(registry, store, self.volumes.mb_of)
         placement.admission.append(self.quotas.admit)
         self.volumes.admission.append(self.quotas.admit_volume)
+        self.volumes.on_deleted.append(lambda name: owners.release(references.VOLUME, name))
         lifecycle.limit_admission.append(self.quotas.admit_limits)
         self.tenancy = tenancy.Tenancy(
             owners, self._exists(), default_provider, frozenset(tenant_registries)

@@ -18,21 +18,18 @@ from computesdkd.domain.errors import ComputeError, PermissionDenied
 from computesdkd.edge import caller as callers
 from computesdkd.edge.audit import audit
 from computesdkd.edge.caller import ADMIN, Caller
-from computesdkd.edge.interceptors import API_PREFIX, refusing, rewrap
+from computesdkd.edge.interceptors import API_PREFIX, Interceptor, refusing, rewrap
+
+if TYPE_CHECKING:
+    from computesdkd.edge.interceptors import Handler
 from computesdkd.edge.references import names_things
 from computesdkd.edge.scopes import needed_scope, reads
 from computesdkd.edge.status import abort
 from computesdkd.edge.tenancy import Tenancy
 from computesdkd.features.access import Access, Token
 
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
 
-
-class Guard(_Interceptor):
+class Guard(Interceptor):
     """access is None on the Unix socket: every call there is the admin's."""
 
     def __init__(self, access: Access | None, tenancy: Tenancy, certificates: bool = False) -> None:
@@ -85,12 +82,14 @@ class Guard(_Interceptor):
     def by_certificate(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Caller:
         assert self._access is not None
         auth = context.auth_context() or {}
-        names = [
-            v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-            for key in ("x509_common_name", "x509_subject_alternative_name")
-            for v in auth.get(key, [])
-        ]
-        return self._caller(self._access.by_certificate(names), method)
+
+        def names(key: str) -> list[str]:
+            return [v.decode(errors="replace") for v in auth.get(key, [])]
+
+        # The subject alternative names when there are any: a CA checks those, while
+        # a CN is free text that could spell another's URI.
+        sans = names("x509_subject_alternative_name")
+        return self._caller(self._access.by_certificate(sans or names("x509_common_name")), method)
 
     def _caller(self, token: Token, method: str) -> Caller:
         need = needed_scope(method)

@@ -15,12 +15,12 @@ API_PREFIX = "/computesdk.api."
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
-    _Interceptor = grpc.aio.ServerInterceptor
+    Interceptor = grpc.aio.ServerInterceptor
 
 
-class Draining(_Interceptor):
+class Draining(Interceptor):
     """Refuses new calls once the daemon is shutting down, with a reason."""
 
     def __init__(self, accepting: Callable[[], bool]) -> None:

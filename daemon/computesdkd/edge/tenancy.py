@@ -105,6 +105,11 @@ class Tenancy:
         fresh: list[tuple[str, str]],
     ) -> None:
         owner = self._owners.of(kind, key)
+        held = self._pending.get((kind, key))
+        if held is not None and held[0] != caller.tenant and not caller.admin:
+            # Being made by another call: not there yet for anyone else, whatever
+            # a stale row says, and not the admin's to share while it is made.
+            raise self._not_found(kind, key, holder, field)
         if caller.admin:
             if kind in NAMED and makes(holder, field) and not self._exists[kind](key):
                 self._reserve(caller, kind, key, holder, field)
@@ -163,9 +168,10 @@ class Tenancy:
                 self._owners.claim(made[1], key, caller.tenant)
         for msg in requests:
             for kind, key, _, _ in refs(msg):
-                mine = kind in NAMED and self._owners.of(kind, key) == caller.tenant
+                owner = self._owners.of(kind, key) if kind in NAMED else None
+                mine = owner is not None and (caller.admin or owner == caller.tenant)
                 if mine and not self._exists[kind](key):
-                    self._owners.release(kind, key)
+                    self._owners.release(kind, key)  # deleted (the admin may delete any)
 
     # ------------------------------------------------------------ answers
 

@@ -72,6 +72,8 @@ class Volumes:
         self._making: dict[str, tuple[str, int]] = {}
         # Says whether a tenant may have a volume of this size more (quotas).
         self.admission: list[Callable[[str, int], None]] = []
+        # Told each volume that is gone, however it went (its owner row goes too).
+        self.on_deleted: list[Callable[[str], None]] = []
 
     def _record(self, name: str) -> VolumeRecord | None:
         for n, value in self._store.records("volumes").all():
@@ -156,6 +158,8 @@ class Volumes:
             name
         )
         self._store.records("volumes").delete(name)
+        for hook in self.on_deleted:
+            hook(name)
         self._bus.emit(rec.owner, VOLUME_DELETED, volume=name)
 
     async def prepare_sandbox(self, sb: Sandbox) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -41,6 +42,10 @@ COOKIE = b"csk_secret"  # and the port: csk_secret_<port>
 # The head of a connection's first request: bounded, and in bounded time.
 MAX_HEAD = 16 * 1024
 HEAD_SECONDS = 10.0
+# A header name, as HTTP has it (a token: no spaces, no separators).
+TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Connections one exposed port serves at once; past that they are closed.
+MAX_CONNECTIONS = 256
 
 
 @dataclass
@@ -78,15 +83,17 @@ class Ports:
         probe.close()
         fwd: Forward
         secret = secrets.token_urlsafe(24) if gated else ""
-        cookie = b""
+        cookie = origin = b""
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
             fwd.tasks.add(task)
             try:
+                if len(fwd.tasks) > MAX_CONNECTIONS:
+                    return
                 if gated:
-                    passed = await _gate(reader, writer, secret.encode(), cookie)
+                    passed = await _gate(reader, writer, secret.encode(), cookie, origin)
                     if passed is not None:
                         await _forward_one(provider, sb, port, reader, writer, passed)
                 elif await _local(writer):
@@ -113,7 +120,8 @@ class Ports:
                 return self._forwards[key].url
             self._registry.running(sandbox_id)  # raises what a gone sandbox answers
         where = _url_host(self._public_host if gated else "127.0.0.1")
-        url = f"http://{where}:{host_port}" + (f"/_csk/{secret}" if gated else "")
+        origin = f"http://{where}:{host_port}".encode()
+        url = origin.decode() + (f"/_csk/{secret}" if gated else "")
         fwd = Forward(server, url, secret)
         self._forwards[key] = fwd
         log.info("port exposed", sandbox_id=sandbox_id, port=port, host_port=host_port, gated=gated)
@@ -164,7 +172,11 @@ class _Passed:
 
 
 async def _gate(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, cookie: bytes
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    secret: bytes,
+    cookie: bytes,
+    origin: bytes,
 ) -> _Passed | None:
     """The connection's one request, its secret taken out, when it carries the
     secret; else None, after an answer (403, or a browser's redirect that sets the
@@ -184,11 +196,23 @@ async def _gate(
         await _answer(writer, b"400 Bad Request")
         return None
     method, target, version = parts
-    ok, browser, upgrade, body = False, False, False, 0
+    ok, by_cookie, browser, upgrade, body = False, False, False, False, -1
+    foreign = False  # sent by another origin's page (another port's, say)
     headers: list[bytes] = []
     for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        key, value = name.strip().lower(), value.strip()
+        name, colon, value = line.partition(b":")
+        # One reading only: what the sandbox's server could read otherwise (a bare
+        # CR or LF, a folded line, a space in a name) is refused, not passed on.
+        if not colon or not TOKEN.fullmatch(name) or b"\r" in line or b"\n" in line:
+            await _answer(writer, b"400 Bad Request")
+            return None
+        key, value = name.lower(), value.strip(b" \t")
+        if key == b"sec-fetch-site" and value not in (b"same-origin", b"none"):
+            foreign = True
+        if key == b"origin" and value != origin:
+            foreign = True
+        if key == b"referer" and PREFIX in value:
+            continue  # a page opened at its secret URL would tell its assets' server
         if key == HEADER:
             ok = ok or hmac.compare_digest(value, secret)
             continue  # the sandbox never sees the secret
@@ -197,7 +221,7 @@ async def _gate(
             for crumb in value.split(b";"):
                 k, _, v = crumb.strip().partition(b"=")
                 if k == cookie:
-                    ok = ok or hmac.compare_digest(v, secret)
+                    by_cookie = by_cookie or hmac.compare_digest(v, secret)
                 elif not k.startswith(COOKIE + b"_"):  # nor another port's
                     kept.append(crumb.strip())
             if kept:
@@ -210,13 +234,16 @@ async def _gate(
             await _answer(writer, b"411 Length Required")  # one framing only: Content-Length
             return None
         if key == b"content-length":
-            if not value.isdigit():
+            if not value.isdigit() or body >= 0:  # one, and a number
                 await _answer(writer, b"400 Bad Request")
                 return None
             body = int(value)
         if key == b"sec-fetch-mode" and value == b"navigate":
             browser = True
-        headers.append(line)
+        headers.append(name + b": " + value)
+    # The cookie alone lets in only this port's own pages: browsers send a host's
+    # cookies to all its ports, so another port's page could ride on it.
+    ok = ok or (by_cookie and not foreign)
     if target.startswith(PREFIX):
         given, _, rest = target[len(PREFIX) :].partition(b"/")
         given, q, query = given.partition(b"?")
@@ -238,7 +265,7 @@ async def _gate(
         return None
     headers.append(b"Connection: upgrade" if upgrade else b"Connection: close")
     head = b"\r\n".join([b" ".join([method, target, version]), *headers]) + b"\r\n\r\n"
-    return _Passed(head, body, upgrade)
+    return _Passed(head, max(body, 0), upgrade)
 
 
 async def _forward_one(
@@ -251,21 +278,32 @@ async def _forward_one(
 ) -> None:
     """The one request to the sandbox's port, and its answer back."""
     up_r, up_w = await require(provider, caps.PortForwarding, "port forwarding").open_port(sb, port)
-    up_w.write(passed.head)
-    if passed.upgrade:
-        await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
-        return
-    left = passed.body
-    while left > 0:
-        data = await reader.read(min(left, 65536))
-        if not data:
-            break
-        up_w.write(data)
-        await up_w.drain()
-        left -= len(data)
-    await _pipe(up_r, writer)
-    with contextlib.suppress(Exception):
-        up_w.close()
+    try:
+        up_w.write(passed.head)
+        if passed.upgrade:
+            # A tunnel only once the sandbox switches protocols; else its one answer.
+            try:
+                answer = await asyncio.wait_for(up_r.readuntil(b"\r\n\r\n"), HEAD_SECONDS)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                return
+            writer.write(answer)
+            if answer.split(b" ", 2)[1:2] == [b"101"]:
+                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+            else:
+                await _pipe(up_r, writer)
+            return
+        left = passed.body
+        while left > 0:
+            data = await reader.read(min(left, 65536))
+            if not data:
+                break
+            up_w.write(data)
+            await up_w.drain()
+            left -= len(data)
+        await _pipe(up_r, writer)
+    finally:
+        with contextlib.suppress(Exception):
+            up_w.close()
 
 
 async def _answer(
