@@ -2,7 +2,8 @@
 token, or a client certificate a token names), whether the token's scope allows
 the method (edge/scopes.py), and what the caller may touch (edge/tenancy.py).
 On the Unix socket every call is the admin's; only the calls that can make a
-named thing pass it there, for what they make over a stale row (settle).
+named thing pass it there, so that the names they make are reserved and what
+they make over a tenant's stale row is the admin's.
 Refusals write their audit line here; calls that run, in edge/status.py."""
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from computesdkd.edge import caller as callers
 from computesdkd.edge.audit import audit
 from computesdkd.edge.caller import ADMIN, Caller
 from computesdkd.edge.interceptors import API_PREFIX, Interceptor, refusing, rewrap
-
-if TYPE_CHECKING:
-    from computesdkd.edge.interceptors import Handler
 from computesdkd.edge.references import names_things
 from computesdkd.edge.scopes import needed_scope, reads
 from computesdkd.edge.status import abort
 from computesdkd.edge.tenancy import Tenancy
 from computesdkd.features.access import Access, Token
+
+if TYPE_CHECKING:
+    from computesdkd.edge.interceptors import Handler
 
 
 class Guard(Interceptor):
