@@ -86,22 +86,14 @@ class Quotas:
         self._buckets.pop(tenant, None)
         return quota
 
-    def usage(
-        self, tenant: str, pending: Iterable[SandboxSpec] = (), leaving_out: str = ""
-    ) -> Usage:
-        held = [
-            _held(sb)
-            for sb in self._registry.all()
-            if sb.spec.tenant == tenant and sb.state != State.STOPPED and sb.id != leaving_out
-        ]
-        held += [s.resources for s in pending if s.tenant == tenant]
-        volume_mb = self._volume_mb(tenant)
+    def usage(self, tenant: str) -> Usage:
+        held = self._held_by(tenant)
         return Usage(
             sandboxes=len(held),
             cpu_cores=sum(r.cpu_cores for r in held),
             memory_mb=sum(r.memory_mb for r in held),
             disk_mb=sum(r.disk_mb for r in held),
-            volume_mb=volume_mb,
+            volume_mb=self._volume_mb(tenant),
         )
 
     def admit(
@@ -113,12 +105,9 @@ class Quotas:
         q = self._quotas.get(spec.tenant)
         if not spec.tenant or q is None:
             return
-        u = self.usage(spec.tenant, pending)
-        r = spec.resources
-        _bound("sandboxes", u.sandboxes + 1, q.max_sandboxes)
-        _bound("cpu_cores", u.cpu_cores + r.cpu_cores, q.max_cpu_cores)
-        _bound("memory_mb", u.memory_mb + r.memory_mb, q.max_memory_mb)
-        _bound("disk_mb", u.disk_mb + r.disk_mb, q.max_disk_mb)
+        held = self._held_by(spec.tenant, pending)
+        _bound("sandboxes", len(held) + 1, q.max_sandboxes)
+        _bound_resources([*held, spec.resources], q)
         if making:
             self.take_creates(spec.tenant)
 
@@ -126,17 +115,24 @@ class Quotas:
         """Raises QUOTA_EXCEEDED when new live limits would take the tenant past a bound
         (Scale, SetResourceLimits, autoscaling)."""
         q = self._quotas.get(sb.spec.tenant)
-        if not sb.spec.tenant or q is None:
-            return
-        u = self.usage(sb.spec.tenant, leaving_out=sb.id)
-        _bound("cpu_cores", u.cpu_cores + wanted.cpu_cores, q.max_cpu_cores)
-        _bound("memory_mb", u.memory_mb + wanted.memory_mb, q.max_memory_mb)
-        _bound("disk_mb", u.disk_mb + wanted.disk_mb, q.max_disk_mb)
+        if sb.spec.tenant and q is not None:
+            _bound_resources([*self._held_by(sb.spec.tenant, leaving_out=sb.id), wanted], q)
 
     def admit_volume(self, tenant: str, size_mb: int) -> None:
         q = self._quotas.get(tenant)
         if tenant and q is not None:
-            _bound("volume_mb", self.usage(tenant).volume_mb + size_mb, q.max_volume_mb)
+            _bound("volume_mb", self._volume_mb(tenant) + size_mb, q.max_volume_mb)
+
+    def _held_by(
+        self, tenant: str, pending: Iterable[SandboxSpec] = (), leaving_out: str = ""
+    ) -> list[Resources]:
+        """What each of the tenant's live sandboxes holds (and each pending one asks)."""
+        held = [
+            _held(sb)
+            for sb in self._registry.all()
+            if sb.spec.tenant == tenant and sb.state != State.STOPPED and sb.id != leaving_out
+        ]
+        return held + [s.resources for s in pending if s.tenant == tenant]
 
     def take_creates(self, tenant: str, n: int = 1) -> None:
         """Raises RATE_LIMITED, with when to retry, past creates_per_second."""
@@ -167,6 +163,12 @@ def _held(sb: Sandbox) -> Resources:
         memory_mb=max(r.memory_mb, asked.memory_mb),
         disk_mb=max(r.disk_mb, asked.disk_mb),
     )
+
+
+def _bound_resources(held: list[Resources], q: Quota) -> None:
+    _bound("cpu_cores", sum(r.cpu_cores for r in held), q.max_cpu_cores)
+    _bound("memory_mb", sum(r.memory_mb for r in held), q.max_memory_mb)
+    _bound("disk_mb", sum(r.disk_mb for r in held), q.max_disk_mb)
 
 
 def _bound(what: str, wanted: float, limit: float) -> None:
