@@ -76,12 +76,10 @@ async def test_dead_provider_opens_its_circuit_and_create_falls_back(
             await client.create("docker")
         assert e.value.reason == "PROVIDER_UNAVAILABLE"
         assert "docker" in e.value.message and "engine is down" in e.value.message
-    # Open now: the next call fails at once without reaching the engine.
-    started = time.monotonic()
+    # Open now: the next call fails without reaching the engine.
     with pytest.raises(UnavailableError) as fast:
         await client.create("docker")
     assert fast.value.reason == "CIRCUIT_OPEN"
-    assert time.monotonic() - started < 2
     provs = {p.name: p for p in await client.providers()}
     assert provs["docker"].circuit_state == Circuit.OPEN
     assert provs["local"].circuit_state == Circuit.CLOSED

@@ -114,7 +114,8 @@ async def test_a_hint_past_the_budget_ends_the_retries_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(Unavailable):
         await retry.call(attempt)
-    assert tries == 1 and time.monotonic() - started < 1
+    # Well under the hint: no sleep was begun (even on a busy machine).
+    assert tries == 1 and time.monotonic() - started < retry.TOTAL_S
 
 
 @pytest.fixture

@@ -311,6 +311,13 @@ class Daemon:
             lock_fd = edge_server.lock_state_dir(cfg.state_dir)
         except edge_server.StateDirBusy as exc:
             raise DaemonError(str(exc)) from exc
+        try:
+            # Before any provider sets up (mounts its store): a daemon that cannot
+            # serve leaves nothing behind. Checked again when the socket is bound.
+            edge_server.check_socket_free(cfg.socket)
+        except edge_server.SocketBusy as exc:
+            os.close(lock_fd)
+            raise DaemonError(str(exc)) from exc
         store = Store(cfg.state_dir / "state.db")
         try:
             app, servers = await self._start(store)

@@ -8,6 +8,7 @@ import resource
 import sys
 from pathlib import Path
 
+from computesdkd import __version__
 from computesdkd.app import Daemon, DaemonError
 from computesdkd.config import (
     Config,
@@ -24,6 +25,7 @@ from computesdkd.support import logs
 
 def parse(argv: list[str] | None = None) -> Config:
     ap = argparse.ArgumentParser(prog="computesdkd", description="Sandbox-management daemon.")
+    ap.add_argument("--version", action="version", version=f"computesdkd {__version__}")
     ap.add_argument(
         "--socket",
         type=Path,

@@ -59,8 +59,12 @@ async def test_pooled_create_retried_with_its_request_id_is_the_same_sandbox(h: 
 
 async def test_pool_draw_takes_the_callers_lifetime_and_labels(h: Harness) -> None:
     await _pool(h)
+    await asyncio.sleep(0.05)  # the pool's members are older than the create
+    asked = time.time()
     sb = await h.app.placement.create(spec(metadata={"team": "a"}, timeout_ms=5000))
     assert sb.spec.metadata == {"team": "a"}
+    # Created, to its holder, at the hand-out: no uptime from the pool's idle time.
+    assert sb.created_at >= asked and sb.started_at >= asked
     assert sb.expires_at <= time.time() + 5.1
     listed, _ = h.app.registry.list(100, "", {}, [], "")
     assert sb.id in {s.id for s in listed}
@@ -118,3 +122,31 @@ async def test_no_create_while_shutting_down(h: Harness) -> None:
         await h.app.placement.create(spec())
     assert e.value.reason == "DAEMON_SHUTTING_DOWN"
     h.app.placement.accepting = True
+
+
+async def test_a_provider_that_cannot_run_refuses_before_any_sandbox_exists(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h.fake, "availability", lambda: "it needs root")
+    before = h.events()
+    with pytest.raises(Unavailable) as e:
+        await h.app.placement.create(spec())
+    assert e.value.reason == "PROVIDER_UNAVAILABLE" and "it needs root" in e.value.message
+    assert h.events() == before and h.fake.created == 0  # no events for a sandbox never made
+    assert list(h.app.registry.all()) == []
+    # The breaker counts it like any failed create, so fallbacks still happen.
+    sb = await h.app.placement.create(spec(fallback_providers=("backup",)))
+    assert sb.spec.provider == "backup"
+
+
+async def test_local_says_it_needs_root_before_setting_anything_up(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from computesdkd.providers.base import ProviderConfig
+    from computesdkd.providers.local import layout
+    from computesdkd.providers.local.provider import LocalProvider
+
+    monkeypatch.setattr(layout.os, "geteuid", lambda: 65534)
+    local = LocalProvider(ProviderConfig("local"))
+    await local.start(None)  # type: ignore[arg-type]  # returns before using the context
+    assert "needs root" in local.availability() and "uid 65534" in local.availability()

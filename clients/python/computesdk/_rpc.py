@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import json
 import os
+import socket as _socket
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -23,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from .errors import from_rpc_error
+from .errors import ComputeSDKError, from_rpc_error
 
 MAX_MESSAGE = 64 * 1024 * 1024
 # Matches the daemon's per-message chunk limit.
@@ -37,14 +38,64 @@ Resp = TypeVar("Resp")
 Resp_co = TypeVar("Resp_co", covariant=True)
 
 
+SYSTEM_SOCKET = "/run/computesdk/computesdkd.sock"
+
+
 def default_socket() -> str:
     env = os.environ.get("COMPUTESDK_SOCKET")
     if env:
         return env
     if os.geteuid() == 0:
-        return "/run/computesdk/computesdkd.sock"
+        return SYSTEM_SOCKET
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/computesdk-{os.geteuid()}"
     return str(Path(runtime) / "computesdk" / "computesdkd.sock")
+
+
+def probe_socket(path: str) -> None:
+    """Fails at once, saying why, when nothing can answer at a Unix socket: no file,
+    a stale file nobody listens on, or a socket this user may not connect to. Any
+    other outcome is left to the channel (a busy daemon may be slow to accept)."""
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    why, code, reason = "", grpc.StatusCode.UNAVAILABLE, "DAEMON_UNREACHABLE"
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        why = f"computesdkd is not running: no socket at {path}" + _elsewhere(path)
+    except ConnectionRefusedError:
+        why = f"computesdkd is not running: {path} is a stale socket (nothing listens on it)"
+    except PermissionError:
+        why = (
+            f"permission denied on {path} (uid {os.geteuid()}): the daemon's socket is "
+            "its owner's only (mode 0600, in a 0700 directory). Run as that user (for "
+            "a system daemon, root), or reach its network listener with --address "
+            "and a token"
+        )
+        code, reason = grpc.StatusCode.PERMISSION_DENIED, "SOCKET_PERMISSION_DENIED"
+    except OSError:
+        return
+    finally:
+        probe.close()
+    if why:
+        raise ComputeSDKError(why, code=code, reason=reason)
+
+
+def _elsewhere(path: str) -> str:
+    # A non-root user's default is under their own runtime dir, so a system daemon's
+    # socket is not where they look: say so, rather than that nothing runs.
+    if path == SYSTEM_SOCKET or os.environ.get("COMPUTESDK_SOCKET"):
+        return ""
+    try:
+        os.stat(SYSTEM_SOCKET)
+    except PermissionError:
+        pass  # /run/computesdk is root's: a system daemon may well be there
+    except OSError:
+        return ""
+    return (
+        f" (the default for uid {os.geteuid()}; a system daemon would listen on "
+        f"{SYSTEM_SOCKET}, which only root may use: run as root, set "
+        "COMPUTESDK_SOCKET, or use --address with a token)"
+    )
 
 
 @dataclass(frozen=True)

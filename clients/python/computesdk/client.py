@@ -108,14 +108,12 @@ class Client:
                 server_name=server_name,
             )
         )
-        path = client.target.removeprefix("unix:")
-        if client.target.startswith("unix:") and not os.path.exists(path):
-            await client.close()  # fail fast: nothing will ever listen there by itself
-            raise ComputeSDKError(
-                f"computesdkd is not running: no socket at {path}",
-                code=grpc.StatusCode.UNAVAILABLE,
-                reason="DAEMON_UNREACHABLE",
-            )
+        if client.target.startswith("unix:"):
+            try:
+                _rpc.probe_socket(client.target.removeprefix("unix:"))
+            except ComputeSDKError:
+                await client.close()  # fail fast: nothing will ever listen there by itself
+                raise
         try:
             await asyncio.wait_for(client.channel.channel_ready(), timeout)
         except TimeoutError:

@@ -33,6 +33,7 @@ from computesdkd.domain.errors import (
 )
 from computesdkd.domain.model import Sandbox, SandboxSpec, State
 from computesdkd.providers.base import Provider
+from computesdkd.providers.common.lifecycle import cannot_run
 from computesdkd.store import Store
 from computesdkd.support import logs
 from computesdkd.support.testhooks import crash
@@ -241,6 +242,11 @@ class Placement:
         charged: bool = False,
     ) -> Sandbox:
         """Makes the sandbox on this provider, recording every step."""
+        why = provider.availability()
+        if why:
+            # Refused before an id exists, so no event names a sandbox that never was;
+            # still through the breaker, which counts it like any failed create.
+            await self._providers.guarded(provider, _refuse(provider.name, why))
         now = time.time()
         sb = Sandbox(
             id="sbx-" + secrets.token_hex(8),
@@ -289,3 +295,7 @@ class Placement:
             self._bus.emit(sb.id, events.READY, startup_ms=str(startup_ms))
             log.info("sandbox ready", template=spec.template, startup_ms=startup_ms)
             return sb
+
+
+async def _refuse(provider: str, why: str) -> None:
+    raise cannot_run(provider, why)

@@ -89,6 +89,11 @@ def lock_state_dir(state_dir: Path) -> int:
 
 def _prepare_socket(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_socket_free(path)
+
+
+def check_socket_free(path: Path) -> None:
+    """Raises SocketBusy when a daemon answers at path; removes a stale socket."""
     if path.exists():
         probe = socket.socket(socket.AF_UNIX)
         try:

@@ -76,11 +76,10 @@ class Ports:
         known = self._forwards.get(key)
         if known is not None:
             return known.url
-        # Fail now, naming the provider, rather than on the first connection.
-        _, probe = await require(provider, caps.PortForwarding, "port forwarding").open_port(
-            sb, port
-        )
-        probe.close()
+        # A provider without forwarding fails now, naming itself. A port nothing
+        # listens on yet is fine (E2B's getHost and ComputeSDK's getUrl give a URL
+        # before the server starts): each connection is made when it comes.
+        require(provider, caps.PortForwarding, "port forwarding")
         fwd: Forward
         secret = secrets.token_urlsafe(24) if gated else ""
         cookie = origin = b""

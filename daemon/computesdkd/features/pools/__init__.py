@@ -162,7 +162,12 @@ class Pools:
             sb.spec = replace(spec, metadata=metadata)
         else:
             sb.spec = replace(sb.spec, metadata=metadata, keep_alive=idle or sb.spec.keep_alive)
-        sb.expires_at = time.time() + sb.spec.timeout_ms / 1000
+        now = time.time()
+        if not idle:
+            # To its holder the sandbox is new: its create time and uptime start at
+            # the hand-out, not when the pool warmed it.
+            sb.created_at = sb.started_at = now
+        sb.expires_at = now + sb.spec.timeout_ms / 1000
         self._registry.save(sb)
         self._bus.emit(sandbox_id, event, pool=metadata.get(POOL_LABEL, ""))
         return sb

@@ -13,7 +13,8 @@ Layout under the store:
   layers/<hex>/           an unpacked layer (image layers: by blob digest;
                           build layers: by the sha256 of their OCI tar)
   blobs/sha256/<hex>      image manifests, configs and compressed layers
-  builds/<id>/            a build in progress (removed on start-up if left)
+  builds/<id>/            a build in progress (removed on start-up if left),
+                          run through its bind mount under the runtime dir
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class TemplateStore:
     def __init__(
         self,
         store: Path,
+        builds: Path,
         base: Path,
         runc: Callable[..., list[str]],
         cgroup: str,
@@ -76,16 +78,17 @@ class TemplateStore:
         self._pinned = pinned
         self.records = store / "templates"
         self.layers = store / "layers"
-        self.builds = store / "builds"
-        # Only root passes, but builds/: a build's runc init (the storage uid)
-        # must reach its root, in a dir of the build's own that is 0700.
-        for d, mode in ((self.records, 0o700), (self.layers, 0o700), (self.builds, 0o711)):
+        # Builds in progress, seen where a build's runc init (the storage uid) can
+        # reach them (layout.py binds the store's builds/ there), each in a 0700 dir.
+        self.builds = builds
+        self._scratch = store / "builds"  # the same dir, on the layers' mount (renames)
+        for d in (self.records, self.layers):
             d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, mode)
+            os.chmod(d, 0o700)
         self.blobs = blobs.BlobStore(store / "blobs")
         os.chmod(self.blobs.root.parent, 0o700)
         self._runc = runc
-        self._runner = BuildRunner(self.builds, self.layers, runc, cgroup)
+        self._runner = BuildRunner(builds, store / "builds", self.layers, runc, cgroup)
         self._insecure = insecure_registries
         # Records, read once: exec looks up its sandbox's template env every call.
         self._cache = records.load(self.records)
@@ -282,7 +285,7 @@ class TemplateStore:
         final = self.layers / digest.split(":", 1)[1]
         if final.is_dir():
             return
-        tmp = self.builds / f"unpack-{final.name[:16]}-{os.getpid()}"
+        tmp = self._scratch / f"unpack-{final.name[:16]}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:

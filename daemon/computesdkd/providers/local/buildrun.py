@@ -51,9 +51,15 @@ fi
 
 class BuildRunner:
     def __init__(
-        self, builds: Path, layers: Path, runc: Callable[..., list[str]], cgroup: str
+        self,
+        builds: Path,
+        builds_on_store: Path,
+        layers: Path,
+        runc: Callable[..., list[str]],
+        cgroup: str,
     ) -> None:
-        self._builds = builds  # scratch dirs of builds in progress
+        self._builds = builds  # scratch dirs of builds in progress, where runc reaches
+        self._on_store = builds_on_store  # the same, on the layers' mount (for renames)
         self._layers = layers  # where the new layer lands
         self._runc = runc
         self._cgroup = cgroup
@@ -128,7 +134,7 @@ class BuildRunner:
                 # makes this wait for it).
                 await buildnet.teardown(build_id)
             report(BuildStep(total, total, "committing the layer"))
-            return await asyncio.to_thread(self._commit, upper)
+            return await asyncio.to_thread(self._commit, self._on_store / build_id / "upper")
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 

@@ -27,6 +27,7 @@ _UMOUNT_NOFOLLOW = 8  # a mount point swapped for a link is not followed
 
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_BIND = 4096
 
 
 def mount(source: str, target: str, fstype: str, options: str, flags: int = 0) -> None:

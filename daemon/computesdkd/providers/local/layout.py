@@ -11,6 +11,11 @@ Layout of a sandbox (every directory 0700; nothing a host user can traverse):
   <runtime>/agents/<id>.sock   root's: the agent's control socket, bound by the
                                daemon and inherited by init as fd 3; the sandbox
                                has no path to it, so it cannot be swapped
+  <runtime>/builds/            <store>/builds/ bound here: a template build's
+                               root and binds, which its runc init must reach
+
+Nothing the unprivileged init needs is under the state dir's path, so that dir
+may sit in a private (0700) directory.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from computesdkd.domain.model import Sandbox
-from computesdkd.providers.local import idmap, storage
+from computesdkd.providers.local import host, idmap, storage
 from computesdkd.providers.local import rootfs as rootfs_mod
 from computesdkd.providers.local.agent import Agent
 from computesdkd.support import logs
@@ -46,6 +51,7 @@ class Layout:
     state: Path = Path()  # <state dir>/local
     store: Path = Path()
     runtime: Path = RUNTIME_ROOT
+    builds: Path = Path()  # <runtime>/builds: the store's builds/, bound there
     reflink: bool = False
     slots: idmap.Slots = field(default_factory=lambda: idmap.Slots(Path(), RUNTIME_ROOT, ""))
 
@@ -91,6 +97,10 @@ class Layout:
         for d, mode in ((RUNTIME_ROOT, 0o711), (self.runtime, 0o711)):
             os.chmod(d, mode)
         os.chmod(self.runtime / "agents", 0o700)
+        # A build's runc init, too, must reach its root and binds; their bytes stay
+        # on the store's disk, seen through a bind mount under /run.
+        self.builds = self.runtime / "builds"
+        await asyncio.to_thread(_bind_dir, self.store / "builds", self.builds)
         leases = RUNTIME_ROOT / "uid-slots"  # host-wide: every daemon's sandboxes
         leases.mkdir(mode=0o700, exist_ok=True)
         os.chmod(leases, 0o700)
@@ -115,10 +125,28 @@ def agent_binary(env: Mapping[str, str]) -> Path:
     return Path(__file__).resolve().parents[2] / "_bin" / "computesdk-agent"
 
 
+def _bind_dir(source: Path, target: Path) -> None:
+    for d in (source, target):
+        d.mkdir(exist_ok=True)
+        os.chmod(d, 0o711)  # traversable, not listable; each build's dir is 0700
+    if not storage.is_mountpoint(target):  # after a restart it still is
+        host.mount(str(source), str(target), "", "", host.MS_BIND)
+
+
+def needs_root() -> str:
+    if os.geteuid() == 0:
+        return ""
+    return (
+        f"it needs root, and computesdkd runs as uid {os.geteuid()} (it runs runc and "
+        "sets up overlayfs, cgroups, loop devices and network namespaces): run "
+        "computesdkd as root, or create on another provider such as docker"
+    )
+
+
 def unavailable(base: Path, agent: Path) -> str:
     """Why the provider cannot run on this host; empty when it can."""
-    if os.geteuid() != 0:
-        return "the local provider needs root (runc, overlayfs, cgroups)"
+    if needs_root():
+        return needs_root()
     if shutil.which("runc") is None:
         return "runc is not installed (apt-get install -y runc)"
     if not rootfs_mod.is_built():

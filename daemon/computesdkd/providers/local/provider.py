@@ -98,11 +98,28 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
 
     async def start(self, ctx: ProviderContext) -> None:
         self._ctx = ctx
+        # Checked before anything is set up, which as another user would fail with
+        # an error that hides the cause.
+        self._unavailable = layout.needs_root() or "not started"
+        if self._unavailable != "not started":
+            log.warning("local provider unavailable", why=self._unavailable)
+            return
+        try:
+            await self._start(ctx)
+        except asyncio.CancelledError:
+            self._unavailable = "it did not finish starting in time"
+            raise
+        except Exception as exc:
+            self._unavailable = f"it failed to start ({exc})"
+            raise
+
+    async def _start(self, ctx: ProviderContext) -> None:
         layout.private_images(self._base.parent)
         layout.warn_subuid_overlap()
         await self._layout.prepare(ctx.state_dir)
         self._templates = builder.TemplateStore(
             self._layout.store,
+            self._layout.builds,
             self._base,
             self._layout.runc,
             cgroups.CGROUP_PARENT,
