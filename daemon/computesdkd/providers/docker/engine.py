@@ -15,7 +15,11 @@ import httpx
 
 from computesdkd.domain.errors import AlreadyExists, ComputeError, Internal, NotFound, Unavailable
 
-API = "/v1.41"
+# The Engine API versions this client speaks: every call it makes means the same
+# from 1.41 (Debian 12's docker.io, 20.10) to 1.47. Docker 29 refuses below 1.44,
+# so the version is negotiated as the docker CLI does: the Engine's own, capped.
+MIN_API = (1, 41)
+MAX_API = (1, 47)
 _FRAME = struct.Struct(">BxxxI")
 
 
@@ -40,14 +44,62 @@ def _error(resp: httpx.Response, what: str) -> ComputeError:
     return Internal(f"docker: {what}: {resp.status_code} {message}")
 
 
+def _version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor)
+
+
+def negotiate(engine_api: str, engine_min: str) -> tuple[int, int]:
+    """The highest version both sides speak, or Unavailable naming both ranges."""
+    try:
+        top, bottom = _version(engine_api), _version(engine_min or "1.12")
+    except ValueError as exc:
+        raise Unavailable(
+            f"docker engine reports an unreadable API version {engine_api[:40]!r}",
+            reason="PROVIDER_UNAVAILABLE",
+            provider="docker",
+        ) from exc
+    chosen = min(top, MAX_API)
+    if chosen < MIN_API or chosen < bottom:
+        raise Unavailable(
+            f"docker engine speaks API {engine_min[:16]}-{engine_api[:16]}; computesdkd speaks "
+            f"{MIN_API[0]}.{MIN_API[1]}-{MAX_API[0]}.{MAX_API[1]}",
+            reason="PROVIDER_UNAVAILABLE",
+            provider="docker",
+        )
+    return chosen
+
+
 class Engine:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
+        self.api = "/v{}.{}".format(*MIN_API)  # until negotiate_version() runs
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),
-            base_url="http://docker" + API,
+            base_url="http://docker" + self.api,
             timeout=httpx.Timeout(60.0, connect=5.0),
         )
+
+    async def negotiate_version(self) -> None:
+        """Asks the Engine its API range (/version needs no version in its path)."""
+        try:
+            resp = await self._http.get("http://docker/version", timeout=3.0)
+            info = resp.json() if resp.status_code == 200 else {}
+        except (httpx.TransportError, ValueError) as exc:
+            raise Unavailable(
+                f"docker engine unreachable at {self.socket_path}: {exc}",
+                reason="PROVIDER_UNAVAILABLE",
+                provider="docker",
+            ) from exc
+        if not isinstance(info, dict) or not isinstance(info.get("ApiVersion"), str):
+            raise Unavailable(
+                f"docker engine at {self.socket_path} did not say its API version",
+                reason="PROVIDER_UNAVAILABLE",
+                provider="docker",
+            )
+        chosen = negotiate(info["ApiVersion"], str(info.get("MinAPIVersion") or ""))
+        self.api = "/v{}.{}".format(*chosen)
+        self._http.base_url = httpx.URL("http://docker" + self.api)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -92,7 +144,7 @@ class Engine:
         reader, writer = await asyncio.open_unix_connection(self.socket_path)
         body = json.dumps({"Detach": False, "Tty": False}).encode()
         head = (
-            f"POST {API}/exec/{exec_id}/start HTTP/1.1\r\nHost: docker\r\n"
+            f"POST {self.api}/exec/{exec_id}/start HTTP/1.1\r\nHost: docker\r\n"
             "Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         )

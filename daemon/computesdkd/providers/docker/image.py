@@ -69,6 +69,7 @@ def main() -> None:
         # A command of its own, so its own environment (the provider has its config).
         engine = Engine(socket_path(os.environ.get("DOCKER_HOST", "")))
         try:
+            await engine.negotiate_version()
             print(await build(engine, force=a.force))
         finally:
             await engine.close()

@@ -13,6 +13,7 @@ output (exec output is not kept), background processes, and a disk limit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from computesdkd.domain.errors import (
+    ComputeError,
     FailedPrecondition,
     ResourceExhausted,
     Unavailable,
@@ -46,6 +48,9 @@ from computesdkd.providers.docker import image as image_mod
 from computesdkd.providers.docker.engine import Engine, HijackedExec, socket_path
 
 NAME = "docker"
+# How long a signal waits for the Engine to say an exec's pid: 5 s in 20 ms steps.
+PID_POLLS = 250
+PID_POLL_S = 0.02
 DEFAULTS = Resources(cpu_cores=1.0, memory_mb=1024, pids_limit=512)
 LABEL = "dev.computesdk.sandbox"
 
@@ -73,6 +78,7 @@ class DockerProvider(FilesByExec, Provider, caps.Metering, caps.LiveLimits):
     async def _refresh(self) -> None:
         try:
             await self._engine.ping()
+            await self._engine.negotiate_version()
         except Unavailable as exc:
             self._unavailable = exc.message
             return
@@ -195,7 +201,11 @@ class DockerProvider(FilesByExec, Provider, caps.Metering, caps.LiveLimits):
 
     async def usage(self, sandbox: Sandbox) -> Usage:
         stats = await self._engine.json(
-            "GET", f"/containers/{self._cid(sandbox)}/stats", "stats", params={"stream": "false"}
+            "GET",
+            f"/containers/{self._cid(sandbox)}/stats",
+            "stats",
+            # One-shot: no second sample a second later for a CPU delta we do not read.
+            params={"stream": "false", "one-shot": "true"},
         )
         mem = stats.get("memory_stats", {})
         return Usage(
@@ -250,6 +260,7 @@ class DockerRun(StreamedRun):
         self._sandbox = sandbox
         self._conn: HijackedExec | None = None
         self._pid = 0
+        self._pid_known: asyncio.Task[int] | None = None
 
     async def _stream(self) -> AsyncIterator[ProcessEvent]:
         cmd = self.command
@@ -259,9 +270,11 @@ class DockerRun(StreamedRun):
         env = [f"{k}={v}" for k, v in process_env(self._sandbox, cmd).items()]
         exec_id = await self._engine.exec_create(self._cid, args, env, cmd.cwd, cmd.stdin)
         self._conn = await self._engine.exec_attach(exec_id)
-        info = await self._engine.json("GET", f"/exec/{exec_id}/json", "exec inspect")
-        self._pid = int(info.get("Pid") or 0)
-        yield self.started_event(exec_id[:12], self._pid)
+        # The Engine sets the exec's Pid a while after the start (often ~0.5 s):
+        # looked up in the background, so the stream is not held up, and awaited by
+        # a signal that comes before it is known.
+        self._pid_known = asyncio.create_task(self._poll_pid(exec_id))
+        yield self.started_event(exec_id[:12], 0)
         async for stream, data in self._conn.frames():
             if stream in (1, 2):
                 yield self.output("stdout" if stream == 1 else "stderr", data)
@@ -284,8 +297,21 @@ class DockerRun(StreamedRun):
     async def close_stdin(self) -> None:
         await self._need().close_stdin()
 
+    async def _poll_pid(self, exec_id: str) -> int:
+        for _ in range(PID_POLLS):
+            info = await self._engine.json("GET", f"/exec/{exec_id}/json", "exec inspect")
+            self._pid = int(info.get("Pid") or 0)
+            ended = not info.get("Running", True) and info.get("ExitCode") is not None
+            if self._pid or ended:
+                return self._pid
+            await asyncio.sleep(PID_POLL_S)
+        return self._pid
+
     async def send_signal(self, signal: int) -> None:
         # The Engine has no exec signal call; dockerd is on this host, so its pid is ours.
+        if not self._pid and self._pid_known is not None:
+            with contextlib.suppress(ComputeError):
+                await asyncio.shield(self._pid_known)
         if self._pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal)
@@ -295,5 +321,7 @@ class DockerRun(StreamedRun):
 
     async def aclose(self) -> None:
         await super().aclose()
+        if self._pid_known is not None:
+            self._pid_known.cancel()
         if self._conn is not None:
             await self._conn.close()
