@@ -46,10 +46,20 @@ async def test_a_stale_socket_is_named_as_stale(tmp_path: Path) -> None:
     assert "stale socket" in e.value.message and str(path) in e.value.message
 
 
+async def test_a_path_that_is_no_socket_is_named_as_such(tmp_path: Path) -> None:
+    for path in (tmp_path, tmp_path / "file"):
+        if path != tmp_path:
+            path.write_text("")
+        with pytest.raises(ComputeSDKError) as e:
+            await Client.connect(socket=path)
+        assert e.value.reason == "DAEMON_UNREACHABLE" and "is not a socket" in e.value.message
+
+
 async def test_no_socket_says_not_running(tmp_path: Path) -> None:
     with pytest.raises(ComputeSDKError) as e:
         await Client.connect(socket=tmp_path / "none.sock")
     assert e.value.reason == "DAEMON_UNREACHABLE" and "not running" in e.value.message
+    assert "the default for uid" not in e.value.message  # a path the caller named
 
 
 def test_a_socket_the_user_may_not_use_is_named_as_a_permission_problem(

@@ -187,6 +187,8 @@ func (cfg *connectConfig) plan() (*dialPlan, error) {
 	switch kind {
 	case endpointSocket:
 		socket := endpoint
+		// The hint about a system daemon is for this user's default only.
+		isDefault := socket == "" && os.Getenv("COMPUTESDK_SOCKET") == ""
 		if socket == "" {
 			socket = DefaultSocket()
 		}
@@ -194,9 +196,9 @@ func (cfg *connectConfig) plan() (*dialPlan, error) {
 		if err != nil {
 			return nil, err
 		}
-		// Fail fast: nothing will ever listen on a socket that does not exist.
-		if _, err := os.Stat(abs); err != nil {
-			return nil, daemonUnreachable("computesdkd is not running: no socket at " + abs)
+		// Fail fast, saying why: no socket, a stale one, or one this user may not use.
+		if err := probeSocket(abs, isDefault); err != nil {
+			return nil, err
 		}
 		p.target = "unix://" + abs
 		return p, nil

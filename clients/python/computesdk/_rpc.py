@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import socket as _socket
+import stat
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -51,17 +52,26 @@ def default_socket() -> str:
     return str(Path(runtime) / "computesdk" / "computesdkd.sock")
 
 
-def probe_socket(path: str) -> None:
+def probe_socket(path: str, defaulted: bool = False) -> None:
     """Fails at once, saying why, when nothing can answer at a Unix socket: no file,
     a stale file nobody listens on, or a socket this user may not connect to. Any
-    other outcome is left to the channel (a busy daemon may be slow to accept)."""
+    other outcome is left to the channel (a busy daemon may be slow to accept).
+    defaulted: the path is the default, not one the caller named."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise ComputeSDKError(
+                f"{path} is not a socket (is it computesdkd's --socket?)",
+                code=grpc.StatusCode.UNAVAILABLE,
+                reason="DAEMON_UNREACHABLE",
+            )
     probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     probe.settimeout(2.0)
     why, code, reason = "", grpc.StatusCode.UNAVAILABLE, "DAEMON_UNREACHABLE"
     try:
         probe.connect(path)
     except FileNotFoundError:
-        why = f"computesdkd is not running: no socket at {path}" + _elsewhere(path)
+        why = f"computesdkd is not running: no socket at {path}"
+        why += _elsewhere(path) if defaulted else ""
     except ConnectionRefusedError:
         why = f"computesdkd is not running: {path} is a stale socket (nothing listens on it)"
     except PermissionError:
@@ -83,7 +93,7 @@ def probe_socket(path: str) -> None:
 def _elsewhere(path: str) -> str:
     # A non-root user's default is under their own runtime dir, so a system daemon's
     # socket is not where they look: say so, rather than that nothing runs.
-    if path == SYSTEM_SOCKET or os.environ.get("COMPUTESDK_SOCKET"):
+    if path == SYSTEM_SOCKET:
         return ""
     try:
         os.stat(SYSTEM_SOCKET)

@@ -110,7 +110,11 @@ class Client:
         )
         if client.target.startswith("unix:"):
             try:
-                _rpc.probe_socket(client.target.removeprefix("unix:"))
+                # Off the loop: a busy daemon's backlog can hold a connect a moment.
+                defaulted = not socket and not target and not os.environ.get("COMPUTESDK_SOCKET")
+                await asyncio.to_thread(
+                    _rpc.probe_socket, client.target.removeprefix("unix:"), defaulted
+                )
             except ComputeSDKError:
                 await client.close()  # fail fast: nothing will ever listen there by itself
                 raise

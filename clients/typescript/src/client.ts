@@ -3,7 +3,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { SecureClientSessionOptions } from "node:http2";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createClient, type Client as RpcClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -28,6 +28,7 @@ import { Quotas, Tokens } from "./admin.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
 import { ComputeSDKError, InvalidArgumentError, fromError, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, toDate, type Resources } from "./sandbox.js";
+import { probeSocket } from "./socketprobe.js";
 
 /** The generated service clients, for calls the idiomatic layer does not wrap; they fail with typed errors too. */
 export interface Raw {
@@ -71,7 +72,9 @@ export type ConnectionState = "connected" | "disconnected" | "reconnecting";
  * reason says why (TOKEN_MISSING, TOKEN_INVALID, TOKEN_REVOKED, TOKEN_EXPIRED);
  * a call the token's scope does not cover fails with a PermissionDeniedError
  * (SCOPE_INSUFFICIENT). A daemon that cannot be reached, or whose TLS handshake
- * fails, gives reason DAEMON_UNREACHABLE with the cause in the message.
+ * fails, gives reason DAEMON_UNREACHABLE with the cause in the message (at
+ * once when there is no socket, or only a stale one); a socket this user may
+ * not connect to, a PermissionDeniedError (SOCKET_PERMISSION_DENIED).
  */
 export interface ConnectOptions {
   /** The daemon's Unix (admin) socket: no TLS, no token needed. Beats $COMPUTESDK_ADDRESS. */
@@ -420,10 +423,8 @@ export class Client {
   /** Connects and waits until the daemon answers. */
   static async connect(options: ConnectOptions = {}): Promise<Client> {
     const endpoint = resolveEndpoint(options);
-    // Fail fast: nothing will ever listen on a socket that does not exist.
-    if (endpoint.socket && !existsSync(endpoint.socket)) {
-      throw new ComputeSDKError(`computesdkd is not running: no socket at ${endpoint.socket}`, "UNAVAILABLE", "DAEMON_UNREACHABLE");
-    }
+    // Fail fast, saying why: no socket, a stale one, or one this user may not use.
+    if (endpoint.socket) await probeSocket(endpoint.socket, !options.socket && !process.env.COMPUTESDK_SOCKET);
     const client = new Client(endpoint);
     // A cheap call proves the daemon is there (and takes the token) and tells what each provider can do.
     try {
