@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything computesdk needs on a fresh Debian 12 machine, idempotently:
 # system packages, the Python environment, the in-sandbox agent, the sandbox base
-# root filesystem, and (with --dev) dockerd, the docker provider's image and the
+# root filesystem, the TypeScript client's dist/ (so it installs from the clone as
+# README says), and (with --dev) dockerd, the docker provider's image and the
 # proto linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,26 @@ step "building the in-sandbox agent (static Go binary; daemon/agent/go.sum pins 
 step "base root filesystem for local sandboxes (cached after the first build)"
 .venv/bin/python -m computesdkd.providers.local.rootfs
 
+# The client installs from the clone (`npm pack`, or a path), which wants dist/ built;
+# both steps are skipped when nothing they depend on changed.
+step "TypeScript client: dependencies (package-lock.json) and dist/"
+if command -v npm >/dev/null 2>&1; then
+  (
+    cd clients/typescript
+    [ node_modules/.package-lock.json -nt package-lock.json ] ||
+      npm ci --silent --no-audit --no-fund
+    if [ ! -f dist/src/index.js ] ||
+       [ -n "$(find src package.json tsconfig.json -newer dist/src/index.js -print -quit)" ]; then
+      npm run --silent build
+    fi
+  )
+elif [ "$dev" = 1 ]; then
+  echo "setup.sh --dev needs npm (Node 20+)" >&2
+  exit 1
+else
+  echo "no npm here: skipped (the TypeScript client needs Node 20+)" >&2
+fi
+
 if [ "$dev" = 1 ]; then
   step "dockerd and the docker provider's image (built locally, no registry)"
   command -v dockerd >/dev/null 2>&1 || {
@@ -70,9 +91,6 @@ if [ "$dev" = 1 ]; then
   .tools/node_modules/.bin/buf --version >/dev/null
   GOBIN="$PWD/.tools/bin" go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
   GOBIN="$PWD/.tools/bin" go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
-
-  step "TypeScript client dependencies (clients/typescript/package-lock.json)"
-  (cd clients/typescript && npm ci --silent --no-audit --no-fund)
 
   step "Go client dependencies (clients/go/go.sum)"
   (cd clients/go && go mod download)

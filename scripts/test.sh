@@ -73,6 +73,16 @@ step "Go conformance over TLS" bash -c \
   'cd clients/go && COMPUTESDK_TEST_TLS=1 go test -count=1 -run Conformance .'
 step "TypeScript conformance over TLS" bash -c \
   'cd clients/typescript && COMPUTESDK_TEST_TLS=1 node --test dist/test/conformance.test.js'
+# The container image, built with no registry (scripts/docker-image.sh starts
+# dockerd when none answers and makes its base with mmdebstrap once); both
+# commands must run in it.
+docker_image() {
+  local image
+  image=$(./scripts/docker-image.sh) || return 1
+  docker run --rm "$image" computesdkd --version &&
+    docker run --rm "$image" computesdk --help >/dev/null
+}
+step "container image: build; computesdkd --version, computesdk --help in it" docker_image
 
 echo >&2
 if [ ${#failed[@]} -eq 0 ]; then

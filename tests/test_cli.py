@@ -70,7 +70,7 @@ def test_create_exec_rm_as_a_new_user_would(daemon: DaemonProcess) -> None:
     ]
     assert run(daemon, "rm", sid).returncode == 0
     gone = run(daemon, "--json", "info", sid)
-    assert gone.returncode == 1
+    assert gone.returncode == 125  # the daemon's error, as docker's 125
     assert json.loads(gone.stdout)["error"]["reason"] == "SANDBOX_NOT_FOUND"
 
 
@@ -81,7 +81,7 @@ def test_cli_reports_a_missing_daemon(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    assert r.returncode == 1 and "DAEMON_UNREACHABLE" in r.stderr
+    assert r.returncode == 125 and "DAEMON_UNREACHABLE" in r.stderr
 
 
 def test_stubs_hand_out_the_protos_and_python_modules(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_stubs_hand_out_the_protos_and_python_modules(tmp_path: Path) -> None:
     assert (tmp_path / "py" / "computesdk_api/sandbox/v1/sandbox_pb2_grpc.py").is_file()
 
     bad = stubs("--lang", "cobol", "--out", str(tmp_path / "x"), "--json")
-    assert bad.returncode == 1
+    assert bad.returncode == 125
     assert json.loads(bad.stdout)["error"]["reason"] == "UNKNOWN_LANGUAGE"
 
 

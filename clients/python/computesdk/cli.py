@@ -1,12 +1,15 @@
 """computesdk: the command line client of computesdkd.
 
-Here are the parser, `stubs` and the entry point, main(); the commands are in
-cli_sandbox, cli_fleet and cli_templates."""
+Here are the parser, the offline commands (stubs, completion, version) and the
+entry point, main(); the other commands are in cli_sandbox, cli_watch, cli_exec,
+cli_cp, cli_fleet, cli_templates and cli_admin. Exit codes: _cli_common."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -16,17 +19,27 @@ import grpc
 
 import computesdk_api
 
-from . import cli_admin, cli_fleet, cli_sandbox, cli_templates
+from . import (
+    __version__,
+    cli_admin,
+    cli_cp,
+    cli_exec,
+    cli_fleet,
+    cli_sandbox,
+    cli_templates,
+    cli_watch,
+)
+from ._cli_common import BROKEN_PIPE, FAILED, INTERRUPTED, CLIError, Parser, error_json
 from ._cli_common import print_json as _print_json
 from .client import Client
 from .errors import ComputeSDKError
 
 
-def _common(suppress: bool) -> argparse.ArgumentParser:
+def _common(suppress: bool) -> Parser:
     # Accepted before and after the subcommand; the subcommand's copy must not reset
     # a value given before it, hence SUPPRESS there.
     d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
-    p = argparse.ArgumentParser(add_help=False)
+    p = Parser(add_help=False)
     p.add_argument("--socket", help="daemon socket (env COMPUTESDK_SOCKET)", **d)
     p.add_argument("--target", help="any gRPC target, plaintext, e.g. unix:/path", **d)
     p.add_argument("--address", help="a network listener, HOST:PORT (env COMPUTESDK_ADDRESS)", **d)
@@ -42,20 +55,34 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         default=argparse.SUPPRESS if suppress else None,
         help="plaintext TCP to a --insecure-listen daemon (env COMPUTESDK_INSECURE=1)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output", **d)
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (the shape: README)", **d
+    )
     return p
 
 
 def parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="computesdk",
         parents=[_common(suppress=False)],
-        description="Command line client of computesdkd.",
+        description="Command line client of computesdkd. Exit codes: 0 done; 125 the "
+        "CLI or the daemon failed (usage errors too); for exec, 126 the command cannot "
+        "run, 127 it was not found, else its own code (128+N: killed by signal N); "
+        "130 Ctrl-C; 141 stdout's reader went away.",
     )
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument(
+        "--version",
+        action="version",
+        version=f"computesdk {__version__}",
+        help="print the client's version and exit (`computesdk version` asks the daemon too)",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     cli_sandbox.add_parsers(sub, common)
+    cli_watch.add_parsers(sub, common)
+    cli_exec.add_parsers(sub, common)
+    cli_cp.add_parsers(sub, common)
     cli_fleet.add_parsers(sub, common)
     cli_templates.add_parsers(sub, common)
     cli_admin.add_parsers(sub, common)
@@ -67,9 +94,24 @@ def parser() -> argparse.ArgumentParser:
         "modules; any other language (go, typescript, java, rust, ...) writes the "
         "protos with a buf.gen.yaml for that language's protoc plugin.",
     )
-    p.add_argument("--lang", required=True)
-    p.add_argument("--out", required=True, type=Path)
-    p.set_defaults(fn=None)
+    p.add_argument("--lang", required=True, help="proto, python, go, typescript, java, ...")
+    p.add_argument("--out", required=True, type=Path, help="the directory to write into")
+    p.set_defaults(offline=_stubs)
+    p = sub.add_parser(
+        "completion",
+        parents=[common],
+        help="print a shell completion script: completion bash|zsh|tcsh",
+        description="e.g. `computesdk completion bash > /etc/bash_completion.d/computesdk`, "
+        "or `source <(computesdk completion bash)` in ~/.bashrc.",
+    )
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
+    p.set_defaults(offline=lambda a: _completion(ap, a))
+    p = sub.add_parser(
+        "version",
+        parents=[common],
+        help="the client's version, and whether the daemon answers",
+    )
+    p.set_defaults(fn=None, offline=_version)
     return ap
 
 
@@ -123,11 +165,58 @@ def write_stubs(lang: str, out: Path) -> list[Path]:
     return written
 
 
-async def _run(a: argparse.Namespace) -> int:
-    client = await Client.connect(
+def _stubs(a: argparse.Namespace) -> int:
+    written = write_stubs(a.lang, a.out)
+    if a.json:
+        _print_json({"written": [str(p) for p in written]})
+    else:
+        print(f"wrote {len(written)} files under {a.out}")
+    return 0
+
+
+def _completion(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    import shtab  # only here: every other command starts without it
+
+    sys.stdout.write(shtab.complete(ap, shell=a.shell))
+    return 0
+
+
+def _version(a: argparse.Namespace) -> int:
+    """Like `docker version`: the client, then the daemon if it answers."""
+    client = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+    server: dict[str, Any] = {"reachable": False, "version": None}
+    failure: ComputeSDKError | None = None
+    try:
+        server["target"] = asyncio.run(_reach(a))
+        server["reachable"] = True
+    except ComputeSDKError as exc:
+        failure = exc
+    if a.json:
+        _print_json(
+            {"client": client, "server": server, **(error_json(failure) if failure else {})}
+        )
+    else:
+        print(f"Client:\n Version:  {client['version']}\n Python:   {client['python']}")
+        print(f" grpcio:   {client['grpcio']}")
+        if failure is None:
+            # The API has no call that tells the daemon's version (yet).
+            print(f"Server:\n Target:   {server['target']}\n Version:  unknown (no version call)")
+    if failure is not None:
+        if not a.json:
+            print(f"computesdk: {failure}", file=sys.stderr)
+        return FAILED
+    return 0
+
+
+async def _connect(a: argparse.Namespace, timeout: float = 5.0) -> Client:
+    return await Client.connect(
         socket=a.socket,
         target=a.target,
-        timeout=5.0,
+        timeout=timeout,
         address=a.address,
         token=a.token,
         ca=a.ca,
@@ -135,6 +224,16 @@ async def _run(a: argparse.Namespace) -> int:
         key=a.key,
         insecure=a.insecure,
     )
+
+
+async def _reach(a: argparse.Namespace) -> str:
+    client = await _connect(a, timeout=3.0)
+    await client.close()
+    return client.target
+
+
+async def _run(a: argparse.Namespace) -> int:
+    client = await _connect(a)
     try:
         code: int = await a.fn(client, a)
         return code
@@ -142,36 +241,43 @@ async def _run(a: argparse.Namespace) -> int:
         await client.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def _stdout_gone() -> int:
+    """The reader of stdout went away (`computesdk top --json | head`): end quietly,
+    as a unix tool killed by SIGPIPE would; nothing more is written there."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command's exit code (see parser()'s description)."""
     a = parser().parse_args(argv)
     try:
-        if a.cmd == "stubs":
-            written = write_stubs(a.lang, a.out)
-            if a.json:
-                _print_json({"written": [str(p) for p in written]})
-            else:
-                print(f"wrote {len(written)} files under {a.out}")
-            code = 0
-        else:
-            code = asyncio.run(_run(a))
+        if fixup := getattr(a, "fixup", None):
+            fixup(a)
+        offline = getattr(a, "offline", None)
+        code = offline(a) if offline is not None else asyncio.run(_run(a))
+        sys.stdout.flush()
+        return code
     except ComputeSDKError as exc:
         if a.json:
-            _print_json(
-                {
-                    "error": {
-                        "code": exc.code.name,
-                        "reason": exc.reason,
-                        "message": exc.message,
-                        "metadata": exc.metadata,
-                    }
-                }
-            )
+            _print_json(error_json(exc))
         else:
             print(f"computesdk: {exc}", file=sys.stderr)
-        code = 1
+    except CLIError as exc:
+        print(f"computesdk: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return INTERRUPTED
+    except BrokenPipeError:
+        return _stdout_gone()
+    except OSError as exc:  # a host file cp could not read or write, say
+        print(f"computesdk: {exc}", file=sys.stderr)
+    return FAILED
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":

@@ -111,12 +111,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "hash). Scopes: read (get, list, watch), write (also create, exec, write, "
         "destroy), admin (also the tenant's own tokens over the network).",
     )
-    p.add_argument("action", choices=["create", "ls", "revoke"])
+    p.add_argument("action", choices=["create", "ls", "revoke"], help="what to do")
     p.add_argument("id", nargs="?", default="", help="the token id (revoke)")
-    p.add_argument("--tenant", default="")
-    p.add_argument("--scope", choices=["read", "write", "admin"], default="write")
+    p.add_argument(
+        "--tenant", default="", help="the token's tenant (ls: only its tokens; empty: all in reach)"
+    )
+    p.add_argument(
+        "--scope", choices=["read", "write", "admin"], default="write", help="what it may do"
+    )
     p.add_argument("--expires", type=duration, help="lifetime, e.g. 12h or 30d")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="", help="a note shown by token ls")
     p.add_argument(
         "--client-subject",
         default="",
@@ -128,12 +132,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="a tenant's quota: get|set (0 or unset: no bound)",
     )
-    p.add_argument("action", choices=["get", "set"])
-    p.add_argument("tenant", nargs="?", default="")
-    p.add_argument("--sandboxes", type=int, default=0)
+    p.add_argument("action", choices=["get", "set"], help="what to do")
+    p.add_argument("tenant", nargs="?", default="", help="the tenant")
+    p.add_argument("--sandboxes", type=int, default=0, help="sandboxes at once")
     p.add_argument("--cpu", type=float, default=0.0, help="cores, summed over sandboxes")
-    p.add_argument("--memory-mb", type=int, default=0)
-    p.add_argument("--disk-mb", type=int, default=0)
-    p.add_argument("--volume-mb", type=int, default=0)
-    p.add_argument("--creates-per-second", type=float, default=0.0)
+    p.add_argument("--memory-mb", type=int, default=0, help="memory, summed over sandboxes")
+    p.add_argument("--disk-mb", type=int, default=0, help="disk, summed over sandboxes")
+    p.add_argument("--volume-mb", type=int, default=0, help="volume sizes, summed")
+    p.add_argument("--creates-per-second", type=float, default=0.0, help="the rate of creates")
     p.set_defaults(fn=cmd_quota)

@@ -9,7 +9,8 @@ from typing import Any
 
 from rich.table import Table
 
-from ._cli_common import ERR, kv, print_json, print_table, right, table
+from ._cli_common import ERR, FAILED, error_json, kv, print_json, print_table, right, table
+from .cli_exec import command_of, exit_code_for
 from .client import Client
 from .errors import ComputeSDKError
 
@@ -58,10 +59,10 @@ async def cmd_batch(c: Client, a: argparse.Namespace) -> int:
     for r in results:
         if isinstance(r, ComputeSDKError):
             failed += 1
-            _out(a, {"error": {"reason": r.reason, "message": r.message}}, f"error\t{r}")
+            _out(a, error_json(r), f"error\t{r}")
         else:
             _out(a, {"id": r.id, "template": r.template}, r.id)
-    return 1 if failed else 0
+    return FAILED if failed else 0
 
 
 async def cmd_group(c: Client, a: argparse.Namespace) -> int:
@@ -76,10 +77,13 @@ async def cmd_group(c: Client, a: argparse.Namespace) -> int:
     elif a.action == "remove":
         _out(a, await c.groups.remove(a.name, a.ids), a.name)
     elif a.action == "exec":
+        # ids holds the command here; one word is a shell command line, as in exec.
+        # The exit code is the first failure's, as exec would give it.
         code = 0
-        async for r in c.groups.broadcast(a.name, a.ids):  # ids holds the command here
+        async for r in c.groups.broadcast(a.name, command_of(a.ids, None)):
             if r.result is not None:
-                code = code or (0 if r.ok else 1)
+                ex = r.result
+                code = code or (128 + ex.signal if ex.signal else ex.exit_code)
                 _out(
                     a,
                     {
@@ -91,10 +95,10 @@ async def cmd_group(c: Client, a: argparse.Namespace) -> int:
                     f"{r.sandbox_id}\texit {r.result.exit_code}\t{r.result.stdout.strip()}",
                 )
             else:
-                code = 1
+                code = code or (exit_code_for(r.error) if r.error is not None else FAILED)
                 _out(
                     a,
-                    {"sandbox_id": r.sandbox_id, "error": str(r.error)},
+                    {"sandbox_id": r.sandbox_id, **(error_json(r.error) if r.error else {})},
                     f"{r.sandbox_id}\terror\t{r.error}",
                 )
         return code
@@ -227,76 +231,92 @@ async def cmd_restart(c: Client, a: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pool", parents=[common], help="warm pools: create|ls|acquire|release|rm")
-    p.add_argument("action", choices=["create", "ls", "acquire", "release", "rm"])
+    p.add_argument(
+        "action", choices=["create", "ls", "acquire", "release", "rm"], help="what to do"
+    )
     p.add_argument("name", nargs="?", default="", help="pool (sandbox id for release)")
-    p.add_argument("--provider", default="")
-    p.add_argument("--template", default="")
-    p.add_argument("--min", type=int, default=1)
-    p.add_argument("--max", type=int, default=10)
-    p.add_argument("--wait-ms", type=int, default=0)
+    p.add_argument("--provider", default="", help="create: its sandboxes' provider")
+    p.add_argument("--template", default="", help="create: its sandboxes' template")
+    p.add_argument("--min", type=int, default=1, help="create: sandboxes kept warm")
+    p.add_argument("--max", type=int, default=10, help="create: sandboxes at most")
+    p.add_argument(
+        "--wait-ms", type=int, default=0, metavar="MS", help="acquire: wait this long for one"
+    )
     p.add_argument("--hard", action="store_true", help="release: reset files too")
     p.set_defaults(fn=cmd_pool)
 
     p = sub.add_parser("batch", parents=[common], help="create many sandboxes in one call")
-    p.add_argument("--provider", default="")
-    p.add_argument("--template", action="append", default=[], help="repeatable")
+    p.add_argument("--provider", default="", help="the provider (default: the daemon's)")
+    p.add_argument("--template", action="append", default=[], help="a template (repeatable)")
     p.add_argument("-n", "--count", type=int, default=1, help="sandboxes per template")
     p.set_defaults(fn=cmd_batch)
 
     p = sub.add_parser(
         "group", parents=[common], help="groups: create|ls|add|remove|exec|destroy|rm"
     )
-    p.add_argument("action", choices=["create", "ls", "add", "remove", "exec", "destroy", "rm"])
-    p.add_argument("name", nargs="?", default="")
+    p.add_argument(
+        "action",
+        choices=["create", "ls", "add", "remove", "exec", "destroy", "rm"],
+        help="what to do",
+    )
+    p.add_argument("name", nargs="?", default="", help="the group")
     p.add_argument("ids", nargs="*", help="sandbox ids, or after exec: -- COMMAND...")
     p.set_defaults(fn=cmd_group)
 
     p = sub.add_parser("network", parents=[common], help="networks: create|ls|url|expose|rm")
-    p.add_argument("action", choices=["create", "ls", "url", "expose", "rm"])
+    p.add_argument("action", choices=["create", "ls", "url", "expose", "rm"], help="what to do")
     p.add_argument("name", nargs="?", default="", help="network (sandbox id for expose)")
     p.add_argument("ids", nargs="*", help="[HOSTNAME=]SANDBOX..., or MEMBER PORT, or PORT")
     p.set_defaults(fn=cmd_network)
 
     p = sub.add_parser("channel", parents=[common], help="message channels: create|send|recv|rm")
-    p.add_argument("action", choices=["create", "send", "recv", "rm"])
-    p.add_argument("name")
+    p.add_argument("action", choices=["create", "send", "recv", "rm"], help="what to do")
+    p.add_argument("name", help="the channel")
     p.add_argument("args", nargs="*", help="MEMBERS..., or SENDER RECIPIENT|* PAYLOAD, or MEMBER")
     p.add_argument("--count", type=int, default=0, help="recv: stop after this sequence")
     p.set_defaults(fn=cmd_channel)
 
     p = sub.add_parser("snapshot", parents=[common], help="snapshots: create|ls|restore|rm")
-    p.add_argument("action", choices=["create", "ls", "restore", "rm"])
+    p.add_argument("action", choices=["create", "ls", "restore", "rm"], help="what to do")
     p.add_argument("id", help="sandbox")
     p.add_argument("name", nargs="?", default="", help="name (create) or snapshot id")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="", help="create: a note kept with it")
     p.set_defaults(fn=cmd_snapshot)
 
     p = sub.add_parser("state", parents=[common], help="saved states: save|ls|rm")
-    p.add_argument("action", choices=["save", "ls", "rm"])
+    p.add_argument("action", choices=["save", "ls", "rm"], help="what to do")
     p.add_argument("arg", nargs="?", default="", help="sandbox (save) or state id (rm)")
-    p.add_argument("--name", default="")
+    p.add_argument("--name", default="", help="save: a name for it")
     p.set_defaults(fn=cmd_state)
 
     p = sub.add_parser("volume", parents=[common], help="volumes: create|ls|rm")
-    p.add_argument("action", choices=["create", "ls", "rm"])
-    p.add_argument("name", nargs="?", default="")
-    p.add_argument("--size-mb", type=int, default=0)
-    p.add_argument("--ephemeral", action="store_true")
+    p.add_argument("action", choices=["create", "ls", "rm"], help="what to do")
+    p.add_argument("name", nargs="?", default="", help="the volume")
+    p.add_argument("--size-mb", type=int, default=0, help="create: its size (0: the default)")
+    p.add_argument("--ephemeral", action="store_true", help="create: gone with its last sandbox")
     p.set_defaults(fn=cmd_volume)
 
     p = sub.add_parser("restart", parents=[common], help="restart a sandbox, keeping its id")
-    p.add_argument("id")
+    p.add_argument("id", help="the sandbox")
     p.add_argument("--template", default="", help="start from this template's files")
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="replaces the environment (repeatable)",
+    )
     p.set_defaults(fn=cmd_restart)
 
     p = sub.add_parser("reset", parents=[common], help="kill every process (--hard: and files)")
-    p.add_argument("id")
-    p.add_argument("--hard", action="store_true")
+    p.add_argument("id", help="the sandbox")
+    p.add_argument("--hard", action="store_true", help="return the files to the template's too")
     p.set_defaults(fn=cmd_reset)
 
     p = sub.add_parser("env", parents=[common], help="set env for later commands")
-    p.add_argument("id")
-    p.add_argument("set", nargs="*", metavar="K=V")
-    p.add_argument("--unset", action="append", default=[])
+    p.add_argument("id", help="the sandbox")
+    p.add_argument("set", nargs="*", metavar="K=V", help="variables to set")
+    p.add_argument(
+        "--unset", action="append", default=[], metavar="K", help="a variable to drop (repeatable)"
+    )
     p.set_defaults(fn=cmd_env)

@@ -1,41 +1,31 @@
-"""CLI commands for sandboxes (create, ls, exec, rm, clone, migrate, info, events,
-ps, top) and for the providers."""
+"""CLI commands that make and end sandboxes: create, ls, rm, clone, migrate. Those
+that watch them are in cli_watch, exec and logs in cli_exec, cp in cli_cp."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
-import os
 import sys
-from dataclasses import asdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from rich.live import Live
-from rich.table import Table
-
-from ._cli_common import OUT, print_table, right, table
+from ._cli_common import FAILED, UsageError, error_json, print_table, right, table
 from ._cli_common import kv as _kv
 from ._cli_common import print_json as _print_json
 from .client import Client
-from .errors import ComputeSDKError
+from .errors import ComputeSDKError, NotFoundError
 from .sandbox import Sandbox
-from .types import Resources, ResourceUsage
+from .types import Resources
 
-CIRCUIT_NAMES = {1: "closed", 2: "open", 3: "half-open"}
-
-
-def _sandbox_dict(sb: Sandbox) -> dict[str, Any]:
-    return MessageToDict(sb.info, preserving_proto_field_name=True)
+STATES = ["creating", "running", "stopping", "stopped", "error"]
+FILTERS = "metadata.KEY=VALUE (or label=KEY=VALUE), state=, provider=, template=, id=PREFIX"
 
 
 def _volume_arg(text: str) -> dict[str, Any]:
     name, _, rest = text.partition(":")
     path, _, mode = rest.partition(":")
     if not name or not path or mode not in ("", "ro", "rw"):
-        raise SystemExit(f"computesdk: --volume takes NAME:PATH[:ro], got {text!r}")
+        raise UsageError(f"--volume takes NAME:PATH[:ro], got {text!r}")
     return {"name": name, "mount_path": path, "read_only": mode == "ro"}
 
 
@@ -53,95 +43,155 @@ async def cmd_create(c: Client, a: argparse.Namespace) -> int:
         volumes=[_volume_arg(v) for v in a.volume],
     )
     if a.json:
-        _print_json(_sandbox_dict(sb))
+        _print_json(sb.info)
     else:
         print(sb.id)
     return 0
 
 
-async def cmd_ls(c: Client, a: argparse.Namespace) -> int:
-    items = await c.list(metadata=_kv(a.metadata, "metadata"), states=a.state or ())
-    if a.json:
-        _print_json([_sandbox_dict(s) for s in items])
-        return 0
-    rows = []
-    for s in items:
-        meta = ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items()))
-        rows.append((s.id, s.provider, s.template, s.state, meta))
-    print_table(table("ID", "PROVIDER", "TEMPLATE", "STATE", "METADATA", rows=rows))
-    return 0
+# ------------------------------------------------------------ selection (ls, rm --all)
 
 
-async def _pump_stdin(stream: Any) -> None:
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    while True:
-        data = await loop.run_in_executor(None, os.read, fd, 65536)
-        if not data:
-            await stream.close_stdin()
-            return
-        await stream.send_stdin(data)
+@dataclass
+class Selection:
+    """docker's --filter: one key given twice matches either value; keys all match."""
 
+    metadata: dict[str, set[str]] = field(default_factory=dict)
+    keys: dict[str, set[str]] = field(default_factory=dict)  # state, provider, template, id
 
-async def cmd_exec(c: Client, a: argparse.Namespace) -> int:
-    argv = a.command[1:] if a.command[:1] == ["--"] else a.command
-    if not argv:
-        raise SystemExit("computesdk: exec needs a command after --")
-    sb = await c.get(a.id)
-    command: str | list[str] = argv[0] if a.shell and len(argv) == 1 else argv
-    stream = sb.exec_stream(
-        command,
-        cwd=a.cwd,
-        env=_kv(a.env, "env"),
-        timeout_ms=a.timeout_ms,
-        interactive=a.interactive,
-    )
-    feeder = asyncio.create_task(_pump_stdin(stream)) if a.interactive else None
-    out, err = bytearray(), bytearray()
-    try:
-        async for chunk in stream:
-            if a.json:
-                (out if chunk.stream == "stdout" else err).extend(chunk.data)
-                continue
-            target = sys.stdout.buffer if chunk.stream == "stdout" else sys.stderr.buffer
-            target.write(chunk.data)
-            target.flush()
-    finally:
-        if feeder is not None:
-            feeder.cancel()
-    ex = stream.exited
-    assert ex is not None
-    if a.json:
-        _print_json(
-            {
-                "process_id": stream.process_id,
-                "exit_code": ex.exit_code,
-                "signal": ex.signal,
-                "duration_ms": ex.duration_ms,
-                "timed_out": ex.timed_out,
-                "oom_killed": ex.oom_killed,
-                "stdout": out.decode(errors="replace"),
-                "stderr": err.decode(errors="replace"),
-            }
+    def add(self, item: str) -> None:
+        key, sep, value = item.partition("=")
+        if key == "label":
+            key, sep, value = value.partition("=")
+            key = f"metadata.{key}"
+        if not sep or key in ("", "metadata."):
+            raise UsageError(f"--filter takes KEY=VALUE ({FILTERS}), got {item!r}")
+        if key.startswith("metadata."):
+            self.metadata.setdefault(key.removeprefix("metadata."), set()).add(value)
+        elif key in ("state", "provider", "template", "id"):
+            if key == "state" and value not in STATES:
+                raise UsageError(f"state={value}: want one of {', '.join(STATES)}")
+            self.keys.setdefault(key, set()).add(value)
+        else:
+            raise UsageError(f"unknown filter {key!r}: want {FILTERS}")
+
+    def matches(self, sb: Sandbox) -> bool:
+        meta = sb.metadata
+        if any(meta.get(k) not in values for k, values in self.metadata.items()):
+            return False
+        have = {"state": sb.state, "provider": sb.provider, "template": sb.template}
+        for key, values in self.keys.items():
+            if key == "id":
+                if not any(sb.id.startswith(v) for v in values):
+                    return False
+            elif have[key] not in values:
+                return False
+        return True
+
+    async def select(self, c: Client) -> list[Sandbox]:
+        # What the daemon can filter, it does; the rest is matched here.
+        providers = self.keys.get("provider", set())
+        items = await c.list(
+            metadata={k: next(iter(v)) for k, v in self.metadata.items() if len(v) == 1},
+            states=sorted(self.keys.get("state", ())),
+            provider=next(iter(providers)) if len(providers) == 1 else "",
         )
-    return 128 + ex.signal if ex.signal else ex.exit_code
+        return [s for s in items if self.matches(s)]
+
+
+def selection(a: argparse.Namespace) -> Selection:
+    sel = Selection()
+    for item in getattr(a, "filter", None) or ():
+        sel.add(item)
+    for item in getattr(a, "metadata", None) or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--metadata takes KEY=VALUE, got {item!r}")
+        sel.add(f"metadata.{key}={value}")
+    for state in getattr(a, "state", None) or ():
+        sel.add(f"state={state}")
+    return sel
+
+
+def _ago(t: datetime | None, now: datetime) -> str:
+    if t is None:
+        return "-"
+    secs = (now - t.replace(tzinfo=UTC)).total_seconds()
+    n, unit = abs(secs), "s"
+    for size, name in ((86400, "d"), (3600, "h"), (60, "m")):
+        if n >= size:
+            n, unit = n / size, name
+            break
+    return f"{n:.0f}{unit} ago" if secs >= 0 else f"in {n:.0f}{unit}"
+
+
+async def cmd_ls(c: Client, a: argparse.Namespace) -> int:
+    items = await selection(a).select(c)
+    output = "json" if a.json else a.output
+    if a.quiet:
+        sys.stdout.write("".join(f"{s.id}\n" for s in items))
+    elif output == "json":
+        _print_json([s.info for s in items])
+    elif output == "wide":
+        now, rows = datetime.now(UTC), list[tuple[object, ...]]()
+        for s in items:
+            i, r = s.info, s.info.resources
+            created = i.create_time.ToDatetime() if i.HasField("create_time") else None
+            expires = i.expire_time.ToDatetime() if i.HasField("expire_time") else None
+            meta = ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items()))
+            rows.append((s.id, s.provider, s.template, s.state, _ago(created, now),
+                         "never" if i.keep_alive else _ago(expires, now), f"{r.cpu_cores:g}",
+                         r.memory_mb, r.disk_mb, meta))  # fmt: skip
+        heads = ("ID", "PROVIDER", "TEMPLATE", "STATE", "CREATED", "EXPIRES")
+        limits = map(right, ["CPU", "MEM MB", "DISK MB"])
+        print_table(table(*heads, *limits, "METADATA", rows=rows))
+    else:
+        rows = []
+        for s in items:
+            meta = ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items()))
+            rows.append((s.id, s.provider, s.template, s.state, meta))
+        print_table(table("ID", "PROVIDER", "TEMPLATE", "STATE", "METADATA", rows=rows))
+    return 0
 
 
 async def cmd_rm(c: Client, a: argparse.Namespace) -> int:
-    for sid in a.ids:
-        sb = await c.get(sid)
-        await sb.destroy(graceful=a.graceful, timeout_ms=a.timeout_ms)
-        if a.json:
-            _print_json({"id": sid, "destroyed": True})
-        else:
-            print(sid)
-    return 0
+    if a.all == bool(a.ids):
+        raise UsageError("rm takes sandbox ids, or --all [--filter KEY=VALUE]... (not both)")
+    if a.filter and not a.all:
+        raise UsageError("--filter picks sandboxes for --all")
+    targets: list[Sandbox | str] = list(await selection(a).select(c)) if a.all else list(a.ids)
+    results, code = [], 0
+    for target in targets:
+        sid = target if isinstance(target, str) else target.id
+        try:
+            sb = await c.get(target) if isinstance(target, str) else target
+            await sb.destroy(graceful=a.graceful, timeout_ms=a.timeout_ms)
+        except NotFoundError as exc:
+            if a.force or a.all:  # already gone: what rm wanted
+                continue
+            code = FAILED
+            results.append({"id": sid, "destroyed": False, **error_json(exc)})
+            if not a.json:
+                print(f"computesdk: {exc}", file=sys.stderr)
+            continue
+        except ComputeSDKError as exc:
+            code = FAILED
+            results.append({"id": sid, "destroyed": False, **error_json(exc)})
+            if not a.json:
+                print(f"computesdk: {sid}: {exc}", file=sys.stderr)
+            continue
+        results.append({"id": sid, "destroyed": True})
+        if not a.json:
+            print(sid, flush=True)
+    if a.json:
+        _print_json(results)
+    return code
 
 
 async def cmd_clone(c: Client, a: argparse.Namespace) -> int:
     src = await c.get(a.id)
     dst = await src.clone(provider=a.provider, template=a.template, env=_kv(a.env, "env"))
-    print(json.dumps(_sandbox_dict(dst)) if a.json else dst.id)
+    _print_json(dst.info) if a.json else print(dst.id)
     return 0
 
 
@@ -155,140 +205,53 @@ async def cmd_migrate(c: Client, a: argparse.Namespace) -> int:
         template_mapping=_kv(a.template_map, "template-map"),
         env_mapping=_kv(a.env_map, "env-map"),
     )
-    print(json.dumps(_sandbox_dict(dst)) if a.json else dst.id)
+    _print_json(dst.info) if a.json else print(dst.id)
     return 0
 
 
-async def cmd_info(c: Client, a: argparse.Namespace) -> int:
-    sb = await c.get(a.id)
-    status = await sb.get_status()
-    if a.json:
-        _print_json({"sandbox": _sandbox_dict(sb), "status": asdict(status)})
-        return 0
-    print(f"id:        {sb.id}\nprovider:  {sb.provider}\ntemplate:  {sb.template}")
-    print(f"state:     {status.state}\nuptime:    {status.uptime_ms / 1000:.1f}s")
-    r = status.resources
-    print(
-        f"limits:    cpu={r.cpu_cores:g} memory={r.memory_mb}MB disk={r.disk_mb}MB "
-        f"pids={r.pids_limit}"
+def _selecting(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE", help=f"{FILTERS} (repeatable)"
     )
-    print(
-        f"usage:     memory={status.memory_used_bytes / 2**20:.1f}MB "
-        f"processes={status.process_count} disk={status.disk_used_bytes / 2**20:.1f}MB"
+    p.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="same as --filter metadata.K=V",
     )
-    for k, v in sorted(sb.metadata.items()):
-        print(f"metadata:  {k}={v}")
-    return 0
-
-
-async def cmd_events(c: Client, a: argparse.Namespace) -> int:
-    async for ev in c.events(
-        sandbox_ids=a.sandbox or (), types=a.type or (), after=a.after, follow=a.follow
-    ):
-        if a.json:
-            _print_json(asdict(ev))
-        else:
-            attrs = " ".join(f"{k}={v}" for k, v in sorted(ev.attributes.items()))
-            print(
-                f"{ev.sequence:>6} {ev.time:%H:%M:%S.%f} {ev.sandbox_id} {ev.type:<16} "
-                f"{ev.message} {attrs}".rstrip(),
-                flush=True,
-            )
-    return 0
-
-
-def _usage_table(rows: list[tuple[Sandbox, ResourceUsage]]) -> Table:
-    numbers = map(right, ["CPU%", "MEM MB", "DISK MB", "PROCS", "NET RX/TX"])
-    return table(
-        "ID",
-        "PROVIDER",
-        *numbers,
-        rows=[
-            (
-                sb.id,
-                sb.provider,
-                f"{u.cpu_percent:.1f}",
-                f"{u.memory_used_mb:.0f}/{u.memory_total_mb:.0f}",
-                f"{u.disk_used_mb:.0f}/{u.disk_total_mb:.0f}",
-                u.process_count,
-                f"{u.network_rx_bytes}/{u.network_tx_bytes}" if u.has_network else "-",
-            )
-            for sb, u in rows
-        ],
-    )
-
-
-async def cmd_top(c: Client, a: argparse.Namespace) -> int:
-    """Live usage per sandbox: redrawn in place (like top) on a terminal, else one
-    frame per interval; --once prints one frame."""
-    redraw = OUT.is_terminal and not (a.once or a.json)
-    live = Live(console=OUT, auto_refresh=False) if redraw else None
-    with live if live is not None else contextlib.nullcontext():
-        while True:
-            rows = []
-            for sb in await c.list(states=["running"]):
-                try:
-                    rows.append((sb, await sb.get_resource_usage()))
-                except ComputeSDKError:
-                    continue  # it went away between list and sample
-            if a.json:
-                _print_json([{"id": sb.id, "provider": sb.provider, **asdict(u)} for sb, u in rows])
-            elif live is not None:
-                live.update(_usage_table(rows), refresh=True)
-            else:
-                print_table(_usage_table(rows))
-            sys.stdout.flush()
-            if a.once:
-                return 0
-            await asyncio.sleep(a.interval)
-
-
-async def cmd_providers(c: Client, a: argparse.Namespace) -> int:
-    provs = await c.providers()
-    if a.json:
-        _print_json([MessageToDict(p, preserving_proto_field_name=True) for p in provs])
-        return 0
-    for p in provs:
-        state = "available" if p.available else f"unavailable: {p.unavailable_reason}"
-        print(f"{p.name}{' (default)' if p.is_default else ''}: {state}")
-        print(f"  capabilities: {', '.join(p.capabilities)}")
-        print(f"  circuit: {CIRCUIT_NAMES.get(p.circuit_state, 'unknown')}")
-    return 0
-
-
-async def cmd_ps(c: Client, a: argparse.Namespace) -> int:
-    sb = await c.get(a.id)
-    procs = await sb.processes()
-    if a.json:
-        _print_json([asdict(p) for p in procs])
-        return 0
-    rows = []
-    for p in procs:
-        ex = "" if p.exit_code is None else p.exit_code
-        rows.append(
-            (p.process_id, p.pid, "running" if p.running else "exited", ex, " ".join(p.args))
-        )
-    print_table(table("ID", right("PID"), "STATE", right("EXIT"), "COMMAND", rows=rows))
-    return 0
+    p.add_argument("--state", action="append", choices=STATES, help="same as --filter state=STATE")
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("create", parents=[common], help="create a sandbox, print its id")
-    p.add_argument("--provider", default="")
-    p.add_argument("--template", default="")
+    p.add_argument("--provider", default="", help="the provider (default: the daemon's)")
+    p.add_argument("--template", default="", help="the template (default: base)")
     p.add_argument(
         "--fallback",
         action="append",
         metavar="PROVIDER",
         help="provider to try next when the first is down (repeatable)",
     )
-    p.add_argument("--metadata", action="append", default=[], metavar="K=V")
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
-    p.add_argument("--timeout-ms", type=int, default=0)
-    p.add_argument("--keep-alive", action="store_true")
-    p.add_argument("--cpu", type=float, default=0.0)
-    p.add_argument("--memory-mb", type=int, default=0)
-    p.add_argument("--disk-mb", type=int, default=0)
+    p.add_argument(
+        "--metadata", action="append", default=[], metavar="K=V", help="a label (repeatable)"
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an environment variable (repeatable)",
+    )
+    p.add_argument(
+        "--timeout-ms", type=int, default=0, metavar="MS", help="lifetime (default 300000)"
+    )
+    p.add_argument("--keep-alive", action="store_true", help="never destroy it for its age")
+    p.add_argument("--cpu", type=float, default=0.0, help="cores (default: the provider's)")
+    p.add_argument(
+        "--memory-mb", type=int, default=0, help="memory limit (default: the provider's)"
+    )
+    p.add_argument("--disk-mb", type=int, default=0, help="disk size (default: the provider's)")
     p.add_argument("--restore-from", default="", metavar="STATE", help="start from a saved state")
     p.add_argument(
         "--volume",
@@ -300,66 +263,67 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(fn=cmd_create)
 
     p = sub.add_parser("ls", parents=[common], help="list sandboxes")
-    p.add_argument("--metadata", action="append", default=[], metavar="K=V")
+    p.add_argument("-q", "--quiet", action="store_true", help="ids only, one a line")
     p.add_argument(
-        "--state", action="append", choices=["creating", "running", "stopping", "stopped", "error"]
-    )
+        "-o", "--output", "--format", choices=["table", "wide", "json"], default="table",
+        metavar="FORMAT",
+        help="table, wide (times and limits too) or json (as --json)",
+    )  # fmt: skip
+    _selecting(p)
     p.set_defaults(fn=cmd_ls)
 
-    p = sub.add_parser("exec", parents=[common], help="run a command: exec ID -- CMD...")
-    p.add_argument("id")
-    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
-    p.add_argument("--cwd", default="")
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
-    p.add_argument("--timeout-ms", type=int, default=0)
-    p.add_argument("--shell", action="store_true", help="run a single argument via /bin/sh -c")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_exec)
-
-    p = sub.add_parser("rm", parents=[common], help="destroy sandboxes")
-    p.add_argument("ids", nargs="+")
-    p.add_argument("--graceful", action="store_true")
-    p.add_argument("--timeout-ms", type=int, default=0)
+    p = sub.add_parser(
+        "rm",
+        parents=[common],
+        help="destroy sandboxes: rm ID... | rm --all [--filter KEY=VALUE]...",
+        description="Destroys the sandboxes named, or with --all every one the filters "
+        "pick. Prints each id destroyed; one that failed makes the exit code 125.",
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="the sandboxes")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="an id that does not exist is no error"
+    )
+    p.add_argument("-a", "--all", action="store_true", help="every sandbox the filters pick")
+    _selecting(p)
+    p.add_argument("--graceful", action="store_true", help="let processes end on SIGTERM first")
+    p.add_argument(
+        "--timeout-ms", type=int, default=0, metavar="MS", help="how long --graceful waits"
+    )
     p.set_defaults(fn=cmd_rm)
 
     p = sub.add_parser("clone", parents=[common], help="copy a sandbox, print the new id")
-    p.add_argument("id")
-    p.add_argument("--provider", default="")
-    p.add_argument("--template", default="")
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("id", help="the sandbox to copy")
+    p.add_argument("--provider", default="", help="the copy's provider (default: the same)")
+    p.add_argument("--template", default="", help="the copy's template (default: the same)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an environment variable (repeatable)",
+    )
     p.set_defaults(fn=cmd_clone)
 
     p = sub.add_parser(
         "migrate", parents=[common], help="move a sandbox to another provider, print the new id"
     )
-    p.add_argument("id")
-    p.add_argument("provider")
-    p.add_argument("--template", default="")
-    p.add_argument("--no-files", action="store_true")
-    p.add_argument("--no-env", action="store_true")
-    p.add_argument("--template-map", action="append", default=[], metavar="FROM=TO")
-    p.add_argument("--env-map", action="append", default=[], metavar="FROM=TO")
+    p.add_argument("id", help="the sandbox")
+    p.add_argument("provider", help="where it goes")
+    p.add_argument("--template", default="", help="its template there")
+    p.add_argument("--no-files", action="store_true", help="leave /workspace behind")
+    p.add_argument("--no-env", action="store_true", help="leave the environment behind")
+    p.add_argument(
+        "--template-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="a template's name there (repeatable)",
+    )
+    p.add_argument(
+        "--env-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="rename a variable (repeatable)",
+    )
     p.set_defaults(fn=cmd_migrate)
-
-    p = sub.add_parser("info", parents=[common], help="show a sandbox and its status")
-    p.add_argument("id")
-    p.set_defaults(fn=cmd_info)
-
-    p = sub.add_parser("events", parents=[common], help="print lifecycle events")
-    p.add_argument("-f", "--follow", action="store_true", help="keep streaming")
-    p.add_argument("--sandbox", action="append", metavar="ID")
-    p.add_argument("--type", action="append", metavar="TYPE")
-    p.add_argument("--after", type=int, default=0, metavar="SEQ")
-    p.set_defaults(fn=cmd_events)
-
-    p = sub.add_parser("ps", parents=[common], help="list a sandbox's processes")
-    p.add_argument("id")
-    p.set_defaults(fn=cmd_ps)
-
-    p = sub.add_parser("top", parents=[common], help="live resource usage per sandbox")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
-    p.add_argument("--once", action="store_true", help="print one frame and exit")
-    p.set_defaults(fn=cmd_top)
-
-    p = sub.add_parser("providers", parents=[common], help="list providers")
-    p.set_defaults(fn=cmd_providers)

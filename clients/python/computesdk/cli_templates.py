@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
-from ._cli_common import ERR, kv, print_json, print_table, table
+from ._cli_common import ERR, UsageError, kv, print_json, print_table, table
 from .client import Client
 from .templates import BuildEvent, BuildLog, BuildProgress, TemplateInfo
 
@@ -25,24 +35,36 @@ def _size(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
+class StepElapsed(ProgressColumn):
+    """How long the current step has run, redrawn on every refresh (ten a second),
+    so that the clock moves while a long step sends nothing."""
+
+    def render(self, task: Task) -> Text:
+        since = float(task.fields.get("step_started", time.monotonic()))
+        return Text(f"{time.monotonic() - since:.1f}s", style="progress.elapsed")
+
+
 class BuildDisplay:
     """Shows a build as it runs, on stderr: on a terminal, a bar over the steps
-    (what the step does, bytes for downloads, time) with the log scrolling above
-    it; otherwise one line per step and the log as it comes."""
+    (what the step does, bytes for downloads, the step's clock and the whole
+    build's) with the log scrolling above it; otherwise one line per step, with
+    the time into the build, and the log as it comes."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.last_step = (0, "")
+        self.started = time.monotonic()
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}", markup=False),
+            StepElapsed(),
             BarColumn(),
             TimeElapsedColumn(),
             console=ERR,
             transient=True,
             disable=not ERR.is_terminal,
         )
-        self.task = self.bar.add_task("starting", total=None)
+        self.task = self.bar.add_task("starting", total=None, step_started=self.started)
 
     def __enter__(self) -> BuildDisplay:
         self.bar.start()
@@ -59,11 +81,18 @@ class BuildDisplay:
                 head += f"  {_size(event.bytes_done)}/{_size(event.bytes_total)} ({pct:.0f}%)"
             elif event.bytes_done:
                 head += f"  {_size(event.bytes_done)}"
+            new_step = (event.step, event.description) != self.last_step
+            fields: dict[str, Any] = {"step_started": time.monotonic()} if new_step else {}
             self.bar.update(
-                self.task, description=head, completed=event.step - 1, total=event.total_steps
+                self.task,
+                description=head,
+                completed=event.step - 1,
+                total=event.total_steps,
+                **fields,
             )
-            if self.bar.disable and (event.step, event.description) != self.last_step:
-                print(head, file=sys.stderr, flush=True)
+            if self.bar.disable and new_step:
+                at = time.monotonic() - self.started
+                print(f"{head}  (at {at:.1f}s)", file=sys.stderr, flush=True)
             self.last_step = (event.step, event.description)
         elif isinstance(event, BuildLog) and not self.quiet:
             if self.bar.disable:
@@ -109,7 +138,7 @@ async def cmd_template(c: Client, a: argparse.Namespace) -> int:
         print_table(table("NAME", "DIGEST", "DESCRIPTION", rows=rows))
         return 0
     if not a.name and not a.file:
-        raise SystemExit(f"computesdk: template {a.action} needs a NAME")
+        raise UsageError(f"template {a.action} needs a NAME")
     if a.action == "info":
         t = await c.templates.get(a.name, provider=a.provider)
         print_json(asdict(t)) if a.json else print(_info_text(t))
@@ -151,15 +180,17 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "definition built again is a cache hit. Base images: oci:DIR[:TAG], "
         "docker-archive:FILE, HOST[:PORT]/REPO[:TAG|@DIGEST], template:NAME.",
     )
-    p.add_argument("action", choices=["build", "ls", "info", "rm"])
-    p.add_argument("name", nargs="?", default="")
-    p.add_argument("--provider", default="")
+    p.add_argument("action", choices=["build", "ls", "info", "rm"], help="what to do")
+    p.add_argument("name", nargs="?", default="", help="the template")
+    p.add_argument("--provider", default="", help="whose template (default: the daemon's default)")
     p.add_argument("--file", "-f", default="", help="a JSON definition")
-    p.add_argument("--base-image", default="")
-    p.add_argument("--package", "-p", action="append", default=[], help="repeatable")
+    p.add_argument("--base-image", default="", help="the image to start from (see above)")
+    p.add_argument(
+        "--package", "-p", action="append", default=[], help="a package to install (repeatable)"
+    )
     p.add_argument("--env", "-e", action="append", default=[], help="KEY=VALUE, repeatable")
     p.add_argument("--setup", "-s", action="append", default=[], help="a command, repeatable")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="", help="shown by template ls")
     p.add_argument("--no-cache", action="store_true", help="build even if built before")
     p.add_argument("--quiet", "-q", action="store_true", help="progress only, no build log")
     p.set_defaults(fn=cmd_template)

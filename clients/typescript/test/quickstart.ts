@@ -1,6 +1,6 @@
 // The spec's Quick Start exactly as written, with the provider name changed to 'local'.
 // test/surface.test.ts runs it with COMPUTESDK_SOCKET (or, in TLS mode, COMPUTESDK_ADDRESS, _TOKEN and _CA) pointing at a test daemon.
-import { compute } from 'computesdk'
+import { compute } from 'computesdkd-client'
 
 // Create a new sandbox
 const sandbox = await compute('local', {
