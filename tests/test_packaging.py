@@ -174,35 +174,6 @@ def test_typescript_client_installs_and_runs_the_readme_quick_start(
         assert not [sb for sb in c.list() if sb.metadata.get("project") == "my-app"]
 
 
-GO_PROGRAM = """\
-package main
-
-import (
-	"context"
-	"fmt"
-	"os"
-
-	computesdk "github.com/computesdk/computesdk/clients/go"
-)
-
-func main() {
-	ctx := context.Background()
-	sb, err := computesdk.Compute(ctx, "local", computesdk.WithTemplate("python"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	defer sb.Destroy(ctx)
-	res, err := sb.Exec(ctx, "python --version")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Printf("%d %s", res.ExitCode, res.Stdout)
-}
-"""
-
-
 @pytest.mark.timeout(600)
 def test_go_client_builds_with_replace_and_runs(tmp_path: Path, daemon: DaemonProcess) -> None:
     module = tmp_path / "module"
@@ -213,7 +184,8 @@ def test_go_client_builds_with_replace_and_runs(tmp_path: Path, daemon: DaemonPr
     )
     made = go([GO, "mod", "init", "example.com/scratch"])
     assert made.returncode == 0, made.stderr
-    (module / "main.go").write_text(GO_PROGRAM)
+    # The README's Go program, as written.
+    (module / "main.go").write_text(_readme_block("Go (`clients/go`", "go"))
     _run_readme(_readme_block("Go (`clients/go`", "sh"), ROOT, module, env)
     mod = (module / "go.mod").read_text()
     assert f"=> {ROOT / 'clients' / 'go'}" in mod, mod
@@ -227,4 +199,4 @@ def test_go_client_builds_with_replace_and_runs(tmp_path: Path, daemon: DaemonPr
         timeout=120,
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert re.fullmatch(r"0 Python 3\.\d+\.\d+\n", ran.stdout), ran.stdout
+    assert re.fullmatch(r"0 Python 3\.\d+\.\d+\na\nb\nready \d+\ntrue\n", ran.stdout), ran.stdout
