@@ -94,5 +94,12 @@ if [ "$dev" = 1 ]; then
 
   step "Go client dependencies (clients/go/go.sum)"
   (cd clients/go && go mod download)
+
+  step "the vendors' npm SDKs that drive the fakes (tests/contract/*/package-lock.json)"
+  for lock in tests/contract/*/package-lock.json; do
+    d=$(dirname "$lock")
+    [ "$d/node_modules/.package-lock.json" -nt "$lock" ] ||
+      npm ci --silent --no-audit --no-fund --prefix "$d"
+  done
 fi
 step "setup done"

@@ -154,11 +154,11 @@ async def test_e2b_answering_503_opens_the_circuit_and_others_keep_serving(
             await client.create("e2b")
         assert e.value.reason == "PROVIDER_UNAVAILABLE" and "503" in e.value.message
     # Each failed create was retried with backoff before counting as one failure.
-    assert fake.requests.count("POST /sandboxes") == 5 * 4
+    assert fake.requests.count("POST /v2/sandboxes") == 5 * 4
     with pytest.raises(UnavailableError) as fast:
         await client.create("e2b")
     assert fast.value.reason == "CIRCUIT_OPEN"
-    assert fake.requests.count("POST /sandboxes") == 20  # the open circuit did not call out
+    assert fake.requests.count("POST /v2/sandboxes") == 20  # the open circuit did not call out
     sb = await client.create("e2b", fallback_providers=["docker", "local"])
     assert sb.provider == "docker"
     assert (await sb.exec("echo served")).stdout == "served\n"

@@ -33,8 +33,8 @@ SIZING = {
     "daytona": Resources(memory_mb=1024),  # Daytona sizes memory in GiB
     "modal": Resources(memory_mb=512),
 }
-# Neither Vercel's command API nor Daytona's toolbox can close a command's input.
-NO_STDIN = {"vercel", "daytona"}
+# Daytona's toolbox cannot close a command's input.
+NO_STDIN = {"daytona"}
 MEMORY_MB = {
     "local": 256,
     "docker": 256,

@@ -1,35 +1,77 @@
-"""A wire-level fake of Modal's gRPC API: the ModalClient calls a sandbox needs
-and the task command router that runs commands, with Modal's own generated
-messages (modal_proto). Modelled on the mock servicer in modal-labs/modal-client
-(py/test/conftest.py). Each fake sandbox is a real local sandbox of the daemon
-under test."""
+"""A wire-level fake of Modal's gRPC API, as the official `modal` SDK (1.6.4)
+speaks it: environments, apps, images, sandboxes V1 and V2 (create, task id,
+command router access, tags, list, wait, terminate), the short-lived auth token
+the V2 calls carry, and the task command router that runs commands.
+
+Every method is bound to the request and response types that the SDK's own
+service descriptor (modal_proto) names, and every response is checked against
+them and recorded in `responses`, so a contract test can validate each one.
+Each fake sandbox is a real local sandbox of the daemon under test."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import secrets
+import string
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as router_pb2
 
-from computesdk import Client, ComputeSDKError, Process, Resources, Sandbox
+from computesdk import (
+    Client,
+    ComputeSDKError,
+    FailedPreconditionError,
+    Process,
+    Resources,
+    Sandbox,
+)
 
 TOKEN_ID = "ak-fake"
 TOKEN_SECRET = "as-fake"
 IMAGES = {"FROM python:3.11-slim": "python", "FROM node:18-slim": "node"}
+BUILDER_VERSION = "2025.06"
+MAX_TIMEOUT_SECS = 24 * 3600  # Modal: a sandbox lives at most 24 hours
 Status = api_pb2.GenericResult
 FAR = 1 << 62  # an offset past anything: "not this stream"
+API_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ModalClient"]
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["TaskCommandRouter"]
+V1_ALPHABET = string.digits + string.ascii_letters
+# The V2 calls carry the short-lived token from AuthTokenGet, as the SDK sends it.
+V2_CALLS = {"SandboxCreateV2", "SandboxGetCommandRouterAccess"}
+
+
+def mint_jwt(claims: dict[str, Any]) -> str:
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.{secrets.token_urlsafe(16)}"
 
 
 class _Box:
-    def __init__(self, local: Sandbox) -> None:
+    def __init__(self, local: Sandbox, v2: bool, app_id: str, tags: dict[str, str]) -> None:
         self.local = local
-        self.task_id = "ta-" + secrets.token_hex(8)
+        self.v2 = v2
+        self.app_id = app_id
+        self.tags = tags
+        if v2:
+            self.id = "sb-" + secrets.token_hex(12)  # not V1's shape: the SDK routes it to V2
+            self.task_id = "ta-" + secrets.token_hex(8) + "V"
+        else:
+            self.id = "sb-" + "".join(secrets.choice(V1_ALPHABET) for _ in range(22))
+            self.task_id = "ta-" + secrets.token_hex(8)
+        self.created_at = time.time()
+        self.name = ""
+        self.token = secrets.token_urlsafe(24) if v2 else ""  # sent back on calls on it
+        self.polls = 0  # SandboxGetTaskId calls answered so far
         self.terminated = False
         self.execs: dict[str, tuple[Process, list[int]]] = {}  # exec_id -> (proc, [stdin offset])
 
@@ -39,10 +81,18 @@ class FakeModal:
         self.daemon_socket = daemon_socket
         self.boxes: dict[str, _Box] = {}
         self.images: dict[str, str] = {}
-        self.jwt = secrets.token_hex(16)
         self.router_port = 0
         self.requests: list[str] = []
+        self.last: dict[str, Any] = {}  # method -> its last request
+        self.metadata: dict[str, dict[str, Any]] = {}  # method -> its last call's metadata
+        self.responses: list[tuple[str, Any]] = []  # (method, response message)
         self.idempotency_keys: list[str] = []
+        self.auth_tokens: dict[str, float] = {}  # AuthTokenGet's tokens -> exp
+        self.jwts: dict[str, tuple[str, float]] = {}  # router JWT -> (task id, exp)
+        self.jwt_ttl_s = 3600.0
+        self.clock_offset_s = 0.0
+        # A sandbox is scheduled after this many SandboxGetTaskId calls answered "not yet".
+        self.schedule_after = 1
         # When set, this many more ModalClient calls are turned away as Modal's
         # server throttles: RESOURCE_EXHAUSTED with an RPCRetryPolicy in the details.
         self.throttle = 0
@@ -54,78 +104,79 @@ class FakeModal:
             self._client = await Client.connect(socket=self.daemon_socket)
         return self._client
 
+    def now(self) -> float:
+        """The fake's clock, which a test moves on with advance() instead of waiting."""
+        return time.time() + self.clock_offset_s
+
+    def advance(self, seconds: float) -> None:
+        self.clock_offset_s += seconds
+
     # ------------------------------------------------------------ plumbing
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
-        def unary(fn: Callable[..., Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
-            )
-
         api = {
-            "AppGetOrCreate": unary(
-                self.app_get_or_create,
-                api_pb2.AppGetOrCreateRequest,
-                api_pb2.AppGetOrCreateResponse,
-            ),
-            "ImageGetOrCreate": unary(
-                self.image_get_or_create,
-                api_pb2.ImageGetOrCreateRequest,
-                api_pb2.ImageGetOrCreateResponse,
-            ),
-            "SandboxCreate": unary(
-                self.sandbox_create, api_pb2.SandboxCreateRequest, api_pb2.SandboxCreateResponse
-            ),
-            "SandboxGetTaskId": unary(
-                self.sandbox_get_task_id,
-                api_pb2.SandboxGetTaskIdRequest,
-                api_pb2.SandboxGetTaskIdResponse,
-            ),
-            "TaskGetCommandRouterAccess": unary(
-                self.router_access,
-                api_pb2.TaskGetCommandRouterAccessRequest,
-                api_pb2.TaskGetCommandRouterAccessResponse,
-            ),
-            "SandboxTerminate": unary(
-                self.sandbox_terminate,
-                api_pb2.SandboxTerminateRequest,
-                api_pb2.SandboxTerminateResponse,
-            ),
-            "SandboxWait": unary(
-                self.sandbox_wait, api_pb2.SandboxWaitRequest, api_pb2.SandboxWaitResponse
-            ),
+            n: self._bind(API_SERVICE, n, getattr(self, n))
+            for n in API_SERVICE.methods_by_name
+            if hasattr(self, n)
         }
         router = {
-            "TaskExecStart": unary(
-                self.exec_start, router_pb2.TaskExecStartRequest, router_pb2.TaskExecStartResponse
-            ),
-            "TaskExecStdinWrite": unary(
-                self.exec_stdin,
-                router_pb2.TaskExecStdinWriteRequest,
-                router_pb2.TaskExecStdinWriteResponse,
-            ),
-            "TaskExecWait": unary(
-                self.exec_wait, router_pb2.TaskExecWaitRequest, router_pb2.TaskExecWaitResponse
-            ),
-            "TaskExecStdioRead": grpc.unary_stream_rpc_method_handler(
-                self.exec_read,
-                request_deserializer=router_pb2.TaskExecStdioReadRequest.FromString,
-                response_serializer=router_pb2.TaskExecStdioReadResponse.SerializeToString,
-            ),
+            n: self._bind(ROUTER_SERVICE, n, getattr(self, n))
+            for n in ROUTER_SERVICE.methods_by_name
+            if hasattr(self, n)
         }
         return [
-            grpc.method_handlers_generic_handler("modal.client.ModalClient", api),
-            grpc.method_handlers_generic_handler(
-                "modal.task_command_router.TaskCommandRouter", router
-            ),
+            grpc.method_handlers_generic_handler(API_SERVICE.full_name, api),
+            grpc.method_handlers_generic_handler(ROUTER_SERVICE.full_name, router),
         ]
 
-    async def _auth(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
-        self.requests.append(method)
+    def _bind(self, service: Any, name: str, fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
+        """fn as the method the SDK's descriptor defines, with its own types."""
+        method = service.methods_by_name[name]
+        req_cls = message_factory.GetMessageClass(method.input_type)
+        resp_cls = message_factory.GetMessageClass(method.output_type)
+
+        def check(resp: Any) -> Any:
+            assert resp.DESCRIPTOR is method.output_type, (name, resp.DESCRIPTOR.full_name)
+            self.responses.append((name, resp))
+            return resp
+
+        kw = {"request_deserializer": req_cls.FromString}
+        kw["response_serializer"] = resp_cls.SerializeToString
+        if method.server_streaming:
+
+            async def stream(req: Any, context: Any) -> AsyncIterator[Any]:
+                await self._enter(service, name, req, context)
+                async for msg in fn(req, context):
+                    yield check(msg)
+
+            return grpc.unary_stream_rpc_method_handler(stream, **kw)
+
+        async def unary(req: Any, context: Any) -> Any:
+            await self._enter(service, name, req, context)
+            return check(await fn(req, context))
+
+        return grpc.unary_unary_rpc_method_handler(unary, **kw)
+
+    async def _enter(self, service: Any, name: str, req: Any, context: Any) -> None:
+        self.requests.append(name)
+        self.last[name] = req
         md = dict(context.invocation_metadata() or ())
+        self.metadata[name] = md
+        if service is ROUTER_SERVICE:
+            token = str(md.get("authorization", "")).removeprefix("Bearer ")
+            task, exp = self.jwts.get(token, ("", 0.0))
+            if task != getattr(req, "task_id", None) or exp <= self.now():
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or expired jwt")
+            return
         self.idempotency_keys.append(str(md.get("x-idempotency-key", "")))
         if md.get("x-modal-token-id") != TOKEN_ID or md.get("x-modal-token-secret") != TOKEN_SECRET:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Invalid token")
+        if name in V2_CALLS or name.endswith("V2"):
+            exp = self.auth_tokens.get(str(md.get("x-modal-auth-token", "")), 0.0)
+            if exp <= self.now():
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "missing or expired auth token"
+                )
         if self.throttle:
             self.throttle -= 1
             await context.abort(
@@ -145,180 +196,314 @@ class FakeModal:
         )
         return status.SerializeToString()
 
-    async def _router_auth(
-        self, context: grpc.aio.ServicerContext[Any, Any], task_id: str, method: str
-    ) -> _Box:
-        self.requests.append(method)
-        md = dict(context.invocation_metadata() or ())
-        if md.get("authorization") != f"Bearer {self.jwt}":
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid jwt")
-        box = next(
-            (b for b in self.boxes.values() if b.task_id == task_id and not b.terminated), None
-        )
-        if box is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
+    async def _box(self, context: Any, sandbox_id: str, v2: bool | None) -> _Box:
+        box = self.boxes.get(sandbox_id)
+        if box is None or (v2 is not None and box.v2 != v2):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Sandbox {sandbox_id} not found")
         assert box is not None
         return box
 
     # ------------------------------------------------------------ ModalClient
 
-    async def app_get_or_create(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "AppGetOrCreate")
-        return api_pb2.AppGetOrCreateResponse(app_id="ap-" + req.app_name)
+    async def ClientHello(self, req: Any, context: Any) -> Any:
+        return api_pb2.ClientHelloResponse()
 
-    async def image_get_or_create(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "ImageGetOrCreate")
-        line = "\n".join(req.image.dockerfile_commands)
-        if line not in IMAGES:
-            return api_pb2.ImageGetOrCreateResponse(
-                image_id="im-failed",
-                result=api_pb2.GenericResult(
-                    status=Status.GENERIC_STATUS_FAILURE, exception=f"cannot build {line!r} offline"
-                ),
-            )
-        image_id = self.images.setdefault(line, "im-" + secrets.token_hex(8))
-        return api_pb2.ImageGetOrCreateResponse(
-            image_id=image_id, result=api_pb2.GenericResult(status=Status.GENERIC_STATUS_SUCCESS)
+    async def AuthTokenGet(self, req: Any, context: Any) -> Any:
+        exp = int(self.now()) + 1200
+        token = mint_jwt({"exp": exp, "sub": TOKEN_ID})
+        self.auth_tokens[token] = exp
+        return api_pb2.AuthTokenGetResponse(token=token)
+
+    async def EnvironmentGetOrCreate(self, req: Any, context: Any) -> Any:
+        name = req.deployment_name or "main"
+        settings = api_pb2.EnvironmentSettings(image_builder_version=BUILDER_VERSION)
+        return api_pb2.EnvironmentGetOrCreateResponse(
+            environment_id="en-" + name,
+            metadata=api_pb2.EnvironmentMetadata(name=name, settings=settings),
         )
 
-    async def sandbox_create(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "SandboxCreate")
+    async def AppGetOrCreate(self, req: Any, context: Any) -> Any:
+        return api_pb2.AppGetOrCreateResponse(app_id="ap-" + req.app_name)
+
+    async def ImageGetOrCreate(self, req: Any, context: Any) -> Any:
+        line = "\n".join(req.image.dockerfile_commands)
+        if line not in IMAGES:
+            failed = Status(
+                status=Status.GENERIC_STATUS_FAILURE, exception=f"cannot build {line!r}"
+            )
+            return api_pb2.ImageGetOrCreateResponse(image_id="im-failed", result=failed)
+        image_id = self.images.setdefault(line, "im-" + secrets.token_hex(8))
+        return api_pb2.ImageGetOrCreateResponse(
+            image_id=image_id, result=Status(status=Status.GENERIC_STATUS_SUCCESS)
+        )
+
+    async def _create(self, req: Any, context: Any, v2: bool) -> _Box:
         d = req.definition
         template = next((IMAGES[k] for k, v in self.images.items() if v == d.image_id), None)
         if template is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"image {d.image_id} not found")
-        if d.resources.HasField("gpu_config"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Image {d.image_id} not found")
+        gpu = d.resources.gpu_config  # the SDK always sends one; count 0 asks for none
+        if gpu.count and v2:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "V2 Sandboxes have no GPUs")
+        if gpu.count:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no GPU capacity available")
+        if d.resources.ephemeral_disk_mb:
             await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "no GPU capacity for this workspace"
+                grpc.StatusCode.INVALID_ARGUMENT, "Sandboxes do not support ephemeral disk requests"
             )
+        if not 0 < d.timeout_secs <= MAX_TIMEOUT_SECS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "timeout must be between 1 second and 24 hours"
+            )
+        if d.name and any(b.name == d.name and b.app_id == req.app_id for b in self.live()):
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"Sandbox {d.name} exists")
+        env: dict[str, str] = {}
+        for source in req.secret_sources if v2 else ():
+            env.update(source.env.contents)
         local = await (await self.client()).create(
             "local",
             template=template,
             keep_alive=True,
             metadata={"fake": "modal"},
-            env=dict(d.environment_variables.contents),
+            env=env,
             resources=Resources(
-                memory_mb=d.resources.memory_mb,
-                cpu_cores=d.resources.milli_cpu / 1000,
-                disk_mb=d.resources.ephemeral_disk_mb,
+                memory_mb=d.resources.memory_mb_max or d.resources.memory_mb,
+                cpu_cores=(d.resources.milli_cpu_max or d.resources.milli_cpu) / 1000,
             ),
         )
-        sandbox_id = "sb-" + secrets.token_hex(8)
-        self.boxes[sandbox_id] = _Box(local)
-        return api_pb2.SandboxCreateResponse(sandbox_id=sandbox_id)
+        tags = {t.tag_name: t.tag_value for t in req.tags}
+        box = _Box(local, v2, req.app_id, tags)
+        box.name = d.name
+        self.boxes[box.id] = box
+        return box
 
-    def _box(self, sandbox_id: str) -> _Box | None:
-        return self.boxes.get(sandbox_id)
+    def live(self) -> list[_Box]:
+        return [b for b in self.boxes.values() if not b.terminated]
 
-    async def sandbox_get_task_id(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "SandboxGetTaskId")
-        box = self._box(req.sandbox_id)
-        if box is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "sandbox not found")
-        assert box is not None
-        return api_pb2.SandboxGetTaskIdResponse(task_id=box.task_id)
+    async def SandboxCreate(self, req: Any, context: Any) -> Any:
+        box = await self._create(req, context, v2=False)
+        return api_pb2.SandboxCreateResponse(sandbox_id=box.id)
 
-    async def router_access(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "TaskGetCommandRouterAccess")
-        return api_pb2.TaskGetCommandRouterAccessResponse(
-            jwt=self.jwt, url=f"http://127.0.0.1:{self.router_port}"
+    async def SandboxCreateV2(self, req: Any, context: Any) -> Any:
+        box = await self._create(req, context, v2=True)
+        return api_pb2.SandboxCreateV2Response(
+            sandbox_id=box.id,
+            metadata=api_pb2.SandboxHandleMetadata(app_id=box.app_id),
+            sandbox_token=box.token,
         )
 
-    async def sandbox_terminate(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "SandboxTerminate")
-        box = self._box(req.sandbox_id)
+    async def _task_id(self, req: Any, context: Any, v2: bool) -> Any:
+        box = await self._box(context, req.sandbox_id, v2)
+        if box.terminated:
+            result = Status(status=Status.GENERIC_STATUS_TERMINATED)
+            return api_pb2.SandboxGetTaskIdResponse(task_result=result)
+        box.polls += 1
+        if box.polls <= self.schedule_after:  # not scheduled yet
+            return api_pb2.SandboxGetTaskIdResponse()
+        return api_pb2.SandboxGetTaskIdResponse(task_id=box.task_id)
+
+    async def SandboxGetTaskId(self, req: Any, context: Any) -> Any:
+        return await self._task_id(req, context, v2=False)
+
+    async def SandboxGetTaskIdV2(self, req: Any, context: Any) -> Any:
+        return await self._task_id(req, context, v2=True)
+
+    def _router_access(self, box: _Box) -> tuple[str, str]:
+        exp = int(self.now() + self.jwt_ttl_s)
+        jwt = mint_jwt({"exp": exp, "task_id": box.task_id})
+        self.jwts[jwt] = (box.task_id, exp)
+        return jwt, f"http://127.0.0.1:{self.router_port}"
+
+    async def TaskGetCommandRouterAccess(self, req: Any, context: Any) -> Any:
+        box = next((b for b in self.live() if b.task_id == req.task_id and not b.v2), None)
         if box is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "sandbox not found")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Task {req.task_id} not found")
         assert box is not None
+        jwt, url = self._router_access(box)
+        return api_pb2.TaskGetCommandRouterAccessResponse(jwt=jwt, url=url)
+
+    async def SandboxGetCommandRouterAccess(self, req: Any, context: Any) -> Any:
+        if req.WhichOneof("target") == "task_id":
+            box = next((b for b in self.live() if b.task_id == req.task_id), None)
+        else:
+            box = self.boxes.get(req.sandbox_id)
+        if box is None or not box.v2 or box.terminated:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "Sandbox not found")
+        assert box is not None
+        jwt, url = self._router_access(box)
+        return api_pb2.SandboxGetCommandRouterAccessResponse(jwt=jwt, url=url)
+
+    async def _terminate(self, req: Any, context: Any, v2: bool) -> Any:
+        box = await self._box(context, req.sandbox_id, v2)
         if not box.terminated:
             box.terminated = True
-            await box.local.destroy()
-        return api_pb2.SandboxTerminateResponse()
+            with contextlib.suppress(ComputeSDKError):
+                await box.local.destroy()
+        return api_pb2.SandboxTerminateResponse(
+            existing_result=Status(status=Status.GENERIC_STATUS_TERMINATED)
+        )
 
-    async def sandbox_wait(self, req: Any, context: Any) -> Any:
-        await self._auth(context, "SandboxWait")
-        box = self._box(req.sandbox_id)
-        if box is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "sandbox not found")
-        assert box is not None
+    async def SandboxTerminate(self, req: Any, context: Any) -> Any:
+        return await self._terminate(req, context, v2=False)
+
+    async def SandboxTerminateV2(self, req: Any, context: Any) -> Any:
+        return await self._terminate(req, context, v2=True)
+
+    async def _wait(self, req: Any, context: Any, v2: bool) -> Any:
+        box = await self._box(context, req.sandbox_id, v2)
+        meta = api_pb2.SandboxHandleMetadata(app_id=box.app_id)
         if box.terminated:
-            return api_pb2.SandboxWaitResponse(
-                result=api_pb2.GenericResult(status=Status.GENERIC_STATUS_TERMINATED)
-            )
-        return api_pb2.SandboxWaitResponse()
+            result = Status(status=Status.GENERIC_STATUS_TERMINATED)
+            return api_pb2.SandboxWaitResponse(result=result, metadata=meta)
+        return api_pb2.SandboxWaitResponse(metadata=meta)  # still running (timeout 0)
+
+    async def SandboxWait(self, req: Any, context: Any) -> Any:
+        return await self._wait(req, context, v2=False)
+
+    async def SandboxWaitV2(self, req: Any, context: Any) -> Any:
+        return await self._wait(req, context, v2=True)
+
+    async def _list(self, req: Any, v2: bool) -> Any:
+        want = {t.tag_name: t.tag_value for t in req.tags}
+        boxes = [
+            b
+            for b in self.boxes.values()
+            if (v2 or not b.v2)
+            and (req.include_finished or not b.terminated)
+            and (not req.app_id or b.app_id == req.app_id)
+            and (not req.before_timestamp or b.created_at < req.before_timestamp)
+            and all(b.tags.get(k) == v for k, v in want.items())
+        ]
+        boxes.sort(key=lambda b: b.created_at, reverse=True)
+        return api_pb2.SandboxListResponse(
+            sandboxes=[
+                api_pb2.SandboxInfo(
+                    id=b.id,
+                    created_at=b.created_at,
+                    app_id=b.app_id,
+                    tags=_tags(b),
+                    task_info=api_pb2.TaskInfo(id=b.task_id),
+                    metadata=api_pb2.SandboxHandleMetadata(app_id=b.app_id),
+                )
+                for b in boxes[:50]  # a page
+            ]
+        )
+
+    async def SandboxList(self, req: Any, context: Any) -> Any:
+        return await self._list(req, v2=False)
+
+    async def SandboxListV2(self, req: Any, context: Any) -> Any:
+        return await self._list(req, v2=True)
+
+    async def SandboxTagsGet(self, req: Any, context: Any) -> Any:
+        box = await self._box(context, req.sandbox_id, None)
+        return api_pb2.SandboxTagsGetResponse(tags=_tags(box))
+
+    SandboxTagsGetV2 = SandboxTagsGet
+
+    async def SandboxTagsSet(self, req: Any, context: Any) -> Any:
+        box = await self._box(context, req.sandbox_id, None)
+        box.tags.update({t.tag_name: t.tag_value for t in req.tags})
+        return _empty(API_SERVICE, "SandboxTagsSet")  # google.protobuf.Empty
+
+    SandboxTagsSetV2 = SandboxTagsSet
 
     # ------------------------------------------------------------ command router
 
-    async def exec_start(self, req: Any, context: Any) -> Any:
-        box = await self._router_auth(context, req.task_id, "TaskExecStart")
+    async def _task(self, context: Any, task_id: str) -> _Box:
+        box = next((b for b in self.live() if b.task_id == task_id), None)
+        if box is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
+        assert box is not None
+        return box
+
+    async def _exec(self, context: Any, req: Any) -> tuple[_Box, Process, list[int]]:
+        box = await self._task(context, req.task_id)
+        entry = box.execs.get(req.exec_id)
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "exec not found")
+        assert entry is not None
+        return box, *entry
+
+    async def TaskExecStart(self, req: Any, context: Any) -> Any:
+        box = await self._task(context, req.task_id)
+        if req.HasField("timeout_secs") and req.timeout_secs <= 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timeout_secs must be positive")
+        env = dict(req.env)
+        for source in req.secret_sources:
+            env.update(source.env.contents)
         try:
             proc = await box.local.start_process(
                 list(req.command_args),
                 cwd=req.workdir or "/",
-                env=dict(req.env),
+                env=env,
                 stdin=True,
                 timeout_ms=req.timeout_secs * 1000,
             )
         except ComputeSDKError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        box.execs[req.exec_id] = (proc, [0])
+        box.execs[req.exec_id] = (proc, [0, 0])  # stdin: [bytes written, closed]
         return router_pb2.TaskExecStartResponse()
 
-    def _exec(self, box: _Box, exec_id: str) -> tuple[Process, list[int]] | None:
-        return box.execs.get(exec_id)
-
-    async def exec_stdin(self, req: Any, context: Any) -> Any:
-        box = await self._router_auth(context, req.task_id, "TaskExecStdinWrite")
-        entry = self._exec(box, req.exec_id)
-        if entry is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "exec not found")
-        assert entry is not None
-        proc, written = entry
-        if req.offset != written[0]:
+    async def TaskExecStdinWrite(self, req: Any, context: Any) -> Any:
+        _, proc, written = await self._exec(context, req)
+        if written[1] or req.offset != written[0]:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"stdin offset {req.offset}, expected {written[0]}",
+                f"stdin offset {req.offset}, expected {written[0]} (closed: {bool(written[1])})",
             )
-        await proc.write_stdin(req.data, close=req.eof)
+        # Modal takes input for a command that has already exited; the local process may not.
+        with contextlib.suppress(FailedPreconditionError):
+            await proc.write_stdin(req.data, close=req.eof)
         written[0] += len(req.data)
+        written[1] = int(req.eof)
         return router_pb2.TaskExecStdinWriteResponse()
 
-    async def exec_read(self, req: Any, context: Any) -> AsyncIterator[Any]:
-        box = await self._router_auth(context, req.task_id, "TaskExecStdioRead")
-        entry = self._exec(box, req.exec_id)
-        if entry is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "exec not found")
-        assert entry is not None
+    async def TaskExecStdinStatus(self, req: Any, context: Any) -> Any:
+        _, _, written = await self._exec(context, req)
+        return router_pb2.TaskExecStdinStatusResponse(
+            num_bytes_written=written[0], closed=bool(written[1])
+        )
+
+    async def TaskExecStdioRead(self, req: Any, context: Any) -> AsyncIterator[Any]:
+        box, proc, _ = await self._exec(context, req)
         stdout = req.file_descriptor == router_pb2.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT
-        async for chunk in box.local.process(entry[0].id).attach(
+        async for chunk in box.local.process(proc.id).attach(
             stdout_offset=req.offset if stdout else FAR, stderr_offset=FAR if stdout else req.offset
         ):
             yield router_pb2.TaskExecStdioReadResponse(data=chunk.data)
 
-    async def exec_wait(self, req: Any, context: Any) -> Any:
-        box = await self._router_auth(context, req.task_id, "TaskExecWait")
-        entry = self._exec(box, req.exec_id)
-        if entry is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "exec not found")
-        assert entry is not None
-        proc = box.local.process(entry[0].id)
+    async def _exited(self, box: _Box, proc: Process, context: Any) -> Any:
+        proc = box.local.process(proc.id)
         try:
             async for _ in proc.attach(stdout_offset=FAR, stderr_offset=FAR):
                 pass
         except ComputeSDKError as exc:  # the sandbox went away under the wait
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
         assert proc.exited is not None
-        if proc.exited.signal:
-            return router_pb2.TaskExecWaitResponse(signal=proc.exited.signal)
-        return router_pb2.TaskExecWaitResponse(code=proc.exited.exit_code)
+        return proc.exited
+
+    async def TaskExecWait(self, req: Any, context: Any) -> Any:
+        box, proc, _ = await self._exec(context, req)
+        exited = await self._exited(box, proc, context)
+        if exited.signal:
+            return router_pb2.TaskExecWaitResponse(signal=exited.signal)
+        return router_pb2.TaskExecWaitResponse(code=exited.exit_code)
 
     async def close(self) -> None:
-        for box in self.boxes.values():
-            if not box.terminated:
-                with contextlib.suppress(ComputeSDKError):
-                    await box.local.destroy()
+        for box in self.live():
+            with contextlib.suppress(ComputeSDKError):
+                await box.local.destroy()
         if self._client is not None:
             await self._client.close()
+
+
+def _empty(service: Any, name: str) -> Any:
+    return message_factory.GetMessageClass(service.methods_by_name[name].output_type)()
+
+
+def _tags(box: _Box) -> list[Any]:
+    return [api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in box.tags.items()]
 
 
 class GrpcServerThread:

@@ -29,7 +29,8 @@ EXPECTED = {
     },
     "e2b": {"events", "exec", "exec.stdin", "filesystem", "process.signal", "resources.usage"},
     "vercel": {
-        "events", "exec", "filesystem", "process.signal", "resources.limits", "resources.usage",
+        "events", "exec", "exec.stdin", "filesystem", "process.signal", "resources.limits",
+        "resources.usage",
     },
     "daytona": {
         "events", "exec", "filesystem", "resources.disk", "resources.limits", "resources.usage",

@@ -76,7 +76,7 @@ def held(d: DaemonProcess, ids: set[str]) -> dict[str, list[str]]:
         m
         for m in mountpoints()
         if (_under(m, d.root.resolve()) or _under(m, rt))
-        and m != str(store)
+        and m not in (str(store), str(rt / "builds"))  # the store, and its builds/ bound
         and not _under(m, store / "volumes")
     ]
     loops = [

@@ -1,29 +1,40 @@
-"""One sandbox's files through the toolbox's `/files` API."""
+"""One sandbox's files through the toolbox's `/files` API: writes go to
+`/files/bulk-upload` (the single-file `/files/upload` is gone), reads stream from
+`/files/download`. What the toolbox lists is checked: an entry's name is one
+path segment and its size a number."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
 
 from computesdkd.domain.errors import Unsupported
 from computesdkd.domain.model import FileInfo, FileKind, Sandbox
 from computesdkd.providers.common import files, http
-from computesdkd.providers.daytona.api import NAME, DaytonaAPI
+from computesdkd.providers.daytona.api import NAME, UNBOUNDED, DaytonaAPI, bad_answer, obj
 
 
-def _info(f: dict[str, Any], path: str) -> FileInfo:
+def _info(f: object, path: str) -> FileInfo:
+    if not isinstance(f, dict):
+        raise bad_answer("file info", "an entry is not an object")
+    name = f.get("name")
+    if not isinstance(name, str) or "/" in name or name in ("", ".", "..") or "\0" in name:
+        raise bad_answer("file info", "an entry's name is not one path segment")
+    size = f.get("size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise bad_answer("file info", "an entry's size is not a number")
     mode = f.get("permissions") or f.get("mode") or "0"
     try:
-        bits = int(str(mode), 8) & 0o7777
+        bits = int(str(mode)[:8], 8) & 0o7777
     except ValueError:
         bits = 0
     return FileInfo(
-        name=f.get("name", ""),
+        name=name,
         path=path,
-        kind=FileKind.DIRECTORY if f.get("isDir") else FileKind.FILE,
-        size=int(f.get("size", 0)),
+        kind=FileKind.DIRECTORY if f.get("isDir") is True else FileKind.FILE,
+        size=size,
         mode=bits,
-        mtime=files.rfc3339(str(f.get("modTime") or f.get("modifiedAt") or "")),
+        mtime=files.rfc3339(str(f.get("modifiedAt") or f.get("modTime") or "")[:64]),
     )
 
 
@@ -55,6 +66,7 @@ class ToolboxFS:
             not_found="FILE_NOT_FOUND",
             params={"path": path},
             headers=self._api.auth,
+            extensions=UNBOUNDED,  # read as a stream, and only up to offset + length
         ) as resp:
             # The toolbox has no ranges: skip to offset, stop at offset + length.
             pos = 0
@@ -73,17 +85,17 @@ class ToolboxFS:
     ) -> tuple[FileInfo, int]:
         if append:
             raise Unsupported(NAME, "append writes", "the toolbox replaces files on upload")
+        if not parents:  # the bulk upload makes missing parents on its own
+            await files.check_parent(self, path)
         data = b"".join([c async for c in chunks])
-        if parents:
-            await self.folder(files.parent_of(path), exist_ok=True)
         await self._api.tb(
             self._sandbox,
             "POST",
-            "/files/upload",
+            "/files/bulk-upload",
             "upload",
             idempotent=True,  # the upload replaces the file
-            params={"path": path},
-            files={"file": (path.rsplit("/", 1)[-1], data)},
+            data={"files[0].path": path},
+            files={"files[0].file": (path.rsplit("/", 1)[-1], data, "application/octet-stream")},
         )
         if mode:
             await self._api.tb(
@@ -100,13 +112,18 @@ class ToolboxFS:
         resp = await self._api.tb(
             self._sandbox, "GET", "/files/info", "stat", params={"path": path}
         )
-        return _info(resp.json(), path)
+        return _info(obj(resp, "stat"), path)
 
     async def list_dir(self, path: str) -> list[FileInfo]:
         resp = await self._api.tb(self._sandbox, "GET", "/files", "list", params={"path": path})
+        entries = resp.json()
+        if not isinstance(entries, list):
+            raise bad_answer("list", "the answer is not a list")
         parent = path.rstrip("/")
+        infos = [_info(f, "") for f in entries]
         return sorted(
-            (_info(f, f"{parent}/{f['name']}") for f in resp.json()), key=lambda f: f.name
+            (dataclasses.replace(f, path=f"{parent}/{f.name}") for f in infos),
+            key=lambda f: f.name,
         )
 
     async def mkdir(self, path: str, parents: bool) -> FileInfo:

@@ -1,7 +1,8 @@
-"""A foreground command on Daytona: a toolbox session of its own
-(`/process/session/{id}/exec`, runAsync), its output followed over the logs
-WebSocket, where the markers \\x01\\x01\\x01 and \\x02\\x02\\x02 switch between
-stdout and stderr."""
+"""A foreground command on Daytona: a toolbox session no other command is using
+(an idle one or a new one, api.py), `/process/session/{id}/exec` with runAsync,
+its output followed over the logs WebSocket, where the markers \\x01\\x01\\x01 and
+\\x02\\x02\\x02 switch between stdout and stderr (the toolbox keeps them because
+we ask it to: X-Daytona-Split-Output)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from computesdkd.domain.errors import Unavailable, Unsupported
 from computesdkd.domain.model import Command, ProcessEvent, Sandbox
 from computesdkd.providers.common.env import process_env
 from computesdkd.providers.common.run import Stream, StreamedRun
-from computesdkd.providers.daytona.api import NAME, DaytonaAPI
+from computesdkd.providers.daytona.api import MAX_FRAME, NAME, DaytonaAPI, ident, integer, obj
 
 NO_STDIN = "the toolbox cannot close a command's input"
 MARKS: dict[bytes, Stream] = {b"\x01\x01\x01": "stdout", b"\x02\x02\x02": "stderr"}
@@ -37,13 +38,15 @@ def demux(
                 if len(buf) >= k and all(b in (1, 2) for b in buf[-k:]):
                     keep = k
                     break
-            if len(buf) > keep and current:
-                out.append((current, bytes(buf[: len(buf) - keep])))
+            if len(buf) > keep:
+                # Output before any marker (a toolbox that merged the streams) is
+                # kept as stdout rather than dropped.
+                out.append((current or "stdout", bytes(buf[: len(buf) - keep])))
                 del buf[: len(buf) - keep]
             return out, current
         idx, kind = min(marks)
-        if idx > 0 and current:
-            out.append((current, bytes(buf[:idx])))
+        if idx > 0:
+            out.append((current or "stdout", bytes(buf[:idx])))
         del buf[: idx + 3]
         current = kind
 
@@ -55,30 +58,35 @@ class DaytonaRun(StreamedRun):
         super().__init__(NAME, command)
         self._api = api
         self._sandbox = sandbox
-        self._session = "computesdk-" + secrets.token_hex(8)
+        self._session = ""
+        self._reusable = False  # the session's command ended: it can take the next
 
-    async def _stream(self) -> AsyncIterator[ProcessEvent]:
-        cmd, api, sb = self.command, self._api, self._sandbox
-        env = process_env(sb, cmd)
-        line = (
+    def _line(self) -> str:
+        cmd = self.command
+        env = process_env(self._sandbox, cmd)
+        return (
             f"cd {shlex.quote(cmd.cwd)} && env "
             + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
             + " "
             + shlex.join(cmd.args)
         )
-        await api.tb(
-            sb, "POST", "/process/session", "create session", json={"sessionId": self._session}
-        )
-        out = (
+
+    async def _stream(self) -> AsyncIterator[ProcessEvent]:
+        api, sb = self._api, self._sandbox
+        line = self._line()
+        self._session = await api.session(sb, "computesdk-" + secrets.token_hex(8))
+        out = obj(
             await api.tb(
                 sb,
                 "POST",
                 f"/process/session/{self._session}/exec",
                 "exec",
+                idempotent=False,  # a retry could run the command twice
                 json={"command": f"( {line} )", "runAsync": True},
-            )
-        ).json()
-        cmd_id = out["cmdId"]
+            ),
+            "exec",
+        )
+        cmd_id = ident(out.get("cmdId"), "exec")
         # the toolbox has no exec timeout: StreamedRun kills at the deadline
         yield self.started_event(cmd_id)
         url = (
@@ -87,7 +95,9 @@ class DaytonaRun(StreamedRun):
         )
         buf, current = bytearray(), None
         try:
-            async with websockets.connect(url, additional_headers=api.auth, max_size=None) as ws:
+            async with websockets.connect(
+                url, additional_headers=api.auth, max_size=MAX_FRAME
+            ) as ws:
                 async for frame in ws:
                     buf.extend(frame if isinstance(frame, bytes) else frame.encode())
                     chunks, current = demux(buf, current)
@@ -100,25 +110,28 @@ class DaytonaRun(StreamedRun):
                     reason="PROVIDER_UNAVAILABLE",
                     provider=NAME,
                 ) from exc
-        if buf and current:
-            yield self.output(current, bytes(buf))
+        if buf:
+            yield self.output(current or "stdout", bytes(buf))
         if self.timed_out:  # the session is gone, and with it the exit code
             yield self.exited(-1, 9)
-        else:
-            yield self.exited(await self._exit_code(cmd_id))
+            return
+        code = await self._exit_code(cmd_id)
+        self._reusable = True
+        yield self.exited(code)
 
     async def _exit_code(self, cmd_id: str) -> int:
         for _ in range(50):  # the log stream can close a moment before the code is set
-            c = (
+            c = obj(
                 await self._api.tb(
                     self._sandbox,
                     "GET",
                     f"/process/session/{self._session}/command/{cmd_id}",
                     "command",
-                )
-            ).json()
+                ),
+                "command",
+            )
             if c.get("exitCode") is not None:
-                return int(c["exitCode"])
+                return integer(c["exitCode"], "command")
             await asyncio.sleep(0.05)
         raise Unavailable(
             "daytona: the command ended without an exit code",
@@ -127,14 +140,10 @@ class DaytonaRun(StreamedRun):
         )
 
     async def _kill(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._api.tb(
-                self._sandbox,
-                "DELETE",
-                f"/process/session/{self._session}",
-                "delete session",
-                ok=(404,),
-            )
+        self._reusable = False
+        if self._session:
+            with contextlib.suppress(Exception):
+                await self._api.end_session(self._sandbox, self._session)
 
     async def send_signal(self, signal: int) -> None:
         if signal != 9:
@@ -142,4 +151,14 @@ class DaytonaRun(StreamedRun):
         await self._kill()
 
     async def aclose(self) -> None:
-        await self._kill()  # each command has a session of its own, ended or not
+        # A session whose command ended takes the next one; any other is ended, so
+        # nothing of this command outlives it.
+        session, self._session = self._session, ""
+        if not session:
+            return
+        if self._reusable:
+            with contextlib.suppress(Exception):
+                await self._api.release(self._sandbox, session)
+            return
+        with contextlib.suppress(Exception):
+            await self._api.end_session(self._sandbox, session)

@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx
 
-from computesdkd.domain.errors import ComputeError
+from computesdkd.domain.errors import ComputeError, Internal
 from computesdkd.providers.common import http
 
 _ENVELOPE = struct.Struct(">BI")
 END_STREAM = 0x02
+# envd sends output in small pieces; a larger message is not envd's.
+MAX_MESSAGE = 4 << 20
 HEADERS = {"Connect-Protocol-Version": "1"}
 
 
@@ -52,6 +54,18 @@ def _error_body(resp: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"code": "unknown", "message": str(body)[:300]}
 
 
+def _message(raw: bytes, provider: str, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise Internal(
+            f"{provider}: {what}: a message is not JSON", reason="PROVIDER_ERROR", provider=provider
+        )
+    return body
+
+
 async def unary(
     client: httpx.AsyncClient,
     url: str,
@@ -74,7 +88,16 @@ async def unary(
         json=msg,
         headers={**HEADERS, **headers},
     )
-    out: dict[str, Any] = resp.json()
+    try:
+        out = resp.json()
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise Internal(
+            f"{provider}: {what}: the answer is not a message",
+            reason="PROVIDER_ERROR",
+            provider=provider,
+        )
     return out
 
 
@@ -103,12 +126,19 @@ async def server_stream(
             buf += chunk
             while len(buf) >= _ENVELOPE.size:
                 flags, n = _ENVELOPE.unpack_from(buf)
+                if n > MAX_MESSAGE:
+                    raise Internal(
+                        f"{provider}: {what}: a message passed {MAX_MESSAGE} bytes",
+                        reason="PROVIDER_ERROR",
+                        provider=provider,
+                    )
                 if len(buf) < _ENVELOPE.size + n:
                     break
-                body = json.loads(buf[_ENVELOPE.size : _ENVELOPE.size + n] or b"{}")
+                body = _message(buf[_ENVELOPE.size : _ENVELOPE.size + n], provider, what)
                 buf = buf[_ENVELOPE.size + n :]
                 if flags & END_STREAM:
-                    if body.get("error"):
-                        raise connect_error(provider, what, body["error"])
+                    err = body.get("error")
+                    if err:
+                        raise connect_error(provider, what, err if isinstance(err, dict) else {})
                     return
                 yield body

@@ -2,10 +2,13 @@
 (api.py), a command per run (run.py), files through envd (files.py).
 
 Why not the official `e2b` SDK: it hands command output over as decoded text
-(our API streams bytes with offsets, so binary output would be corrupted), and
-it pulls in a native HTTP stack of its own. The wire API is documented
-(e2b-dev/E2B spec/openapi.yml, spec/envd/*.proto) and small. The tests run the
-official SDK against our fake to keep the fake honest.
+(our API streams bytes with offsets, so binary output would be corrupted), it
+pulls in a native HTTP stack of its own (pyqwest) and reads whole answers into
+memory, where ours bounds them. The wire API is documented (e2b-dev/E2B
+spec/openapi.yml, spec/envd) and small, and the calls here are the SDK's own:
+v2 create, the timeout, envd's process and filesystem services and /files.
+tests/test_e2b_contract.py drives the fake with the official SDK, so the fake
+follows E2B, and holds this adapter to the fake.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
+import secrets
 import time
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
-from computesdkd.domain.errors import AlreadyExists, Unsupported
+from computesdkd.domain.errors import AlreadyExists, InvalidArgument, Unsupported
 from computesdkd.domain.model import (
     Command,
     Probe,
@@ -31,9 +38,20 @@ from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.common.file_api import FileAPIFiles
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
-from computesdkd.providers.e2b.api import E2BAPI, NAME
+from computesdkd.providers.e2b.api import (
+    E2BAPI,
+    NAME,
+    bad_answer,
+    domain,
+    envd_version,
+    plan_hours,
+    sandbox_id,
+)
 from computesdkd.providers.e2b.files import EnvdFS
 from computesdkd.providers.e2b.run import SIGNALS, E2BRun
+from computesdkd.support import logs
+
+log = logs.get(__name__)
 
 # Names the other providers understand, mapped to E2B's public templates.
 TEMPLATES = {
@@ -43,10 +61,18 @@ TEMPLATES = {
     "node": "base",
     "nodejs18": "base",
 }
-# E2B ends a sandbox at its own timeout; the daemon's timeout comes first, and
-# keep-alive sandboxes get their E2B lease extended by this much when it runs low.
+# E2B ends a sandbox at its own timeout (that is its TTL, so a dead daemon leaks
+# nothing for long): the daemon's timeout comes first, and keep-alive sandboxes
+# get their E2B lease extended by this much when it runs low, never past the
+# plan's longest life, which E2B counts from the start.
 LEASE_S = 3600
 LEASE_MARGIN_S = 30
+# Who made a sandbox (this daemon, by its state dir) and which record it is, in
+# E2B's metadata: reconcile lists by the first and kills what no record owns.
+OWNER_KEY = "computesdk_daemon"
+ID_KEY = "computesdk_id"
+# How many of E2B's list pages (100 sandboxes each) reconcile reads at most.
+MAX_LIST_PAGES = 50
 
 
 @base.register(NAME)
@@ -58,17 +84,42 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = E2BAPI(cfg.env)
+        self._owner = ""
+        self._config_error = ""
+        try:
+            hours, self._plan_rule = plan_hours(cfg.options)
+        except ValueError as exc:
+            hours, self._plan_rule, self._config_error = 1, "", str(exc)
+        self._max_life_s = hours * 3600
 
     def availability(self) -> str:
-        return "" if self._api.key else "E2B_API_KEY is not set"
+        return self._config_error or ("" if self._api.key else "E2B_API_KEY is not set")
 
     def templates(self) -> list[str]:
         return sorted(TEMPLATES)
+
+    async def start(self, ctx: base.ProviderContext) -> None:
+        self._owner = owner_id(ctx.state_dir)
 
     async def close(self) -> None:
         await self._api.close()
 
     # -------------------------------------------------------------- lifecycle
+
+    def _lease(self, sandbox: Sandbox) -> int:
+        """The E2B timeout create asks for, checked against the plan first."""
+        if sandbox.spec.keep_alive:
+            return min(LEASE_S, self._max_life_s)
+        asked = math.ceil(sandbox.spec.timeout_ms / 1000)
+        if asked > self._max_life_s:
+            raise InvalidArgument(
+                f"{NAME}: a timeout of {asked} s passes {self._plan_rule} "
+                f"({self._max_life_s} s); set a shorter timeout, or the plan in "
+                "[providers.e2b] of the daemon's config",
+                reason="INVALID_TIMEOUT",
+                provider=NAME,
+            )
+        return min(asked + LEASE_MARGIN_S, self._max_life_s)
 
     async def create(self, sandbox: Sandbox) -> None:
         if why := self.availability():
@@ -78,42 +129,62 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
             raise Unsupported(NAME, "gpu")
         if r.cpu_cores or r.memory_mb or r.disk_mb or r.pids_limit:
             raise Unsupported(NAME, "per-sandbox resources", "E2B sizes a sandbox by its template")
+        lease = self._lease(sandbox)
         tpl = TEMPLATES.get(sandbox.spec.template, sandbox.spec.template)
-        lease = (
-            LEASE_S
-            if sandbox.spec.keep_alive
-            else math.ceil(sandbox.spec.timeout_ms / 1000) + LEASE_MARGIN_S
-        )
+        metadata = {**sandbox.spec.metadata, ID_KEY: sandbox.id}
+        if self._owner:
+            metadata[OWNER_KEY] = self._owner
+        # v2 create, as E2B's SDK makes it: envd access is always secured, and the
+        # idempotency key (one per create, shared by its retries) lets a create
+        # whose answer was lost be sent again without making a second sandbox.
         body = {
             "templateID": tpl,
             "timeout": lease,
             "autoPause": False,
-            "metadata": {**sandbox.spec.metadata, "computesdk_id": sandbox.id},
+            "metadata": metadata,
             "envVars": sandbox.spec.env,
         }
+        started = time.time()
         resp = await self._api.rest(
-            "POST", "/sandboxes", "create sandbox", json=body, not_found="TEMPLATE_NOT_FOUND"
+            "POST",
+            "/v2/sandboxes",
+            "create sandbox",
+            json=body,
+            headers={"Idempotency-Key": idempotency_key(sandbox.id)},
+            idempotent=True,
+            not_found="TEMPLATE_NOT_FOUND",
         )
-        out = resp.json()
-        sandbox.provider_sandbox_id = out["sandboxID"]
+        out = resp.json() if resp.content else {}
+        out = out if isinstance(out, dict) else {}
+        sandbox.provider_sandbox_id = sandbox_id(out.get("sandboxID"), "create sandbox")
+        token = out.get("envdAccessToken")
         sandbox.provider_data = {
-            "domain": out.get("domain") or "",
-            "access_token": out.get("envdAccessToken") or "",
-            "envd_version": out.get("envdVersion") or "",
-            "lease_until": str(time.time() + lease),
+            "domain": domain(out.get("domain"), "create sandbox"),
+            "access_token": token if isinstance(token, str) and len(token) <= 512 else "",
+            "envd_version": ".".join(map(str, envd_version(out.get("envdVersion")))),
+            "started_at": str(started),
+            "lease_until": str(started + lease),
         }
         async with destroyed_on_failure(self, sandbox):
-            detail = (
-                await self._api.rest("GET", f"/sandboxes/{out['sandboxID']}", "get sandbox")
-            ).json()
+            if not sandbox.provider_data["access_token"]:
+                # Without one, anyone who knows the sandbox id could run commands in it.
+                raise bad_answer("create sandbox", "E2B gave no envd access token")
+            detail = await self._detail(sandbox)
             sandbox.resources = Resources(
-                cpu_cores=float(detail.get("cpuCount", 0)),
-                memory_mb=int(detail.get("memoryMB", 0)),
-                disk_mb=int(detail.get("diskSizeMB", 0)),
+                cpu_cores=_number(detail.get("cpuCount")),
+                memory_mb=int(_number(detail.get("memoryMB"))),
+                disk_mb=int(_number(detail.get("diskSizeMB"))),
             )
             # every provider offers the same working directory
             with contextlib.suppress(AlreadyExists):
                 await self._api.rpc(sandbox, "filesystem.Filesystem/MakeDir", {"path": WORKDIR})
+
+    async def _detail(self, sandbox: Sandbox) -> dict[str, Any]:
+        resp = await self._api.rest(
+            "GET", f"/sandboxes/{sandbox.provider_sandbox_id}", "get sandbox"
+        )
+        out = resp.json()
+        return out if isinstance(out, dict) else {}
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         if not sandbox.provider_sandbox_id:
@@ -132,17 +203,55 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
         )
 
     async def refresh_lease(self, sandbox: Sandbox) -> None:
+        now = time.time()
         until = float(sandbox.provider_data.get("lease_until") or 0)
-        if until - time.time() > LEASE_S / 2:
+        if until - now > LEASE_S / 2:
             return
+        # E2B counts the plan's longest life from the start and refuses past it.
+        started = float(sandbox.provider_data.get("started_at") or now)
+        left = math.floor(started + self._max_life_s - now)
+        lease = min(LEASE_S, left)
+        if lease <= 0 or now + lease <= until:
+            return  # nothing more to get: E2B ends it at the plan's limit
         await self._api.rest(
             "POST",
             f"/sandboxes/{sandbox.provider_sandbox_id}/timeout",
             "extend timeout",
             idempotent=True,  # it sets the timeout, so twice is the same as once
-            json={"timeout": LEASE_S},
+            json={"timeout": lease},
         )
-        sandbox.provider_data["lease_until"] = str(time.time() + LEASE_S)
+        sandbox.provider_data["lease_until"] = str(now + lease)
+
+    async def reconcile(self, live_ids: set[str]) -> None:
+        """Kills the sandboxes this daemon made that no record owns (a crash between
+        E2B's create and the record's first write), found by their metadata."""
+        if self.availability() or not self._owner:
+            return
+        for sid, owner_record in await self._owned():
+            if owner_record not in live_ids:
+                await self._api.rest("DELETE", f"/sandboxes/{sid}", "kill orphan", ok=(404,))
+                log.warning("killed an orphan E2B sandbox", provider_sandbox_id=sid)
+
+    async def _owned(self) -> list[tuple[str, str]]:
+        """(E2B id, daemon record id) of every sandbox, running or paused, this daemon made."""
+        params = {
+            "metadata": urllib.parse.urlencode({OWNER_KEY: self._owner}),
+            "state": "running,paused",
+            "limit": "100",
+        }
+        found: list[tuple[str, str]] = []
+        for _ in range(MAX_LIST_PAGES):
+            resp = await self._api.rest("GET", "/v2/sandboxes", "list sandboxes", params=params)
+            page = resp.json()
+            for item in page if isinstance(page, list) else []:
+                meta = item.get("metadata") if isinstance(item, dict) else None
+                if isinstance(meta, dict) and meta.get(OWNER_KEY) == self._owner:
+                    found.append((sandbox_id(item.get("sandboxID"), "list"), str(meta.get(ID_KEY))))
+            token = resp.headers.get("X-Next-Token", "")
+            if not token or len(token) > 1024:
+                break
+            params["nextToken"] = token
+        return found
 
     async def adopt(self, sandbox: Sandbox) -> bool:
         return (await self.probe(sandbox)).alive
@@ -151,27 +260,30 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
         resp = await self._api.rest(
             "GET", f"/sandboxes/{sandbox.provider_sandbox_id}", "get sandbox", ok=(404,)
         )
-        return Probe(alive=resp.status_code == 200 and resp.json().get("state") == "running")
+        body = resp.json() if resp.status_code == 200 else {}
+        return Probe(alive=isinstance(body, dict) and body.get("state") == "running")
 
     async def usage(self, sandbox: Sandbox) -> Usage:
         resp = await self._api.rest(
             "GET", f"/sandboxes/{sandbox.provider_sandbox_id}/metrics", "metrics"
         )
-        samples = resp.json() or [{}]
-        m = samples[-1]
+        samples = resp.json()
+        m = samples[-1] if isinstance(samples, list) and samples else {}
+        m = m if isinstance(m, dict) else {}
         return Usage(
-            memory_used_bytes=int(m.get("memUsed", 0)),
-            memory_limit_bytes=int(m.get("memTotal", 0)),
+            memory_used_bytes=int(_number(m.get("memUsed"))),
+            memory_limit_bytes=int(_number(m.get("memTotal"))),
             process_count=len(await self._list(sandbox)),
-            disk_used_bytes=int(m.get("diskUsed", 0)),
-            disk_limit_bytes=int(m.get("diskTotal", 0)),
+            disk_used_bytes=int(_number(m.get("diskUsed"))),
+            disk_limit_bytes=int(_number(m.get("diskTotal"))),
         )
 
     # -------------------------------------------------------------- processes
 
     async def _list(self, sandbox: Sandbox) -> list[dict[str, Any]]:
         out = await self._api.rpc(sandbox, "process.Process/List", {})
-        return list(out.get("processes", []))
+        procs = out.get("processes")
+        return [p for p in procs if isinstance(p, dict)] if isinstance(procs, list) else []
 
     def run(
         self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
@@ -198,3 +310,31 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
 
     def _fs(self, sandbox: Sandbox) -> EnvdFS:
         return EnvdFS(self._api, sandbox, lambda cmd: self.run(sandbox, cmd))
+
+
+def _number(value: object) -> float:
+    """A count E2B reports, or 0 where it is not a sane one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if 0 <= value < 1 << 62 else 0.0
+
+
+def idempotency_key(record_id: str) -> str:
+    """A key for one create, by E2B's rule: 1-255 lowercase letters, digits or
+    hyphens. A later create of the same record (after a failed one was killed)
+    gets another, so that E2B cannot answer it with the dead sandbox."""
+    record = re.sub(r"[^a-z0-9-]", "-", record_id.lower())[:200]
+    return f"computesdk-{record}-{secrets.token_hex(8)}"
+
+
+def owner_id(state_dir: Path) -> str:
+    """This daemon's name in E2B's metadata: one per state dir, kept across restarts."""
+    path = state_dir / "e2b-owner"
+    with contextlib.suppress(OSError):
+        if re.fullmatch(r"[0-9a-f]{32}", text := path.read_text().strip()):
+            return text
+    owner = secrets.token_hex(16)
+    with contextlib.suppress(OSError):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(owner + "\n")
+    return owner

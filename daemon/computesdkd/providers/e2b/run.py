@@ -10,11 +10,24 @@ from computesdkd.domain.errors import FailedPrecondition, Unsupported
 from computesdkd.domain.model import Command, ProcessEvent, Sandbox
 from computesdkd.providers.common.env import process_env
 from computesdkd.providers.common.run import STREAMS, StreamedRun
-from computesdkd.providers.e2b.api import E2BAPI, NAME, b64
+from computesdkd.providers.e2b.api import E2BAPI, NAME, b64, bad_answer
 
 SIGNALS = {9: "SIGNAL_SIGKILL", 15: "SIGNAL_SIGTERM"}
 # envd ends a signalled process with the status "signal: <name>".
 SIGNAL_NUMBERS = {"killed": 9, "terminated": 15, "interrupt": 2, "hangup": 1}
+
+
+def _int(value: object, signed: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value if (signed or value >= 0) and abs(value) < 1 << 31 else 0
+
+
+def _bytes(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError as exc:
+        raise bad_answer("start process", "output that is not base64") from exc
 
 
 class E2BRun(StreamedRun):
@@ -39,21 +52,22 @@ class E2BRun(StreamedRun):
         }
         stream = self._api.rpc_stream(self._sandbox, "process.Process/Start", req, "start process")
         async for msg in stream:
-            ev = msg.get("event", {})
-            if "start" in ev:
-                self._pid = int(ev["start"].get("pid", 0))
+            ev = msg.get("event")
+            ev = ev if isinstance(ev, dict) else {}
+            if isinstance(start := ev.get("start"), dict):
+                self._pid = _int(start.get("pid"))
                 # envd has no exec timeout: StreamedRun kills at the deadline
                 yield self.started_event(str(self._pid), self._pid)
-            elif "data" in ev:
+            elif isinstance(data := ev.get("data"), dict):
                 for name in STREAMS:
-                    if name in ev["data"]:
-                        yield self.output(name, base64.b64decode(ev["data"][name]))
-            elif "end" in ev:
-                status = str(ev["end"].get("status", ""))
+                    if isinstance(chunk := data.get(name), str):
+                        yield self.output(name, _bytes(chunk))
+            elif isinstance(end := ev.get("end"), dict):
+                status = str(end.get("status", ""))
                 if status.startswith("signal: "):
                     yield self.exited(-1, SIGNAL_NUMBERS.get(status.split(": ", 1)[1], 0))
                 else:
-                    yield self.exited(int(ev["end"].get("exitCode", 0)))
+                    yield self.exited(_int(end.get("exitCode"), signed=True))
                 return
 
     async def _kill(self) -> None:

@@ -129,8 +129,15 @@ def _bind_dir(source: Path, target: Path) -> None:
     for d in (source, target):
         d.mkdir(exist_ok=True)
         os.chmod(d, 0o711)  # traversable, not listable; each build's dir is 0700
-    if not storage.is_mountpoint(target):  # after a restart it still is
-        host.mount(str(source), str(target), "", "", host.MS_BIND)
+    if storage.is_mountpoint(target):  # after a restart it still is
+        here, there = os.stat(source), os.stat(target)
+        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+            return
+        # The bind of a store that is gone (the state dir removed and made again at
+        # this path): builds would run there and commit from here (FileNotFoundError),
+        # and it would keep the old store's disk alive.
+        host.umount(str(target))
+    host.mount(str(source), str(target), "", "", host.MS_BIND)
 
 
 def needs_root() -> str:

@@ -7,10 +7,19 @@ with `pip install 'computesdkd[modal]'`.
 
 Configuration: MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (required),
 MODAL_SERVER_URL, MODAL_ENVIRONMENT.
+
+Everything Modal answers is untrusted: a message is at most MAX_MESSAGE bytes
+(the channel refuses more), tokens at most MAX_TOKEN, and a router address must
+be https unless the API itself is on loopback (the SDK's rule too).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -49,6 +58,43 @@ CODES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: (Unavailable, "PROVIDER_UNAVAILABLE"),
 }
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+V1_ID = re.compile(r"^sb-[0-9A-Za-z]{22}$")
+SDK_VERSION = "1.6.4"  # the modal SDK whose wire this speaks (tests/test_modal_contract.py)
+MAX_MESSAGE = 16 << 20
+MAX_TOKEN = 8192
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+
+
+def jwt_exp(token: str) -> float:
+    """The exp claim of a JWT, unverified (as the SDK reads it); 0 when there is none."""
+    try:
+        part = token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).get("exp")
+    except (IndexError, ValueError, binascii.Error, AttributeError):
+        return 0.0
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else 0.0
+
+
+def is_v2(sandbox: Sandbox) -> bool:
+    """Whether a sandbox is a V2 one: provider_data["api"], or for a record made
+    before that was kept, the SDK's rule ("sb-" and 22 letters or digits is V1)."""
+    api = sandbox.provider_data.get("api")
+    if api:
+        return api == "v2"
+    return not V1_ID.match(sandbox.provider_sandbox_id)
+
+
+def bad_answer(what: str) -> Unavailable:
+    return Unavailable(f"modal: {what}", reason="PROVIDER_ERROR", provider=NAME)
+
+
+def checked_token(token: str, what: str) -> str:
+    if not token or len(token) > MAX_TOKEN:
+        raise bad_answer(f"{what}: no token, or one over {MAX_TOKEN} bytes")
+    return token
 
 
 def grpc_error(what: str, err: grpc.aio.AioRpcError, not_found: str = "NOT_FOUND") -> ComputeError:
@@ -77,11 +123,15 @@ def retry_hint(err: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
-def _codec(request: Any, response_type: Any) -> dict[str, Any]:
+def codec(request: Any, response_type: Any) -> dict[str, Any]:
     return {
         "request_serializer": type(request).SerializeToString,
         "response_deserializer": response_type.FromString,
     }
+
+
+def is_loopback(url: str) -> bool:
+    return urllib.parse.urlparse(url).hostname in ("localhost", "127.0.0.1", "::1")
 
 
 def _channel(url: str) -> grpc.aio.Channel:
@@ -89,8 +139,8 @@ def _channel(url: str) -> grpc.aio.Channel:
     port = o.port or (443 if o.scheme == "https" else 80)
     target = f"{o.hostname}:{port}"
     if o.scheme == "https":
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
-    return grpc.aio.insecure_channel(target)  # Modal accepts plain http for localhost
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), OPTIONS)
+    return grpc.aio.insecure_channel(target, OPTIONS)  # Modal accepts plain http for localhost
 
 
 class ModalAPI:
@@ -101,6 +151,8 @@ class ModalAPI:
         self.environment = env.get("MODAL_ENVIRONMENT", "")
         self._api: grpc.aio.Channel | None = None
         self._routers: dict[str, grpc.aio.Channel] = {}
+        self._auth_token = ""
+        self._auth_exp = 0.0
 
     def has_token(self) -> bool:
         return bool(self.token_id and self._token_secret)
@@ -115,8 +167,22 @@ class ModalAPI:
             ("x-modal-token-id", self.token_id),
             ("x-modal-token-secret", self._token_secret),
             ("x-modal-client-type", "1"),
-            ("x-modal-client-version", "1.6.4"),
+            ("x-modal-client-version", SDK_VERSION),
         ]
+
+    async def auth_token(self) -> str:
+        """The short-lived token the V2 calls carry (AuthTokenGet), as the SDK keeps
+        it: fetched again once half its life has gone, or an exp is missing."""
+        now = time.time()
+        if not self._auth_token or now >= self._auth_exp:
+            resp = await self.call(
+                "AuthTokenGet", api_pb2.AuthTokenGetRequest(), api_pb2.AuthTokenGetResponse, "auth"
+            )
+            token = checked_token(resp.token, "auth token")
+            exp = jwt_exp(token)
+            self._auth_token = token
+            self._auth_exp = now + (exp - now) / 2 if exp > now else now + 60.0
+        return self._auth_token
 
     def _channel(self) -> grpc.aio.Channel:
         if self._api is None:
@@ -132,22 +198,33 @@ class ModalAPI:
         *,
         not_found: str = "NOT_FOUND",
         timeout: float = 60.0,
+        v2: bool = False,
+        sandbox_token: str = "",
     ) -> Any:
         """A ModalClient call, retried by the common policy. Every attempt carries
         the same idempotency key, as Modal's SDK sends, so a retried create is
-        made once."""
-        stub = self._channel().unary_unary(API + method, **_codec(request, response_type))
+        made once; a V2 call carries the auth token too."""
+        stub = self._channel().unary_unary(API + method, **codec(request, response_type))
         key = str(uuid.uuid4())
         tries = 0
+        renewed = False
 
         async def attempt() -> Any:
-            nonlocal tries
+            nonlocal tries, renewed
             md = [*self._metadata(), ("x-idempotency-key", key), ("x-retry-attempt", str(tries))]
+            if v2:
+                md.append(("x-modal-auth-token", await self.auth_token()))
+            if sandbox_token:  # a V2 sandbox's own token, sent with each call on it
+                md.append(("x-modal-sandbox-token", sandbox_token))
             tries += 1
             try:
                 return await stub(request, metadata=md, timeout=timeout)
             except grpc.aio.AioRpcError as err:
                 error = grpc_error(what, err, not_found)
+                if v2 and err.code() == grpc.StatusCode.UNAUTHENTICATED and not renewed:
+                    renewed = True  # the token expired on Modal's clock: once more, anew
+                    self._auth_token = ""
+                    raise retry.Retryable(error, 0.0) from None
                 if err.code() in RETRYABLE:
                     raise retry.Retryable(error, retry_hint(err)) from None
                 raise error from None
@@ -155,28 +232,19 @@ class ModalAPI:
         return await retry.call(attempt)
 
     def stream(self, method: str, request: Any, response_type: Any) -> AsyncIterator[Any]:
-        read = self._channel().unary_stream(API + method, **_codec(request, response_type))
+        read = self._channel().unary_stream(API + method, **codec(request, response_type))
         return aiter(read(request, metadata=self._metadata()))
 
-    def _router(self, sandbox: Sandbox) -> tuple[grpc.aio.Channel, list[tuple[str, str]]]:
-        url = sandbox.provider_data["router_url"]
+    def router_channel(self, url: str) -> grpc.aio.Channel:
         if url not in self._routers:
             self._routers[url] = _channel(url)
-        return self._routers[url], [("authorization", f"Bearer {sandbox.provider_data['jwt']}")]
+        return self._routers[url]
 
-    async def router_call(
-        self, sandbox: Sandbox, method: str, request: Any, response_type: Any, what: str
-    ) -> Any:
-        ch, md = self._router(sandbox)
-        stub = ch.unary_unary(ROUTER + method, **_codec(request, response_type))
-        try:
-            return await stub(request, metadata=md)
-        except grpc.aio.AioRpcError as err:
-            raise grpc_error(what, err, "PROCESS_NOT_FOUND") from None
-
-    def router_stream(
-        self, sandbox: Sandbox, method: str, request: Any, response_type: Any
-    ) -> AsyncIterator[Any]:
-        ch, md = self._router(sandbox)
-        read = ch.unary_stream(ROUTER + method, **_codec(request, response_type))
-        return aiter(read(request, metadata=md))
+    def router_url(self, url: str) -> str:
+        """A router address Modal handed over, refused unless it is https (or the
+        API itself runs on loopback, as in tests)."""
+        o = urllib.parse.urlparse(url)
+        secure = o.scheme == "https" or (o.scheme == "http" and is_loopback(self._server))
+        if len(url) > 2048 or not o.hostname or not secure:
+            raise bad_answer("the task command router address is not an https URL")
+        return url

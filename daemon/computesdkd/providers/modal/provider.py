@@ -1,16 +1,24 @@
-"""The modal provider, on Modal's gRPC API (api.py).
+"""The modal provider, on Modal's gRPC API (api.py) as the `modal` SDK speaks it.
 
-Sandboxes are made with ModalClient.SandboxCreate in an app of the daemon's
-own ("computesdk"), from an image Modal builds from a Dockerfile line per
-template. Commands go to the sandbox's task command router (the address and
-a JWT come from TaskGetCommandRouterAccess; commands.py).
+Sandboxes are made in an app of the daemon's own ("computesdk") in the
+configured environment, from an image Modal builds from a Dockerfile line per
+template with the environment's image builder version; V2 sandboxes, as the
+SDK makes by default, or V1 for a GPU (sandboxes.py). Each carries tags naming
+this daemon and its sandbox id, so a start after a crash lists and terminates
+what it no longer knows (reconcile), and a timeout, so a dead daemon leaks no
+billed sandbox for longer than that. Commands go to the sandbox's task command
+router (router.py, commands.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import socket
 import time
 from collections.abc import AsyncIterator
+
+import structlog
 
 from computesdkd.domain.errors import NotFound, Unavailable, Unsupported
 from computesdkd.domain.model import (
@@ -29,14 +37,16 @@ from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import run_checked
-from computesdkd.providers.modal import commands
+from computesdkd.providers.modal import commands, sandboxes
 from computesdkd.providers.modal.api import HAVE_MODAL, NAME, ModalAPI
+from computesdkd.providers.modal.router import Router
 
 if HAVE_MODAL:
     from modal_proto import api_pb2
 
     Status = api_pb2.GenericResult
 
+log = structlog.get_logger()
 APP_NAME = "computesdk"
 IMAGES = {
     "base": "FROM python:3.11-slim",
@@ -55,8 +65,17 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = ModalAPI(cfg.env)
+        self._router = Router(self._api)
         self._app_id = ""
+        self._builder_version = ""
         self._images: dict[str, str] = {}
+        self._daemon = ""
+
+    async def start(self, ctx: base.ProviderContext) -> None:
+        """This daemon's tag value: its host and state dir, so two daemons on one
+        Modal account never sweep each other's sandboxes."""
+        where = f"{socket.gethostname()}:{ctx.state_dir.resolve()}"
+        self._daemon = hashlib.sha256(where.encode()).hexdigest()[:16]
 
     def availability(self) -> str:
         if not HAVE_MODAL:
@@ -72,6 +91,19 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
         await self._api.close()
 
     # -------------------------------------------------------------- lifecycle
+
+    async def _environment(self) -> str:
+        """The environment's image builder version, which the SDK sends with each
+        image (EnvironmentGetOrCreate)."""
+        if not self._builder_version:
+            resp = await self._api.call(
+                "EnvironmentGetOrCreate",
+                api_pb2.EnvironmentGetOrCreateRequest(deployment_name=self._api.environment),
+                api_pb2.EnvironmentGetOrCreateResponse,
+                "environment",
+            )
+            self._builder_version = resp.metadata.settings.image_builder_version[:32]
+        return self._builder_version
 
     async def _app(self) -> str:
         if not self._app_id:
@@ -95,6 +127,7 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                 api_pb2.ImageGetOrCreateRequest(
                     app_id=await self._app(),
                     image=api_pb2.Image(dockerfile_commands=[IMAGES[template]]),
+                    builder_version=await self._environment(),
                 ),
                 api_pb2.ImageGetOrCreateResponse,
                 "image",
@@ -110,7 +143,7 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                         break
             if result.status != Status.GENERIC_STATUS_SUCCESS:
                 raise Unavailable(
-                    f"modal: image build failed: {result.exception}",
+                    f"modal: image build failed: {result.exception[:500]}",
                     reason="PROVIDER_ERROR",
                     provider=NAME,
                 )
@@ -127,48 +160,16 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                 reason="TEMPLATE_NOT_FOUND",
                 provider=NAME,
             )
-        r = sandbox.spec.resources
-        if r.pids_limit:
-            raise Unsupported(NAME, "pids limit")
-        res = api_pb2.Resources(
-            memory_mb=r.memory_mb or 1024,
-            milli_cpu=int((r.cpu_cores or 1.0) * 1000),
-            ephemeral_disk_mb=r.disk_mb,
-        )
-        if r.gpu_enabled:
-            res.gpu_config.gpu_type = r.gpu_type or "any"
-            res.gpu_config.count = r.gpu_count or 1
-        definition = api_pb2.Sandbox(
-            entrypoint_args=["sleep", "infinity"],
-            image_id=await self._image(sandbox.spec.template),
-            resources=res,
-            timeout_secs=max(1, sandbox.spec.timeout_ms // 1000)
-            if not sandbox.spec.keep_alive
-            else 86400,
-            workdir="/",
-            block_network=True,
-            name=f"computesdk-{sandbox.id}",
-        )
-        definition.environment_variables.contents.update(sandbox.spec.env)
-        resp = await self._api.call(
-            "SandboxCreate",
-            api_pb2.SandboxCreateRequest(
-                app_id=await self._app(),
-                definition=definition,
-                environment_name=self._api.environment,
-            ),
-            api_pb2.SandboxCreateResponse,
-            "create sandbox",
-        )
-        sandbox.provider_sandbox_id = resp.sandbox_id
+        timeout_s = sandboxes.check_limits(sandbox)
+        d = sandboxes.definition(sandbox, await self._image(sandbox.spec.template), timeout_s)
+        await sandboxes.create(self._api, sandbox, await self._app(), d, self._daemon)
         sandbox.resources = Resources(
-            cpu_cores=res.milli_cpu / 1000,
-            memory_mb=res.memory_mb,
-            disk_mb=res.ephemeral_disk_mb,
-            gpu_enabled=r.gpu_enabled,
+            cpu_cores=d.resources.milli_cpu / 1000,
+            memory_mb=d.resources.memory_mb,
+            gpu_enabled=sandbox.spec.resources.gpu_enabled,
         )
         async with destroyed_on_failure(self, sandbox):
-            await self._connect(sandbox)
+            await sandboxes.task_id(self._api, sandbox)
             await run_checked(
                 self.run(sandbox, Command(args=["mkdir", "-p", WORKDIR], cwd="/")),
                 Unavailable(
@@ -176,75 +177,52 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                 ),
             )
 
-    async def _connect(self, sandbox: Sandbox) -> None:
-        """Waits for the sandbox's task, and keeps its command router's address."""
-        task = await self._api.call(
-            "SandboxGetTaskId",
-            api_pb2.SandboxGetTaskIdRequest(
-                sandbox_id=sandbox.provider_sandbox_id, wait_until_ready=True, timeout=55
-            ),
-            api_pb2.SandboxGetTaskIdResponse,
-            "task id",
-            timeout=60,
-        )
-        if task.task_result.status != Status.GENERIC_STATUS_UNSPECIFIED:
-            raise Unavailable(
-                f"modal: the sandbox ended at start: {task.task_result.exception}",
-                reason="PROVIDER_ERROR",
-                provider=NAME,
-            )
-        access = await self._api.call(
-            "TaskGetCommandRouterAccess",
-            api_pb2.TaskGetCommandRouterAccessRequest(task_id=task.task_id),
-            api_pb2.TaskGetCommandRouterAccessResponse,
-            "router",
-        )
-        sandbox.provider_data = {
-            "task_id": task.task_id,
-            "router_url": access.url,
-            "jwt": access.jwt,
-        }
-
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
+        self._router.forget(sandbox)
         if sandbox.provider_sandbox_id:
             with contextlib.suppress(NotFound):
-                await self._api.call(
-                    "SandboxTerminate",
-                    api_pb2.SandboxTerminateRequest(sandbox_id=sandbox.provider_sandbox_id),
-                    api_pb2.SandboxTerminateResponse,
-                    "terminate",
+                await sandboxes.terminate(
+                    self._api,
+                    sandbox.provider_sandbox_id,
+                    sandboxes.v2(sandbox),
+                    sandboxes.token(sandbox),
                 )
 
     async def adopt(self, sandbox: Sandbox) -> bool:
         return (await self.probe(sandbox)).alive
 
+    async def reconcile(self, live_ids: set[str]) -> None:
+        """Terminates each running sandbox tagged with this daemon that no record
+        owns: one a crash left between SandboxCreate and the store."""
+        if self.availability() or not self._daemon:
+            return
+        async for modal_id, sid in sandboxes.owned(self._api, await self._app(), self._daemon):
+            if sid in live_ids:
+                continue
+            with contextlib.suppress(NotFound):
+                await sandboxes.terminate(self._api, modal_id, not sandboxes.is_v1_id(modal_id))
+            log.warning("terminated an orphan Modal sandbox", sandbox_id=sid, modal_id=modal_id)
+
     async def probe(self, sandbox: Sandbox) -> Probe:
         try:
-            resp = await self._api.call(
-                "SandboxWait",
-                api_pb2.SandboxWaitRequest(sandbox_id=sandbox.provider_sandbox_id, timeout=0),
-                api_pb2.SandboxWaitResponse,
-                "wait",
-                timeout=10,
-            )
+            result = await sandboxes.wait(self._api, sandbox)
         except NotFound:
             return Probe(alive=False)
-        oom = resp.result.status == Status.GENERIC_STATUS_KERNEL_OOM_KILL
-        return Probe(
-            alive=resp.result.status == Status.GENERIC_STATUS_UNSPECIFIED,
-            oom_kills=int(oom),
-        )
+        oom = result.status == Status.GENERIC_STATUS_KERNEL_OOM_KILL
+        return Probe(alive=result.status == Status.GENERIC_STATUS_UNSPECIFIED, oom_kills=int(oom))
 
     # -------------------------------------------------------------- processes
 
     def run(
         self, sandbox: Sandbox, command: Command, *, tag: str = "", kill_on_close: bool = True
     ) -> ProcessRun:
-        return commands.ModalRun(self._api, sandbox, command)
+        return commands.ModalRun(self._router, sandbox, command)
 
     async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
         exec_id = commands.new_exec_id()
-        await commands.start(self._api, sandbox, command, exec_id)
+        await commands.start(self._router, sandbox, command, exec_id)
+        if not command.stdin:  # no input: the process reads EOF, as from /dev/null
+            await commands.write_stdin(self._router, sandbox, exec_id, b"", True, fresh=True)
         return ProcessInfo(
             process_id=exec_id,
             pid=0,
@@ -266,17 +244,16 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
         yield Started(process_id, 0)
         if output:
             async for ev in commands.read(
-                self._api, sandbox, process_id, stdout_offset, stderr_offset
+                self._router, sandbox, process_id, stdout_offset, stderr_offset
             ):
                 yield ev
-        yield await commands.wait(self._api, sandbox, process_id, 0.0, False)
+        yield await commands.wait(self._router, sandbox, process_id, 0.0, False)
 
     async def write_stdin(
         self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
     ) -> None:
-        raise Unsupported(
-            NAME, "stdin of a background process", "the router needs the writer's running offset"
-        )
+        """At the offset the router reports (TaskExecStdinStatus, as the SDK resumes)."""
+        await commands.write_stdin(self._router, sandbox, process_id, data, close)
 
     async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
         raise Unsupported(NAME, "signals", commands.NO_SIGNALS)

@@ -1,49 +1,64 @@
 """The vercel provider, on Vercel Sandbox's REST API (api.py).
 
 Sandboxes are named; each runs a session that carries the commands (run.py) and
-files. The model follows the API and the in-memory double Vercel ships for it
-(vercel/sandbox, vercel-sandbox-mock).
+files. The calls are the ones Vercel's official SDKs make (v3 create from an
+image, v2 for the rest), and the fake they are tested against is driven by
+those SDKs too (tests/test_vercel_contract.py).
 
-What Vercel's API cannot carry is refused by name: stdin (its REST commands
-have none), memory and disk sizing (memory follows vCPUs), GPUs, background
-processes with output replay. Usage, and the file calls other than read and
-write, go through commands in the sandbox (providers/common/execfs.py): Vercel has no
-metrics API, and its file API has no stat or listing.
+A sandbox is created non-persistent (Vercel would otherwise keep and bill a
+snapshot at every stop) with a timeout of its own, the daemon's plus a margin
+or a lease the daemon extends for keep-alive, so a dead daemon leaks no running
+sandbox; each carries an owner tag, by which reconcile() deletes the ones no
+record owns after a crash. Vercel's limits (limits.py) are checked before the
+call.
+
+What Vercel's API cannot carry is refused by name: memory and disk sizing
+(memory follows vCPUs), GPUs, background processes with output replay. Usage,
+and the file calls other than read and write, go through commands in the
+sandbox (providers/common/execfs.py): Vercel has no metrics API, and its file
+API has no stat or listing.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import secrets
 import tarfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from computesdkd.domain.errors import FailedPrecondition, NotFound, ResourceExhausted, Unsupported
 from computesdkd.domain.model import Command, FileInfo, Probe, Resources, Sandbox
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
 from computesdkd.providers import capabilities as caps
-from computesdkd.providers.base import ProcessRun, Provider
+from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
 from computesdkd.providers.common import files
 from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import run_checked
-from computesdkd.providers.vercel.api import NAME, VercelAPI, session
-from computesdkd.providers.vercel.run import NO_STDIN, VercelRun
+from computesdkd.providers.vercel import limits
+from computesdkd.providers.vercel.api import NAME, VercelAPI, by_name, field, ident, session
+from computesdkd.providers.vercel.run import VercelRun
+from computesdkd.support import logs
 
-RUNTIMES = {
-    "base": "node22",
-    "node": "node22",
-    "nodejs18": "node22",
-    "python": "python3.13",
-    "python:3.11": "python3.13",
+log = logs.get(__name__)
+
+# Vercel's managed images (v3 create), by the daemon's template names.
+IMAGES = {
+    "base": "vercel/sandbox/universal",
+    "node": "vercel/sandbox/node:22",
+    "nodejs18": "vercel/sandbox/node:22",
+    "python": "vercel/sandbox/python:3.14",
+    "python:3.11": "vercel/sandbox/python:3.14",
 }
-MEMORY_PER_VCPU_MB = 2048
+PREFIX = "computesdk-"
 # Files are uploaded as a tar.gz, which needs the whole file first.
 MAX_UPLOAD = 256 * 1024 * 1024
-# A session's timeout is extended by this much when less than a third of it is left.
-LEASE_S = 30 * 60
+# How many pages of 50 sandboxes the orphan sweep reads at most.
+SWEEP_PAGES = 20
 
 
 @base.register(NAME)
@@ -53,60 +68,85 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
     why_not = {
         "background processes": "the daemon cannot re-read Vercel command logs from an offset"
     }
-    traits = frozenset({caps.SIGNALS, caps.RESOURCE_LIMITS})
+    traits = frozenset({caps.EXEC_STDIN, caps.SIGNALS, caps.RESOURCE_LIMITS})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = VercelAPI(cfg.env)
+        self._owner = ""
+
+    async def start(self, ctx: ProviderContext) -> None:
+        """The owner tag: one per state dir, kept across restarts."""
+        path = Path(ctx.state_dir) / "vercel" / "owner"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(8))
+        self._owner = path.read_text().strip()[:32]
 
     def availability(self) -> str:
         missing = self._api.missing()
-        return f"{', '.join(missing)} not set" if missing else ""
+        if missing:
+            return f"{', '.join(missing)} not set"
+        if self._api.plan not in limits.PLANS:
+            return f"VERCEL_PLAN must be one of {', '.join(limits.PLANS)}"
+        return ""
 
     def templates(self) -> list[str]:
-        return sorted(RUNTIMES)
+        return sorted(IMAGES)
+
+    def expected_resources(self, asked: Resources) -> Resources:
+        return limits.expected(asked, self._api.plan)
 
     async def close(self) -> None:
         await self._api.close()
 
     # -------------------------------------------------------------- lifecycle
 
-    async def create(self, sandbox: Sandbox) -> None:
-        if why := self.availability():
-            raise cannot_run(NAME, why)
-        r = sandbox.spec.resources
+    def _body(self, sandbox: Sandbox) -> dict[str, object]:
+        """The create call's body, once every limit is checked."""
+        spec, r = sandbox.spec, sandbox.spec.resources
         if r.gpu_enabled:
             raise Unsupported(NAME, "gpu")
         if r.memory_mb or r.disk_mb or r.pids_limit:
             raise Unsupported(
                 NAME,
                 "memory, disk and pids limits",
-                f"Vercel gives {MEMORY_PER_VCPU_MB} MB per vCPU",
+                f"Vercel gives {limits.MEMORY_PER_VCPU_MB} MB per vCPU",
             )
-        runtime = RUNTIMES.get(sandbox.spec.template)
-        if runtime is None:
+        image = IMAGES.get(spec.template)
+        if image is None:
             raise NotFound(
-                f"template {sandbox.spec.template!r} has no Vercel runtime "
-                f"(known: {', '.join(sorted(RUNTIMES))})",
+                f"template {spec.template!r} has no Vercel image "
+                f"(known: {', '.join(sorted(IMAGES))})",
                 reason="TEMPLATE_NOT_FOUND",
                 provider=NAME,
             )
-        vcpus = max(1, round(r.cpu_cores or 2))
-        body = {
-            "name": f"computesdk-{sandbox.id}",
+        return {
             "projectId": self._api.project,
-            "runtime": runtime,
-            "resources": {"vcpus": vcpus},
-            "timeout": sandbox.spec.timeout_ms,
-            "env": sandbox.spec.env,
-            "tags": sandbox.spec.metadata,
+            "name": f"{PREFIX}{sandbox.id}",
+            "image": image,
+            "resources": {"vcpus": limits.vcpus(r, self._api.plan)},
+            "timeout": limits.timeout_ms(spec, self._api.plan),
+            "persistent": False,
+            "env": spec.env,
+            "tags": {**limits.tags(spec.metadata), limits.OWNER_TAG: self._owner or "unset"},
             "ports": [],
         }
-        out = (await self._api.call("POST", "", "create sandbox", json=body)).json()
-        sandbox.provider_sandbox_id = out["sandbox"]["name"]
-        sandbox.provider_data = {"session": out["session"]["id"], "cwd": out["session"]["cwd"]}
+
+    async def create(self, sandbox: Sandbox) -> None:
+        if why := self.availability():
+            raise cannot_run(NAME, why)
+        body, what = self._body(sandbox), "create sandbox"
+        out = await self._api.json("POST", "/v3/sandboxes", what, json=body)
+        sb, se = out.get("sandbox"), out.get("session")
+        sandbox.provider_sandbox_id = ident(sb, "name", what)
+        sandbox.provider_data = {
+            "session": ident(se, "id", what),
+            "lease_until": str(time.time() + int(str(body["timeout"])) / 1000),
+            "timeout_ms": str(body["timeout"]),
+        }
         sandbox.resources = Resources(
-            cpu_cores=float(out["session"].get("vcpus", vcpus)),
-            memory_mb=int(out["session"].get("memory", 0)),
+            cpu_cores=float(field(se, "vcpus", int, what)),
+            memory_mb=field(se, "memory", int, what),
         )
         async with destroyed_on_failure(self, sandbox):  # the same working directory everywhere
             await run_checked(
@@ -119,30 +159,82 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         if sandbox.provider_sandbox_id:
             await self._api.call(
-                "DELETE", f"/{sandbox.provider_sandbox_id}", "delete sandbox", ok=(404,)
+                "DELETE",
+                by_name(sandbox),
+                "delete sandbox",
+                params={"projectId": self._api.project},
+                ok=(404,),
             )
 
     async def refresh_lease(self, sandbox: Sandbox) -> None:
+        """Extends a keep-alive sandbox's timeout when a third of the lease is left,
+        up to the plan's maximum duration, where Vercel stops it."""
         until = float(sandbox.provider_data.get("lease_until") or 0)
-        if until - time.time() > LEASE_S / 3:
+        if until - time.time() > limits.LEASE_MS / 3000:
             return
-        await self._api.call(
+        _, longest = limits.plan_limits(self._api.plan)
+        total = int(sandbox.provider_data.get("timeout_ms") or longest)
+        extra = min(limits.LEASE_MS, longest - total)
+        if extra <= 0:
+            return
+        await self._api.json(
             "POST",
             f"{session(sandbox)}/extend-timeout",
             "extend timeout",
-            json={"duration": LEASE_S * 1000},
+            json={"duration": extra},
         )
-        sandbox.provider_data["lease_until"] = str(time.time() + LEASE_S)
+        sandbox.provider_data["timeout_ms"] = str(total + extra)
+        sandbox.provider_data["lease_until"] = str(until + extra / 1000)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
         return (await self.probe(sandbox)).alive
 
     async def probe(self, sandbox: Sandbox) -> Probe:
-        resp = await self._api.call(
-            "GET", f"/{sandbox.provider_sandbox_id}", "get sandbox", ok=(404,)
+        what = "get sandbox"
+        out = await self._api.json(
+            "GET", by_name(sandbox), what, params={"projectId": self._api.project}, ok=(404,)
         )
-        alive = resp.status_code == 200 and resp.json()["session"]["status"] == "running"
-        return Probe(alive=alive)
+        if not out:
+            return Probe(alive=False)
+        se = out.get("session")
+        alive = field(se, "status", str, what) == "running"
+        return Probe(alive=alive and field(se, "id", str, what) == sandbox.provider_data["session"])
+
+    async def reconcile(self, live_ids: set[str]) -> None:
+        """Deletes this daemon's sandboxes (by the owner tag) that no record owns."""
+        if not self._owner or self.availability():
+            return
+        what, cursor = "list sandboxes", ""
+        for _ in range(SWEEP_PAGES):
+            params = {
+                "project": self._api.project,
+                "limit": "50",
+                "tags": f"{limits.OWNER_TAG}:{self._owner}",
+                **({"cursor": cursor} if cursor else {}),
+            }
+            out = await self._api.json("GET", "/v2/sandboxes", what, params=params)
+            page = out.get("sandboxes")
+            if not isinstance(page, list):
+                return
+            for sb in page:
+                name = ident(sb, "name", what)
+                tags = sb.get("tags") if isinstance(sb, dict) else None
+                tags = tags if isinstance(tags, dict) else {}
+                mine = tags.get(limits.OWNER_TAG) == self._owner and name.startswith(PREFIX)
+                if mine and name.removeprefix(PREFIX) not in live_ids:
+                    log.info("deleting an orphaned vercel sandbox", vercel_sandbox=name)
+                    await self._api.call(
+                        "DELETE",
+                        f"/v2/sandboxes/{name}",
+                        "delete sandbox",
+                        params={"projectId": self._api.project},
+                        ok=(404,),
+                    )
+            pagination = out.get("pagination")
+            nxt = pagination.get("next") if isinstance(pagination, dict) else None
+            if not isinstance(nxt, str) or not nxt or len(nxt) > 512:
+                return
+            cursor = nxt
 
     # -------------------------------------------------------------- processes
 
@@ -151,8 +243,6 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
     ) -> ProcessRun:
         if tag:
             raise self._unsupported("process tags")
-        if command.stdin:
-            raise Unsupported(NAME, "stdin", NO_STDIN)
         return VercelRun(self._api, sandbox, command, kill_on_close)
 
     # -------------------------------------------------------------- files
@@ -160,18 +250,25 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
     async def read_file(
         self, sandbox: Sandbox, path: str, offset: int, length: int
     ) -> AsyncIterator[bytes]:
+        """Streams the file, dropping what lies before offset and stopping at length."""
         await files.check_readable(self._fs(sandbox), path)
-        resp = await self._api.call(
+        async with self._api.stream(
             "POST",
             f"{session(sandbox)}/fs/read",
             "read file",
-            idempotent=True,
             json={"path": path, "cwd": "/"},
             not_found="FILE_NOT_FOUND",
-        )
-        data = resp.content[offset : offset + length] if length else resp.content[offset:]
-        for i in range(0, len(data), 256 * 1024):
-            yield data[i : i + 256 * 1024]
+        ) as resp:
+            skip, left = offset, length or -1
+            async for chunk in resp.aiter_bytes(256 * 1024):
+                if skip:
+                    chunk, skip = chunk[skip:], max(skip - len(chunk), 0)
+                if left >= 0:
+                    chunk, left = chunk[:left], max(left - len(chunk), 0)
+                if chunk:
+                    yield chunk
+                if left == 0:
+                    return
 
     async def write_file(
         self,

@@ -1,26 +1,84 @@
-"""A foreground command on Vercel: POST .../cmd with wait and logs streams NDJSON,
-a `command` line, `{stream, data}` log lines, and a final `command` line with
-the exit code."""
+"""A foreground command on Vercel, as the SDKs run one: POST .../cmd with wait and
+logs streams NDJSON, a `command` record, `{stream, data}` log records, and a
+final `command` record with the exit code; a `{stream: "error", data: {code,
+message}}` record says the command's fate is unknown, and is raised. stdin: the
+command starts with attachStdin, and input goes to .../cmd/{id}/stdin as base64
+with the offset of the bytes Vercel confirmed, so a retried write is not
+delivered twice."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
-from computesdkd.domain.errors import FailedPrecondition
+from computesdkd.domain.errors import ComputeError, FailedPrecondition, Unavailable
 from computesdkd.domain.model import Command, ProcessEvent, Sandbox
+from computesdkd.providers.common import http
 from computesdkd.providers.common.env import process_env
 from computesdkd.providers.common.run import STREAMS, StreamedRun
-from computesdkd.providers.vercel.api import NAME, VercelAPI, session
+from computesdkd.providers.vercel.api import NAME, VercelAPI, bad_answer, field, ident, session
 
-NO_STDIN = "Vercel's command API takes no input"
+# A log record is one chunk of output; Vercel's are far smaller.
+MAX_LINE = 2 << 20
+# Bytes per stdin call, so the base64 JSON body stays under the API's 1 MB limit.
+STDIN_CHUNK = 512 * 1024
+
+
+def command_env(sandbox: Sandbox, command: Command) -> dict[str, str]:
+    """The daemon's environment, without its PATH unless the caller set one: Vercel's
+    own PATH carries /vercel/bin and the runtimes under /vercel/runtimes."""
+    env = process_env(sandbox, command)
+    if "PATH" not in sandbox.spec.env and "PATH" not in command.env:
+        env.pop("PATH", None)
+    return env
+
+
+async def ndjson(resp: httpx.Response, what: str) -> AsyncIterator[dict[str, Any]]:
+    """The stream's records, each line at most MAX_LINE bytes."""
+    buf = b""
+    async for chunk in resp.aiter_bytes():
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        if len(buf) > MAX_LINE:
+            raise bad_answer(what, f"an NDJSON line is longer than {MAX_LINE} bytes")
+        for line in lines:
+            if line.strip():
+                yield _record(line, what)
+    if buf.strip():
+        yield _record(buf, what)
+
+
+def _record(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        raise bad_answer(what, "a line of the stream is not JSON") from None
+    if not isinstance(rec, dict):
+        raise bad_answer(what, "a line of the stream is not a JSON object")
+    return rec
+
+
+def stream_error(rec: dict[str, Any], what: str) -> Unavailable:
+    raw = rec.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    code, message = str(data.get("code", "error"))[:64], str(data.get("message", ""))[:300]
+    return Unavailable(
+        f"{NAME}: {what}: {code}: {message}",
+        reason="PROVIDER_UNAVAILABLE",
+        provider=NAME,
+        vendor_code=code,
+    )
+
+
+def _exited(what: str) -> FailedPrecondition:
+    return FailedPrecondition(f"{NAME}: {what}: the command has exited", reason="PROCESS_EXITED")
 
 
 class VercelRun(StreamedRun):
-    no_stdin = NO_STDIN
-
     def __init__(
         self, api: VercelAPI, sandbox: Sandbox, command: Command, kill_on_close: bool
     ) -> None:
@@ -28,54 +86,97 @@ class VercelRun(StreamedRun):
         self._api = api
         self._sandbox = sandbox
         self._cmd_id = ""
+        self._stdin_at = 0  # the bytes of input Vercel confirmed
 
     async def _stream(self) -> AsyncIterator[ProcessEvent]:
-        cmd = self.command
-        body = {
+        cmd, what = self.command, "run command"
+        body: dict[str, Any] = {
             "command": cmd.args[0],
             "args": cmd.args[1:],
-            "cwd": cmd.cwd,
-            "env": process_env(self._sandbox, cmd),
+            "env": command_env(self._sandbox, cmd),
             "sudo": True,
             "wait": True,
             "logs": True,
         }
+        if cmd.cwd:
+            body["cwd"] = cmd.cwd
+        if cmd.stdin:
+            body["attachStdin"] = True
         async with self._api.stream(
             "POST",
             f"{session(self._sandbox)}/cmd",
-            "run command",
+            what,
             json=body,
             timeout=httpx.Timeout(None, connect=10.0),
         ) as resp:
-            async for line in resp.aiter_lines():
-                if not line.strip():
-                    continue
-                msg = json.loads(line)
-                if "command" in msg:
-                    c = msg["command"]
+            async for rec in ndjson(resp, what):
+                if "command" in rec:
+                    cid = ident(rec["command"], "id", what)
                     if not self._cmd_id:
-                        self._cmd_id = c["id"]
+                        self._cmd_id = cid
                         # Vercel has no exec timeout: StreamedRun kills at the deadline
-                        yield self.started_event(c["id"])
-                    if c.get("exitCode") is not None:
-                        code = int(c["exitCode"])
+                        yield self.started_event(cid)
+                    elif cid != self._cmd_id:
+                        raise bad_answer(what, "the stream switched to another command")
+                    if rec["command"].get("exitCode") is not None:
+                        code = field(rec["command"], "exitCode", int, what)
                         # Vercel reports a signalled command as the shell does, 128 + n.
                         yield (
                             self.exited(-1, code - 128) if code in (137, 143) else self.exited(code)
                         )
                         return
-                elif (name := msg.get("stream")) in STREAMS:
-                    yield self.output(name, str(msg.get("data", "")).encode())
+                elif (name := rec.get("stream")) in STREAMS and self._cmd_id:
+                    yield self.output(name, field(rec, "data", str, what).encode())
+                elif name == "error":
+                    raise stream_error(rec, what)
+                else:
+                    raise bad_answer(what, "the stream has a record of no known kind")
+        raise Unavailable(
+            f"{NAME}: {what}: the stream ended before the command did",
+            reason="PROVIDER_UNAVAILABLE",
+            provider=NAME,
+        )
+
+    def _cmd(self, what: str) -> str:
+        if not self._cmd_id:
+            raise FailedPrecondition("the command has not started yet", reason="NOT_STARTED")
+        if self.done:
+            raise _exited(what)
+        return f"{session(self._sandbox)}/cmd/{self._cmd_id}"
+
+    async def _stdin(self, what: str, data: bytes, close: bool) -> None:
+        def error(resp: httpx.Response) -> ComputeError:
+            gone = resp.status_code == 404 or (
+                resp.status_code == 400 and "command_stdin_unavailable" in resp.text[:2000]
+            )
+            return _exited(what) if gone else http.error_for(NAME, what, resp, "PROCESS_NOT_FOUND")
+
+        body: dict[str, Any] = {"offset": self._stdin_at}
+        if data:
+            body["data"] = base64.b64encode(data).decode()
+        if close:
+            body["close"] = True
+        # The offset makes a resent write a no-op for the bytes already taken.
+        out = await self._api.json(
+            "POST", f"{self._cmd(what)}/stdin", what, json=body, idempotent=True, error=error
+        )
+        written = out.get("bytesWritten")
+        if isinstance(written, int) and not isinstance(written, bool) and written >= self._stdin_at:
+            self._stdin_at = written
+        else:
+            self._stdin_at += len(data)
+
+    async def send_stdin(self, data: bytes) -> None:
+        for i in range(0, len(data), STDIN_CHUNK):
+            await self._stdin("write stdin", data[i : i + STDIN_CHUNK], False)
+
+    async def close_stdin(self) -> None:
+        await self._stdin("close stdin", b"", True)
 
     async def _kill(self) -> None:
         await self.send_signal(9)
 
     async def send_signal(self, signal: int) -> None:
-        if not self._cmd_id:
-            raise FailedPrecondition("the command has not started yet", reason="NOT_STARTED")
         await self._api.call(
-            "POST",
-            f"{session(self._sandbox)}/cmd/{self._cmd_id}/kill",
-            "kill command",
-            json={"signal": signal},
+            "POST", f"{self._cmd('kill command')}/kill", "kill command", json={"signal": signal}
         )

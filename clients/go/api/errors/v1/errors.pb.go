@@ -344,6 +344,9 @@ const (
 	Reason_REASON_ADMIN_SOCKET_ONLY Reason = 155
 	// PERMISSION_DENIED
 	Reason_REASON_BASE_IMAGE_FORBIDDEN Reason = 156
+	// INVALID_ARGUMENT: a vendor's own limit (tag count, vCPU shape, plan lifetime),
+	// checked before the call
+	Reason_REASON_PROVIDER_LIMIT Reason = 157
 )
 
 // Enum value maps for Reason.
@@ -506,6 +509,7 @@ var (
 		154: "REASON_TENANT_INVALID",
 		155: "REASON_ADMIN_SOCKET_ONLY",
 		156: "REASON_BASE_IMAGE_FORBIDDEN",
+		157: "REASON_PROVIDER_LIMIT",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":                 0,
@@ -665,6 +669,7 @@ var (
 		"REASON_TENANT_INVALID":              154,
 		"REASON_ADMIN_SOCKET_ONLY":           155,
 		"REASON_BASE_IMAGE_FORBIDDEN":        156,
+		"REASON_PROVIDER_LIMIT":              157,
 	}
 )
 
@@ -699,7 +704,7 @@ var File_computesdk_api_errors_v1_errors_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\xeb#\n" +
+	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\x87$\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_ABORTED\x10\x01\x12\x16\n" +
@@ -858,7 +863,8 @@ const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\x16REASON_TOKEN_NOT_FOUND\x10\x99\x01\x12\x1a\n" +
 	"\x15REASON_TENANT_INVALID\x10\x9a\x01\x12\x1d\n" +
 	"\x18REASON_ADMIN_SOCKET_ONLY\x10\x9b\x01\x12 \n" +
-	"\x1bREASON_BASE_IMAGE_FORBIDDEN\x10\x9c\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
+	"\x1bREASON_BASE_IMAGE_FORBIDDEN\x10\x9c\x01\x12\x1a\n" +
+	"\x15REASON_PROVIDER_LIMIT\x10\x9d\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
 
 var (
 	file_computesdk_api_errors_v1_errors_proto_rawDescOnce sync.Once

@@ -335,6 +335,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """PERMISSION_DENIED"""
     REASON_BASE_IMAGE_FORBIDDEN: _Reason.ValueType  # 156
     """PERMISSION_DENIED"""
+    REASON_PROVIDER_LIMIT: _Reason.ValueType  # 157
+    """INVALID_ARGUMENT: a vendor's own limit (tag count, vCPU shape, plan lifetime),
+    checked before the call
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason lists every google.rpc.ErrorInfo.reason the daemon sends (ErrorInfo.domain
@@ -659,4 +663,8 @@ REASON_ADMIN_SOCKET_ONLY: Reason.ValueType  # 155
 """PERMISSION_DENIED"""
 REASON_BASE_IMAGE_FORBIDDEN: Reason.ValueType  # 156
 """PERMISSION_DENIED"""
+REASON_PROVIDER_LIMIT: Reason.ValueType  # 157
+"""INVALID_ARGUMENT: a vendor's own limit (tag count, vCPU shape, plan lifetime),
+checked before the call
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
