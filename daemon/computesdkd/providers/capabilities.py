@@ -50,6 +50,7 @@ RESET = "lifecycle.reset"
 RESET_HARD = "lifecycle.reset.hard"
 SHARED_NETWORK = "network.shared"
 PORT_FORWARD = "network.port-forward"
+PREVIEW_URL = "network.preview-url"
 SNAPSHOTS = "snapshots"
 VOLUMES = "volumes"
 RESTART = "lifecycle.restart"
@@ -238,6 +239,14 @@ class PortForwarding(ABC):
         """A connection to a port the sandbox listens on (its own loopback)."""
 
 
+class PreviewUrls(ABC):
+    @abstractmethod
+    async def preview_url(self, sandbox: Sandbox, port: int) -> str:
+        """The vendor's own public URL for a port of the sandbox (its preview
+        domain or tunnel), which reaches the port without the daemon in the path.
+        May be given before anything listens. The vendor's access rules apply."""
+
+
 class SandboxSockets(ABC):
     @abstractmethod
     def listen_in_sandbox(self, sandbox: Sandbox, name: str) -> socket.socket:
@@ -279,6 +288,7 @@ INTERFACES: dict[type, str | None] = {
     Volumes: VOLUMES,
     SharedNetworks: SHARED_NETWORK,
     PortForwarding: PORT_FORWARD,
+    PreviewUrls: PREVIEW_URL,
     SandboxSockets: None,
     TemplateBuilds: TEMPLATE_BUILD,
     Leases: None,

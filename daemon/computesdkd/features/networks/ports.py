@@ -72,6 +72,11 @@ class Ports:
         if not 0 < port < 65536:
             raise InvalidArgument(f"bad port {port}", reason="INVALID_PORT")
         sb, provider = self._registry.running(sandbox_id)
+        preview = provider.part(caps.PreviewUrls)
+        if preview is not None:
+            # A cloud sandbox's port is served by its vendor (E2B's and Daytona's
+            # preview domains, Vercel's routes, Modal's tunnels): no hop through us.
+            return await self._providers.guarded(provider, preview.preview_url(sb, port))
         key = (sandbox_id, port, gated)
         known = self._forwards.get(key)
         if known is not None:

@@ -46,7 +46,8 @@ type NetworkServiceClient interface {
 	GetServiceUrl(ctx context.Context, in *GetServiceUrlRequest, opts ...grpc.CallOption) (*GetServiceUrlResponse, error)
 	// ExposePort forwards a host port to a sandbox's port: on loopback for the
 	// admin (the Unix socket); for a tenant, where --expose-host says, behind a
-	// secret that the URL carries (see the README).
+	// secret that the URL carries (see the README). A cloud provider with preview
+	// URLs (capability network.preview-url) answers with its vendor's URL instead.
 	ExposePort(ctx context.Context, in *ExposePortRequest, opts ...grpc.CallOption) (*ExposePortResponse, error)
 }
 
@@ -137,7 +138,8 @@ type NetworkServiceServer interface {
 	GetServiceUrl(context.Context, *GetServiceUrlRequest) (*GetServiceUrlResponse, error)
 	// ExposePort forwards a host port to a sandbox's port: on loopback for the
 	// admin (the Unix socket); for a tenant, where --expose-host says, behind a
-	// secret that the URL carries (see the README).
+	// secret that the URL carries (see the README). A cloud provider with preview
+	// URLs (capability network.preview-url) answers with its vendor's URL instead.
 	ExposePort(context.Context, *ExposePortRequest) (*ExposePortResponse, error)
 	mustEmbedUnimplementedNetworkServiceServer()
 }

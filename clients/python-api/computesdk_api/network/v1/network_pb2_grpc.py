@@ -110,7 +110,8 @@ class NetworkServiceServicer:
     def ExposePort(self, request, context):
         """ExposePort forwards a host port to a sandbox's port: on loopback for the
         admin (the Unix socket); for a tenant, where --expose-host says, behind a
-        secret that the URL carries (see the README).
+        secret that the URL carries (see the README). A cloud provider with preview
+        URLs (capability network.preview-url) answers with its vendor's URL instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,8 @@ class NetworkServiceStub:
     ExposePort: _grpc.UnaryUnaryMultiCallable[_network_pb2.ExposePortRequest, _network_pb2.ExposePortResponse]
     """ExposePort forwards a host port to a sandbox's port: on loopback for the
     admin (the Unix socket); for a tenant, where --expose-host says, behind a
-    secret that the URL carries (see the README).
+    secret that the URL carries (see the README). A cloud provider with preview
+    URLs (capability network.preview-url) answers with its vendor's URL instead.
     """
 
 @_typing.type_check_only
@@ -71,7 +72,8 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     ExposePort: _aio.UnaryUnaryMultiCallable[_network_pb2.ExposePortRequest, _network_pb2.ExposePortResponse]  # type: ignore[assignment]
     """ExposePort forwards a host port to a sandbox's port: on loopback for the
     admin (the Unix socket); for a tenant, where --expose-host says, behind a
-    secret that the URL carries (see the README).
+    secret that the URL carries (see the README). A cloud provider with preview
+    URLs (capability network.preview-url) answers with its vendor's URL instead.
     """
 
 class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,7 +129,8 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_network_pb2.ExposePortResponse, _abc.Awaitable[_network_pb2.ExposePortResponse]]:
         """ExposePort forwards a host port to a sandbox's port: on loopback for the
         admin (the Unix socket); for a tenant, where --expose-host says, behind a
-        secret that the URL carries (see the README).
+        secret that the URL carries (see the README). A cloud provider with preview
+        URLs (capability network.preview-url) answers with its vendor's URL instead.
         """
 
 def add_NetworkServiceServicer_to_server(servicer: NetworkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

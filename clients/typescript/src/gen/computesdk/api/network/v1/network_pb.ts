@@ -378,7 +378,8 @@ export const NetworkService: GenService<{
   /**
    * ExposePort forwards a host port to a sandbox's port: on loopback for the
    * admin (the Unix socket); for a tenant, where --expose-host says, behind a
-   * secret that the URL carries (see the README).
+   * secret that the URL carries (see the README). A cloud provider with preview
+   * URLs (capability network.preview-url) answers with its vendor's URL instead.
    *
    * @generated from rpc computesdk.api.network.v1.NetworkService.ExposePort
    */
