@@ -150,3 +150,14 @@ async def test_local_says_it_needs_root_before_setting_anything_up(
     local = LocalProvider(ProviderConfig("local"))
     await local.start(None)  # type: ignore[arg-type]  # returns before using the context
     assert "needs root" in local.availability() and "uid 65534" in local.availability()
+
+
+async def test_ports_declared_at_create_are_checked_and_kept(h: Harness) -> None:
+    for bad in ((0,), (65536,), tuple(range(1, 18))):
+        with pytest.raises(InvalidArgument) as e:
+            await h.app.placement.create(spec(ports=bad))
+        assert e.value.reason == "INVALID_PORT"
+    sb = await h.app.placement.create(spec(ports=(8080, 80, 8080)))
+    assert sb.spec.ports == (80, 8080)
+    stored = {s.id: s for s in h.store.sandboxes.all()}
+    assert stored[sb.id].spec.ports == (80, 8080)  # read back from the store

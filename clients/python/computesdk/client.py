@@ -159,6 +159,7 @@ class Client:
         use_pool: bool | None = None,
         restore_from: str = "",
         volumes: Sequence[Mapping[str, Any]] = (),
+        ports: Sequence[int] = (),
     ) -> Sandbox:
         """Creates a sandbox and returns once it is ready. fallback_providers are tried
         in order when the provider is down or its circuit breaker is open. use_pool:
@@ -166,12 +167,15 @@ class Client:
         unless started with --no-pool-create), True/False force it either way.
         restore_from starts from a saved state (client.states.save). volumes mounts
         named volumes: [{"name", "mount_path", "read_only"?, "size_mb"?}]; a name
-        that does not exist, with size_mb, makes an ephemeral one."""
+        that does not exist, with size_mb, makes an ephemeral one. ports: the ports
+        get_url will expose, for providers that must know them at create (Vercel,
+        Modal); elsewhere any port can be exposed later."""
         req = _create_request(
             provider, template, metadata, timeout_ms, keep_alive, resources, env,
             request_id, fallback_providers, use_pool,
         )  # fmt: skip
         req.restore_from = restore_from
+        req.ports.extend(ports)
         for v in volumes:
             req.volumes.append(
                 sandbox_pb2.VolumeMount(

@@ -44,6 +44,7 @@ DEFAULT_TIMEOUT_MS = 300_000
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_METADATA = 64
 MAX_METADATA_BYTES = 4096
+MAX_PORTS = 16  # a bound on the request; vendors check their own (Vercel: 4 routes)
 POOL_ALLOW, POOL_NEVER = 1, 2
 # Creates of one batch run at once; more only queue behind runc on a small host.
 BATCH_CONCURRENCY = 8
@@ -107,8 +108,13 @@ class Placement:
                 f"timeout_ms is at most {MAX_TIMEOUT_MS}", reason="INVALID_TIMEOUT"
             )
         check_env_names(spec.env)
+        if len(spec.ports) > MAX_PORTS or any(not 0 < p < 65536 for p in spec.ports):
+            raise InvalidArgument(
+                f"ports: at most {MAX_PORTS}, each 1-65535", reason="INVALID_PORT"
+            )
         return replace(
             spec,
+            ports=tuple(sorted(set(spec.ports))),
             provider=spec.provider or self._providers.default,
             template=spec.template or "base",
             timeout_ms=spec.timeout_ms or DEFAULT_TIMEOUT_MS,

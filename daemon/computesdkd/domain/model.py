@@ -54,6 +54,8 @@ class SandboxSpec:
     volumes: tuple[VolumeMount, ...] = ()
     # Who the sandbox belongs to; empty for the admin (the Unix socket).
     tenant: str = ""
+    # Ports a provider must know at create to expose them later (Vercel, Modal).
+    ports: tuple[int, ...] = ()
 
 
 @dataclass

@@ -71,6 +71,7 @@ def spec_from(req: sb_pb.CreateSandboxRequest, tenant: str) -> SandboxSpec:
         volumes=tuple(
             VolumeMount(v.name, v.mount_path, v.read_only, v.size_mb) for v in req.volumes
         ),
+        ports=tuple(req.ports),
     )
 
 

@@ -287,6 +287,7 @@ def _sandbox(row: tuple[object, ...]) -> Sandbox:
     spec["resources"] = Resources(**spec["resources"])
     spec["fallback_providers"] = tuple(spec.get("fallback_providers", ()))
     spec["volumes"] = tuple(VolumeMount(**v) for v in spec.get("volumes", ()))
+    spec["ports"] = tuple(spec.get("ports", ()))
     return Sandbox(
         id=str(row[0]),
         spec=SandboxSpec(**spec),

@@ -435,7 +435,10 @@ type CreateSandboxRequest struct {
 	// Start from a saved state (SnapshotService.SaveState) instead of the template.
 	RestoreFrom string `protobuf:"bytes,11,opt,name=restore_from,json=restoreFrom,proto3" json:"restore_from,omitempty"`
 	// Volumes to mount. An unknown name with size_mb set makes an ephemeral volume.
-	Volumes       []*VolumeMount `protobuf:"bytes,12,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Volumes []*VolumeMount `protobuf:"bytes,12,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// Ports to expose, for providers that must know them at create (Vercel's
+	// routes, Modal's tunnels); others expose any port on request (ExposePort).
+	Ports         []uint32 `protobuf:"varint,13,rep,packed,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,6 +553,13 @@ func (x *CreateSandboxRequest) GetRestoreFrom() string {
 func (x *CreateSandboxRequest) GetVolumes() []*VolumeMount {
 	if x != nil {
 		return x.Volumes
+	}
+	return nil
+}
+
+func (x *CreateSandboxRequest) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
 	}
 	return nil
 }
@@ -2055,7 +2065,7 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\rerror_message\x18\f \x01(\tR\ferrorMessage\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfd\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12Y\n" +
@@ -2073,7 +2083,8 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	" \x01(\x0e2%.computesdk.api.sandbox.v1.PoolPolicyR\n" +
 	"poolPolicy\x12!\n" +
 	"\frestore_from\x18\v \x01(\tR\vrestoreFrom\x12@\n" +
-	"\avolumes\x18\f \x03(\v2&.computesdk.api.sandbox.v1.VolumeMountR\avolumes\x1a;\n" +
+	"\avolumes\x18\f \x03(\v2&.computesdk.api.sandbox.v1.VolumeMountR\avolumes\x12\x14\n" +
+	"\x05ports\x18\r \x03(\rR\x05ports\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +

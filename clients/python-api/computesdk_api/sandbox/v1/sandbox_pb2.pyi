@@ -273,6 +273,7 @@ class CreateSandboxRequest(_message.Message):
     POOL_POLICY_FIELD_NUMBER: _builtins.int
     RESTORE_FROM_FIELD_NUMBER: _builtins.int
     VOLUMES_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name, as listed by ProviderService. Empty means the daemon's default."""
     template: _builtins.str
@@ -303,6 +304,12 @@ class CreateSandboxRequest(_message.Message):
     def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeMount]:
         """Volumes to mount. An unknown name with size_mb set makes an ephemeral volume."""
 
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ports to expose, for providers that must know them at create (Vercel's
+        routes, Modal's tunnels); others expose any port on request (ExposePort).
+        """
+
     def __init__(
         self,
         *,
@@ -318,10 +325,11 @@ class CreateSandboxRequest(_message.Message):
         pool_policy: Global___PoolPolicy.ValueType = ...,
         restore_from: _builtins.str = ...,
         volumes: _abc.Iterable[Global___VolumeMount] | None = ...,
+        ports: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "pool_policy", b"pool_policy", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "restore_from", b"restore_from", "template", b"template", "timeout_ms", b"timeout_ms", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "fallback_providers", b"fallback_providers", "keep_alive", b"keep_alive", "metadata", b"metadata", "pool_policy", b"pool_policy", "ports", b"ports", "provider", b"provider", "request_id", b"request_id", "resources", b"resources", "restore_from", b"restore_from", "template", b"template", "timeout_ms", b"timeout_ms", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
