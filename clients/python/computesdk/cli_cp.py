@@ -24,7 +24,7 @@ from .cli_cp_pull import (
     write_file,
 )
 from .client import Client
-from .errors import SandboxFileNotFoundError
+from .errors import ComputeSDKError, SandboxFileNotFoundError
 from .sandbox import Sandbox
 from .types import FileInfo
 
@@ -38,6 +38,11 @@ DESCRIPTION = (
     "a sandbox, nothing is written through a symlink: an entry that would leave DST is "
     "refused, and DST itself, if a symlink, is followed only when written DST/."
 )
+
+
+def printable(text: str) -> str:
+    """text with its control characters (a terminal's escape sequences) escaped."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 
 def split(arg: str) -> tuple[str | None, str]:
@@ -112,11 +117,11 @@ async def pull(sb: Sandbox, raw: str, dst: str, follow: bool) -> Counter:
         mode = (info.mode & 0o777) or 0o644
         if host_dir:
             with opened_dir(dst, None) as fd:
-                await write_file(sb.files, src, name, fd, mode, n)
+                await write_file(sb.files, src, name, fd, mode, n, info.size)
         elif dst.endswith("/"):
             raise CLIError(f"{dst}: no such directory")
         else:
-            await write_file(sb.files, src, dst, None, mode, n)
+            await write_file(sb.files, src, dst, None, mode, n, info.size)
     else:
         raise CLIError(f"{src} is not a file, directory or symlink")
     return n
@@ -127,9 +132,10 @@ async def pull(sb: Sandbox, raw: str, dst: str, follow: bool) -> Counter:
 
 async def _link(sb: Sandbox, target: str, path: str) -> None:
     # The file API makes no symlinks; ln in the sandbox does.
-    r = await sb.exec(["ln", "-sfn", target, path])
+    # --: a target such as --version or -t/etc is a target, not an option of ln.
+    r = await sb.exec(["ln", "-sfn", "--", target, path])
     if not r.ok:
-        raise CLIError(f"could not make the symlink {path} in the sandbox: {r.stderr.strip()}")
+        raise CLIError(f"could not make the symlink {path} in the sandbox: {r.stderr.strip()!r}")
 
 
 async def _chunks(f: IO[bytes], n: Counter) -> AsyncIterator[bytes]:
@@ -241,7 +247,18 @@ async def cmd_cp(c: Client, a: argparse.Namespace) -> int:
     sid = src_id or dst_id
     assert sid is not None
     sb = await c.get(sid)
-    n = await (pull(sb, src, dst, a.follow_link) if src_id else push(sb, src, dst, a.follow_link))
+    try:
+        n = await (
+            pull(sb, src, dst, a.follow_link) if src_id else push(sb, src, dst, a.follow_link)
+        )
+    except ComputeSDKError as exc:
+        # Its message names paths the sandbox chose (a link's target, a listed name):
+        # never raw on the user's terminal. JSON escapes them itself.
+        if not a.json:
+            exc.message = printable(exc.message)
+        raise
+    except CLIError as exc:
+        raise type(exc)(printable(str(exc))) from None
     if a.json and "-" not in (a.src, a.dst):
         print_json({"source": a.src, "destination": a.dst, "files": n.files, "bytes": n.bytes})
     elif ERR.is_terminal:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import posixpath
 import stat
@@ -90,10 +89,33 @@ class Counter:
         self.bytes = 0
 
 
+async def _bounded(files: SandboxFiles, src: str, size: int) -> AsyncIterator[bytes]:
+    """src's bytes, no more than the size the sandbox listed: a file it keeps
+    extending while it is read (or an agent that streams without end) cannot fill
+    the host's disk or memory, as docker's tar header bounds docker cp."""
+    if size <= 0:
+        return
+    async with contextlib.aclosing(files.read_stream(src)) as chunks:  # type: ignore[type-var]
+        async for chunk in chunks:
+            chunk = chunk[:size]
+            size -= len(chunk)
+            yield chunk
+            if not size:
+                return
+
+
 async def write_file(
-    files: SandboxFiles, src: str, name: str, parent: int | None, mode: int, n: Counter
+    files: SandboxFiles,
+    src: str,
+    name: str,
+    parent: int | None,
+    mode: int,
+    n: Counter,
+    size: int,
 ) -> None:
-    """The file src into name under parent (None: name is the user's own path)."""
+    """The file src (listed at size bytes) into name under parent (None: name is the
+    user's own path). Runs of zeros are skipped, not written, so a sparse file
+    stays sparse on the host."""
     try:
         if parent is None:
             fd = os.open(name, _NEW, mode)
@@ -106,24 +128,40 @@ async def write_file(
     with os.fdopen(fd, "wb") as out:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise Refused(f"refusing to write into {name!r}: not a regular file")
-        async for chunk in files.read_stream(src):
-            out.write(chunk)
+        async for chunk in _bounded(files, src, size):
+            if chunk.count(0) == len(chunk):
+                out.seek(len(chunk), os.SEEK_CUR)
+            else:
+                out.write(chunk)
             n.bytes += len(chunk)
+        out.truncate()  # the length, after a hole at the end
     n.files += 1
 
 
-async def pull_tree(files: SandboxFiles, src: str, dir_fd: int, n: Counter) -> None:
+# Deeper than this is refused, not walked: each level holds a directory fd and a
+# frame, and the sandbox can make (or keep making) a tree as deep as it likes.
+MAX_DEPTH = 512
+
+
+def _deeper(depth: int, src: str) -> int:
+    if depth >= MAX_DEPTH:
+        raise Refused(f"refusing {src!r}: deeper than {MAX_DEPTH} directories")
+    return depth + 1
+
+
+async def pull_tree(files: SandboxFiles, src: str, dir_fd: int, n: Counter, depth: int = 0) -> None:
     """The contents of the sandbox's directory src into the host directory dir_fd."""
+    depth = _deeper(depth, src)
     for e in await files.list(src):
         name = safe_name(e.name)
         path = posixpath.join(src, name)
         if e.type == "directory":
             make_dir(name, dir_fd)
             with opened_dir(name, dir_fd) as sub:
-                await pull_tree(files, path, sub, n)
+                await pull_tree(files, path, sub, n, depth)
                 os.fchmod(sub, (e.mode & 0o777) or 0o755)
         elif e.type == "file":
-            await write_file(files, path, name, dir_fd, (e.mode & 0o777) or 0o644, n)
+            await write_file(files, path, name, dir_fd, (e.mode & 0o777) or 0o644, n, e.size)
         elif e.type == "symlink":
             make_link(e.link_target, name, dir_fd)
         # Anything else (a device, a fifo, a socket) has no content to copy.
@@ -146,25 +184,40 @@ async def tar_tree(
     n = Counter()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
 
-        async def add(path: str, e: FileInfo, arcname: str) -> None:
+        async def add(path: str, e: FileInfo, arcname: str, depth: int = 0) -> None:
             ti = _info(arcname, e)
             if e.type == "directory":
+                depth = _deeper(depth, path)
                 ti.type = tarfile.DIRTYPE
                 tar.addfile(ti)
                 for child in await files.list(path):
                     child_name = safe_name(child.name)
-                    await add(posixpath.join(path, child_name), child, f"{arcname}/{child_name}")
+                    child_path = posixpath.join(path, child_name)
+                    await add(child_path, child, f"{arcname}/{child_name}", depth)
             elif e.type == "symlink":
                 ti.type, ti.linkname = tarfile.SYMTYPE, e.link_target
                 tar.addfile(ti)
             elif e.type == "file":
-                data = bytearray()
-                async for chunk in files.read_stream(path):
-                    data.extend(chunk)
-                ti.size = len(data)
-                tar.addfile(ti, io.BytesIO(data))
+                # Streamed, not held whole, under the size listed (tarfile.addfile's
+                # own steps): cut back meanwhile, it is padded with zeros; grown,
+                # it is cut at that size; either way the archive stays whole.
+                ti.size = e.size
+                header = ti.tobuf(tar.format, tar.encoding, tar.errors)
+                tar.fileobj.write(header)
+                left = e.size
+                async for chunk in _bounded(files, path, e.size):
+                    tar.fileobj.write(chunk)
+                    left -= len(chunk)
+                while left:
+                    tar.fileobj.write(bytes(min(left, 1 << 20)))
+                    left -= min(left, 1 << 20)
+                blocks, rest = divmod(e.size, tarfile.BLOCKSIZE)
+                if rest:
+                    tar.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - rest))
+                    blocks += 1
+                tar.offset += len(header) + blocks * tarfile.BLOCKSIZE
                 n.files += 1
-                n.bytes += len(data)
+                n.bytes += e.size
 
         await add(src, top, safe_name(name))
     out.flush()
