@@ -450,3 +450,16 @@ async def test_sigterm_while_a_pool_fills_exits_and_leaves_nothing() -> None:
         assert (await out.communicate())[0].strip() == b""
     finally:
         d.cleanup()
+
+
+async def test_a_sandbox_exposes_a_bounded_number_of_ports(sandbox: Sandbox) -> None:
+    # Each is a host listener made before anything listens: without a bound, one
+    # caller could hold 65535 of them.
+    from computesdkd.features.networks.ports import MAX_EXPOSED
+
+    urls = {await sandbox.get_url(1000 + i) for i in range(MAX_EXPOSED)}
+    assert len(urls) == MAX_EXPOSED
+    assert await sandbox.get_url(1000) in urls  # an exposed port again is no new one
+    with pytest.raises(ComputeSDKError) as e:
+        await sandbox.get_url(1000 + MAX_EXPOSED)
+    assert e.value.reason == "RESOURCE_EXHAUSTED" and str(MAX_EXPOSED) in e.value.message

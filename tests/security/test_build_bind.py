@@ -24,7 +24,7 @@ async def test_a_state_dir_made_again_at_its_path_builds_in_its_own_store() -> N
     d = new_daemon()
     try:
         d.start()
-        d.stop()
+        d.kill9()  # a clean stop unbinds; a crash leaves the bind behind
         key = hashlib.sha256(str((d.state / "local").resolve()).encode()).hexdigest()[:12]
         bind = Path("/run/computesdk-sandboxes") / key / "builds"
         # What a user resetting the daemon does: unmount the store, remove the state.
@@ -42,5 +42,24 @@ async def test_a_state_dir_made_again_at_its_path_builds_in_its_own_store() -> N
             assert t.template.name == "after-reset"
         finally:
             await c.close()
+    finally:
+        d.cleanup()
+
+
+def _mountpoints() -> set[str]:
+    return {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()}
+
+
+def test_a_clean_stop_leaves_no_builds_bind_in_run() -> None:
+    d = new_daemon()
+    d.start()
+    try:
+        key = hashlib.sha256(str((d.state / "local").resolve()).encode()).hexdigest()[:12]
+        bind = str(Path("/run/computesdk-sandboxes") / key / "builds")
+        assert bind in _mountpoints()
+        assert d.stop() == 0
+        assert bind not in _mountpoints()
+        d.start()  # and the next start binds it again
+        assert bind in _mountpoints()
     finally:
         d.cleanup()

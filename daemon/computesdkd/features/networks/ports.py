@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
-from computesdkd.domain.errors import ComputeError, InvalidArgument
+from computesdkd.domain.errors import ComputeError, InvalidArgument, ResourceExhausted
 from computesdkd.domain.model import Sandbox
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import Provider
@@ -46,6 +46,9 @@ HEAD_SECONDS = 10.0
 TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Connections one exposed port serves at once; past that they are closed.
 MAX_CONNECTIONS = 256
+# Host listeners per sandbox: each exposed port is one, made on request whether or
+# not the sandbox listens there yet, so a caller must not get 65535 of them.
+MAX_EXPOSED = 64
 
 
 @dataclass
@@ -81,6 +84,10 @@ class Ports:
         known = self._forwards.get(key)
         if known is not None:
             return known.url
+        if sum(1 for sid, _, _ in self._forwards if sid == sandbox_id) >= MAX_EXPOSED:
+            raise ResourceExhausted(
+                f"a sandbox exposes at most {MAX_EXPOSED} ports", reason="RESOURCE_EXHAUSTED"
+            )
         # A provider without forwarding fails now, naming itself. A port nothing
         # listens on yet is fine (E2B's getHost and ComputeSDK's getUrl give a URL
         # before the server starts): each connection is made when it comes.

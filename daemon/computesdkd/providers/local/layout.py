@@ -106,6 +106,14 @@ class Layout:
         os.chmod(leases, 0o700)
         self.slots = idmap.Slots(leases, RUNTIME_ROOT, key)
 
+    def release(self) -> None:
+        """At a clean stop: the builds bind goes (the next start binds again), so a
+        state dir removed after the daemon stops leaves no mount in /run holding
+        its store's disk."""
+        if self.builds != Path():
+            with contextlib.suppress(OSError):
+                host.umount(str(self.builds))
+
     def install_agent(self, binary: Path) -> Path:
         """A copy of the agent in the runtime dir, where every sandbox's init can
         reach it; returns its path."""
@@ -129,7 +137,7 @@ def _bind_dir(source: Path, target: Path) -> None:
     for d in (source, target):
         d.mkdir(exist_ok=True)
         os.chmod(d, 0o711)  # traversable, not listable; each build's dir is 0700
-    if storage.is_mountpoint(target):  # after a restart it still is
+    if storage.is_mountpoint(target):  # after a crash it still is
         here, there = os.stat(source), os.stat(target)
         if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
             return

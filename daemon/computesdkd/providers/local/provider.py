@@ -141,6 +141,7 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._warming
         self._containers.close()
+        self._layout.release()
 
     def availability(self) -> str:
         return self._unavailable
