@@ -25,7 +25,12 @@ from daytona import (
     SessionExecuteRequest,
 )
 from daytona.common.filesystem import FileDownloadRequest
-from daytona_api_client_async import ListSandboxesResponse, Sandbox, ToolboxProxyUrl
+from daytona_api_client_async import (
+    ListSandboxesResponse,
+    PortPreviewUrl,
+    Sandbox,
+    ToolboxProxyUrl,
+)
 from daytona_toolbox_api_client_async import (
     Command,
     ErrorResponse,
@@ -44,9 +49,11 @@ from computesdk import Client, InvalidArgumentError
 from computesdkd.domain.model import Resources as DomainResources
 from computesdkd.domain.model import Sandbox as DomainSandbox
 from computesdkd.domain.model import SandboxSpec, State
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProviderConfig, ProviderContext
 from computesdkd.providers.daytona import api as api_mod
 from computesdkd.providers.daytona import files as files_mod
+from computesdkd.providers.daytona import previews as previews_mod
 from computesdkd.providers.daytona import run as run_mod
 from computesdkd.providers.daytona import spec
 from computesdkd.providers.daytona.api import DaytonaAPI
@@ -67,6 +74,7 @@ MODELS: list[tuple[str, str, Any, bool]] = [
     ("DELETE", r"/api/sandbox/[0-9a-f]+", Sandbox, False),
     ("POST", r"/api/sandbox/[0-9a-f]+/ttl/\d+", Sandbox, False),
     ("GET", r"/api/sandbox/[0-9a-f]+/toolbox-proxy-url", ToolboxProxyUrl, False),
+    ("GET", r"/api/sandbox/[0-9a-f]+/ports/\d+/preview-url", PortPreviewUrl, False),
     ("POST", _T + r"/process/execute", ExecuteResponse, False),
     ("GET", _T + r"/process/session", Session, True),
     ("GET", _T + r"/process/session/[\w-]+", Session, False),
@@ -204,6 +212,24 @@ async def test_official_sdk_against_the_fake(sdk: AsyncDaytona, fake: FakeDayton
         with pytest.raises(DaytonaError):
             await sbx.fs.get_file_info(f"{home}/notes")
 
+        # A preview link, before anything listens; private: the token or the key lets in.
+        link = await sbx.get_preview_link(8123)
+        assert link.sandbox_id == sbx.id and link.token
+        await sbx.process.create_session("web")
+        await sbx.process.execute_session_command(
+            "web",
+            SessionExecuteRequest(
+                command="cd /tmp && echo served > index.html && python3 -m http.server 8123",
+                run_async=True,
+            ),
+        )
+        async with httpx.AsyncClient(timeout=30) as h:
+            assert (await h.get(link.url + "/index.html")).status_code == 401
+            token = {"X-Daytona-Preview-Token": link.token}
+            page = await _until_served(h, link.url + "/index.html", token)
+            assert page.text == "served\n"
+        await sbx.process.delete_session("web")
+
         listed = [s.id async for s in sdk.list(ListSandboxesQuery(labels={"owner": "sdk-test"}))]
         assert listed == [sbx.id]
         await sbx.set_ttl(60)
@@ -216,6 +242,17 @@ async def test_official_sdk_against_the_fake(sdk: AsyncDaytona, fake: FakeDayton
     routes = {f"{m} {p}" for m, p, _, _ in MODELS}
     # All but the proxy URL, which the fake puts in the create answer already.
     assert validate_answers(fake, since) == routes - {f"GET {MODELS[5][1]}"} | {"error"}
+
+
+async def _until_served(h: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
+    """The page, once the server in the sandbox answers (it starts in the background)."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = await h.get(url, headers=headers)
+        if resp.status_code != 502 or time.monotonic() > deadline:
+            assert resp.status_code == 200, resp.text
+            return resp
+        await asyncio.sleep(0.2)
 
 
 async def test_the_adapter_gets_answers_the_sdk_models_accept(
@@ -429,3 +466,226 @@ def test_output_without_markers_is_kept_as_stdout() -> None:
     buf = bytearray(b"\x02\x02\x02err\n\x01\x01")  # a marker split across frames
     chunks, current = run_mod.demux(buf, None)
     assert (chunks, current, bytes(buf)) == ([("stderr", b"err\n")], "stderr", b"\x01\x01")
+
+
+# ------------------------------------------------------- processes and previews
+
+
+async def test_background_processes_run_in_sessions_of_their_own(
+    client: Client, fake: FakeDaytona
+) -> None:
+    box = await client.create("daytona", metadata={"who": "background"})
+    try:
+        sb = next(b for b in fake.boxes.values() if b.body["labels"].get("who") == "background")
+        assert sb.body["public"] is False  # previews want the token
+        proc = await box.start_process(
+            "printf abcdef; printf XYZ >&2; printf ghi; sleep 600", tag="server"
+        )
+        session, cmd_id = proc.id.split(":")
+        assert cmd_id in sb.sessions[session].commands
+        listed = {p.process_id: p for p in await box.processes()}
+        assert (listed[proc.id].tag, listed[proc.id].running) == ("server", True)
+        assert listed[proc.id].args[-1] == "printf abcdef; printf XYZ >&2; printf ghi; sleep 600"
+        # The output is there once the log holds all of it; then attach from offsets.
+        deadline = time.monotonic() + 60
+        log = sb.sessions[session].commands[cmd_id].log
+        while fake_mod.demux(bytes(log)) != (b"abcdefghi", b"XYZ") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        reader = box.process(proc.id).attach(stdout_offset=4, stderr_offset=1)
+        got: dict[str, list[tuple[int, bytes]]] = {"stdout": [], "stderr": []}
+
+        async def read() -> None:
+            async for c in reader:
+                got[c.stream].append((c.offset, c.data))
+
+        task = asyncio.create_task(read())
+        while b"".join(d for _, d in got["stdout"]) != b"efghi" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await proc.kill()  # deletes its session: the attach ends with the kill
+        await task
+        assert b"".join(d for _, d in got["stdout"]) == b"efghi"
+        assert got["stdout"][0][0] == 4 and got["stderr"] == [(1, b"YZ")]
+        assert session not in sb.sessions
+        ended = await box.process(proc.id).wait()
+        assert (ended.signal, ended.stdout) == (9, "")  # attach from 0 of a killed one: its end
+        assert proc.id not in {p.process_id for p in await box.processes()}
+    finally:
+        await box.destroy()
+
+
+async def test_a_finished_process_is_read_again_exactly(client: Client, fake: FakeDaytona) -> None:
+    box = await client.create("daytona")
+    try:
+        proc = await box.start_process(
+            "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 7"
+        )
+        whole = await proc.wait()
+        assert (whole.stdout, whole.stderr, whole.exit_code) == (
+            "out1\nout2\nout3\n",
+            "err1\nerr2\nerr3\n",
+            7,
+        )
+        for so, se in ((0, 0), (5, 10), (15, 15), (99, 3)):
+            part = [(c.stream, c.offset, c.data) async for c in box.process(proc.id).attach(so, se)]
+            out = b"".join(d for s, _, d in part if s == "stdout")
+            err = b"".join(d for s, _, d in part if s == "stderr")
+            assert (out, err) == (b"out1\nout2\nout3\n"[so:], b"err1\nerr2\nerr3\n"[se:])
+            firsts = {s: o for s, o, _ in reversed(part)}
+            assert all(firsts[s] == {"stdout": so, "stderr": se}[s] for s in firsts)
+        listed = {p.process_id: p for p in await box.processes()}
+        assert (listed[proc.id].running, listed[proc.id].exit_code) == (False, 7)
+    finally:
+        await box.destroy()
+
+
+async def test_long_output_is_read_past_the_inline_answer(client: Client) -> None:
+    """RunCommand answers 1 MiB inline and leaves the command to attach: the
+    rest comes from the same offsets, over the session's log."""
+    box = await client.create("daytona")
+    try:
+        r = await box.exec("head -c 3000000 /dev/zero | tr '\\0' a; echo done >&2")
+        assert (len(r.stdout), set(r.stdout), r.stderr, r.exit_code) == (
+            3_000_000,
+            {"a"},
+            "done\n",
+            0,
+        )
+    finally:
+        await box.destroy()
+
+
+async def test_what_sessions_cannot_carry_is_named(client: Client, fake: FakeDaytona) -> None:
+    from computesdk import NotFoundError, UnsupportedError
+
+    box = await client.create("daytona")
+    try:
+        with pytest.raises(UnsupportedError) as stdin:
+            await box.start_process("cat", stdin=True)
+        assert stdin.value.metadata == {"provider": "daytona", "feature": "stdin"}
+        proc = await box.start_process("sleep 600")
+        with pytest.raises(UnsupportedError) as write:
+            await proc.write_stdin("x")
+        assert write.value.metadata["feature"] == "stdin"
+        with pytest.raises(NotFoundError):
+            await box.process("computesdk-0123456789abcdef:nope").kill()
+        with pytest.raises(NotFoundError):
+            await box.process("../../etc:x").wait()
+        await proc.kill()
+        assert (await proc.wait()).signal == 9
+    finally:
+        await box.destroy()
+
+
+async def test_a_background_timeout_kills_by_session(client: Client, fake: FakeDaytona) -> None:
+    box = await client.create("daytona")
+    try:
+        proc = await box.start_process("echo before; sleep 600", timeout_ms=500)
+        r = await proc.wait()
+        assert (r.stdout, r.signal, r.timed_out) == ("before\n", 9, True)
+    finally:
+        await box.destroy()
+
+
+async def test_expose_port_gives_the_preview_link(
+    daemon: DaemonProcess, client: Client, fake: FakeDaytona
+) -> None:
+    box = await client.create("daytona")
+    try:
+        url = await box.get_url(8124)  # nothing listens yet
+        sid = next(
+            iter(
+                b.id
+                for b in fake.boxes.values()
+                if b.body["labels"].get("computesdk.sandbox") == box.id
+            )
+        )
+        assert url == f"http://127.0.0.1:{fake.port}/preview/8124-{sid}"
+        await box.start_process("cd /tmp && echo hello > p.html && python3 -m http.server 8124")
+        async with httpx.AsyncClient(timeout=30) as h:
+            assert (await h.get(url + "/p.html")).status_code == 401  # private
+            key = {"Authorization": f"Bearer {daemon.env['DAYTONA_API_KEY']}"}
+            assert (await _until_served(h, url + "/p.html", key)).text == "hello\n"
+    finally:
+        await box.destroy()
+
+
+async def test_previews_can_be_public_by_configuration(
+    daemon: DaemonProcess, fake: FakeDaytona, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in daemon.env.items() if k.startswith("DAYTONA_")}
+    p = DaytonaProvider(ProviderConfig("daytona", env={**env, "DAYTONA_PUBLIC_PREVIEWS": "true"}))
+    await p.start(ProviderContext(state_dir=tmp_path, emit=lambda *a, **k: None))
+    sb = _record(keep_alive=False)
+    try:
+        await p.create(sb)
+        assert fake.boxes[sb.provider_sandbox_id].body["public"] is True
+        previews = p.part(caps.PreviewUrls)
+        assert previews is not None
+        url = await previews.preview_url(sb, 9000)
+        async with httpx.AsyncClient(timeout=30) as h:
+            assert (await h.get(url + "/")).status_code == 502  # let in; nothing listens
+    finally:
+        await p.destroy(sb)
+        await p.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["file:///etc/passwd", "javascript:alert(1)", "https://user:pw@x.example/", 5, "h" * 3000],
+)
+def test_a_preview_url_from_daytona_is_checked(url: object) -> None:
+    with pytest.raises(Exception, match="preview url") as e:
+        previews_mod.preview_url(url)
+    assert getattr(e.value, "reason", "") == "PROVIDER_ERROR"
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b'{"sessionId": "x"}', "not a list"),
+        (b"not json", "not JSON"),
+        (b'[{"sessionId": "computesdk-0123456789abcdef"}]', "with commands"),
+        (
+            b'[{"sessionId": "computesdk-0123456789abcdef", "commands": [{"id": "../x"}]}]',
+            "malformed",
+        ),
+        (
+            b'[{"sessionId": "computesdk-0123456789abcdef",'
+            b' "commands": [{"id": "c", "exitCode": "0"}]}]',
+            "number",
+        ),
+    ],
+)
+async def test_listed_sessions_are_checked(answer: bytes, why: str) -> None:
+    from computesdkd.providers.daytona.background import SessionProcesses
+
+    api = _hostile(answer)
+    sb = _record(keep_alive=False)
+    sb.provider_sandbox_id, sb.provider_data = "abc", {"toolbox": "http://toolbox.invalid"}
+    try:
+        with pytest.raises(Exception, match=why) as e:
+            await SessionProcesses(api).list_processes(sb)
+        assert getattr(e.value, "reason", "") == "PROVIDER_ERROR"
+    finally:
+        await api.close()
+
+
+async def test_sessions_not_the_daemons_are_not_listed() -> None:
+    from computesdkd.providers.daytona.background import SessionProcesses
+
+    answer = (
+        b'[{"sessionId": "theirs", "commands": [{"id": "a", "command": "x", "exitCode": null}]},'
+        b' {"sessionId": "computesdk-0123456789abcdef",'
+        b' "commands": [{"id": "b", "command": "echo hi", "exitCode": 3}]}]'
+    )
+    api = _hostile(answer)
+    sb = _record(keep_alive=False)
+    sb.provider_sandbox_id, sb.provider_data = "abc", {"toolbox": "http://toolbox.invalid"}
+    try:
+        listed = await SessionProcesses(api).list_processes(sb)
+    finally:
+        await api.close()
+    assert [(p.process_id, p.args, p.running, p.exit) for p in listed] == [
+        ("computesdk-0123456789abcdef:b", ["echo hi"], False, listed[0].exit)
+    ]
+    assert listed[0].exit is not None and listed[0].exit.exit_code == 3

@@ -29,7 +29,7 @@ from e2b.api.client import models
 from e2b.envd.filesystem import filesystem_pb
 from e2b.envd.process import process_pb
 
-from computesdk import Client, InvalidArgumentError
+from computesdk import Client, InvalidArgumentError, UnsupportedError
 from computesdkd.domain.errors import ComputeError
 from computesdkd.domain.model import Command, ExitStatus, Output, Resources, SandboxSpec, State
 from computesdkd.domain.model import Sandbox as DomainSandbox
@@ -77,6 +77,9 @@ def check_answers(fake: FakeE2B, since: int) -> set[str]:
     for route, status, raw in fake.answers[since:]:
         seen.add(route)
         body = json.loads(raw) if raw else None
+        if route == "proxy":  # E2B's proxy, in its own words (not the REST API's Error)
+            assert set(body) <= {"sandboxId", "message", "port", "code"} and body["code"] == status
+            continue
         if route.startswith("envd "):
             method = route[5:].removesuffix(" end")
             if method.endswith("/files"):
@@ -111,6 +114,7 @@ def e2b_env(daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield fake
     fake.envd_version = "0.5.7"
     fake.max_hours = 1
+    fake.public_by_default = True
 
 
 async def test_the_sdk_drives_the_fake_and_every_answer_fits_its_models(
@@ -438,3 +442,161 @@ def test_the_plan_sets_the_longest_timeout(
 def test_a_plan_e2b_does_not_have_makes_the_provider_unavailable() -> None:
     p = E2BProvider(ProviderConfig(name="e2b", env={"E2B_API_KEY": "k"}, options={"plan": "gold"}))
     assert "providers.e2b.plan must be one of" in p.availability()
+
+
+# ---------------------------------------------------------------- ports, through E2B's proxy
+
+
+async def _through_proxy(host: str, token: str | None = None, path: str = "/") -> httpx.Response:
+    """A request to https://HOST as E2B's edge takes it: the fake's sandbox
+    endpoint stands in for E2B's proxy, which routes by the host alone."""
+    headers = {"Host": host}
+    if token is not None:
+        headers["e2b-traffic-access-token"] = token
+    async with httpx.AsyncClient(base_url=os.environ["E2B_SANDBOX_URL"]) as http:
+        return await http.get(path, headers=headers)
+
+
+async def _served(host: str, token: str | None = None, path: str = "/") -> httpx.Response:
+    """The answer once the server in the sandbox listens (a 502 until then)."""
+    for _ in range(200):
+        resp = await _through_proxy(host, token, path)
+        if resp.status_code != 502:
+            return resp
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing came to listen behind {host}: {resp.text}")
+
+
+# A server in the sandbox, on the port formatted in; it serves /hi.txt.
+SERVER = "mkdir -p /tmp/s; echo served > /tmp/s/hi.txt; exec python3 -m http.server {} -d /tmp/s"
+
+
+async def test_the_sdk_reaches_a_port_by_its_host_and_private_urls_need_the_token(
+    e2b_env: FakeE2B,
+) -> None:
+    fake, since = e2b_env, len(e2b_env.answers)
+    public = await AsyncSandbox.create(template="base", timeout=120)
+    private = await AsyncSandbox.create(
+        template="base", timeout=120, network={"allow_public_traffic": False}
+    )
+    try:
+        assert public.traffic_access_token is None
+        assert isinstance(private.traffic_access_token, str) and private.traffic_access_token
+        host = public.get_host(8080)
+        assert host == f"8080-{public.sandbox_id}.{public.sandbox_domain}"
+        closed = await _through_proxy(host)  # nothing listens yet: E2B says so
+        assert closed.status_code == 502 and closed.json()["port"] == 8080
+        await public.commands.run(SERVER.format(8080), background=True)
+        assert (await _served(host, path="/hi.txt")).text == "served\n"
+
+        host = private.get_host(8081)
+        await private.commands.run(SERVER.format(8081), background=True)
+        ok = await _served(host, private.traffic_access_token, "/hi.txt")
+        assert (ok.status_code, ok.text) == (200, "served\n")
+        refused = await _through_proxy(host, path="/hi.txt")  # it listens: only the token
+        assert refused.status_code == 403 and "e2b-traffic-access-token" in refused.text
+        wrong = await _through_proxy(host, "not-the-token", "/hi.txt")
+        assert wrong.status_code == 403
+        info = await private.get_info()
+        assert info.sandbox_id == private.sandbox_id
+    finally:
+        await public.kill()
+        await private.kill()
+    seen = check_answers(fake, since)
+    assert {"proxy", "POST /v2/sandboxes", "GET /sandboxes/{id}"} <= seen
+
+
+def _box_of(fake: FakeE2B, record_id: str) -> Box:
+    (box,) = [b for b in fake.boxes.values() if b.metadata.get("computesdk_id") == record_id]
+    return box
+
+
+async def test_expose_port_answers_with_e2bs_url_for_the_port(
+    e2b_env: FakeE2B, client: Client
+) -> None:
+    """The daemon's URL is the one the SDK's get_host names, given before anything
+    listens, and E2B's proxy serves the sandbox's port there."""
+    fake, since = e2b_env, len(e2b_env.bodies)
+    sb = await client.create("e2b", template="python", ports=[8090])
+    try:
+        sent = [b for r, b in fake.bodies[since:] if r == "POST /v2/sandboxes"][-1]
+        assert "network" not in sent  # the project's rule for URLs stands
+        url = await sb.get_url(8090)  # nothing listens yet
+        sdk = await AsyncSandbox.connect(_box_of(fake, sb.id).id, timeout=120)
+        assert url == f"https://{sdk.get_host(8090)}"
+        assert await sb.get_url(8090) == url
+        await sdk.commands.run(SERVER.format(8090), background=True)
+        served = await _served(httpx.URL(url).host, path="/hi.txt")
+        assert (served.status_code, served.text) == (200, "served\n")
+    finally:
+        await sb.destroy()
+
+
+async def test_envds_port_is_refused_before_any_call(e2b_env: FakeE2B, client: Client) -> None:
+    creates = e2b_env.requests.count("POST /v2/sandboxes")
+    with pytest.raises(InvalidArgumentError) as at_create:
+        await client.create("e2b", template="python", ports=[8000, 49983])
+    refused = at_create.value
+    assert refused.reason == "PROVIDER_LIMIT" and "49983 is envd's" in refused.message
+    assert e2b_env.requests.count("POST /v2/sandboxes") == creates
+    sb = await client.create("e2b", template="python")
+    try:
+        with pytest.raises(InvalidArgumentError) as later:
+            await sb.get_url(49983)
+        assert later.value.reason == "PROVIDER_LIMIT"
+        assert later.value.metadata["provider"] == "e2b"
+    finally:
+        await sb.destroy()
+
+
+@pytest.mark.parametrize("token_in_answer", [True, False], ids=["token", "detail only"])
+async def test_a_project_with_private_urls_gets_no_url_it_cannot_use(
+    e2b_env: FakeE2B, client: Client, monkeypatch: pytest.MonkeyPatch, token_in_answer: bool
+) -> None:
+    """Where the project made sandbox URLs private, E2B wants the traffic token in
+    a header; a URL cannot carry it, so ExposePort refuses by name. The sandbox's
+    detail says so too, should the create answer lack the token."""
+    e2b_env.public_by_default = False
+    if not token_in_answer:
+        answer = Box.sandbox
+        monkeypatch.setattr(
+            Box, "sandbox", lambda self: {**answer(self), "trafficAccessToken": None}
+        )
+    sb = await client.create("e2b", template="python")
+    try:
+        assert _box_of(e2b_env, sb.id).traffic_token  # E2B made it private
+        with pytest.raises(UnsupportedError) as e:
+            await sb.get_url(8080)
+        assert e.value.metadata == {
+            "provider": "e2b",
+            "feature": "preview URLs behind a traffic token",
+        }
+        assert "e2b-traffic-access-token" in e.value.message
+    finally:
+        await sb.destroy()
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ({"domain": "evil.example/../x"}, "not a host name"),
+        ({"domain": "a" * 300}, "not a host name"),
+    ],
+)
+async def test_the_domain_e2b_gave_is_checked_before_it_goes_into_a_url(
+    data: dict[str, str], why: str
+) -> None:
+    p = E2BProvider(ProviderConfig(name="e2b", env={"E2B_API_KEY": "k"}))
+    sb = _record("domain")
+    sb.provider_sandbox_id = "iabc123"
+    sb.provider_data = dict(data)
+    with pytest.raises(ComputeError, match=why):
+        await p.preview_url(sb, 8080)
+    sb.provider_data = {"domain": "e2b.app"}
+    assert await p.preview_url(sb, 8080) == "https://8080-iabc123.e2b.app"
+    await p.close()
+
+
+def test_a_domain_that_is_no_host_name_makes_the_provider_unavailable() -> None:
+    p = E2BProvider(ProviderConfig(name="e2b", env={"E2B_API_KEY": "k", "E2B_DOMAIN": "x/y"}))
+    assert p.availability() == "E2B_DOMAIN is not a host name"

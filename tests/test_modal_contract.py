@@ -325,3 +325,295 @@ def test_router_addresses_and_tokens_from_modal_are_checked() -> None:
         checked_token("x" * 9000, "router access")
     token = modal_fake.mint_jwt({"exp": 1234})
     assert jwt_exp(token) == 1234.0 and jwt_exp("not.a-jwt") == 0.0 and jwt_exp("") == 0.0
+
+
+# ---------------------------------------------------------------- tunnels and snapshots
+
+
+async def test_sdk_tunnels_for_open_ports(fake: Any, sdk: Any) -> None:
+    """Encrypted ports come back with the V2 create; an unencrypted one is known
+    only later, so the SDK asks SandboxGetTunnelsV2 for the whole set."""
+    app = await modal.App.lookup.aio("contract-tunnels", create_if_missing=True, client=sdk)
+    image = modal.Image.from_registry("python:3.11-slim")
+    sb = await modal.Sandbox.create.aio(app=app, image=image, client=sdk, encrypted_ports=[8080])
+    try:
+        before = fake.requests.count("SandboxGetTunnelsV2")
+        tunnels = await sb.tunnels.aio()
+        assert fake.requests.count("SandboxGetTunnelsV2") == before  # kept from the create
+        host = fake.boxes[sb.object_id].tunnels[0].host
+        assert set(tunnels) == {8080} and tunnels[8080].url == f"https://{host}"
+    finally:
+        await sb.terminate.aio()
+    both = await modal.Sandbox.create.aio(
+        app=app, image=image, client=sdk, encrypted_ports=[3000], unencrypted_ports=[2222]
+    )
+    try:
+        tunnels = await both.tunnels.aio()
+        assert fake.last["SandboxGetTunnelsV2"].sandbox_id == both.object_id
+        assert set(tunnels) == {3000, 2222} and tunnels[2222].tcp_socket[1] > 0
+    finally:
+        await both.terminate.aio()
+    with pytest.raises(exception.InvalidError):  # the SDK's own rule, before any call
+        await modal.Sandbox.create.aio(
+            app=app, image=image, client=sdk, encrypted_ports=[1], block_network=True
+        )
+    assert {"SandboxCreateV2", "SandboxGetTunnelsV2"} <= validate_responses(fake)
+
+
+async def test_sdk_v1_tunnels(fake: Any, sdk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODAL_SANDBOX_V2", "0")
+    app = await modal.App.lookup.aio("contract-tunnels-v1", create_if_missing=True, client=sdk)
+    sb = await modal.Sandbox.create.aio(
+        app=app, image=modal.Image.from_registry("python:3.11-slim"), client=sdk,
+        encrypted_ports=[8080],
+    )  # fmt: skip
+    try:
+        assert (await sb.tunnels.aio())[8080].url.startswith("https://")
+    finally:
+        await sb.terminate.aio()
+    assert "SandboxGetTunnels" in validate_responses(fake)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+async def test_sdk_snapshot_filesystem_and_image_delete(
+    fake: Any, sdk: Any, monkeypatch: pytest.MonkeyPatch, legacy: bool
+) -> None:
+    """snapshot_filesystem() goes through the router (TaskSnapshotFilesystem) for
+    V1 and V2; the V1 legacy switch makes it SandboxSnapshotFs. A sandbox made from
+    the image has the files; after image_delete one cannot be made from it."""
+    from modal import experimental
+
+    if legacy:
+        monkeypatch.setenv("MODAL_SANDBOX_V2", "0")
+        monkeypatch.setenv("MODAL_USE_LEGACY_FILESYSTEM_SNAPSHOT", "1")
+    app = await modal.App.lookup.aio("contract-snap", create_if_missing=True, client=sdk)
+    image = modal.Image.from_registry("python:3.11-slim")
+    sb = await modal.Sandbox.create.aio(app=app, image=image, client=sdk)
+    try:
+        put = await sb.exec.aio("sh", "-c", "echo kept > /snap.txt")
+        assert await put.wait.aio() == 0
+        snap = await sb.snapshot_filesystem.aio()  # the SDK's default ttl: 30 days
+        method = "SandboxSnapshotFs" if legacy else "TaskSnapshotFilesystem"
+        assert method in fake.requests and snap.object_id in fake.snapshots
+        if not legacy:
+            assert fake.last["TaskSnapshotFilesystem"].ttl_seconds == 30 * 24 * 3600
+    finally:
+        await sb.terminate.aio()
+    by_id = modal.Image.from_id(snap.object_id, client=sdk)  # ImageFromId, as a later run
+    again = await modal.Sandbox.create.aio(app=app, image=by_id, client=sdk)
+    try:
+        got = await again.exec.aio("cat", "/snap.txt")
+        assert await _read(got.stdout) == "kept\n"
+    finally:
+        await again.terminate.aio()
+    await experimental.image_delete.aio(snap.object_id, client=sdk)
+    assert snap.object_id not in fake.snapshots
+    with pytest.raises(exception.Error):
+        await modal.Sandbox.create.aio(app=app, image=snap, client=sdk)
+    seen = validate_responses(fake)
+    assert {method, "ImageFromId", "ImageDelete"} <= seen
+
+
+async def test_adapter_preview_urls_are_modal_tunnels(fake: Any, client: Any) -> None:
+    from computesdk import FailedPreconditionError
+
+    sb = await _modal_box(client, ports=[8080, 3000])
+    try:
+        d = fake.last["SandboxCreateV2"].definition
+        assert sorted((p.port, p.unencrypted) for p in d.open_ports.ports) == [
+            (3000, False), (8080, False),
+        ]  # fmt: skip
+        # Open ports cannot go with BLOCKED: an empty allowlist keeps egress closed.
+        na = d.network_access
+        assert na.network_access_type == na.ALLOWLIST and not na.allowed_cidrs
+        assert not na.allowed_domains
+        box = fake.boxes[sb_modal_id(fake, sb)]
+        want = {t.container_port: f"https://{t.host}" for t in box.tunnels}
+        before = fake.requests.count("SandboxGetTunnelsV2")
+        assert await sb.get_url(8080) == want[8080]  # before anything listens
+        assert await sb.get_url(3000) == want[3000]
+        assert fake.requests.count("SandboxGetTunnelsV2") == before  # kept from the create
+        with pytest.raises(FailedPreconditionError) as e:
+            await sb.get_url(9999)
+        assert e.value.reason == "PORT_NOT_DECLARED"
+        assert "modal" in e.value.message and "declare it" in e.value.message
+    finally:
+        await sb.destroy()
+    plain = await _modal_box(client)
+    try:
+        d = fake.last["SandboxCreateV2"].definition
+        assert d.network_access.network_access_type == d.network_access.BLOCKED
+        assert not d.open_ports.ports
+        with pytest.raises(FailedPreconditionError):
+            await plain.get_url(8080)
+    finally:
+        await plain.destroy()
+    validate_responses(fake)
+
+
+def sb_modal_id(fake: Any, sb: Any) -> str:
+    return next(b.id for b in fake.boxes.values() if b.tags.get("computesdk-sandbox") == sb.id)
+
+
+async def test_adapter_refuses_a_tunnel_that_is_not_a_host(fake: Any, client: Any) -> None:
+    from computesdk import UnavailableError
+
+    fake.tunnel_host = "evil.example/../x"
+    try:
+        with pytest.raises(UnavailableError) as e:
+            await _modal_box(client, ports=[8080])
+        assert "tunnel" in e.value.message
+    finally:
+        fake.tunnel_host = None
+    made = max(fake.boxes.values(), key=lambda b: b.created_at)
+    assert made.tunnels[0].host == "evil.example/../x"
+    assert made.terminated  # the half-made sandbox was freed
+
+
+async def test_adapter_v1_fetches_tunnels(
+    fake: Any, sdk: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A V1 create answers with no tunnels: the adapter asks SandboxGetTunnels."""
+    import os
+
+    from computesdkd.domain.model import Resources, SandboxSpec, State
+    from computesdkd.domain.model import Sandbox as Record
+    from computesdkd.providers.modal.api import ModalAPI
+    from computesdkd.providers.modal.tunnels import ModalTunnels
+
+    monkeypatch.setenv("MODAL_SANDBOX_V2", "0")  # the SDK makes a V1 sandbox
+    app = await modal.App.lookup.aio("v1-tunnels", create_if_missing=True, client=sdk)
+    sb = await modal.Sandbox.create.aio(
+        app=app, image=modal.Image.from_registry("python:3.11-slim"), client=sdk,
+        encrypted_ports=[8080],
+    )  # fmt: skip
+    api = ModalAPI(
+        {"MODAL_SERVER_URL": os.environ["MODAL_SERVER_URL"],
+         "MODAL_TOKEN_ID": modal_fake.TOKEN_ID, "MODAL_TOKEN_SECRET": modal_fake.TOKEN_SECRET}
+    )  # fmt: skip
+    try:
+        rec = Record(
+            id="sbx-v1",
+            spec=SandboxSpec(
+                provider="modal", template="python", metadata={}, timeout_ms=0,
+                keep_alive=False, resources=Resources(), env={}, ports=(8080,),
+            ),
+            state=State.RUNNING, created_at=0.0, expires_at=0.0,
+            provider_sandbox_id=sb.object_id, provider_data={"api": "v1"},
+        )  # fmt: skip
+        url = await ModalTunnels(api).preview_url(rec, 8080)
+        assert url == f"https://{fake.boxes[sb.object_id].tunnels[0].host}"
+        assert fake.last["SandboxGetTunnels"].sandbox_id == sb.object_id
+        assert "8080" in rec.provider_data["tunnels"]  # kept: not asked again
+        asked = fake.requests.count("SandboxGetTunnels")
+        assert await ModalTunnels(api).preview_url(rec, 8080) == url
+        assert fake.requests.count("SandboxGetTunnels") == asked
+    finally:
+        await api.close()
+        await sb.terminate.aio()
+
+
+async def test_adapter_snapshots_restore_in_place_by_recreate(fake: Any, client: Any) -> None:
+    """A snapshot is TaskSnapshotFilesystem's image; a restore is a new Modal
+    sandbox from it under the same daemon id, the old one terminated after."""
+    from computesdk import UnsupportedError
+
+    sb = await _modal_box(client)
+    try:
+        await sb.exec("echo one > /workspace/f")
+        first = sb_modal_id(fake, sb)
+        snap = await sb.snapshots.create("s1")
+        req = fake.last["TaskSnapshotFilesystem"]
+        assert req.ttl_seconds == -1 and req.task_id == fake.boxes[first].task_id
+        await sb.exec("echo two > /workspace/f")
+        await sb.snapshots.restore(snap.id)
+        assert sb.id == (await client.get(sb.id)).id
+        assert (await sb.exec("cat /workspace/f")).stdout == "one\n"
+        second = fake.last["SandboxCreateV2"]
+        assert fake.boxes[first].terminated and second.definition.image_id in fake.snapshots
+        assert second.definition.name.startswith(f"computesdk-{sb.id}.r")
+        tags = {t.tag_name: t.tag_value for t in second.tags}
+        assert tags["computesdk-sandbox"] == sb.id
+
+        state = await sb.save_state("kept")  # a saved state: a new sandbox starts from it
+        other = await client.create("modal", restore_from=state, timeout_ms=600_000)
+        try:
+            assert (await other.exec("cat /workspace/f")).stdout == "one\n"
+        finally:
+            await other.destroy()
+        await client.states.delete(state)
+        assert fake.last["ImageDelete"].image_id not in fake.snapshots
+        with pytest.raises(UnsupportedError) as u:
+            async for _ in client.states.export(sandbox=sb):
+                pass
+        assert u.value.metadata == {"provider": "modal", "feature": "state export"}
+        await sb.snapshots.delete(snap.id)
+        assert fake.last["ImageDelete"].image_id == second.definition.image_id
+    finally:
+        await sb.destroy()
+    assert {"TaskSnapshotFilesystem", "ImageDelete"} <= validate_responses(fake)
+
+
+async def test_a_failed_restore_leaves_the_sandbox_as_it_was(fake: Any, client: Any) -> None:
+    """The new Modal sandbox is made before the old one goes: when Modal refuses
+    it (here the snapshot's image is gone), the old one runs on, untouched."""
+    from computesdk import NotFoundError
+
+    sb = await _modal_box(client)
+    try:
+        await sb.exec("echo one > /workspace/f")
+        snap = await sb.snapshots.create("s1")
+        first = sb_modal_id(fake, sb)
+        image = next(reversed(fake.snapshots))  # the image the snapshot made
+        state = fake.snapshots.pop(image)  # Modal no longer has it
+        await sb.exec("echo two > /workspace/f")
+        with pytest.raises(NotFoundError):
+            await sb.snapshots.restore(snap.id)
+        assert not fake.boxes[first].terminated
+        assert (await sb.exec("cat /workspace/f")).stdout == "two\n"
+        fake.snapshots[image] = state
+    finally:
+        await sb.destroy()
+
+
+async def test_volumes_stay_unsupported_and_say_why(fake: Any, client: Any) -> None:
+    from computesdk import UnsupportedError
+
+    made = fake.requests.count("SandboxCreateV2")
+    with pytest.raises(UnsupportedError) as e:
+        await client.create(
+            "modal", template="python",
+            volumes=[{"name": "modal-vol", "mount_path": "/data", "size_mb": 16}],
+        )  # fmt: skip
+    assert e.value.metadata == {"provider": "modal", "feature": "volumes"}
+    assert "size limit" in e.value.message
+    assert fake.requests.count("SandboxCreateV2") == made
+
+
+def test_the_snapshot_map_outlives_the_daemon_and_is_checked(tmp_path: Any) -> None:
+    """Which image holds which snapshot is read back at start; what is not an
+    image id is dropped, and a file over the bound is refused."""
+    import json
+
+    from computesdkd.domain.errors import NotFound
+    from computesdkd.providers.modal.snapshots import MAX_FILE, SnapshotMap
+
+    m = SnapshotMap()
+    m.load(tmp_path)
+    m.put("snap-1", "im-abc123")
+    again = SnapshotMap()
+    again.load(tmp_path)
+    assert again.image("snap-1") == "im-abc123" and again.ids() == ["snap-1"]
+    assert (tmp_path / "modal-snapshots.json").stat().st_mode & 0o777 == 0o600
+    again.pop("snap-1")
+    with pytest.raises(NotFound):
+        again.image("snap-1")
+    (tmp_path / "modal-snapshots.json").write_text(
+        json.dumps({"good": "im-x1", "bad": "../../etc", "worse": "im-" + "a" * 500})
+    )
+    loaded = SnapshotMap()
+    loaded.load(tmp_path)
+    assert loaded.ids() == ["good"]
+    (tmp_path / "modal-snapshots.json").write_text(" " * (MAX_FILE + 1))
+    with pytest.raises(ValueError):
+        SnapshotMap().load(tmp_path)

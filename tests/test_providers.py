@@ -154,6 +154,24 @@ async def test_missing_features_are_named(box: Sandbox, client: Client) -> None:
         with pytest.raises(UnsupportedError) as sig:
             await proc.signal(15)
         assert sig.value.metadata == {"provider": "modal", "feature": "signals"}
+    elif box.provider == "vercel":  # detached commands, their logs replayed from an offset
+        proc = await box.start_process("echo one; echo two >&2")
+        result = await proc.wait()
+        assert (result.stdout, result.stderr, result.exit_code) == ("one\n", "two\n", 0)
+        tail = [(c.stream, c.data) async for c in box.process(proc.id).attach(stdout_offset=2)]
+        assert sorted(tail) == [("stderr", b"two\n"), ("stdout", b"e\n")]
+        with pytest.raises(UnsupportedError) as tag:
+            await box.start_process("true", tag="web")
+        assert tag.value.metadata == {"provider": "vercel", "feature": "process tags"}
+    elif box.provider == "daytona":  # session commands: background and resume, a kill only
+        proc = await box.start_process("echo one; echo two >&2")
+        result = await proc.wait()
+        assert (result.stdout, result.stderr, result.exit_code) == ("one\n", "two\n", 0)
+        tail = [(c.stream, c.data) async for c in box.process(proc.id).attach(stdout_offset=2)]
+        assert sorted(tail) == [("stderr", b"two\n"), ("stdout", b"e\n")]
+        with pytest.raises(UnsupportedError) as sig:
+            await proc.signal(15)
+        assert sig.value.metadata == {"provider": "daytona", "feature": "signal 15"}
     elif box.provider != "local":
         with pytest.raises(UnsupportedError) as e:
             await box.start_process("sleep 1")

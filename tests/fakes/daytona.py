@@ -4,7 +4,11 @@ tests/test_daytona_contract.py drives it with that SDK and validates every JSON
 answer against the SDK's models.
 
 - Control API: POST/GET/DELETE /sandbox, the label-filtered, cursor-paged list,
-  /ttl, /toolbox-proxy-url; Daytona's default per-sandbox quotas and DTO rules.
+  /ttl, /toolbox-proxy-url, /ports/{port}/preview-url (url and token); Daytona's
+  default per-sandbox quotas and DTO rules.
+- Preview proxy: /preview/{port}-{id}/... answers 401 for a private sandbox
+  without X-Daytona-Preview-Token (or the API key as a bearer), else forwards a
+  GET to the port in the sandbox.
 - Toolbox: /process/execute; sessions that run their commands one after another
   in one shell, sync or runAsync, with input, the command, its logs (JSON or text)
   and the logs WebSocket; the output markers \\x01\\x01\\x01 / \\x02\\x02\\x02
@@ -27,6 +31,8 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+
 from computesdk import Client, ComputeSDKError, Process, Resources, Sandbox
 from computesdk.types import FileInfo
 
@@ -38,6 +44,8 @@ SNAPSHOTS = {"daytonaio/sandbox:0.4.3"}
 # Daytona's default organization quota per sandbox (cores, GiB, GiB).
 MAX_CPU, MAX_MEMORY, MAX_DISK = 4, 8, 10
 HOME = "/home/daytona"
+# The most one logs WebSocket frame carries (a read of the log file).
+WS_FRAME = 32 << 10
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -155,6 +163,7 @@ class _Box:
         self.state = "creating"
         self.created = datetime.now(UTC)
         self.sessions: dict[str, _Session] = {}
+        self.preview_token = secrets.token_urlsafe(24)
 
     def dto(self, *, listed: bool = False) -> dict[str, Any]:
         b = self.body
@@ -205,6 +214,8 @@ def check_create(body: object) -> str:
     for key, most in (("cpu", MAX_CPU), ("memory", MAX_MEMORY), ("disk", MAX_DISK)):
         if (body.get(key) or 0) > most:
             return f"{key} request {body[key]} exceeds maximum allowed per sandbox ({most})"
+    if "public" in body and not isinstance(body["public"], bool):
+        return "public must be a boolean value"
     if (body.get("gpu") or 0) > 1:
         return "gpu must not be greater than 1"
     if (body.get("ttlMinutes") or 0) < 0:
@@ -250,6 +261,8 @@ class FakeDaytona:
         req = Request(scope, receive)
         send = self._recording(req, send)
         self.requests.append(f"{req.method} {req.path}")
+        if req.path.startswith("/preview/"):
+            return await self._preview(req, send)
         if req.headers.get("authorization") != f"Bearer {API_KEY}":
             return await respond_json(send, 401, {"statusCode": 401, "message": "Unauthorized"})
         try:
@@ -303,6 +316,8 @@ class FakeDaytona:
                 box.state = "destroyed"
                 self.gone[box.id] = box.dto()
                 return await respond_json(send, 200, {**self.gone[box.id], "state": "destroying"})
+            if len(parts) == 5 and parts[2] == "ports" and parts[4] == "preview-url":
+                return await self._preview_url(box, parts[3], send)
             if parts[2:] == ["toolbox-proxy-url"]:
                 return await respond_json(send, 200, {"url": box.toolbox})
             if len(parts) == 4 and parts[2] == "ttl" and req.method == "POST":
@@ -313,6 +328,36 @@ class FakeDaytona:
                 box.body["ttlMinutes"] = int(parts[3])
                 return await respond_json(send, 200, box.dto())
         return await respond_json(send, 404, {"statusCode": 404, "message": "Cannot route"})
+
+    async def _preview_url(self, box: _Box, port: str, send: Send) -> None:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            return await respond_json(send, 400, {"statusCode": 400, "message": "Invalid port"})
+        url = f"http://127.0.0.1:{self.port}/preview/{int(port)}-{box.id}"
+        body = {"sandboxId": box.id, "url": url, "token": box.preview_token}
+        return await respond_json(send, 200, body)
+
+    async def _preview(self, req: Request, send: Send) -> None:
+        """The preview proxy: a private sandbox's port wants its token or the key."""
+        host, _, rest = req.path.removeprefix("/preview/").partition("/")
+        port, _, sid = host.partition("-")
+        box = self.boxes.get(sid)
+        if box is None or not port.isdigit():
+            return await respond(send, 404, b"sandbox not found", "text/plain")
+        allowed = (
+            box.body.get("public") is True
+            or req.headers.get("x-daytona-preview-token") == box.preview_token
+            or req.headers.get("authorization") == f"Bearer {API_KEY}"
+        )
+        if not allowed:
+            return await respond(send, 401, b"Unauthorized", "text/plain")
+        url = await box.local.get_url(int(port))
+        async with httpx.AsyncClient(timeout=30) as h:
+            try:
+                r = await h.get(f"{url.rstrip('/')}/{rest}")
+            except httpx.HTTPError:
+                return await respond(send, 502, b"no server on the port", "text/plain")
+        ctype = r.headers.get("content-type", "application/octet-stream")
+        return await respond(send, r.status_code, r.content, ctype)
 
     async def _create(self, body: Any, send: Send) -> None:
         if why := check_create(body):
@@ -597,8 +642,9 @@ class FakeDaytona:
                 while not cmd.done and len(cmd.log) <= pos:
                     await cmd.changed.wait()
                 data, pos, done = bytes(cmd.log[pos:]), len(cmd.log), cmd.done
-            if data:
-                await send({"type": "websocket.send", "bytes": data if keep else strip(data)})
+            data = data if keep else strip(data)
+            for i in range(0, len(data), WS_FRAME):  # the toolbox sends what each read gave
+                await send({"type": "websocket.send", "bytes": data[i : i + WS_FRAME]})
             if done:
                 break
         await send({"type": "websocket.close", "code": 1000})

@@ -1,7 +1,8 @@
 """A wire-level fake of E2B as its official SDK (e2b, pinned in daemon[dev]) speaks
 to it: the REST API (spec/openapi.yml: v1 and v2 create, list, info, kill,
-timeout, connect, pause, metrics) and envd inside each sandbox (e2b_envd.py).
-Each fake sandbox is a real local sandbox of the daemon under test.
+timeout, connect, pause, metrics), envd inside each sandbox (e2b_envd.py), and
+E2B's proxy to a sandbox's other ports (e2b_proxy.py). Each fake sandbox is a
+real local sandbox of the daemon under test.
 
 It follows E2B, not our adapter: every sandbox is secured (envd answers only
 with the sandbox's access token), a timeout past the plan's longest life is
@@ -16,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import secrets
 import time
 import urllib.parse
@@ -26,11 +28,14 @@ from computesdk import Client, ComputeSDKError, Sandbox
 
 from .asgi import Receive, Request, Scope, Send, respond, respond_json
 from .e2b_envd import Envd
+from .e2b_proxy import ENVD_PORT, serve_port
 
 API_KEY = "e2b_fake_key_for_tests"
 ENVD_VERSION = "0.5.7"
 HOBBY_HOURS = 1  # E2B's Hobby plan: a sandbox lives at most 1 h
 PAGE_MAX = 100
+# E2B's proxy routes https://PORT-SANDBOXID.DOMAIN to that port of the sandbox.
+HOST = re.compile(r"(\d{1,5})-([A-Za-z0-9]+)\.[A-Za-z0-9.-]+(:\d+)?")
 Msg = dict[str, Any]
 
 
@@ -51,12 +56,17 @@ class Box:
         timeout_s: int,
         max_s: int,
         envd: tuple[str, list[tuple[str, int, bytes]]],
+        public: bool = True,
     ) -> None:
         self.id = sid
         self.template = body["templateID"]
         self.local = local
         self.metadata: dict[str, str] = body.get("metadata") or {}
         self.token = secrets.token_hex(16)
+        # A sandbox whose URLs are not public needs this in e2b-traffic-access-token.
+        self.public = public
+        self.traffic_token = None if public else secrets.token_urlsafe(24)
+        self.port_urls: dict[int, str] = {}  # the local sandbox's forward of each port
         self.started = time.time()
         self.max_end = self.started + max_s
         self.end_at = min(self.started + timeout_s, self.max_end)
@@ -71,7 +81,7 @@ class Box:
             "clientID": "fake",
             "envdVersion": self.envd.version,
             "envdAccessToken": self.token,
-            "trafficAccessToken": None,
+            "trafficAccessToken": self.traffic_token,
             "domain": None,
         }
 
@@ -110,6 +120,8 @@ class FakeE2B:
         # When set, envd serves this many more requests, then answers 503.
         self.envd_budget: int | None = None
         self.max_hours = HOBBY_HOURS
+        # The project's rule for sandboxes that do not choose: E2B's default is public.
+        self.public_by_default = True
         self.envd_version = ENVD_VERSION  # what new sandboxes run
         self.requests: list[str] = []
         self.bodies: list[tuple[str, Any]] = []  # (route, JSON body) of each REST request
@@ -180,7 +192,12 @@ class FakeE2B:
         self, req: Request, send: Send, route: str, box: Box, rest: list[str], body: Any
     ) -> None:
         if req.method == "GET" and not rest:
-            detail = {**box.listed(), "envdAccessToken": box.token, "domain": None}
+            detail = {
+                **box.listed(),
+                "envdAccessToken": box.token,
+                "domain": None,
+                "network": {"allowPublicTraffic": box.public},
+            }
             return await self._answer(send, route, 200, detail)
         if req.method == "DELETE" and not rest:
             del self.boxes[box.id]
@@ -245,6 +262,12 @@ class FakeE2B:
         if timeout > self.max_hours * 3600:
             msg = f"Timeout cannot be greater than {self.max_hours} hours"
             return await self._answer(send, route, 400, _error(400, msg))
+        network = body.get("network") or {}
+        public = network.get("allowPublicTraffic") if isinstance(network, dict) else 0
+        if public is None:
+            public = self.public_by_default  # omitted or null: the project's default
+        if not isinstance(public, bool):
+            return await self._answer(send, route, 400, _error(400, "invalid network config"))
         if template != "base":
             msg = f"template '{template}' not found"
             return await self._answer(send, route, 404, _error(404, msg))
@@ -260,7 +283,7 @@ class FakeE2B:
         )
         sid = "i" + secrets.token_hex(9)
         envd = (self.envd_version, self.answers)
-        box = Box(sid, body, local, timeout, self.max_hours * 3600, envd)
+        box = Box(sid, body, local, timeout, self.max_hours * 3600, envd, public)
         self.boxes[sid] = box
         if key:
             self._idempotent[key] = sid
@@ -300,7 +323,20 @@ class FakeE2B:
     # ------------------------------------------------------------ envd
 
     async def envd(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """E2B's sandbox endpoint: by host (PORT-ID.DOMAIN), as the SDK's get_host
+        names it, or by the E2b-Sandbox-Id and E2b-Sandbox-Port headers. envd's
+        port goes to envd; any other to the sandbox's own server there."""
         req = Request(scope, receive)
+        by_host = HOST.fullmatch(req.headers.get("host", ""))
+        if by_host:
+            sid, port_text = by_host[2], by_host[1]
+        else:
+            sid = req.headers.get("e2b-sandbox-id", "")
+            port_text = req.headers.get("e2b-sandbox-port", "") or str(ENVD_PORT)
+        port = int(port_text) if port_text.isdigit() else 0
+        if port != ENVD_PORT:
+            self.requests.append(f"port {port} {req.method} {req.path}")
+            return await serve_port(req, send, self._live(sid), sid, port, self.answers)
         self.requests.append(f"envd {req.method} {req.path}")
         if self.envd_budget is not None:
             self.envd_budget -= 1
@@ -308,7 +344,7 @@ class FakeE2B:
             return await respond_json(
                 send, self.fail_with or 503, {"code": "unavailable", "message": "unavailable"}
             )
-        box = self._live(req.headers.get("e2b-sandbox-id", ""))
+        box = self._live(sid)
         if box is None or box.state != "running":
             return await respond_json(send, 502, _error(502, "sandbox not found"))
         if req.path == "/health":  # the one route envd serves without the token

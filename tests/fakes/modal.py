@@ -1,7 +1,8 @@
 """A wire-level fake of Modal's gRPC API, as the official `modal` SDK (1.6.4)
 speaks it: environments, apps, images, sandboxes V1 and V2 (create, task id,
-command router access, tags, list, wait, terminate), the short-lived auth token
-the V2 calls carry, and the task command router that runs commands.
+command router access, tags, list, wait, terminate, tunnels for open ports,
+filesystem snapshots as images, image delete), the short-lived auth token the
+V2 calls carry, and the task command router that runs commands and snapshots.
 
 Every method is bound to the request and response types that the SDK's own
 service descriptor (modal_proto) names, and every response is checked against
@@ -74,6 +75,16 @@ class _Box:
         self.polls = 0  # SandboxGetTaskId calls answered so far
         self.terminated = False
         self.execs: dict[str, tuple[Process, list[int]]] = {}  # exec_id -> (proc, [stdin offset])
+        self.tunnels: list[Any] = []  # TunnelData, one per open port
+
+
+def _tunnel(spec: Any, host: str) -> Any:
+    """A tunnel as Modal gives one: TLS on 443 at a host of its own; an unencrypted
+    port also gets a raw TCP endpoint."""
+    t = api_pb2.TunnelData(host=host, port=443, container_port=spec.port)
+    if spec.unencrypted:
+        t.unencrypted_host, t.unencrypted_port = "tcp-" + host, 20000 + spec.port % 10000
+    return t
 
 
 class FakeModal:
@@ -97,6 +108,10 @@ class FakeModal:
         # server throttles: RESOURCE_EXHAUSTED with an RPCRetryPolicy in the details.
         self.throttle = 0
         self.throttle_retry_after_s = 0.0
+        # Filesystem snapshots: image id -> the local saved state holding the files.
+        self.snapshots: dict[str, str] = {}
+        # When set, every tunnel's host is this (a test of what the adapter accepts).
+        self.tunnel_host: str | None = None
         self._client: Client | None = None
 
     async def client(self) -> Client:
@@ -240,8 +255,18 @@ class FakeModal:
     async def _create(self, req: Any, context: Any, v2: bool) -> _Box:
         d = req.definition
         template = next((IMAGES[k] for k, v in self.images.items() if v == d.image_id), None)
-        if template is None:
+        state = self.snapshots.get(d.image_id, "")
+        if template is None and not state:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Image {d.image_id} not found")
+        ports = list(d.open_ports.ports)
+        blocked = d.network_access.network_access_type == d.network_access.BLOCKED
+        if ports and (blocked or d.block_network):  # the SDK refuses it before the call; so do we
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Cannot specify open ports when `block_network` is enabled",
+            )
+        if any(not 0 < p.port < 65536 for p in ports):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "port must be in 1-65535")
         gpu = d.resources.gpu_config  # the SDK always sends one; count 0 asks for none
         if gpu.count and v2:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "V2 Sandboxes have no GPUs")
@@ -262,7 +287,8 @@ class FakeModal:
             env.update(source.env.contents)
         local = await (await self.client()).create(
             "local",
-            template=template,
+            template="" if state else template or "",
+            restore_from=state,  # an image of a snapshot: the files as they were
             keep_alive=True,
             metadata={"fake": "modal"},
             env=env,
@@ -274,6 +300,10 @@ class FakeModal:
         tags = {t.tag_name: t.tag_value for t in req.tags}
         box = _Box(local, v2, req.app_id, tags)
         box.name = d.name
+        box.tunnels = [
+            _tunnel(p, self.tunnel_host or f"{secrets.token_hex(7)}.r5.modal-fake.test")
+            for p in ports
+        ]
         self.boxes[box.id] = box
         return box
 
@@ -290,6 +320,8 @@ class FakeModal:
             sandbox_id=box.id,
             metadata=api_pb2.SandboxHandleMetadata(app_id=box.app_id),
             sandbox_token=box.token,
+            # Unencrypted endpoints are not known at create (the SDK says so).
+            tunnels=[t for t in box.tunnels if not t.HasField("unencrypted_host")],
         )
 
     async def _task_id(self, req: Any, context: Any, v2: bool) -> Any:
@@ -408,7 +440,64 @@ class FakeModal:
 
     SandboxTagsSetV2 = SandboxTagsSet
 
+    async def _tunnels(self, req: Any, context: Any, v2: bool) -> Any:
+        box = await self._box(context, req.sandbox_id, v2)
+        if box.terminated:
+            result = Status(status=Status.GENERIC_STATUS_TERMINATED)
+            return api_pb2.SandboxGetTunnelsResponse(result=result)
+        return api_pb2.SandboxGetTunnelsResponse(
+            result=Status(status=Status.GENERIC_STATUS_SUCCESS), tunnels=box.tunnels
+        )
+
+    async def SandboxGetTunnels(self, req: Any, context: Any) -> Any:
+        return await self._tunnels(req, context, v2=False)
+
+    async def SandboxGetTunnelsV2(self, req: Any, context: Any) -> Any:
+        return await self._tunnels(req, context, v2=True)
+
+    async def _snapshot(self, box: _Box) -> str:
+        """The box's files as an image: a saved state of its local sandbox."""
+        state = await (await self.client()).states.save(box.local.id)
+        image_id = "im-" + secrets.token_hex(12)
+        self.snapshots[image_id] = state.id
+        return image_id
+
+    async def SandboxSnapshotFs(self, req: Any, context: Any) -> Any:
+        """The V1 call the SDK makes with MODAL_USE_LEGACY_FILESYSTEM_SNAPSHOT=1."""
+        box = await self._box(context, req.sandbox_id, False)
+        if box.terminated:
+            failed = Status(status=Status.GENERIC_STATUS_FAILURE, exception="Sandbox terminated")
+            return api_pb2.SandboxSnapshotFsResponse(result=failed)
+        return api_pb2.SandboxSnapshotFsResponse(
+            image_id=await self._snapshot(box),
+            result=Status(status=Status.GENERIC_STATUS_SUCCESS),
+            image_metadata=api_pb2.ImageMetadata(image_builder_version=BUILDER_VERSION),
+        )
+
+    async def ImageFromId(self, req: Any, context: Any) -> Any:
+        known = req.image_id in self.snapshots or req.image_id in self.images.values()
+        if not known:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Image {req.image_id} not found")
+        return api_pb2.ImageFromIdResponse(
+            image_id=req.image_id,
+            metadata=api_pb2.ImageMetadata(image_builder_version=BUILDER_VERSION),
+        )
+
+    async def ImageDelete(self, req: Any, context: Any) -> Any:
+        state = self.snapshots.pop(req.image_id, "")
+        if not state:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Image {req.image_id} not found")
+        with contextlib.suppress(ComputeSDKError):
+            await (await self.client()).states.delete(state)
+        return _empty(API_SERVICE, "ImageDelete")  # google.protobuf.Empty
+
     # ------------------------------------------------------------ command router
+
+    async def TaskSnapshotFilesystem(self, req: Any, context: Any) -> Any:
+        box = await self._task(context, req.task_id)
+        if req.ttl_seconds == 0 or req.ttl_seconds < -1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl must be positive or -1")
+        return router_pb2.TaskSnapshotFilesystemResponse(image_id=await self._snapshot(box))
 
     async def _task(self, context: Any, task_id: str) -> _Box:
         box = next((b for b in self.live() if b.task_id == task_id), None)

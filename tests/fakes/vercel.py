@@ -2,7 +2,9 @@
 (@vercel/sandbox 3.5.0 and Python vercel 0.12.1 drive it: tests/test_vercel_contract.py):
 v3 create from an image and v2 from a runtime, sandboxes by name (scoped by projectId, as
 a personal token needs), list by tag and name prefix, sessions, NDJSON commands (wait and
-logs, detached, logs replay, wait, kill, stdin by offset), the tar.gz file API. Answers
+logs, detached, logs replay, wait, kill, stdin by offset, a command's timeout), routes for the
+ports declared at create (`{url, port, subdomain}`, at https://<subdomain>.vercel.run as
+sandbox.domain(port) builds it), the tar.gz file API. Answers
 carry what the SDKs' validators require, shaped like Vercel's own mock (vercel/sandbox
 packages/vercel-sandbox-mock). Vercel's published limits hold (5 tags, 1 or an even number
 of vCPUs up to 8, 24 hours, 15 ports); sandboxes persist unless created persistent: false.
@@ -59,6 +61,7 @@ class _Cmd:
     def __init__(self, cid: str, box: _Box, body: dict[str, Any], stream: ExecStream) -> None:
         self.id, self.box, self.body, self.stream = cid, box, body, stream
         self.started = _now()
+        self.ended: int | None = None
         self.logs: list[dict[str, Any]] = []
         self.exit_code: int | None = None
         self.done = asyncio.Event()
@@ -66,6 +69,17 @@ class _Cmd:
         self.stdin_open = bool(body.get("attachStdin"))
         self.stdin_written = 0
         self.task = asyncio.create_task(self._pump())
+        # Vercel kills a command past its timeout (ms), as the SDKs' killAfter asks.
+        limit = body.get("timeout")
+        self._timer = (
+            asyncio.get_running_loop().call_later(limit / 1000, self._expire)
+            if isinstance(limit, int) and limit > 0
+            else None
+        )
+
+    def _expire(self) -> None:
+        if not self.done.is_set():
+            self._killer = asyncio.create_task(self.stream.signal(9))
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -76,6 +90,7 @@ class _Cmd:
             "sessionId": self.box.session,
             "exitCode": self.exit_code,
             "startedAt": self.started,
+            **({"durationMs": self.ended - self.started} if self.ended is not None else {}),
         }
 
     async def _pump(self) -> None:
@@ -93,6 +108,9 @@ class _Cmd:
             ex.exit_code if ex is not None and not ex.signal else 128 + (ex.signal if ex else 9)
         )
         self.stdin_open = False
+        self.ended = _now()
+        if self._timer is not None:
+            self._timer.cancel()
         self.done.set()
         async with self.cond:
             self.cond.notify_all()
@@ -131,6 +149,11 @@ class _Box:
         self.stopped: int | None = None
         self.status = "running"
         self.commands: dict[str, _Cmd] = {}
+        self.routes = [
+            {"url": f"https://{sub}.vercel.run", "port": port, "subdomain": sub}
+            for port in body.get("ports") or []
+            for sub in [f"sb-{secrets.token_hex(6)}-{port}"]
+        ]
 
     def sandbox(self) -> dict[str, Any]:
         out = {
@@ -237,8 +260,9 @@ class FakeVercel:
             if box is None or len(rest) != 1:
                 return await respond_json(send, *_error(404, "not_found", "Sandbox not found"))
             if req.method == "GET":
-                body = {"sandbox": box.sandbox(), "session": box.session_payload(), "routes": []}
-                return await respond_json(send, 200, {**body, "resumed": False})
+                body = {"sandbox": box.sandbox(), "session": box.session_payload()}
+                body |= {"routes": box.routes, "resumed": False}
+                return await respond_json(send, 200, body)
             if req.method == "DELETE":
                 del self.boxes[box.name]
                 await box.stop()
@@ -274,8 +298,11 @@ class FakeVercel:
         timeout = body.get("timeout", 300_000)
         if not isinstance(timeout, int) or not 0 < timeout <= MAX_TIMEOUT_MS:
             return f"timeout must be at most {MAX_TIMEOUT_MS} ms on this plan"
-        if len(body.get("ports") or []) > MAX_PORTS:
+        ports = body.get("ports") or []
+        if not isinstance(ports, list) or len(ports) > MAX_PORTS:
             return f"A sandbox can expose at most {MAX_PORTS} ports"
+        if any(not isinstance(p, int) or not 0 < p < 65536 for p in ports):
+            return "ports must be numbers from 1 to 65535"
         if v3 and "runtime" in body:
             return "runtime is not accepted by v3; use image"
         if not v3 and body.get("runtime", "node22") not in RUNTIMES:
@@ -304,7 +331,7 @@ class FakeVercel:
         )
         await local.files.mkdir(CWD)
         box = self.boxes[name] = _Box(name, local, body, image)
-        payload = {"sandbox": box.sandbox(), "session": box.session_payload(), "routes": []}
+        payload = {"sandbox": box.sandbox(), "session": box.session_payload(), "routes": box.routes}
         await respond_json(send, 200, {**payload, "resumed": False})
 
     async def _session(self, sid: str, sub: list[str], req: Request, send: Send) -> None:
@@ -312,7 +339,8 @@ class FakeVercel:
         if box is None:
             return await respond_json(send, *_error(404, "not_found", "Session not found"))
         if not sub and req.method == "GET":
-            return await respond_json(send, 200, {"session": box.session_payload(), "routes": []})
+            body = {"session": box.session_payload(), "routes": box.routes}
+            return await respond_json(send, 200, body)
         if sub == ["stop"] and req.method == "POST":
             await box.stop()
             return await respond_json(

@@ -27,17 +27,22 @@ EXPECTED = {
         "events", "exec", "exec.stdin", "filesystem", "network.isolation", "process.signal",
         "resources.limits", "resources.live-limits", "resources.usage",
     },
-    "e2b": {"events", "exec", "exec.stdin", "filesystem", "process.signal", "resources.usage"},
-    "vercel": {
-        "events", "exec", "exec.stdin", "filesystem", "process.signal", "resources.limits",
+    "e2b": {
+        "events", "exec", "exec.stdin", "filesystem", "network.preview-url", "process.signal",
         "resources.usage",
     },
+    "vercel": {
+        "events", "exec", "exec.resume", "exec.stdin", "filesystem", "network.preview-url",
+        "process.background", "process.signal", "resources.limits", "resources.usage",
+    },
     "daytona": {
-        "events", "exec", "filesystem", "resources.disk", "resources.limits", "resources.usage",
+        "events", "exec", "exec.resume", "filesystem", "network.preview-url",
+        "process.background", "resources.disk", "resources.limits", "resources.usage",
     },
     "modal": {
         "events", "exec", "exec.resume", "exec.stdin", "filesystem", "network.isolation",
-        "process.background", "resources.limits", "resources.usage",
+        "network.preview-url", "process.background", "resources.limits", "resources.usage",
+        "snapshots",
     },
 }  # fmt: skip
 

@@ -44,7 +44,7 @@ DEFAULT_TIMEOUT_MS = 300_000
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_METADATA = 64
 MAX_METADATA_BYTES = 4096
-MAX_PORTS = 16  # a bound on the request; vendors check their own (Vercel: 4 routes)
+MAX_PORTS = 16  # a bound on the request; vendors check their own (Vercel: 15)
 POOL_ALLOW, POOL_NEVER = 1, 2
 # Creates of one batch run at once; more only queue behind runc on a small host.
 BATCH_CONCURRENCY = 8

@@ -1,7 +1,8 @@
 """Daytona's two APIs, as the provider, its runs and its file calls use them: the
 control API (`/sandbox`) and each sandbox's toolbox API.
 
-Configuration: DAYTONA_API_KEY (required), DAYTONA_API_URL, DAYTONA_TARGET.
+Configuration: DAYTONA_API_KEY (required), DAYTONA_API_URL, DAYTONA_TARGET,
+DAYTONA_PUBLIC_PREVIEWS (true: sandboxes' previews need no token).
 
 Everything Daytona returns is untrusted: a response body is read up to a bound
 (a larger one is an error, not a slower read), identifiers that go into later
@@ -117,6 +118,8 @@ class DaytonaAPI:
         self.key = env.get("DAYTONA_API_KEY", "")
         self.url = (env.get("DAYTONA_API_URL") or "https://app.daytona.io/api").rstrip("/")
         self.target = env.get("DAYTONA_TARGET", "")
+        # Private sandboxes unless asked: a preview then needs a token (previews.py).
+        self.public_previews = env.get("DAYTONA_PUBLIC_PREVIEWS", "").lower() in ("1", "true")
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0, connect=10.0), transport=BoundedTransport(transport)
         )
@@ -162,6 +165,9 @@ class DaytonaAPI:
         idle = self.idle.get(sandbox.provider_sandbox_id)
         if idle:
             return idle.pop()
+        return await self.new_session(sandbox, new_id)
+
+    async def new_session(self, sandbox: Sandbox, new_id: str) -> str:
         await self.tb(
             sandbox,
             "POST",

@@ -116,7 +116,10 @@ class ToolboxFS:
 
     async def list_dir(self, path: str) -> list[FileInfo]:
         resp = await self._api.tb(self._sandbox, "GET", "/files", "list", params={"path": path})
-        entries = resp.json()
+        try:
+            entries = resp.json()
+        except ValueError:
+            raise bad_answer("list", "the answer is not JSON") from None
         if not isinstance(entries, list):
             raise bad_answer("list", "the answer is not a list")
         parent = path.rstrip("/")

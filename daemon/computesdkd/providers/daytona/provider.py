@@ -4,12 +4,14 @@
 Create, inspect, list and delete go to the control API; the create body, the
 vendor's limits and the labels and lifetimes that keep a dead daemon from
 leaking a sandbox are in spec.py. Commands run in toolbox sessions (run.py);
-files use the toolbox's `/files` API (files.py). Usage is sampled by a command
-in the sandbox.
+background processes are session commands followed again from any offset
+(background.py); ExposePort gives Daytona's preview link (previews.py); files
+use the toolbox's `/files` API (files.py). Usage is sampled by a command in the
+sandbox: the toolbox's /system/metrics gives a CPU percentage, not the CPU time
+the daemon's sampler needs, and no process count.
 
 What the toolbox cannot carry is refused by name: stdin (there is no way to
-close a command's input), signals other than a kill, and background processes
-with output replay.
+close a command's input), signals other than a kill.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from computesdkd.providers.common.file_api import FileAPIFiles
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.daytona import spec
 from computesdkd.providers.daytona.api import NAME, DaytonaAPI, bad_answer, base_url, ident, obj
+from computesdkd.providers.daytona.background import SessionProcesses
 from computesdkd.providers.daytona.files import ToolboxFS
+from computesdkd.providers.daytona.previews import PreviewLinks
 from computesdkd.providers.daytona.run import NO_STDIN, DaytonaRun
 from computesdkd.support import logs
 
@@ -64,13 +68,16 @@ class DaytonaProvider(FileAPIFiles, UsageByExec, Leases, Provider):
     name = NAME
     probe_interval_s = 30.0
     why_not = {
-        "background processes": "not carried by this adapter yet; sessions could replay logs"
+        "snapshots": "Daytona's snapshots are images made from a sandbox, not restorable in place",
+        "volumes": "Daytona's volumes are unsized shared buckets, mounted only at create",
     }
     traits = frozenset({caps.RESOURCE_LIMITS, caps.DISK_LIMIT})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = DaytonaAPI(cfg.env)
         self._owner = ""
+        self._procs = SessionProcesses(self._api)
+        self.parts = (self._procs, PreviewLinks(self._api))
 
     def availability(self) -> str:
         return "" if self._api.key else "DAYTONA_API_KEY is not set"
@@ -90,6 +97,7 @@ class DaytonaProvider(FileAPIFiles, UsageByExec, Leases, Provider):
         if why := self.availability():
             raise cannot_run(NAME, why)
         body = spec.create_body(sandbox, self._owner or "unowned", self._api.target)
+        body["public"] = self._api.public_previews
         born = time.time()  # ttlMinutes counts from the vendor's creation, a moment later
         out = obj(
             await self._api.call(
@@ -150,6 +158,7 @@ class DaytonaProvider(FileAPIFiles, UsageByExec, Leases, Provider):
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         self._api.forget(sandbox)
+        self._procs.forget(sandbox)
         if sandbox.provider_sandbox_id:
             await self._api.call(
                 "DELETE", f"/sandbox/{sandbox.provider_sandbox_id}", "delete sandbox", ok=(404,)
@@ -232,7 +241,9 @@ class DaytonaProvider(FileAPIFiles, UsageByExec, Leases, Provider):
             raise self._unsupported("process tags")
         if command.stdin:
             raise Unsupported(NAME, "stdin", NO_STDIN)
-        return DaytonaRun(self._api, sandbox, command)
+        return DaytonaRun(
+            self._api, sandbox, command, kill_on_close, self._procs.started(sandbox, command)
+        )
 
     # -------------------------------------------------------------- files
 

@@ -2,7 +2,12 @@
 (an idle one or a new one, api.py), `/process/session/{id}/exec` with runAsync,
 its output followed over the logs WebSocket, where the markers \\x01\\x01\\x01 and
 \\x02\\x02\\x02 switch between stdout and stderr (the toolbox keeps them because
-we ask it to: X-Daytona-Split-Output)."""
+we ask it to: X-Daytona-Split-Output).
+
+A command's process id is SESSION:COMMAND, so background.py can follow it again
+(RunCommand leaves a command running for attach: its session, which no later
+command takes, outlives the call). Its input is /dev/null: the toolbox keeps a runAsync
+command's stdin open and cannot close it."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import asyncio
 import contextlib
 import secrets
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import websockets
 
@@ -51,93 +56,143 @@ def demux(
         current = kind
 
 
+def command_line(sandbox: Sandbox, cmd: Command) -> str:
+    env = process_env(sandbox, cmd)
+    line = (
+        f"cd {shlex.quote(cmd.cwd)} && env "
+        + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+        + " "
+        + shlex.join(cmd.args)
+    )
+    return f"( {line} ) < /dev/null"
+
+
+def new_session_id() -> str:
+    return "computesdk-" + secrets.token_hex(8)
+
+
+async def exec_async(api: DaytonaAPI, sandbox: Sandbox, session: str, line: str) -> str:
+    """Runs line in the session without waiting; the command's id."""
+    out = obj(
+        await api.tb(
+            sandbox,
+            "POST",
+            f"/process/session/{session}/exec",
+            "exec",
+            idempotent=False,  # a retry could run the command twice
+            json={"command": line, "runAsync": True},
+        ),
+        "exec",
+    )
+    return ident(out.get("cmdId"), "exec")
+
+
+async def follow(
+    api: DaytonaAPI, sandbox: Sandbox, session: str, cmd_id: str
+) -> AsyncIterator[tuple[Stream, bytes]]:
+    """The command's output from its first byte to its end, frame by frame (a
+    frame is at most MAX_FRAME; nothing more is held)."""
+    url = (
+        api.toolbox(sandbox).replace("http", "ws", 1)
+        + f"/process/session/{session}/command/{cmd_id}/logs?follow=true"
+    )
+    buf: bytearray = bytearray()
+    current: Stream | None = None
+    async with websockets.connect(url, additional_headers=api.auth, max_size=MAX_FRAME) as ws:
+        async for frame in ws:
+            buf.extend(frame if isinstance(frame, bytes) else frame.encode())
+            chunks, current = demux(buf, current)
+            for chunk in chunks:
+                yield chunk
+    if buf:
+        yield current or "stdout", bytes(buf)
+
+
+def broken(exc: Exception) -> Unavailable:
+    return Unavailable(
+        f"daytona: log stream broke ({type(exc).__name__})",
+        reason="PROVIDER_UNAVAILABLE",
+        provider=NAME,
+    )
+
+
+async def session_gone(api: DaytonaAPI, sandbox: Sandbox, session: str) -> bool:
+    with contextlib.suppress(Exception):
+        resp = await api.tb(
+            sandbox, "GET", f"/process/session/{session}", "session", ok=(404,), idempotent=True
+        )
+        return resp.status_code == 404
+    return False
+
+
+async def exit_code(api: DaytonaAPI, sandbox: Sandbox, session: str, cmd_id: str) -> int | None:
+    """The command's exit code; None when its session is gone (deleted: killed)."""
+    for _ in range(50):  # the log stream can close a moment before the code is set
+        resp = await api.tb(
+            sandbox,
+            "GET",
+            f"/process/session/{session}/command/{cmd_id}",
+            "command",
+            ok=(404,),
+            not_found="PROCESS_NOT_FOUND",
+        )
+        if resp.status_code == 404:
+            return None
+        c = obj(resp, "command")
+        if c.get("exitCode") is not None:
+            return integer(c["exitCode"], "command")
+        await asyncio.sleep(0.05)
+    raise Unavailable(
+        "daytona: the command ended without an exit code",
+        reason="PROVIDER_ERROR",
+        provider=NAME,
+    )
+
+
 class DaytonaRun(StreamedRun):
     no_stdin = NO_STDIN
 
-    def __init__(self, api: DaytonaAPI, sandbox: Sandbox, command: Command) -> None:
-        super().__init__(NAME, command)
+    def __init__(
+        self,
+        api: DaytonaAPI,
+        sandbox: Sandbox,
+        command: Command,
+        kill_on_close: bool = True,
+        on_started: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(NAME, command, kill_on_close)
+        self._on_started = on_started
         self._api = api
         self._sandbox = sandbox
         self._session = ""
         self._reusable = False  # the session's command ended: it can take the next
 
-    def _line(self) -> str:
-        cmd = self.command
-        env = process_env(self._sandbox, cmd)
-        return (
-            f"cd {shlex.quote(cmd.cwd)} && env "
-            + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-            + " "
-            + shlex.join(cmd.args)
-        )
-
     async def _stream(self) -> AsyncIterator[ProcessEvent]:
         api, sb = self._api, self._sandbox
-        line = self._line()
-        self._session = await api.session(sb, "computesdk-" + secrets.token_hex(8))
-        out = obj(
-            await api.tb(
-                sb,
-                "POST",
-                f"/process/session/{self._session}/exec",
-                "exec",
-                idempotent=False,  # a retry could run the command twice
-                json={"command": f"( {line} )", "runAsync": True},
-            ),
-            "exec",
-        )
-        cmd_id = ident(out.get("cmdId"), "exec")
+        line = command_line(sb, self.command)
+        self._session = await api.session(sb, new_session_id())
+        cmd_id = await exec_async(api, sb, self._session, line)
         # the toolbox has no exec timeout: StreamedRun kills at the deadline
-        yield self.started_event(cmd_id)
-        url = (
-            api.toolbox(sb).replace("http", "ws", 1)
-            + f"/process/session/{self._session}/command/{cmd_id}/logs?follow=true"
-        )
-        buf, current = bytearray(), None
+        process_id = f"{self._session}:{cmd_id}"
+        if self._on_started is not None:
+            self._on_started(process_id)  # so attach knows a killed one from none
+        yield self.started_event(process_id)
         try:
-            async with websockets.connect(
-                url, additional_headers=api.auth, max_size=MAX_FRAME
-            ) as ws:
-                async for frame in ws:
-                    buf.extend(frame if isinstance(frame, bytes) else frame.encode())
-                    chunks, current = demux(buf, current)
-                    for name, data in chunks:
-                        yield self.output(name, data)
+            async for name, data in follow(api, sb, self._session, cmd_id):
+                yield self.output(name, data)
         except (OSError, websockets.WebSocketException) as exc:
-            if not self.timed_out:  # ending the session at the deadline breaks the stream
-                raise Unavailable(
-                    f"daytona: log stream broke ({type(exc).__name__})",
-                    reason="PROVIDER_UNAVAILABLE",
-                    provider=NAME,
-                ) from exc
-        if buf:
-            yield self.output(current or "stdout", bytes(buf))
+            # ending the session (a kill, the deadline) may break the stream
+            if not self.timed_out and not await session_gone(api, sb, self._session):
+                raise broken(exc) from exc
         if self.timed_out:  # the session is gone, and with it the exit code
             yield self.exited(-1, 9)
             return
-        code = await self._exit_code(cmd_id)
+        code = await exit_code(api, sb, self._session, cmd_id)
+        if code is None:  # its session was deleted: a kill
+            yield self.exited(-1, 9)
+            return
         self._reusable = True
         yield self.exited(code)
-
-    async def _exit_code(self, cmd_id: str) -> int:
-        for _ in range(50):  # the log stream can close a moment before the code is set
-            c = obj(
-                await self._api.tb(
-                    self._sandbox,
-                    "GET",
-                    f"/process/session/{self._session}/command/{cmd_id}",
-                    "command",
-                ),
-                "command",
-            )
-            if c.get("exitCode") is not None:
-                return integer(c["exitCode"], "command")
-            await asyncio.sleep(0.05)
-        raise Unavailable(
-            "daytona: the command ended without an exit code",
-            reason="PROVIDER_ERROR",
-            provider=NAME,
-        )
 
     async def _kill(self) -> None:
         self._reusable = False
@@ -160,5 +215,7 @@ class DaytonaRun(StreamedRun):
             with contextlib.suppress(Exception):
                 await self._api.release(self._sandbox, session)
             return
+        if not self._kill_on_close:
+            return  # left running for attach (RunCommand): it goes with a kill or the sandbox
         with contextlib.suppress(Exception):
             await self._api.end_session(self._sandbox, session)

@@ -9,6 +9,11 @@ max_sandbox_hours = N for a plan of another size.
 
 Whatever E2B answers is untrusted: a response held in memory is cut off at
 MAX_BODY bytes, and the ids and names that go into URLs must look like E2B's.
+
+A sandbox's port P is served by E2B's proxy at https://P-<sandboxID>.<domain>
+(the SDK's get_host). E2B's rule for who may use that URL is the project's
+(allowPublicTraffic): by default anyone who knows it; in a project that made
+URLs private, each request needs the e2b-traffic-access-token header.
 """
 
 from __future__ import annotations
@@ -57,9 +62,13 @@ def sandbox_id(value: object, what: str) -> str:
 def domain(value: object, what: str) -> str:
     if value in (None, ""):
         return ""
-    if not isinstance(value, str) or len(value) > 253 or not _DOMAIN.fullmatch(value):
+    if not isinstance(value, str) or not is_host(value):
         raise bad_answer(what, "the sandbox domain is not a host name")
     return value
+
+
+def is_host(value: str) -> bool:
+    return len(value) <= 253 and bool(_DOMAIN.fullmatch(value))
 
 
 def envd_version(value: object) -> tuple[int, int, int]:

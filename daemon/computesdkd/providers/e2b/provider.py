@@ -9,6 +9,13 @@ spec/openapi.yml, spec/envd) and small, and the calls here are the SDK's own:
 v2 create, the timeout, envd's process and filesystem services and /files.
 tests/test_e2b_contract.py drives the fake with the official SDK, so the fake
 follows E2B, and holds this adapter to the fake.
+
+A port's URL is E2B's own (preview_url): its proxy serves any port of a running
+sandbox at https://PORT-ID.DOMAIN, before anything listens there too. What E2B
+cannot carry (see why_not) is refused by name: background processes, and
+snapshots (E2B's pause resumes the same sandbox, keeping no instant to go back
+to; its snapshots start new sandboxes only, never restore a running one, and
+give no files back to export).
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ from computesdkd.providers.common.file_api import FileAPIFiles
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.e2b.api import (
     E2BAPI,
+    ENVD_PORT,
     NAME,
     bad_answer,
     domain,
     envd_version,
+    is_host,
     plan_hours,
     sandbox_id,
 )
@@ -76,10 +85,17 @@ MAX_LIST_PAGES = 50
 
 
 @base.register(NAME)
-class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, caps.Leases):
+class E2BProvider(
+    FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, caps.Leases, caps.PreviewUrls
+):
     name = NAME
     probe_interval_s = 30.0
-    why_not = {"background processes": "envd cannot replay a process's output from an offset"}
+    why_not = {
+        "background processes": "envd cannot replay a process's output from an offset",
+        "snapshots": "E2B restores a paused sandbox only by resuming it, keeping no "
+        "earlier instant, and its snapshots only start new sandboxes",
+        "state export": "E2B gives no snapshot's files back",
+    }
     traits = frozenset({caps.EXEC_STDIN, caps.SIGNALS})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
@@ -91,6 +107,8 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
         except ValueError as exc:
             hours, self._plan_rule, self._config_error = 1, "", str(exc)
         self._max_life_s = hours * 3600
+        if not is_host(self._api.domain):
+            self._config_error = "E2B_DOMAIN is not a host name"
 
     def availability(self) -> str:
         return self._config_error or ("" if self._api.key else "E2B_API_KEY is not set")
@@ -129,6 +147,8 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
             raise Unsupported(NAME, "gpu")
         if r.cpu_cores or r.memory_mb or r.disk_mb or r.pids_limit:
             raise Unsupported(NAME, "per-sandbox resources", "E2B sizes a sandbox by its template")
+        for port in sandbox.spec.ports:
+            check_port(port)
         lease = self._lease(sandbox)
         tpl = TEMPLATES.get(sandbox.spec.template, sandbox.spec.template)
         metadata = {**sandbox.spec.metadata, ID_KEY: sandbox.id}
@@ -137,6 +157,10 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
         # v2 create, as E2B's SDK makes it: envd access is always secured, and the
         # idempotency key (one per create, shared by its retries) lets a create
         # whose answer was lost be sent again without making a second sandbox.
+        # No network config: who may use the sandbox's URLs stays the project's
+        # rule (public unless the project made them private). autoPause stays
+        # off: at its timeout E2B kills the sandbox, so a dead daemon leaves
+        # nothing behind, where a paused one would be kept until deleted.
         body = {
             "templateID": tpl,
             "timeout": lease,
@@ -158,18 +182,25 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
         out = out if isinstance(out, dict) else {}
         sandbox.provider_sandbox_id = sandbox_id(out.get("sandboxID"), "create sandbox")
         token = out.get("envdAccessToken")
+        traffic = out.get("trafficAccessToken")
         sandbox.provider_data = {
             "domain": domain(out.get("domain"), "create sandbox"),
             "access_token": token if isinstance(token, str) and len(token) <= 512 else "",
             "envd_version": ".".join(map(str, envd_version(out.get("envdVersion")))),
             "started_at": str(started),
             "lease_until": str(started + lease),
+            # E2B gives a traffic token only to a sandbox whose URLs need it; the
+            # token itself is not kept, as no call of ours sends it.
+            "private_urls": "1" if isinstance(traffic, str) and traffic else "",
         }
         async with destroyed_on_failure(self, sandbox):
             if not sandbox.provider_data["access_token"]:
                 # Without one, anyone who knows the sandbox id could run commands in it.
                 raise bad_answer("create sandbox", "E2B gave no envd access token")
             detail = await self._detail(sandbox)
+            network = detail.get("network")
+            if isinstance(network, dict) and network.get("allowPublicTraffic") is False:
+                sandbox.provider_data["private_urls"] = "1"  # even if no token came
             sandbox.resources = Resources(
                 cpu_cores=_number(detail.get("cpuCount")),
                 memory_mb=int(_number(detail.get("memoryMB"))),
@@ -178,6 +209,21 @@ class E2BProvider(FileAPIFiles, Provider, caps.Metering, caps.ProcessListing, ca
             # every provider offers the same working directory
             with contextlib.suppress(AlreadyExists):
                 await self._api.rpc(sandbox, "filesystem.Filesystem/MakeDir", {"path": WORKDIR})
+
+    async def preview_url(self, sandbox: Sandbox, port: int) -> str:
+        """E2B's URL for the port (its SDK's get_host): served by E2B's proxy, with
+        E2B's access rule, whether or not anything listens there yet."""
+        check_port(port)
+        if sandbox.provider_data.get("private_urls"):
+            raise Unsupported(
+                NAME,
+                "preview URLs behind a traffic token",
+                "this E2B project requires the e2b-traffic-access-token header on "
+                "sandbox URLs (allowPublicTraffic false), which a URL cannot carry",
+            )
+        sid = sandbox_id(sandbox.provider_sandbox_id, "preview URL")
+        host = domain(sandbox.provider_data.get("domain"), "preview URL") or self._api.domain
+        return f"https://{port}-{sid}.{host}"
 
     async def _detail(self, sandbox: Sandbox) -> dict[str, Any]:
         resp = await self._api.rest(
@@ -317,6 +363,19 @@ def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
     return float(value) if 0 <= value < 1 << 62 else 0.0
+
+
+def check_port(port: int) -> None:
+    """A port E2B's proxy can serve: any but envd's, which E2B keeps for itself."""
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"{NAME}: bad port {port}", reason="INVALID_PORT", provider=NAME)
+    if port == ENVD_PORT:
+        raise InvalidArgument(
+            f"{NAME}: port {ENVD_PORT} is envd's, E2B's agent in every sandbox; E2B "
+            "serves no other process there, so use another port",
+            reason="PROVIDER_LIMIT",
+            provider=NAME,
+        )
 
 
 def idempotency_key(record_id: str) -> str:

@@ -7,7 +7,8 @@ SDK makes by default, or V1 for a GPU (sandboxes.py). Each carries tags naming
 this daemon and its sandbox id, so a start after a crash lists and terminates
 what it no longer knows (reconcile), and a timeout, so a dead daemon leaks no
 billed sandbox for longer than that. Commands go to the sandbox's task command
-router (router.py, commands.py).
+router (router.py, commands.py). Ports declared at create get Modal's tunnels
+(tunnels.py); snapshots are images of the sandbox's filesystem (snapshots.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from computesdkd.domain.errors import NotFound, Unavailable, Unsupported
+from computesdkd.domain.errors import ComputeError, NotFound, Unavailable, Unsupported
 from computesdkd.domain.model import (
     Command,
     Probe,
@@ -37,9 +38,10 @@ from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import run_checked
-from computesdkd.providers.modal import commands, sandboxes
-from computesdkd.providers.modal.api import HAVE_MODAL, NAME, ModalAPI
+from computesdkd.providers.modal import commands, sandboxes, tunnels
+from computesdkd.providers.modal.api import HAVE_MODAL, NAME, V1_ID, ModalAPI
 from computesdkd.providers.modal.router import Router
+from computesdkd.providers.modal.snapshots import NO_EXPORT, NO_IMPORT, ModalSnapshots
 
 if HAVE_MODAL:
     from modal_proto import api_pb2
@@ -62,6 +64,12 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
     name = NAME
     probe_interval_s = 30.0
     traits = frozenset({caps.EXEC_STDIN, caps.RESOURCE_LIMITS, caps.NETWORK_ISOLATION})
+    why_not = {
+        "state export": NO_EXPORT,
+        "state import": NO_IMPORT,
+        "volumes": "a Modal Volume takes no size limit, and the daemon's volumes are "
+        "size-limited (charged to a tenant's quota)",
+    }
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = ModalAPI(cfg.env)
@@ -70,12 +78,15 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
         self._builder_version = ""
         self._images: dict[str, str] = {}
         self._daemon = ""
+        self._snapshots = ModalSnapshots(self.recreate, self._api, self._router)
+        self.parts = (tunnels.ModalTunnels(self._api), self._snapshots)
 
     async def start(self, ctx: base.ProviderContext) -> None:
         """This daemon's tag value: its host and state dir, so two daemons on one
         Modal account never sweep each other's sandboxes."""
         where = f"{socket.gethostname()}:{ctx.state_dir.resolve()}"
         self._daemon = hashlib.sha256(where.encode()).hexdigest()[:16]
+        self._snapshots.map.load(ctx.state_dir)
 
     def availability(self) -> str:
         if not HAVE_MODAL:
@@ -160,15 +171,25 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                 reason="TEMPLATE_NOT_FOUND",
                 provider=NAME,
             )
+        if sandbox.provider_data.get("import_layer"):
+            raise Unsupported(NAME, "state import", NO_IMPORT)
         timeout_s = sandboxes.check_limits(sandbox)
-        d = sandboxes.definition(sandbox, await self._image(sandbox.spec.template), timeout_s)
-        await sandboxes.create(self._api, sandbox, await self._app(), d, self._daemon)
+        source = sandbox.provider_data.get("from_snapshot", "")  # a saved state's
+        image = self._snapshots.map.image(source) if source else ""
+        await self._launch(sandbox, image or await self._image(sandbox.spec.template), timeout_s)
+
+    async def _launch(
+        self, sandbox: Sandbox, image_id: str, timeout_s: int, name: str = ""
+    ) -> None:
+        d = sandboxes.definition(sandbox, image_id, timeout_s, name)
+        made = await sandboxes.create(self._api, sandbox, await self._app(), d, self._daemon)
         sandbox.resources = Resources(
             cpu_cores=d.resources.milli_cpu / 1000,
             memory_mb=d.resources.memory_mb,
             gpu_enabled=sandbox.spec.resources.gpu_enabled,
         )
         async with destroyed_on_failure(self, sandbox):
+            tunnels.keep_from_create(sandbox, made)
             await sandboxes.task_id(self._api, sandbox)
             await run_checked(
                 self.run(sandbox, Command(args=["mkdir", "-p", WORKDIR], cwd="/")),
@@ -176,6 +197,28 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                     "modal: could not create /workspace", reason="PROVIDER_ERROR", provider=NAME
                 ),
             )
+
+    async def recreate(self, sandbox: Sandbox, image_id: str) -> None:
+        """A new Modal sandbox from the image under the same daemon id, then the old
+        one terminated; if the new one cannot be made, the old one stays."""
+        old = sandbox.provider_sandbox_id, dict(sandbox.provider_data), sandbox.resources
+        timeout_s = sandboxes.check_limits(sandbox)
+        self._router.forget(sandbox)
+        try:
+            await self._launch(sandbox, image_id, timeout_s, sandboxes.restored_name(sandbox))
+        except BaseException:
+            sandbox.provider_sandbox_id, sandbox.provider_data, sandbox.resources = old
+            self._router.forget(sandbox)
+            raise
+        old_id, old_data = old[0], old[1]
+        was_v2 = old_data["api"] == "v2" if old_data.get("api") else not V1_ID.match(old_id)
+        try:
+            await sandboxes.terminate(self._api, old_id, was_v2, old_data.get("sandbox_token", ""))
+        except NotFound:
+            pass
+        except ComputeError as exc:  # the restore stands; the old one ends at its timeout
+            log.warning("could not terminate a restored sandbox's old Modal sandbox",
+                        sandbox_id=sandbox.id, modal_id=old_id, error=exc.message)  # fmt: skip
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         self._router.forget(sandbox)

@@ -84,7 +84,13 @@ class Router:
         return [("authorization", f"Bearer {access.jwt}")]
 
     async def call(
-        self, sandbox: Sandbox, method: str, request: Any, response_type: Any, what: str
+        self,
+        sandbox: Sandbox,
+        method: str,
+        request: Any,
+        response_type: Any,
+        what: str,
+        timeout: float | None = None,
     ) -> Any:
         access = await self.access(sandbox)
         for last in (False, True):
@@ -92,7 +98,7 @@ class Router:
                 ROUTER + method, **codec(request, response_type)
             )
             try:
-                return await stub(request, metadata=self._md(access))
+                return await stub(request, metadata=self._md(access), timeout=timeout)
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.UNAUTHENTICATED or last:
                     raise grpc_error(what, err, "PROCESS_NOT_FOUND") from None

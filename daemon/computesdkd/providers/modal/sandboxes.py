@@ -7,12 +7,19 @@ too. provider_data["api"] says which, so every later call picks its family.
 Vendor limits are checked here, before any call: a timeout of at most 24
 hours, no ephemeral disk request (Modal refuses it for sandboxes), names and
 tags that Modal accepts.
+
+Ports declared at create (spec.ports) are opened as encrypted ports, each with
+a TLS tunnel of Modal's. Modal refuses open ports on a blocked network (the
+SDK: "Cannot specify open ports when block_network is enabled"), so such a
+sandbox gets an empty outbound allowlist instead, which the SDK names as the
+way to keep the network closed to the outside: no egress, tunnels in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -69,7 +76,22 @@ def sandbox_name(sandbox: Sandbox) -> str:
     return f"computesdk-{sandbox.id}"
 
 
-def definition(sandbox: Sandbox, image_id: str, timeout_s: int) -> api_pb2.Sandbox:
+def restored_name(sandbox: Sandbox) -> str:
+    """A restore's new Modal sandbox, made while the old one (whose name it
+    cannot take: names are unique in an app) still runs."""
+    return f"{sandbox_name(sandbox)[:52]}.r{secrets.token_hex(4)}"
+
+
+def network(sandbox: Sandbox) -> api_pb2.NetworkAccess:
+    """No egress, as on local and docker; said with network_access (the SDK's
+    field; block_network is deprecated), not left to Modal's open default."""
+    kind = api_pb2.NetworkAccess.NetworkAccessType
+    if sandbox.spec.ports:  # open ports: an empty allowlist, not BLOCKED (Modal's rule)
+        return api_pb2.NetworkAccess(network_access_type=kind.ALLOWLIST)
+    return api_pb2.NetworkAccess(network_access_type=kind.BLOCKED)
+
+
+def definition(sandbox: Sandbox, image_id: str, timeout_s: int, name: str = "") -> api_pb2.Sandbox:
     r = sandbox.spec.resources
     memory = r.memory_mb or 1024
     milli_cpu = int((r.cpu_cores or 1.0) * 1000)
@@ -86,12 +108,12 @@ def definition(sandbox: Sandbox, image_id: str, timeout_s: int) -> api_pb2.Sandb
         resources=res,
         timeout_secs=timeout_s,
         workdir="/",
-        # No network, as on local and docker; said with network_access (the SDK's
-        # field; block_network is deprecated), not left to Modal's open default.
-        network_access=api_pb2.NetworkAccess(
-            network_access_type=api_pb2.NetworkAccess.NetworkAccessType.BLOCKED
+        network_access=network(sandbox),
+        # Encrypted ports, as the SDK's encrypted_ports: a TLS tunnel each.
+        open_ports=api_pb2.PortSpecs(
+            ports=[api_pb2.PortSpec(port=p, unencrypted=False) for p in sandbox.spec.ports]
         ),
-        name=sandbox_name(sandbox),
+        name=name or sandbox_name(sandbox),
     )
 
 
@@ -105,7 +127,8 @@ def tags(sandbox: Sandbox, daemon: str) -> list[api_pb2.SandboxTag]:
 
 async def create(
     api: ModalAPI, sandbox: Sandbox, app_id: str, d: api_pb2.Sandbox, daemon: str
-) -> None:
+) -> list[api_pb2.TunnelData]:
+    """Makes the sandbox; returns the tunnels Modal gave with it (V2 only)."""
     if d.resources.gpu_config.count:
         resp = await api.call(
             "SandboxCreate",
@@ -130,6 +153,7 @@ async def create(
     if not resp.sandbox_id or len(resp.sandbox_id) > 128:
         raise bad_answer("create sandbox: no sandbox id")
     sandbox.provider_sandbox_id = resp.sandbox_id
+    return list(getattr(resp, "tunnels", ()))
 
 
 def v2(sandbox: Sandbox) -> bool:

@@ -150,6 +150,11 @@ def ident(obj: Any, key: str, what: str) -> str:
     return str(value)
 
 
+def looks_like_id(value: str) -> bool:
+    """Whether a caller's or the vendor's string may go into a URL path as an id."""
+    return bool(_ID.fullmatch(value))
+
+
 def session(sandbox: Sandbox) -> str:
     """The path of the sandbox's session, which carries its commands and files."""
     return f"/v2/sandboxes/sessions/{sandbox.provider_data['session']}"

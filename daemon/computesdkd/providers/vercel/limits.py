@@ -1,8 +1,9 @@
 """What Vercel refuses, checked before the call so the answer names Vercel's rule.
 
 The figures are Vercel's published limits (the @vercel/sandbox README and
-docstrings): at most 5 tags; 1 or an even number of vCPUs, up to 8 on Hobby
-and Pro and 32 on Enterprise, each with 2048 MB; a sandbox runs at most 45
+docstrings): at most 5 tags; at most 15 exposed ports; 1 or an even number
+of vCPUs, up to 8 on Hobby and Pro and 32 on Enterprise, each with 2048 MB;
+a sandbox runs at most 45
 minutes on Hobby and 24 hours on Pro and Enterprise. Which plan applies is
 VERCEL_PLAN's (pro unless set).
 """
@@ -13,6 +14,7 @@ from computesdkd.domain.errors import InvalidArgument
 from computesdkd.domain.model import Resources, SandboxSpec
 
 MAX_TAGS = 5
+MAX_PORTS = 15
 # The tag every sandbox carries for the orphan sweep (provider.py), counted in MAX_TAGS.
 OWNER_TAG = "computesdk-daemon"
 MEMORY_PER_VCPU_MB = 2048
@@ -49,6 +51,15 @@ def tags(metadata: dict[str, str]) -> dict[str, str]:
             rule="tags",
         )
     return dict(metadata)
+
+
+def ports(declared: tuple[int, ...]) -> list[int]:
+    if len(declared) > MAX_PORTS:
+        raise _refuse(
+            f"Vercel exposes at most {MAX_PORTS} ports per sandbox (asked {len(declared)})",
+            rule="ports",
+        )
+    return list(declared)
 
 
 def vcpus(r: Resources, plan: str) -> int:

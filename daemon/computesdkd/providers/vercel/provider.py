@@ -12,8 +12,12 @@ sandbox; each carries an owner tag, by which reconcile() deletes the ones no
 record owns after a crash. Vercel's limits (limits.py) are checked before the
 call.
 
+Background processes are Vercel's detached commands, re-attached by replaying
+their logs (processes.py); preview URLs are the routes of the ports declared at
+create (routes.py).
+
 What Vercel's API cannot carry is refused by name: memory and disk sizing
-(memory follows vCPUs), GPUs, background processes with output replay. Usage,
+(memory follows vCPUs), GPUs, tags on processes, snapshots (why_not). Usage,
 and the file calls other than read and write, go through commands in the
 sandbox (providers/common/execfs.py): Vercel has no metrics API, and its file
 API has no stat or listing.
@@ -39,8 +43,9 @@ from computesdkd.providers.common import files
 from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
 from computesdkd.providers.common.run import run_checked
-from computesdkd.providers.vercel import limits
+from computesdkd.providers.vercel import limits, routes
 from computesdkd.providers.vercel.api import NAME, VercelAPI, by_name, field, ident, session
+from computesdkd.providers.vercel.processes import VercelProcesses
 from computesdkd.providers.vercel.run import VercelRun
 from computesdkd.support import logs
 
@@ -66,13 +71,18 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
     name = NAME
     probe_interval_s = 30.0
     why_not = {
-        "background processes": "the daemon cannot re-read Vercel command logs from an offset"
+        "process tags": "Vercel commands carry no tags",
+        "snapshots": (
+            "a Vercel snapshot stops the sandbox and only seeds new sandboxes: it cannot "
+            "be restored in place, under the daemon's id, or exported as a layer"
+        ),
     }
     traits = frozenset({caps.EXEC_STDIN, caps.SIGNALS, caps.RESOURCE_LIMITS})
 
     def __init__(self, cfg: base.ProviderConfig) -> None:
         self._api = VercelAPI(cfg.env)
         self._owner = ""
+        self.parts = (VercelProcesses(self._api), routes.VercelPreviews(self._api))
 
     async def start(self, ctx: ProviderContext) -> None:
         """The owner tag: one per state dir, kept across restarts."""
@@ -129,7 +139,7 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
             "persistent": False,
             "env": spec.env,
             "tags": {**limits.tags(spec.metadata), limits.OWNER_TAG: self._owner or "unset"},
-            "ports": [],
+            "ports": limits.ports(spec.ports),
         }
 
     async def create(self, sandbox: Sandbox) -> None:
@@ -143,6 +153,7 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
             "session": ident(se, "id", what),
             "lease_until": str(time.time() + int(str(body["timeout"])) / 1000),
             "timeout_ms": str(body["timeout"]),
+            "routes": routes.kept(routes.parse(out.get("routes"), what)),
         }
         sandbox.resources = Resources(
             cpu_cores=float(field(se, "vcpus", int, what)),

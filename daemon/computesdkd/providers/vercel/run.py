@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from computesdkd.domain.errors import ComputeError, FailedPrecondition, Unavailable
-from computesdkd.domain.model import Command, ProcessEvent, Sandbox
+from computesdkd.domain.model import Command, ExitStatus, ProcessEvent, Sandbox
 from computesdkd.providers.common import http
 from computesdkd.providers.common.env import process_env
 from computesdkd.providers.common.run import STREAMS, StreamedRun
@@ -74,8 +74,45 @@ def stream_error(rec: dict[str, Any], what: str) -> Unavailable:
     )
 
 
-def _exited(what: str) -> FailedPrecondition:
-    return FailedPrecondition(f"{NAME}: {what}: the command has exited", reason="PROCESS_EXITED")
+def _exited(what: str, stdin: bool = False) -> FailedPrecondition:
+    why = "the command has exited" + (" (or its stdin is closed or not attached)" if stdin else "")
+    return FailedPrecondition(f"{NAME}: {what}: {why}", reason="PROCESS_EXITED")
+
+
+def exit_status(code: int, duration_ms: int) -> ExitStatus:
+    """Vercel reports a signalled command as the shell does, 128 + n."""
+    if code in (137, 143):
+        return ExitStatus(-1, code - 128, duration_ms)
+    return ExitStatus(code, 0, duration_ms)
+
+
+async def stdin_call(
+    api: VercelAPI, path: str, what: str, offset: int | None, data: bytes, close: bool
+) -> int:
+    """One .../stdin call on the command at path; returns the bytes Vercel has taken.
+    The offset (the bytes it confirmed before) makes a resent write a no-op for the
+    bytes already taken; without one, an empty call just reports them."""
+
+    def error(resp: httpx.Response) -> ComputeError:
+        gone = resp.status_code == 404 or (
+            resp.status_code == 400 and "command_stdin_unavailable" in resp.text[:2000]
+        )
+        if gone:
+            return _exited(what, stdin=True)
+        return http.error_for(NAME, what, resp, "PROCESS_NOT_FOUND")
+
+    body: dict[str, Any] = {} if offset is None else {"offset": offset}
+    if data:
+        body["data"] = base64.b64encode(data).decode()
+    if close:
+        body["close"] = True
+    out = await api.json(
+        "POST", f"{path}/stdin", what, json=body, idempotent=offset is not None, error=error
+    )
+    written, before = out.get("bytesWritten"), offset or 0
+    if isinstance(written, int) and not isinstance(written, bool) and written >= before:
+        return written
+    return before + len(data)
 
 
 class VercelRun(StreamedRun):
@@ -120,10 +157,8 @@ class VercelRun(StreamedRun):
                         raise bad_answer(what, "the stream switched to another command")
                     if rec["command"].get("exitCode") is not None:
                         code = field(rec["command"], "exitCode", int, what)
-                        # Vercel reports a signalled command as the shell does, 128 + n.
-                        yield (
-                            self.exited(-1, code - 128) if code in (137, 143) else self.exited(code)
-                        )
+                        ended = exit_status(code, 0)
+                        yield self.exited(ended.exit_code, ended.signal)
                         return
                 elif (name := rec.get("stream")) in STREAMS and self._cmd_id:
                     yield self.output(name, field(rec, "data", str, what).encode())
@@ -145,26 +180,9 @@ class VercelRun(StreamedRun):
         return f"{session(self._sandbox)}/cmd/{self._cmd_id}"
 
     async def _stdin(self, what: str, data: bytes, close: bool) -> None:
-        def error(resp: httpx.Response) -> ComputeError:
-            gone = resp.status_code == 404 or (
-                resp.status_code == 400 and "command_stdin_unavailable" in resp.text[:2000]
-            )
-            return _exited(what) if gone else http.error_for(NAME, what, resp, "PROCESS_NOT_FOUND")
-
-        body: dict[str, Any] = {"offset": self._stdin_at}
-        if data:
-            body["data"] = base64.b64encode(data).decode()
-        if close:
-            body["close"] = True
-        # The offset makes a resent write a no-op for the bytes already taken.
-        out = await self._api.json(
-            "POST", f"{self._cmd(what)}/stdin", what, json=body, idempotent=True, error=error
+        self._stdin_at = await stdin_call(
+            self._api, self._cmd(what), what, self._stdin_at, data, close
         )
-        written = out.get("bytesWritten")
-        if isinstance(written, int) and not isinstance(written, bool) and written >= self._stdin_at:
-            self._stdin_at = written
-        else:
-            self._stdin_at += len(data)
 
     async def send_stdin(self, data: bytes) -> None:
         for i in range(0, len(data), STDIN_CHUNK):
