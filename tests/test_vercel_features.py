@@ -27,9 +27,10 @@ from computesdk import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ProcessNotFoundError,
     UnsupportedError,
 )
-from computesdkd.domain.errors import FailedPrecondition, Internal, InvalidArgument
+from computesdkd.domain.errors import FailedPrecondition, Internal, NotFound
 from computesdkd.domain.model import Command, ExitStatus, Output, ProcessEvent, Started
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProviderContext
@@ -204,7 +205,7 @@ async def test_background_stdin_signals_and_tags(daemon: DaemonProcess, client: 
         assert tag.value.metadata == {"provider": "vercel", "feature": "process tags"}
         with pytest.raises(NotFoundError):
             await sb.process("cmd_nonesuch").signal(15)
-        with pytest.raises(InvalidArgumentError):  # it would go into the URL's path
+        with pytest.raises(ProcessNotFoundError):  # never reaches the URL's path
             await sb.process("../../v2/x").signal(15)
     finally:
         await sb.destroy()
@@ -306,5 +307,5 @@ def test_a_process_id_must_look_like_vercels() -> None:
 
     assert _checked_id("cmd_abc123") == "cmd_abc123"
     for bad in ("../x", "a/b", "", "x" * 200, "a?b"):
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(NotFound):
             _checked_id(bad)

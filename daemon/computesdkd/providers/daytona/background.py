@@ -172,8 +172,6 @@ class SessionProcesses(Background, Reattach, ProcessListing):
         output: bool = True,
     ) -> AsyncIterator[ProcessEvent]:
         session, cmd = split_id(process_id)
-        if stdout_offset < 0 or stderr_offset < 0:
-            raise InvalidArgument("offsets are not negative", reason="INVALID_OFFSET")
         first = await self._api.tb(
             sandbox,
             "GET",

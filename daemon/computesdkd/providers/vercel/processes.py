@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from computesdkd.domain.errors import InvalidArgument, Unsupported
+from computesdkd.domain.errors import InvalidArgument, NotFound, Unsupported
 from computesdkd.domain.model import (
     Command,
     Output,
@@ -58,9 +58,8 @@ _LONG = httpx.Timeout(None, connect=10.0)
 def _checked_id(process_id: str) -> str:
     """The caller's process id goes into a URL path: it must look like Vercel's."""
     if not looks_like_id(process_id):
-        raise InvalidArgument(
-            f"{NAME}: {process_id[:80]!r} is not a Vercel command id", reason="INVALID_PROCESS_ID"
-        )
+        # Never a Vercel command of ours: as any unknown process, not found.
+        raise NotFound(f"no process {process_id[:80]!r}", reason="PROCESS_NOT_FOUND")
     return process_id
 
 

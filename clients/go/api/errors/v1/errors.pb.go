@@ -347,6 +347,8 @@ const (
 	// INVALID_ARGUMENT: a vendor's own limit (tag count, vCPU shape, plan lifetime),
 	// checked before the call
 	Reason_REASON_PROVIDER_LIMIT Reason = 157
+	// FAILED_PRECONDITION: the vendor exposes only ports declared at create
+	Reason_REASON_PORT_NOT_DECLARED Reason = 158
 )
 
 // Enum value maps for Reason.
@@ -510,6 +512,7 @@ var (
 		155: "REASON_ADMIN_SOCKET_ONLY",
 		156: "REASON_BASE_IMAGE_FORBIDDEN",
 		157: "REASON_PROVIDER_LIMIT",
+		158: "REASON_PORT_NOT_DECLARED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":                 0,
@@ -670,6 +673,7 @@ var (
 		"REASON_ADMIN_SOCKET_ONLY":           155,
 		"REASON_BASE_IMAGE_FORBIDDEN":        156,
 		"REASON_PROVIDER_LIMIT":              157,
+		"REASON_PORT_NOT_DECLARED":           158,
 	}
 )
 
@@ -704,7 +708,7 @@ var File_computesdk_api_errors_v1_errors_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\x87$\n" +
+	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\xa6$\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_ABORTED\x10\x01\x12\x16\n" +
@@ -864,7 +868,8 @@ const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\x15REASON_TENANT_INVALID\x10\x9a\x01\x12\x1d\n" +
 	"\x18REASON_ADMIN_SOCKET_ONLY\x10\x9b\x01\x12 \n" +
 	"\x1bREASON_BASE_IMAGE_FORBIDDEN\x10\x9c\x01\x12\x1a\n" +
-	"\x15REASON_PROVIDER_LIMIT\x10\x9d\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
+	"\x15REASON_PROVIDER_LIMIT\x10\x9d\x01\x12\x1d\n" +
+	"\x18REASON_PORT_NOT_DECLARED\x10\x9e\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
 
 var (
 	file_computesdk_api_errors_v1_errors_proto_rawDescOnce sync.Once

@@ -339,6 +339,8 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """INVALID_ARGUMENT: a vendor's own limit (tag count, vCPU shape, plan lifetime),
     checked before the call
     """
+    REASON_PORT_NOT_DECLARED: _Reason.ValueType  # 158
+    """FAILED_PRECONDITION: the vendor exposes only ports declared at create"""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason lists every google.rpc.ErrorInfo.reason the daemon sends (ErrorInfo.domain
@@ -667,4 +669,6 @@ REASON_PROVIDER_LIMIT: Reason.ValueType  # 157
 """INVALID_ARGUMENT: a vendor's own limit (tag count, vCPU shape, plan lifetime),
 checked before the call
 """
+REASON_PORT_NOT_DECLARED: Reason.ValueType  # 158
+"""FAILED_PRECONDITION: the vendor exposes only ports declared at create"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
