@@ -145,3 +145,52 @@ async def stream(
             yield resp
     except httpx.TransportError as exc:
         raise unreachable(provider, what, exc) from exc
+
+
+# A request's own bound on its answer's body (an int), or None for none at all
+# (a download streamed to its reader); without it, the transport's default.
+BODY_LIMIT = "computesdk.body_limit"
+
+
+class _BoundedBody(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int, fail: Callable[[], Exception]):
+        self._inner, self._limit, self._fail = inner, limit, fail
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise self._fail()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class BoundedTransport(httpx.AsyncBaseTransport):
+    """Stops reading a vendor's answer past its bound, before it is all in memory:
+    what a vendor sends is untrusted input. fail makes the error for the one that
+    passes it (naming the provider)."""
+
+    def __init__(
+        self,
+        default_limit: int | None,
+        fail: Callable[[int], Exception],
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._default = default_limit
+        self._fail = fail
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self._inner.handle_async_request(request)
+        limit = request.extensions.get(BODY_LIMIT, self._default)
+        if limit is None:
+            return resp
+        assert isinstance(resp.stream, httpx.AsyncByteStream)
+        resp.stream = _BoundedBody(resp.stream, int(limit), lambda: self._fail(int(limit)))
+        return resp
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

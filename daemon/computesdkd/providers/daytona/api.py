@@ -16,7 +16,7 @@ true`, and no SDK version (we are not Daytona's SDK).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +33,7 @@ MAX_BODY = 8 << 20
 # One frame of the logs WebSocket.
 MAX_FRAME = 1 << 20
 # Unbounded: file downloads, which the caller reads as a stream of chunks.
-UNBOUNDED = {"computesdk.unbounded": True}
+UNBOUNDED = {http.BODY_LIMIT: None}
 SPLIT_OUTPUT = {"X-Daytona-Split-Output": "true"}
 # An id Daytona hands back goes into later URL paths: it must be one segment.
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -43,41 +43,6 @@ MAX_IDLE_SESSIONS = 4
 
 def bad_answer(what: str, why: str) -> Unavailable:
     return Unavailable(f"daytona: {what}: {why}", reason="PROVIDER_ERROR", provider=NAME)
-
-
-class _Bounded(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._limit:
-                raise bad_answer("response", f"larger than {self._limit} bytes")
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class BoundedTransport(httpx.AsyncBaseTransport):
-    """Caps every response body at MAX_BODY, but for requests marked UNBOUNDED."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._inner = inner or httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        resp = await self._inner.handle_async_request(request)
-        if request.extensions.get("computesdk.unbounded"):
-            return resp
-        assert isinstance(resp.stream, httpx.AsyncByteStream)
-        resp.stream = _Bounded(resp.stream, MAX_BODY)
-        return resp
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 def obj(resp: httpx.Response, what: str) -> dict[str, Any]:
@@ -121,7 +86,10 @@ class DaytonaAPI:
         # Private sandboxes unless asked: a preview then needs a token (previews.py).
         self.public_previews = env.get("DAYTONA_PUBLIC_PREVIEWS", "").lower() in ("1", "true")
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0), transport=BoundedTransport(transport)
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            transport=http.BoundedTransport(
+                MAX_BODY, lambda n: bad_answer("response", f"larger than {n} bytes"), transport
+            ),
         )
         # Toolbox sessions whose last command ended, by Daytona sandbox id.
         self.idle: dict[str, list[str]] = {}

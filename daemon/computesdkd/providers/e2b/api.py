@@ -91,44 +91,6 @@ def plan_hours(options: Mapping[str, Any]) -> tuple[int, str]:
     return PLAN_HOURS[plan], f"E2B's {plan.capitalize()} plan limit of {PLAN_HOURS[plan]} h"
 
 
-class _Bounded(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._limit:
-                raise bad_answer("response", f"the body passed {self._limit} bytes")
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _BoundedTransport(httpx.AsyncBaseTransport):
-    """Cuts every response body off at a limit, before it is all in memory."""
-
-    def __init__(self, limit: int) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-        self._limit = limit
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        resp = await self._inner.handle_async_request(request)
-        assert isinstance(resp.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            resp.status_code,
-            headers=resp.headers,
-            stream=_Bounded(resp.stream, self._limit),
-            extensions=resp.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 class E2BAPI:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.key = env.get("E2B_API_KEY", "")
@@ -138,7 +100,12 @@ class E2BAPI:
         timeout = httpx.Timeout(60.0, connect=10.0)
         # Calls whose answer is read whole; streams (output, downloads) are read
         # piece by piece and bounded per piece where they are parsed.
-        self.http = httpx.AsyncClient(timeout=timeout, transport=_BoundedTransport(MAX_BODY))
+        self.http = httpx.AsyncClient(
+            timeout=timeout,
+            transport=http.BoundedTransport(
+                MAX_BODY, lambda n: bad_answer("response", f"the body passed {n} bytes")
+            ),
+        )
         self.streams = httpx.AsyncClient(timeout=timeout)
 
     async def close(self) -> None:

@@ -26,52 +26,11 @@ from computesdkd.providers.common import http
 
 NAME = "vercel"
 MAX_JSON = 1 << 20
-_CAP = "computesdk.max_bytes"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def bad_answer(what: str, why: str) -> Internal:
     return Internal(f"{NAME}: {what}: {why}", reason="PROVIDER_ERROR", provider=NAME)
-
-
-class _Capped(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, cap: int) -> None:
-        self._inner, self._cap = inner, cap
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._cap:
-                raise bad_answer("answer", f"larger than {self._cap} bytes")
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _CappedTransport(httpx.AsyncBaseTransport):
-    """Stops reading an answer past the size its request allows."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        resp = await self._inner.handle_async_request(request)
-        cap = request.extensions.get(_CAP)
-        if cap is None:
-            return resp
-        assert isinstance(resp.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            resp.status_code,
-            headers=resp.headers,
-            stream=_Capped(resp.stream, int(cap)),
-            extensions=resp.extensions,
-            request=request,
-        )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class VercelAPI:
@@ -82,7 +41,10 @@ class VercelAPI:
         self.plan = (env.get("VERCEL_PLAN") or "pro").strip().lower()
         self.url = (env.get("VERCEL_API_URL") or "https://vercel.com/api").rstrip("/")
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0), transport=_CappedTransport()
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            transport=http.BoundedTransport(
+                None, lambda n: bad_answer("answer", f"larger than {n} bytes")
+            ),
         )
 
     def missing(self) -> list[str]:
@@ -108,7 +70,7 @@ class VercelAPI:
         self, method: str, path: str, what: str, *, cap: int = MAX_JSON, **kw: Any
     ) -> httpx.Response:
         url, kw = self._request(path, kw)
-        kw["extensions"] = {_CAP: cap}
+        kw["extensions"] = {http.BODY_LIMIT: cap}
         return await http.send(self.http, method, url, provider=NAME, what=what, **kw)
 
     async def json(self, method: str, path: str, what: str, **kw: Any) -> dict[str, Any]:
