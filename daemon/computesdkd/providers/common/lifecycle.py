@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from computesdkd.domain.errors import Unavailable
 from computesdkd.domain.model import Sandbox
@@ -28,3 +31,17 @@ async def destroyed_on_failure(provider: Provider, sandbox: Sandbox) -> AsyncIte
         with contextlib.suppress(Exception):
             await provider.destroy(sandbox)
         raise
+
+
+def owner_id(path: Path) -> str:
+    """This daemon's name in a vendor's labels or tags, by which its start-up sweep
+    finds its own orphans: one per state dir (the file at path), kept across
+    restarts; made afresh when missing or not one."""
+    with contextlib.suppress(OSError):
+        if re.fullmatch(r"[0-9a-f]{16,32}", text := path.read_text().strip()):
+            return text
+    owner = secrets.token_hex(16)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(owner + "\n")
+    return owner

@@ -30,7 +30,7 @@ from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.capabilities import Leases
 from computesdkd.providers.common.execfs import UsageByExec
 from computesdkd.providers.common.file_api import FileAPIFiles
-from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
+from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure, owner_id
 from computesdkd.providers.daytona import spec
 from computesdkd.providers.daytona.api import NAME, DaytonaAPI, bad_answer, base_url, ident, obj
 from computesdkd.providers.daytona.background import SessionProcesses
@@ -86,7 +86,7 @@ class DaytonaProvider(FileAPIFiles, UsageByExec, Leases, Provider):
         return sorted(spec.DEFAULT_TEMPLATES)
 
     async def start(self, ctx: base.ProviderContext) -> None:
-        self._owner = spec.owner_id(ctx.state_dir)
+        self._owner = owner_id(ctx.state_dir / "daytona-owner")
 
     async def close(self) -> None:
         await self._api.close()

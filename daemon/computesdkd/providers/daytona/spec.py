@@ -14,11 +14,8 @@ labels and lifetimes that keep a dead daemon from leaking a billed sandbox:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-import secrets
-from pathlib import Path
 from typing import Any
 
 from computesdkd.domain.errors import InvalidArgument, Unsupported
@@ -87,16 +84,3 @@ def create_body(sandbox: Sandbox, owner: str, target: str) -> dict[str, Any]:
     if target:
         body["target"] = target
     return body
-
-
-def owner_id(state_dir: Path) -> str:
-    """This daemon's name in Daytona's labels: one per state dir, kept across restarts."""
-    path = state_dir / "daytona-owner"
-    with contextlib.suppress(OSError):
-        if re.fullmatch(r"[0-9a-f]{32}", text := path.read_text().strip()):
-            return text
-    owner = secrets.token_hex(16)
-    with contextlib.suppress(OSError):
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(owner + "\n")
-    return owner

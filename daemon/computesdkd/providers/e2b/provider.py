@@ -27,7 +27,6 @@ import re
 import secrets
 import time
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 from computesdkd.domain.errors import AlreadyExists, InvalidArgument, Unsupported
@@ -44,7 +43,7 @@ from computesdkd.providers import base
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.common.file_api import FileAPIFiles
-from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
+from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure, owner_id
 from computesdkd.providers.e2b.api import (
     E2BAPI,
     ENVD_PORT,
@@ -117,7 +116,7 @@ class E2BProvider(
         return sorted(TEMPLATES)
 
     async def start(self, ctx: base.ProviderContext) -> None:
-        self._owner = owner_id(ctx.state_dir)
+        self._owner = owner_id(ctx.state_dir / "e2b-owner")
 
     async def close(self) -> None:
         await self._api.close()
@@ -384,16 +383,3 @@ def idempotency_key(record_id: str) -> str:
     gets another, so that E2B cannot answer it with the dead sandbox."""
     record = re.sub(r"[^a-z0-9-]", "-", record_id.lower())[:200]
     return f"computesdk-{record}-{secrets.token_hex(8)}"
-
-
-def owner_id(state_dir: Path) -> str:
-    """This daemon's name in E2B's metadata: one per state dir, kept across restarts."""
-    path = state_dir / "e2b-owner"
-    with contextlib.suppress(OSError):
-        if re.fullmatch(r"[0-9a-f]{32}", text := path.read_text().strip()):
-            return text
-    owner = secrets.token_hex(16)
-    with contextlib.suppress(OSError):
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(owner + "\n")
-    return owner

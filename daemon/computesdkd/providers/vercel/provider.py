@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import secrets
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -41,7 +40,7 @@ from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
 from computesdkd.providers.common import files
 from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
-from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
+from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure, owner_id
 from computesdkd.providers.common.run import run_checked
 from computesdkd.providers.vercel import limits, routes
 from computesdkd.providers.vercel.api import NAME, VercelAPI, by_name, field, ident, session
@@ -85,12 +84,7 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
         self.parts = (VercelProcesses(self._api), routes.VercelPreviews(self._api))
 
     async def start(self, ctx: ProviderContext) -> None:
-        """The owner tag: one per state dir, kept across restarts."""
-        path = Path(ctx.state_dir) / "vercel" / "owner"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(8))
-        self._owner = path.read_text().strip()[:32]
+        self._owner = owner_id(Path(ctx.state_dir) / "vercel" / "owner")
 
     def availability(self) -> str:
         missing = self._api.missing()
