@@ -224,10 +224,10 @@ def test_version_offline_and_from_the_daemon(daemon: DaemonProcess) -> None:
 
 def test_the_build_clock_moves_on_a_terminal(daemon: DaemonProcess) -> None:
     name = f"cli-clock-{os.getpid()}"
-    drawn = on_terminal(daemon, "template", "build", name, "-s", "sleep 2", "--no-cache")
+    drawn = on_terminal(daemon, "template", "build", name, "-s", "sleep 4", "--no-cache")
     text = drawn.decode(errors="replace")
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-    frames = [f for f in re.split(r"[\r\n]", plain) if "setup: sleep 2" in f]
-    clocks = {m.group(1) for f in frames if (m := re.search(r"sleep 2\S*\s+(\d+\.\d)s", f))}
-    assert len(clocks) >= 5, frames[-3:]  # it ticked while the step sent nothing
+    frames = [f for f in re.split(r"[\r\n]", plain) if "setup: sleep 4" in f]
+    clocks = {m.group(1) for f in frames if (m := re.search(r"sleep 4\S*\s+(\d+\.\d)s", f))}
+    assert len(clocks) >= 3, frames[-3:]  # it moved while the step sent nothing (~40 draws)
     assert run(daemon, "template", "rm", name).returncode == 0
