@@ -93,6 +93,9 @@ async def test_dead_provider_opens_its_circuit_and_create_falls_back(
     assert [(e.attributes["provider"], e.attributes["state"]) for e in circuit_events] == [
         ("docker", "open")
     ]
+    # Every tenant gets this event: it says why by reason, never by the last call's
+    # own text (a vendor's message, another tenant's sandbox).
+    assert circuit_events[0].message == "5 consecutive failures (PROVIDER_UNAVAILABLE)"
     await client.close()
 
 

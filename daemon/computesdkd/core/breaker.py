@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 
 from computesdkd.domain.errors import Code, ComputeError, Unavailable
+from computesdkd.support import logs
+
+log = logs.get(__name__)
 
 
 class Circuit(enum.IntEnum):
@@ -81,4 +84,10 @@ class CircuitBreaker:
         self._failures += 1
         if self.state == Circuit.HALF_OPEN or self._failures >= self._threshold:
             self._opened_at = time.monotonic()
-            self._set(Circuit.OPEN, f"{self._failures} consecutive failures: {exc}")
+            if self.state != Circuit.OPEN:
+                # The last failure's own text stays in the daemon's log: it may be
+                # one tenant's call (a vendor's message, a sandbox id), and the
+                # circuit event goes to every tenant, which gets only its reason.
+                log.warning("provider circuit opens", provider=self.provider, last_error=str(exc))
+            reason = exc.reason if isinstance(exc, ComputeError) else type(exc).__name__
+            self._set(Circuit.OPEN, f"{self._failures} consecutive failures ({reason})")
