@@ -279,15 +279,15 @@ async def test_a_restart_terminates_what_a_crash_left_behind(
     """Sandboxes tagged with this daemon that no record owns are terminated at start
     (listed by tag, SandboxListV2); another daemon's are left alone."""
     import asyncio
-    import hashlib
-    import socket
+    import secrets
 
     from conftest import new_daemon
 
     d = new_daemon()
     d.env.update({k: v for k, v in daemon.env.items() if k.startswith("MODAL_")})
-    where = f"{socket.gethostname()}:{d.state.resolve()}"
-    mine = hashlib.sha256(where.encode()).hexdigest()[:16]
+    mine = secrets.token_hex(16)  # the daemon's owner id, kept in its state dir
+    d.state.mkdir(parents=True, exist_ok=True)
+    (d.state / "modal-owner").write_text(mine + "\n")
     app = await modal.App.lookup.aio("computesdk", create_if_missing=True, client=sdk)
     image = modal.Image.from_registry("python:3.11-slim")
     made = {}

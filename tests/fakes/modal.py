@@ -57,6 +57,15 @@ def mint_jwt(claims: dict[str, Any]) -> str:
     return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.{secrets.token_urlsafe(16)}"
 
 
+class Gate:
+    """Holds the calls of one method until released: a test sees the call in
+    flight (entered) and decides when Modal answers it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+
 class _Box:
     def __init__(self, local: Sandbox, v2: bool, app_id: str, tags: dict[str, str]) -> None:
         self.local = local
@@ -112,6 +121,10 @@ class FakeModal:
         self.snapshots: dict[str, str] = {}
         # When set, every tunnel's host is this (a test of what the adapter accepts).
         self.tunnel_host: str | None = None
+        # Test knobs, by ModalClient method: a Gate holding its calls, or a status
+        # its next call fails with (Modal's server can fail any call).
+        self.gates: dict[str, Gate] = {}
+        self.fail_next: dict[str, grpc.StatusCode] = {}
         self._client: Client | None = None
 
     async def client(self) -> Client:
@@ -199,6 +212,11 @@ class FakeModal:
                 "rate limit exceeded",
                 trailing_metadata=(("grpc-status-details-bin", self._retry_policy()),),
             )
+        if (code := self.fail_next.pop(name, None)) is not None:
+            await context.abort(code, f"{name} failed")
+        if (gate := self.gates.get(name)) is not None:
+            gate.entered.set()
+            await asyncio.to_thread(gate.release.wait, 60)
 
     def _retry_policy(self) -> bytes:
         """The status details Modal's server sends, packed as its SDK's codec expects."""

@@ -134,7 +134,7 @@ def is_loopback(url: str) -> bool:
     return urllib.parse.urlparse(url).hostname in ("localhost", "127.0.0.1", "::1")
 
 
-def _channel(url: str) -> grpc.aio.Channel:
+def open_channel(url: str) -> grpc.aio.Channel:
     o = urllib.parse.urlparse(url)
     port = o.port or (443 if o.scheme == "https" else 80)
     target = f"{o.hostname}:{port}"
@@ -150,7 +150,6 @@ class ModalAPI:
         self._server = env.get("MODAL_SERVER_URL", "https://api.modal.com")
         self.environment = env.get("MODAL_ENVIRONMENT", "")
         self._api: grpc.aio.Channel | None = None
-        self._routers: dict[str, grpc.aio.Channel] = {}
         self._auth_token = ""
         self._auth_exp = 0.0
 
@@ -158,9 +157,9 @@ class ModalAPI:
         return bool(self.token_id and self._token_secret)
 
     async def close(self) -> None:
-        for ch in [self._api, *self._routers.values()]:
-            if ch is not None:
-                await ch.close(None)
+        if self._api is not None:
+            await self._api.close(None)
+            self._api = None
 
     def _metadata(self) -> list[tuple[str, str]]:
         return [
@@ -186,7 +185,7 @@ class ModalAPI:
 
     def _channel(self) -> grpc.aio.Channel:
         if self._api is None:
-            self._api = _channel(self._server)
+            self._api = open_channel(self._server)
         return self._api
 
     async def call(
@@ -234,11 +233,6 @@ class ModalAPI:
     def stream(self, method: str, request: Any, response_type: Any) -> AsyncIterator[Any]:
         read = self._channel().unary_stream(API + method, **codec(request, response_type))
         return aiter(read(request, metadata=self._metadata()))
-
-    def router_channel(self, url: str) -> grpc.aio.Channel:
-        if url not in self._routers:
-            self._routers[url] = _channel(url)
-        return self._routers[url]
 
     def router_url(self, url: str) -> str:
         """A router address Modal handed over, refused unless it is https (or the

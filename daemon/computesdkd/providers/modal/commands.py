@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from asyncio import Queue
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +34,7 @@ if HAVE_MODAL:
 
 NO_SIGNALS = "the task command router has no signal call"
 REOPENS = 3  # output streams reopened after an expired JWT, per read
+QUEUED_CHUNKS = 16  # read ahead of a slow reader, of both streams together
 
 
 def new_exec_id() -> str:
@@ -59,8 +61,10 @@ async def start(api: Router, sandbox: Sandbox, command: Command, exec_id: str) -
 async def read(
     api: Router, sandbox: Sandbox, exec_id: str, stdout_offset: int, stderr_offset: int
 ) -> AsyncIterator[Output]:
-    """Both streams from their offsets, as the chunks arrive; ends at EOF of both."""
-    queue: asyncio.Queue[Output | BaseException | None] = asyncio.Queue()
+    """Both streams from their offsets, as the chunks arrive; ends at EOF of both.
+    At most QUEUED_CHUNKS wait for the reader: then the streams are not read on
+    (gRPC's flow control holds the router), so a stalled client costs no memory."""
+    queue: Queue[Output | BaseException | None] = Queue(maxsize=QUEUED_CHUNKS)
 
     async def pump(fd: Any, name: Stream, offset: int) -> None:
         for reopen in range(REOPENS + 1):

@@ -4,9 +4,10 @@ Sandboxes are made in an app of the daemon's own ("computesdk") in the
 configured environment, from an image Modal builds from a Dockerfile line per
 template with the environment's image builder version; V2 sandboxes, as the
 SDK makes by default, or V1 for a GPU (sandboxes.py). Each carries tags naming
-this daemon and its sandbox id, so a start after a crash lists and terminates
-what it no longer knows (reconcile), and a timeout, so a dead daemon leaks no
-billed sandbox for longer than that. Commands go to the sandbox's task command
+this daemon (an id kept in its state dir) and its sandbox id, so a start after
+a crash lists and terminates what is no record's current Modal sandbox
+(reconcile, fleet.py), and a timeout, so a dead daemon leaks no billed sandbox
+for longer than that. Commands go to the sandbox's task command
 router (router.py, commands.py). Ports declared at create get Modal's tunnels
 (tunnels.py); snapshots are images of the sandbox's filesystem (snapshots.py).
 """
@@ -14,14 +15,10 @@ router (router.py, commands.py). Ports declared at create get Modal's tunnels
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import socket
 import time
 from collections.abc import AsyncIterator
 
-import structlog
-
-from computesdkd.domain.errors import ComputeError, NotFound, Unavailable, Unsupported
+from computesdkd.domain.errors import NotFound, Unavailable, Unsupported
 from computesdkd.domain.model import (
     Command,
     Probe,
@@ -36,10 +33,11 @@ from computesdkd.providers import base
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider
 from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
-from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure
+from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure, owner_id
 from computesdkd.providers.common.run import run_checked
 from computesdkd.providers.modal import commands, sandboxes, tunnels
 from computesdkd.providers.modal.api import HAVE_MODAL, NAME, V1_ID, ModalAPI
+from computesdkd.providers.modal.fleet import Fleet, to_the_end
 from computesdkd.providers.modal.router import Router
 from computesdkd.providers.modal.snapshots import NO_EXPORT, NO_IMPORT, ModalSnapshots
 
@@ -48,7 +46,6 @@ if HAVE_MODAL:
 
     Status = api_pb2.GenericResult
 
-log = structlog.get_logger()
 APP_NAME = "computesdk"
 IMAGES = {
     "base": "FROM python:3.11-slim",
@@ -78,15 +75,17 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
         self._builder_version = ""
         self._images: dict[str, str] = {}
         self._daemon = ""
+        self._fleet = Fleet(self._api)
         self._snapshots = ModalSnapshots(self.recreate, self._api, self._router)
         self.parts = (tunnels.ModalTunnels(self._api), self._snapshots)
 
     async def start(self, ctx: base.ProviderContext) -> None:
-        """This daemon's tag value: its host and state dir, so two daemons on one
-        Modal account never sweep each other's sandboxes."""
-        where = f"{socket.gethostname()}:{ctx.state_dir.resolve()}"
-        self._daemon = hashlib.sha256(where.encode()).hexdigest()[:16]
+        """This daemon's tag value: a random id kept in its state dir, so two
+        daemons on one Modal account never sweep each other's sandboxes, even with
+        the same host name and path (containers, pods)."""
+        self._daemon = owner_id(ctx.state_dir / "modal-owner")
         self._snapshots.map.load(ctx.state_dir)
+        self._fleet.load(ctx.state_dir)
 
     def availability(self) -> str:
         if not HAVE_MODAL:
@@ -99,6 +98,7 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
         return sorted(IMAGES)
 
     async def close(self) -> None:
+        await self._router.close()
         await self._api.close()
 
     # -------------------------------------------------------------- lifecycle
@@ -166,7 +166,7 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
             raise cannot_run(NAME, why)
         if sandbox.spec.template not in IMAGES:
             raise NotFound(
-                f"template {sandbox.spec.template!r} has no Modal image "
+                f"template {sandbox.spec.template[:200]!r} has no Modal image "
                 f"(known: {', '.join(sorted(IMAGES))})",
                 reason="TEMPLATE_NOT_FOUND",
                 provider=NAME,
@@ -177,6 +177,7 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
         source = sandbox.provider_data.get("from_snapshot", "")  # a saved state's
         image = self._snapshots.map.image(source) if source else ""
         await self._launch(sandbox, image or await self._image(sandbox.spec.template), timeout_s)
+        self._fleet.made(sandbox)
 
     async def _launch(
         self, sandbox: Sandbox, image_id: str, timeout_s: int, name: str = ""
@@ -200,28 +201,27 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
 
     async def recreate(self, sandbox: Sandbox, image_id: str) -> None:
         """A new Modal sandbox from the image under the same daemon id, then the old
-        one terminated; if the new one cannot be made, the old one stays."""
-        old = sandbox.provider_sandbox_id, dict(sandbox.provider_data), sandbox.resources
+        one terminated; if the new one cannot be made, the old one stays. Run to
+        its end even when the caller is cancelled, so one Modal sandbox is left."""
         timeout_s = sandboxes.check_limits(sandbox)
-        self._router.forget(sandbox)
+        await to_the_end(self._swap(sandbox, image_id, timeout_s))
+
+    async def _swap(self, sandbox: Sandbox, image_id: str, timeout_s: int) -> None:
+        old = sandbox.provider_sandbox_id, dict(sandbox.provider_data), sandbox.resources
+        await self._router.forget(sandbox)
         try:
             await self._launch(sandbox, image_id, timeout_s, sandboxes.restored_name(sandbox))
         except BaseException:
             sandbox.provider_sandbox_id, sandbox.provider_data, sandbox.resources = old
-            self._router.forget(sandbox)
+            await self._router.forget(sandbox)
             raise
+        self._fleet.restored(sandbox)  # before the old one goes: a crash here keeps the new
         old_id, old_data = old[0], old[1]
         was_v2 = old_data["api"] == "v2" if old_data.get("api") else not V1_ID.match(old_id)
-        try:
-            await sandboxes.terminate(self._api, old_id, was_v2, old_data.get("sandbox_token", ""))
-        except NotFound:
-            pass
-        except ComputeError as exc:  # the restore stands; the old one ends at its timeout
-            log.warning("could not terminate a restored sandbox's old Modal sandbox",
-                        sandbox_id=sandbox.id, modal_id=old_id, error=exc.message)  # fmt: skip
+        await self._fleet.end(sandbox.id, old_id, was_v2, old_data.get("sandbox_token", ""))
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
-        self._router.forget(sandbox)
+        await self._router.forget(sandbox)
         if sandbox.provider_sandbox_id:
             with contextlib.suppress(NotFound):
                 await sandboxes.terminate(
@@ -230,21 +230,23 @@ class ModalProvider(FilesByExec, UsageByExec, Provider, caps.Background, caps.Re
                     sandboxes.v2(sandbox),
                     sandboxes.token(sandbox),
                 )
+        self._fleet.gone(sandbox)
+        await self._fleet.end_old(sandbox.id)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
+        """The record as its last restore left it (a restore whose caller went
+        away before the record was stored), saved then with its processes gone."""
+        if self._fleet.adopted(sandbox):
+            sandbox.provider_data["restarted_at_adopt"] = "1"
         return (await self.probe(sandbox)).alive
 
     async def reconcile(self, live_ids: set[str]) -> None:
-        """Terminates each running sandbox tagged with this daemon that no record
-        owns: one a crash left between SandboxCreate and the store."""
+        """Terminates each running sandbox tagged with this daemon that is not a
+        live record's current one: one a crash left between SandboxCreate and the
+        store, or a restore's old one that Modal would not terminate then."""
         if self.availability() or not self._daemon:
             return
-        async for modal_id, sid in sandboxes.owned(self._api, await self._app(), self._daemon):
-            if sid in live_ids:
-                continue
-            with contextlib.suppress(NotFound):
-                await sandboxes.terminate(self._api, modal_id, not sandboxes.is_v1_id(modal_id))
-            log.warning("terminated an orphan Modal sandbox", sandbox_id=sid, modal_id=modal_id)
+        await self._fleet.reconcile(await self._app(), self._daemon, live_ids)
 
     async def probe(self, sandbox: Sandbox) -> Probe:
         try:

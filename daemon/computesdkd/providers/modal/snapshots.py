@@ -6,8 +6,10 @@ The daemon's restore keeps the sandbox id, stops every process and puts the
 files back; Modal cannot put an image under a running sandbox, so a restore is
 a new Modal sandbox from the snapshot's image under the same daemon id, made
 before the old one is terminated (a failed restore leaves the sandbox as it
-was). As on local, processes do not survive; unlike local, the Modal sandbox
-id and its tunnels' URLs change, and the sandbox's Modal timeout starts again.
+was). A restore runs to its end even when its caller goes away, and an old
+sandbox Modal would not terminate is ended later (fleet.py). As on local,
+processes do not survive; unlike local, the Modal sandbox id and its tunnels'
+URLs change, and the sandbox's Modal timeout starts again.
 
 Which image holds which snapshot is kept in the provider's state dir
 (modal-snapshots.json), since saved states outlive their sandboxes and the
