@@ -171,7 +171,11 @@ def test_logs_print_a_background_process_output(daemon: DaemonProcess, sid: str)
         deadline = time.monotonic() + 10
         while _running(daemon, sid, "echo one") and time.monotonic() < deadline:
             time.sleep(0.05)
-        slow = sb.start_process("echo first; sleep 2; echo last", tag="slow")
+        # It ends when the test says so (a file), not after a sleep that a busy
+        # machine could outlast before the first `logs` even starts.
+        slow = sb.start_process(
+            "echo first; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo last", tag="slow"
+        )
     out = run(daemon, "logs", sid, "done")
     assert (out.returncode, out.stdout, out.stderr) == (0, "one\ntwo\n", "err\n")
     assert run(daemon, "logs", sid, done.id).stdout == "one\ntwo\n"  # by id too
@@ -180,6 +184,8 @@ def test_logs_print_a_background_process_output(daemon: DaemonProcess, sid: str)
     while now.stdout != "first\n" and time.monotonic() < deadline:
         now = run(daemon, "logs", sid, "slow")
     assert now.stdout == "first\n"
+    with SyncClient(socket=daemon.socket) as c:
+        c.get(sid).exec("touch /tmp/go")
     followed = run(daemon, "logs", "-f", sid, slow.id)
     assert followed.stdout == "first\nlast\n"
     lines = run(daemon, "logs", sid, "done", "--json").stdout.splitlines()

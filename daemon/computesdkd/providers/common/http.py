@@ -7,7 +7,9 @@ calls (by method, unless the caller says), also the other 5xx and a connection
 that broke mid-call. A body that is a stream is sent once, and so is a streamed
 response. What is left is mapped to a domain error that names the provider;
 credentials never appear in a message (only the status and the vendor's own
-message are kept).
+message are kept). Of an error's body only the first ERROR_BODY bytes are read,
+whatever the call: a vendor's agent in the sandbox (envd, the toolbox) runs as
+root there and could answer an error with a body that never ends.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 ErrorFor = Callable[[httpx.Response], ComputeError]
+# What is read of an error's body: enough for the vendor's message.
+ERROR_BODY = 64 << 10
+# Headers that describe the body as sent, not the part of it error_head keeps.
+_BODY_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
 
 
 def vendor_message(resp: httpx.Response) -> str:
@@ -86,6 +92,26 @@ def retry_after(resp: httpx.Response) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+async def error_head(resp: httpx.Response) -> httpx.Response:
+    """An error answer with at most ERROR_BODY bytes of its (decoded) body, which the
+    error mappers may read as a whole; the rest is never read, and the streamed
+    answer is closed."""
+    head = bytearray()
+    try:
+        async for chunk in resp.aiter_bytes():
+            head += chunk[: ERROR_BODY - len(head)]
+            if len(head) >= ERROR_BODY:
+                break
+    except (httpx.HTTPError, ComputeError):
+        pass  # what came is the message; a broken or oversized rest does not matter
+    finally:
+        await resp.aclose()
+    headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+    return httpx.Response(
+        resp.status_code, headers=headers, content=bytes(head), request=resp.request
+    )
+
+
 async def send(
     client: httpx.AsyncClient,
     method: str,
@@ -104,16 +130,28 @@ async def send(
     again = method in IDEMPOTENT if idempotent is None else idempotent
     replayable = isinstance(kw.get("content"), bytes | str | None)
 
+    def failed(exc: httpx.TransportError) -> Exception:
+        broken = unreachable(provider, what, exc)
+        if again or isinstance(exc, _NOT_SENT):
+            return retry.Retryable(broken)
+        return broken
+
     async def attempt() -> httpx.Response:
+        # Streamed, so that an error's body is read only as far as error_head goes;
+        # any other is read whole (the transport bounds it).
         try:
-            resp = await client.request(method, url, **kw)
+            resp = await client.send(client.build_request(method, url, **kw), stream=True)
         except httpx.TransportError as exc:
-            broken = unreachable(provider, what, exc)
-            if again or isinstance(exc, _NOT_SENT):
-                raise retry.Retryable(broken) from exc
-            raise broken from exc
+            raise failed(exc) from exc
         if resp.status_code < 300 or resp.status_code in ok:
+            try:
+                await resp.aread()
+            except httpx.TransportError as exc:
+                raise failed(exc) from exc
+            finally:
+                await resp.aclose()
             return resp
+        resp = await error_head(resp)
         err = error(resp) if error else error_for(provider, what, resp, not_found)
         if resp.status_code in REFUSED or (again and resp.status_code in RETRYABLE):
             raise retry.Retryable(err, retry_after(resp))
@@ -140,8 +178,8 @@ async def stream(
     try:
         async with client.stream(method, url, **kw) as resp:
             if resp.status_code not in ok:
-                await resp.aread()
-                raise error(resp) if error else error_for(provider, what, resp, not_found)
+                head = await error_head(resp)
+                raise error(head) if error else error_for(provider, what, head, not_found)
             yield resp
     except httpx.TransportError as exc:
         raise unreachable(provider, what, exc) from exc

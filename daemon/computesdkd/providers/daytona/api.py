@@ -119,7 +119,7 @@ class DaytonaAPI:
             self.toolbox(sandbox) + path,
             provider=NAME,
             what=what,
-            headers=self.auth,
+            headers={**self.auth, **kw.pop("headers", {})},
             **kw,
         )
 

@@ -1,12 +1,14 @@
 """One sandbox's files through the toolbox's `/files` API: writes go to
-`/files/bulk-upload` (the single-file `/files/upload` is gone), reads stream from
+`/files/bulk-upload` (the single-file `/files/upload` is gone) as a multipart body
+streamed from the caller's chunks (never held whole), reads stream from
 `/files/download`. What the toolbox lists is checked: an entry's name is one
 path segment and its size a number."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
 
 from computesdkd.domain.errors import Unsupported
 from computesdkd.domain.model import FileInfo, FileKind, Sandbox
@@ -36,6 +38,29 @@ def _info(f: object, path: str) -> FileInfo:
         mode=bits,
         mtime=files.rfc3339(str(f.get("modifiedAt") or f.get("modTime") or "")[:64]),
     )
+
+
+# Quotes, backslashes and line breaks cannot break out of the part's header: the
+# file name is only informative (files[0].path says where the file goes).
+_FILENAME_FORBIDDEN = str.maketrans({'"': "_", "\\": "_", "\r": "_", "\n": "_"})
+
+
+async def _bulk_form(boundary: str, path: str, data: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The bulk upload's form for one file, streamed (chunked), as Daytona's SDK
+    sends an async source (AsyncFileSystem.upload_file_stream)."""
+    name = path.rsplit("/", 1)[-1].translate(_FILENAME_FORBIDDEN) or "upload"
+    yield (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="files[0].path"\r\n\r\n'
+        f"{path}\r\n"
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="files[0].file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    async for chunk in data:
+        if chunk:
+            yield chunk
+    yield f"\r\n--{boundary}--\r\n".encode()
 
 
 class ToolboxFS:
@@ -87,15 +112,14 @@ class ToolboxFS:
             raise Unsupported(NAME, "append writes", "the toolbox replaces files on upload")
         if not parents:  # the bulk upload makes missing parents on its own
             await files.check_parent(self, path)
-        data = b"".join([c async for c in chunks])
+        body, boundary = files.Counted(chunks), "----DaytonaUpload" + secrets.token_hex(12)
         await self._api.tb(
             self._sandbox,
             "POST",
             "/files/bulk-upload",
             "upload",
-            idempotent=True,  # the upload replaces the file
-            data={"files[0].path": path},
-            files={"files[0].file": (path.rsplit("/", 1)[-1], data, "application/octet-stream")},
+            content=_bulk_form(boundary, path, body),  # a stream: sent once
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
         if mode:
             await self._api.tb(
@@ -106,7 +130,7 @@ class ToolboxFS:
                 idempotent=True,
                 params={"path": path, "mode": oct(mode)[2:]},
             )
-        return await self.stat(path), len(data)
+        return await self.stat(path), body.bytes
 
     async def stat(self, path: str) -> FileInfo:
         resp = await self._api.tb(

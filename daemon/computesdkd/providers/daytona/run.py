@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import operator
 import secrets
 import shlex
 from collections.abc import AsyncIterator, Callable
@@ -26,34 +28,51 @@ from computesdkd.providers.common.run import Stream, StreamedRun
 from computesdkd.providers.daytona.api import MAX_FRAME, NAME, DaytonaAPI, ident, integer, obj
 
 NO_STDIN = "the toolbox cannot close a command's input"
-MARKS: dict[bytes, Stream] = {b"\x01\x01\x01": "stdout", b"\x02\x02\x02": "stderr"}
+OUT_MARK, ERR_MARK = b"\x01\x01\x01", b"\x02\x02\x02"
+MARKS: dict[bytes, Stream] = {OUT_MARK: "stdout", ERR_MARK: "stderr"}
 
 
 def demux(
     buf: bytearray, current: Stream | None
 ) -> tuple[list[tuple[Stream, bytes]], Stream | None]:
     """Splits what arrived so far at the stream markers. Keeps a possible partial
-    marker at the end of buf for the next frame. Returns (chunks, current stream)."""
-    out: list[tuple[Stream, bytes]] = []
-    while True:
-        marks = [(i, kind) for m, kind in MARKS.items() if (i := buf.find(m)) != -1]
-        if not marks:
-            keep = 0
-            for k in (2, 1):  # a marker may be split across frames
-                if len(buf) >= k and all(b in (1, 2) for b in buf[-k:]):
-                    keep = k
-                    break
-            if len(buf) > keep:
-                # Output before any marker (a toolbox that merged the streams) is
-                # kept as stdout rather than dropped.
-                out.append((current or "stdout", bytes(buf[: len(buf) - keep])))
-                del buf[: len(buf) - keep]
-            return out, current
-        idx, kind = min(marks)
-        if idx > 0:
-            out.append((current or "stdout", bytes(buf[:idx])))
-        del buf[: idx + 3]
-        current = kind
+    marker at the end of buf for the next frame. Returns (chunks, current stream):
+    a chunk per change of stream (what lies between two markers of one stream
+    is one chunk), never an empty one.
+
+    One pass over buf: each marker's next place is searched for from where the
+    last one ended, never again from the start (the markers share no byte, so the
+    other's next place stays valid), so a frame of markers only, or of no markers
+    at all, costs its length, not its length squared."""
+    pieces: list[tuple[Stream, int, int]] = []  # (stream, start, end) of each piece
+    pos, end = 0, len(buf)
+    kind: Stream
+    at_out, at_err = buf.find(OUT_MARK), buf.find(ERR_MARK)
+    while at_out != -1 or at_err != -1:
+        if at_err == -1 or (at_out != -1 and at_out < at_err):
+            idx, kind = at_out, "stdout"
+            at_out = buf.find(OUT_MARK, idx + 3)
+        else:
+            idx, kind = at_err, "stderr"
+            at_err = buf.find(ERR_MARK, idx + 3)
+        if idx > pos:
+            # Output before any marker (a toolbox that merged the streams) is kept
+            # as stdout rather than dropped.
+            pieces.append((current or "stdout", pos, idx))
+        current, pos = kind, idx + 3
+    keep = 0
+    for k in (2, 1):  # a marker may be split across frames
+        if end - pos >= k and all(b in (1, 2) for b in buf[end - k :]):
+            keep = k
+            break
+    if end - keep > pos:
+        pieces.append((current or "stdout", pos, end - keep))
+    out = [
+        (stream, b"".join(buf[lo:hi] for _, lo, hi in run))
+        for stream, run in itertools.groupby(pieces, key=operator.itemgetter(0))
+    ]
+    del buf[: end - keep]
+    return out, current
 
 
 def command_line(sandbox: Sandbox, cmd: Command) -> str:

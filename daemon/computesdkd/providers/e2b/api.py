@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 
@@ -52,9 +52,21 @@ def bad_answer(what: str, why: str) -> Internal:
     return Internal(f"{NAME}: {what}: {why}", reason="PROVIDER_ERROR", provider=NAME)
 
 
+def answer(resp: httpx.Response, what: str) -> Any:
+    """A successful answer's JSON; a body that is none is a bad answer, not a crash."""
+    try:
+        return resp.json()
+    except ValueError:  # also a body that is not text
+        raise bad_answer(what, "the answer is not JSON") from None
+
+
+def is_sandbox_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(_SANDBOX_ID.fullmatch(value))
+
+
 def sandbox_id(value: object, what: str) -> str:
     """An id E2B gave, checked before it goes into a URL or a host name."""
-    if not isinstance(value, str) or not _SANDBOX_ID.fullmatch(value):
+    if not is_sandbox_id(value):
         raise bad_answer(what, "the sandbox id is not one E2B gives")
     return value
 

@@ -29,7 +29,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from computesdkd.domain.errors import AlreadyExists, InvalidArgument, Unsupported
+from computesdkd.domain.errors import AlreadyExists, ComputeError, InvalidArgument, Unsupported
 from computesdkd.domain.model import (
     Command,
     Probe,
@@ -48,10 +48,12 @@ from computesdkd.providers.e2b.api import (
     E2BAPI,
     ENVD_PORT,
     NAME,
+    answer,
     bad_answer,
     domain,
     envd_version,
     is_host,
+    is_sandbox_id,
     plan_hours,
     sandbox_id,
 )
@@ -177,22 +179,25 @@ class E2BProvider(
             idempotent=True,
             not_found="TEMPLATE_NOT_FOUND",
         )
-        out = resp.json() if resp.content else {}
+        out = answer(resp, "create sandbox") if resp.content else {}
         out = out if isinstance(out, dict) else {}
+        # An id that is not E2B's (or an answer that is not JSON) gives no URL to
+        # kill the sandbox by: the orphan sweep finds that one by its metadata. Any
+        # other check of the answer fails inside the guard, which kills it by id.
         sandbox.provider_sandbox_id = sandbox_id(out.get("sandboxID"), "create sandbox")
-        token = out.get("envdAccessToken")
-        traffic = out.get("trafficAccessToken")
-        sandbox.provider_data = {
-            "domain": domain(out.get("domain"), "create sandbox"),
-            "access_token": token if isinstance(token, str) and len(token) <= 512 else "",
-            "envd_version": ".".join(map(str, envd_version(out.get("envdVersion")))),
-            "started_at": str(started),
-            "lease_until": str(started + lease),
-            # E2B gives a traffic token only to a sandbox whose URLs need it; the
-            # token itself is not kept, as no call of ours sends it.
-            "private_urls": "1" if isinstance(traffic, str) and traffic else "",
-        }
         async with destroyed_on_failure(self, sandbox):
+            token = out.get("envdAccessToken")
+            traffic = out.get("trafficAccessToken")
+            sandbox.provider_data = {
+                "domain": domain(out.get("domain"), "create sandbox"),
+                "access_token": token if isinstance(token, str) and len(token) <= 512 else "",
+                "envd_version": ".".join(map(str, envd_version(out.get("envdVersion")))),
+                "started_at": str(started),
+                "lease_until": str(started + lease),
+                # E2B gives a traffic token only to a sandbox whose URLs need it; the
+                # token itself is not kept, as no call of ours sends it.
+                "private_urls": "1" if isinstance(traffic, str) and traffic else "",
+            }
             if not sandbox.provider_data["access_token"]:
                 # Without one, anyone who knows the sandbox id could run commands in it.
                 raise bad_answer("create sandbox", "E2B gave no envd access token")
@@ -228,7 +233,7 @@ class E2BProvider(
         resp = await self._api.rest(
             "GET", f"/sandboxes/{sandbox.provider_sandbox_id}", "get sandbox"
         )
-        out = resp.json()
+        out = answer(resp, "get sandbox")
         return out if isinstance(out, dict) else {}
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
@@ -274,7 +279,11 @@ class E2BProvider(
             return
         for sid, owner_record in await self._owned():
             if owner_record not in live_ids:
-                await self._api.rest("DELETE", f"/sandboxes/{sid}", "kill orphan", ok=(404,))
+                try:
+                    await self._api.rest("DELETE", f"/sandboxes/{sid}", "kill orphan", ok=(404,))
+                except ComputeError as exc:  # the others are still swept
+                    log.warning("could not kill an orphan E2B sandbox", error=exc.message)
+                    continue
                 log.warning("killed an orphan E2B sandbox", provider_sandbox_id=sid)
 
     async def _owned(self) -> list[tuple[str, str]]:
@@ -287,11 +296,16 @@ class E2BProvider(
         found: list[tuple[str, str]] = []
         for _ in range(MAX_LIST_PAGES):
             resp = await self._api.rest("GET", "/v2/sandboxes", "list sandboxes", params=params)
-            page = resp.json()
+            page = answer(resp, "list sandboxes")
             for item in page if isinstance(page, list) else []:
                 meta = item.get("metadata") if isinstance(item, dict) else None
-                if isinstance(meta, dict) and meta.get(OWNER_KEY) == self._owner:
-                    found.append((sandbox_id(item.get("sandboxID"), "list"), str(meta.get(ID_KEY))))
+                if not isinstance(meta, dict) or meta.get(OWNER_KEY) != self._owner:
+                    continue
+                sid = item.get("sandboxID")
+                if not is_sandbox_id(sid):  # it cannot go into a URL: the rest are swept
+                    log.warning("skipped a listed E2B sandbox whose id is not E2B's")
+                    continue
+                found.append((sid, str(meta.get(ID_KEY))))
             token = resp.headers.get("X-Next-Token", "")
             if not token or len(token) > 1024:
                 break
@@ -305,14 +319,14 @@ class E2BProvider(
         resp = await self._api.rest(
             "GET", f"/sandboxes/{sandbox.provider_sandbox_id}", "get sandbox", ok=(404,)
         )
-        body = resp.json() if resp.status_code == 200 else {}
+        body = answer(resp, "get sandbox") if resp.status_code == 200 else {}
         return Probe(alive=isinstance(body, dict) and body.get("state") == "running")
 
     async def usage(self, sandbox: Sandbox) -> Usage:
         resp = await self._api.rest(
             "GET", f"/sandboxes/{sandbox.provider_sandbox_id}/metrics", "metrics"
         )
-        samples = resp.json()
+        samples = answer(resp, "metrics")
         m = samples[-1] if isinstance(samples, list) and samples else {}
         m = m if isinstance(m, dict) else {}
         return Usage(

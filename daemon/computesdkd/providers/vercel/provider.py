@@ -32,7 +32,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from computesdkd.domain.errors import FailedPrecondition, NotFound, ResourceExhausted, Unsupported
+from computesdkd.domain.errors import (
+    ComputeError,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unsupported,
+)
 from computesdkd.domain.model import Command, FileInfo, Probe, Resources, Sandbox
 from computesdkd.domain.paths import WORKDIR
 from computesdkd.providers import base
@@ -43,7 +49,15 @@ from computesdkd.providers.common.execfs import FilesByExec, UsageByExec
 from computesdkd.providers.common.lifecycle import cannot_run, destroyed_on_failure, owner_id
 from computesdkd.providers.common.run import run_checked
 from computesdkd.providers.vercel import limits, routes
-from computesdkd.providers.vercel.api import NAME, VercelAPI, by_name, field, ident, session
+from computesdkd.providers.vercel.api import (
+    NAME,
+    VercelAPI,
+    by_name,
+    field,
+    ident,
+    looks_like_id,
+    session,
+)
 from computesdkd.providers.vercel.processes import VercelProcesses
 from computesdkd.providers.vercel.run import VercelRun
 from computesdkd.support import logs
@@ -59,6 +73,8 @@ IMAGES = {
     "python:3.11": "vercel/sandbox/python:3.14",
 }
 PREFIX = "computesdk-"
+# How much of a caller's template name an error repeats.
+ECHO = 200
 # Files are uploaded as a tar.gz, which needs the whole file first.
 MAX_UPLOAD = 256 * 1024 * 1024
 # How many pages of 50 sandboxes the orphan sweep reads at most.
@@ -119,7 +135,7 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
         image = IMAGES.get(spec.template)
         if image is None:
             raise NotFound(
-                f"template {spec.template!r} has no Vercel image "
+                f"template {spec.template[:ECHO]!r} has no Vercel image "
                 f"(known: {', '.join(sorted(IMAGES))})",
                 reason="TEMPLATE_NOT_FOUND",
                 provider=NAME,
@@ -142,18 +158,24 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
         body, what = self._body(sandbox), "create sandbox"
         out = await self._api.json("POST", "/v3/sandboxes", what, json=body)
         sb, se = out.get("sandbox"), out.get("session")
-        sandbox.provider_sandbox_id = ident(sb, "name", what)
-        sandbox.provider_data = {
-            "session": ident(se, "id", what),
-            "lease_until": str(time.time() + int(str(body["timeout"])) / 1000),
-            "timeout_ms": str(body["timeout"]),
-            "routes": routes.kept(routes.parse(out.get("routes"), what)),
-        }
-        sandbox.resources = Resources(
-            cpu_cores=float(field(se, "vcpus", int, what)),
-            memory_mb=field(se, "memory", int, what),
-        )
-        async with destroyed_on_failure(self, sandbox):  # the same working directory everywhere
+        # The sandbox is deleted by name when the answer fails a check: by the one
+        # Vercel gave, or, if that cannot go into a URL, by the one we asked for.
+        named = sb.get("name") if isinstance(sb, dict) else None
+        usable = [n for n in (named, body["name"]) if isinstance(n, str) and looks_like_id(n)]
+        sandbox.provider_sandbox_id = usable[0] if usable else ""  # "": none to delete by
+        async with destroyed_on_failure(self, sandbox):
+            ident(sb, "name", what)
+            sandbox.provider_data = {
+                "session": ident(se, "id", what),
+                "lease_until": str(time.time() + int(str(body["timeout"])) / 1000),
+                "timeout_ms": str(body["timeout"]),
+                "routes": routes.kept(routes.parse(out.get("routes"), what)),
+            }
+            sandbox.resources = Resources(
+                cpu_cores=float(field(se, "vcpus", int, what)),
+                memory_mb=field(se, "memory", int, what),
+            )
+            # the same working directory everywhere
             await run_checked(
                 self.run(sandbox, Command(args=["mkdir", "-p", WORKDIR], cwd="/")),
                 FailedPrecondition(
@@ -222,19 +244,26 @@ class VercelProvider(FilesByExec, UsageByExec, Provider, caps.Leases):
             if not isinstance(page, list):
                 return
             for sb in page:
-                name = ident(sb, "name", what)
+                name = sb.get("name") if isinstance(sb, dict) else None
+                if not isinstance(name, str) or not looks_like_id(name):
+                    # it cannot go into a URL; the rest of the page is still swept
+                    log.warning("skipped a listed vercel sandbox whose name is not an id")
+                    continue
                 tags = sb.get("tags") if isinstance(sb, dict) else None
                 tags = tags if isinstance(tags, dict) else {}
                 mine = tags.get(limits.OWNER_TAG) == self._owner and name.startswith(PREFIX)
                 if mine and name.removeprefix(PREFIX) not in live_ids:
                     log.info("deleting an orphaned vercel sandbox", vercel_sandbox=name)
-                    await self._api.call(
-                        "DELETE",
-                        f"/v2/sandboxes/{name}",
-                        "delete sandbox",
-                        params={"projectId": self._api.project},
-                        ok=(404,),
-                    )
+                    try:
+                        await self._api.call(
+                            "DELETE",
+                            f"/v2/sandboxes/{name}",
+                            "delete sandbox",
+                            params={"projectId": self._api.project},
+                            ok=(404,),
+                        )
+                    except ComputeError as exc:  # the others are still swept
+                        log.warning("could not delete a vercel orphan", error=exc.message)
             pagination = out.get("pagination")
             nxt = pagination.get("next") if isinstance(pagination, dict) else None
             if not isinstance(nxt, str) or not nxt or len(nxt) > 512:
