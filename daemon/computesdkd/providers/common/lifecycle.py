@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -45,3 +47,15 @@ def owner_id(path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(owner + "\n")
     return owner
+
+
+def save_json(path: Path, value: object) -> None:
+    """Writes a provider's small state file whole or not at all (a crash leaves the
+    old one), readable only by the daemon."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

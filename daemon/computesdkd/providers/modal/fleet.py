@@ -21,19 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-import structlog
-
 from computesdkd.domain.errors import ComputeError, NotFound
 from computesdkd.domain.model import Sandbox
+from computesdkd.providers.common.lifecycle import save_json
 from computesdkd.providers.modal import sandboxes
 from computesdkd.providers.modal.api import ModalAPI, is_v2
+from computesdkd.support import logs
 
-log = structlog.get_logger()
+log = logs.get(__name__)
 T = TypeVar("T")
 MAX_FILE = 4 << 20
 MAX_ID = 128
@@ -79,13 +78,7 @@ class Fleet:
     def _save(self) -> None:
         if self._path is None:
             return
-        tmp = self._path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._restored, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        save_json(self._path, self._restored)
 
     # ------------------------------------------------------------ what is whose
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,7 @@ from google.protobuf import empty_pb2
 from computesdkd.domain.errors import NotFound, Unsupported
 from computesdkd.domain.model import Sandbox
 from computesdkd.providers import capabilities as caps
+from computesdkd.providers.common.lifecycle import save_json
 from computesdkd.providers.modal.api import HAVE_MODAL, NAME, ModalAPI, bad_answer
 from computesdkd.providers.modal.router import Router
 
@@ -70,13 +70,7 @@ class SnapshotMap:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._images, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        save_json(self.path, self._images)
 
     def image(self, snapshot_id: str) -> str:
         if snapshot_id not in self._images:
