@@ -23,7 +23,7 @@ def run(
     daemon: DaemonProcess, *args: str, data: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "COMPUTESDK_SOCKET": str(daemon.socket)}
-    return subprocess.run([CLI, *args], capture_output=True, env=env, timeout=60, input=data)
+    return subprocess.run([CLI, *args], capture_output=True, env=env, timeout=120, input=data)
 
 
 def sh(daemon: DaemonProcess, sid: str, line: str) -> str:

@@ -12,33 +12,17 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import subprocess
-import sys
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from test_cli_copy import run, sh
 
 from computesdk.cli_cp_pull import Counter, pull_tree, tar_tree
 from computesdk.types import FileInfo
 from conftest import DaemonProcess
-
-CLI = str(Path(sys.executable).parent / "computesdk")
-
-
-def run(
-    daemon: DaemonProcess, *args: str, data: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "COMPUTESDK_SOCKET": str(daemon.socket)}
-    return subprocess.run([CLI, *args], capture_output=True, env=env, timeout=120, input=data)
-
-
-def sh(daemon: DaemonProcess, sid: str, line: str) -> str:
-    out = run(daemon, "exec", sid, line)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.decode()
 
 
 @pytest.fixture
