@@ -120,12 +120,8 @@ def validate(answers: list[tuple[str, str, int, bytes]]) -> int:
     return len(answers)
 
 
-# ---------------------------------------------------------------- the official SDKs
-
-
-async def test_the_python_sdk_drives_the_fake(daemon: DaemonProcess) -> None:
-    fake = _fake(daemon)
-    first = len(fake.answers)
+def sdk_client(daemon: DaemonProcess) -> SandboxClient:
+    """Vercel's Python SDK, pointed at the fake by its own base_url option."""
 
     async def creds() -> SandboxCredentials:
         return SandboxCredentials(
@@ -135,7 +131,17 @@ async def test_the_python_sdk_drives_the_fake(daemon: DaemonProcess) -> None:
     options = SandboxServiceOptions(
         base_url=daemon.env["VERCEL_API_URL"], credentials_factory=creds
     )
-    client = SandboxClient.create(options=options)
+    return SandboxClient.create(options=options)
+
+
+# ---------------------------------------------------------------- the official SDKs
+
+
+async def test_the_python_sdk_drives_the_fake(daemon: DaemonProcess) -> None:
+    fake = _fake(daemon)
+    first = len(fake.answers)
+
+    client = sdk_client(daemon)
     tag = TagFilter(key="contract", value=f"py-{os.getpid()}")
     try:
         sb = await client.create_sandbox(

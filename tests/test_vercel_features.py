@@ -19,8 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_vercel_contract import JS, _fake, _provider, _sandbox, validate
-from vercel.sandbox import SandboxClient, SandboxCredentials, SandboxServiceOptions
+from test_vercel_contract import JS, _fake, _provider, _sandbox, sdk_client, validate
 
 from computesdk import (
     Client,
@@ -45,15 +44,7 @@ async def test_the_python_sdk_drives_detached_commands_and_routes(daemon: Daemon
     fake = _fake(daemon)
     first = len(fake.answers)
 
-    async def creds() -> SandboxCredentials:
-        return SandboxCredentials(
-            token=fake_mod.TOKEN, team_id=fake_mod.TEAM, project_id=fake_mod.PROJECT
-        )
-
-    options = SandboxServiceOptions(
-        base_url=daemon.env["VERCEL_API_URL"], credentials_factory=creds
-    )
-    client = SandboxClient.create(options=options)
+    client = sdk_client(daemon)
     try:
         sb = await client.create_sandbox(ports=[3000, 8080], persistent=False)
         got = {r.port: r for r in sb.routes}
