@@ -26,6 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from quick import daemon_socket, pct
+
 from computesdk import Client, Resources
 from computesdkd.providers.docker.image import IMAGE as DOCKER_IMAGE
 
@@ -36,11 +38,6 @@ BURN = (
     "ps = [m.Process(target=burn) for _ in range(2)]\n"
     "[p.start() for p in ps]\n[p.join() for p in ps]\n"
 )
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def summary(xs: list[float]) -> dict[str, Any]:
@@ -125,21 +122,10 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=8)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    daemon = None
-    socket = a.socket
-    if socket is None:
-        from conftest import new_daemon
-
-        daemon = new_daemon()
-        daemon.start()
-        socket = str(daemon.socket)
     out = Path(__file__).parent / "results" / f"cpu_limits-{int(time.time())}.json"
     out.parent.mkdir(exist_ok=True)
-    try:
+    with daemon_socket(a.socket) as socket:
         res = asyncio.run(run(socket, a.cores, a.n, out))
-    finally:
-        if daemon is not None:
-            daemon.cleanup()
     if a.json:
         print(json.dumps(res, indent=2))
         return

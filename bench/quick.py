@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -26,6 +28,22 @@ from computesdk import Client
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+@contextlib.contextmanager
+def daemon_socket(socket: str | None) -> Iterator[str]:
+    """The socket given, or a private daemon's for the run (cleaned up after)."""
+    if socket is not None:
+        yield socket
+        return
+    from conftest import new_daemon
+
+    daemon = new_daemon()
+    daemon.start()
+    try:
+        yield str(daemon.socket)
+    finally:
+        daemon.cleanup()
 
 
 async def run(socket: str, n: int, mb: int) -> dict[str, object]:
@@ -70,19 +88,8 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    daemon = None
-    socket = a.socket
-    if socket is None:
-        from conftest import new_daemon
-
-        daemon = new_daemon()
-        daemon.start()
-        socket = str(daemon.socket)
-    try:
+    with daemon_socket(a.socket) as socket:
         res = asyncio.run(run(socket, a.n, a.mb))
-    finally:
-        if daemon is not None:
-            daemon.cleanup()
     if a.json:
         print(json.dumps(res, indent=2))
         return
