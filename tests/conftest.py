@@ -23,6 +23,7 @@ import pytest_asyncio
 
 from computesdk import Client, Sandbox
 from computesdk.sync import SyncClient
+from computesdkd.domain import model
 from fakes import daytona as daytona_fake
 from fakes import e2b as e2b_fake
 from fakes import modal as modal_fake
@@ -34,6 +35,18 @@ from fakes.modal import FakeModal, GrpcServerThread
 from fakes.vercel import FakeVercel
 
 BIN = Path(sys.executable).parent
+
+
+def record(
+    provider: str, sandbox_id: str, state: model.State = model.State.RUNNING, **spec: Any
+) -> model.Sandbox:
+    """A daemon's sandbox record, as a provider is handed one (for tests that drive a
+    provider object directly, without a daemon)."""
+    base: dict[str, Any] = {
+        "provider": provider, "template": "base", "metadata": {}, "timeout_ms": 60_000,
+        "keep_alive": False, "resources": model.Resources(), "env": {},
+    }  # fmt: skip
+    return model.Sandbox(sandbox_id, model.SandboxSpec(**{**base, **spec}), state, time.time(), 0.0)
 
 
 class DaemonProcess:

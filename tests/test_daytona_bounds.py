@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from computesdkd.domain.model import Resources, Sandbox, SandboxSpec, State
+from computesdkd.domain.model import Sandbox
 from computesdkd.providers.daytona import run as run_mod
 from computesdkd.providers.daytona.api import DaytonaAPI
 from computesdkd.providers.daytona.files import ToolboxFS
+from conftest import record
 from fakes import daytona as fake_mod
 
 OUT, ERR = b"\x01\x01\x01", b"\x02\x02\x02"
@@ -124,16 +124,7 @@ def test_demux_work_grows_with_the_frame_not_its_square(unit: bytes) -> None:
 
 
 def _sandbox() -> Sandbox:
-    spec = SandboxSpec(
-        provider="daytona",
-        template="base",
-        metadata={},
-        timeout_ms=60_000,
-        keep_alive=False,
-        resources=Resources(),
-        env={},
-    )
-    sb = Sandbox("sb-upload", spec, State.RUNNING, time.time(), 0.0)
+    sb = record("daytona", "sb-upload")
     sb.provider_sandbox_id = "abc123"
     sb.provider_data = {"toolbox": "http://toolbox.invalid"}
     return sb

@@ -31,13 +31,13 @@ from e2b.envd.process import process_pb
 
 from computesdk import Client, InvalidArgumentError, UnsupportedError
 from computesdkd.domain.errors import ComputeError
-from computesdkd.domain.model import Command, ExitStatus, Output, Resources, SandboxSpec, State
+from computesdkd.domain.model import Command, ExitStatus, Output, State
 from computesdkd.domain.model import Sandbox as DomainSandbox
 from computesdkd.providers.base import ProviderConfig, ProviderContext
 from computesdkd.providers.e2b import api as e2b_api
 from computesdkd.providers.e2b.api import E2BAPI
 from computesdkd.providers.e2b.provider import E2BProvider
-from conftest import DaemonProcess
+from conftest import DaemonProcess, record
 from fakes.e2b import Box, FakeE2B
 
 # The model of each REST answer, by route and status (the SDK's openapi client).
@@ -293,16 +293,7 @@ def _provider(daemon: DaemonProcess, state_dir: Path) -> E2BProvider:
 
 
 def _record(record_id: str, keep_alive: bool = True) -> DomainSandbox:
-    spec = SandboxSpec(
-        provider="e2b",
-        template="base",
-        metadata={},
-        timeout_ms=60_000,
-        keep_alive=keep_alive,
-        resources=Resources(),
-        env={},
-    )
-    return DomainSandbox(record_id, spec, State.CREATING, time.time(), 0.0)
+    return record("e2b", record_id, State.CREATING, keep_alive=keep_alive)
 
 
 async def test_keep_alive_is_never_asked_past_the_plans_longest_life(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -18,12 +17,13 @@ import pytest
 import pytest_asyncio
 
 from computesdkd.domain.errors import ComputeError
-from computesdkd.domain.model import Resources, Sandbox, SandboxSpec, State
+from computesdkd.domain.model import Sandbox
 from computesdkd.providers.common import http
 from computesdkd.providers.daytona.api import DaytonaAPI
 from computesdkd.providers.daytona.files import ToolboxFS
 from computesdkd.providers.e2b.api import E2BAPI
 from computesdkd.providers.vercel.api import VercelAPI
+from conftest import record
 
 # What the server sends at most: far more than the kernel's socket buffers on
 # both ends can hold (rmem and wmem together are a few tens of MiB at most), so
@@ -192,16 +192,7 @@ async def test_an_endless_error_body_is_read_only_as_far_as_its_message(
 
 
 def _sandbox(provider: str, **data: str) -> Sandbox:
-    spec = SandboxSpec(
-        provider=provider,
-        template="base",
-        metadata={},
-        timeout_ms=60_000,
-        keep_alive=False,
-        resources=Resources(),
-        env={},
-    )
-    sb = Sandbox("sb-bounds", spec, State.RUNNING, time.time(), 0.0)
+    sb = record(provider, "sb-bounds")
     sb.provider_sandbox_id = "abc123"
     sb.provider_data = dict(data)
     return sb
