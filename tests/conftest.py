@@ -146,6 +146,15 @@ def serving_port(d: DaemonProcess, timeout: float = 30.0) -> int:
     raise RuntimeError(f"no network listener:\n{d.log.read_text()[-3000:]}")
 
 
+def destroy_all_and_clean_up(d: DaemonProcess) -> None:
+    """Destroys what a test left behind, then stops the daemon and removes its state."""
+    with contextlib.suppress(Exception), SyncClient(socket=d.socket) as c:
+        for sb in c.list():
+            with contextlib.suppress(Exception):
+                sb.destroy()
+    d.cleanup()
+
+
 def new_daemon(on_exit: str = "destroy") -> DaemonProcess:
     # Under /var/tmp: the bundle path must be reachable by the sandbox's unprivileged
     # init, and pytest's tmp dirs are private to root.
@@ -203,11 +212,7 @@ def daemon() -> Iterator[DaemonProcess]:
     yield d
     # Sandboxes a failed test left behind go first, while the daemon still serves
     # the fakes (whose own sandboxes live in this same daemon).
-    with contextlib.suppress(Exception), SyncClient(socket=d.socket) as c:
-        for sb in c.list():
-            with contextlib.suppress(Exception):
-                sb.destroy()
-    d.cleanup()
+    destroy_all_and_clean_up(d)
     for server in (servers, vercel_server, daytona_server, modal_server):
         server.stop()
 

@@ -134,8 +134,13 @@ def test_cli_volumes_snapshots_states_and_pools(daemon: DaemonProcess) -> None:
     vols = json.loads(run(daemon, "volume", "ls", "--json").stdout)
     assert [v["name"] for v in vols if v["name"] == "cli-vol"] == ["cli-vol"]
     assert run(daemon, "volume", "rm", "cli-vol").returncode == 0
-    bad = run(daemon, "create", "--volume", "nope:/x", "--json")
+    bad = run(daemon, "create", "--volume", "nope:/x:existing", "--json")
     assert json.loads(bad.stdout)["error"]["reason"] == "VOLUME_NOT_FOUND"
+    made = run(daemon, "create", "--volume", "cli-made:/data:size=64MB,persistent").stdout.strip()
+    assert run(daemon, "exec", made, "--", "sh", "-c", "echo k > /data/k").returncode == 0
+    run(daemon, "rm", made)
+    assert run(daemon, "volume", "rm", "cli-made").returncode == 0  # it outlived the sandbox
+    assert run(daemon, "create", "--volume", "x:/y:bogus").returncode != 0
 
 
 def test_cli_pools_batches_groups_networks_channels(daemon: DaemonProcess) -> None:

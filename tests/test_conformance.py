@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from pki import CA
 
-from computesdk import Client, ComputeSDKError, Sandbox
+from computesdk import Client, CommandExitError, ComputeSDKError, Sandbox
 from computesdk.types import Event
 from conftest import DaemonProcess, new_daemon
 
@@ -54,6 +54,7 @@ class Runner:
         self.events: list[Event] = []
         self.states: list[str] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.saved: dict[str, Any] = {}  # "$name" values: $snapshot, $state, $export
         for state in ("connected", "disconnected", "reconnecting"):
             client.on(state, lambda s=state: self.states.append(s))
 
@@ -80,15 +81,24 @@ class Runner:
             if key in want:
                 assert got[key] == want[key], f"{st['op']}: {key}"
 
+    def _saved(self, value: Any) -> Any:
+        return self.saved[value[1:]] if isinstance(value, str) and value.startswith("$") else value
+
     async def run(self, st: dict[str, Any]) -> None:
         op, want = st["op"], st.get("expect", {})
         if op == "create":
             self.sandbox = await self.client.create(
                 st.get("provider", ""),
-                template=st.get("template", ""),
+                template=st.get("template_definition") or st.get("template", ""),
                 metadata=st.get("metadata"),
                 env=st.get("env"),
+                resources=st.get("resources"),
+                volumes=st.get("volumes", ()),
+                restore_from=self._saved(st.get("restore_from", "")),
+                import_state=self._saved(st.get("import_state")),
             )
+        elif op in _NEW_OPS:
+            await self._new_op(op, st, want)
         elif op == "destroy":
             await self.sb.destroy()
         elif op == "status":
@@ -100,7 +110,16 @@ class Runner:
                 assert got.template == want["template"]
             for k, v in want.get("metadata", {}).items():
                 assert got.metadata[k] == v
-        elif op in ("exec", "exec_stream"):
+        elif op == "exec":
+            r = await self.sb.exec(
+                self._command(st),
+                env=st.get("env"),
+                cwd=st.get("cwd", ""),
+                stdin=self._stdin(st),
+                check=st.get("check", True),
+            )
+            self._check_exec(st, r.stdout, r.stderr, r.exit_code, r.signal)
+        elif op == "exec_stream":
             stream = self.sb.exec_stream(
                 self._command(st), env=st.get("env"), cwd=st.get("cwd", ""), stdin=self._stdin(st)
             )
@@ -168,9 +187,68 @@ class Runner:
         else:
             raise AssertionError(f"unknown op {op}")
 
+    async def _new_op(self, op: str, st: dict[str, Any], want: Any) -> None:
+        if op == "snapshot_create":
+            self.saved["snapshot"] = await self.sb.create_snapshot(
+                st.get("name", ""), description=st.get("description", "")
+            )
+        elif op == "snapshot_list":
+            snaps = await self.sb.list_snapshots()
+            assert len(snaps) == want["count"], snaps
+            assert sorted(s.name for s in snaps) == sorted(want.get("names", [])), snaps
+        elif op == "snapshot_restore":
+            await self.sb.restore_snapshot(self._saved(st["id"]))
+        elif op == "snapshot_delete":
+            await self.sb.delete_snapshot(self._saved(st["id"]))
+        elif op == "save_state":
+            self.saved["state"] = await self.sb.save_state()
+        elif op == "export_state":
+            self.saved["export"] = await self.sb.export_state()
+            assert isinstance(self.saved["export"], bytes) and self.saved["export"]
+        elif op == "health_check":
+            assert await self.sb.health_check() is want
+        elif op == "resource_usage":
+            _check_paths(await self.sb.get_resource_usage(), want)
+        elif op == "config":
+            _check_paths(self.sb.config, want)
+        elif op == "volume_delete":
+            await self.client.volumes.delete(st["name"])
+        elif op == "template_delete":
+            await self.client.templates.delete(st["name"])
+
     async def _collect(self, sb: Sandbox) -> None:
         async for ev in sb.events():
             self.events.append(ev)
+
+
+_NEW_OPS = {"snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_delete",
+            "save_state", "export_state", "health_check", "resource_usage", "config",
+            "volume_delete", "template_delete"}  # fmt: skip
+_COMPARE = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "eq": lambda a, b: a == b,
+}
+
+
+def _check_paths(obj: object, want: dict[str, Any]) -> None:
+    """Each dotted snake_case path of obj equals a value or passes {gt|gte|...: n}."""
+    for path, expected in want.items():
+        got: Any = obj
+        for part in path.split("."):
+            got = getattr(got, part)
+        tests = expected if isinstance(expected, dict) else {"eq": expected}
+        for name, bound in tests.items():
+            assert _COMPARE[name](got, bound), f"{path} = {got!r}, expected {name} {bound!r}"
+
+
+def _check_command_error(err: CommandExitError, want: dict[str, Any]) -> None:
+    for key in ("exit_code", "signal", "stdout", "stderr"):
+        if key in want:
+            assert getattr(err, key) == want[key], f"CommandExitError.{key}"
+    assert err.result.exit_code == err.exit_code
 
 
 def _subsequence(want: list[str], got: list[str]) -> bool:
@@ -193,6 +271,11 @@ async def test_conformance(
         for i, st in enumerate(scenario["steps"]):
             if "error" not in st:
                 await runner.run(st)
+                continue
+            if st["error"].get("kind") == "CommandExitError":
+                with pytest.raises(CommandExitError) as failed:
+                    await runner.run(st)
+                _check_command_error(failed.value, st["error"])
                 continue
             with pytest.raises(ComputeSDKError) as info:
                 await runner.run(st)

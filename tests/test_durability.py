@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from computesdk import Client, Event, SandboxNotFoundError
+from computesdk import Client, Event, SandboxEventError, SandboxNotFoundError
 from conftest import DaemonProcess, new_daemon
 
 
@@ -107,7 +107,7 @@ async def test_a_sandbox_killed_behind_the_daemon_is_reported(
 ) -> None:
     sb = await client.create()
     stream = sb.exec_stream("echo started; sleep 30")
-    errors: list[Event] = []
+    errors: list[SandboxEventError] = []
     sb.on("error", errors.append)
     with pytest.raises(Exception) as exc_info:
         async for chunk in stream:
@@ -118,7 +118,7 @@ async def test_a_sandbox_killed_behind_the_daemon_is_reported(
             )
     assert getattr(exc_info.value, "reason", "") == "SANDBOX_TERMINATED"
     await _wait_for(lambda: bool(errors))
-    assert errors[0].attributes["kind"] == "lost"
+    assert errors[0].type == "error" and errors[0].attributes["kind"] == "lost"
     assert (await sb.refresh()).state == "error"
     await sb.destroy()  # a dead sandbox can still be cleaned up
 
@@ -133,7 +133,7 @@ async def test_alerts_and_health_checks_survive_kill9(private_daemon: DaemonProc
     await sb.set_alert_thresholds([AlertThreshold("memory", 50, 30)], interval_ms=200)
     d.kill9()
     d.start()
-    report = await sb.health_check()  # the client rides out the restart
+    report = await sb.health_report()  # the client rides out the restart
     assert report.results["marker"][0] is False
     alerts: list[Event] = []
     sb.on("resourceAlert", alerts.append)

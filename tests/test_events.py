@@ -57,7 +57,7 @@ async def test_sandbox_callbacks(client: Client) -> None:
         done.set()
 
     sb.on("destroyed", on_destroyed)
-    await sb.exec("exit 4")
+    await sb.exec("exit 4", check=False)
     await sb.destroy()
     await asyncio.wait_for(done.wait(), 10)
     assert got == ["ready", "4", "destroyed"]

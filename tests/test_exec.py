@@ -6,7 +6,7 @@ import hashlib
 import grpc
 import pytest
 
-from computesdk import NotFoundError, ProcessNotFoundError, Sandbox
+from computesdk import CommandExitError, NotFoundError, ProcessNotFoundError, Sandbox
 
 
 async def test_output_arrives_while_the_command_runs(sandbox: Sandbox) -> None:
@@ -29,6 +29,7 @@ async def test_stdout_and_stderr_stay_separate(sandbox: Sandbox) -> None:
         "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3",
         on_stdout=lambda t: seen.append(("o", t)),
         on_stderr=lambda t: seen.append(("e", t)),
+        check=False,
     )
     assert r.stdout == "out1\nout2\n"
     assert r.stderr == "err1\nerr2\n"
@@ -92,7 +93,8 @@ async def test_missing_executable_and_cwd(sandbox: Sandbox) -> None:
     with pytest.raises(NotFoundError) as c:
         await sandbox.exec("true", cwd="/does/not/exist")
     assert c.value.reason == "CWD_NOT_FOUND"
-    r = await sandbox.exec("no-such-binary")  # through the shell: exit 127, as in a terminal
+    # Through the shell: exit 127, as in a terminal.
+    r = await sandbox.exec("no-such-binary", check=False)
     assert r.exit_code == 127
 
 
@@ -168,7 +170,7 @@ async def test_exec_beyond_the_inline_limit_loses_nothing(sandbox: Sandbox) -> N
     assert len(r.stdout_bytes) == 48 * 65536
     assert r.stderr_bytes[: 1 << 20] == b"e" * (1 << 20)
     assert hashlib.sha256(r.stdout_bytes).hexdigest() == r.stderr_bytes[1 << 20 :].decode()
-    small = await sandbox.exec("printf a; printf b >&2; exit 7")
+    small = await sandbox.exec("printf a; printf b >&2; exit 7", check=False)
     assert (small.stdout, small.stderr, small.exit_code) == ("a", "b", 7)
 
 
@@ -196,3 +198,22 @@ async def test_run_command_refuses_stdin_and_a_cancelled_call_kills_the_command(
             break
         await asyncio.sleep(0.1)
     assert not any(p.running and p.args == ["sleep", "30"] for p in await sandbox.processes())
+
+
+async def test_a_failed_command_raises_unless_check_false(sandbox: Sandbox) -> None:
+    with pytest.raises(CommandExitError) as e:
+        await sandbox.exec("echo o; echo e >&2; exit 3")
+    err = e.value
+    assert (err.exit_code, err.stdout, err.stderr, err.signal) == (3, "o\n", "e\n", 0)
+    assert err.result.exit_code == 3 and "exit code 3" in str(err)
+    with pytest.raises(CommandExitError) as killed:
+        await sandbox.exec("kill -9 $$")
+    assert killed.value.signal == 9
+    # The streamed path (stdin) raises the same way.
+    with pytest.raises(CommandExitError) as piped:
+        await sandbox.exec(["sh", "-c", "cat; exit 2"], stdin="x")
+    assert (piped.value.exit_code, piped.value.stdout) == (2, "x")
+    assert (await sandbox.exec("exit 3", check=False)).exit_code == 3
+    # Streams and processes report exits as results.
+    proc = await sandbox.start_process("exit 4")
+    assert (await proc.wait()).exit_code == 4

@@ -55,7 +55,7 @@ async def test_unknown_template_provider_and_id(client: Client) -> None:
 async def test_template_the_host_cannot_carry_says_why(client: Client) -> None:
     with pytest.raises(FailedPreconditionError) as e:
         await client.create(template="pytorch-gpu")
-    assert e.value.reason == "TEMPLATE_UNAVAILABLE"
+    assert e.value.reason == "GPU_UNAVAILABLE"
     assert "GPU" in e.value.message
     with pytest.raises(FailedPreconditionError) as g:
         await client.create(resources=Resources(gpu=True))

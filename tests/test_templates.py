@@ -76,17 +76,18 @@ async def test_predefined_templates_are_listed_and_say_why_they_cannot_run(
     assert "GPU" in infos["pytorch-gpu"].unavailable_reason
     with pytest.raises(FailedPreconditionError) as err:
         await c.create("local", template="pytorch-gpu")
-    assert err.value.reason == "TEMPLATE_UNAVAILABLE" and "GPU" in err.value.message
+    assert err.value.reason == "GPU_UNAVAILABLE" and "GPU" in err.value.message
     with pytest.raises(InvalidArgumentError) as bad:
         await c.templates.build("python", setup=["true"])
     assert bad.value.reason == "TEMPLATE_NAME_RESERVED"
     # nextjs and full-stack-dev are real definitions, built on request by name alone.
-    for name, pkg in (("nextjs", "npm"), ("full-stack-dev", "build-essential")):
-        assert pkg in infos[name].packages
+    # (The base has npm now: nextjs's recipe needs no packages of its own.)
+    assert "build-essential" in infos["full-stack-dev"].packages
+    # Built on their first create (the TypeScript suite's spec programs create
+    # both): until then they say so.
+    for name in ("nextjs", "full-stack-dev"):
+        assert "the first create builds it" in infos[name].unavailable_reason
         assert f"template build {name}" in infos[name].unavailable_reason
-        with pytest.raises(FailedPreconditionError) as unbuilt:
-            await c.create("local", template=name)
-        assert f"template build {name}" in unbuilt.value.message
         with pytest.raises(InvalidArgumentError) as changed:
             await c.templates.build(name, setup=["true"])
         assert changed.value.reason == "TEMPLATE_NAME_RESERVED"
@@ -158,7 +159,8 @@ async def test_packages_are_installed_with_the_base_package_manager(
         if line.startswith("nameserver")
     )
     net = await sb.exec(
-        f"python3 -c \"import socket; socket.create_connection(('{resolver}', 53), 2)\""
+        f"python3 -c \"import socket; socket.create_connection(('{resolver}', 53), 2)\"",
+        check=False,
     )
     assert net.exit_code != 0
     with pytest.raises(InvalidArgumentError) as bad:

@@ -24,14 +24,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"iter"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/computesdk/computesdk/clients/go/api/admin/v1"
 	eventsv1 "github.com/computesdk/computesdk/clients/go/api/events/v1"
@@ -94,6 +93,9 @@ type Client struct {
 	Raw    Raw
 	target string
 	conn   *grpc.ClientConn
+	opts   []ConnectOption // what Connect was given, to re-open a closed client
+	shared bool            // the default connection (DefaultClient)
+	closed atomic.Bool
 
 	mu       sync.Mutex
 	handlers []func(ConnState)
@@ -163,7 +165,7 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{target: target, conn: conn, Raw: Raw{
+	c := &Client{target: target, conn: conn, opts: opts, Raw: Raw{
 		Sandboxes:  sandboxv1.NewSandboxServiceClient(conn),
 		Processes:  processv1.NewProcessServiceClient(conn),
 		Files:      filesystemv1.NewFilesystemServiceClient(conn),
@@ -222,8 +224,22 @@ func Connect(ctx context.Context, opts ...ConnectOption) (*Client, error) {
 // Target is the gRPC target this client is connected to.
 func (c *Client) Target() string { return c.target }
 
-// Close releases the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close releases the connection. Closing the default connection (DefaultClient)
+// makes the next Compute open another.
+func (c *Client) Close() error {
+	c.closed.Store(true)
+	return c.conn.Close()
+}
+
+func (c *Client) isClosed() bool { return c.closed.Load() }
+
+// reopen connects again as this client did.
+func (c *Client) reopen(ctx context.Context) (*Client, error) {
+	if c.shared {
+		return DefaultClient(ctx)
+	}
+	return Connect(ctx, c.opts...)
+}
 
 // OnConnectionChange registers a handler for connected/disconnected/reconnecting.
 func (c *Client) OnConnectionChange(h func(ConnState)) {
@@ -239,275 +255,4 @@ func (c *Client) notify(s ConnState) {
 	for _, h := range hs {
 		h(s)
 	}
-}
-
-// ---------------------------------------------------------------- sandboxes
-
-// Resources asks for CPU, memory, disk and pids; zero means the provider's default.
-type Resources struct {
-	CPUCores  float64
-	MemoryMB  uint64
-	DiskMB    uint64
-	PidsLimit uint32
-	GPU       *GPU
-}
-
-// GPU asks for an accelerator.
-type GPU struct {
-	Type  string
-	Count uint32
-}
-
-func (r Resources) proto() *sandboxv1.Resources {
-	out := &sandboxv1.Resources{CpuCores: r.CPUCores, MemoryMb: r.MemoryMB, DiskMb: r.DiskMB,
-		PidsLimit: r.PidsLimit}
-	if r.GPU != nil {
-		out.Gpu = &sandboxv1.GpuSpec{Enabled: true, Type: r.GPU.Type, Count: r.GPU.Count}
-	}
-	return out
-}
-
-func resourcesFrom(p *sandboxv1.Resources) Resources {
-	r := Resources{CPUCores: p.GetCpuCores(), MemoryMB: p.GetMemoryMb(), DiskMB: p.GetDiskMb(),
-		PidsLimit: p.GetPidsLimit()}
-	if g := p.GetGpu(); g.GetEnabled() {
-		r.GPU = &GPU{Type: g.GetType(), Count: g.GetCount()}
-	}
-	return r
-}
-
-// CreateOption configures Create and Compute.
-type CreateOption func(*sandboxv1.CreateSandboxRequest)
-
-func WithTemplate(name string) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.Template = name }
-}
-
-func WithMetadata(md map[string]string) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.Metadata = md }
-}
-
-// WithTimeout sets how long the sandbox may live idle before the daemon reaps it.
-func WithTimeout(d time.Duration) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.TimeoutMs = uint64(d.Milliseconds()) }
-}
-
-func WithKeepAlive(on bool) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.KeepAlive = on }
-}
-
-func WithEnv(env map[string]string) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.Env = env }
-}
-
-func WithResources(res Resources) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.Resources = res.proto() }
-}
-
-// WithRequestID makes retries of one create idempotent (a random id is the default).
-func WithRequestID(id string) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.RequestId = id }
-}
-
-// WithFallbackProviders are tried in order when the provider is down.
-func WithFallbackProviders(names ...string) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.FallbackProviders = names }
-}
-
-// Create makes a sandbox on provider ("" = the daemon's default) and returns once it is ready.
-func (c *Client) Create(ctx context.Context, provider string, opts ...CreateOption) (*Sandbox, error) {
-	req := &sandboxv1.CreateSandboxRequest{Provider: provider, RequestId: randomID()}
-	for _, o := range opts {
-		o(req)
-	}
-	resp, err := c.Raw.Sandboxes.CreateSandbox(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
-}
-
-// Compute connects to the daemon and creates a sandbox in one step, as the
-// spec's compute() does, with the connection the environment describes (see
-// Connect). The sandbox owns that connection: Destroy closes it.
-func Compute(ctx context.Context, provider string, opts ...CreateOption) (*Sandbox, error) {
-	c, err := Connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sb, err := c.Create(ctx, provider, opts...)
-	if err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	sb.ownsClient = true
-	return sb, nil
-}
-
-// Get returns a handle to an existing sandbox.
-func (c *Client) Get(ctx context.Context, sandboxID string) (*Sandbox, error) {
-	resp, err := c.Raw.Sandboxes.GetSandbox(ctx, &sandboxv1.GetSandboxRequest{SandboxId: sandboxID})
-	if err != nil {
-		return nil, err
-	}
-	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
-}
-
-// ListOption filters List.
-type ListOption func(*sandboxv1.ListSandboxesRequest)
-
-func ListByMetadata(md map[string]string) ListOption {
-	return func(r *sandboxv1.ListSandboxesRequest) { r.Metadata = md }
-}
-
-func ListByProvider(name string) ListOption {
-	return func(r *sandboxv1.ListSandboxesRequest) { r.Provider = name }
-}
-
-func ListByState(states ...State) ListOption {
-	return func(r *sandboxv1.ListSandboxesRequest) {
-		for _, s := range states {
-			r.States = append(r.States, sandboxv1.State(s))
-		}
-	}
-}
-
-// List yields every matching sandbox, following pages as it goes.
-func (c *Client) List(ctx context.Context, opts ...ListOption) iter.Seq2[*Sandbox, error] {
-	return func(yield func(*Sandbox, error) bool) {
-		req := &sandboxv1.ListSandboxesRequest{PageSize: 100}
-		for _, o := range opts {
-			o(req)
-		}
-		for {
-			resp, err := c.Raw.Sandboxes.ListSandboxes(ctx, req)
-			if err != nil {
-				yield(nil, err)
-				return
-			}
-			for _, s := range resp.GetSandboxes() {
-				if !yield(&Sandbox{client: c, info: s}, nil) {
-					return
-				}
-			}
-			if resp.GetNextPageToken() == "" {
-				return
-			}
-			req.PageToken = resp.GetNextPageToken()
-		}
-	}
-}
-
-// Provider describes one back end and what it can do.
-type Provider = providerv1.Provider
-
-// Providers lists the daemon's back ends.
-func (c *Client) Providers(ctx context.Context) ([]*Provider, error) {
-	resp, err := c.Raw.Providers.ListProviders(ctx, &providerv1.ListProvidersRequest{})
-	if err != nil {
-		return nil, err
-	}
-	c.remember(resp.GetProviders())
-	return resp.GetProviders(), nil
-}
-
-// ---------------------------------------------------------------- events
-
-// Event is one lifecycle event; Sequence orders every event the daemon emits.
-type Event struct {
-	Sequence   uint64
-	Time       time.Time
-	SandboxID  string
-	Type       string
-	Message    string
-	Attributes map[string]string
-}
-
-func eventFrom(p *eventsv1.Event) Event {
-	return Event{Sequence: p.GetSequence(), Time: tsTime(p.GetTime()), SandboxID: p.GetSandboxId(),
-		Type: p.GetType(), Message: p.GetMessage(), Attributes: p.GetAttributes()}
-}
-
-// EventOption filters Events.
-type EventOption func(*eventsv1.SubscribeEventsRequest)
-
-func ForSandboxes(ids ...string) EventOption {
-	return func(r *eventsv1.SubscribeEventsRequest) { r.SandboxIds = ids }
-}
-
-func OfTypes(types ...string) EventOption {
-	return func(r *eventsv1.SubscribeEventsRequest) { r.Types = types }
-}
-
-// After resumes after this sequence number.
-func After(seq uint64) EventOption {
-	return func(r *eventsv1.SubscribeEventsRequest) { r.AfterSequence = seq }
-}
-
-// History replays what is stored and ends instead of following new events.
-func History() EventOption {
-	return func(r *eventsv1.SubscribeEventsRequest) { r.NoFollow = true }
-}
-
-// Events yields lifecycle events until ctx ends. It survives daemon restarts:
-// it reconnects by itself and resumes after the last sequence it yielded, so
-// nothing is lost or repeated.
-func (c *Client) Events(ctx context.Context, opts ...EventOption) iter.Seq2[Event, error] {
-	return func(yield func(Event, error) bool) {
-		req := &eventsv1.SubscribeEventsRequest{}
-		for _, o := range opts {
-			o(req)
-		}
-		backoff := 50 * time.Millisecond
-		lost := false
-		for {
-			stream, err := c.Raw.Events.SubscribeEvents(ctx, req)
-			for err == nil {
-				var resp *eventsv1.SubscribeEventsResponse
-				if resp, err = stream.Recv(); err != nil {
-					break
-				}
-				if lost {
-					lost = false
-					c.notify(Connected)
-				}
-				backoff = 50 * time.Millisecond
-				ev := eventFrom(resp.GetEvent())
-				req.AfterSequence = ev.Sequence
-				if !yield(ev, nil) {
-					return
-				}
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			if req.NoFollow && isEOF(err) {
-				return
-			}
-			// A following stream only ends when the daemon goes away; anything
-			// but that is the caller's error to see.
-			if !isEOF(err) && !errors.Is(err, ErrUnavailable) && !errors.Is(err, codeSentinel(codes.Aborted)) {
-				yield(Event{}, err)
-				return
-			}
-			if !lost {
-				lost = true
-				c.notify(Disconnected)
-			}
-			c.notify(Reconnecting)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 2*time.Second)
-		}
-	}
-}
-
-func tsTime(t *timestamppb.Timestamp) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return t.AsTime()
 }

@@ -45,11 +45,19 @@ type step struct {
 	Content       *string  `json:"content"`
 	ContentBase64 *string  `json:"content_base64"`
 	Type          string   `json:"type"`
-	Expect        expect   `json:"expect"`
-	Error         *struct {
-		Code   string `json:"code"`
-		Reason string `json:"reason"`
-	} `json:"error"`
+	Check         *bool    `json:"check"`
+	// Snapshots and saved values ("$snapshot", "$state", "$export").
+	ID                 string              `json:"id"`
+	Name               string              `json:"name"`
+	Description        string              `json:"description"`
+	Volumes            []computesdk.Volume `json:"volumes"`
+	TemplateDefinition *templateDefinition `json:"template_definition"`
+	Resources          *map[string]float64 `json:"resources"`
+	RestoreFrom        string              `json:"restore_from"`
+	ImportState        string              `json:"import_state"`
+	RawExpect          json.RawMessage     `json:"expect"`
+	Expect             expect              `json:"-"`
+	Error              *stepError          `json:"error"`
 }
 
 type expect struct {
@@ -66,6 +74,7 @@ type expect struct {
 	ContentBase64    *string           `json:"content_base64"`
 	Names            []string          `json:"names"`
 	IsDir            *bool             `json:"is_dir"`
+	Count            *int              `json:"count"`
 	TypesInOrder     []string          `json:"types_in_order"`
 	ConnectionStates []string          `json:"connection_states"`
 }
@@ -76,6 +85,8 @@ type runner struct {
 	ctx     context.Context
 	client  *computesdk.Client
 	sandbox *computesdk.Sandbox
+
+	saved map[string]any // $snapshot, $state, $export
 
 	mu     sync.Mutex
 	events []computesdk.Event
@@ -98,13 +109,19 @@ func TestConformance(t *testing.T) {
 		t.Run(sc.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			r := &runner{t: t, ctx: ctx, client: connect(t)}
+			r := &runner{t: t, ctx: ctx, client: connect(t), saved: map[string]any{}}
 			r.client.OnConnectionChange(func(s computesdk.ConnState) {
 				r.mu.Lock()
 				r.states = append(r.states, s.String())
 				r.mu.Unlock()
 			})
 			for i, st := range sc.Steps {
+				// An object expect is the common shape; health_check's is a bare bool.
+				if len(st.RawExpect) > 0 && st.RawExpect[0] == '{' {
+					if err := json.Unmarshal(st.RawExpect, &st.Expect); err != nil {
+						t.Fatalf("step %d: expect: %v", i, err)
+					}
+				}
 				err := r.run(st)
 				if st.Error != nil {
 					checkError(t, i, st, err)
@@ -118,6 +135,28 @@ func TestConformance(t *testing.T) {
 
 func checkError(t *testing.T, i int, st step, err error) {
 	t.Helper()
+	if want := st.Error; want.Kind == "CommandExitError" {
+		var ce *computesdk.CommandExitError
+		if !errors.As(err, &ce) {
+			t.Fatalf("step %d (%s): want a CommandExitError, got %v", i, st.Op, err)
+		}
+		if ce.Result == nil || ce.Result.ExitCode != ce.ExitCode {
+			t.Fatalf("step %d (%s): the error's result: %+v", i, st.Op, ce.Result)
+		}
+		for what, ok := range map[string]bool{
+			"exit_code": want.ExitCode == nil || *want.ExitCode == ce.ExitCode,
+			"signal":    want.Signal == nil || *want.Signal == ce.Signal,
+			"stdout":    want.Stdout == nil || *want.Stdout == string(ce.Stdout),
+			"stderr":    want.Stderr == nil || *want.Stderr == string(ce.Stderr),
+		} {
+			if !ok {
+				t.Fatalf("step %d (%s): CommandExitError %s: got %+v, want %+v", i, st.Op, what, ce, want)
+			}
+		}
+		return
+	} else if want.Kind != "" {
+		t.Fatalf("step %d: unknown error kind %q", i, want.Kind)
+	}
 	var e *computesdk.Error
 	if !errors.As(err, &e) {
 		t.Fatalf("step %d (%s): want %s error, got %v", i, st.Op, st.Error.Reason, err)
@@ -171,11 +210,7 @@ func (r *runner) run(st step) error {
 	t, ctx := r.t, r.ctx
 	switch st.Op {
 	case "create":
-		opts := []computesdk.CreateOption{computesdk.WithTemplate(st.Template), computesdk.WithMetadata(st.Metadata)}
-		if st.Env != nil {
-			opts = append(opts, computesdk.WithEnv(st.Env))
-		}
-		sb, err := r.client.Create(ctx, st.Provider, opts...)
+		sb, err := r.client.Create(ctx, st.Provider, r.createOptions(st)...)
 		if err != nil {
 			return err
 		}
@@ -204,7 +239,23 @@ func (r *runner) run(st step) error {
 		for k, v := range st.Expect.Metadata {
 			eq(t, st, "metadata."+k, sb.Metadata()[k], v)
 		}
-	case "exec", "exec_stream":
+	case "exec":
+		opts := r.execOptions(st)
+		if st.Check != nil && !*st.Check {
+			opts = append(opts, computesdk.NoCheck())
+		}
+		var res *computesdk.ExecResult
+		var err error
+		if st.Argv != nil {
+			res, err = r.sandbox.ExecArgv(ctx, st.Argv, opts...)
+		} else {
+			res, err = r.sandbox.Exec(ctx, st.Command, opts...)
+		}
+		if err != nil {
+			return err
+		}
+		r.checkExec(st, res.Stdout, res.Stderr, res.ExitCode, res.Signal)
+	case "exec_stream":
 		es, err := r.stream(st)
 		if err != nil {
 			return err
@@ -327,6 +378,62 @@ func (r *runner) run(st step) error {
 		if !subsequence(st.Expect.ConnectionStates, r.states) {
 			t.Fatalf("connection states %v do not contain %v in order", r.states, st.Expect.ConnectionStates)
 		}
+	case "snapshot_create":
+		id, err := r.sandbox.CreateSnapshot(ctx, st.Name, st.Description)
+		if err != nil {
+			return err
+		}
+		r.saved["$snapshot"] = id
+	case "snapshot_list":
+		list, err := r.sandbox.ListSnapshots(ctx)
+		if err != nil {
+			return err
+		}
+		names := []string{}
+		for _, sn := range list {
+			names = append(names, sn.GetName())
+		}
+		if st.Expect.Count != nil {
+			eq(t, st, "count", len(list), *st.Expect.Count)
+		}
+		if st.Expect.Names != nil && !slices.Equal(names, st.Expect.Names) {
+			t.Fatalf("snapshot_list: names %v, want %v", names, st.Expect.Names)
+		}
+	case "snapshot_restore":
+		return r.sandbox.RestoreSnapshot(ctx, r.value(st.ID).(string))
+	case "snapshot_delete":
+		return r.sandbox.DeleteSnapshot(ctx, r.value(st.ID).(string))
+	case "save_state":
+		id, err := r.sandbox.SaveState(ctx, st.Name)
+		if err != nil {
+			return err
+		}
+		r.saved["$state"] = id
+		t.Cleanup(func() { _ = r.client.DeleteState(context.Background(), id) })
+	case "export_state":
+		data, err := r.sandbox.ExportState(ctx)
+		if err != nil {
+			return err
+		}
+		r.saved["$export"] = data
+	case "health_check":
+		ok, err := r.sandbox.HealthCheck(ctx)
+		if err != nil {
+			return err
+		}
+		var want bool
+		if err := json.Unmarshal(st.RawExpect, &want); err != nil {
+			t.Fatalf("health_check: expect %s: %v", st.RawExpect, err)
+		}
+		eq(t, st, "healthy", ok, want)
+	case "resource_usage":
+		u, err := r.sandbox.GetResourceUsage(ctx)
+		if err != nil {
+			return err
+		}
+		checkPaths(t, st, *u)
+	case "config":
+		checkPaths(t, st, r.sandbox.Config())
 	default:
 		t.Fatalf("unknown op %q", st.Op)
 	}

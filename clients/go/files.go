@@ -37,7 +37,7 @@ func (s *Sandbox) ReadFile(ctx context.Context, path string) ([]byte, error) {
 func (s *Sandbox) ReadFileRange(ctx context.Context, path string, offset, length uint64) ([]byte, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := s.client.Raw.Files.ReadFile(ctx, &filesystemv1.ReadFileRequest{
+	st, err := s.Client().Raw.Files.ReadFile(ctx, &filesystemv1.ReadFileRequest{
 		SandboxId: s.ID(), Path: path, Offset: offset, Length: length})
 	if err != nil {
 		return nil, err
@@ -76,7 +76,7 @@ func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts 
 	for _, o := range opts {
 		o(header)
 	}
-	st, err := s.client.Raw.Files.WriteFile(ctx)
+	st, err := s.Client().Raw.Files.WriteFile(ctx)
 	if err != nil {
 		return FileInfo{}, err
 	}
@@ -102,7 +102,7 @@ func (s *Sandbox) WriteFile(ctx context.Context, path string, data []byte, opts 
 
 // ListDir lists a directory.
 func (s *Sandbox) ListDir(ctx context.Context, path string) ([]FileInfo, error) {
-	resp, err := s.client.Raw.Files.ListDirectory(ctx, &filesystemv1.ListDirectoryRequest{SandboxId: s.ID(), Path: path})
+	resp, err := s.Client().Raw.Files.ListDirectory(ctx, &filesystemv1.ListDirectoryRequest{SandboxId: s.ID(), Path: path})
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (s *Sandbox) ListDir(ctx context.Context, path string) ([]FileInfo, error) 
 
 // Stat describes one path.
 func (s *Sandbox) Stat(ctx context.Context, path string) (FileInfo, error) {
-	resp, err := s.client.Raw.Files.StatPath(ctx, &filesystemv1.StatPathRequest{SandboxId: s.ID(), Path: path})
+	resp, err := s.Client().Raw.Files.StatPath(ctx, &filesystemv1.StatPathRequest{SandboxId: s.ID(), Path: path})
 	if err != nil {
 		return FileInfo{}, err
 	}
@@ -141,7 +141,7 @@ func isNotFound(err error) bool {
 
 // Mkdir creates a directory, and its parents when parents is true.
 func (s *Sandbox) Mkdir(ctx context.Context, path string, parents bool) (FileInfo, error) {
-	resp, err := s.client.Raw.Files.MakeDirectory(ctx, &filesystemv1.MakeDirectoryRequest{
+	resp, err := s.Client().Raw.Files.MakeDirectory(ctx, &filesystemv1.MakeDirectoryRequest{
 		SandboxId: s.ID(), Path: path, MakeParents: parents})
 	if err != nil {
 		return FileInfo{}, err
@@ -151,14 +151,14 @@ func (s *Sandbox) Mkdir(ctx context.Context, path string, parents bool) (FileInf
 
 // Remove deletes a path; a non-empty directory needs recursive.
 func (s *Sandbox) Remove(ctx context.Context, path string, recursive bool) error {
-	_, err := s.client.Raw.Files.RemovePath(ctx, &filesystemv1.RemovePathRequest{
+	_, err := s.Client().Raw.Files.RemovePath(ctx, &filesystemv1.RemovePathRequest{
 		SandboxId: s.ID(), Path: path, Recursive: recursive})
 	return err
 }
 
 // Move renames a path.
 func (s *Sandbox) Move(ctx context.Context, source, destination string) (FileInfo, error) {
-	resp, err := s.client.Raw.Files.MovePath(ctx, &filesystemv1.MovePathRequest{
+	resp, err := s.Client().Raw.Files.MovePath(ctx, &filesystemv1.MovePathRequest{
 		SandboxId: s.ID(), Source: source, Destination: destination})
 	if err != nil {
 		return FileInfo{}, err

@@ -2,14 +2,13 @@ package computesdk
 
 import (
 	"context"
+	"errors"
 	"iter"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
 	groupv1 "github.com/computesdk/computesdk/clients/go/api/group/v1"
-	messagingv1 "github.com/computesdk/computesdk/clients/go/api/messaging/v1"
-	networkv1 "github.com/computesdk/computesdk/clients/go/api/network/v1"
 	poolv1 "github.com/computesdk/computesdk/clients/go/api/pool/v1"
 	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
 )
@@ -57,23 +56,29 @@ type BatchResult struct {
 // BatchCreate creates many sandboxes in one call; a failed item does not fail the others.
 func (c *Client) BatchCreate(ctx context.Context, items []BatchItem) ([]BatchResult, error) {
 	req := &sandboxv1.BatchCreateSandboxesRequest{}
+	specs := make([]*createSpec, 0, len(items))
 	for _, it := range items {
-		r := &sandboxv1.CreateSandboxRequest{Provider: it.Provider, RequestId: randomID()}
-		for _, o := range it.Options {
-			o(r)
+		spec := newSpec(it.Provider, it.Options)
+		if spec.importState != nil {
+			return nil, errors.New("computesdk: WithImportState makes one sandbox: use Create, not BatchCreate")
 		}
-		req.Requests = append(req.Requests, r)
+		if err := c.buildInline(ctx, spec); err != nil {
+			return nil, err
+		}
+		specs = append(specs, spec)
+		req.Requests = append(req.Requests, spec.req)
 	}
 	resp, err := c.Raw.Sandboxes.BatchCreateSandboxes(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]BatchResult, 0, len(resp.GetResults()))
-	for _, r := range resp.GetResults() {
+	// Results come in the order of the requests.
+	for i, r := range resp.GetResults() {
 		if e := r.GetError(); e != nil {
 			out = append(out, BatchResult{Err: itemError(e.GetCode(), e.GetReason(), e.GetMessage())})
 		} else {
-			out = append(out, BatchResult{Sandbox: &Sandbox{client: c, info: r.GetSandbox()}})
+			out = append(out, BatchResult{Sandbox: c.sandbox(r.GetSandbox(), specs[i])})
 		}
 	}
 	return out, nil
@@ -87,44 +92,74 @@ func (c *Client) ListActive(ctx context.Context) iter.Seq2[*Sandbox, error] {
 // WithPool makes create take (true) or never take (false) a warm pooled sandbox;
 // without it the daemon's default applies.
 func WithPool(use bool) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) {
-		r.PoolPolicy = sandboxv1.PoolPolicy_POOL_POLICY_NEVER
+	return func(s *createSpec) {
+		s.req.PoolPolicy = sandboxv1.PoolPolicy_POOL_POLICY_NEVER
 		if use {
-			r.PoolPolicy = sandboxv1.PoolPolicy_POOL_POLICY_ALLOW
+			s.req.PoolPolicy = sandboxv1.PoolPolicy_POOL_POLICY_ALLOW
 		}
 	}
 }
 
 // Reset kills every process; hard also returns the files to the template's state.
 func (s *Sandbox) Reset(ctx context.Context, hard bool) error {
-	resp, err := s.client.Raw.Sandboxes.ResetSandbox(ctx, &sandboxv1.ResetSandboxRequest{SandboxId: s.ID(), Hard: hard})
+	resp, err := s.Client().Raw.Sandboxes.ResetSandbox(ctx, &sandboxv1.ResetSandboxRequest{SandboxId: s.ID(), Hard: hard})
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.info = resp.GetSandbox()
-	s.mu.Unlock()
+	s.setInfo(resp.GetSandbox())
 	return nil
 }
 
 // SetEnv sets and unsets variables for later commands; it survives a daemon
 // restart. It returns the whole environment now in effect.
 func (s *Sandbox) SetEnv(ctx context.Context, env map[string]string, unset ...string) (map[string]string, error) {
-	resp, err := s.client.Raw.Sandboxes.SetSandboxEnv(ctx, &sandboxv1.SetSandboxEnvRequest{SandboxId: s.ID(), Env: env, Unset: unset})
+	resp, err := s.Client().Raw.Sandboxes.SetSandboxEnv(ctx, &sandboxv1.SetSandboxEnvRequest{SandboxId: s.ID(), Env: env, Unset: unset})
 	if err != nil {
 		return nil, err
 	}
 	return resp.GetEnv(), nil
 }
 
+// RestartOption changes what a restart starts with.
+type RestartOption func(*sandboxv1.RestartSandboxRequest)
+
+// RestartWithTemplate starts from another template's files.
+func RestartWithTemplate(name string) RestartOption {
+	return func(r *sandboxv1.RestartSandboxRequest) { r.Template = name }
+}
+
+// RestartWithEnv replaces the environment.
+func RestartWithEnv(env map[string]string) RestartOption {
+	return func(r *sandboxv1.RestartSandboxRequest) { r.Env = env }
+}
+
+// RestartWithResources replaces the resources.
+func RestartWithResources(res Resources) RestartOption {
+	return func(r *sandboxv1.RestartSandboxRequest) { r.Resources = res.proto() }
+}
+
+// Restart stops every process and starts the sandbox again, keeping its id.
+func (s *Sandbox) Restart(ctx context.Context, opts ...RestartOption) error {
+	req := &sandboxv1.RestartSandboxRequest{SandboxId: s.ID()}
+	for _, o := range opts {
+		o(req)
+	}
+	resp, err := s.Client().Raw.Sandboxes.RestartSandbox(ctx, req)
+	if err != nil {
+		return err
+	}
+	s.setInfo(resp.GetSandbox())
+	return nil
+}
+
 // Release gives a sandbox acquired from a pool back to it.
 func (s *Sandbox) Release(ctx context.Context, hard bool) (bool, error) {
-	return s.client.Pools().Release(ctx, s.ID(), hard)
+	return s.Client().Pools().Release(ctx, s.ID(), hard)
 }
 
 // URL is a URL on the host's loopback that forwards to this sandbox's port.
 func (s *Sandbox) URL(ctx context.Context, port int) (string, error) {
-	return s.client.Networks().URL(ctx, s.ID(), port)
+	return s.Client().Networks().URL(ctx, s.ID(), port)
 }
 
 // ---------------------------------------------------------------- pools
@@ -183,7 +218,7 @@ func (p *Pools) Acquire(ctx context.Context, name string, metadata map[string]st
 	if err != nil {
 		return nil, err
 	}
-	return &Sandbox{client: p.c, info: resp.GetSandbox()}, nil
+	return p.c.sandbox(resp.GetSandbox(), nil), nil
 }
 
 // Release resets a leased sandbox and returns it to its pool (true), or destroys it (false).
@@ -299,130 +334,5 @@ func (g *Groups) DestroyAll(ctx context.Context, name string) ([]string, error) 
 // Delete forgets the group; the members stay.
 func (g *Groups) Delete(ctx context.Context, name string) error {
 	_, err := g.c.Raw.Groups.DeleteGroup(ctx, &groupv1.DeleteGroupRequest{Name: name})
-	return err
-}
-
-// ---------------------------------------------------------------- networks
-
-// Network is a shared network and its members.
-type Network = networkv1.Network
-
-// Networks manages shared networks and forwarded ports.
-type Networks struct{ c *Client }
-
-func (c *Client) Networks() *Networks { return &Networks{c} }
-
-// Create puts the members (hostname -> sandbox id) on a private subnet of their own.
-func (n *Networks) Create(ctx context.Context, name string, members map[string]string) (*Network, error) {
-	req := &networkv1.CreateNetworkRequest{Name: name}
-	for host, id := range members {
-		req.Members = append(req.Members, &networkv1.NetworkMember{SandboxId: id, Hostname: host})
-	}
-	resp, err := n.c.Raw.Networks.CreateNetwork(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetNetwork(), nil
-}
-
-func (n *Networks) Get(ctx context.Context, name string) (*Network, error) {
-	resp, err := n.c.Raw.Networks.GetNetwork(ctx, &networkv1.GetNetworkRequest{Name: name})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetNetwork(), nil
-}
-
-func (n *Networks) List(ctx context.Context) ([]*Network, error) {
-	resp, err := n.c.Raw.Networks.ListNetworks(ctx, &networkv1.ListNetworksRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetNetworks(), nil
-}
-
-func (n *Networks) Delete(ctx context.Context, name string) error {
-	_, err := n.c.Raw.Networks.DeleteNetwork(ctx, &networkv1.DeleteNetworkRequest{Name: name})
-	return err
-}
-
-// ServiceURL is the URL other members use to reach member's port.
-func (n *Networks) ServiceURL(ctx context.Context, network, member string, port int) (string, error) {
-	resp, err := n.c.Raw.Networks.GetServiceUrl(ctx, &networkv1.GetServiceUrlRequest{Network: network, Member: member, Port: uint32(port)})
-	if err != nil {
-		return "", err
-	}
-	return resp.GetUrl(), nil
-}
-
-// URL forwards a port on the host's loopback to the sandbox's port.
-func (n *Networks) URL(ctx context.Context, sandboxID string, port int) (string, error) {
-	resp, err := n.c.Raw.Networks.ExposePort(ctx, &networkv1.ExposePortRequest{SandboxId: sandboxID, Port: uint32(port)})
-	if err != nil {
-		return "", err
-	}
-	return resp.GetUrl(), nil
-}
-
-// ---------------------------------------------------------------- channels
-
-// Message is one delivery on a channel.
-type Message = messagingv1.Message
-
-// Channels are message queues hosted by the daemon: at least once, ordered per sender.
-type Channels struct{ c *Client }
-
-func (c *Client) Channels() *Channels { return &Channels{c} }
-
-// Connect creates a channel for these members (sandbox ids or any names).
-func (ch *Channels) Connect(ctx context.Context, name string, capacity int, members ...string) error {
-	_, err := ch.c.Raw.Messaging.CreateChannel(ctx, &messagingv1.CreateChannelRequest{Name: name, Members: members, Capacity: uint32(capacity)})
-	return err
-}
-
-func (ch *Channels) Delete(ctx context.Context, name string) error {
-	_, err := ch.c.Raw.Messaging.DeleteChannel(ctx, &messagingv1.DeleteChannelRequest{Name: name})
-	return err
-}
-
-// Send queues payload for recipient ("" = every other member), waiting while the
-// queue is full; it returns the sender's sequence number.
-func (ch *Channels) Send(ctx context.Context, channel, sender, recipient string, payload []byte) (uint64, error) {
-	resp, err := ch.c.Raw.Messaging.SendMessage(ctx, &messagingv1.SendMessageRequest{
-		Channel: channel, Sender: sender, Recipient: recipient, Payload: payload})
-	if err != nil {
-		return 0, err
-	}
-	return resp.GetSenderSequence(), nil
-}
-
-// Subscribe yields every unacknowledged message, then new ones; Ack them as they are handled.
-func (ch *Channels) Subscribe(ctx context.Context, channel, member string) iter.Seq2[*Message, error] {
-	return func(yield func(*Message, error) bool) {
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		st, err := ch.c.Raw.Messaging.Subscribe(ctx, &messagingv1.SubscribeRequest{Channel: channel, Member: member})
-		if err != nil {
-			yield(nil, err)
-			return
-		}
-		for {
-			resp, err := st.Recv()
-			if err != nil {
-				if !isEOF(err) && ctx.Err() == nil {
-					yield(nil, err)
-				}
-				return
-			}
-			if !yield(resp.GetMessage(), nil) {
-				return
-			}
-		}
-	}
-}
-
-// Ack acknowledges member's messages up to sequence.
-func (ch *Channels) Ack(ctx context.Context, channel, member string, sequence uint64) error {
-	_, err := ch.c.Raw.Messaging.AckMessages(ctx, &messagingv1.AckMessagesRequest{Channel: channel, Member: member, Sequence: sequence})
 	return err
 }

@@ -1,12 +1,11 @@
 package computesdk
 
 import (
+	"bytes"
 	"context"
 	"io"
 
-	sandboxv1 "github.com/computesdk/computesdk/clients/go/api/sandbox/v1"
 	snapshotv1 "github.com/computesdk/computesdk/clients/go/api/snapshot/v1"
-	volumev1 "github.com/computesdk/computesdk/clients/go/api/volume/v1"
 )
 
 // Snapshot is one recorded point of a sandbox; copy-on-write, so its cost does
@@ -17,22 +16,20 @@ type Snapshot = snapshotv1.Snapshot
 // id that outlives it (see WithRestoreFrom).
 type SavedState = snapshotv1.State
 
-// Volume is a named, size-limited filesystem that sandboxes mount.
-type Volume = volumev1.Volume
-
-// CreateSnapshot records the sandbox's files as they are now.
-func (s *Sandbox) CreateSnapshot(ctx context.Context, name, description string) (*Snapshot, error) {
-	resp, err := s.client.Raw.Snapshots.CreateSnapshot(ctx, &snapshotv1.CreateSnapshotRequest{
+// CreateSnapshot records the sandbox's files as they are now and returns the
+// snapshot's id, for RestoreSnapshot and DeleteSnapshot.
+func (s *Sandbox) CreateSnapshot(ctx context.Context, name, description string) (string, error) {
+	resp, err := s.Client().Raw.Snapshots.CreateSnapshot(ctx, &snapshotv1.CreateSnapshotRequest{
 		SandboxId: s.ID(), Name: name, Description: description})
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return resp.GetSnapshot(), nil
+	return resp.GetSnapshot().GetId(), nil
 }
 
-// Snapshots lists the sandbox's snapshots, newest first.
-func (s *Sandbox) Snapshots(ctx context.Context) ([]*Snapshot, error) {
-	resp, err := s.client.Raw.Snapshots.ListSnapshots(ctx, &snapshotv1.ListSnapshotsRequest{SandboxId: s.ID()})
+// ListSnapshots lists the sandbox's snapshots, newest first.
+func (s *Sandbox) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
+	resp, err := s.Client().Raw.Snapshots.ListSnapshots(ctx, &snapshotv1.ListSnapshotsRequest{SandboxId: s.ID()})
 	if err != nil {
 		return nil, err
 	}
@@ -41,31 +38,44 @@ func (s *Sandbox) Snapshots(ctx context.Context) ([]*Snapshot, error) {
 
 // RestoreSnapshot returns the files to a snapshot; every process stops, the id stays.
 func (s *Sandbox) RestoreSnapshot(ctx context.Context, snapshotID string) error {
-	resp, err := s.client.Raw.Snapshots.RestoreSnapshot(ctx, &snapshotv1.RestoreSnapshotRequest{
+	resp, err := s.Client().Raw.Snapshots.RestoreSnapshot(ctx, &snapshotv1.RestoreSnapshotRequest{
 		SandboxId: s.ID(), SnapshotId: snapshotID})
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.info = resp.GetSandbox()
-	s.mu.Unlock()
+	s.setInfo(resp.GetSandbox())
 	return nil
 }
 
 // DeleteSnapshot frees a snapshot.
 func (s *Sandbox) DeleteSnapshot(ctx context.Context, snapshotID string) error {
-	_, err := s.client.Raw.Snapshots.DeleteSnapshot(ctx, &snapshotv1.DeleteSnapshotRequest{
+	_, err := s.Client().Raw.Snapshots.DeleteSnapshot(ctx, &snapshotv1.DeleteSnapshotRequest{
 		SandboxId: s.ID(), SnapshotId: snapshotID})
 	return err
 }
 
-// SaveState keeps the sandbox under an id that outlives it.
-func (s *Sandbox) SaveState(ctx context.Context, name string) (*SavedState, error) {
-	resp, err := s.client.Raw.Snapshots.SaveState(ctx, &snapshotv1.SaveStateRequest{SandboxId: s.ID(), Name: name})
+// Snapshots is ListSnapshots.
+func (s *Sandbox) Snapshots(ctx context.Context) ([]*Snapshot, error) { return s.ListSnapshots(ctx) }
+
+// SaveState keeps the sandbox's files, template, env and resources under an
+// id that outlives it ("" name is fine) and returns the id, for
+// WithRestoreFrom; Client.States lists them.
+func (s *Sandbox) SaveState(ctx context.Context, name string) (string, error) {
+	resp, err := s.Client().Raw.Snapshots.SaveState(ctx, &snapshotv1.SaveStateRequest{SandboxId: s.ID(), Name: name})
 	if err != nil {
+		return "", err
+	}
+	return resp.GetState().GetId(), nil
+}
+
+// ExportState is the sandbox as it is now, as a portable archive for
+// WithImportState (Client.ExportState streams one to a writer instead).
+func (s *Sandbox) ExportState(ctx context.Context) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := s.Client().ExportState(ctx, "", s.ID(), &buf); err != nil {
 		return nil, err
 	}
-	return resp.GetState(), nil
+	return buf.Bytes(), nil
 }
 
 // States lists saved states.
@@ -83,85 +93,17 @@ func (c *Client) DeleteState(ctx context.Context, stateID string) error {
 	return err
 }
 
-// WithRestoreFrom starts the sandbox from a saved state instead of its template.
+// WithRestoreFrom starts the sandbox from a saved state (SaveState's id)
+// instead of its template.
 func WithRestoreFrom(stateID string) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) { r.RestoreFrom = stateID }
+	return func(s *createSpec) { s.req.RestoreFrom = stateID }
 }
 
-// WithVolume mounts a named volume at path; sizeMB > 0 makes an ephemeral one
-// when it does not exist yet.
-func WithVolume(name, path string, readOnly bool, sizeMB uint64) CreateOption {
-	return func(r *sandboxv1.CreateSandboxRequest) {
-		r.Volumes = append(r.Volumes, &sandboxv1.VolumeMount{Name: name, MountPath: path, ReadOnly: readOnly, SizeMb: sizeMB})
-	}
-}
-
-// RestartOption changes what a restart starts with.
-type RestartOption func(*sandboxv1.RestartSandboxRequest)
-
-// RestartWithTemplate starts from another template's files.
-func RestartWithTemplate(name string) RestartOption {
-	return func(r *sandboxv1.RestartSandboxRequest) { r.Template = name }
-}
-
-// RestartWithEnv replaces the environment.
-func RestartWithEnv(env map[string]string) RestartOption {
-	return func(r *sandboxv1.RestartSandboxRequest) { r.Env = env }
-}
-
-// RestartWithResources replaces the resources.
-func RestartWithResources(res Resources) RestartOption {
-	return func(r *sandboxv1.RestartSandboxRequest) { r.Resources = res.proto() }
-}
-
-// Restart stops every process and starts the sandbox again, keeping its id.
-func (s *Sandbox) Restart(ctx context.Context, opts ...RestartOption) error {
-	req := &sandboxv1.RestartSandboxRequest{SandboxId: s.ID()}
-	for _, o := range opts {
-		o(req)
-	}
-	resp, err := s.client.Raw.Sandboxes.RestartSandbox(ctx, req)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.info = resp.GetSandbox()
-	s.mu.Unlock()
-	return nil
-}
-
-// Volumes manages named volumes.
-type Volumes struct{ c *Client }
-
-func (c *Client) Volumes() *Volumes { return &Volumes{c} }
-
-func (v *Volumes) Create(ctx context.Context, name string, sizeMB uint64, persistent bool) (*Volume, error) {
-	resp, err := v.c.Raw.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{Name: name, SizeMb: sizeMB, Persistent: persistent})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetVolume(), nil
-}
-
-func (v *Volumes) Get(ctx context.Context, name string) (*Volume, error) {
-	resp, err := v.c.Raw.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{Name: name})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetVolume(), nil
-}
-
-func (v *Volumes) List(ctx context.Context) ([]*Volume, error) {
-	resp, err := v.c.Raw.Volumes.ListVolumes(ctx, &volumev1.ListVolumesRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetVolumes(), nil
-}
-
-func (v *Volumes) Delete(ctx context.Context, name string) error {
-	_, err := v.c.Raw.Volumes.DeleteVolume(ctx, &volumev1.DeleteVolumeRequest{Name: name})
-	return err
+// WithImportState makes the sandbox from an archive (ExportState's bytes):
+// its files, template, env and resources come from the archive; the
+// provider and WithMetadata from the create.
+func WithImportState(archive []byte) CreateOption {
+	return func(s *createSpec) { s.importState = archive }
 }
 
 // ExportState writes a saved state (stateID) or a sandbox as it is now
@@ -218,5 +160,5 @@ func (c *Client) ImportState(ctx context.Context, r io.Reader, provider string, 
 	if err != nil {
 		return nil, err
 	}
-	return &Sandbox{client: c, info: resp.GetSandbox()}, nil
+	return c.sandbox(resp.GetSandbox(), nil), nil
 }

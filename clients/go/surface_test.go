@@ -147,33 +147,6 @@ func TestConnectToMissingSocketFailsFast(t *testing.T) {
 	}
 }
 
-// The spec's Quick Start, in Go.
-func TestQuickStart(t *testing.T) {
-	t.Setenv("COMPUTESDK_SOCKET", testDaemon.socket)
-	ctx := context.Background()
-
-	sandbox, err := computesdk.Compute(ctx, "local",
-		computesdk.WithTemplate("python"),
-		computesdk.WithMetadata(map[string]string{"project": "my-app"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := sandbox.Exec(ctx, "python --version")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sandbox.Destroy(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	if res.ExitCode != 0 || !strings.HasPrefix(string(res.Stdout), "Python 3.") {
-		t.Fatalf("python --version: exit %d, stdout %q, stderr %q", res.ExitCode, res.Stdout, res.Stderr)
-	}
-	if sandbox.Metadata()["project"] != "my-app" {
-		t.Fatalf("metadata: %v", sandbox.Metadata())
-	}
-}
-
 // A background process outlives the call that started it, takes stdin later
 // and can be re-attached from any offset.
 func TestBackgroundProcessAndMonitoring(t *testing.T) {
@@ -209,12 +182,13 @@ func TestBackgroundProcessAndMonitoring(t *testing.T) {
 	if string(tail) != "ping\n" {
 		t.Fatalf("attach from offset 4: %q", tail)
 	}
-	u, err := sb.Usage(ctx)
+	u, err := sb.GetResourceUsage(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.GetMemoryUsedBytes() == 0 || u.GetMemoryLimitBytes() == 0 {
-		t.Fatalf("usage: %v", u)
+	if u.Memory.UsedMB <= 0 || u.Memory.TotalMB <= 0 || u.Memory.Percent <= 0 || u.Disk.TotalMB <= 0 ||
+		u.Raw.GetMemoryLimitBytes() == 0 {
+		t.Fatalf("usage: %+v", u)
 	}
 	procs, err := sb.Processes(ctx)
 	if err != nil || len(procs) == 0 || procs[0].GetTag() != "reader" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"iter"
+	"strings"
 
 	templatev1 "github.com/computesdk/computesdk/clients/go/api/template/v1"
 )
@@ -68,14 +69,25 @@ func (t *Templates) BuildStream(ctx context.Context, def *TemplateDefinition, op
 }
 
 // Build builds a template and returns its result; onEvent (may be nil) sees
-// every progress and log message as it arrives.
+// every progress and log message as it arrives. A build that fails is a
+// *TemplateBuildError with the log's last lines.
 func (t *Templates) Build(ctx context.Context, def *TemplateDefinition, onEvent func(*BuildEvent), opts ...BuildOption) (*templatev1.BuildResult, error) {
+	var tail []string
 	for ev, err := range t.BuildStream(ctx, def, opts...) {
 		if err != nil {
+			if errors.Is(err, ErrTemplateBuildFailed) {
+				return nil, &TemplateBuildError{Name: def.GetName(), Log: tail, Err: err}
+			}
 			return nil, err
 		}
 		if onEvent != nil {
 			onEvent(ev)
+		}
+		if l := ev.GetLog(); l != nil {
+			tail = append(tail, l.GetLine())
+			if len(tail) > buildLogTail {
+				tail = tail[len(tail)-buildLogTail:]
+			}
 		}
 		if r := ev.GetResult(); r != nil {
 			return r, nil
@@ -83,6 +95,28 @@ func (t *Templates) Build(ctx context.Context, def *TemplateDefinition, onEvent 
 	}
 	return nil, errors.New("computesdk: the build stream ended without a result")
 }
+
+// buildLogTail is how many of a failed build's last log lines its error keeps.
+const buildLogTail = 20
+
+// TemplateBuildError is a template build that failed (reason
+// TEMPLATE_BUILD_FAILED: errors.Is(err, ErrTemplateBuildFailed) holds), with
+// the last lines of its log.
+type TemplateBuildError struct {
+	Name string
+	Log  []string
+	Err  error
+}
+
+func (e *TemplateBuildError) Error() string {
+	msg := "computesdk: template " + e.Name + " failed to build: " + e.Err.Error()
+	if len(e.Log) > 0 {
+		msg += "\n" + strings.Join(e.Log, "\n")
+	}
+	return msg
+}
+
+func (e *TemplateBuildError) Unwrap() error { return e.Err }
 
 func (t *Templates) Get(ctx context.Context, name string) (*Template, error) {
 	resp, err := t.c.Raw.Templates.GetTemplate(ctx, &templatev1.GetTemplateRequest{Name: name})

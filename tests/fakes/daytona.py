@@ -464,7 +464,11 @@ class FakeDaytona:
             await files.move(q["source"], q["destination"])
             return await respond(send, 200, b"", "text/plain")
         if path == "/files/permissions":
-            r = await box.local.exec(["chmod", q["mode"], q["path"]]) if q.get("mode") else None
+            r = (
+                await box.local.exec(["chmod", q["mode"], q["path"]], check=False)
+                if q.get("mode")
+                else None
+            )
             return await respond(
                 send, 200 if r is None or r.exit_code == 0 else 400, b"", "text/plain"
             )
@@ -478,7 +482,10 @@ class FakeDaytona:
         timeout = body.get("timeout") or 0
         cd = f"cd {shlex.quote(body['cwd'])} && " if body.get("cwd") else ""
         r = await box.local.exec(
-            ["/bin/sh", "-c", cd + cmd], env=body.get("envs") or {}, timeout_ms=timeout * 1000
+            ["/bin/sh", "-c", cd + cmd],
+            env=body.get("envs") or {},
+            timeout_ms=timeout * 1000,
+            check=False,
         )
         if r.timed_out:
             return await self._err(req, send, 408, "command execution timeout")

@@ -10,6 +10,7 @@ from pathlib import Path
 from hoststate import runtime_dir
 
 from computesdk import Client
+from computesdkd.providers.local import rootfs
 from conftest import DaemonProcess
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -66,7 +67,7 @@ async def test_a_host_user_reaches_no_sandbox_file_socket_or_dir(
             assert r.returncode != 0, (d, r.stdout)
         # The storage uid's setuid files in the base (su, mount) are out of reach.
         # (through sh: setpriv itself resolves its program before it drops root)
-        r = as_nobody("sh", "-c", "/var/lib/computesdk/images/debian-bookworm-v2/usr/bin/su -c id")
+        r = as_nobody("sh", "-c", f"{rootfs.base_path()}/usr/bin/su -c id")
         assert r.returncode != 0 and "Permission denied" in r.stderr
         # Planting a file into the sandbox from the host side.
         r = as_nobody("touch", str(rt / sb.id / "rootfs" / "workspace" / "planted"))

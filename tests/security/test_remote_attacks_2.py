@@ -266,6 +266,33 @@ def test_an_owner_row_does_not_pass_a_name_another_tenant_has_reserved() -> None
         t.check(_as("a"), vo.DeleteVolumeRequest(name="v"))
 
 
+@pytest.mark.parametrize(
+    ("base", "manager"), [("python:3.11-slim", "pip"), ("node:18", "npm"), ("debian:12", "apt")]
+)
+def test_a_hub_name_the_base_stands_in_for_builds_on_it_without_a_pull(
+    base: str, manager: str
+) -> None:
+    # ATTACK: a tenant names a Hub image to make the daemon pull from a registry
+    # the admin never allowed. A name the Debian base stands in for is rewritten
+    # to that base (no pull at all); what `packages` meant for it is kept.
+    t, _, present = _tenancy()
+    present.add((TEMPLATE, "base"))  # predefined
+    build = tp.BuildTemplateRequest(definition=tp.TemplateDefinition(name="mine", base_image=base))
+    t.check(_as("a"), build)
+    assert build.definition.base_image == "template:base"
+    assert build.definition.package_manager == manager
+
+
+@pytest.mark.parametrize("base", ["python:3.12", "evil.example/python:3.11", "oci:/etc"])
+def test_any_other_base_outside_the_allowed_registries_stays_refused(base: str) -> None:
+    t, _, _ = _tenancy()
+    build = tp.BuildTemplateRequest(definition=tp.TemplateDefinition(name="mine", base_image=base))
+    with pytest.raises(ComputeError) as info:
+        t.check(_as("a"), build)
+    assert info.value.reason == "BASE_IMAGE_FORBIDDEN"
+    assert build.definition.base_image == base
+
+
 # ------------------------------------------------- client certificates
 
 

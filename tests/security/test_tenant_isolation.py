@@ -41,8 +41,11 @@ CMD = pr.Command(command="true")
 # method names no thing of a tenant (B's call must just show nothing of A's).
 REQUESTS: dict[str, Callable[[K], Any] | None] = {
     # SandboxService
+    # must_exist: a mount without it makes a missing volume, a create like
+    # CreateVolume's (names are daemon-wide); with it, it only names one.
     "CreateSandbox": lambda k: sb.CreateSandboxRequest(
-        provider="local", volumes=[sb.VolumeMount(name=k["vol"], mount_path="/v")]
+        provider="local",
+        volumes=[sb.VolumeMount(name=k["vol"], mount_path="/v", must_exist=True)],
     ),
     "GetSandbox": lambda k: sb.GetSandboxRequest(sandbox_id=k["sb"]),
     "ListSandboxes": None,

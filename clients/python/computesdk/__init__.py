@@ -3,13 +3,15 @@
 from computesdk import compute
 
 sandbox = await compute("local", template="python")
-result = await sandbox.exec("python3 --version")
+result = await sandbox.exec("python3 --version")  # CommandExitError on a non-zero exit
 await sandbox.destroy()
 """
 
-from .client import Client, compute, connect
+from .client import Client, compute, connect, list_active_sandboxes
+from .coordination import MessageQueue, SharedNetwork, create_shared_network
 from .errors import (
     AlreadyExistsError,
+    CommandExitError,
     ComputeSDKError,
     DeadlineExceededError,
     FailedPreconditionError,
@@ -23,6 +25,7 @@ from .errors import (
     ProcessNotFoundError,
     ProviderNotFoundError,
     ResourceExhaustedError,
+    SandboxEventError,
     SandboxFileNotFoundError,
     SandboxNotFoundError,
     SandboxNotRunningError,
@@ -32,7 +35,9 @@ from .errors import (
     UnavailableError,
     UnsupportedError,
 )
+from .options import SandboxConfig, TemplateDefinition, VolumeSpec
 from .sandbox import ExecStream, Files, Process, Sandbox
+from .state import SnapshotInfo, StateInfo, VolumeInfo
 from .templates import BuildLog, BuildProgress, BuildResult, TemplateInfo
 from .types import (
     AlertThreshold,
@@ -42,6 +47,7 @@ from .types import (
     HealthReport,
     OutputChunk,
     ProcessInfo,
+    ResourceAlert,
     Resources,
     ResourceUsage,
     SandboxStatus,
@@ -56,6 +62,7 @@ __all__ = [
     "BuildProgress",
     "BuildResult",
     "Client",
+    "CommandExitError",
     "ComputeSDKError",
     "DeadlineExceededError",
     "Event",
@@ -67,6 +74,7 @@ __all__ = [
     "HealthReport",
     "InternalError",
     "InvalidArgumentError",
+    "MessageQueue",
     "NotFoundError",
     "OutOfRangeError",
     "OutputChunk",
@@ -77,20 +85,31 @@ __all__ = [
     "ProcessInfo",
     "ProcessNotFoundError",
     "ProviderNotFoundError",
+    "ResourceAlert",
     "ResourceExhaustedError",
     "ResourceUsage",
     "Resources",
     "Sandbox",
+    "SandboxConfig",
+    "SandboxEventError",
     "SandboxFileNotFoundError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SandboxStatus",
     "SandboxTerminatedError",
+    "SharedNetwork",
+    "SnapshotInfo",
+    "StateInfo",
     "TemplateBuildError",
+    "TemplateDefinition",
     "TemplateInfo",
     "TemplateNotFoundError",
     "UnavailableError",
     "UnsupportedError",
+    "VolumeInfo",
+    "VolumeSpec",
     "compute",
     "connect",
+    "create_shared_network",
+    "list_active_sandboxes",
 ]

@@ -109,7 +109,11 @@ class SandboxMonitoring:
             ),
         )
 
-    async def health_check(self) -> HealthReport:
+    async def health_check(self) -> bool:
+        """Whether every check passes; health_report() says which failed and why."""
+        return (await self.health_report()).healthy
+
+    async def health_report(self) -> HealthReport:
         """Built-in checks (agent, exec, disk, memory) plus the registered ones."""
         resp = await _rpc.call(
             self.client.monitoring.CheckHealth, mon_pb.CheckHealthRequest(sandbox_id=self.id)

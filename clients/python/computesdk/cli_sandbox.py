@@ -21,12 +21,26 @@ STATES = ["creating", "running", "stopping", "stopped", "error"]
 FILTERS = "metadata.KEY=VALUE (or label=KEY=VALUE), state=, provider=, template=, id=PREFIX"
 
 
+VOLUME_USAGE = "NAME:PATH[:OPTION,...] (options: ro, rw, existing, persistent, size=10GB)"
+
+
 def _volume_arg(text: str) -> dict[str, Any]:
     name, _, rest = text.partition(":")
-    path, _, mode = rest.partition(":")
-    if not name or not path or mode not in ("", "ro", "rw"):
-        raise UsageError(f"--volume takes NAME:PATH[:ro], got {text!r}")
-    return {"name": name, "mount_path": path, "read_only": mode == "ro"}
+    path, _, opts = rest.partition(":")
+    v: dict[str, Any] = {"name": name, "path": path}
+    for opt in filter(None, opts.split(",")):
+        key, eq, value = opt.partition("=")
+        if opt in ("ro", "rw"):
+            v["read_only"] = opt == "ro"
+        elif opt in ("existing", "persistent"):
+            v["mount_existing" if opt == "existing" else "persistent"] = True
+        elif key == "size" and eq and value:
+            v["size"] = value  # parsed by the daemon
+        else:
+            name = ""
+    if not name or not path:
+        raise UsageError(f"--volume takes {VOLUME_USAGE}, got {text!r}")
+    return v
 
 
 async def cmd_create(c: Client, a: argparse.Namespace) -> int:
@@ -257,8 +271,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--volume",
         action="append",
         default=[],
-        metavar="NAME:PATH[:ro]",
-        help="mount a volume (repeatable)",
+        metavar="NAME:PATH[:OPTS]",
+        help=f"mount a volume, made on first use unless 'existing' (repeatable): {VOLUME_USAGE}",
     )
     p.set_defaults(fn=cmd_create)
 

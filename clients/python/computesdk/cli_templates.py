@@ -159,6 +159,7 @@ async def cmd_template(c: Client, a: argparse.Namespace) -> int:
             description=a.description or str(definition.get("description", "")),
             no_cache=a.no_cache,
             provider=a.provider,
+            package_manager=a.package_manager or str(definition.get("package_manager", "")),
             on_event=display,
         )
     t = result.template
@@ -187,6 +188,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--base-image", default="", help="the image to start from (see above)")
     p.add_argument(
         "--package", "-p", action="append", default=[], help="a package to install (repeatable)"
+    )
+    p.add_argument(
+        "--package-manager",
+        choices=["auto", "apt", "pip", "npm"],
+        default="",
+        help="what --package means (default auto: pip on a Python base, npm on Node, else apt)",
     )
     p.add_argument("--env", "-e", action="append", default=[], help="KEY=VALUE, repeatable")
     p.add_argument("--setup", "-s", action="append", default=[], help="a command, repeatable")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -27,11 +26,12 @@ from computesdk_api.snapshot.v1 import snapshot_pb2_grpc
 from computesdk_api.template.v1 import template_pb2_grpc
 from computesdk_api.volume.v1 import volume_pb2_grpc
 
-from . import _rpc
+from . import _create, _rpc
 from ._rpc import Callback, Transport, fire, open_channel, target_for, transport_for
 from .admin import Admin
 from .errors import ComputeSDKError, error_from
 from .fleet import Channels, Groups, Networks, Pools
+from .options import SandboxConfig, TemplateDefinition, VolumeSpec
 from .sandbox import Sandbox
 from .state import States, Volumes
 from .templates import Templates
@@ -46,9 +46,23 @@ class Client:
     """One channel to the daemon. Cheap to share; close it when done."""
 
     def __init__(self, target: str | Transport) -> None:
-        transport = target if isinstance(target, Transport) else Transport(target)
-        self.target = transport.target
-        self.channel = open_channel(transport)
+        self._transport = target if isinstance(target, Transport) else Transport(target)
+        self.target = self._transport.target
+        self._open()
+        self._capabilities: dict[str, frozenset[str]] = {}
+        self.states = States(self)
+        self.volumes = Volumes(self)
+        self.templates = Templates(self)
+        self.admin = Admin(self)
+        self.pools = Pools(self)
+        self.groups = Groups(self)
+        self.networks = Networks(self)
+        self.channels = Channels(self)
+        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
+
+    def _open(self) -> None:
+        self._closed = False
+        self.channel = open_channel(self._transport)
         self.sandboxes = sandbox_pb2_grpc.SandboxServiceStub(self.channel)
         self.processes = process_pb2_grpc.ProcessServiceStub(self.channel)
         self.files = filesystem_pb2_grpc.FilesystemServiceStub(self.channel)
@@ -63,16 +77,6 @@ class Client:
         self.volume_stub = volume_pb2_grpc.VolumeServiceStub(self.channel)
         self.template_stub = template_pb2_grpc.TemplateServiceStub(self.channel)
         self.admin_stub = admin_pb2_grpc.AdminServiceStub(self.channel)
-        self._capabilities: dict[str, frozenset[str]] = {}
-        self.states = States(self)
-        self.volumes = Volumes(self)
-        self.templates = Templates(self)
-        self.admin = Admin(self)
-        self.pools = Pools(self)
-        self.groups = Groups(self)
-        self.networks = Networks(self)
-        self.channels = Channels(self)
-        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
 
     @classmethod
     async def connect(
@@ -119,17 +123,35 @@ class Client:
                 await client.close()  # fail fast: nothing will ever listen there by itself
                 raise
         try:
-            await asyncio.wait_for(client.channel.channel_ready(), timeout)
-        except TimeoutError:
+            await client._ready(timeout)
+        except ComputeSDKError:
             await client.close()
+            raise
+        return client
+
+    async def _ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        except TimeoutError:
             raise ComputeSDKError(
-                f"cannot reach computesdkd at {client.target}",
+                f"cannot reach computesdkd at {self.target}",
                 code=grpc.StatusCode.UNAVAILABLE,
                 reason="DAEMON_UNREACHABLE",
             ) from None
-        return client
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def reconnect(self, *, timeout: float = 30.0) -> None:
+        """Opens the connection again if it was closed, and waits until the daemon
+        answers (UnavailableError DAEMON_UNREACHABLE after timeout seconds)."""
+        if self._closed:
+            self._open()
+        await self._ready(timeout)
 
     async def close(self) -> None:
+        self._closed = True
         await self.channel.close(None)
 
     async def __aenter__(self) -> Client:
@@ -148,45 +170,41 @@ class Client:
         self,
         provider: str = "",
         *,
-        template: str = "",
+        template: str | TemplateDefinition | Mapping[str, Any] = "",
         metadata: Mapping[str, str] | None = None,
         timeout_ms: int = 0,
         keep_alive: bool = False,
-        resources: Resources | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         request_id: str | None = None,
         fallback_providers: Sequence[str] = (),
         use_pool: bool | None = None,
         restore_from: str = "",
-        volumes: Sequence[Mapping[str, Any]] = (),
+        import_state: bytes | None = None,
+        volumes: Sequence[VolumeSpec | Mapping[str, Any]] = (),
         ports: Sequence[int] = (),
     ) -> Sandbox:
         """Creates a sandbox and returns once it is ready. fallback_providers are tried
         in order when the provider is down or its circuit breaker is open. use_pool:
         None follows the daemon (takes a never-used warm sandbox from a matching pool
         unless started with --no-pool-create), True/False force it either way.
-        restore_from starts from a saved state (client.states.save). volumes mounts
-        named volumes: [{"name", "mount_path", "read_only"?, "size_mb"?}]; a name
-        that does not exist, with size_mb, makes an ephemeral one. ports: the ports
-        get_url will expose, for providers that must know them at create (Vercel,
-        Modal); elsewhere any port can be exposed later."""
-        req = _create_request(
-            provider, template, metadata, timeout_ms, keep_alive, resources, env,
-            request_id, fallback_providers, use_pool,
-        )  # fmt: skip
-        req.restore_from = restore_from
-        req.ports.extend(ports)
-        for v in volumes:
-            req.volumes.append(
-                sandbox_pb2.VolumeMount(
-                    name=v["name"],
-                    mount_path=v["mount_path"],
-                    read_only=v.get("read_only", False),
-                    size_mb=v.get("size_mb", 0),
-                )
-            )
-        resp = await _rpc.call(self.sandboxes.CreateSandbox, req)
-        return Sandbox(self, resp.sandbox)
+
+        template: a name, or an inline definition (TemplateDefinition or a dict
+        {"name", "base_image" or "baseImage", "packages", "env"}) that is built
+        first (an identical one again is a cache hit); TemplateBuildError if the
+        build fails. restore_from starts from a saved state (sandbox.save_state()),
+        import_state from an archive (sandbox.export_state()). volumes: VolumeSpec
+        or dicts {"name", "path", "size": "10GB", "persistent", "mount_existing"}
+        (also "mountExisting", "mount_path", "size_mb"); a volume that does not
+        exist is made on first use unless mount_existing. ports: the ports get_url
+        will expose, for providers that must know them at create (Vercel, Modal);
+        elsewhere any port can be exposed later. sandbox.config keeps all of it."""
+        return await _create.create(self, SandboxConfig.given(
+            provider, template=template, metadata=metadata, timeout_ms=timeout_ms,
+            keep_alive=keep_alive, resources=resources, env=env, request_id=request_id,
+            fallback_providers=fallback_providers, use_pool=use_pool,
+            restore_from=restore_from, import_state=import_state, volumes=volumes, ports=ports,
+        ))  # fmt: skip
 
     async def batch_create(
         self, items: Sequence[Mapping[str, Any]]
@@ -194,21 +212,7 @@ class Client:
         """Creates many sandboxes in one call; each item takes create()'s keyword
         arguments (plus "provider"). One result per item, in order: a failed item is
         its typed error, and does not fail the others."""
-        reqs = [
-            _create_request(
-                i.get("provider", ""),
-                i.get("template", ""),
-                i.get("metadata"),
-                i.get("timeout_ms", 0),
-                i.get("keep_alive", False),
-                i.get("resources"),
-                i.get("env"),
-                i.get("request_id"),
-                i.get("fallback_providers", ()),
-                i.get("use_pool"),
-            )
-            for i in items
-        ]
+        reqs = [SandboxConfig.given(**{"provider": "", **i}).create_request() for i in items]
         resp = await _rpc.call(
             self.sandboxes.BatchCreateSandboxes,
             sandbox_pb2.BatchCreateSandboxesRequest(requests=reqs),
@@ -282,9 +286,11 @@ class Client:
         types: Sequence[str] = (),
         after: int = 0,
         follow: bool = True,
+        on_disconnect: Callback | None = None,
     ) -> AsyncIterator[Event]:
         """Lifecycle events. Survives daemon restarts: it reconnects by itself and
-        resumes after the last sequence it delivered, so nothing is lost or repeated."""
+        resumes after the last sequence it delivered, so nothing is lost or repeated.
+        on_disconnect is called once each time the connection drops."""
         last = after
         backoff = 0.05
         while True:
@@ -306,7 +312,7 @@ class Client:
             except ComputeSDKError as err:
                 if err.code not in _RETRYABLE:
                     raise
-            await fire(self._callbacks[DISCONNECTED])
+            await fire([*self._callbacks[DISCONNECTED], on_disconnect])
             while True:
                 await fire(self._callbacks[RECONNECTING])
                 await asyncio.sleep(backoff)
@@ -332,32 +338,16 @@ async def connect(
 _default_clients: dict[tuple[str, int], Client] = {}
 
 
-def _create_request(
-    provider: str,
-    template: str,
-    metadata: Mapping[str, str] | None,
-    timeout_ms: int,
-    keep_alive: bool,
-    resources: Resources | None,
-    env: Mapping[str, str] | None,
-    request_id: str | None,
-    fallback_providers: Sequence[str],
-    use_pool: bool | None,
-) -> sandbox_pb2.CreateSandboxRequest:
-    policy = {None: 0, True: sandbox_pb2.POOL_POLICY_ALLOW, False: sandbox_pb2.POOL_POLICY_NEVER}
-    return sandbox_pb2.CreateSandboxRequest(
-        provider=provider,
-        template=template,
-        metadata=dict(metadata or {}),
-        timeout_ms=timeout_ms,
-        keep_alive=keep_alive,
-        resources=(resources or Resources()).to_proto(),
-        env=dict(env or {}),
-        # Retries of this call are idempotent: the daemon dedupes on request_id.
-        request_id=request_id or uuid.uuid4().hex,
-        fallback_providers=list(fallback_providers),
-        pool_policy=policy[use_pool],  # type: ignore[arg-type]
-    )
+async def default_client(
+    socket: str | os.PathLike[str] | None = None, target: str | None = None
+) -> Client:
+    """The connection compute() and list_active_sandboxes() share (one per daemon
+    address and event loop)."""
+    key = (target_for(socket, target), id(asyncio.get_running_loop()))
+    client = _default_clients.get(key)
+    if client is None or client.closed:
+        client = _default_clients[key] = await Client.connect(socket=socket, target=target)
+    return client
 
 
 async def compute(
@@ -367,12 +357,16 @@ async def compute(
     target: str | None = None,
     **options: Any,
 ) -> Sandbox:
-    """Creates a sandbox, like the spec's compute(provider, options).
+    """Creates a sandbox, like the spec's compute(provider, options), on the shared
+    default connection. options are Client.create's: template (a name or an inline
+    definition), metadata, timeout_ms, keep_alive, resources, env, volumes,
+    restore_from, import_state, ..."""
+    return await (await default_client(socket, target)).create(provider, **options)
 
-    options are Client.create's: template, metadata, timeout_ms, keep_alive,
-    resources, env, request_id."""
-    key = (target_for(socket, target), id(asyncio.get_running_loop()))
-    client = _default_clients.get(key)
-    if client is None:
-        client = _default_clients[key] = await Client.connect(socket=socket, target=target)
-    return await client.create(provider, **options)
+
+async def list_active_sandboxes(
+    *, socket: str | os.PathLike[str] | None = None, target: str | None = None
+) -> builtins.list[Sandbox]:
+    """Every running sandbox, over the shared default connection (the spec's
+    listActiveSandboxes())."""
+    return await (await default_client(socket, target)).list_active_sandboxes()

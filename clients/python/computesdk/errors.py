@@ -8,6 +8,8 @@ from grpc_status import rpc_status
 
 from computesdk_api.errors.v1 import errors_pb2
 
+from .types import Event, ExecResult
+
 
 class ComputeSDKError(Exception):
     """Base of every error the client raises for a failed call."""
@@ -95,6 +97,44 @@ class PermissionDeniedError(ComputeSDKError): ...
 
 
 class InternalError(ComputeSDKError): ...
+
+
+class CommandExitError(ComputeSDKError):
+    """A one-shot exec ended with a non-zero exit or a signal (exec(check=False)
+    returns the result instead). Raised by the client, not sent by the daemon."""
+
+    def __init__(self, result: ExecResult) -> None:
+        how = f"signal {result.signal}" if result.signal else f"exit code {result.exit_code}"
+        tail = (result.stderr or result.stdout).strip()[-500:]
+        super().__init__(f"command failed with {how}" + (f": {tail}" if tail else ""))
+        self.result = result
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.exit_code = result.exit_code
+        self.signal = result.signal
+        self.oom_killed = result.oom_killed
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SandboxEventError(ComputeSDKError):
+    """What on("error") callbacks receive. type: "out-of-memory", "corruption" or
+    "error" (the daemon's events of those names, kept in event), or
+    "connection-lost" (the client's connection dropped; event is None)."""
+
+    def __init__(self, type: str, message: str, sandbox_id: str, event: Event | None) -> None:
+        super().__init__(message)
+        self.type = type
+        self.sandbox_id = sandbox_id
+        self.event = event
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return self.event.attributes if self.event is not None else {}
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
 
 
 # Every reason the daemon can send: the names of the one enum they are defined in,

@@ -5,10 +5,11 @@ client.channels."""
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from computesdk_api.group.v1 import group_pb2 as group_pb
 from computesdk_api.messaging.v1 import messaging_pb2 as msg_pb
@@ -296,6 +297,10 @@ class Message:
     @property
     def text(self) -> str:
         return self.payload.decode(errors="replace")
+
+    def json(self) -> Any:
+        """The payload as JSON (MessageQueue.send sends dicts and lists so)."""
+        return json.loads(self.payload)
 
 
 class Channels:

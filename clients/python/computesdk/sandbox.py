@@ -4,10 +4,7 @@ modules; this one puts them together."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from computesdk_api.process.v1 import process_pb2 as proc_pb
@@ -16,10 +13,14 @@ from computesdk_api.sandbox.v1 import sandbox_pb2
 from . import _rpc
 from ._files import Files
 from ._process import ExecStream, Process, _command, _result
-from ._rpc import Callback, fire
+from ._rpc import fire
+from ._sandbox_events import SandboxEvents
 from ._sandbox_monitoring import SandboxMonitoring
+from ._sandbox_state import SandboxState
+from .errors import CommandExitError
+from .options import as_resources
 from .state import Snapshots
-from .types import STATE_NAMES, Event, ExecResult, ProcessInfo, Resources, SandboxStatus
+from .types import STATE_NAMES, ExecResult, ProcessInfo, Resources, SandboxStatus
 
 if TYPE_CHECKING:
     from .client import Client
@@ -27,17 +28,17 @@ if TYPE_CHECKING:
 OutputCallback = Callable[[str], Any]
 
 
-class Sandbox(SandboxMonitoring):
+class Sandbox(SandboxMonitoring, SandboxEvents, SandboxState):
     """One sandbox. Use `async with` to destroy it on exit. Usage, limits, scaling
-    and health checks come with SandboxMonitoring."""
+    and health checks come with SandboxMonitoring; on(), events() and reconnect()
+    with SandboxEvents; snapshots, saved state and config with SandboxState."""
 
     def __init__(self, client: Client, info: sandbox_pb2.Sandbox) -> None:
         self.client = client
         self.info = info
         self.files = Files(self)
         self.snapshots = Snapshots(self)
-        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
-        self._listener: asyncio.Task[None] | None = None
+        self._init_events()
 
     @property
     def id(self) -> str:
@@ -99,8 +100,27 @@ class Sandbox(SandboxMonitoring):
         stdin: bytes | str | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        check: bool = True,
     ) -> ExecResult:
-        """Runs a command to completion; on_stdout/on_stderr see output as it arrives."""
+        """Runs a command to completion; on_stdout/on_stderr see output as it arrives.
+
+        A non-zero exit or a signal raises CommandExitError (holding the result)
+        unless check=False; a timeout returns its result with timed_out set."""
+        result = await self._exec(command, cwd, env, timeout_ms, stdin, on_stdout, on_stderr)
+        if check and not result.timed_out and (result.exit_code != 0 or result.signal):
+            raise CommandExitError(result)
+        return result
+
+    async def _exec(
+        self,
+        command: str | Sequence[str],
+        cwd: str,
+        env: Mapping[str, str] | None,
+        timeout_ms: int,
+        stdin: bytes | str | None,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+    ) -> ExecResult:
         quick = stdin is None and on_stdout is None and on_stderr is None
         # RunCommand reads on past its inline answer by re-attaching: only a
         # provider that can re-attach to a command takes it.
@@ -211,21 +231,18 @@ class Sandbox(SandboxMonitoring):
         *,
         template: str = "",
         env: Mapping[str, str] | None = None,
-        resources: Resources | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
     ) -> None:
         """Stops every process and starts again with the same id and files, or with a
-        new template's files; env and resources replace the old ones when given."""
+        new template's files; env and resources (Resources or a dict, as in create)
+        replace the old ones when given."""
         req = sandbox_pb2.RestartSandboxRequest(sandbox_id=self.id, template=template)
         if env is not None:
             req.env.update(env)
         if resources is not None:
-            req.resources.CopyFrom(resources.to_proto())
+            req.resources.CopyFrom(as_resources(resources).to_proto())
         resp = await _rpc.call(self.client.sandboxes.RestartSandbox, req)
         self.info = resp.sandbox
-
-    async def save_state(self, name: str = "") -> str:
-        """Saves files, template, env and resources; returns the state id."""
-        return (await self.client.states.save(self, name)).id
 
     async def release(self, *, hard: bool = False) -> bool:
         """Gives a sandbox acquired from a pool back to it (see Client.pools)."""
@@ -241,14 +258,14 @@ class Sandbox(SandboxMonitoring):
         provider: str = "",
         template: str = "",
         env: Mapping[str, str] | None = None,
-        resources: Resources | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
     ) -> Sandbox:
         """A new sandbox with a copy of /workspace and the env, on any provider."""
         req = sandbox_pb2.CloneSandboxRequest(
             sandbox_id=self.id, provider=provider, template=template, env=dict(env or {})
         )
         if resources is not None:
-            req.resources.CopyFrom(resources.to_proto())
+            req.resources.CopyFrom(as_resources(resources).to_proto())
         resp = await _rpc.call(self.client.sandboxes.CloneSandbox, req)
         return Sandbox(self.client, resp.sandbox)
 
@@ -276,41 +293,6 @@ class Sandbox(SandboxMonitoring):
             ),
         )
         return Sandbox(self.client, resp.sandbox)
-
-    # ------------------------------------------------------------ events
-
-    def on(self, event: str, callback: Callback) -> None:
-        """Calls callback(event) for this sandbox's events: 'created', 'ready', 'error',
-        'destroyed', 'process.started', 'process.exited', 'out-of-memory'; and with no
-        argument for the connection's 'connected', 'disconnected' and 'reconnecting'.
-        Events that already happened are replayed, so 'ready' is seen after create."""
-        if event in ("connected", "disconnected", "reconnecting"):
-            self.client.on(event, callback)
-            return
-        self._callbacks[event].append(callback)
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen())
-
-    async def events(
-        self, *, types: Sequence[str] = (), after: int = 0, follow: bool = True
-    ) -> AsyncIterator[Event]:
-        async for ev in self.client.events(
-            sandbox_ids=[self.id], types=types, after=after, follow=follow
-        ):
-            yield ev
-
-    async def _listen(self) -> None:
-        async for ev in self.events():
-            await fire(self._callbacks.get(ev.type, ()), ev)
-            if ev.type == "destroyed":
-                return
-
-    async def _stop_listening(self) -> None:
-        if self._listener is not None and not self._listener.done():
-            # Let the 'destroyed' event reach callbacks before stopping.
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._listener), 2.0)
-            self._listener.cancel()
 
 
 __all__ = ["ExecStream", "Files", "Process", "Resources", "Sandbox"]

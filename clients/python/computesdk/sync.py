@@ -12,12 +12,14 @@ call here waits for its result. Streams come back as ordinary iterators.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from ._rpc import target_for
 from .client import Client
 from .sandbox import Sandbox
 from .types import (
@@ -26,7 +28,6 @@ from .types import (
     FileInfo,
     HealthReport,
     OutputChunk,
-    Resources,
     ResourceUsage,
     SandboxStatus,
 )
@@ -141,8 +142,13 @@ class _Blocking:
 
 
 def _is_helper(value: object) -> bool:
-    """The async client's helper objects: pools, groups, snapshots, volumes, ..."""
-    return type(value).__module__.startswith("computesdk.") and not isinstance(value, Sandbox)
+    """The async client's helper objects: pools, groups, snapshots, volumes, ...;
+    not its plain records (sandbox.config, results), which come back as they are."""
+    return (
+        type(value).__module__.startswith("computesdk.")
+        and not isinstance(value, Sandbox)
+        and not dataclasses.is_dataclass(value)
+    )
 
 
 class SyncSandbox:
@@ -178,9 +184,12 @@ class SyncSandbox:
         env: Mapping[str, str] | None = None,
         timeout_ms: int = 0,
         stdin: bytes | str | None = None,
+        check: bool = True,
     ) -> ExecResult:
         return self._loop.run(
-            self.aio.exec(command, cwd=cwd, env=env, timeout_ms=timeout_ms, stdin=stdin)
+            self.aio.exec(
+                command, cwd=cwd, env=env, timeout_ms=timeout_ms, stdin=stdin, check=check
+            )
         )
 
     def exec_stream(
@@ -200,8 +209,11 @@ class SyncSandbox:
     def get_resource_usage(self) -> ResourceUsage:
         return self._loop.run(self.aio.get_resource_usage())
 
-    def health_check(self) -> HealthReport:
+    def health_check(self) -> bool:
         return self._loop.run(self.aio.health_check())
+
+    def health_report(self) -> HealthReport:
+        return self._loop.run(self.aio.health_report())
 
     def events(
         self, *, types: Sequence[str] = (), after: int = 0, follow: bool = False
@@ -210,6 +222,10 @@ class SyncSandbox:
 
     def destroy(self, *, graceful: bool = False, timeout_ms: int = 0) -> None:
         self._loop.run(self.aio.destroy(graceful=graceful, timeout_ms=timeout_ms))
+
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        """Sandbox.on; callbacks run on the client's event-loop thread."""
+        self._loop.loop.call_soon_threadsafe(self.aio.on, event, callback)
 
     def __getattr__(self, name: str) -> Any:
         # Everything not spelled out above (reset, restart, snapshots, set_env, ...).
@@ -241,29 +257,15 @@ class SyncClient:
         self._loop.run(self.aio.close())
         self._loop.stop()
 
-    def create(
-        self,
-        provider: str = "",
-        *,
-        template: str = "",
-        metadata: Mapping[str, str] | None = None,
-        timeout_ms: int = 0,
-        keep_alive: bool = False,
-        resources: Resources | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> SyncSandbox:
-        sb = self._loop.run(
-            self.aio.create(
-                provider,
-                template=template,
-                metadata=metadata,
-                timeout_ms=timeout_ms,
-                keep_alive=keep_alive,
-                resources=resources,
-                env=env,
-            )
-        )
-        return SyncSandbox(self._loop, sb)
+    def create(self, provider: str = "", **options: Any) -> SyncSandbox:
+        """Client.create's options: template (a name or an inline definition),
+        metadata, resources, env, volumes, restore_from, import_state, ..."""
+        return SyncSandbox(self._loop, self._loop.run(self.aio.create(provider, **options)))
+
+    def list_active_sandboxes(self) -> list[SyncSandbox]:
+        return [
+            SyncSandbox(self._loop, sb) for sb in self._loop.run(self.aio.list_active_sandboxes())
+        ]
 
     def __getattr__(self, name: str) -> Any:
         # Everything not spelled out here: pools, groups, networks, channels,
@@ -300,3 +302,16 @@ def compute(
 
     sb.destroy = destroy_and_close  # type: ignore[method-assign]
     return sb
+
+
+_shared: dict[str, SyncClient] = {}
+
+
+def list_active_sandboxes(
+    *, socket: str | os.PathLike[str] | None = None, target: str | None = None
+) -> list[SyncSandbox]:
+    """Every running sandbox, over one connection kept for these calls."""
+    key = target_for(socket, target)
+    if key not in _shared:
+        _shared[key] = SyncClient(socket=socket, target=target)
+    return _shared[key].list(states=["running"])

@@ -117,9 +117,12 @@ class Templates:
         description: str = "",
         no_cache: bool = False,
         provider: str = "",
+        package_manager: str = "",
     ) -> AsyncIterator[BuildEvent]:
         """Builds a template, yielding progress and log lines; the last item is the
-        BuildResult. Leaving the loop early cancels the build."""
+        BuildResult. Leaving the loop early cancels the build. package_manager:
+        "" picks by the base (pip on a Python one, npm on Node, else apt), or
+        "apt", "pip", "npm"."""
         req = pb.BuildTemplateRequest(
             provider=provider,
             no_cache=no_cache,
@@ -130,6 +133,7 @@ class Templates:
                 env=dict(env or {}),
                 setup=list(setup),
                 description=description,
+                package_manager=package_manager,
             ),
         )
         # Closed with this generator: leaving the loop early cancels the build on the daemon.
@@ -162,6 +166,7 @@ class Templates:
         description: str = "",
         no_cache: bool = False,
         provider: str = "",
+        package_manager: str = "",
         on_event: Callable[[BuildEvent], object] | None = None,
     ) -> BuildResult:
         """Builds a template and returns its result, with the build's log lines."""
@@ -175,6 +180,7 @@ class Templates:
             description=description,
             no_cache=no_cache,
             provider=provider,
+            package_manager=package_manager,
         )
         async for event in stream:
             if on_event is not None:

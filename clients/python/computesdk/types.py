@@ -170,8 +170,38 @@ class FileInfo:
         )
 
 
+def _percent(used: float, total: float) -> float:
+    return used * 100.0 / total if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    percent: float  # of one core: 200 is two cores busy
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    used_mb: float
+    total_mb: float  # the limit; 0 when the provider reports none
+    percent: float
+
+
+@dataclass(frozen=True)
+class DiskUsage(MemoryUsage): ...
+
+
+@dataclass(frozen=True)
+class NetworkUsage:
+    rx_bytes: int
+    tx_bytes: int
+
+
 @dataclass(frozen=True)
 class ResourceUsage:
+    """One sample. Read it in the shape every client shares (usage.cpu.percent,
+    usage.memory.used_mb / total_mb, usage.disk..., usage.network.rx_bytes), or
+    flat (cpu_percent, memory_used_mb, ...)."""
+
     time: datetime
     cpu_percent: float
     memory_used_mb: float
@@ -198,6 +228,54 @@ class ResourceUsage:
             u.has_network,
             u.process_count,
         )
+
+    @property
+    def cpu(self) -> CpuUsage:
+        return CpuUsage(self.cpu_percent)
+
+    @property
+    def memory(self) -> MemoryUsage:
+        m = self.memory_used_mb, self.memory_total_mb
+        return MemoryUsage(*m, _percent(*m))
+
+    @property
+    def disk(self) -> DiskUsage:
+        d = self.disk_used_mb, self.disk_total_mb
+        return DiskUsage(*d, _percent(*d))
+
+    @property
+    def network(self) -> NetworkUsage:
+        return NetworkUsage(self.network_rx_bytes, self.network_tx_bytes)
+
+
+@dataclass(frozen=True)
+class ResourceAlert:
+    """A resourceAlert event, as on("resourceAlert") callbacks receive it: type is
+    the resource (cpu, memory, disk), current and threshold are percents."""
+
+    type: str
+    current: float
+    threshold: float
+    message: str
+    sandbox_id: str
+    event: Event
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return self.event.attributes
+
+    @classmethod
+    def from_event(cls, ev: Event) -> ResourceAlert:
+        a = ev.attributes
+
+        def num(key: str) -> float:
+            try:
+                return float(a.get(key, "0"))
+            except ValueError:
+                return 0.0
+
+        return cls(a.get("type", ""), num("current"), num("threshold"), ev.message,
+                   ev.sandbox_id, ev)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,13 @@ import { VolumeService } from "./gen/computesdk/api/volume/v1/volume_pb.js";
 import { States, Volumes } from "./state.js";
 import { TemplateService } from "./gen/computesdk/api/template/v1/template_pb.js";
 import { AdminService } from "./gen/computesdk/api/admin/v1/admin_pb.js";
-import { Templates } from "./templates.js";
+import { Templates, type TemplateDefinition } from "./templates.js";
 import { Quotas, Tokens } from "./admin.js";
 import { Channels, Groups, Networks, Pools } from "./fleet.js";
-import { ComputeSDKError, InvalidArgumentError, fromError, typedError } from "./errors.js";
+import { ComputeSDKError, InvalidArgumentError, TemplateBuildError, fromError, typedError } from "./errors.js";
 import { Sandbox, resourcesToProto, stateName, toDate, type Resources } from "./sandbox.js";
 import { probeSocket } from "./socketprobe.js";
+import { linked } from "./background.js";
 
 /** The generated service clients, for calls the idiomatic layer does not wrap; they fail with typed errors too. */
 export interface Raw {
@@ -127,8 +128,29 @@ interface Endpoint {
   where: string;
 }
 
+/** A volume to mount, the spec's way ({ name, path, size: '10GB', persistent } or { name, path, mountExisting: true }). */
+export interface VolumeSpec {
+  name: string;
+  /** Where it is mounted (mountPath is the older spelling). */
+  path?: string;
+  mountPath?: string;
+  readOnly?: boolean;
+  /** For a volume this create makes: "10GB" (10^9 bytes), "10GiB", "512MB"; a bare number is MB. The daemon parses it. */
+  size?: string | number;
+  /** The size in MB, the older spelling; size wins. */
+  sizeMB?: number;
+  /** A volume this create makes outlives the sandbox (default: removed with it). */
+  persistent?: boolean;
+  /** The volume must exist: NOT_FOUND VOLUME_NOT_FOUND instead of making it. */
+  mountExisting?: boolean;
+}
+
+/** An inline template: built (a cache hit when built before with the same definition), then used. */
+export type TemplateSpec = TemplateDefinition & { name: string };
+
 export interface CreateOptions {
-  template?: string;
+  /** A template's name, or a definition to build first. */
+  template?: string | TemplateSpec;
   metadata?: Record<string, string>;
   /** Idle lifetime before the daemon reaps the sandbox. */
   timeoutMs?: number;
@@ -141,10 +163,12 @@ export interface CreateOptions {
   fallbackProviders?: string[];
   /** Take a never-used warm sandbox from a matching pool: undefined follows the daemon. */
   usePool?: boolean;
-  /** Start from a saved state (client.states.save) instead of the template. */
+  /** Start from a saved state (sandbox.saveState(), client.states.save) instead of the template. */
   restoreFrom?: string;
-  /** Volumes to mount; an unknown name with sizeMB makes an ephemeral one. */
-  volumes?: { name: string; mountPath: string; readOnly?: boolean; sizeMB?: number }[];
+  /** Start from an archive (sandbox.exportState()): imported, then the sandbox is the import's. */
+  importState?: Uint8Array;
+  /** Volumes to mount; a name not there yet is made (size, persistent) unless mountExisting. */
+  volumes?: VolumeSpec[];
 }
 
 export interface Event {
@@ -164,6 +188,8 @@ export interface EventsOptions {
   /** false replays what is stored and ends. */
   follow?: boolean;
   signal?: AbortSignal;
+  /** Called once each time the stream loses the daemon (before it reconnects by itself). */
+  onConnectionLost?: (err: unknown) => void;
 }
 
 export interface ListOptions {
@@ -303,6 +329,8 @@ const SOCKET_ERRORS = new Set(["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE"])
 
 /** The daemon went away (restart, crash): worth reconnecting, unlike a refused call. */
 function isConnectionLoss(err: unknown): boolean {
+  // A stream the daemon's death cut (kill -9) ends as CANCELED: the caller's own cancel is told apart by its signal.
+  if (err instanceof ConnectError) return err.code === Code.Canceled || err.code === Code.Unavailable;
   if (!(err instanceof ComputeSDKError)) return false;
   if (err.code === "UNAVAILABLE" || err.code === "ABORTED") return true;
   // connect-node reports a socket that cannot be dialled as INTERNAL, the errno down its causes.
@@ -370,29 +398,24 @@ export class Client {
   private readonly known = new Map<string, ReadonlySet<string>>();
   /** The URL dialled: http://localhost over the Unix socket, else the TCP target. */
   readonly target: string;
-  private readonly session: Http2SessionManager;
+  private session!: Http2SessionManager;
+  private inner!: Transport;
   private readonly listeners = new Map<ConnectionState, Set<() => void>>();
   private closed = false;
 
+  /** Where to dial, for reconnect(): never the token, which only the interceptor's closure holds. */
+  private readonly endpoint: Omit<Endpoint, "token">;
+  private readonly interceptors: Interceptor[];
+
   private constructor(endpoint: Endpoint) {
+    const { token, ...where } = endpoint;
+    this.endpoint = where;
+    // The token rides on every call, unary and streaming; it is kept nowhere else.
+    this.interceptors = token ? [bearer(token)] : [];
     this.target = endpoint.baseUrl;
-    const socket = endpoint.socket;
-    this.session = new Http2SessionManager(
-      endpoint.baseUrl,
-      { pingIntervalMs: 30_000 },
-      socket ? { createConnection: () => net.connect(socket) } : (endpoint.tls ?? {}),
-    );
-    const transport = typedErrors(
-      createGrpcTransport({
-        baseUrl: endpoint.baseUrl,
-        // The session manager dials (the socket, or TCP with endpoint.tls as its nodeOptions).
-        sessionManager: this.session,
-        readMaxBytes: MAX_MESSAGE,
-        writeMaxBytes: MAX_MESSAGE,
-        // The token rides on every call, unary and streaming; it is kept nowhere else.
-        interceptors: endpoint.token ? [bearer(endpoint.token)] : [],
-      }),
-    );
+    this.open();
+    // Through this.inner, so that reconnect() can open a new connection under the same raw clients.
+    const transport = typedErrors({ unary: (...args) => this.inner.unary(...args), stream: (...args) => this.inner.stream(...args) });
     this.raw = {
       sandboxes: createClient(SandboxService, transport),
       processes: createClient(ProcessService, transport),
@@ -451,10 +474,53 @@ export class Client {
     return client;
   }
 
-  /** Closes the connection; calls in flight fail. */
+  private open(): void {
+    const endpoint = this.endpoint;
+    const socket = endpoint.socket;
+    this.session = new Http2SessionManager(
+      endpoint.baseUrl,
+      { pingIntervalMs: 30_000 },
+      socket ? { createConnection: () => net.connect(socket) } : (endpoint.tls ?? {}),
+    );
+    this.inner = createGrpcTransport({
+      baseUrl: endpoint.baseUrl,
+      // The session manager dials (the socket, or TCP with endpoint.tls as its nodeOptions).
+      sessionManager: this.session,
+      readMaxBytes: MAX_MESSAGE,
+      writeMaxBytes: MAX_MESSAGE,
+      interceptors: this.interceptors,
+    });
+    this.closed = false;
+  }
+
+  /** Whether close() was called (and no reconnect() since). */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Closes the connection; calls in flight fail. reconnect() opens it again. */
   close(): void {
     this.closed = true;
     this.session.abort();
+  }
+
+  /**
+   * Waits until the daemon answers (up to timeoutMs, default 30 s), opening a
+   * new connection if this one was closed. Calls need not wait for it: they
+   * dial again by themselves.
+   */
+  async reconnect(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) this.open();
+    const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+    for (let backoff = 50; ; backoff = Math.min(backoff * 2, 1000)) {
+      try {
+        this.remember((await this.raw.providers.listProviders({}, { timeoutMs: Math.max(1, Math.min(5_000, deadline - Date.now())) })).providers);
+        return;
+      } catch (err) {
+        if (!(isConnectionLoss(err) || (err instanceof ComputeSDKError && err.code === "DEADLINE_EXCEEDED")) || Date.now() + backoff > deadline) throw err;
+      }
+      await sleep(backoff);
+    }
   }
 
   /** Connection events: 'connected', 'disconnected', 'reconnecting'. */
@@ -474,10 +540,37 @@ export class Client {
     for (const l of [...(this.listeners.get(event) ?? [])]) l();
   }
 
-  /** Creates a sandbox on provider ("" = the daemon's default) once it is ready. */
+  /**
+   * Creates a sandbox on provider ("" = the daemon's default) once it is ready.
+   * An inline template is built first (TemplateBuildError with the log's tail when
+   * that fails); importState imports the archive, whose sandbox this is.
+   */
   async create(provider = "", options: CreateOptions = {}): Promise<Sandbox> {
-    const resp = await this.raw.sandboxes.createSandbox(createRequest(provider, options));
-    return new Sandbox(this, resp.sandbox as SandboxMessage);
+    const given = createOptionsOnly(options);
+    let sandbox: Sandbox;
+    if (options.importState) {
+      sandbox = await this.states.import(options.importState, { provider, metadata: options.metadata ?? {} });
+      if (options.env && Object.keys(options.env).length) await sandbox.setEnv(options.env);
+    } else {
+      const template = typeof options.template === "object" ? await this.buildInline(provider, options.template) : (options.template ?? "");
+      const resp = await this.raw.sandboxes.createSandbox(createRequest(provider, { ...options, template }));
+      sandbox = new Sandbox(this, resp.sandbox as SandboxMessage);
+    }
+    sandbox.createOptions = given;
+    return sandbox;
+  }
+
+  private async buildInline(provider: string, spec: TemplateSpec): Promise<string> {
+    const { name, ...definition } = spec;
+    const log: string[] = [];
+    try {
+      await this.templates.build(name, definition, { provider, onEvent: (ev) => ev.type === "log" && log.push(ev.line) });
+    } catch (err) {
+      if (!(err instanceof TemplateBuildError) || log.length === 0) throw err;
+      const tail = log.slice(-20).join("\n");
+      throw new TemplateBuildError(err.message.includes(tail) ? err.message : `${err.message}\n${tail}`, err.code, err.reason, err.metadata, { cause: err });
+    }
+    return name;
   }
 
   /**
@@ -485,7 +578,8 @@ export class Client {
    * item is its typed error and does not fail the others.
    */
   async batchCreate(items: (CreateOptions & { provider?: string })[]): Promise<(Sandbox | ComputeSDKError)[]> {
-    const resp = await this.raw.sandboxes.batchCreateSandboxes({ requests: items.map((i) => createRequest(i.provider ?? "", i)) });
+    if (items.some((i) => typeof i.template === "object" || i.importState)) throw invalid("batchCreate takes template names only: build inline templates first");
+    const resp = await this.raw.sandboxes.batchCreateSandboxes({ requests: items.map((i) => createRequest(i.provider ?? "", { ...i, template: i.template as string | undefined })) });
     return resp.results.map((r) =>
       r.result.case === "sandbox" ? new Sandbox(this, r.result.value) : typedError(r.result.value?.code ?? "UNKNOWN", r.result.value?.reason ?? "", r.result.value?.message ?? ""),
     );
@@ -506,7 +600,8 @@ export class Client {
     const out: Sandbox[] = [];
     let pageToken = "";
     const states = (options.states ?? []).map((s) => {
-      const v = State[`STATE_${s.toUpperCase()}` as keyof typeof State];
+      // The generated enum drops the STATE_ prefix: State.RUNNING.
+      const v = State[s.toUpperCase().replace(/^STATE_/, "") as keyof typeof State];
       if (v === undefined) throw new ComputeSDKError(`unknown state ${s}`, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
       return v;
     });
@@ -556,6 +651,8 @@ export class Client {
     let lost = false;
     const follow = options.follow ?? true;
     for (;;) {
+      // Connect's streams ignore return(): leaving the loop early must cancel the call, or it holds the process.
+      const call = linked(options.signal);
       try {
         const stream = this.raw.events.subscribeEvents(
           {
@@ -564,9 +661,10 @@ export class Client {
             afterSequence: BigInt(last),
             noFollow: !follow,
           },
-          { signal: options.signal },
+          { signal: call.signal },
         );
         for await (const resp of stream) {
+          if (!resp.event) continue;
           if (lost) {
             lost = false;
             this.emit("connected");
@@ -581,11 +679,14 @@ export class Client {
       } catch (err) {
         if (options.signal?.aborted || this.closed) return;
         if (!isConnectionLoss(err)) throw err;
+      } finally {
+        call.abort();
       }
       if (options.signal?.aborted) return;
       if (!lost) {
         lost = true;
         this.emit("disconnected");
+        options.onConnectionLost?.(new ComputeSDKError(`lost the connection to computesdkd at ${this.endpoint.where}`, "UNAVAILABLE", "DAEMON_UNREACHABLE"));
       }
       this.emit("reconnecting");
       await sleep(backoff, options.signal);
@@ -594,7 +695,7 @@ export class Client {
   }
 }
 
-function createRequest(provider: string, o: CreateOptions) {
+function createRequest(provider: string, o: Omit<CreateOptions, "template"> & { template?: string }) {
   return {
     provider,
     template: o.template ?? "",
@@ -607,8 +708,26 @@ function createRequest(provider: string, o: CreateOptions) {
     fallbackProviders: o.fallbackProviders ?? [],
     poolPolicy: o.usePool === undefined ? PoolPolicy.UNSPECIFIED : o.usePool ? PoolPolicy.ALLOW : PoolPolicy.NEVER,
     restoreFrom: o.restoreFrom ?? "",
-    volumes: (o.volumes ?? []).map((v) => ({ name: v.name, mountPath: v.mountPath, readOnly: v.readOnly ?? false, sizeMb: BigInt(v.sizeMB ?? 0) })),
+    volumes: (o.volumes ?? []).map((v) => ({
+      name: v.name,
+      mountPath: v.path ?? v.mountPath ?? "",
+      readOnly: v.readOnly ?? false,
+      // A size string goes as given (the daemon parses it); a number is MB.
+      size: typeof v.size === "string" ? v.size : "",
+      sizeMb: BigInt(typeof v.size === "number" ? Math.ceil(v.size) : (v.sizeMB ?? 0)),
+      persistent: v.persistent ?? false,
+      mustExist: v.mountExisting ?? false,
+    })),
   };
+}
+
+const CONNECT_KEYS = ["socket", "address", "target", "token", "ca", "cert", "key", "insecure", "serverName", "timeoutMs"] as const;
+
+/** The create options without the connection's (sandbox.config must not hold a token). */
+function createOptionsOnly(o: CreateOptions & ConnectOptions): CreateOptions {
+  const out: Record<string, unknown> = { ...o };
+  for (const k of CONNECT_KEYS) delete out[k];
+  return out as CreateOptions;
 }
 
 /** Connects with the default options (or $COMPUTESDK_ADDRESS, $COMPUTESDK_SOCKET, ...: see ConnectOptions). */
@@ -616,20 +735,40 @@ export function connect(options: ConnectOptions = {}): Promise<Client> {
   return Client.connect(options);
 }
 
+// compute() and listActiveSandboxes() share one connection per set of connection
+// options. It never holds the process open: Connect unrefs an idle connection.
+const shared = new Map<string, Promise<Client>>();
+
+/** The shared connection for these options (the default one for none); made on first use. */
+export function defaultClient(options: ConnectOptions = {}): Promise<Client> {
+  const picked = Object.fromEntries(CONNECT_KEYS.filter((k) => options[k] !== undefined).map((k) => [k, String(options[k])]));
+  const env = ["COMPUTESDK_ADDRESS", "COMPUTESDK_SOCKET", "COMPUTESDK_TOKEN", "COMPUTESDK_CA", "COMPUTESDK_INSECURE"].map((k) => process.env[k] ?? "");
+  const key = JSON.stringify([picked, env]);
+  let client = shared.get(key);
+  if (client) {
+    // Someone closed the shared connection: open it again for the next user.
+    return client.then((c) => (c.isClosed ? c.reconnect().then(() => c) : c));
+  } else {
+    client = Client.connect(options);
+    shared.set(key, client);
+    // A failed connect is not kept: the next call tries again.
+    client.catch(() => shared.delete(key));
+  }
+  return client;
+}
+
 /**
  * Connects and creates a sandbox in one step, as the spec's compute() does.
- * The sandbox owns that connection: destroy() closes it.
+ * Every compute() with the same connection options shares one connection.
  */
 export async function compute(provider = "", options: CreateOptions & ConnectOptions = {}): Promise<Sandbox> {
-  const client = await Client.connect(options);
-  try {
-    const sandbox = await client.create(provider, options);
-    sandbox.ownsClient = true;
-    return sandbox;
-  } catch (err) {
-    client.close();
-    throw err;
-  }
+  const client = await defaultClient(options);
+  return client.create(provider, options);
+}
+
+/** The spec's listActiveSandboxes(): every running sandbox, over compute()'s shared connection. */
+export async function listActiveSandboxes(options: ConnectOptions = {}): Promise<Sandbox[]> {
+  return (await defaultClient(options)).listActiveSandboxes();
 }
 
 export { stateName };

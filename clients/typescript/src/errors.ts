@@ -48,6 +48,64 @@ export class PermissionDeniedError extends ComputeSDKError {}
 export class UnauthenticatedError extends ComputeSDKError {}
 export class InternalError extends ComputeSDKError {}
 
+/** What CommandExitError carries: the shape of ExecResult (sandbox.ts), kept here so errors.ts imports nothing of the client. */
+interface ExitedCommand {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  signal: number;
+  oomKilled: boolean;
+  timedOut: boolean;
+}
+
+/**
+ * A one-shot exec ended with a non-zero exit or a signal. Raised by the client,
+ * not sent by the daemon (code and reason are empty); exec(cmd, { check: false })
+ * returns the result instead. Streams (execStream, process.wait) never throw it.
+ */
+export class CommandExitError<R extends ExitedCommand = ExitedCommand> extends ComputeSDKError {
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly exitCode: number;
+  readonly signal: number;
+  readonly oomKilled: boolean;
+  /** The whole ExecResult. */
+  readonly result: R;
+
+  constructor(result: R) {
+    const how = result.signal ? `signal ${result.signal}` : `exit code ${result.exitCode}`;
+    const tail = (result.stderr || result.stdout).trim().slice(-500);
+    super(`command failed with ${how}${result.oomKilled ? " (out of memory)" : ""}${tail ? `: ${tail}` : ""}`, "", "");
+    this.result = result;
+    this.stdout = result.stdout;
+    this.stderr = result.stderr;
+    this.exitCode = result.exitCode;
+    this.signal = result.signal;
+    this.oomKilled = result.oomKilled;
+  }
+}
+
+/** Why sandbox.on('error', ...) fired. */
+export type SandboxErrorType = "out-of-memory" | "connection-lost" | "corruption" | "error";
+
+/**
+ * What sandbox.on('error', e => ...) receives: e.type says why; e.event is the
+ * daemon's event behind it (undefined for 'connection-lost', which the client sees).
+ */
+export class SandboxEventError extends Error {
+  readonly type: SandboxErrorType;
+  readonly sandboxId: string;
+  readonly event: { sequence: number; type: string; message: string; attributes: Record<string, string> } | undefined;
+
+  constructor(type: SandboxErrorType, message: string, sandboxId: string, event?: SandboxEventError["event"], options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SandboxEventError";
+    this.type = type;
+    this.sandboxId = sandboxId;
+    this.event = event;
+  }
+}
+
 type ErrorClass = new (m: string, c: string, r?: string, md?: Record<string, string>, o?: ErrorOptions) => ComputeSDKError;
 
 // Keyed by the generated enum's names (the wire's reasons), so a reason the

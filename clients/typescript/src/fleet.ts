@@ -4,9 +4,10 @@
 
 import type { Pool } from "./gen/computesdk/api/pool/v1/pool_pb.js";
 import type { Network } from "./gen/computesdk/api/network/v1/network_pb.js";
-import { codeName, ComputeSDKError, typedError } from "./errors.js";
+import { codeName, ComputeSDKError, InvalidArgumentError, typedError } from "./errors.js";
 import { Sandbox, commandToProto, resourcesToProto, resultFromParts, toDate, type CommandLine, type ExecResult, type Resources } from "./sandbox.js";
 import type { Client } from "./client.js";
+import { linked } from "./background.js";
 
 type SandboxRef = string | Sandbox;
 const idOf = (s: SandboxRef) => (typeof s === "string" ? s : s.id);
@@ -130,7 +131,16 @@ export class Groups {
 
   /** Runs command on every member at once; yields each member's outcome as it finishes. */
   async *broadcast(name: string, command: CommandLine, options: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {}): AsyncGenerator<MemberResult> {
-    for await (const resp of this.client.raw.groups.broadcast({ name, command: commandToProto(command, options) })) {
+    const call = linked(undefined);
+    try {
+      yield* this.outcomes(name, command, options, call.signal);
+    } finally {
+      call.abort(); // a caller that leaves early ends the call
+    }
+  }
+
+  private async *outcomes(name: string, command: CommandLine, options: { cwd?: string; env?: Record<string, string>; timeoutMs?: number }, signal: AbortSignal): AsyncGenerator<MemberResult> {
+    for await (const resp of this.client.raw.groups.broadcast({ name, command: commandToProto(command, options) }, { signal })) {
       const o = resp.outcome;
       if (o.case === "error") {
         const error = typedError(o.value.code, o.value.reason, o.value.message);
@@ -199,7 +209,15 @@ export class Networks {
   }
 }
 
-/** A shared network as the spec uses it: getServiceUrl(member, port?). */
+/** A hostname a member can have: a DNS label, as the daemon requires. */
+const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * A shared network as the spec uses it. A member's name, which the others
+ * resolve, is its env SERVICE_NAME (set at create or later with setEnv), else
+ * its metadata "service", else metadata "name", else the name given in
+ * createSharedNetwork({ name: sandbox }), else its id; the daemon keeps it live.
+ */
 export class SharedNetwork {
   constructor(
     private readonly client: Client,
@@ -210,8 +228,27 @@ export class SharedNetwork {
     return this.info.name;
   }
 
-  getServiceUrl(member: string, port = 80): Promise<string> {
+  /**
+   * The URL members use for service's port, "http://api:80": computed here, no
+   * call, so it is valid before any member has that name. resolveServiceUrl checks.
+   */
+  getServiceUrl(service: string, port = 80): string {
+    const host = service.toLowerCase();
+    if (!SERVICE_NAME.test(host)) throw new InvalidArgumentError(`service names are DNS labels (a-z, 0-9, '-', at most 63), not ${JSON.stringify(service.slice(0, 70))}`, "INVALID_ARGUMENT", "INVALID_HOSTNAME");
+    if (!Number.isInteger(port) || port <= 0 || port >= 65536) throw new InvalidArgumentError(`bad port ${port}`, "INVALID_ARGUMENT", "INVALID_PORT");
+    return `http://${host}:${port}`;
+  }
+
+  /** The URL of a member (by name or sandbox id) as the daemon has it now: NOT_FOUND MEMBER_NOT_FOUND when none has that name. */
+  resolveServiceUrl(member: string, port = 80): Promise<string> {
     return this.client.networks.getServiceUrl(this.info.name, member, port);
+  }
+
+  /** The network as it is now, with each member's current name. */
+  async refresh(): Promise<NetworkInfo> {
+    const info = await this.client.networks.get(this.info.name);
+    Object.assign(this.info, info);
+    return info;
   }
 
   delete(): Promise<void> {
@@ -270,8 +307,10 @@ export class Channels {
 
   /** Every unacknowledged message, then new ones; ack() them as they are handled. */
   async *subscribe(channel: string, member: SandboxRef, options: { signal?: AbortSignal } = {}): AsyncGenerator<Message> {
+    // Aborted when the caller leaves early: Connect's streams ignore return().
+    const call = linked(options.signal);
     try {
-      for await (const resp of this.client.raw.messaging.subscribe({ channel, member: idOf(member) }, { signal: options.signal })) {
+      for await (const resp of this.client.raw.messaging.subscribe({ channel, member: idOf(member) }, { signal: call.signal })) {
         const m = resp.message!;
         yield {
           sequence: Number(m.sequence),
@@ -287,6 +326,8 @@ export class Channels {
       }
     } catch (err) {
       if (!options.signal?.aborted) throw err;
+    } finally {
+      call.abort();
     }
   }
 

@@ -6,9 +6,10 @@ import { State, type Resources as ResourcesMessage, type Sandbox as SandboxMessa
 import { CommandSchema, ExecRequestSchema, ExecStartSchema, type Command as CommandMessage, type ExecRequest, type Exited, type Process as ProcessMessage } from "./gen/computesdk/api/process/v1/process_pb.js";
 import { FileType, WriteFileFinishSchema, WriteFileHeaderSchema, WriteFileRequestSchema, type FileInfo as FileInfoMessage, type WriteFileRequest } from "./gen/computesdk/api/filesystem/v1/filesystem_pb.js";
 import type { CheckHealthResponse, Usage as UsageMessage } from "./gen/computesdk/api/monitoring/v1/monitoring_pb.js";
-import { ComputeSDKError } from "./errors.js";
-import { Snapshots } from "./state.js";
-import type { Client, ConnectionState, Event } from "./client.js";
+import { CommandExitError, ComputeSDKError, SandboxEventError, type SandboxErrorType } from "./errors.js";
+import { Snapshots, type SnapshotInfo } from "./state.js";
+import { callSafely, linked, report } from "./background.js";
+import type { Client, ConnectionState, CreateOptions, Event } from "./client.js";
 
 /** The largest stdin or file piece sent in one message. */
 const CHUNK = 1024 * 1024;
@@ -78,15 +79,23 @@ export interface ExecOptions {
   stdin?: string | Uint8Array;
   /** Keep stdin open for sendStdin() / writeStdin(). */
   interactive?: boolean;
+  /** Called with each piece of output, decoded as UTF-8 across chunk boundaries. */
   onStdout?: (text: string) => void;
   onStderr?: (text: string) => void;
   signal?: AbortSignal;
+  /**
+   * exec() only: false returns the result of a command that exits non-zero or is
+   * killed by a signal; by default (true) it rejects with CommandExitError.
+   * A timeout is not a failure here: the result says timedOut.
+   */
+  check?: boolean;
 }
 
 export interface OutputChunk {
   stream: "stdout" | "stderr";
   data: Uint8Array;
   offset: number;
+  /** data as text; a UTF-8 character split across chunks is whole in the chunk it ends in. */
   readonly text: string;
 }
 
@@ -114,15 +123,21 @@ export function commandToProto(command: CommandLine, o: ExecOptions): CommandMes
   });
 }
 
-function chunk(stream: "stdout" | "stderr", data: Uint8Array, offset: bigint): OutputChunk {
-  return {
-    stream,
-    data,
-    offset: Number(offset),
-    get text() {
-      return decoder.decode(this.data);
-    },
-  };
+/** One streaming UTF-8 decoder per stream, so a character split across chunks decodes whole. */
+class StreamDecoders {
+  private readonly out = new TextDecoder();
+  private readonly err = new TextDecoder();
+
+  chunk(stream: "stdout" | "stderr", data: Uint8Array, offset: bigint): OutputChunk {
+    const text = (stream === "stdout" ? this.out : this.err).decode(data, { stream: true });
+    return { stream, data, offset: Number(offset), text };
+  }
+}
+
+/** Throws CommandExitError for a failed one-shot exec unless options.check is false. */
+export function checked(result: ExecResult, options: { check?: boolean }): ExecResult {
+  if (options.check !== false && !result.timedOut && (result.exitCode !== 0 || result.signal !== 0)) throw new CommandExitError(result);
+  return result;
 }
 
 export function resultFromParts(out: Uint8Array[], err: Uint8Array[], ex: Exited, processId: string): ExecResult {
@@ -211,13 +226,14 @@ export class ExecStream implements AsyncIterable<OutputChunk> {
     this.consumed = true;
     try {
       const responses = this.sandbox.client.raw.processes.exec(this.requests, { signal: this.abort.signal });
+      const decoders = new StreamDecoders();
       for await (const resp of responses) {
         const ev = resp.event;
         if (ev.case === "started") {
           this.processId = ev.value.processId;
           this.pid = ev.value.pid;
         } else if (ev.case === "stdout" || ev.case === "stderr") {
-          yield chunk(ev.case, ev.value.data, ev.value.offset);
+          yield decoders.chunk(ev.case, ev.value.data, ev.value.offset);
         } else if (ev.case === "exited") {
           this.exited = ev.value;
         }
@@ -256,6 +272,8 @@ export class Process {
   /** Output from these offsets (0, 0 replays it all) until the process ends. */
   async *attach(options: { stdoutOffset?: number; stderrOffset?: number; signal?: AbortSignal } = {}): AsyncGenerator<OutputChunk, Exited | undefined> {
     let exited: Exited | undefined;
+    // Aborted when the caller leaves early: Connect's streams ignore return().
+    const call = linked(options.signal);
     const stream = this.sandbox.client.raw.processes.attachProcess(
       {
         sandboxId: this.sandbox.id,
@@ -263,12 +281,17 @@ export class Process {
         stdoutOffset: BigInt(options.stdoutOffset ?? 0),
         stderrOffset: BigInt(options.stderrOffset ?? 0),
       },
-      { signal: options.signal },
+      { signal: call.signal },
     );
-    for await (const resp of stream) {
-      const ev = resp.event;
-      if (ev.case === "stdout" || ev.case === "stderr") yield chunk(ev.case, ev.value.data, ev.value.offset);
-      else if (ev.case === "exited") exited = ev.value;
+    const decoders = new StreamDecoders();
+    try {
+      for await (const resp of stream) {
+        const ev = resp.event;
+        if (ev.case === "stdout" || ev.case === "stderr") yield decoders.chunk(ev.case, ev.value.data, ev.value.offset);
+        else if (ev.case === "exited") exited = ev.value;
+      }
+    } finally {
+      call.abort();
     }
     return exited;
   }
@@ -417,11 +440,12 @@ export interface SandboxStatus {
   usage: { memoryUsedBytes: number; memoryLimitBytes: number; processCount: number; cpuTimeNs: number; diskUsedBytes: number; diskLimitBytes: number } | undefined;
 }
 
+/** The one shape of resource figures (getResourceUsage() and monitor 'metrics'), the same in every client. MB are MiB. */
 export interface Usage {
   sampledAt: Date | undefined;
   cpu: { percent: number };
-  memory: { usedMB: number; totalMB: number; usedBytes: number; limitBytes: number };
-  disk: { usedMB: number; totalMB: number; usedBytes: number; limitBytes: number };
+  memory: { usedMB: number; totalMB: number; percent: number; usedBytes: number; limitBytes: number };
+  disk: { usedMB: number; totalMB: number; percent: number; usedBytes: number; limitBytes: number };
   network: { rxBytes: number; txBytes: number; available: boolean };
   processCount: number;
 }
@@ -430,11 +454,12 @@ const MB = 1024 * 1024;
 
 function usage(u: UsageMessage | undefined): Usage {
   const n = (v: bigint | undefined) => Number(v ?? 0n);
+  const figures = (used: number, limit: number) => ({ usedMB: used / MB, totalMB: limit / MB, percent: limit > 0 ? (100 * used) / limit : 0, usedBytes: used, limitBytes: limit });
   return {
     sampledAt: toDate(u?.sampleTime),
     cpu: { percent: u?.cpuPercent ?? 0 },
-    memory: { usedMB: n(u?.memoryUsedBytes) / MB, totalMB: n(u?.memoryLimitBytes) / MB, usedBytes: n(u?.memoryUsedBytes), limitBytes: n(u?.memoryLimitBytes) },
-    disk: { usedMB: n(u?.diskUsedBytes) / MB, totalMB: n(u?.diskLimitBytes) / MB, usedBytes: n(u?.diskUsedBytes), limitBytes: n(u?.diskLimitBytes) },
+    memory: figures(n(u?.memoryUsedBytes), n(u?.memoryLimitBytes)),
+    disk: figures(n(u?.diskUsedBytes), n(u?.diskLimitBytes)),
     network: { rxBytes: n(u?.networkRxBytes), txBytes: n(u?.networkTxBytes), available: u?.hasNetwork ?? false },
     processCount: u?.processCount ?? 0,
   };
@@ -453,25 +478,32 @@ export class Monitor implements AsyncIterable<Usage> {
   ) {}
 
   async *[Symbol.asyncIterator](): AsyncIterator<Usage> {
+    const call = linked(this.abort.signal);
     try {
       const stream = this.sandbox.client.raw.monitoring.monitor(
         { sandboxId: this.sandbox.id, intervalMs: this.options.interval ?? 1000, metrics: this.options.metrics ?? [] },
-        { signal: this.abort.signal },
+        { signal: call.signal },
       );
       for await (const resp of stream) yield usage(resp.usage);
     } catch (err) {
       if (!this.abort.signal.aborted) throw err;
+    } finally {
+      call.abort();
     }
   }
 
-  on(event: "metrics" | "error", listener: (value: never) => void): this {
+  /** 'metrics' gets each sample; 'error' the error that ended the stream (logged when nothing listens). */
+  on(event: "metrics", listener: (metrics: Usage) => void): this;
+  on(event: "error", listener: (error: unknown) => void): this;
+  on(event: "metrics" | "error", listener: ((metrics: Usage) => void) | ((error: unknown) => void)): this {
     if (event === "metrics") this.listeners.push(listener as (u: Usage) => void);
     else this.errorListeners.push(listener as (e: unknown) => void);
     this.pump ??= (async () => {
       try {
-        for await (const u of this) for (const l of this.listeners) l(u);
+        for await (const u of this) for (const l of this.listeners) callSafely(l, u);
       } catch (err) {
-        for (const l of this.errorListeners) l(err);
+        if (this.errorListeners.length === 0) report("monitor stopped", err);
+        for (const l of this.errorListeners) callSafely(l, err);
       }
     })();
     return this;
@@ -483,19 +515,53 @@ export class Monitor implements AsyncIterable<Usage> {
   }
 }
 
-type Listener = (event: Event) => void;
+/** What on('resourceAlert', ...) receives: the spec's { type, current, threshold } (percentages), and the event. */
+export interface ResourceAlert {
+  type: "cpu" | "memory" | "disk";
+  current: number;
+  threshold: number;
+  message: string;
+  sequence: number;
+  sandboxId: string;
+  attributes: Record<string, string>;
+}
+
+/** The create options as given (connection options left out), with resources filled from the sandbox's. */
+export type SandboxConfig = Omit<CreateOptions, "resources"> & { resources: Resources };
+
+type Listener = (event: never) => unknown;
 
 const CONNECTION_EVENTS = new Set(["connected", "disconnected", "reconnecting"]);
+// Daemon events that on('error', ...) also receives, as a SandboxEventError of this type.
+const ERROR_EVENTS: Record<string, SandboxErrorType> = { "out-of-memory": "out-of-memory", corruption: "corruption", error: "error" };
+
+function resourceAlert(ev: Event): ResourceAlert {
+  const a = ev.attributes;
+  return {
+    type: (a.type ?? "") as ResourceAlert["type"],
+    current: Number.parseFloat(a.current ?? "") || 0,
+    threshold: Number.parseFloat(a.threshold ?? a.percent ?? "") || 0,
+    message: ev.message,
+    sequence: ev.sequence,
+    sandboxId: ev.sandboxId,
+    attributes: a,
+  };
+}
 
 /** A handle to one sandbox. */
 export class Sandbox {
-  /** Set by compute(): destroy() then closes the connection too. */
+  /** destroy() closes the connection too (compute() shares one connection and leaves this false). */
   ownsClient = false;
   readonly files: Files;
   readonly snapshots: Snapshots;
+  /** The create options as given, when this handle came from create (see config). */
+  createOptions: CreateOptions = {};
   private readonly listeners = new Map<string, Listener[]>();
   private listening: AbortController | undefined;
   private listener: Promise<void> | undefined;
+  /** The last event listeners saw: a new stream resumes after it. */
+  private lastSequence = 0;
+  private sawDestroyed = false;
 
   constructor(
     readonly client: Client,
@@ -520,14 +586,32 @@ export class Sandbox {
   get metadata(): Record<string, string> {
     return { ...this.info.metadata };
   }
+  /** The effective resources (capped at the host); requestedResources says what was asked when it differs. */
+  get resources(): Resources {
+    return resourcesFromProto(this.info.resources);
+  }
+  /** What the last create, scale or limit change asked for, when the daemon capped it or a change waits for a restart; else undefined. */
+  get requestedResources(): Resources | undefined {
+    return this.info.requestedResources && resourcesFromProto(this.info.requestedResources);
+  }
+  /** The create options as given, with resources always present: sandbox.config.resources.memoryMB * 2 works. */
+  get config(): SandboxConfig {
+    const given = this.createOptions;
+    return { ...given, template: typeof given.template === "object" ? given.template : this.template, resources: { ...this.resources, ...(given.resources ?? {}) } };
+  }
 
   // ------------------------------------------------------------ commands
 
-  /** Runs a command to completion. A string goes through /bin/sh -c; an array is the argv. */
+  /**
+   * Runs a command to completion. A string goes through /bin/sh -c; an array is the argv.
+   * A non-zero exit or a signal rejects with CommandExitError (its result is
+   * e.result) unless options.check is false.
+   */
   async exec(command: CommandLine, options: ExecOptions = {}): Promise<ExecResult> {
     const quick = options.stdin === undefined && !options.interactive && !options.onStdout && !options.onStderr;
-    if (quick && (await this.client.capabilities(this.provider)).has(EXEC_RESUME)) return this.runCommand(command, options);
-    return new ExecStream(this, command, options).wait();
+    const result =
+      quick && (await this.client.capabilities(this.provider)).has(EXEC_RESUME) ? await this.runCommand(command, options) : await new ExecStream(this, command, options).wait();
+    return checked(result, options);
   }
 
   /** One unary call; output past what fits inline is read on with attach from where it stopped. */
@@ -602,6 +686,18 @@ export class Sandbox {
     }
   }
 
+  /**
+   * After a lost connection: waits for the daemon (re-opening the connection if it
+   * was closed), re-reads the sandbox and resumes the on() listeners after the last
+   * event they saw.
+   */
+  async reconnect(options: { timeoutMs?: number } = {}): Promise<this> {
+    await this.client.reconnect(options);
+    await this.refresh();
+    if (this.listeners.size > 0 && !this.listening && !this.sawDestroyed) this.listen();
+    return this;
+  }
+
   async clone(options: { provider?: string; template?: string; env?: Record<string, string>; resources?: Resources } = {}): Promise<Sandbox> {
     const resp = await this.client.raw.sandboxes.cloneSandbox({
       sandboxId: this.id,
@@ -643,6 +739,7 @@ export class Sandbox {
 
   /** Stops every process and starts again: same id and files, or a new template's files. */
   async restart(options: { template?: string; env?: Record<string, string>; resources?: Resources } = {}): Promise<void> {
+    if (options.resources) this.createOptions = { ...this.createOptions, resources: { ...this.createOptions.resources, ...options.resources } };
     const resp = await this.client.raw.sandboxes.restartSandbox({
       sandboxId: this.id,
       template: options.template ?? "",
@@ -652,9 +749,35 @@ export class Sandbox {
     this.info = resp.sandbox!;
   }
 
-  /** Saves files, template, env and resources; returns the state id. */
+  /** Saves files, template, env and resources; returns the state id (compute(p, { restoreFrom: id })). */
   async saveState(name = ""): Promise<string> {
     return (await this.client.states.save(this, name)).id;
+  }
+
+  /** The sandbox as it is now, as a portable archive: compute(p, { importState: data }) starts from it. */
+  async exportState(): Promise<Uint8Array> {
+    const pieces: Uint8Array[] = [];
+    for await (const piece of this.client.states.export({ sandbox: this })) pieces.push(piece);
+    return concat(pieces);
+  }
+
+  // The spec's names for sandbox.snapshots.*.
+
+  /** Snapshots the files; returns the snapshot's id. */
+  async createSnapshot(options: { name?: string; description?: string } = {}): Promise<string> {
+    return (await this.snapshots.create(options.name ?? "", { description: options.description ?? "" })).id;
+  }
+
+  listSnapshots(): Promise<SnapshotInfo[]> {
+    return this.snapshots.list();
+  }
+
+  restoreSnapshot(snapshot: SnapshotInfo | string): Promise<void> {
+    return this.snapshots.restore(snapshot);
+  }
+
+  deleteSnapshot(snapshot: SnapshotInfo | string): Promise<void> {
+    return this.snapshots.delete(snapshot);
   }
 
   /** Gives a sandbox acquired from a pool back to it. */
@@ -686,11 +809,13 @@ export class Sandbox {
       memoryMb: BigInt(limits.memoryMB ?? 0),
       diskMb: BigInt(limits.diskMB ?? 0),
     });
+    if (resp.resources) this.info.resources = resp.resources;
     return resourcesFromProto(resp.resources);
   }
 
   async scale(options: { cpuCores?: number; memoryMB?: number }): Promise<Resources> {
     const resp = await this.client.raw.monitoring.scale({ sandboxId: this.id, cpuCores: options.cpuCores ?? 0, memoryMb: BigInt(options.memoryMB ?? 0) });
+    if (resp.resources) this.info.resources = resp.resources;
     return resourcesFromProto(resp.resources);
   }
 
@@ -724,8 +849,13 @@ export class Sandbox {
     });
   }
 
-  /** Built-in checks (agent, exec, disk, memory) and every registered one. */
-  async healthCheck(): Promise<CheckHealthResponse> {
+  /** True when every check passes (the built-in ones and those registered); healthReport() says which. */
+  async healthCheck(): Promise<boolean> {
+    return (await this.healthReport()).healthy;
+  }
+
+  /** Built-in checks (agent, exec, disk, memory) and every registered one, each with its result. */
+  async healthReport(): Promise<CheckHealthResponse> {
     return this.client.raw.monitoring.checkHealth({ sandboxId: this.id });
   }
 
@@ -740,33 +870,67 @@ export class Sandbox {
   // ------------------------------------------------------------ events
 
   /**
-   * Calls listener for this sandbox's events: 'created', 'ready', 'error',
-   * 'destroyed', 'process.started', 'process.exited', 'out-of-memory',
-   * 'resourceAlert', ...; and for the connection's 'connected', 'disconnected'
-   * and 'reconnecting'. Past events are replayed, so 'ready' is seen after create.
+   * Calls listener for this sandbox's events: 'created', 'ready', 'destroyed',
+   * 'process.started', 'process.exited', 'out-of-memory', ... with the Event;
+   * 'resourceAlert' with a ResourceAlert ({ type, current, threshold });
+   * 'error' with a SandboxEventError whose type is 'out-of-memory',
+   * 'corruption', 'error' (the daemon's events) or 'connection-lost' (once per
+   * lost connection); and the connection's 'connected', 'disconnected' and
+   * 'reconnecting'. Past events are replayed, so 'ready' is seen after create.
+   * The stream survives daemon restarts and resumes by event number. A listener
+   * that throws or rejects is reported on stderr; it never ends the process.
    */
-  on(event: string, listener: Listener | (() => void)): this {
+  on(event: "resourceAlert", listener: (alert: ResourceAlert) => unknown): this;
+  on(event: "error", listener: (error: SandboxEventError) => unknown): this;
+  on(event: ConnectionState, listener: () => unknown): this;
+  on(event: string, listener: (event: Event) => unknown): this;
+  on(event: string, listener: ((arg: never) => unknown) | (() => unknown)): this {
     if (CONNECTION_EVENTS.has(event)) {
-      this.client.on(event as ConnectionState, listener as () => void);
+      this.client.on(event as ConnectionState, () => callSafely(listener as () => unknown, undefined));
       return this;
     }
     const list = this.listeners.get(event) ?? [];
     list.push(listener as Listener);
     this.listeners.set(event, list);
-    if (!this.listening) {
-      const ctl = (this.listening = new AbortController());
-      this.listener = (async () => {
-        try {
-          for await (const ev of this.client.events({ sandboxIds: [this.id], signal: ctl.signal })) {
-            for (const l of [...(this.listeners.get(ev.type) ?? [])]) l(ev);
-            if (ev.type === "destroyed") return;
-          }
-        } catch {
-          // The stream ends with the client; nothing is left to tell.
-        }
-      })();
-    }
+    if (!this.listening && !this.sawDestroyed) this.listen();
     return this;
+  }
+
+  private emitTo(event: string, arg: unknown): void {
+    for (const l of [...(this.listeners.get(event) ?? [])]) callSafely(l as (a: unknown) => unknown, arg);
+  }
+
+  private dispatch(ev: Event): void {
+    // on('error') listeners get the typed error, the daemon's own 'error' event included.
+    if (ev.type !== "error") this.emitTo(ev.type, ev.type === "resourceAlert" ? resourceAlert(ev) : ev);
+    const kind = ERROR_EVENTS[ev.type];
+    if (kind) {
+      const { sequence, type, message, attributes } = ev;
+      const text = message || (kind === "out-of-memory" ? "a process ran out of memory" : `${ev.type} event`);
+      this.emitTo("error", new SandboxEventError(kind, text, this.id, { sequence, type, message, attributes }));
+    }
+  }
+
+  private listen(): void {
+    const ctl = (this.listening = new AbortController());
+    const lost = (err: unknown) =>
+      this.emitTo("error", new SandboxEventError("connection-lost", `lost the connection to computesdkd: ${err instanceof Error ? err.message : String(err)}`, this.id, undefined, { cause: err }));
+    this.listener = (async () => {
+      try {
+        for await (const ev of this.client.events({ sandboxIds: [this.id], after: this.lastSequence, signal: ctl.signal, onConnectionLost: lost })) {
+          this.lastSequence = ev.sequence;
+          this.dispatch(ev);
+          if (ev.type === "destroyed") {
+            this.sawDestroyed = true;
+            return;
+          }
+        }
+      } catch (err) {
+        if (!ctl.signal.aborted) report(`events of ${this.id} stopped`, err);
+      } finally {
+        if (this.listening === ctl) this.listening = undefined;
+      }
+    })();
   }
 
   /** This sandbox's events as an async iterator (see Client.events). */

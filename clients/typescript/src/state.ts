@@ -4,6 +4,7 @@ import { create } from "@bufbuild/protobuf";
 import { ImportStateRequestSchema, type ImportStateRequest, type Snapshot, type State } from "./gen/computesdk/api/snapshot/v1/snapshot_pb.js";
 import type { Volume } from "./gen/computesdk/api/volume/v1/volume_pb.js";
 import type { Client } from "./client.js";
+import { linked } from "./background.js";
 // A cycle (sandbox.ts uses Snapshots) that ESM resolves: neither module uses
 // the other's classes before both are loaded.
 import { Sandbox, toDate } from "./sandbox.js";
@@ -122,7 +123,12 @@ export class States {
       "stateId" in source
         ? { source: { case: "stateId" as const, value: source.stateId } }
         : { source: { case: "sandboxId" as const, value: typeof source.sandbox === "string" ? source.sandbox : source.sandbox.id } };
-    for await (const resp of this.client.raw.snapshots.exportState(req)) yield resp.data;
+    const call = linked(undefined);
+    try {
+      for await (const resp of this.client.raw.snapshots.exportState(req, { signal: call.signal })) yield resp.data;
+    } finally {
+      call.abort(); // a caller that stops reading early ends the call
+    }
   }
 
   /** Creates a sandbox from an archive that export() wrote. */

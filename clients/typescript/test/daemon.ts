@@ -45,6 +45,8 @@ export class Daemon {
   /** The admin token of the tenant, once started over TCP. */
   token = "";
   private proc: ChildProcess | undefined;
+  /** Set by tracked() when a test body failed. */
+  failed = false;
 
   constructor(options: DaemonOptions = {}) {
     // Sandboxes' unprivileged init must traverse to what the daemon makes here.
@@ -132,13 +134,32 @@ export class Daemon {
     if (this.listen !== "socket" && !this.token) this.token = await this.createToken("admin");
   }
 
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
+    return this.end("SIGTERM");
+  }
+
+  /** kill -9: no shutdown at all, as a crash. */
+  kill9(): Promise<void> {
+    return this.end("SIGKILL");
+  }
+
+  private async end(signal: NodeJS.Signals): Promise<void> {
     const proc = this.proc;
     if (!proc || proc.exitCode !== null) return;
     const exited = new Promise((r) => proc.once("exit", r));
-    proc.kill("SIGTERM");
+    proc.kill(signal);
     await exited;
     this.proc = undefined;
+  }
+
+  /** Runs a test's body; a failure keeps the daemon's root and prints its log at shutdown(this.failed). */
+  async tracked(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      this.failed = true;
+      throw err;
+    }
   }
 
   async restart(): Promise<void> {

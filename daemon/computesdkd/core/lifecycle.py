@@ -275,9 +275,19 @@ class Lifecycle:
         async with self._registry.lock(sandbox_id):
             sb, provider = self._registry.running(sandbox_id)
             with bound_contextvars(sandbox_id=sandbox_id):
+                held_before = holding = sb.resources
                 if resources is not None:
+                    expected = provider.expected_resources(resources)
                     for admit in self.limit_admission:
-                        admit(sb, provider.expected_resources(resources))
+                        admit(sb, expected)
+                    # Quotas count what a sandbox holds: while it restarts, the more
+                    # of the old and the new, so that no create slips in between.
+                    sb.resources = holding = replace(
+                        held_before,
+                        cpu_cores=max(held_before.cpu_cores, expected.cpu_cores),
+                        memory_mb=max(held_before.memory_mb, expected.memory_mb),
+                        disk_mb=max(held_before.disk_mb, expected.disk_mb),
+                    )
                 new_template = bool(template) and template != sb.spec.template
                 before = sb.spec
                 sb.spec = replace(
@@ -295,8 +305,10 @@ class Lifecycle:
                         ),
                     )
                 except ComputeError:
-                    sb.spec = before
+                    sb.spec, sb.resources = before, held_before
                     raise
+                if sb.resources is holding:  # a provider that keeps its limits as they were
+                    sb.resources = held_before
                 self._registry.save(sb)
                 self._bus.emit(
                     sandbox_id,
@@ -324,7 +336,7 @@ class Lifecycle:
     async def set_limits(
         self, sandbox_id: str, *, cpu_cores: float = 0.0, memory_mb: int = 0, disk_mb: int = 0
     ) -> Resources:
-        if cpu_cores < 0:
+        if not cpu_cores >= 0:  # NaN too
             raise InvalidArgument("cpu must not be negative", reason="INVALID_RESOURCES")
         sb, provider = self._registry.running(sandbox_id)
         with bound_contextvars(sandbox_id=sandbox_id):
@@ -335,6 +347,9 @@ class Lifecycle:
                 memory_mb=memory_mb or before.memory_mb,
                 disk_mb=disk_mb or before.disk_mb,
             )
+            # Quotas count what the provider will give (a request above the host
+            # is capped at it), not what was asked.
+            wanted = provider.expected_resources(wanted)
             for admit in self.limit_admission:
                 admit(sb, wanted)
             sb.resources = await require(provider, caps.LiveLimits, "live limits").set_limits(

@@ -62,6 +62,8 @@ class Processes:
         self._bus = bus
         self._tasks = tasks
         self._oom_seen: dict[str, int] = {}
+        # Per (sandbox, process): the sandbox's OOM kill count known when it started.
+        self._oom_at_start: dict[tuple[str, str], int] = {}
 
     async def exec(
         self, sandbox_id: str, command: Command
@@ -164,6 +166,8 @@ class Processes:
 
     def forget_oom(self, sandbox_id: str) -> None:
         self._oom_seen.pop(sandbox_id, None)
+        for key in [k for k in self._oom_at_start if k[0] == sandbox_id]:
+            del self._oom_at_start[key]
 
     def check_oom(self, sb: Sandbox, kills: int) -> bool:
         """Emits out-of-memory when the kill count grew; True if it did."""
@@ -202,17 +206,26 @@ class Processes:
 
     def _started(self, sb: Sandbox, ev: Started) -> None:
         metrics.EXECS.labels(sb.spec.provider).inc()
+        self._oom_at_start[(sb.id, ev.process_id)] = self._oom_seen.get(sb.id, 0)
         self._store.processes.add(sb.id, ev.process_id)
         self._bus.emit(sb.id, events.PROCESS_STARTED, process_id=ev.process_id, pid=str(ev.pid))
 
     async def _exited(
         self, sb: Sandbox, provider: Provider, process_id: str, status: ExitStatus
     ) -> ExitStatus:
+        at_start = self._oom_at_start.pop((sb.id, process_id), self._oom_seen.get(sb.id, 0))
         if self._registry.find(sb.id) is None:
             return status  # the sandbox is gone, and its rows with it
-        if status.signal == 9:
+        # The OOM killer counts kills per sandbox (its cgroup), not per process: a
+        # process ended by SIGKILL, itself or (through `sh -c`) its child, so that
+        # it exits 137, was OOM-killed when the sandbox's count grew while it ran.
+        # With processes running side by side, one that another's OOM kill happened
+        # under and that was SIGKILLed in that time is reported OOM-killed too.
+        if status.signal == 9 or (status.signal == 0 and status.exit_code == 128 + 9):
             with contextlib.suppress(ComputeError):
-                if self.check_oom(sb, (await provider.probe(sb)).oom_kills):
+                kills = (await provider.probe(sb)).oom_kills
+                self.check_oom(sb, kills)  # the event, once per kill, whoever sees it first
+                if kills > at_start:
                     status = replace(status, oom_killed=True)
         if self._store.processes.set_exit(sb.id, process_id, status):
             self._bus.emit(

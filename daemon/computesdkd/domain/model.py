@@ -32,8 +32,14 @@ class VolumeMount:
     name: str
     mount_path: str
     read_only: bool = False
-    # Makes the volume (ephemeral, this size) when it does not exist yet.
+    # Makes the volume (this size) when it does not exist yet; `size` is the
+    # same as a string ("10GB", "10GiB"), parsed by features/volumes.py.
     size_mb: int = 0
+    size: str = ""
+    # For a volume this create makes: it outlives the sandbox.
+    persistent: bool = False
+    # The volume must exist already (the spec's mountExisting).
+    must_exist: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,9 @@ class Sandbox:
     started_at: float = 0.0
     # Limits in force, as the provider resolved them (spec.resources is what was asked).
     resources: Resources = field(default_factory=Resources)
+    # What the last create, scale or limit change asked for, when the provider
+    # capped it at the host; empty when nothing was capped.
+    requested: Resources = field(default_factory=Resources)
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,8 @@ class TemplateDefinition:
     env: dict[str, str] = field(default_factory=dict)
     setup: tuple[str, ...] = ()
     description: str = ""
+    # What installs `packages`: "", "auto", "apt", "pip", "npm".
+    package_manager: str = ""
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,10 @@ def spec_from(req: sb_pb.CreateSandboxRequest, tenant: str) -> SandboxSpec:
         pool_policy=int(req.pool_policy),
         restore_from=req.restore_from,
         volumes=tuple(
-            VolumeMount(v.name, v.mount_path, v.read_only, v.size_mb) for v in req.volumes
+            VolumeMount(
+                v.name, v.mount_path, v.read_only, v.size_mb, v.size, v.persistent, v.must_exist
+            )
+            for v in req.volumes
         ),
         ports=tuple(req.ports),
     )
@@ -89,6 +92,7 @@ def sandbox_to(sb: Sandbox) -> sb_pb.Sandbox:
         resources=resources_to(sb.resources),
         provider_sandbox_id=sb.provider_sandbox_id,
         error_message=sb.error_message,
+        requested_resources=resources_to(sb.requested) if sb.requested != Resources() else None,
     )
 
 

@@ -72,7 +72,7 @@ NOT_REFS = {
     "sandbox.v1.CreateSandboxRequest": {"provider", "metadata", "env", "request_id"}
     | {"fallback_providers"},
     "sandbox.v1.GpuSpec": {"type"},
-    "sandbox.v1.VolumeMount": {"mount_path"},
+    "sandbox.v1.VolumeMount": {"mount_path", "size"},
     "sandbox.v1.ListSandboxesRequest": {"page_token", "metadata", "provider"},
     "sandbox.v1.CloneSandboxRequest": {"provider", "env"},
     "sandbox.v1.MigrateSandboxRequest": {"provider", "env_mapping"},
@@ -117,7 +117,13 @@ NOT_REFS = {
     "snapshot.v1.SaveStateRequest": {"name"},
     "snapshot.v1.ImportStateHeader": {"provider", "metadata"},
     "template.v1.BuildTemplateRequest": {"provider"},
-    "template.v1.TemplateDefinition": {"packages", "env", "setup", "description"},
+    "template.v1.TemplateDefinition": {
+        "packages",
+        "env",
+        "setup",
+        "description",
+        "package_manager",
+    },
     "template.v1.GetTemplateRequest": {"provider"},
     "template.v1.ListTemplatesRequest": {"provider"},
     "template.v1.DeleteTemplateRequest": {"provider"},
@@ -222,10 +228,10 @@ def names_things(msg: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
 
 def makes(holder: Message, field: str) -> bool:
     """Whether a reference makes the thing it names when that is free: a create's
-    name, or a volume mount that gives a size."""
+    name, or a volume mount unless it must find an existing volume (mountExisting)."""
     short = short_name(holder)
     if short == "sandbox.v1.VolumeMount":
-        return field == "name" and bool(holder.size_mb)  # type: ignore[attr-defined]
+        return field == "name" and not holder.must_exist  # type: ignore[attr-defined]
     return field == "name" and short in CREATES
 
 

@@ -11,6 +11,7 @@ the same reason and message), so ids and names leak nothing. What the admin made
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -44,6 +45,7 @@ from computesdkd.edge.references import (
     refs,
     short_name,
 )
+from computesdkd.providers.common.templates import local_base
 
 
 class Tenancy:
@@ -74,7 +76,7 @@ class Tenancy:
         fresh: list[tuple[str, str]] = []
         named = False
         if not caller.admin and short_name(msg) == "template.v1.BuildTemplateRequest":
-            self._check_base(msg.definition.base_image)  # type: ignore[attr-defined]
+            self._check_base(msg.definition)  # type: ignore[attr-defined]
         # Sandboxes first: any not the caller's, missing or another's, answers the
         # same, before a named thing can; so which of two is reported tells nothing.
         found = sorted(refs(msg), key=lambda r: r[0] != SANDBOX)
@@ -220,22 +222,33 @@ class Tenancy:
 
     # ------------------------------------------------------------ helpers
 
-    def _check_base(self, ref: str) -> None:
+    def _check_base(self, definition: Any) -> None:
         """A tenant builds on a template, or on a registry the daemon allows: never on
-        the daemon host's files (oci:, docker-archive:) or network."""
+        the daemon host's files (oci:, docker-archive:) or network. A Hub name the
+        Debian base stands in for (python:3.11-slim) builds on that base, with no
+        pull, when the tenant may not reach the Hub."""
+        ref: str = definition.base_image
         if not ref or ref.startswith(TEMPLATE_BASE):
             return
         name = ref.removeprefix("docker://")
         first, _, rest = name.partition("/")
         host = first if rest and ("." in first or ":" in first or first == "localhost") else ""
-        if ref.startswith(("oci:", "docker-archive:")) or (host or "docker.io") not in (
+        if not ref.startswith(("oci:", "docker-archive:")) and (host or "docker.io") in (
             self._registries
         ):
-            raise PermissionDenied(
-                f"base_image {ref[:200]!r}: a tenant builds on templates (template:NAME) and "
-                "on the registries the daemon allows (computesdkd --tenant-registry)",
-                reason="BASE_IMAGE_FORBIDDEN",
-            )
+            return
+        kind = local_base(ref)
+        if kind is not None:
+            # What the name meant for `packages` stays, as the base's name changes.
+            if definition.package_manager in ("", "auto"):
+                definition.package_manager = kind
+            definition.base_image = TEMPLATE_BASE + "base"
+            return
+        raise PermissionDenied(
+            f"base_image {ref[:200]!r}: a tenant builds on templates (template:NAME) and "
+            "on the registries the daemon allows (computesdkd --tenant-registry)",
+            reason="BASE_IMAGE_FORBIDDEN",
+        )
 
     def _is_sandbox(self, key: str) -> bool:
         return self._owners.of(SANDBOX, key) is not None or self._exists[SANDBOX](key)
@@ -247,7 +260,8 @@ class Tenancy:
             return already_exists(kind, key)
         if short_name(holder) == "sandbox.v1.VolumeMount":
             return NotFound(  # as features/volumes.py says it
-                f"volume {key!r} not found (give size_mb to make an ephemeral one)",
+                f"volume {key!r} not found: mountExisting (must_exist) mounts only a volume "
+                "that exists; create it first, or drop mountExisting to make it on first use",
                 reason="VOLUME_NOT_FOUND",
                 volume=key,
             )

@@ -5,6 +5,13 @@ until the recipient acknowledges it, so a subscriber that reconnects gets
 everything it has not acknowledged, in order: delivery is at least once and
 ordered per sender. Queues are bounded: a sender waits for room, and gives up
 with RESOURCE_EXHAUSTED after its timeout.
+
+Members are sandbox ids or names. A sandbox member is also addressed by its
+service name (domain/service_names: env SERVICE_NAME, metadata service or name,
+read at each call, so a setEnv counts at once; when two members want one name
+the earlier member has it). Over the API a sender that is no member is a label
+carried as the message's sender: the API caller is the real sender, and a
+sandbox's own socket always sends as that sandbox.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass, field
 
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
+from computesdkd.domain import service_names
 from computesdkd.domain.errors import (
     ComputeError,
     InvalidArgument,
@@ -161,22 +169,58 @@ class Channels:
             async with q.changed:
                 q.changed.notify_all()
 
-    def _member(self, ch: Channel, member: str) -> Queue:
-        q = ch.queues.get(member)
-        if q is None:
+    def _names(self, ch: Channel) -> dict[str, str]:
+        """Service name -> the sandbox member that has it (the earlier member on a clash)."""
+        names: dict[str, str] = {}
+        for m in ch.members:
+            sb = self._registry.find(m)
+            if sb is None:
+                continue
+            for name in service_names.candidates(sb.spec.env, sb.spec.metadata):
+                if name not in ch.queues and name not in names:
+                    names[name] = m
+                    break
+        return names
+
+    def _resolve(self, ch: Channel, member: str) -> str:
+        """The member `member` names: itself, or a sandbox member by service name; "" if none."""
+        if member in ch.queues:
+            return member
+        return self._names(ch).get(member.lower(), "")
+
+    def _member_key(self, ch: Channel, member: str) -> str:
+        key = self._resolve(ch, member)
+        if not key:
+            known = sorted({*ch.members, *self._names(ch)})
             raise NotFound(
-                f"{member!r} is not a member of channel {ch.name!r}", reason="MEMBER_NOT_FOUND"
+                f"{member[:70]!r} is not a member of channel {ch.name!r}; members are known as "
+                f"{known[:20]} (a sandbox member also by its env SERVICE_NAME, "
+                "else its metadata service or name)",
+                reason="MEMBER_NOT_FOUND",
             )
-        return q
+        return key
+
+    def _member(self, ch: Channel, member: str) -> Queue:
+        return ch.queues[self._member_key(ch, member)]
 
     async def send(
         self, name: str, sender: str, recipient: str, payload: bytes, wait_ms: int
     ) -> int:
+        """sender: a member (by id, name or service name), else a label (see the module's doc)."""
         ch = self.get(name)
-        self._member(ch, sender)
+        if not NAME.match(sender):
+            raise InvalidArgument(
+                "a sender is a member or a label of A-Z, a-z, 0-9, .:_- (1-128)",
+                reason="INVALID_MEMBERS",
+            )
+        sender = self._resolve(ch, sender) or sender
         if len(payload) > MAX_PAYLOAD:
             raise ResourceExhausted(f"payload over {MAX_PAYLOAD} bytes", reason="PAYLOAD_TOO_LARGE")
-        targets = [recipient] if recipient else [m for m in ch.members if m != sender]
+        targets = (
+            [self._member_key(ch, recipient)]
+            if recipient
+            else [m for m in ch.members if m != sender]
+        )
         queues = [self._member(ch, t) for t in targets]
         deadline = time.monotonic() + (wait_ms or DEFAULT_SEND_WAIT_MS) / 1000
         async with ch.send_lock:
@@ -197,8 +241,10 @@ class Channels:
                             )
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(q.changed.wait(), remaining)
-            sender_seq = ch.sender_seq.get(sender, 0) + 1
-            ch.sender_seq[sender] = sender_seq
+            # Labels share one counter (the API's): a caller cannot grow the record with names.
+            counter = sender if sender in ch.queues else ""
+            sender_seq = ch.sender_seq.get(counter, 0) + 1
+            ch.sender_seq[counter] = sender_seq
             now = time.time()
             for target, q in zip(targets, queues, strict=True):
                 msg = Message(q.next_seq, sender, target, payload, sender_seq, now)
@@ -231,7 +277,8 @@ class Channels:
 
     async def ack(self, name: str, member: str, upto: int) -> None:
         ch = self.get(name)
-        q = self._member(ch, member)
+        member = self._member_key(ch, member)
+        q = ch.queues[member]
         if upto >= q.next_seq:
             raise InvalidArgument(
                 f"sequence {upto} was never delivered to {member!r}", reason="INVALID_SEQUENCE"

@@ -156,12 +156,12 @@ class Quotas:
 def _held(sb: Sandbox) -> Resources:
     """What a sandbox counts: its limits in force, or what it asked while those are
     not known yet (a sandbox that asks nothing counts its provider's defaults once
-    it runs)."""
+    it runs). In force, not asked: a request above the host runs capped at it."""
     r, asked = sb.resources, sb.spec.resources
     return Resources(
-        cpu_cores=max(r.cpu_cores, asked.cpu_cores),
-        memory_mb=max(r.memory_mb, asked.memory_mb),
-        disk_mb=max(r.disk_mb, asked.disk_mb),
+        cpu_cores=r.cpu_cores or asked.cpu_cores,
+        memory_mb=r.memory_mb or asked.memory_mb,
+        disk_mb=r.disk_mb or asked.disk_mb,
     )
 
 

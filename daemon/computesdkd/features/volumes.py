@@ -9,6 +9,7 @@ data (for local: an ext4 image, so the limit is hard: writers get ENOSPC).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import posixpath
 import re
@@ -20,6 +21,7 @@ from computesdkd.core.bus import EventBus
 from computesdkd.core.guard import Providers
 from computesdkd.core.registry import Registry
 from computesdkd.domain.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -37,9 +39,52 @@ log = logs.get(__name__)
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 DEFAULT_SIZE_MB = 1024
 MAX_SIZE_MB = 1024 * 1024
+# A size string: a number and a unit, decimal (GB = 10^9) or binary (GiB = 2^30);
+# no unit means size_mb's MB. The length is bounded before the regex runs.
+SIZE = re.compile(r"^\s*(\d{1,16}(?:\.\d{1,6})?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE | re.ASCII)
+UNITS = {"b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+MIB = 1024 * 1024
 # Paths a volume may not cover: the system and the daemon's own mounts.
 FORBIDDEN = ("/", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib", "/.computesdk")
 VOLUME_CREATED, VOLUME_DELETED = "volume.created", "volume.deleted"
+
+
+def parse_size(text: str) -> int:
+    """A volume size string ("10GB", "10GiB", "512MB", "1TB", "2048") in whole
+    MiB (the unit size_mb and the store count in), rounded up."""
+    shown = text if len(text) <= 32 else text[:32] + "..."  # never echo a huge input
+    m = SIZE.match(text) if len(text) <= 64 else None
+    if m is None:
+        raise InvalidArgument(
+            f"volume size {shown!r} is not a size: use a number and MB, GB, TB "
+            "(powers of 1000) or MiB, GiB, TiB (powers of 1024); a bare number is MB",
+            reason="INVALID_VOLUME_SIZE",
+        )
+    # A bare number is size_mb's unit, so that size "2048" and size_mb 2048 agree.
+    unit = (m.group(2) or "mib").lower()
+    scale: int = UNITS[unit[0]] if "i" not in unit else 1024 ** "bkmgt".index(unit[0])
+    # Exact decimal arithmetic: "1.5GB" is not a float's idea of it.
+    whole, _, frac = m.group(1).partition(".")
+    num, den = int(whole + frac), 10 ** len(frac)
+    size_mb: int = -(-num * scale // (den * MIB))
+    if not 1 <= size_mb <= MAX_SIZE_MB:
+        raise InvalidArgument(
+            f"volume size {shown!r} is out of range: 1 MiB to {MAX_SIZE_MB // (1024 * 1024)} TiB",
+            reason="INVALID_VOLUME_SIZE",
+        )
+    return size_mb
+
+
+def size_of(m: VolumeMount) -> int:
+    """The size a mount asks for a volume it makes: `size` wins over size_mb; zero
+    when it gives none."""
+    if m.size:
+        return parse_size(m.size)
+    if m.size_mb > MAX_SIZE_MB:
+        raise InvalidArgument(
+            f"size_mb {m.size_mb} is above {MAX_SIZE_MB}", reason="INVALID_VOLUME_SIZE"
+        )
+    return m.size_mb
 
 
 @dataclass(frozen=True)
@@ -168,10 +213,16 @@ class Volumes:
             sb.provider_data["volumes"] = await self.prepare(sb.spec, sb.id)
 
     async def prepare(self, spec: SandboxSpec, sandbox_id: str) -> str:
-        """Checks a create's mounts, makes its ephemeral volumes, and returns what
-        the provider mounts (provider_data["volumes"])."""
+        """Checks a create's mounts, makes the volumes it names that do not exist
+        yet, and returns what the provider mounts (provider_data["volumes"]).
+
+        Every mount is checked before any volume is made. A volume that exists is
+        mounted as it is, whatever size the mount gives (sizes are for making);
+        one that does not is made (of the default size when the mount gives
+        none), unless the mount says must_exist (mountExisting)."""
         seen: set[str] = set()
         out = []
+        sizes = []
         for m in spec.volumes:
             path = posixpath.normpath(m.mount_path) if m.mount_path.startswith("/") else ""
             if (
@@ -186,24 +237,49 @@ class Volumes:
             if path in seen:
                 raise InvalidArgument(f"two volumes at {path}", reason="INVALID_MOUNT_PATH")
             seen.add(path)
-            rec = self._record(m.name)
-            if rec is None:
-                if not m.size_mb:
-                    raise NotFound(
-                        f"volume {m.name!r} not found (give size_mb to make an ephemeral one)",
-                        reason="VOLUME_NOT_FOUND",
-                        volume=m.name,
-                    )
-                rec = await self.create(
-                    m.name, m.size_mb, False, spec.provider, sandbox_id, spec.tenant
+            size_mb = size_of(m)
+            if m.must_exist and self._record(m.name) is None and m.name not in self._making:
+                raise NotFound(
+                    f"volume {m.name!r} not found: mountExisting (must_exist) mounts "
+                    "only a volume that exists; create it first, or drop "
+                    "mountExisting to make it on first use",
+                    reason="VOLUME_NOT_FOUND",
+                    volume=m.name,
                 )
+            sizes.append(size_mb)
+            out.append([m.name, path, m.read_only])
+        for m, size_mb in zip(spec.volumes, sizes, strict=True):
+            rec = await self._made(m, size_mb, spec, sandbox_id)
             if rec.provider != spec.provider:
                 raise FailedPrecondition(
                     f"volume {m.name!r} lives on provider {rec.provider!r}",
                     reason="VOLUME_PROVIDER_MISMATCH",
                 )
-            out.append([m.name, path, m.read_only])
         return json.dumps(out)
+
+    async def _made(
+        self, m: VolumeMount, size_mb: int, spec: SandboxSpec, sandbox_id: str
+    ) -> VolumeRecord:
+        """The volume a mount names, made now if it is not there. Two creates that
+        make the same new volume at once both mount it: the second waits."""
+        for _ in range(1200):  # 60 s for another create to finish making it
+            rec = self._record(m.name)
+            if rec is not None:
+                if size_mb and size_mb != rec.size_mb:
+                    log.info(
+                        "mounting an existing volume as it is",
+                        volume=m.name,
+                        size_mb=rec.size_mb,
+                        asked_mb=size_mb,
+                    )
+                return rec
+            if m.name not in self._making:
+                owner = "" if m.persistent else sandbox_id  # an ephemeral one goes with it
+                return await self.create(
+                    m.name, size_mb, m.persistent, spec.provider, owner, spec.tenant
+                )
+            await asyncio.sleep(0.05)
+        raise Aborted(f"volume {m.name!r} is still being made", reason="ABORTED")
 
     async def sandbox_gone(self, sb: Sandbox) -> None:
         """Ephemeral volumes go with the sandbox that made them, once unused."""

@@ -48,7 +48,7 @@ class Sandboxes:
                 sb.provider_sandbox_id,
                 json.dumps(sb.provider_data),
                 sb.error_message,
-                json.dumps(asdict(sb.resources)),
+                json.dumps(_resources_row(sb)),
             ),
         )
 
@@ -298,5 +298,21 @@ def _sandbox(row: tuple[object, ...]) -> Sandbox:
         provider_sandbox_id=str(row[7]),
         provider_data=json.loads(str(row[8])),
         error_message=str(row[9]),
-        resources=Resources(**json.loads(str(row[10]))),
+        **_resources_from(json.loads(str(row[10]))),
     )
+
+
+def _resources_row(sb: Sandbox) -> dict[str, object]:
+    # What was asked rides in the same column, so rows written before it read as is.
+    row: dict[str, object] = asdict(sb.resources)
+    if sb.requested != Resources():
+        row["requested"] = asdict(sb.requested)
+    return row
+
+
+def _resources_from(row: dict[str, Any]) -> dict[str, Resources]:
+    requested = row.pop("requested", None)
+    out = {"resources": Resources(**row)}
+    if requested is not None:
+        out["requested"] = Resources(**requested)
+    return out

@@ -111,7 +111,8 @@ class SandboxServicer(pb_grpc.SandboxServiceServicer):
             request.provider,
             template=request.template,
             preserve_files=request.preserve_files,
-            preserve_env=request.preserve_env,
+            # An env mapping renames the env it carries: asking for one asks for that.
+            preserve_env=request.preserve_env or bool(request.env_mapping),
             template_mapping=dict(request.template_mapping),
             env_mapping=dict(request.env_mapping),
         )

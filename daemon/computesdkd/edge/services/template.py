@@ -24,6 +24,7 @@ def definition_from(d: pb.TemplateDefinition) -> TemplateDefinition:
         env=dict(d.env),
         setup=tuple(d.setup),
         description=d.description,
+        package_manager=d.package_manager,
     )
 
 
@@ -35,6 +36,7 @@ def definition_to(d: TemplateDefinition) -> pb.TemplateDefinition:
         env=d.env,
         setup=list(d.setup),
         description=d.description,
+        package_manager=d.package_manager,
     )
 
 

@@ -23,7 +23,10 @@ from computesdkd.domain.model import Sandbox
 from computesdkd.providers.daytona.api import NAME
 
 # Daytona's default snapshot carries python and node; other names are snapshots.
-DEFAULT_TEMPLATES = {"base", "python", "python:3.11", "node", "nodejs18"}
+DEFAULT_TEMPLATES = {
+    *("base", "python", "python:3.11", "python3.11.x"),
+    *("node", "nodejs", "nodejs18", "nodejs18.x"),
+}
 OWNER_LABEL = "computesdk.owner"
 SANDBOX_LABEL = "computesdk.sandbox"
 RESERVED_PREFIX = "computesdk."

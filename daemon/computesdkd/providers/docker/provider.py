@@ -19,12 +19,12 @@ import math
 import os
 import signal as signals
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from computesdkd.domain.errors import (
     ComputeError,
     FailedPrecondition,
-    ResourceExhausted,
     Unavailable,
     Unsupported,
 )
@@ -113,18 +113,14 @@ class DockerProvider(FilesByExec, Provider, caps.Metering, caps.LiveLimits):
             raise Unsupported(
                 NAME, "disk limit", "overlay2 on this host has no per-container quota"
             )
-        cpu = r.cpu_cores or DEFAULTS.cpu_cores
-        if cpu > (os.cpu_count() or 1):
-            raise ResourceExhausted(
-                f"cpu_cores {cpu} exceeds this host's {os.cpu_count()}",
-                reason="RESOURCES_UNAVAILABLE",
-                resource="cpu_cores",
-            )
-        return Resources(
-            cpu_cores=cpu,
+        asked = Resources(
+            cpu_cores=r.cpu_cores or DEFAULTS.cpu_cores,
             memory_mb=r.memory_mb or DEFAULTS.memory_mb,
             pids_limit=r.pids_limit or DEFAULTS.pids_limit,
         )
+        res = _capped(asked)
+        sandbox.requested = asked if res != asked else Resources()
+        return res
 
     async def create(self, sandbox: Sandbox) -> None:
         if self._unavailable:
@@ -221,6 +217,12 @@ class DockerProvider(FilesByExec, Provider, caps.Metering, caps.LiveLimits):
         if disk_mb:
             raise Unsupported(NAME, "disk limit", "overlay2 on this host has no quota")
         cur = sandbox.resources
+        asked = replace(
+            cur, cpu_cores=cpu_cores or cur.cpu_cores, memory_mb=memory_mb or cur.memory_mb
+        )
+        want = _capped(asked)
+        cpu_cores = want.cpu_cores if cpu_cores else 0.0
+        memory_mb = want.memory_mb if memory_mb else 0
         body: dict[str, Any] = {}
         if cpu_cores:
             body["NanoCpus"] = int(cpu_cores * 1e9)
@@ -230,11 +232,8 @@ class DockerProvider(FilesByExec, Provider, caps.Metering, caps.LiveLimits):
             await self._engine.request(
                 "POST", f"/containers/{self._cid(sandbox)}/update", "update", json=body
             )
-        return Resources(
-            cpu_cores=cpu_cores or cur.cpu_cores,
-            memory_mb=memory_mb or cur.memory_mb,
-            pids_limit=cur.pids_limit,
-        )
+        sandbox.requested = asked if want != asked else Resources()
+        return want
 
     # -------------------------------------------------------------- processes
 
@@ -325,3 +324,14 @@ class DockerRun(StreamedRun):
             self._pid_known.cancel()
         if self._conn is not None:
             await self._conn.close()
+
+
+def _capped(asked: Resources) -> Resources:
+    """A request above this host runs capped at it (as the local provider does;
+    `docker run --cpus` itself refuses more than the host's cores)."""
+    host_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+    return replace(
+        asked,
+        cpu_cores=min(asked.cpu_cores, float(os.cpu_count() or 1)),
+        memory_mb=min(asked.memory_mb, host_mb),
+    )

@@ -68,8 +68,11 @@ TEMPLATES = {
     "base": "base",
     "python": "base",
     "python:3.11": "base",
+    "python3.11.x": "base",
     "node": "base",
+    "nodejs": "base",
     "nodejs18": "base",
+    "nodejs18.x": "base",
 }
 # E2B ends a sandbox at its own timeout (that is its TTL, so a dead daemon leaks
 # nothing for long): the daemon's timeout comes first, and keep-alive sandboxes

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -35,15 +34,17 @@ from computesdkd.domain.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    Unavailable,
     template_not_found,
 )
 from computesdkd.domain.model import BuildStep, TemplateDefinition, TemplateInfo
 from computesdkd.providers.capabilities import BuildReport
-from computesdkd.providers.common.templates import TEMPLATES
+from computesdkd.providers.common import templates as tpls
+from computesdkd.providers.common.templates import NPM, TEMPLATES
 from computesdkd.providers.local import blobs, buildnet, images, imagesources, layerin
 from computesdkd.providers.local import rootfs as rootfs_mod
 from computesdkd.providers.local import tplrecords as records
-from computesdkd.providers.local.buildrun import BuildRunner
+from computesdkd.providers.local.buildrun import NPM_GLOBAL, PACKAGE_NAMES, BuildRunner
 from computesdkd.providers.local.host import run, umount
 from computesdkd.providers.local.tplrecords import Record, Template
 from computesdkd.support import logs
@@ -51,7 +52,7 @@ from computesdkd.support import logs
 log = logs.get(__name__)
 
 BASE_LAYER = "base"  # the Debian rootfs, kept outside the layer store
-PACKAGE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9+.:=~_-]{0,127}$")
+HUB_RETRY_S = 300.0  # how long an unanswering Docker Hub is not asked again
 
 
 @dataclass
@@ -95,11 +96,15 @@ class TemplateStore:
         # One build at a time: a build takes every core, and two builds of one
         # definition must not race (the second finds the first's layer).
         self._lock = asyncio.Lock()
+        self._hub_down_until = 0.0
 
     # -------------------------------------------------------------- lookup
 
     def _record(self, name: str) -> Record | None:
         return self._cache.get(name)
+
+    def built(self, name: str) -> bool:
+        return self._record(name) is not None
 
     def _all_records(self) -> list[Record]:
         return [self._cache[n] for n in sorted(self._cache)]
@@ -113,12 +118,8 @@ class TemplateStore:
         if tpl is None:
             raise template_not_found(name, "local")
         if tpl.info.unavailable:
-            raise FailedPrecondition(
-                f"template {name!r} cannot run on provider 'local': {tpl.info.unavailable}",
-                reason="TEMPLATE_UNAVAILABLE",
-                template=name,
-                provider="local",
-            )
+            known = TEMPLATES.get(name) or tpls.Template(name, "")
+            raise tpls.cannot_run(known, name, "local", tpl.info.unavailable)
         return tpl
 
     def _lookup(self, name: str) -> Template | None:
@@ -128,8 +129,9 @@ class TemplateStore:
             unavailable = tpl.unavailable
             if tpl.recipe is not None:
                 unavailable += (
-                    f"; it is defined but not built on this host: `computesdk template "
-                    f"build {tpl.name}` builds it (packages: {', '.join(tpl.recipe.packages)})"
+                    f"; not built on this host yet: the first create builds it (and waits), "
+                    f"or `computesdk template build {tpl.name}` ahead "
+                    f"(packages: {', '.join(tpl.recipe.packages)})"
                 )
             info = TemplateInfo(
                 name=tpl.name,
@@ -180,33 +182,77 @@ class TemplateStore:
                     reason="TEMPLATE_NAME_RESERVED",
                 )
             definition = replace(predefined.recipe, description=predefined.description)
+        manager = self._manager(definition)
+        names = PACKAGE_NAMES[manager]
         for pkg in definition.packages:
-            if not PACKAGE.match(pkg):
+            if not names.fullmatch(pkg):
                 raise InvalidArgument(
-                    f"package {pkg!r} is not a package name", reason="BAD_PACKAGE"
+                    f"package {pkg[:200]!r} is not a {manager} package name",
+                    reason="BAD_PACKAGE",
+                    package_manager=manager,
                 )
+        same = None if no_cache else self._unchanged(definition, manager)
+        if same is not None:  # a client's build before each create: no lock to wait for
+            report(BuildStep(1, 1, f"cache hit: {definition.name} is built from this definition"))
+            return records.info(same), True
         started = time.monotonic()
         async with self._lock:
-            return await self._build(definition, no_cache, report, started)
+            return await self._build(definition, manager, no_cache, report, started)
+
+    def _unchanged(self, d: TemplateDefinition, manager: str) -> Record | None:
+        """d.name's record when it was built from d itself, on a base known without
+        a download that has not changed since."""
+        rec, base = self._record(d.name), self._on_host(d.base_image)
+        asked = replace(d, package_manager=records.package_manager(d))
+        if rec is None or base is None or records.info(rec).definition != asked:
+            return None
+        if rec.get("digest") != records.cache_key(base.digest, d, manager):
+            return None
+        layers = [self._lower(x) for x in records.strs(rec.get("layers"))]
+        return rec if all(p.is_dir() for p in layers) else None
+
+    def _manager(self, d: TemplateDefinition) -> str:
+        """What installs d.packages: the definition's choice, or by its base (auto),
+        a built template's own choice for template:NAME."""
+        asked = records.package_manager(d)
+        if asked not in tpls.PACKAGE_MANAGERS:
+            raise InvalidArgument(
+                f"template {d.name!r}: package_manager {asked[:64]!r} is not one of "
+                + ", ".join(tpls.PACKAGE_MANAGERS),
+                reason="TEMPLATE_DEFINITION_INVALID",
+            )
+        if asked != "auto":
+            return asked
+        parent = self._record(d.base_image.removeprefix("template:"))
+        if d.base_image.startswith("template:") and parent is not None:
+            return str(parent.get("package_manager") or tpls.APT)
+        return tpls.packages_by(d.base_image)
 
     async def _build(
-        self, d: TemplateDefinition, no_cache: bool, report: BuildReport, started: float
+        self,
+        d: TemplateDefinition,
+        manager: str,
+        no_cache: bool,
+        report: BuildReport,
+        started: float,
     ) -> tuple[TemplateInfo, bool]:
         run_steps = (1 if d.packages else 0) + len(d.setup)
         total = 2 + run_steps + 1  # base, key/cache, steps, commit
         report(BuildStep(1, total, f"resolving base {d.base_image or 'debian (built in)'}"))
         base = await self._resolve_base(d.base_image, report, total)
-        key = records.cache_key(base.digest, d)
+        key = records.cache_key(base.digest, d, manager)
         report(BuildStep(2, total, f"cache key {key[:19]}"))
         hit = None if no_cache else self._find_built(key)
+        env = {**base.env, **d.env}
+        if manager == NPM and d.packages:  # global packages, found by require()
+            env.setdefault("NODE_PATH", NPM_GLOBAL)
         if hit is not None:
             report(BuildStep(total, total, f"cache hit: {hit['name']} has {key[:19]}"))
             layer_list = records.strs(hit["layers"])
         else:
             lowers = [self._lower(x) for x in base.layers]
-            top = await self._runner.run(d, lowers, base.env, report, total)
+            top = await self._runner.run(d, lowers, env, report, total, manager)
             layer_list = [top, *base.layers]
-        env = {**base.env, **d.env}
         rec: Record = {
             "v": records.RECORD_VERSION,
             "name": d.name,
@@ -216,14 +262,19 @@ class TemplateStore:
                 "packages": list(d.packages),
                 "env": d.env,
                 "setup": list(d.setup),
+                "package_manager": records.package_manager(d),
             },
+            "package_manager": manager,
             "digest": key,
             "base_image_digest": base.digest if d.base_image else "",
             "env": env,
             "layers": layer_list,
             "blobs": base.blobs,
             "created_at": time.time(),
-            "size_bytes": await asyncio.to_thread(self._size, layer_list),
+            # A hit has the same layers: their size is known, and the walk is not free.
+            "size_bytes": hit["size_bytes"]
+            if hit is not None and "size_bytes" in hit
+            else await asyncio.to_thread(self._size, layer_list),
         }
         records.write(records.path(self.records, d.name), rec)
         self._cache[d.name] = rec
@@ -246,32 +297,49 @@ class TemplateStore:
                 return rec
         return None
 
+    def _on_host(self, ref: str) -> _Base | None:
+        """The base when it needs no download (the Debian base, a template, a Hub name
+        it stands in for while the Hub does not answer); None when it may."""
+        debian = (
+            "computesdk:"
+            + hashlib.sha256(json.dumps(rootfs_mod.recipe(), sort_keys=True).encode()).hexdigest()
+        )
+        if not ref or (tpls.local_base(ref) and self._hub_down_until > time.monotonic()):
+            return _Base([BASE_LAYER], {}, debian, [])
+        if not ref.startswith("template:"):
+            return None
+        parent = self.require(ref[len("template:") :])
+        rec = self._record(parent.info.name)
+        if rec is None:  # a predefined one: the Debian base, with its env
+            return _Base([BASE_LAYER], dict(parent.info.env), debian, [])
+        layers, held = records.strs(rec["layers"]), records.strs(rec["blobs"])
+        return _Base(layers, dict(parent.info.env), str(rec["digest"]), held)
+
     async def _resolve_base(self, ref: str, report: BuildReport, total: int) -> _Base:
-        if not ref:
-            digest = (
-                "computesdk:"
-                + hashlib.sha256(
-                    json.dumps(rootfs_mod.recipe(), sort_keys=True).encode()
-                ).hexdigest()
-            )
-            return _Base([BASE_LAYER], {}, digest, [])
-        if ref.startswith("template:"):
-            parent = self.require(ref[len("template:") :])
-            rec = self._record(parent.info.name)
-            if rec is None:  # a predefined one: the Debian base, with its env
-                base = await self._resolve_base("", report, total)
-                return _Base(base.layers, dict(parent.info.env), base.digest, [])
-            return _Base(
-                records.strs(rec["layers"]),
-                dict(parent.info.env),
-                str(rec["digest"]),
-                records.strs(rec["blobs"]),
-            )
+        here = self._on_host(ref)
+        if here is not None:
+            if tpls.local_base(ref):
+                why = f"{images.DOCKER_HUB} did not answer in the last minutes"
+                report(BuildStep(1, total, f"{why}: {ref} builds on the local Debian base"))
+            return here
 
         def progress(label: str, done: int, size: int) -> None:
             report(BuildStep(1, total, f"fetching {label}", bytes_done=done, bytes_total=size))
 
-        image = await imagesources.fetch(images.parse(ref), self.blobs, progress, self._insecure)
+        try:
+            image = await imagesources.fetch(
+                images.parse(ref), self.blobs, progress, self._insecure
+            )
+        except Unavailable as exc:
+            # No registry answers: a Hub name the Debian base stands in for builds on
+            # it, and the Hub is not asked again for a while (a client that builds
+            # before each create must not wait out a connect timeout every time).
+            if tpls.local_base(ref) is None:
+                raise tpls.no_local_base(ref, exc) from exc
+            self._hub_down_until = time.monotonic() + HUB_RETRY_S
+            why = f"no registry answers for {ref} ({exc.message[:120]})"
+            report(BuildStep(1, total, f"{why}: building on the local Debian bookworm base"))
+            return await self._resolve_base("", report, total)
         unpacked = []
         for i, layer in enumerate(image.layers):
             hexd = layer.digest.split(":", 1)[1]

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from computesdkd.domain.errors import FailedPrecondition
 from computesdkd.domain.model import BuildStep, Resources, TemplateDefinition
 from computesdkd.providers.capabilities import BuildReport
 from computesdkd.providers.common.env import DEFAULT_PATH
+from computesdkd.providers.common.templates import APT, NPM, PIP
 from computesdkd.providers.local import buildnet, buildroot, idmap, layerout, safefs
 from computesdkd.providers.local import rootfs as rootfs_mod
 from computesdkd.providers.local.host import MS_NODEV, MS_NOSUID, mount, run, umount
@@ -31,22 +33,66 @@ LOG_LINE_MAX = 4096
 HOST_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 # Installs with whichever package manager the base has, and leaves no index behind.
-_INSTALL = """set -e
+# Package names are checked (PACKAGE_NAMES) and quoted, and follow `--`: never
+# shell, never an option.
+_APT = """set -e
 if command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends {pkgs}
+  apt-get install -y -q --no-install-recommends -- {pkgs}
   apt-get clean
   rm -rf /var/lib/apt/lists/*
 elif command -v apk >/dev/null 2>&1; then
-  apk add --no-cache {pkgs}
+  apk add --no-cache -- {pkgs}
 elif command -v dnf >/dev/null 2>&1; then
-  dnf install -y {pkgs} && dnf clean all
+  dnf install -y -- {pkgs} && dnf clean all
 else
   echo "the base image has no package manager (apt-get, apk or dnf)" >&2
   exit 127
 fi
 """
+# Into the system python, as on E2B's and Modal's images (`import numpy` works in
+# any process). Debian marks its python externally managed (PEP 668) to guard
+# apt's own packages; a template is an image of its own, as theirs are.
+_PIP = """set -e
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+py=$(command -v python3 || command -v python || true)
+if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
+  echo "the base image has no python with pip (package_manager pip)" >&2
+  exit 127
+fi
+"$py" -m pip install --progress-bar off -- {pkgs}
+"""
+# Global, so every process finds them: NODE_PATH names the global root.
+_NPM = """set -e
+if ! command -v npm >/dev/null 2>&1; then
+  echo "the base image has no npm (package_manager npm)" >&2
+  exit 127
+fi
+npm install -g --no-audit --no-fund --no-update-notifier -- {pkgs}
+npm cache clean --force 2>/dev/null || true
+"""
+INSTALL = {APT: _APT, PIP: _PIP, NPM: _NPM}
+NPM_GLOBAL = "/usr/local/lib/node_modules"
+# What each manager takes: a name and version spec starting with a letter or digit
+# (npm: or an @scope/), with no space, quote, slash (but npm's scope) or shell
+# character: never a URL, a path or an option.
+PACKAGE_NAMES = {
+    APT: re.compile(r"[a-zA-Z0-9][a-zA-Z0-9+.:=~_-]{0,127}"),
+    PIP: re.compile(
+        r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(\[[A-Za-z0-9._,-]{1,128}\])?"
+        r"((===?|~=|!=|<=?|>=?)[A-Za-z0-9.*+!_-]{1,64}(,(===?|~=|!=|<=?|>=?)[A-Za-z0-9.*+!_-]{1,64}){0,7})?"
+    ),
+    NPM: re.compile(
+        r"(@[a-z0-9][a-z0-9._~-]{0,127}/)?[a-zA-Z0-9][a-zA-Z0-9._~-]{0,213}"
+        r"(@[A-Za-z0-9.^~<>=*+_-]{1,64})?"
+    ),
+}
+
+
+def install_script(manager: str, packages: tuple[str, ...]) -> str:
+    return INSTALL[manager].format(pkgs=" ".join(shlex.quote(p) for p in packages))
 
 
 class BuildRunner:
@@ -71,6 +117,7 @@ class BuildRunner:
         base_env: dict[str, str],
         report: BuildReport,
         total: int,
+        manager: str = APT,
     ) -> str:
         """Runs the packages and setup steps on the base's lower dirs (top first);
         returns the new layer's name."""
@@ -106,9 +153,11 @@ class BuildRunner:
                 env.update(d.env)
                 scripts = []
                 if d.packages:
-                    pkgs = " ".join(shlex.quote(p) for p in d.packages)
                     scripts.append(
-                        (f"installing {', '.join(d.packages)}", _INSTALL.format(pkgs=pkgs))
+                        (
+                            f"installing with {manager}: {', '.join(d.packages)}",
+                            install_script(manager, d.packages),
+                        )
                     )
                 scripts += [(f"setup: {cmd}", cmd) for cmd in d.setup]
                 for i, (what, script) in enumerate(scripts, start=3):

@@ -11,7 +11,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from computesdkd.domain.errors import Internal
+from computesdkd.domain.errors import FailedPrecondition, Internal
 from computesdkd.providers.local import host, layerin, safefs, storage
 from computesdkd.providers.local import rootfs as rootfs_mod
 from computesdkd.providers.local.host import run, umount
@@ -22,6 +22,7 @@ from computesdkd.support.testhooks import crash
 log = logs.get(__name__)
 
 MIB = 1024 * 1024
+CAP_SYS_RESOURCE = 24
 # Empty disk images kept to clone from: the default size always, and this many of
 # the other sizes, most recently used first (a client cycling sizes cannot fill
 # the store).
@@ -32,8 +33,9 @@ EMPTY_DISK_CACHE = 3
 # tables, which mount_image never zeroes, keep mkfs off the store.
 DISK_OPTIONS = ("-J", "size=8", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 # A volume keeps mkfs's own journal size: the disk's 8 MiB would be half of a
-# 16 MiB volume.
-VOLUME_OPTIONS = ("-E", "nodiscard")
+# 16 MiB volume. Lazy tables and journal: the image is a new sparse file, whose
+# holes read as zeros, so a 10 GB volume costs a few MB, not its 64 MB journal.
+VOLUME_OPTIONS = ("-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 
 
 async def mkfs(img: Path, size_mb: int, options: tuple[str, ...]) -> None:
@@ -45,12 +47,74 @@ async def mkfs(img: Path, size_mb: int, options: tuple[str, ...]) -> None:
     await run("mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", *options, str(img))
 
 
+def _fs_bytes(image: Path) -> int:
+    """The size of the ext4 in an image, from its superblock (0 if unreadable)."""
+    try:
+        with image.open("rb") as f:
+            f.seek(1024)
+            sb = f.read(0x158)
+    except OSError:
+        return 0
+    if len(sb) < 0x158 or sb[0x38:0x3A] != b"\x53\xef":
+        return 0
+    blocks = int.from_bytes(sb[4:8], "little")
+    if int.from_bytes(sb[0x60:0x64], "little") & 0x80:  # INCOMPAT_64BIT
+        blocks |= int.from_bytes(sb[0x150:0x154], "little") << 32
+    return blocks * (1024 << int.from_bytes(sb[24:28], "little"))
+
+
+async def _fit(image: Path) -> None:
+    """Grows an unmounted image's ext4 to the image's size, when the image was made
+    larger (a disk grown while its sandbox ran, on a host where the mounted ext4
+    could not grow): offline, resize2fs needs no capability."""
+    fs = _fs_bytes(image)
+    if fs and image.stat().st_size - fs >= MIB:
+        await preen(image)
+        await run("resize2fs", str(image))
+        log.info("grew a disk while it was unmounted", image=image.name, mb=fs // MIB)
+
+
+async def preen(image: Path) -> None:
+    """e2fsck -fp, as resize2fs wants first. Exit 1 is "errors fixed" (a journal
+    replayed, counters set): fine; above that the image is corrupt."""
+    proc = await asyncio.create_subprocess_exec(
+        "e2fsck", "-fp", str(image),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    if proc.returncode == 1:  # e.g. lost+found, which prepare_layers removes
+        log.debug("e2fsck fixed a disk image", said=out.decode(errors="replace")[-500:])
+    if proc.returncode not in (0, 1):
+        text = out.decode(errors="replace").strip()[-500:]
+        raise FailedPrecondition(
+            f"the disk image {image.name} fails its check (e2fsck exit {proc.returncode}): {text}",
+            reason="DISK_CORRUPT",
+        )
+
+
+def can_grow_live() -> bool:
+    """Whether this daemon may grow a mounted ext4: the kernel's online resize
+    wants CAP_SYS_RESOURCE, which some hosts (containers, microVMs) withhold from
+    everyone, root included."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 async def mount_image(image: Path, target: Path) -> None:
     """Loop-mounts an ext4 image with direct I/O: its writes reach the store without
     a second page cache, so memory is counted once and a snapshot (which must see
     them on the store) has nothing left to flush but the ext4's own dirty pages.
     The device autoclears: it goes with the unmount, even when a test or a crash
     skips ours."""
+    await _fit(image)
     flags = host.LO_FLAGS_AUTOCLEAR | host.LO_FLAGS_DIRECT_IO
     with host.loop_device(str(image), flags) as device:
         # noinit_itable: mkfs left the inode tables lazy; zeroing them in the
@@ -82,14 +146,26 @@ def fresh_workdir(disk: Path) -> None:
 
 
 async def grow(bundle: Path, disk_mb: int) -> None:
-    """Grows a mounted disk (and its ext4) to disk_mb."""
+    """Grows a mounted disk (and its ext4) to disk_mb; can_grow_live() must hold."""
     device = next((src for point, src in host.mounts() if point == str(bundle / "disk")), "")
     if not device.startswith("/dev/loop"):
         raise Internal(f"cannot find the loop device of {bundle / 'disk'}")
-    with (bundle / "disk.img").open("r+b") as f:
-        f.truncate(disk_mb * MIB)
+    enlarge(bundle / "disk.img", disk_mb)
     await run("losetup", "-c", device)
     await run("resize2fs", device)
+
+
+def image_mb(image: Path) -> int:
+    return image.stat().st_size // MIB
+
+
+def enlarge(image: Path, disk_mb: int) -> None:
+    """Makes the image disk_mb (sparse); its ext4 grows at the next mount_image, or
+    at once by grow(). Safe while mounted: the loop device keeps its size until
+    told."""
+    with image.open("r+b") as f:
+        if os.fstat(f.fileno()).st_size < disk_mb * MIB:
+            f.truncate(disk_mb * MIB)
 
 
 class Disks:
@@ -110,7 +186,7 @@ class Disks:
             if img.stat().st_size < disk_mb * MIB:
                 with img.open("r+b") as f:
                     f.truncate(disk_mb * MIB)
-                await run("e2fsck", "-fp", str(img))
+                await preen(img)  # e2fsck -fp exits 1 for the lost+found it makes
                 await run("resize2fs", str(img))
         elif reflink:
             # A clone of an empty disk made once per size: cheaper than mkfs.

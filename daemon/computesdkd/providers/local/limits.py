@@ -50,22 +50,33 @@ def _pid_max() -> int:
         return 32768
 
 
-def check_cpu(cpu_cores: float) -> None:
-    if cpu_cores > HOST_CPU_CORES:
-        raise ResourceExhausted(
-            f"cpu_cores {cpu_cores:g} exceeds this host's {HOST_CPU_CORES:g}",
-            reason="RESOURCES_UNAVAILABLE",
-            resource="cpu_cores",
-        )
+def capped(asked: Resources) -> Resources:
+    """A request above this host, capped at it: CPU at its cores, memory at its RAM.
+    As cloud providers place a large request on a large machine, a request this
+    host cannot give in full runs on what it has (README: "Resources above the
+    host"); the sandbox's record keeps what was asked (Sandbox.requested)."""
+    host_mb = _host_memory() // MIB
+    return replace(
+        asked,
+        cpu_cores=min(asked.cpu_cores, HOST_CPU_CORES),
+        memory_mb=min(asked.memory_mb, host_mb),
+    )
 
 
-def check_memory(memory_mb: int) -> None:
-    if memory_mb * MIB > _host_memory():
-        raise ResourceExhausted(
-            f"memory_mb {memory_mb} exceeds this host's memory",
-            reason="RESOURCES_UNAVAILABLE",
-            resource="memory_mb",
+def _cap(sandbox: Sandbox, asked: Resources, why: str) -> Resources:
+    """asked capped at the host; notes on the sandbox what was asked when it was."""
+    res = capped(asked)
+    sandbox.requested = asked if res != asked else Resources()
+    if res != asked:
+        log.info(
+            "resources above the host capped at the host",
+            why=why,
+            cpu_cores=f"{res.cpu_cores:g}",
+            asked_cpu_cores=f"{asked.cpu_cores:g}",
+            memory_mb=res.memory_mb,
+            asked_memory_mb=asked.memory_mb,
         )
+    return res
 
 
 class Limits:
@@ -85,10 +96,8 @@ class Limits:
                 provider="local",
                 feature="gpu",
             )
-        cpu = r.cpu_cores or DEFAULTS.cpu_cores
-        check_cpu(cpu)
         res = Resources(
-            cpu_cores=cpu,
+            cpu_cores=r.cpu_cores or DEFAULTS.cpu_cores,
             memory_mb=r.memory_mb or DEFAULTS.memory_mb,
             disk_mb=r.disk_mb or DEFAULTS.disk_mb,
             pids_limit=r.pids_limit or DEFAULTS.pids_limit,
@@ -108,7 +117,7 @@ class Limits:
                     reason="INVALID_RESOURCES",
                     resource=name,
                 )
-        check_memory(res.memory_mb)
+        res = _cap(sandbox, res, "create")
         pid_max = _pid_max()
         if res.pids_limit > pid_max:
             raise ResourceExhausted(
@@ -147,16 +156,45 @@ class Limits:
     ) -> Resources:
         """Changes a running sandbox's limits; zero leaves one as it is."""
         cur = sandbox.resources
-        check_cpu(cpu_cores)
-        if memory_mb:
-            check_memory(memory_mb)
+        if memory_mb and memory_mb < MIN_MEMORY_MB:
+            raise InvalidArgument(
+                f"memory_mb {memory_mb} is below the minimum of {MIN_MEMORY_MB}",
+                reason="INVALID_RESOURCES",
+                resource="memory_mb",
+            )
+        asked = replace(
+            cur,
+            cpu_cores=cpu_cores or cur.cpu_cores,
+            memory_mb=memory_mb or cur.memory_mb,
+            disk_mb=disk_mb or cur.disk_mb,
+        )
+        requested_before = sandbox.requested
+        want = _cap(sandbox, asked, "limits")
+        try:
+            return await self._apply(sandbox, cur, want, cpu_cores, memory_mb, disk_mb)
+        except BaseException:
+            sandbox.requested = requested_before
+            raise
+
+    async def _apply(
+        self,
+        sandbox: Sandbox,
+        cur: Resources,
+        want: Resources,
+        cpu_cores: float,
+        memory_mb: int,
+        disk_mb: int,
+    ) -> Resources:
+        cpu_cores = want.cpu_cores if cpu_cores else 0.0
+        memory_mb = want.memory_mb if memory_mb else 0
         if disk_mb and disk_mb < cur.disk_mb:
             raise FailedPrecondition(
                 "a running sandbox's disk can grow but not shrink",
                 reason="DISK_SHRINK_UNSUPPORTED",
                 provider="local",
             )
-        if disk_mb > cur.disk_mb:
+        grows = disk_mb > cur.disk_mb
+        if grows:
             self._check_disk(disk_mb, grow_mb=disk_mb - cur.disk_mb)
         if cpu_cores:
             quota, shares = str(int(cpu_cores * 100_000)), str(max(2, int(cpu_cores * 1024)))
@@ -168,14 +206,36 @@ class Limits:
             )  # fmt: skip
         if memory_mb:
             await self._set_memory(sandbox, memory_mb)
-        if disk_mb and disk_mb > cur.disk_mb:
+        if grows and disks.can_grow_live():
             await disks.grow(Path(sandbox.provider_data["bundle"]), disk_mb)
-        return replace(
-            cur,
-            cpu_cores=cpu_cores or cur.cpu_cores,
-            memory_mb=memory_mb or cur.memory_mb,
-            disk_mb=disk_mb or cur.disk_mb,
+        elif grows:
+            want = self._grow_later(sandbox, cur, want)
+        return want
+
+    def _grow_later(self, sandbox: Sandbox, cur: Resources, want: Resources) -> Resources:
+        """On a host where a mounted ext4 cannot grow (no CAP_SYS_RESOURCE), the
+        image is made larger now and its filesystem grows at the sandbox's next
+        restart, unmounted. Until then the disk in force is the old one: the answer
+        says so, and Sandbox.requested keeps the size asked."""
+        disks.enlarge(Path(sandbox.provider_data["bundle"]) / "disk.img", want.disk_mb)
+        sandbox.requested = replace(
+            sandbox.requested if sandbox.requested != Resources() else want,
+            disk_mb=want.disk_mb,
         )
+        log.warning(
+            "this host cannot grow a mounted disk: it grows at the next restart",
+            disk_mb=cur.disk_mb,
+            asked_disk_mb=want.disk_mb,
+        )
+        self._emit(
+            sandbox.id,
+            "resources.pending",
+            f"the disk grows from {cur.disk_mb} to {want.disk_mb} MB at the next restart: "
+            "this host withholds CAP_SYS_RESOURCE, which growing a mounted ext4 needs",
+            disk_mb=str(want.disk_mb),
+            cause="no-online-resize",
+        )
+        return replace(want, disk_mb=cur.disk_mb)
 
     async def _set_memory(self, sandbox: Sandbox, memory_mb: int) -> None:
         """cgroup v1 refuses a limit below current use rather than reclaiming it, so

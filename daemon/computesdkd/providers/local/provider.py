@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
-from computesdkd.domain.errors import Unavailable
+from computesdkd.domain import events
+from computesdkd.domain.errors import FailedPrecondition, Unavailable
 from computesdkd.domain.model import (
+    BuildStep,
     Command,
     FileInfo,
     Probe,
     Resources,
     Sandbox,
+    TemplateDefinition,
     TemplateInfo,
     Usage,
 )
@@ -25,16 +30,22 @@ from computesdkd.providers import base
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
 from computesdkd.providers.common.templates import TEMPLATES
-from computesdkd.providers.local import builder, cgroups, initproc, layout, monitor, parts
+from computesdkd.providers.local import builder, cgroups, disks, initproc, layout, monitor, parts
 from computesdkd.providers.local import rootfs as rootfs_mod
 from computesdkd.providers.local.containers import Containers
 from computesdkd.providers.local.disks import Disks
 from computesdkd.providers.local.fs import SandboxFS
-from computesdkd.providers.local.limits import DEFAULT_MAX_DISK_MB, DEFAULTS, MAX_DISK_ENV, Limits
+from computesdkd.providers.local.limits import (
+    DEFAULT_MAX_DISK_MB,
+    DEFAULTS,
+    MAX_DISK_ENV,
+    Limits,
+    capped,
+)
 from computesdkd.providers.local.processes import Processes
 from computesdkd.providers.local.reconcile import reconcile
 from computesdkd.providers.local.registry import insecure_registries
-from computesdkd.providers.local.snapshots import Snapshots
+from computesdkd.providers.local.snapshots import Snapshots, ext4_problem
 from computesdkd.providers.local.tplrecords import Template
 from computesdkd.providers.local.volumes import Volumes
 from computesdkd.support import logs
@@ -66,6 +77,7 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
         self._ctx: ProviderContext | None = None
         self._templates: builder.TemplateStore | None = None
         self._warming: asyncio.Task[None] | None = None
+        self._first_builds: dict[str, asyncio.Lock] = {}
         max_disk_mb = int(cfg.env.get(MAX_DISK_ENV, DEFAULT_MAX_DISK_MB))
         self._limits = Limits(self._layout, max_disk_mb, self._emit)
         self._snapshots = Snapshots(self._layout)
@@ -82,8 +94,14 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
         self._processes = Processes(self._layout, self._template_env)
         self.parts = [
             parts.LocalProcesses(self._processes),
-            parts.LocalChanges(self._containers, self._processes, self._limits),
-            parts.LocalSnapshots(self._snapshots, self._containers),
+            _CheckedChanges(
+                self._containers,
+                self._processes,
+                self._limits,
+                self._disk_checked,
+                self._built_on_first_use,
+            ),
+            _CheckedSnapshots(self._snapshots, self._containers, self._checked),
             parts.LocalVolumes(self._volumes, self._require),
             parts.LocalNetworks(self._layout, self._require),
             parts.LocalTemplates(self._template_store),
@@ -93,6 +111,40 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
         """An event the provider noticed on its own (an OOM kill, an upgrade)."""
         if self._ctx is not None:
             self._ctx.emit(*args, **attrs)
+
+    async def _checked(self, sandbox_id: str, snapshot_id: str) -> None:
+        """Before anything starts from a snapshot or saved state: its bytes are
+        those it was taken with, else a `corruption` event and STATE_CORRUPT."""
+        try:
+            await self._snapshots.verify(snapshot_id)
+        except FailedPrecondition as exc:
+            what = "state" if snapshot_id.startswith("state-") else "snapshot"
+            self._corrupt(sandbox_id, what, snapshot_id, exc)
+            raise
+
+    async def _disk_checked(self, sandbox: Sandbox, boot: Callable[[], Awaitable[None]]) -> None:
+        """A sandbox boots again on its disk: the image must still be an ext4, and
+        pass e2fsck when it is grown; else a `corruption` event and DISK_CORRUPT."""
+        try:
+            problem = _disk_problem(sandbox)
+            if problem is not None:
+                raise problem
+            await boot()
+        except FailedPrecondition as exc:
+            if exc.reason == "DISK_CORRUPT":
+                self._corrupt(sandbox.id, "disk", sandbox.id, exc)
+            raise
+
+    def _corrupt(self, sandbox_id: str, what: str, ident: str, exc: FailedPrecondition) -> None:
+        log.error("corrupt data on the store", what=what, id=ident, error=exc.message)
+        self._emit(
+            sandbox_id,
+            events.CORRUPTION,
+            exc.message,
+            what=what,
+            id=ident,
+            reason=exc.reason,
+        )
 
     # -------------------------------------------------------------- set-up
 
@@ -160,11 +212,15 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
         return self._templates.names() if self._templates else sorted(TEMPLATES)
 
     def expected_resources(self, asked: Resources) -> Resources:
-        return replace(
-            asked,
-            cpu_cores=asked.cpu_cores or DEFAULTS.cpu_cores,
-            memory_mb=asked.memory_mb or DEFAULTS.memory_mb,
-            disk_mb=asked.disk_mb or DEFAULTS.disk_mb,
+        """What create will give: defaults filled in, capped at the host (quotas
+        count this, not a request above the host)."""
+        return capped(
+            replace(
+                asked,
+                cpu_cores=asked.cpu_cores or DEFAULTS.cpu_cores,
+                memory_mb=asked.memory_mb or DEFAULTS.memory_mb,
+                disk_mb=asked.disk_mb or DEFAULTS.disk_mb,
+            )
         )
 
     def template_infos(self) -> list[TemplateInfo]:
@@ -180,6 +236,27 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
     def _template(self, name: str) -> Template:
         return self._template_store().require(name)
 
+    async def _built_on_first_use(self, sandbox: Sandbox) -> None:
+        """A predefined recipe (nextjs, full-stack-dev) is built the first time a
+        sandbox asks for it, as docker pulls an image on its first run."""
+        name, store = sandbox.spec.template, self._template_store()
+        tpl = TEMPLATES.get(name)
+        if tpl is None or tpl.recipe is None or store.built(name):
+            return
+        async with self._first_builds.setdefault(name, asyncio.Lock()):
+            if store.built(name):
+                return
+            bound = log.bind(sandbox_id=sandbox.id, template=name)
+            bound.info("building a predefined template on its first use")
+
+            def report(step: BuildStep) -> None:
+                if step.line is None:
+                    bound.info(
+                        "template build", step=f"{step.step}/{step.total}", what=step.description
+                    )
+
+            await store.build(TemplateDefinition(name=name), False, report)
+
     def _template_env(self, name: str) -> dict[str, str] | None:
         return self._templates.env(name) if self._templates else None
 
@@ -187,13 +264,24 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
 
     async def create(self, sandbox: Sandbox) -> None:
         self._require()
+        await self._built_on_first_use(sandbox)
+        source = sandbox.provider_data.get("from_snapshot", "")
+        if source:
+            await self._checked(sandbox.id, source)
         await self._containers.create(sandbox)
 
     async def destroy(self, sandbox: Sandbox, graceful_timeout_s: float = 0.0) -> None:
         await self._containers.destroy(sandbox, graceful_timeout_s)
 
     async def adopt(self, sandbox: Sandbox) -> bool:
-        return await self._containers.adopt(sandbox)
+        """A running sandbox the daemon finds again after a restart. Its disk is
+        mounted and keeps working; an image whose superblock is gone on the store
+        would not mount again, which a `corruption` event says now."""
+        adopted = await self._containers.adopt(sandbox)
+        problem = _disk_problem(sandbox) if adopted else None
+        if problem is not None:
+            self._corrupt(sandbox.id, "disk", sandbox.id, problem)
+        return adopted
 
     async def reconcile(self, live_ids: set[str]) -> None:
         """Frees what a daemon killed mid-operation left and no live sandbox owns."""
@@ -258,3 +346,71 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
 
     async def move(self, sandbox: Sandbox, source: str, destination: str) -> FileInfo:
         return await asyncio.to_thread(self._fs(sandbox).move_sync, source, destination)
+
+
+def _disk_problem(sandbox: Sandbox) -> FailedPrecondition | None:
+    """DISK_CORRUPT when the sandbox's disk image is no ext4 at a glance."""
+    why = ext4_problem(Path(sandbox.provider_data.get("bundle", "")) / "disk.img")
+    if not why:
+        return None
+    return FailedPrecondition(
+        f"the disk of sandbox {sandbox.id} is corrupt: {why}",
+        reason="DISK_CORRUPT",
+        sandbox_id=sandbox.id,
+    )
+
+
+class _CheckedSnapshots(parts.LocalSnapshots):
+    """Checks a snapshot's bytes before it is restored or exported."""
+
+    def __init__(
+        self,
+        snapshots: Snapshots,
+        containers: Containers,
+        checked: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        super().__init__(snapshots, containers)
+        self._checked = checked
+
+    async def snapshot_restore(self, sandbox: Sandbox, snapshot_id: str) -> None:
+        await self._checked(sandbox.id, snapshot_id)
+        await super().snapshot_restore(sandbox, snapshot_id)
+
+    async def snapshot_export(self, snapshot_id: str, layer: Path) -> None:
+        await self._checked("", snapshot_id)
+        await super().snapshot_export(snapshot_id, layer)
+
+
+class _CheckedChanges(parts.LocalChanges):
+    """Checks a sandbox's disk as it boots on it again (a restart), and builds a
+    predefined template the restart names on its first use."""
+
+    def __init__(
+        self,
+        containers: Containers,
+        processes: Processes,
+        limits: Limits,
+        checked: Callable[[Sandbox, Callable[[], Awaitable[None]]], Awaitable[None]],
+        built_on_first_use: Callable[[Sandbox], Awaitable[None]],
+    ) -> None:
+        super().__init__(containers, processes, limits)
+        self._checked = checked
+        self._built_on_first_use = built_on_first_use
+
+    async def restart(self, sandbox: Sandbox, wipe: bool) -> None:
+        """On the same disk: grown first to a larger disk_mb asked (its ext4 grows
+        as it is mounted again); a disk never shrinks, so the sandbox's disk_mb is
+        what its image holds when that is more."""
+        await self._built_on_first_use(sandbox)  # a restart may name a new template
+        if wipe:
+            await super().restart(sandbox, wipe)
+            return
+        image = Path(sandbox.provider_data["bundle"]) / "disk.img"
+        wanted = self._limits.resolve(sandbox).disk_mb
+        if wanted > disks.image_mb(image):
+            disks.enlarge(image, wanted)
+        boot = functools.partial(parts.LocalChanges.restart, self, sandbox, wipe)
+        await self._checked(sandbox, boot)
+        held = disks.image_mb(image)
+        if sandbox.resources.disk_mb < held:
+            sandbox.resources = replace(sandbox.resources, disk_mb=held)

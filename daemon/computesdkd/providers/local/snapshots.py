@@ -1,18 +1,65 @@
 """Snapshots of local sandboxes: a reflink clone of the sandbox's disk image,
-kept in the store under the id the daemon chose."""
+kept in the store under the id the daemon chose, with a fingerprint of its bytes
+beside it (checked before anything starts from it: bytes changed on the store
+are refused, not booted)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import hashlib
 import os
 from pathlib import Path
 
-from computesdkd.domain.errors import NotFound
+from computesdkd.domain.errors import FailedPrecondition, NotFound
 from computesdkd.domain.model import Sandbox
 from computesdkd.providers.local import disks, layerout, storage
 from computesdkd.providers.local.host import umount
 from computesdkd.providers.local.layout import Layout
+
+# The fingerprint hashes the image in blocks of this size, skipping blocks of
+# zeros: it reads only what the sparse image holds, and does not depend on how the
+# store lays the image out (a hole and written zeros hash the same).
+BLOCK = 64 * 1024
+_ZEROS = bytes(BLOCK)
+SIDECAR = ".sha256"
+EXT4_MAGIC_OFFSET, EXT4_MAGIC = 1024 + 0x38, b"\x53\xef"
+
+
+def fingerprint(image: Path) -> str:
+    h = hashlib.sha256()
+    with image.open("rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        h.update(size.to_bytes(8, "little"))
+        done = 0  # blocks below this one are hashed
+        while done * BLOCK < size:
+            try:
+                start = os.lseek(fd, done * BLOCK, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data past here
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            for i in range(max(done, start // BLOCK), (end - 1) // BLOCK + 1):
+                data = os.pread(fd, BLOCK, i * BLOCK)
+                if data != _ZEROS[: len(data)]:
+                    h.update(i.to_bytes(8, "little"))
+                    h.update(data)
+                done = i + 1
+    return h.hexdigest()
+
+
+def ext4_problem(image: Path) -> str:
+    """What is wrong with an ext4 image at a glance (its superblock), or ""."""
+    try:
+        with image.open("rb") as f:
+            f.seek(EXT4_MAGIC_OFFSET)
+            magic = f.read(2)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    return "" if magic == EXT4_MAGIC else "its ext4 superblock is not there"
 
 
 class Snapshots:
@@ -41,9 +88,36 @@ class Snapshots:
             storage.syncfs(bundle / "disk")
             storage.clone_file(bundle / "disk.img", dst, self._layout.reflink)
             st = os.statvfs(bundle / "disk")
+            self._seal(dst)
             return (st.f_blocks - st.f_bfree) * st.f_frsize
 
         return await asyncio.to_thread(take)
+
+    def _seal(self, image: Path) -> None:
+        tmp = image.with_name(image.name + SIDECAR + ".tmp")
+        tmp.write_text(fingerprint(image))
+        tmp.rename(image.with_name(image.name + SIDECAR))
+
+    async def verify(self, snapshot_id: str) -> None:
+        """Raises FailedPrecondition STATE_CORRUPT when the snapshot's stored bytes
+        are not those it was taken with (a snapshot older than fingerprints is
+        only checked for its superblock)."""
+        image = self.path(snapshot_id)
+
+        def problem() -> str:
+            sidecar = image.with_name(image.name + SIDECAR)
+            with contextlib.suppress(FileNotFoundError):
+                if fingerprint(image) != sidecar.read_text().strip():
+                    return "its bytes do not match the fingerprint taken with it"
+            return ext4_problem(image)
+
+        why = await asyncio.to_thread(problem)
+        if why:
+            raise FailedPrecondition(
+                f"snapshot {snapshot_id} is corrupt on the store: {why}",
+                reason="STATE_CORRUPT",
+                snapshot_id=snapshot_id,
+            )
 
     async def export(self, snapshot_id: str, layer: Path) -> None:
         """Writes the snapshot's files (its upper layer) as an OCI-style tar layer."""
@@ -76,10 +150,18 @@ class Snapshots:
     def ids(self) -> list[str]:
         snaps = self._layout.store / "snapshots"
         # Half-written clones (*.tmp) of a daemon that died are listed to be freed too.
-        return (
-            sorted(p.name.removesuffix(".img") for p in snaps.iterdir()) if snaps.exists() else []
+        if not snaps.exists():
+            return []
+        # A fingerprint is listed only when its image is gone (a delete cut short),
+        # so that it is freed too; so is a half-written one (.tmp).
+        return sorted(
+            p.name.removesuffix(".img")
+            for p in snaps.iterdir()
+            if not (p.name.endswith(SIDECAR) and (snaps / p.name.removesuffix(SIDECAR)).exists())
         )
 
     async def delete(self, snapshot_id: str) -> None:
-        self._image(snapshot_id).unlink(missing_ok=True)
+        image = self._image(snapshot_id)
+        image.unlink(missing_ok=True)
+        image.with_name(image.name + SIDECAR).unlink(missing_ok=True)
         (self._layout.store / "snapshots" / snapshot_id).unlink(missing_ok=True)

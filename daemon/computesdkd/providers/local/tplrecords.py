@@ -45,12 +45,19 @@ def write(path: Path, rec: Record) -> None:
     os.replace(tmp, path)
 
 
-def cache_key(base_digest: str, d: TemplateDefinition) -> str:
-    """What a build's result depends on: its base, packages, env and setup."""
+def package_manager(d: TemplateDefinition) -> str:
+    """The definition's package_manager as asked ("auto" when unset)."""
+    return d.package_manager or "auto"
+
+
+def cache_key(base_digest: str, d: TemplateDefinition, manager: str) -> str:
+    """What a build's result depends on: its base, packages (and what installs
+    them), env and setup."""
     body = {
         "v": RECORD_VERSION,
         "base": base_digest,
         "packages": list(d.packages),
+        "package_manager": manager,
         "env": dict(sorted(d.env.items())),
         "setup": list(d.setup),
     }
@@ -78,6 +85,7 @@ def info(rec: Record) -> TemplateInfo:
             env={str(k): str(v) for k, v in (d.get("env") or {}).items()},
             setup=tuple(strs(d.get("setup"))),
             description=str(rec.get("description", "")),
+            package_manager=str(d.get("package_manager", "")),
         ),
         base_image_digest=str(rec.get("base_image_digest", "")),
         env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},

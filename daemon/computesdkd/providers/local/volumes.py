@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from computesdkd.domain.errors import Internal
+from computesdkd.domain.errors import Internal, ResourceExhausted
 from computesdkd.domain.model import Sandbox
 from computesdkd.providers.local import disks, idmap, storage
 from computesdkd.providers.local import rootfs as rootfs_mod
@@ -35,6 +35,19 @@ class Volumes:
         return self._layout.store / "volumes" / name
 
     async def create(self, name: str, size_mb: int) -> None:
+        """The image is sparse: a 10 GB volume takes what is written to it. Its size
+        is a promise the store may overcommit, but never beyond the store's whole
+        size (such a volume could never be filled)."""
+        with contextlib.suppress(OSError):
+            total_mb = shutil.disk_usage(self._layout.store).total // disks.MIB
+            if size_mb > total_mb:
+                raise ResourceExhausted(
+                    f"volume {name!r} of {size_mb} MiB is larger than the whole sandbox "
+                    f"store ({total_mb} MiB)",
+                    reason="VOLUME_TOO_LARGE",
+                    volume=name,
+                    limit_mb=str(total_mb),
+                )
         d = self._dir(name)
         d.mkdir(parents=True, exist_ok=True)
         img = d / "volume.img"

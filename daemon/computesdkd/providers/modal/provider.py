@@ -51,8 +51,11 @@ IMAGES = {
     "base": "FROM python:3.11-slim",
     "python": "FROM python:3.11-slim",
     "python:3.11": "FROM python:3.11-slim",
+    "python3.11.x": "FROM python:3.11-slim",
     "node": "FROM node:18-slim",
+    "nodejs": "FROM node:18-slim",
     "nodejs18": "FROM node:18-slim",
+    "nodejs18.x": "FROM node:18-slim",
 }
 
 

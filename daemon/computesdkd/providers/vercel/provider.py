@@ -68,9 +68,12 @@ log = logs.get(__name__)
 IMAGES = {
     "base": "vercel/sandbox/universal",
     "node": "vercel/sandbox/node:22",
+    "nodejs": "vercel/sandbox/node:22",
     "nodejs18": "vercel/sandbox/node:22",
+    "nodejs18.x": "vercel/sandbox/node:22",
     "python": "vercel/sandbox/python:3.14",
     "python:3.11": "vercel/sandbox/python:3.14",
+    "python3.11.x": "vercel/sandbox/python:3.14",
 }
 PREFIX = "computesdk-"
 # How much of a caller's template name an error repeats.

@@ -349,6 +349,20 @@ const (
 	Reason_REASON_PROVIDER_LIMIT Reason = 157
 	// FAILED_PRECONDITION: the vendor exposes only ports declared at create
 	Reason_REASON_PORT_NOT_DECLARED Reason = 158
+	// INVALID_ARGUMENT: a volume size string the daemon cannot parse, zero, or
+	// beyond any store
+	Reason_REASON_INVALID_VOLUME_SIZE Reason = 160
+	// FAILED_PRECONDITION: a saved state's or snapshot's stored bytes fail their
+	// digest or format check; a `corruption` event names what failed
+	Reason_REASON_STATE_CORRUPT Reason = 161
+	// FAILED_PRECONDITION: a sandbox's disk image fails its filesystem check; a
+	// `corruption` event names it
+	Reason_REASON_DISK_CORRUPT Reason = 162
+	// RESOURCE_EXHAUSTED: a volume larger than its store can ever hold
+	Reason_REASON_VOLUME_TOO_LARGE Reason = 163
+	// FAILED_PRECONDITION: a base image no registry gives and no local base stands
+	// in for (python:3.12 where only python 3.11 is local); names the local bases
+	Reason_REASON_BASE_IMAGE_UNAVAILABLE Reason = 170
 )
 
 // Enum value maps for Reason.
@@ -513,6 +527,11 @@ var (
 		156: "REASON_BASE_IMAGE_FORBIDDEN",
 		157: "REASON_PROVIDER_LIMIT",
 		158: "REASON_PORT_NOT_DECLARED",
+		160: "REASON_INVALID_VOLUME_SIZE",
+		161: "REASON_STATE_CORRUPT",
+		162: "REASON_DISK_CORRUPT",
+		163: "REASON_VOLUME_TOO_LARGE",
+		170: "REASON_BASE_IMAGE_UNAVAILABLE",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":                 0,
@@ -674,6 +693,11 @@ var (
 		"REASON_BASE_IMAGE_FORBIDDEN":        156,
 		"REASON_PROVIDER_LIMIT":              157,
 		"REASON_PORT_NOT_DECLARED":           158,
+		"REASON_INVALID_VOLUME_SIZE":         160,
+		"REASON_STATE_CORRUPT":               161,
+		"REASON_DISK_CORRUPT":                162,
+		"REASON_VOLUME_TOO_LARGE":            163,
+		"REASON_BASE_IMAGE_UNAVAILABLE":      170,
 	}
 )
 
@@ -708,7 +732,7 @@ var File_computesdk_api_errors_v1_errors_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\xa6$\n" +
+	"%computesdk/api/errors/v1/errors.proto\x12\x18computesdk.api.errors.v1*\xbe%\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_ABORTED\x10\x01\x12\x16\n" +
@@ -869,7 +893,12 @@ const file_computesdk_api_errors_v1_errors_proto_rawDesc = "" +
 	"\x18REASON_ADMIN_SOCKET_ONLY\x10\x9b\x01\x12 \n" +
 	"\x1bREASON_BASE_IMAGE_FORBIDDEN\x10\x9c\x01\x12\x1a\n" +
 	"\x15REASON_PROVIDER_LIMIT\x10\x9d\x01\x12\x1d\n" +
-	"\x18REASON_PORT_NOT_DECLARED\x10\x9e\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
+	"\x18REASON_PORT_NOT_DECLARED\x10\x9e\x01\x12\x1f\n" +
+	"\x1aREASON_INVALID_VOLUME_SIZE\x10\xa0\x01\x12\x19\n" +
+	"\x14REASON_STATE_CORRUPT\x10\xa1\x01\x12\x18\n" +
+	"\x13REASON_DISK_CORRUPT\x10\xa2\x01\x12\x1c\n" +
+	"\x17REASON_VOLUME_TOO_LARGE\x10\xa3\x01\x12\"\n" +
+	"\x1dREASON_BASE_IMAGE_UNAVAILABLE\x10\xaa\x01BDZBgithub.com/computesdk/computesdk/clients/go/api/errors/v1;errorsv1b\x06proto3"
 
 var (
 	file_computesdk_api_errors_v1_errors_proto_rawDescOnce sync.Once

@@ -31,7 +31,8 @@ type Event struct {
 	SandboxId string                 `protobuf:"bytes,3,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
 	// One of: created, ready, error, destroyed, process.started,
 	// process.exited, out-of-memory, resourceAlert, resources.changed, autoscale,
-	// health, cloned, migrated, provider.circuit (with an empty sandbox_id).
+	// health, cloned, migrated, corruption (a disk or saved state failed its
+	// check), provider.circuit (with an empty sandbox_id).
 	// New types may be added.
 	Type          string            `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
 	Message       string            `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`

@@ -292,9 +292,13 @@ type Sandbox struct {
 	// The provider's own handle for the sandbox (container id, vendor id).
 	ProviderSandboxId string `protobuf:"bytes,11,opt,name=provider_sandbox_id,json=providerSandboxId,proto3" json:"provider_sandbox_id,omitempty"`
 	// Human-readable reason when state is STATE_ERROR.
-	ErrorMessage  string `protobuf:"bytes,12,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ErrorMessage string `protobuf:"bytes,12,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// The resources the create (or the last scale/limit change) asked for, when
+	// they differ from `resources`: a request above the host is capped at the
+	// host, and `resources` holds the effective figures. Unset when equal.
+	RequestedResources *Resources `protobuf:"bytes,13,opt,name=requested_resources,json=requestedResources,proto3" json:"requested_resources,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
@@ -409,6 +413,13 @@ func (x *Sandbox) GetErrorMessage() string {
 		return x.ErrorMessage
 	}
 	return ""
+}
+
+func (x *Sandbox) GetRequestedResources() *Resources {
+	if x != nil {
+		return x.RequestedResources
+	}
+	return nil
 }
 
 // CreateSandboxRequest describes a new sandbox.
@@ -571,8 +582,20 @@ type VolumeMount struct {
 	// Absolute path inside the sandbox.
 	MountPath string `protobuf:"bytes,2,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
 	ReadOnly  bool   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
-	// For a volume that does not exist yet: make it, ephemeral, this size.
-	SizeMb        uint64 `protobuf:"varint,4,opt,name=size_mb,json=sizeMb,proto3" json:"size_mb,omitempty"`
+	// For a volume that does not exist yet: make it this size, in MB. When
+	// `size` is also set, `size` wins.
+	SizeMb uint64 `protobuf:"varint,4,opt,name=size_mb,json=sizeMb,proto3" json:"size_mb,omitempty"`
+	// Size as a string, parsed by the daemon: "10GB" (10^9 bytes), "10GiB"
+	// (2^30), "512MB", "512MiB", "1TB", "1TiB"; a bare number means MB. Used
+	// only when this create makes the volume: an existing volume is mounted
+	// as it is, whatever its size.
+	Size string `protobuf:"bytes,5,opt,name=size,proto3" json:"size,omitempty"`
+	// For a volume this create makes: it outlives the sandbox. False (the
+	// default) removes it with the sandbox.
+	Persistent bool `protobuf:"varint,6,opt,name=persistent,proto3" json:"persistent,omitempty"`
+	// The volume must already exist (the spec's mountExisting): NOT_FOUND
+	// VOLUME_NOT_FOUND when it does not, instead of creating it.
+	MustExist     bool `protobuf:"varint,7,opt,name=must_exist,json=mustExist,proto3" json:"must_exist,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -633,6 +656,27 @@ func (x *VolumeMount) GetSizeMb() uint64 {
 		return x.SizeMb
 	}
 	return 0
+}
+
+func (x *VolumeMount) GetSize() string {
+	if x != nil {
+		return x.Size
+	}
+	return ""
+}
+
+func (x *VolumeMount) GetPersistent() bool {
+	if x != nil {
+		return x.Persistent
+	}
+	return false
+}
+
+func (x *VolumeMount) GetMustExist() bool {
+	if x != nil {
+		return x.MustExist
+	}
+	return false
 }
 
 // BatchCreateSandboxesRequest holds one create per sandbox.
@@ -1780,7 +1824,8 @@ type MigrateSandboxRequest struct {
 	Template string `protobuf:"bytes,3,opt,name=template,proto3" json:"template,omitempty"`
 	// Copy /workspace.
 	PreserveFiles bool `protobuf:"varint,4,opt,name=preserve_files,json=preserveFiles,proto3" json:"preserve_files,omitempty"`
-	// Carry the env over, renamed by env_mapping.
+	// Carry the env over, renamed by env_mapping (a non-empty env_mapping
+	// carries it too).
 	PreserveEnv     bool              `protobuf:"varint,5,opt,name=preserve_env,json=preserveEnv,proto3" json:"preserve_env,omitempty"`
 	TemplateMapping map[string]string `protobuf:"bytes,6,rep,name=template_mapping,json=templateMapping,proto3" json:"template_mapping,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	EnvMapping      map[string]string `protobuf:"bytes,7,rep,name=env_mapping,json=envMapping,proto3" json:"env_mapping,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -2044,7 +2089,7 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\x124\n" +
 	"\x03gpu\x18\x04 \x01(\v2\".computesdk.api.sandbox.v1.GpuSpecR\x03gpu\x12\x1d\n" +
 	"\n" +
-	"pids_limit\x18\x05 \x01(\rR\tpidsLimit\"\xe5\x04\n" +
+	"pids_limit\x18\x05 \x01(\rR\tpidsLimit\"\xbc\x05\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x1a\n" +
@@ -2062,7 +2107,8 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\tresources\x18\n" +
 	" \x01(\v2$.computesdk.api.sandbox.v1.ResourcesR\tresources\x12.\n" +
 	"\x13provider_sandbox_id\x18\v \x01(\tR\x11providerSandboxId\x12#\n" +
-	"\rerror_message\x18\f \x01(\tR\ferrorMessage\x1a;\n" +
+	"\rerror_message\x18\f \x01(\tR\ferrorMessage\x12U\n" +
+	"\x13requested_resources\x18\r \x01(\v2$.computesdk.api.sandbox.v1.ResourcesR\x12requestedResources\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfd\x05\n" +
@@ -2090,13 +2136,19 @@ const file_computesdk_api_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +
 	"\vVolumeMount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
 	"mount_path\x18\x02 \x01(\tR\tmountPath\x12\x1b\n" +
 	"\tread_only\x18\x03 \x01(\bR\breadOnly\x12\x17\n" +
-	"\asize_mb\x18\x04 \x01(\x04R\x06sizeMb\"j\n" +
+	"\asize_mb\x18\x04 \x01(\x04R\x06sizeMb\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\tR\x04size\x12\x1e\n" +
+	"\n" +
+	"persistent\x18\x06 \x01(\bR\n" +
+	"persistent\x12\x1d\n" +
+	"\n" +
+	"must_exist\x18\a \x01(\bR\tmustExist\"j\n" +
 	"\x1bBatchCreateSandboxesRequest\x12K\n" +
 	"\brequests\x18\x01 \x03(\v2/.computesdk.api.sandbox.v1.CreateSandboxRequestR\brequests\"\x9b\x01\n" +
 	"\x11BatchCreateResult\x12>\n" +
@@ -2302,62 +2354,63 @@ var file_computesdk_api_sandbox_v1_sandbox_proto_depIdxs = []int32{
 	41, // 3: computesdk.api.sandbox.v1.Sandbox.create_time:type_name -> google.protobuf.Timestamp
 	41, // 4: computesdk.api.sandbox.v1.Sandbox.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 5: computesdk.api.sandbox.v1.Sandbox.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	32, // 6: computesdk.api.sandbox.v1.CreateSandboxRequest.metadata:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
-	3,  // 7: computesdk.api.sandbox.v1.CreateSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	33, // 8: computesdk.api.sandbox.v1.CreateSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
-	1,  // 9: computesdk.api.sandbox.v1.CreateSandboxRequest.pool_policy:type_name -> computesdk.api.sandbox.v1.PoolPolicy
-	6,  // 10: computesdk.api.sandbox.v1.CreateSandboxRequest.volumes:type_name -> computesdk.api.sandbox.v1.VolumeMount
-	5,  // 11: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest.requests:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest
-	4,  // 12: computesdk.api.sandbox.v1.BatchCreateResult.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	9,  // 13: computesdk.api.sandbox.v1.BatchCreateResult.error:type_name -> computesdk.api.sandbox.v1.ItemError
-	8,  // 14: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse.results:type_name -> computesdk.api.sandbox.v1.BatchCreateResult
-	4,  // 15: computesdk.api.sandbox.v1.ResetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	34, // 16: computesdk.api.sandbox.v1.SetSandboxEnvRequest.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
-	35, // 17: computesdk.api.sandbox.v1.SetSandboxEnvResponse.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
-	4,  // 18: computesdk.api.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	4,  // 19: computesdk.api.sandbox.v1.GetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	36, // 20: computesdk.api.sandbox.v1.ListSandboxesRequest.metadata:type_name -> computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
-	0,  // 21: computesdk.api.sandbox.v1.ListSandboxesRequest.states:type_name -> computesdk.api.sandbox.v1.State
-	4,  // 22: computesdk.api.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> computesdk.api.sandbox.v1.Sandbox
-	0,  // 23: computesdk.api.sandbox.v1.GetSandboxStatusResponse.state:type_name -> computesdk.api.sandbox.v1.State
-	3,  // 24: computesdk.api.sandbox.v1.GetSandboxStatusResponse.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	24, // 25: computesdk.api.sandbox.v1.GetSandboxStatusResponse.usage:type_name -> computesdk.api.sandbox.v1.ResourceUsage
-	37, // 26: computesdk.api.sandbox.v1.CloneSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
-	3,  // 27: computesdk.api.sandbox.v1.CloneSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	4,  // 28: computesdk.api.sandbox.v1.CloneSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	38, // 29: computesdk.api.sandbox.v1.MigrateSandboxRequest.template_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
-	39, // 30: computesdk.api.sandbox.v1.MigrateSandboxRequest.env_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
-	4,  // 31: computesdk.api.sandbox.v1.MigrateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	40, // 32: computesdk.api.sandbox.v1.RestartSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.RestartSandboxRequest.EnvEntry
-	3,  // 33: computesdk.api.sandbox.v1.RestartSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
-	4,  // 34: computesdk.api.sandbox.v1.RestartSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
-	5,  // 35: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:input_type -> computesdk.api.sandbox.v1.CreateSandboxRequest
-	16, // 36: computesdk.api.sandbox.v1.SandboxService.GetSandbox:input_type -> computesdk.api.sandbox.v1.GetSandboxRequest
-	18, // 37: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:input_type -> computesdk.api.sandbox.v1.ListSandboxesRequest
-	20, // 38: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:input_type -> computesdk.api.sandbox.v1.DestroySandboxRequest
-	22, // 39: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:input_type -> computesdk.api.sandbox.v1.GetSandboxStatusRequest
-	25, // 40: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:input_type -> computesdk.api.sandbox.v1.CloneSandboxRequest
-	27, // 41: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:input_type -> computesdk.api.sandbox.v1.MigrateSandboxRequest
-	7,  // 42: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:input_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
-	11, // 43: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:input_type -> computesdk.api.sandbox.v1.ResetSandboxRequest
-	13, // 44: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:input_type -> computesdk.api.sandbox.v1.SetSandboxEnvRequest
-	29, // 45: computesdk.api.sandbox.v1.SandboxService.RestartSandbox:input_type -> computesdk.api.sandbox.v1.RestartSandboxRequest
-	15, // 46: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:output_type -> computesdk.api.sandbox.v1.CreateSandboxResponse
-	17, // 47: computesdk.api.sandbox.v1.SandboxService.GetSandbox:output_type -> computesdk.api.sandbox.v1.GetSandboxResponse
-	19, // 48: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:output_type -> computesdk.api.sandbox.v1.ListSandboxesResponse
-	21, // 49: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:output_type -> computesdk.api.sandbox.v1.DestroySandboxResponse
-	23, // 50: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:output_type -> computesdk.api.sandbox.v1.GetSandboxStatusResponse
-	26, // 51: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:output_type -> computesdk.api.sandbox.v1.CloneSandboxResponse
-	28, // 52: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:output_type -> computesdk.api.sandbox.v1.MigrateSandboxResponse
-	10, // 53: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:output_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
-	12, // 54: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:output_type -> computesdk.api.sandbox.v1.ResetSandboxResponse
-	14, // 55: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:output_type -> computesdk.api.sandbox.v1.SetSandboxEnvResponse
-	30, // 56: computesdk.api.sandbox.v1.SandboxService.RestartSandbox:output_type -> computesdk.api.sandbox.v1.RestartSandboxResponse
-	46, // [46:57] is the sub-list for method output_type
-	35, // [35:46] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	3,  // 6: computesdk.api.sandbox.v1.Sandbox.requested_resources:type_name -> computesdk.api.sandbox.v1.Resources
+	32, // 7: computesdk.api.sandbox.v1.CreateSandboxRequest.metadata:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.MetadataEntry
+	3,  // 8: computesdk.api.sandbox.v1.CreateSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	33, // 9: computesdk.api.sandbox.v1.CreateSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest.EnvEntry
+	1,  // 10: computesdk.api.sandbox.v1.CreateSandboxRequest.pool_policy:type_name -> computesdk.api.sandbox.v1.PoolPolicy
+	6,  // 11: computesdk.api.sandbox.v1.CreateSandboxRequest.volumes:type_name -> computesdk.api.sandbox.v1.VolumeMount
+	5,  // 12: computesdk.api.sandbox.v1.BatchCreateSandboxesRequest.requests:type_name -> computesdk.api.sandbox.v1.CreateSandboxRequest
+	4,  // 13: computesdk.api.sandbox.v1.BatchCreateResult.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	9,  // 14: computesdk.api.sandbox.v1.BatchCreateResult.error:type_name -> computesdk.api.sandbox.v1.ItemError
+	8,  // 15: computesdk.api.sandbox.v1.BatchCreateSandboxesResponse.results:type_name -> computesdk.api.sandbox.v1.BatchCreateResult
+	4,  // 16: computesdk.api.sandbox.v1.ResetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	34, // 17: computesdk.api.sandbox.v1.SetSandboxEnvRequest.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvRequest.EnvEntry
+	35, // 18: computesdk.api.sandbox.v1.SetSandboxEnvResponse.env:type_name -> computesdk.api.sandbox.v1.SetSandboxEnvResponse.EnvEntry
+	4,  // 19: computesdk.api.sandbox.v1.CreateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	4,  // 20: computesdk.api.sandbox.v1.GetSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	36, // 21: computesdk.api.sandbox.v1.ListSandboxesRequest.metadata:type_name -> computesdk.api.sandbox.v1.ListSandboxesRequest.MetadataEntry
+	0,  // 22: computesdk.api.sandbox.v1.ListSandboxesRequest.states:type_name -> computesdk.api.sandbox.v1.State
+	4,  // 23: computesdk.api.sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> computesdk.api.sandbox.v1.Sandbox
+	0,  // 24: computesdk.api.sandbox.v1.GetSandboxStatusResponse.state:type_name -> computesdk.api.sandbox.v1.State
+	3,  // 25: computesdk.api.sandbox.v1.GetSandboxStatusResponse.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	24, // 26: computesdk.api.sandbox.v1.GetSandboxStatusResponse.usage:type_name -> computesdk.api.sandbox.v1.ResourceUsage
+	37, // 27: computesdk.api.sandbox.v1.CloneSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.CloneSandboxRequest.EnvEntry
+	3,  // 28: computesdk.api.sandbox.v1.CloneSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	4,  // 29: computesdk.api.sandbox.v1.CloneSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	38, // 30: computesdk.api.sandbox.v1.MigrateSandboxRequest.template_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.TemplateMappingEntry
+	39, // 31: computesdk.api.sandbox.v1.MigrateSandboxRequest.env_mapping:type_name -> computesdk.api.sandbox.v1.MigrateSandboxRequest.EnvMappingEntry
+	4,  // 32: computesdk.api.sandbox.v1.MigrateSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	40, // 33: computesdk.api.sandbox.v1.RestartSandboxRequest.env:type_name -> computesdk.api.sandbox.v1.RestartSandboxRequest.EnvEntry
+	3,  // 34: computesdk.api.sandbox.v1.RestartSandboxRequest.resources:type_name -> computesdk.api.sandbox.v1.Resources
+	4,  // 35: computesdk.api.sandbox.v1.RestartSandboxResponse.sandbox:type_name -> computesdk.api.sandbox.v1.Sandbox
+	5,  // 36: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:input_type -> computesdk.api.sandbox.v1.CreateSandboxRequest
+	16, // 37: computesdk.api.sandbox.v1.SandboxService.GetSandbox:input_type -> computesdk.api.sandbox.v1.GetSandboxRequest
+	18, // 38: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:input_type -> computesdk.api.sandbox.v1.ListSandboxesRequest
+	20, // 39: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:input_type -> computesdk.api.sandbox.v1.DestroySandboxRequest
+	22, // 40: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:input_type -> computesdk.api.sandbox.v1.GetSandboxStatusRequest
+	25, // 41: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:input_type -> computesdk.api.sandbox.v1.CloneSandboxRequest
+	27, // 42: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:input_type -> computesdk.api.sandbox.v1.MigrateSandboxRequest
+	7,  // 43: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:input_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesRequest
+	11, // 44: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:input_type -> computesdk.api.sandbox.v1.ResetSandboxRequest
+	13, // 45: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:input_type -> computesdk.api.sandbox.v1.SetSandboxEnvRequest
+	29, // 46: computesdk.api.sandbox.v1.SandboxService.RestartSandbox:input_type -> computesdk.api.sandbox.v1.RestartSandboxRequest
+	15, // 47: computesdk.api.sandbox.v1.SandboxService.CreateSandbox:output_type -> computesdk.api.sandbox.v1.CreateSandboxResponse
+	17, // 48: computesdk.api.sandbox.v1.SandboxService.GetSandbox:output_type -> computesdk.api.sandbox.v1.GetSandboxResponse
+	19, // 49: computesdk.api.sandbox.v1.SandboxService.ListSandboxes:output_type -> computesdk.api.sandbox.v1.ListSandboxesResponse
+	21, // 50: computesdk.api.sandbox.v1.SandboxService.DestroySandbox:output_type -> computesdk.api.sandbox.v1.DestroySandboxResponse
+	23, // 51: computesdk.api.sandbox.v1.SandboxService.GetSandboxStatus:output_type -> computesdk.api.sandbox.v1.GetSandboxStatusResponse
+	26, // 52: computesdk.api.sandbox.v1.SandboxService.CloneSandbox:output_type -> computesdk.api.sandbox.v1.CloneSandboxResponse
+	28, // 53: computesdk.api.sandbox.v1.SandboxService.MigrateSandbox:output_type -> computesdk.api.sandbox.v1.MigrateSandboxResponse
+	10, // 54: computesdk.api.sandbox.v1.SandboxService.BatchCreateSandboxes:output_type -> computesdk.api.sandbox.v1.BatchCreateSandboxesResponse
+	12, // 55: computesdk.api.sandbox.v1.SandboxService.ResetSandbox:output_type -> computesdk.api.sandbox.v1.ResetSandboxResponse
+	14, // 56: computesdk.api.sandbox.v1.SandboxService.SetSandboxEnv:output_type -> computesdk.api.sandbox.v1.SetSandboxEnvResponse
+	30, // 57: computesdk.api.sandbox.v1.SandboxService.RestartSandbox:output_type -> computesdk.api.sandbox.v1.RestartSandboxResponse
+	47, // [47:58] is the sub-list for method output_type
+	36, // [36:47] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_computesdk_api_sandbox_v1_sandbox_proto_init() }

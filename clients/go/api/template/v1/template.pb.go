@@ -33,15 +33,23 @@ type TemplateDefinition struct {
 	//	docker-archive:PATH            a `docker save` tarball
 	//	[docker://]HOST[:PORT]/REPO[:TAG|@DIGEST]  a registry (distribution API)
 	//	template:NAME                  another template
+	//
+	// Where no registry answers, Docker Hub names the local Debian base carries
+	// (python:3.11-slim, node:18, debian:bookworm) build on that base; another
+	// tag of those fails FAILED_PRECONDITION BASE_IMAGE_UNAVAILABLE.
 	BaseImage string `protobuf:"bytes,2,opt,name=base_image,json=baseImage,proto3" json:"base_image,omitempty"`
-	// Installed with the base's package manager (apt-get on Debian).
+	// Installed by package_manager: one name (or pip/npm spec) each, never an option.
 	Packages []string          `protobuf:"bytes,3,rep,name=packages,proto3" json:"packages,omitempty"`
 	Env      map[string]string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Shell commands run in order, as root, after the packages.
-	Setup         []string `protobuf:"bytes,5,rep,name=setup,proto3" json:"setup,omitempty"`
-	Description   string   `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Setup       []string `protobuf:"bytes,5,rep,name=setup,proto3" json:"setup,omitempty"`
+	Description string   `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	// What installs packages: "apt" (the system's: apt-get, apk or dnf), "pip"
+	// (into the system python), "npm" (global, on NODE_PATH), or "auto"/empty: by
+	// the base, pip on a python image or template, npm on a node one, else apt.
+	PackageManager string `protobuf:"bytes,7,opt,name=package_manager,json=packageManager,proto3" json:"package_manager,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TemplateDefinition) Reset() {
@@ -112,6 +120,13 @@ func (x *TemplateDefinition) GetSetup() []string {
 func (x *TemplateDefinition) GetDescription() string {
 	if x != nil {
 		return x.Description
+	}
+	return ""
+}
+
+func (x *TemplateDefinition) GetPackageManager() string {
+	if x != nil {
+		return x.PackageManager
 	}
 	return ""
 }
@@ -563,7 +578,8 @@ func (x *BuildLog) GetStderr() bool {
 type BuildResult struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Template *Template              `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
-	// The same definition was built before; nothing ran.
+	// The same definition (on the same base) was built before; nothing ran, and
+	// the last progress message says "cache hit".
 	CacheHit      bool   `protobuf:"varint,2,opt,name=cache_hit,json=cacheHit,proto3" json:"cache_hit,omitempty"`
 	DurationMs    uint64 `protobuf:"varint,3,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -904,7 +920,7 @@ var File_computesdk_api_template_v1_template_proto protoreflect.FileDescriptor
 
 const file_computesdk_api_template_v1_template_proto_rawDesc = "" +
 	"\n" +
-	")computesdk/api/template/v1/template.proto\x12\x1acomputesdk.api.template.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n" +
+	")computesdk/api/template/v1/template.proto\x12\x1acomputesdk.api.template.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n" +
 	"\x12TemplateDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -912,7 +928,8 @@ const file_computesdk_api_template_v1_template_proto_rawDesc = "" +
 	"\bpackages\x18\x03 \x03(\tR\bpackages\x12I\n" +
 	"\x03env\x18\x04 \x03(\v27.computesdk.api.template.v1.TemplateDefinition.EnvEntryR\x03env\x12\x14\n" +
 	"\x05setup\x18\x05 \x03(\tR\x05setup\x12 \n" +
-	"\vdescription\x18\x06 \x01(\tR\vdescription\x1a6\n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\x12'\n" +
+	"\x0fpackage_manager\x18\a \x01(\tR\x0epackageManager\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaf\x04\n" +

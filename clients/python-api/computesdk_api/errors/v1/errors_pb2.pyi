@@ -341,6 +341,24 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """
     REASON_PORT_NOT_DECLARED: _Reason.ValueType  # 158
     """FAILED_PRECONDITION: the vendor exposes only ports declared at create"""
+    REASON_INVALID_VOLUME_SIZE: _Reason.ValueType  # 160
+    """INVALID_ARGUMENT: a volume size string the daemon cannot parse, zero, or
+    beyond any store
+    """
+    REASON_STATE_CORRUPT: _Reason.ValueType  # 161
+    """FAILED_PRECONDITION: a saved state's or snapshot's stored bytes fail their
+    digest or format check; a `corruption` event names what failed
+    """
+    REASON_DISK_CORRUPT: _Reason.ValueType  # 162
+    """FAILED_PRECONDITION: a sandbox's disk image fails its filesystem check; a
+    `corruption` event names it
+    """
+    REASON_VOLUME_TOO_LARGE: _Reason.ValueType  # 163
+    """RESOURCE_EXHAUSTED: a volume larger than its store can ever hold"""
+    REASON_BASE_IMAGE_UNAVAILABLE: _Reason.ValueType  # 170
+    """FAILED_PRECONDITION: a base image no registry gives and no local base stands
+    in for (python:3.12 where only python 3.11 is local); names the local bases
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason lists every google.rpc.ErrorInfo.reason the daemon sends (ErrorInfo.domain
@@ -671,4 +689,22 @@ checked before the call
 """
 REASON_PORT_NOT_DECLARED: Reason.ValueType  # 158
 """FAILED_PRECONDITION: the vendor exposes only ports declared at create"""
+REASON_INVALID_VOLUME_SIZE: Reason.ValueType  # 160
+"""INVALID_ARGUMENT: a volume size string the daemon cannot parse, zero, or
+beyond any store
+"""
+REASON_STATE_CORRUPT: Reason.ValueType  # 161
+"""FAILED_PRECONDITION: a saved state's or snapshot's stored bytes fail their
+digest or format check; a `corruption` event names what failed
+"""
+REASON_DISK_CORRUPT: Reason.ValueType  # 162
+"""FAILED_PRECONDITION: a sandbox's disk image fails its filesystem check; a
+`corruption` event names it
+"""
+REASON_VOLUME_TOO_LARGE: Reason.ValueType  # 163
+"""RESOURCE_EXHAUSTED: a volume larger than its store can ever hold"""
+REASON_BASE_IMAGE_UNAVAILABLE: Reason.ValueType  # 170
+"""FAILED_PRECONDITION: a base image no registry gives and no local base stands
+in for (python:3.12 where only python 3.11 is local); names the local bases
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015

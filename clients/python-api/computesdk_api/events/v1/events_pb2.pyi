@@ -57,7 +57,8 @@ class Event(_message.Message):
     type: _builtins.str
     """One of: created, ready, error, destroyed, process.started,
     process.exited, out-of-memory, resourceAlert, resources.changed, autoscale,
-    health, cloned, migrated, provider.circuit (with an empty sandbox_id).
+    health, cloned, migrated, corruption (a disk or saved state failed its
+    check), provider.circuit (with an empty sandbox_id).
     New types may be added.
     """
     message: _builtins.str

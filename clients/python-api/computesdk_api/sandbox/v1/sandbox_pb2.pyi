@@ -171,6 +171,7 @@ class Sandbox(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     PROVIDER_SANDBOX_ID_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUESTED_RESOURCES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     provider: _builtins.str
     template: _builtins.str
@@ -191,6 +192,13 @@ class Sandbox(_message.Message):
 
     @_builtins.property
     def resources(self) -> Global___Resources: ...
+    @_builtins.property
+    def requested_resources(self) -> Global___Resources:
+        """The resources the create (or the last scale/limit change) asked for, when
+        they differ from `resources`: a request above the host is capped at the
+        host, and `resources` holds the effective figures. Unset when equal.
+        """
+
     def __init__(
         self,
         *,
@@ -206,10 +214,11 @@ class Sandbox(_message.Message):
         resources: Global___Resources | None = ...,
         provider_sandbox_id: _builtins.str = ...,
         error_message: _builtins.str = ...,
+        requested_resources: Global___Resources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "requested_resources", b"requested_resources", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_message", b"error_message", "expire_time", b"expire_time", "id", b"id", "keep_alive", b"keep_alive", "metadata", b"metadata", "provider", b"provider", "provider_sandbox_id", b"provider_sandbox_id", "resources", b"resources", "state", b"state", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_message", b"error_message", "expire_time", b"expire_time", "id", b"id", "keep_alive", b"keep_alive", "metadata", b"metadata", "provider", b"provider", "provider_sandbox_id", b"provider_sandbox_id", "requested_resources", b"requested_resources", "resources", b"resources", "state", b"state", "template", b"template", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,12 +354,31 @@ class VolumeMount(_message.Message):
     MOUNT_PATH_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
     SIZE_MB_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PERSISTENT_FIELD_NUMBER: _builtins.int
+    MUST_EXIST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     mount_path: _builtins.str
     """Absolute path inside the sandbox."""
     read_only: _builtins.bool
     size_mb: _builtins.int
-    """For a volume that does not exist yet: make it, ephemeral, this size."""
+    """For a volume that does not exist yet: make it this size, in MB. When
+    `size` is also set, `size` wins.
+    """
+    size: _builtins.str
+    """Size as a string, parsed by the daemon: "10GB" (10^9 bytes), "10GiB"
+    (2^30), "512MB", "512MiB", "1TB", "1TiB"; a bare number means MB. Used
+    only when this create makes the volume: an existing volume is mounted
+    as it is, whatever its size.
+    """
+    persistent: _builtins.bool
+    """For a volume this create makes: it outlives the sandbox. False (the
+    default) removes it with the sandbox.
+    """
+    must_exist: _builtins.bool
+    """The volume must already exist (the spec's mountExisting): NOT_FOUND
+    VOLUME_NOT_FOUND when it does not, instead of creating it.
+    """
     def __init__(
         self,
         *,
@@ -358,10 +386,13 @@ class VolumeMount(_message.Message):
         mount_path: _builtins.str = ...,
         read_only: _builtins.bool = ...,
         size_mb: _builtins.int = ...,
+        size: _builtins.str = ...,
+        persistent: _builtins.bool = ...,
+        must_exist: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "name", b"name", "read_only", b"read_only", "size_mb", b"size_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "must_exist", b"must_exist", "name", b"name", "persistent", b"persistent", "read_only", b"read_only", "size", b"size", "size_mb", b"size_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1038,7 +1069,9 @@ class MigrateSandboxRequest(_message.Message):
     preserve_files: _builtins.bool
     """Copy /workspace."""
     preserve_env: _builtins.bool
-    """Carry the env over, renamed by env_mapping."""
+    """Carry the env over, renamed by env_mapping (a non-empty env_mapping
+    carries it too).
+    """
     @_builtins.property
     def template_mapping(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)computesdk/api/template/v1/template.proto\x12\x1a\x63omputesdk.api.template.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\x12TemplateDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\nbase_image\x18\x02 \x01(\tR\tbaseImage\x12\x1a\n\x08packages\x18\x03 \x03(\tR\x08packages\x12I\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x37.computesdk.api.template.v1.TemplateDefinition.EnvEntryR\x03\x65nv\x12\x14\n\x05setup\x18\x05 \x03(\tR\x05setup\x12 \n\x0b\x64\x65scription\x18\x06 \x01(\tR\x0b\x64\x65scription\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xaf\x04\n\x08Template\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x18\n\x07\x62uiltin\x18\x04 \x01(\x08R\x07\x62uiltin\x12\x16\n\x06\x64igest\x18\x05 \x01(\tR\x06\x64igest\x12N\n\ndefinition\x18\x06 \x01(\x0b\x32..computesdk.api.template.v1.TemplateDefinitionR\ndefinition\x12*\n\x11\x62\x61se_image_digest\x18\x07 \x01(\tR\x0f\x62\x61seImageDigest\x12?\n\x03\x65nv\x18\x08 \x03(\x0b\x32-.computesdk.api.template.v1.Template.EnvEntryR\x03\x65nv\x12\x1f\n\x0blayer_count\x18\t \x01(\rR\nlayerCount\x12\x1d\n\nsize_bytes\x18\n \x01(\x04R\tsizeBytes\x12;\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12-\n\x12unavailable_reason\x18\x0c \x01(\tR\x11unavailableReason\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x9d\x01\n\x14\x42uildTemplateRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12N\n\ndefinition\x18\x02 \x01(\x0b\x32..computesdk.api.template.v1.TemplateDefinitionR\ndefinition\x12\x19\n\x08no_cache\x18\x03 \x01(\x08R\x07noCache\"\xe6\x01\n\x15\x42uildTemplateResponse\x12G\n\x08progress\x18\x01 \x01(\x0b\x32).computesdk.api.template.v1.BuildProgressH\x00R\x08progress\x12\x38\n\x03log\x18\x02 \x01(\x0b\x32$.computesdk.api.template.v1.BuildLogH\x00R\x03log\x12\x41\n\x06result\x18\x03 \x01(\x0b\x32\'.computesdk.api.template.v1.BuildResultH\x00R\x06resultB\x07\n\x05\x65vent\"\xa6\x01\n\rBuildProgress\x12\x12\n\x04step\x18\x01 \x01(\rR\x04step\x12\x1f\n\x0btotal_steps\x18\x02 \x01(\rR\ntotalSteps\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x1d\n\nbytes_done\x18\x04 \x01(\x04R\tbytesDone\x12\x1f\n\x0b\x62ytes_total\x18\x05 \x01(\x04R\nbytesTotal\"J\n\x08\x42uildLog\x12\x12\n\x04step\x18\x01 \x01(\rR\x04step\x12\x12\n\x04line\x18\x02 \x01(\tR\x04line\x12\x16\n\x06stderr\x18\x03 \x01(\x08R\x06stderr\"\x8d\x01\n\x0b\x42uildResult\x12@\n\x08template\x18\x01 \x01(\x0b\x32$.computesdk.api.template.v1.TemplateR\x08template\x12\x1b\n\tcache_hit\x18\x02 \x01(\x08R\x08\x63\x61\x63heHit\x12\x1f\n\x0b\x64uration_ms\x18\x03 \x01(\x04R\ndurationMs\"D\n\x12GetTemplateRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\"W\n\x13GetTemplateResponse\x12@\n\x08template\x18\x01 \x01(\x0b\x32$.computesdk.api.template.v1.TemplateR\x08template\"2\n\x14ListTemplatesRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\"[\n\x15ListTemplatesResponse\x12\x42\n\ttemplates\x18\x01 \x03(\x0b\x32$.computesdk.api.template.v1.TemplateR\ttemplates\"G\n\x15\x44\x65leteTemplateRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\"\x18\n\x16\x44\x65leteTemplateResponse2\xe8\x03\n\x0fTemplateService\x12v\n\rBuildTemplate\x12\x30.computesdk.api.template.v1.BuildTemplateRequest\x1a\x31.computesdk.api.template.v1.BuildTemplateResponse0\x01\x12n\n\x0bGetTemplate\x12..computesdk.api.template.v1.GetTemplateRequest\x1a/.computesdk.api.template.v1.GetTemplateResponse\x12t\n\rListTemplates\x12\x30.computesdk.api.template.v1.ListTemplatesRequest\x1a\x31.computesdk.api.template.v1.ListTemplatesResponse\x12w\n\x0e\x44\x65leteTemplate\x12\x31.computesdk.api.template.v1.DeleteTemplateRequest\x1a\x32.computesdk.api.template.v1.DeleteTemplateResponseBHZFgithub.com/computesdk/computesdk/clients/go/api/template/v1;templatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)computesdk/api/template/v1/template.proto\x12\x1a\x63omputesdk.api.template.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n\x12TemplateDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\nbase_image\x18\x02 \x01(\tR\tbaseImage\x12\x1a\n\x08packages\x18\x03 \x03(\tR\x08packages\x12I\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x37.computesdk.api.template.v1.TemplateDefinition.EnvEntryR\x03\x65nv\x12\x14\n\x05setup\x18\x05 \x03(\tR\x05setup\x12 \n\x0b\x64\x65scription\x18\x06 \x01(\tR\x0b\x64\x65scription\x12\'\n\x0fpackage_manager\x18\x07 \x01(\tR\x0epackageManager\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xaf\x04\n\x08Template\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x18\n\x07\x62uiltin\x18\x04 \x01(\x08R\x07\x62uiltin\x12\x16\n\x06\x64igest\x18\x05 \x01(\tR\x06\x64igest\x12N\n\ndefinition\x18\x06 \x01(\x0b\x32..computesdk.api.template.v1.TemplateDefinitionR\ndefinition\x12*\n\x11\x62\x61se_image_digest\x18\x07 \x01(\tR\x0f\x62\x61seImageDigest\x12?\n\x03\x65nv\x18\x08 \x03(\x0b\x32-.computesdk.api.template.v1.Template.EnvEntryR\x03\x65nv\x12\x1f\n\x0blayer_count\x18\t \x01(\rR\nlayerCount\x12\x1d\n\nsize_bytes\x18\n \x01(\x04R\tsizeBytes\x12;\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12-\n\x12unavailable_reason\x18\x0c \x01(\tR\x11unavailableReason\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x9d\x01\n\x14\x42uildTemplateRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12N\n\ndefinition\x18\x02 \x01(\x0b\x32..computesdk.api.template.v1.TemplateDefinitionR\ndefinition\x12\x19\n\x08no_cache\x18\x03 \x01(\x08R\x07noCache\"\xe6\x01\n\x15\x42uildTemplateResponse\x12G\n\x08progress\x18\x01 \x01(\x0b\x32).computesdk.api.template.v1.BuildProgressH\x00R\x08progress\x12\x38\n\x03log\x18\x02 \x01(\x0b\x32$.computesdk.api.template.v1.BuildLogH\x00R\x03log\x12\x41\n\x06result\x18\x03 \x01(\x0b\x32\'.computesdk.api.template.v1.BuildResultH\x00R\x06resultB\x07\n\x05\x65vent\"\xa6\x01\n\rBuildProgress\x12\x12\n\x04step\x18\x01 \x01(\rR\x04step\x12\x1f\n\x0btotal_steps\x18\x02 \x01(\rR\ntotalSteps\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x64\x65scription\x12\x1d\n\nbytes_done\x18\x04 \x01(\x04R\tbytesDone\x12\x1f\n\x0b\x62ytes_total\x18\x05 \x01(\x04R\nbytesTotal\"J\n\x08\x42uildLog\x12\x12\n\x04step\x18\x01 \x01(\rR\x04step\x12\x12\n\x04line\x18\x02 \x01(\tR\x04line\x12\x16\n\x06stderr\x18\x03 \x01(\x08R\x06stderr\"\x8d\x01\n\x0b\x42uildResult\x12@\n\x08template\x18\x01 \x01(\x0b\x32$.computesdk.api.template.v1.TemplateR\x08template\x12\x1b\n\tcache_hit\x18\x02 \x01(\x08R\x08\x63\x61\x63heHit\x12\x1f\n\x0b\x64uration_ms\x18\x03 \x01(\x04R\ndurationMs\"D\n\x12GetTemplateRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\"W\n\x13GetTemplateResponse\x12@\n\x08template\x18\x01 \x01(\x0b\x32$.computesdk.api.template.v1.TemplateR\x08template\"2\n\x14ListTemplatesRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\"[\n\x15ListTemplatesResponse\x12\x42\n\ttemplates\x18\x01 \x03(\x0b\x32$.computesdk.api.template.v1.TemplateR\ttemplates\"G\n\x15\x44\x65leteTemplateRequest\x12\x1a\n\x08provider\x18\x01 \x01(\tR\x08provider\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\"\x18\n\x16\x44\x65leteTemplateResponse2\xe8\x03\n\x0fTemplateService\x12v\n\rBuildTemplate\x12\x30.computesdk.api.template.v1.BuildTemplateRequest\x1a\x31.computesdk.api.template.v1.BuildTemplateResponse0\x01\x12n\n\x0bGetTemplate\x12..computesdk.api.template.v1.GetTemplateRequest\x1a/.computesdk.api.template.v1.GetTemplateResponse\x12t\n\rListTemplates\x12\x30.computesdk.api.template.v1.ListTemplatesRequest\x1a\x31.computesdk.api.template.v1.ListTemplatesResponse\x12w\n\x0e\x44\x65leteTemplate\x12\x31.computesdk.api.template.v1.DeleteTemplateRequest\x1a\x32.computesdk.api.template.v1.DeleteTemplateResponseBHZFgithub.com/computesdk/computesdk/clients/go/api/template/v1;templatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEMPLATE_ENVENTRY']._loaded_options = None
   _globals['_TEMPLATE_ENVENTRY']._serialized_options = b'8\001'
   _globals['_TEMPLATEDEFINITION']._serialized_start=107
-  _globals['_TEMPLATEDEFINITION']._serialized_end=393
-  _globals['_TEMPLATEDEFINITION_ENVENTRY']._serialized_start=339
-  _globals['_TEMPLATEDEFINITION_ENVENTRY']._serialized_end=393
-  _globals['_TEMPLATE']._serialized_start=396
-  _globals['_TEMPLATE']._serialized_end=955
-  _globals['_TEMPLATE_ENVENTRY']._serialized_start=339
-  _globals['_TEMPLATE_ENVENTRY']._serialized_end=393
-  _globals['_BUILDTEMPLATEREQUEST']._serialized_start=958
-  _globals['_BUILDTEMPLATEREQUEST']._serialized_end=1115
-  _globals['_BUILDTEMPLATERESPONSE']._serialized_start=1118
-  _globals['_BUILDTEMPLATERESPONSE']._serialized_end=1348
-  _globals['_BUILDPROGRESS']._serialized_start=1351
-  _globals['_BUILDPROGRESS']._serialized_end=1517
-  _globals['_BUILDLOG']._serialized_start=1519
-  _globals['_BUILDLOG']._serialized_end=1593
-  _globals['_BUILDRESULT']._serialized_start=1596
-  _globals['_BUILDRESULT']._serialized_end=1737
-  _globals['_GETTEMPLATEREQUEST']._serialized_start=1739
-  _globals['_GETTEMPLATEREQUEST']._serialized_end=1807
-  _globals['_GETTEMPLATERESPONSE']._serialized_start=1809
-  _globals['_GETTEMPLATERESPONSE']._serialized_end=1896
-  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1898
-  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1948
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1950
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2041
-  _globals['_DELETETEMPLATEREQUEST']._serialized_start=2043
-  _globals['_DELETETEMPLATEREQUEST']._serialized_end=2114
-  _globals['_DELETETEMPLATERESPONSE']._serialized_start=2116
-  _globals['_DELETETEMPLATERESPONSE']._serialized_end=2140
-  _globals['_TEMPLATESERVICE']._serialized_start=2143
-  _globals['_TEMPLATESERVICE']._serialized_end=2631
+  _globals['_TEMPLATEDEFINITION']._serialized_end=434
+  _globals['_TEMPLATEDEFINITION_ENVENTRY']._serialized_start=380
+  _globals['_TEMPLATEDEFINITION_ENVENTRY']._serialized_end=434
+  _globals['_TEMPLATE']._serialized_start=437
+  _globals['_TEMPLATE']._serialized_end=996
+  _globals['_TEMPLATE_ENVENTRY']._serialized_start=380
+  _globals['_TEMPLATE_ENVENTRY']._serialized_end=434
+  _globals['_BUILDTEMPLATEREQUEST']._serialized_start=999
+  _globals['_BUILDTEMPLATEREQUEST']._serialized_end=1156
+  _globals['_BUILDTEMPLATERESPONSE']._serialized_start=1159
+  _globals['_BUILDTEMPLATERESPONSE']._serialized_end=1389
+  _globals['_BUILDPROGRESS']._serialized_start=1392
+  _globals['_BUILDPROGRESS']._serialized_end=1558
+  _globals['_BUILDLOG']._serialized_start=1560
+  _globals['_BUILDLOG']._serialized_end=1634
+  _globals['_BUILDRESULT']._serialized_start=1637
+  _globals['_BUILDRESULT']._serialized_end=1778
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=1780
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=1848
+  _globals['_GETTEMPLATERESPONSE']._serialized_start=1850
+  _globals['_GETTEMPLATERESPONSE']._serialized_end=1937
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1939
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1989
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1991
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2082
+  _globals['_DELETETEMPLATEREQUEST']._serialized_start=2084
+  _globals['_DELETETEMPLATEREQUEST']._serialized_end=2155
+  _globals['_DELETETEMPLATERESPONSE']._serialized_start=2157
+  _globals['_DELETETEMPLATERESPONSE']._serialized_end=2181
+  _globals['_TEMPLATESERVICE']._serialized_start=2184
+  _globals['_TEMPLATESERVICE']._serialized_end=2672
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,7 @@ class TemplateDefinition(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     SETUP_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PACKAGE_MANAGER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Lower-case letters, digits, '.', '_', '-' and ':'; not a predefined name."""
     base_image: _builtins.str
@@ -59,11 +60,19 @@ class TemplateDefinition(_message.Message):
       docker-archive:PATH            a `docker save` tarball
       [docker://]HOST[:PORT]/REPO[:TAG|@DIGEST]  a registry (distribution API)
       template:NAME                  another template
+    Where no registry answers, Docker Hub names the local Debian base carries
+    (python:3.11-slim, node:18, debian:bookworm) build on that base; another
+    tag of those fails FAILED_PRECONDITION BASE_IMAGE_UNAVAILABLE.
     """
     description: _builtins.str
+    package_manager: _builtins.str
+    """What installs packages: "apt" (the system's: apt-get, apk or dnf), "pip"
+    (into the system python), "npm" (global, on NODE_PATH), or "auto"/empty: by
+    the base, pip on a python image or template, npm on a node one, else apt.
+    """
     @_builtins.property
     def packages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Installed with the base's package manager (apt-get on Debian)."""
+        """Installed by package_manager: one name (or pip/npm spec) each, never an option."""
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -80,10 +89,11 @@ class TemplateDefinition(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         setup: _abc.Iterable[_builtins.str] | None = ...,
         description: _builtins.str = ...,
+        package_manager: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image", "description", b"description", "env", b"env", "name", b"name", "packages", b"packages", "setup", b"setup"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_image", b"base_image", "description", b"description", "env", b"env", "name", b"name", "package_manager", b"package_manager", "packages", b"packages", "setup", b"setup"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -312,7 +322,9 @@ class BuildResult(_message.Message):
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     cache_hit: _builtins.bool
-    """The same definition was built before; nothing ran."""
+    """The same definition (on the same base) was built before; nothing ran, and
+    the last progress message says "cache hit".
+    """
     duration_ms: _builtins.int
     @_builtins.property
     def template(self) -> Global___Template: ...

@@ -40,7 +40,8 @@ export type Event = Message<"computesdk.api.events.v1.Event"> & {
   /**
    * One of: created, ready, error, destroyed, process.started,
    * process.exited, out-of-memory, resourceAlert, resources.changed, autoscale,
-   * health, cloned, migrated, provider.circuit (with an empty sandbox_id).
+   * health, cloned, migrated, corruption (a disk or saved state failed its
+   * check), provider.circuit (with an empty sandbox_id).
    * New types may be added.
    *
    * @generated from field: string type = 4;
