@@ -9,5 +9,5 @@ echo "    in another shell: .venv/bin/computesdk create --template python" >&2
 # Warm pools: create of these templates hands out a never-used sandbox at once
 # (computesdkd --no-pool-create turns that off; sizes are MIN:MAX per template).
 exec .venv/bin/computesdkd \
-  --warm-pool base=local/base:4:64 --warm-pool python=local/python:4:64 \
-  --warm-pool node=local/node:4:64 "$@"
+  --warm-pool base=local/base:4:100 --warm-pool python=local/python:4:100 \
+  --warm-pool node=local/node:4:100 "$@"

@@ -92,6 +92,14 @@ if [ "$dev" = 1 ]; then
   GOBIN="$PWD/.tools/bin" go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
   GOBIN="$PWD/.tools/bin" go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 
+  # Links clients/typescript (file:../typescript), so it follows the client built above.
+  step "ComputeSDK provider package: dependencies (clients/computesdk-provider/package-lock.json)"
+  (
+    cd clients/computesdk-provider
+    [ node_modules/.package-lock.json -nt package-lock.json ] ||
+      npm ci --silent --no-audit --no-fund
+  )
+
   step "Go client dependencies (clients/go/go.sum)"
   (cd clients/go && go mod download)
 

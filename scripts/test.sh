@@ -67,6 +67,8 @@ step "pytest against a real daemon" .venv/bin/pytest --ignore=tests/fast "$@"
 # Each client suite starts its own computesdkd and runs tests/conformance/scenarios.json.
 step "Go client tests" bash -c 'cd clients/go && go test -count=1 ./...'
 step "TypeScript client tests" bash -c 'cd clients/typescript && npm test --silent'
+step "ComputeSDK provider package tests (through computesdk's compute API)" bash -c \
+  'cd clients/computesdk-provider && npm test --silent'
 # The same conformance scenarios over the network listener: TLS and a token
 # (tests/test_conformance.py runs them both ways for Python).
 step "Go conformance over TLS" bash -c \

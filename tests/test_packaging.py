@@ -76,6 +76,22 @@ def _readme_block(after: str, lang: str) -> str:
     return m.group(1)
 
 
+def _npm_project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "package.json").write_text(
+        json.dumps({"name": "scratch", "private": True, "type": "module"})
+    )
+    return project
+
+
+def _npm_env() -> dict[str, str]:
+    # Our packages come from the tarballs npm pack makes; only their dependencies
+    # may come from the registry, and npm's cache has them.
+    return {**os.environ, "npm_config_prefer_offline": "true", "npm_config_audit": "false",
+            "npm_config_fund": "false", "npm_config_update_notifier": "false"}  # fmt: skip
+
+
 def _run_readme(block: str, clone: Path, cwd: Path, env: dict[str, str]) -> None:
     """Runs a README shell block with the clone's placeholder made `clone`."""
     assert CLONE in block, block
@@ -118,15 +134,7 @@ def test_python_client_installs_as_readme_says(tmp_path: Path, daemon: DaemonPro
 def test_typescript_client_installs_and_runs_the_readme_quick_start(
     tmp_path: Path, daemon: DaemonProcess
 ) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "package.json").write_text(
-        json.dumps({"name": "scratch", "private": True, "type": "module"})
-    )
-    # Our package comes from the tarball npm pack makes; only its dependencies
-    # may come from the registry, and npm's cache has them.
-    env = {**os.environ, "npm_config_prefer_offline": "true", "npm_config_audit": "false",
-           "npm_config_fund": "false", "npm_config_update_notifier": "false"}  # fmt: skip
+    project, env = _npm_project(tmp_path), _npm_env()
     _run_readme(_readme_block("TypeScript (`clients/typescript`", "sh"), ROOT, project, env)
     installed = project / "node_modules" / "computesdkd-client"
     assert not installed.is_symlink() and (installed / "dist" / "src" / "index.js").is_file()
@@ -172,6 +180,27 @@ def test_typescript_client_installs_and_runs_the_readme_quick_start(
     assert "a\nb\n" in ran.stdout, ran.stdout
     with SyncClient(socket=daemon.socket) as c:
         assert not [sb for sb in c.list() if sb.metadata.get("project") == "my-app"]
+
+
+@pytest.mark.timeout(600)
+def test_computesdk_provider_installs_and_switches_in_one_line(
+    tmp_path: Path, daemon: DaemonProcess
+) -> None:
+    # ComputeSDK's own `compute`, from the registry, over our provider package and
+    # client, both from their tarballs, as README.md installs them.
+    project, env = _npm_project(tmp_path), _npm_env()
+    _run_readme(
+        _readme_block("ComputeSDK (`clients/computesdk-provider`", "sh"), ROOT, project, env
+    )
+    snippet = _readme_block("ComputeSDK (`clients/computesdk-provider`", "ts")
+    default = "'/run/computesdk/computesdkd.sock'"
+    assert "compute.setConfig({ provider: computesdkd({ socket: " in snippet and default in snippet
+    (project / "switch.mjs").write_text(snippet.replace(default, repr(str(daemon.socket))))
+    ran = subprocess.run(
+        ["node", "switch.mjs"], cwd=project, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert re.fullmatch(r"v\d+\.\d+\.\d+ 0\n", ran.stdout), ran.stdout + ran.stderr
 
 
 @pytest.mark.timeout(600)

@@ -1,7 +1,7 @@
 """Warm pools: sandboxes created ahead of need, handed out in a dict pop.
 
 A pool is keyed by provider, template, resources and env, keeps `min` idle
-sandboxes ready and never holds more than `max` (idle plus leased). Every
+(more after a burst of demand: demand.py) and never holds more than `max`. Every
 sandbox is checked with the provider before it is handed out, and an unhealthy
 one is destroyed instead. `create` may draw from a matching pool too, but only
 a sandbox that was never used or was hard reset: soft-reset sandboxes go back
@@ -36,6 +36,7 @@ from computesdkd.domain.errors import (
     not_found,
 )
 from computesdkd.domain.model import Resources, Sandbox, SandboxSpec, State
+from computesdkd.features.pools.demand import Tender, pool_target, settle
 from computesdkd.features.pools.model import (
     ACQUIRED,
     DEFAULT_WAIT_MS,
@@ -79,6 +80,7 @@ class Pools:
         registry.on_destroyed.append(self.forget_sandbox)
         registry.hidden.append(self.is_idle)
         placement.sources.append(self.draw)
+        self._tender = Tender(self._pools.values, self._kick, self._shrink)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -98,9 +100,11 @@ class Pools:
                     pool.leased.add(sid)
                     self._owner[sid] = name
             self._kick(pool)
+        self._tender.start()
 
     async def shutdown(self) -> None:
         """Drains idle sandboxes; leased ones stay with their users."""
+        await self._tender.stop()
         fillers = [p.filler for p in self._pools.values() if p.filler and not p.filler.done()]
         for task in fillers:
             task.cancel()
@@ -269,9 +273,10 @@ class Pools:
             pool.filler = asyncio.create_task(self._fill(pool))
 
     async def _fill(self, pool: Pool) -> None:
-        """Creates sandboxes until min are idle (or creating), never past max."""
+        """Creates sandboxes until target() (demand.py) are idle or creating, never past max."""
         while not pool.draining:
-            want = min(pool.spec.min - len(pool.idle) - pool.creating,
+            await settle(pool)
+            want = min(pool_target(pool) - len(pool.idle) - pool.creating,
                        pool.spec.max - pool.size())  # fmt: skip
             if want <= 0:
                 return
@@ -330,6 +335,7 @@ class Pools:
 
     async def acquire(self, name: str, metadata: dict[str, str], wait_ms: int) -> Sandbox:
         pool = self.get(name)
+        pool.demand.record()
         deadline = time.monotonic() + (wait_ms or DEFAULT_WAIT_MS) / 1000
         missed = False
         while True:
@@ -341,6 +347,7 @@ class Pools:
             if sid is not None:
                 break
             missed = True
+            pool.demand.miss()
             if pool.size() < pool.spec.max:
                 self._kick_one(pool)
             remaining = deadline - time.monotonic()
@@ -361,6 +368,10 @@ class Pools:
         with bound_contextvars(sandbox_id=sid):
             return self._lease(sid, {**metadata, POOL_LABEL: name}, None, ACQUIRED)
 
+    async def _shrink(self, sandbox_id: str) -> None:  # an idle member past a fallen target
+        self._owner.pop(sandbox_id, None)
+        await self._lifecycle.destroy(sandbox_id, reason="pool-shrink")
+
     def _kick_one(self, pool: Pool) -> None:
         """An acquire found nothing idle: create one beyond min, within max."""
         if pool.creating == 0 and pool.size() < pool.spec.max:
@@ -378,8 +389,10 @@ class Pools:
                 continue
             if pool.spec.tenant not in ("", spec.tenant):
                 continue  # another tenant's pool: its members may carry its env
+            pool.demand.record()
             sid = await self._take(pool, fresh_only=True)
             if sid is None:
+                pool.demand.miss()
                 continue
             # Handed to create for good: it leaves the pool, which makes a new one.
             pool.leased.discard(sid)
