@@ -58,3 +58,14 @@ def test_ordinary_specs_of_each_manager_pass() -> None:
     for manager, specs in ok.items():
         for spec in specs:
             assert PACKAGE_NAMES[manager].fullmatch(spec), (manager, spec)
+
+
+@pytest.mark.parametrize(
+    ("manager", "pkg"),
+    [("pip", "six.whl"), ("pip", "setup.py"), ("pip", "x.zip"), ("pip", "six-1.0.tar.gz"),
+     ("npm", "evil.tgz"), ("npm", "pkg.tar.gz"), ("npm", "package.json")],
+)  # fmt: skip
+def test_names_a_manager_would_read_as_a_local_file_are_refused(manager: str, pkg: str) -> None:
+    # pip and npm install `x.whl` or `x.tgz` from a file in the build's cwd: a name
+    # is never a path, even one without a slash.
+    assert not PACKAGE_NAMES[manager].fullmatch(pkg)

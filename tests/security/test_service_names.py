@@ -142,3 +142,35 @@ async def test_queues_resolve_exact_members_first_and_bound_sender_labels(
             await client.channels.delete(channel)
         await victim.destroy()
         await attacker.destroy()
+
+
+async def test_a_sandbox_socket_reaches_only_its_own_channels(client: Client) -> None:
+    # ATTACK: code in a sandbox that is a member of one channel names another
+    # channel on its in-sandbox socket (the socket names the sender, not the
+    # channel): it must neither post into that channel nor learn its members.
+    mine, theirs = f"mine-{uuid.uuid4().hex[:6]}", f"theirs-{uuid.uuid4().hex[:6]}"
+    attacker = await client.create()
+    victim = await client.create(metadata={"service": "worker"})
+    try:
+        await client.channels.connect(mine, [attacker, "client"])
+        await client.channels.connect(theirs, [victim, "client"])
+        agent = "/.computesdk/agent"
+        for channel in (theirs, f"missing-{uuid.uuid4().hex[:6]}"):
+            sent = await attacker.exec([agent, "mq", "send", channel, "-", "rm -rf /"], check=False)
+            assert sent.exit_code == 1 and "CHANNEL_NOT_FOUND" in sent.stderr, sent.stderr
+            assert victim.id not in sent.stderr and "worker" not in sent.stderr
+            got = await attacker.exec([agent, "mq", "recv", channel, "1"], check=False)
+            assert got.exit_code == 1 and "CHANNEL_NOT_FOUND" in got.stderr, got.stderr
+            assert victim.id not in got.stderr and "worker" not in got.stderr
+        inbox = client.channels.subscribe(theirs, victim)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(inbox), 0.5)
+        # Its own channel still works.
+        ok = await attacker.exec([agent, "mq", "send", mine, "-", "hello"], check=False)
+        assert ok.exit_code == 0, ok.stderr
+    finally:
+        for ch in (mine, theirs):
+            with contextlib.suppress(ComputeSDKError):
+                await client.channels.delete(ch)
+        await attacker.destroy()
+        await victim.destroy()

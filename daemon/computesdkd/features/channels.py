@@ -324,6 +324,11 @@ class Channels:
         try:
             req = json.loads(await reader.readline())
             channel = str(req.get("channel", ""))
+            ch = self._channels.get(channel)
+            if ch is None or member not in ch.queues:
+                # A sandbox reaches only the channels it is a member of; missing and
+                # another's read the same, so the socket tells nothing of either.
+                raise not_found("channel", channel[:128])
             if req.get("op") == "send":
                 seq = await self.send(
                     channel, member, str(req.get("to", "")), str(req.get("payload", "")).encode(), 0

@@ -156,12 +156,13 @@ class Quotas:
 def _held(sb: Sandbox) -> Resources:
     """What a sandbox counts: its limits in force, or what it asked while those are
     not known yet (a sandbox that asks nothing counts its provider's defaults once
-    it runs). In force, not asked: a request above the host runs capped at it."""
+    it runs). In force, not asked: a request above the host runs capped at it. A
+    disk grow waiting for the next restart counts already: the image is grown now."""
     r, asked = sb.resources, sb.spec.resources
     return Resources(
         cpu_cores=r.cpu_cores or asked.cpu_cores,
         memory_mb=r.memory_mb or asked.memory_mb,
-        disk_mb=r.disk_mb or asked.disk_mb,
+        disk_mb=max(r.disk_mb or asked.disk_mb, sb.requested.disk_mb),
     )
 
 

@@ -274,8 +274,8 @@ class Pools:
 
     async def _fill(self, pool: Pool) -> None:
         """Creates sandboxes until target() (demand.py) are idle or creating, never past max."""
+        await settle(pool)  # once per fill: a burst's misses cannot stall it batch by batch
         while not pool.draining:
-            await settle(pool)
             want = min(pool_target(pool) - len(pool.idle) - pool.creating,
                        pool.spec.max - pool.size())  # fmt: skip
             if want <= 0:

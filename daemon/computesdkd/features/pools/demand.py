@@ -60,10 +60,11 @@ def pool_target(pool: Pool, room: int | None = None) -> int:
 
 async def settle(pool: Pool) -> None:
     """Holds a refill back while a burst's cold creates run: it would serve none of them.
-    Never for long: under steady overload the pool fills again after MAX_SETTLES."""
+    Never for long: under steady overload the pool fills again after MAX_SETTLES; and
+    never below min, which no one's misses may hold a pool under."""
     for _ in range(MAX_SETTLES):
         left = pool.demand.burst_left()
-        if left <= 0 or pool.draining:
+        if left <= 0 or pool.draining or len(pool.idle) + pool.creating < pool.spec.min:
             return
         await asyncio.sleep(left)
 

@@ -78,14 +78,16 @@ NPM_GLOBAL = "/usr/local/lib/node_modules"
 # What each manager takes: a name and version spec starting with a letter or digit
 # (npm: or an @scope/), with no space, quote, slash (but npm's scope) or shell
 # character: never a URL, a path or an option.
+# pip and npm read a name that ends like an archive or a script as a local file.
+_NOT_A_FILE = r"(?!.*\.(?:whl|zip|egg|tgz|tar|tar\.\w+|py|cfg|toml|json)$)"
 PACKAGE_NAMES = {
     APT: re.compile(r"[a-zA-Z0-9][a-zA-Z0-9+.:=~_-]{0,127}"),
     PIP: re.compile(
-        r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(\[[A-Za-z0-9._,-]{1,128}\])?"
+        _NOT_A_FILE + r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(\[[A-Za-z0-9._,-]{1,128}\])?"
         r"((===?|~=|!=|<=?|>=?)[A-Za-z0-9.*+!_-]{1,64}(,(===?|~=|!=|<=?|>=?)[A-Za-z0-9.*+!_-]{1,64}){0,7})?"
     ),
     NPM: re.compile(
-        r"(@[a-z0-9][a-z0-9._~-]{0,127}/)?[a-zA-Z0-9][a-zA-Z0-9._~-]{0,213}"
+        _NOT_A_FILE + r"(@[a-z0-9][a-z0-9._~-]{0,127}/)?[a-zA-Z0-9][a-zA-Z0-9._~-]{0,213}"
         r"(@[A-Za-z0-9.^~<>=*+_-]{1,64})?"
     ),
 }

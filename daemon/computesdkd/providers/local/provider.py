@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 from computesdkd.domain import events
-from computesdkd.domain.errors import FailedPrecondition, Unavailable
+from computesdkd.domain.errors import ComputeError, FailedPrecondition, Unavailable
 from computesdkd.domain.model import (
     BuildStep,
     Command,
@@ -51,6 +52,8 @@ from computesdkd.providers.local.volumes import Volumes
 from computesdkd.support import logs
 
 log = logs.get(__name__)
+# How long a failed first-use build of a predefined template answers for itself.
+FIRST_BUILD_RETRY_S = 60.0
 
 
 @base.register("local")
@@ -78,6 +81,7 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
         self._templates: builder.TemplateStore | None = None
         self._warming: asyncio.Task[None] | None = None
         self._first_builds: dict[str, asyncio.Lock] = {}
+        self._first_build_failed: dict[str, tuple[float, ComputeError]] = {}
         max_disk_mb = int(cfg.env.get(MAX_DISK_ENV, DEFAULT_MAX_DISK_MB))
         self._limits = Limits(self._layout, max_disk_mb, self._emit)
         self._snapshots = Snapshots(self._layout)
@@ -243,6 +247,11 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
         tpl = TEMPLATES.get(name)
         if tpl is None or tpl.recipe is None or store.built(name):
             return
+        failed = self._first_build_failed.get(name)
+        if failed is not None and time.monotonic() < failed[0]:
+            # A failed build (no package network, say) is not run again by every
+            # create: each holds the one build lock and every core.
+            raise failed[1]
         async with self._first_builds.setdefault(name, asyncio.Lock()):
             if store.built(name):
                 return
@@ -255,7 +264,12 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
                         "template build", step=f"{step.step}/{step.total}", what=step.description
                     )
 
-            await store.build(TemplateDefinition(name=name), False, report)
+            try:
+                await store.build(TemplateDefinition(name=name), False, report)
+            except ComputeError as exc:
+                self._first_build_failed[name] = (time.monotonic() + FIRST_BUILD_RETRY_S, exc)
+                raise
+            self._first_build_failed.pop(name, None)
 
     def _template_env(self, name: str) -> dict[str, str] | None:
         return self._templates.env(name) if self._templates else None

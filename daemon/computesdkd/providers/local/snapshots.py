@@ -6,17 +6,22 @@ are refused, not booted)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from computesdkd.domain.errors import FailedPrecondition, NotFound
 from computesdkd.domain.model import Sandbox
 from computesdkd.providers.local import disks, layerout, storage
 from computesdkd.providers.local.host import umount
 from computesdkd.providers.local.layout import Layout
+
+T = TypeVar("T")
 
 # The fingerprint hashes the image in blocks of this size, skipping blocks of
 # zeros: it reads only what the sparse image holds, and does not depend on how the
@@ -25,6 +30,14 @@ BLOCK = 64 * 1024
 _ZEROS = bytes(BLOCK)
 SIDECAR = ".sha256"
 EXT4_MAGIC_OFFSET, EXT4_MAGIC = 1024 + 0x38, b"\x53\xef"
+# Hashing takes time in proportion to what a sandbox wrote (about 1 GB/s a core):
+# threads of its own, so a tenant's full disks never hold the default executor
+# every other blocking call of the daemon shares.
+_HASHING = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="fingerprint")
+
+
+async def _hashing(fn: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_HASHING, fn)
 
 
 def fingerprint(image: Path) -> str:
@@ -88,10 +101,11 @@ class Snapshots:
             storage.syncfs(bundle / "disk")
             storage.clone_file(bundle / "disk.img", dst, self._layout.reflink)
             st = os.statvfs(bundle / "disk")
-            self._seal(dst)
             return (st.f_blocks - st.f_bfree) * st.f_frsize
 
-        return await asyncio.to_thread(take)
+        written = await asyncio.to_thread(take)
+        await _hashing(lambda: self._seal(dst))
+        return written
 
     def _seal(self, image: Path) -> None:
         tmp = image.with_name(image.name + SIDECAR + ".tmp")
@@ -111,7 +125,7 @@ class Snapshots:
                     return "its bytes do not match the fingerprint taken with it"
             return ext4_problem(image)
 
-        why = await asyncio.to_thread(problem)
+        why = await _hashing(problem)
         if why:
             raise FailedPrecondition(
                 f"snapshot {snapshot_id} is corrupt on the store: {why}",
