@@ -67,6 +67,26 @@ async def test_an_ephemeral_volume_goes_with_its_sandbox(h: Harness) -> None:
     assert "scratch" not in h.fake.volumes
 
 
+async def test_an_ephemeral_volume_goes_with_its_last_user_when_its_maker_went_first(
+    h: Harness,
+) -> None:
+    maker = await h.app.placement.create(spec(volumes=(VolumeMount("v", "/v", size_mb=10),)))
+    user = await h.app.placement.create(spec(volumes=(VolumeMount("v", "/v", must_exist=True),)))
+    await h.app.lifecycle.destroy(maker.id)
+    assert "v" in h.fake.volumes  # still mounted by the other
+    await h.app.lifecycle.destroy(user.id)
+    assert "v" not in h.fake.volumes  # not left behind, counted against nobody
+
+
+async def test_a_persistent_volume_outlives_every_user(h: Harness) -> None:
+    vol = VolumeMount("keep", "/k", size_mb=10, persistent=True)
+    sb = await h.app.placement.create(spec(volumes=(vol,)))
+    other = await h.app.placement.create(spec(volumes=(VolumeMount("keep", "/k"),)))
+    await h.app.lifecycle.destroy(sb.id)
+    await h.app.lifecycle.destroy(other.id)
+    assert "keep" in h.fake.volumes
+
+
 async def test_a_group_broadcasts_and_forgets_destroyed_members(h: Harness) -> None:
     a = await h.app.placement.create(spec())
     b = await h.app.placement.create(spec())

@@ -282,11 +282,17 @@ class Volumes:
         raise Aborted(f"volume {m.name!r} is still being made", reason="ABORTED")
 
     async def sandbox_gone(self, sb: Sandbox) -> None:
-        """Ephemeral volumes go with the sandbox that made them, once unused."""
+        """Ephemeral volumes go with the sandbox that made them, once unused: with the
+        last sandbox to mount one, when its maker went first."""
         if not sb.spec.volumes:  # only a create that mounts volumes can make one
             return
+        mounted = {m.name for m in sb.spec.volumes}
         for rec in self.all():
-            if not rec.persistent and rec.owner == sb.id and not self.mounted_by(rec.name):
+            if (
+                not rec.persistent
+                and (rec.owner == sb.id or rec.name in mounted)
+                and not self.mounted_by(rec.name)
+            ):
                 try:
                     await self.delete(rec.name)
                 except Exception as exc:
