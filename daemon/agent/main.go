@@ -12,6 +12,9 @@
 // memory) so that a client can re-read it from any byte offset, even after the
 // daemon itself was restarted.
 //
+// On Kubernetes (opt-in, -listen-tcp) the daemon reaches the agent over the pod
+// network instead, behind TLS and a per-sandbox token: netauth.go.
+//
 // The files, by concern: main.go (flags, the socket, the accept loop, signals),
 // wire.go (framing and the protobuf messages of proto/computesdk/agent/v1),
 // ops.go (the operations of a connection, following a process), process.go
@@ -45,6 +48,7 @@ func main() {
 	listenFd := flag.Int("listen-fd", -1, "accept on this inherited listening socket")
 	flag.StringVar(&stateDir, "state", "/.computesdk/run/proc", "keep process output here")
 	flag.Int64Var(&segmentCap, "segment-bytes", 32<<20, "output kept per stream is at most twice this")
+	tcp := netFlags()
 	flag.Parse()
 	// Not dumpable: code in the sandbox runs as the same uid as PID 1 but must not
 	// ptrace it, read its memory or reach its fds through /proc/1 (that would need
@@ -66,7 +70,14 @@ func main() {
 		os.Exit(1)
 	}
 	go files.run()
-	l, err := listen(*listenFd, *sock)
+	var l net.Listener
+	var ns *netServer
+	var err error
+	if tcp.addr != "" { // the network channel (Kubernetes): netauth.go
+		ns, l, err = tcp.open(*listenFd, *sock)
+	} else {
+		l, err = listen(*listenFd, *sock)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		os.Exit(1)
@@ -82,6 +93,11 @@ func main() {
 		os.Exit(0)
 	}()
 
+	if ns != nil {
+		fmt.Fprintln(os.Stderr, "agent: serving on", l.Addr()) // tests read the port
+		ns.serveLoop(l)
+		os.Exit(1)
+	}
 	for {
 		nc, err := l.Accept()
 		if err != nil {
