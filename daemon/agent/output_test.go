@@ -93,19 +93,36 @@ func TestAFullStoreDropsTheOldestFinishedProcessFirst(t *testing.T) {
 		return &process{id: id, out: out, err: errs, exited: exited}
 	}
 	running, old, newer := mk("running", false), mk("old", true), mk("newer", true)
-	saved := procs
-	procs = &table{byID: map[string]*process{}, byPid: map[int]*process{}}
-	t.Cleanup(func() { procs = saved })
+	// The table's contents are swapped under its lock, not the table: the reaper
+	// of the other tests' processes reads it meanwhile.
+	procs.mu.Lock()
+	savedID, savedPid, savedOrder := procs.byID, procs.byPid, procs.order
+	procs.byID, procs.byPid, procs.order = map[string]*process{}, map[int]*process{}, nil
 	for _, p := range []*process{running, old, newer} {
 		procs.byID[p.id] = p
 		procs.order = append(procs.order, p)
+	}
+	procs.mu.Unlock()
+	t.Cleanup(func() {
+		procs.mu.Lock()
+		procs.byID, procs.byPid, procs.order = savedID, savedPid, savedOrder
+		procs.mu.Unlock()
+	})
+	has := func(id string) bool {
+		procs.mu.Lock()
+		defer procs.mu.Unlock()
+		_, ok := procs.byID[id]
+		return ok
 	}
 	name := old.out.segs[0].f.Name()
 	if !dropOldestExited() {
 		t.Fatal("nothing dropped")
 	}
-	if _, ok := procs.byID["old"]; ok || len(procs.order) != 2 || procs.order[1] != newer {
-		t.Fatalf("the oldest finished process was not the one dropped: %v", procs.order)
+	procs.mu.Lock()
+	order := append([]*process(nil), procs.order...)
+	procs.mu.Unlock()
+	if has("old") || len(order) != 2 || order[1] != newer {
+		t.Fatalf("the oldest finished process was not the one dropped: %v", order)
 	}
 	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("its output file is still there: %v", err)
@@ -113,7 +130,7 @@ func TestAFullStoreDropsTheOldestFinishedProcessFirst(t *testing.T) {
 	if !dropOldestExited() || dropOldestExited() {
 		t.Fatal("a running process's output must never be dropped")
 	}
-	if _, ok := procs.byID["running"]; !ok {
+	if !has("running") {
 		t.Fatal("the running process went")
 	}
 }
