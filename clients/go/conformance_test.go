@@ -434,6 +434,10 @@ func (r *runner) run(st step) error {
 		checkPaths(t, st, *u)
 	case "config":
 		checkPaths(t, st, r.sandbox.Config())
+	case "volume_delete":
+		return r.client.Volumes().Delete(ctx, st.Name)
+	case "template_delete":
+		return r.client.Templates().Delete(ctx, st.Name)
 	default:
 		t.Fatalf("unknown op %q", st.Op)
 	}
