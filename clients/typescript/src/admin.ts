@@ -6,7 +6,7 @@
 import { Scope as ScopeProto, type Quota as QuotaProto, type Token as TokenProto, type Usage as UsageProto } from "./gen/computesdk/api/admin/v1/admin_pb.js";
 import { InvalidArgumentError } from "./errors.js";
 import type { Client } from "./client.js";
-import { toDate } from "./sandbox.js";
+import { toDate } from "./convert.js";
 
 /** What a token may do within its tenant; each includes the one before. */
 export type Scope = "read" | "write" | "admin";

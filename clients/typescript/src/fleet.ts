@@ -5,7 +5,9 @@
 import type { Pool } from "./gen/computesdk/api/pool/v1/pool_pb.js";
 import type { Network } from "./gen/computesdk/api/network/v1/network_pb.js";
 import { codeName, ComputeSDKError, InvalidArgumentError, typedError } from "./errors.js";
-import { Sandbox, commandToProto, resourcesToProto, resultFromParts, toDate, type CommandLine, type ExecResult, type Resources } from "./sandbox.js";
+import { Sandbox } from "./sandbox.js";
+import { resourcesToProto, toDate, type Resources } from "./convert.js";
+import { commandToProto, resultFromParts, type CommandLine, type ExecResult } from "./exec.js";
 import type { Client } from "./client.js";
 import { linked } from "./background.js";
 

@@ -1,8 +1,20 @@
 // computesdk: the TypeScript client of computesdkd, over its Unix socket or TCP with TLS and a token.
-export { Client, compute, connect, defaultClient, defaultSocket, listActiveSandboxes } from "./client.js";
-export type { ConnectOptions, ConnectionState, CreateOptions, Event, EventsOptions, ListOptions, Raw, TemplateSpec, VolumeSpec } from "./client.js";
-export { ExecStream, Files, Monitor, Process, Sandbox, stateName } from "./sandbox.js";
-export type { CommandLine, ExecOptions, ExecResult, FileInfo, OutputChunk, ResourceAlert, Resources, SandboxConfig, SandboxStatus, Usage } from "./sandbox.js";
+export { Client, compute, connect, defaultClient, listActiveSandboxes } from "./client.js";
+export type { ListOptions, Raw } from "./client.js";
+export { defaultSocket } from "./connection.js";
+export type { ConnectOptions, ConnectionState } from "./connection.js";
+export type { CreateOptions, TemplateSpec, VolumeSpec } from "./create.js";
+export type { Event, EventsOptions } from "./listeners.js";
+export { Sandbox } from "./sandbox.js";
+export type { SandboxConfig } from "./sandbox.js";
+export { stateName } from "./convert.js";
+export type { Resources } from "./convert.js";
+export { ExecStream, Process } from "./exec.js";
+export type { CommandLine, ExecOptions, ExecResult, OutputChunk } from "./exec.js";
+export { Files } from "./files.js";
+export type { FileInfo } from "./files.js";
+export { Monitor } from "./monitoring.js";
+export type { ResourceAlert, SandboxStatus, Usage } from "./monitoring.js";
 export * from "./errors.js";
 export { Channels, Groups, MessageQueue, Networks, Pools, SharedNetwork, createSharedNetwork } from "./fleet.js";
 export type { MemberResult, Message, NetworkInfo, PoolInfo } from "./fleet.js";

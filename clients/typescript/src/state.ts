@@ -7,7 +7,8 @@ import type { Client } from "./client.js";
 import { linked } from "./background.js";
 // A cycle (sandbox.ts uses Snapshots) that ESM resolves: neither module uses
 // the other's classes before both are loaded.
-import { Sandbox, toDate } from "./sandbox.js";
+import { Sandbox } from "./sandbox.js";
+import { toDate } from "./convert.js";
 
 const CHUNK = 1024 * 1024;
 

@@ -3,7 +3,7 @@
 import type { BuildTemplateResponse, Template } from "./gen/computesdk/api/template/v1/template_pb.js";
 import { InternalError } from "./errors.js";
 import type { Client } from "./client.js";
-import { toDate } from "./sandbox.js";
+import { toDate } from "./convert.js";
 
 export interface TemplateInfo {
   name: string;
