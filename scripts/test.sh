@@ -34,7 +34,7 @@ stubs_current() {
   ./scripts/gen-protos.sh || return 1
   local generated=(clients/python-api/computesdk_api clients/typescript/src/gen
                    clients/typescript/src/googleapis clients/go/api
-                   daemon/computesdkd/providers/local/agentpb daemon/agent/agentpb)
+                   daemon/computesdkd/providers/common/agentpb daemon/agent/agentpb)
   if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
     git status --porcelain -- "${generated[@]}" >&2
     echo "generated stubs drifted from proto/: run scripts/gen-protos.sh and commit" >&2

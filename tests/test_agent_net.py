@@ -17,8 +17,8 @@ import pytest
 from computesdkd.domain.errors import Unavailable
 from computesdkd.domain.model import ExitStatus, Output
 from computesdkd.providers.common import agentnet
-from computesdkd.providers.local.agent import AgentConnection
-from computesdkd.providers.local.agentpb import agent_pb2 as pb
+from computesdkd.providers.common.agent import AgentConnection
+from computesdkd.providers.common.agentpb import agent_pb2 as pb
 from computesdkd.providers.local.layout import agent_binary
 
 AGENT = agent_binary(os.environ)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from computesdkd.domain.errors import AGENT_REASONS, Internal, NotFound
-from computesdkd.providers.local import agent as wire
-from computesdkd.providers.local.agentpb import agent_pb2 as pb
+from computesdkd.providers.common import agent as wire
+from computesdkd.providers.common.agentpb import agent_pb2 as pb
 
 Reply = Callable[[bytes], bytes]  # the request frame's payload -> the bytes sent back
 MakeAgent = Callable[[Reply], Awaitable[wire.Agent]]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from computesdkd.providers.common import agentnet
-from computesdkd.providers.local.agent import AgentConnection
-from computesdkd.providers.local.agentpb import agent_pb2 as pb
+from computesdkd.providers.common.agent import AgentConnection
+from computesdkd.providers.common.agentpb import agent_pb2 as pb
 from computesdkd.providers.local.layout import agent_binary
 
 AGENT = agent_binary(os.environ)

@@ -10,7 +10,7 @@ then a mutual proof of a per-sandbox token, never sent:
     daemon -> agent   'A' nonce_c (32) || HMAC(token, LABEL_DAEMON || nonce_a || nonce_c)
     agent  -> daemon  'A' HMAC(token, LABEL_AGENT || nonce_a || nonce_c)
 
-after which the stream carries the agent wire of providers/local/agent.py
+after which the stream carries the agent wire of providers/common/agent.py
 (AgentConnection(reader, writer)). Why both: TLS keeps the output, stdin and
 files off a node's sniffer and, pinned, proves the agent to the daemon; the
 token proves the daemon to the agent (TLS here has no client certificate) and is
@@ -45,7 +45,7 @@ NONCE = 32
 MAC = hashlib.sha256().digest_size
 LABEL_DAEMON = b"computesdk-agent/v1 daemon"
 LABEL_AGENT = b"computesdk-agent/v1 agent"
-MAX_FRAME = 8 << 20  # the agent wire's frame cap (providers/local/agent.py)
+MAX_FRAME = 8 << 20  # the agent wire's frame cap (providers/common/agent.py)
 CONNECT_TIMEOUT_S = 5.0
 HANDSHAKE_TIMEOUT_S = 10.0  # TLS and the proof; the agent gives 5 s from accept
 READY_POLL_S = (0.05, 1.0)  # first and longest wait between tries while a pod starts
@@ -158,7 +158,7 @@ async def _prove(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tok
 
 async def open_stream(ep: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A stream to the sandbox's agent past TLS and the proof, ready for a Request
-    frame: wrap it in providers/local/agent.py's AgentConnection."""
+    frame: wrap it in providers/common/agent.py's AgentConnection."""
     ctx = _tls_context() if ep.cert_sha256 is not None else None
     try:
         reader, writer = await asyncio.wait_for(

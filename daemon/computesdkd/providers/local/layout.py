@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from computesdkd.domain.model import Sandbox
+from computesdkd.providers.common.agent import Agent
 from computesdkd.providers.local import host, idmap, storage
 from computesdkd.providers.local import rootfs as rootfs_mod
-from computesdkd.providers.local.agent import Agent
 from computesdkd.support import logs
 
 log = logs.get(__name__)

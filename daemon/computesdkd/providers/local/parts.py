@@ -6,58 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from computesdkd.domain.model import (
-    Command,
-    ProcessEvent,
-    ProcessInfo,
     Resources,
     Sandbox,
     TemplateDefinition,
     TemplateInfo,
 )
 from computesdkd.providers import capabilities as caps
+from computesdkd.providers.common.agentprocs import Processes
 from computesdkd.providers.local import builder, host, initproc, network
 from computesdkd.providers.local.containers import Containers
 from computesdkd.providers.local.layout import Layout
 from computesdkd.providers.local.limits import Limits
-from computesdkd.providers.local.processes import Processes
 from computesdkd.providers.local.snapshots import Snapshots
 from computesdkd.providers.local.volumes import Volumes
 
 # Raises Unavailable when the provider cannot run here.
 Check = Callable[[], None]
-
-
-class LocalProcesses(caps.Background, caps.ProcessListing, caps.Reattach):
-    def __init__(self, processes: Processes) -> None:
-        self._processes = processes
-
-    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
-        return await self._processes.start(sandbox, command, tag)
-
-    def attach(
-        self,
-        sandbox: Sandbox,
-        process_id: str,
-        stdout_offset: int,
-        stderr_offset: int,
-        output: bool = True,
-    ) -> AsyncIterator[ProcessEvent]:
-        return self._processes.attach(sandbox, process_id, stdout_offset, stderr_offset, output)
-
-    async def write_stdin(
-        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
-    ) -> None:
-        await self._processes.write_stdin(sandbox, process_id, data, close)
-
-    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
-        await self._processes.signal(sandbox, process_id, signal)
-
-    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
-        return await self._processes.processes(sandbox)
 
 
 class LocalChanges(caps.LiveLimits, caps.Resettable, caps.Restartable):

@@ -30,6 +30,7 @@ from computesdkd.domain.model import (
 from computesdkd.providers import base
 from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun, Provider, ProviderContext
+from computesdkd.providers.common.agentprocs import AgentProcesses, Processes
 from computesdkd.providers.common.templates import TEMPLATES
 from computesdkd.providers.local import builder, cgroups, disks, initproc, layout, monitor, parts
 from computesdkd.providers.local import rootfs as rootfs_mod
@@ -43,7 +44,6 @@ from computesdkd.providers.local.limits import (
     Limits,
     capped,
 )
-from computesdkd.providers.local.processes import Processes
 from computesdkd.providers.local.reconcile import reconcile
 from computesdkd.providers.local.registry import insecure_registries
 from computesdkd.providers.local.snapshots import Snapshots, ext4_problem
@@ -95,9 +95,9 @@ class LocalProvider(Provider, caps.Files, caps.Metering):
             self._snapshots.path,
             self._emit,
         )
-        self._processes = Processes(self._layout, self._template_env)
+        self._processes = Processes(lambda sb: self._layout.agent(sb.id), self._template_env)
         self.parts = [
-            parts.LocalProcesses(self._processes),
+            AgentProcesses(self._processes),
             _CheckedChanges(
                 self._containers,
                 self._processes,

@@ -1,4 +1,5 @@
-"""Processes in local sandboxes, through each sandbox's agent (its init)."""
+"""Processes in sandboxes whose init is our agent (local, kubernetes), through it:
+the provider says how each sandbox's agent is reached."""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ from collections.abc import AsyncIterator, Callable
 
 from computesdkd.domain.errors import FailedPrecondition, Internal, InvalidArgument
 from computesdkd.domain.model import Command, Output, ProcessEvent, ProcessInfo, Sandbox
+from computesdkd.providers import capabilities as caps
 from computesdkd.providers.base import ProcessRun
+from computesdkd.providers.common.agent import CLOSE, STDIN, Agent, AgentConnection, AgentGone
+from computesdkd.providers.common.agentpb import agent_pb2 as agentpb
 from computesdkd.providers.common.env import process_env
-from computesdkd.providers.local.agent import CLOSE, STDIN, Agent, AgentConnection, AgentGone
-from computesdkd.providers.local.agentpb import agent_pb2 as agentpb
-from computesdkd.providers.local.layout import Layout
 
 
 class Processes:
-    def __init__(self, layout: Layout, template_env: Callable[[str], dict[str, str] | None]):
-        self._layout = layout
+    def __init__(
+        self,
+        agent: Callable[[Sandbox], Agent],
+        template_env: Callable[[str], dict[str, str] | None],
+    ):
+        self._agent = agent
         # A built template's env (None for a predefined one), looked up on every start.
         self._template_env = template_env
-
-    def _agent(self, sandbox: Sandbox) -> Agent:
-        return self._layout.agent(sandbox.id)
 
     def _start_request(self, sandbox: Sandbox, command: Command, tag: str) -> agentpb.StartRequest:
         env = process_env(sandbox, command, self._template_env(sandbox.spec.template))
@@ -38,7 +40,7 @@ class Processes:
     def run(self, sandbox: Sandbox, command: Command, tag: str, kill_on_close: bool) -> ProcessRun:
         req = self._start_request(sandbox, command, tag)
         req.attach, req.kill_on_close = True, kill_on_close
-        return _LocalRun(self._agent(sandbox), agentpb.Request(start=req))
+        return _AgentRun(self._agent(sandbox), agentpb.Request(start=req))
 
     async def start(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
         return await self._agent(sandbox).start(self._start_request(sandbox, command, tag))
@@ -103,7 +105,7 @@ class Processes:
         return True
 
 
-class _LocalRun(ProcessRun):
+class _AgentRun(ProcessRun):
     def __init__(self, agent: Agent, req: agentpb.Request) -> None:
         self._agent = agent
         self._req = req
@@ -161,3 +163,32 @@ class _LocalRun(ProcessRun):
         self._closed = True
         if self._conn is not None:
             await self._conn.close()
+
+
+class AgentProcesses(caps.Background, caps.ProcessListing, caps.Reattach):
+    def __init__(self, processes: Processes) -> None:
+        self._processes = processes
+
+    async def start_process(self, sandbox: Sandbox, command: Command, tag: str) -> ProcessInfo:
+        return await self._processes.start(sandbox, command, tag)
+
+    def attach(
+        self,
+        sandbox: Sandbox,
+        process_id: str,
+        stdout_offset: int,
+        stderr_offset: int,
+        output: bool = True,
+    ) -> AsyncIterator[ProcessEvent]:
+        return self._processes.attach(sandbox, process_id, stdout_offset, stderr_offset, output)
+
+    async def write_stdin(
+        self, sandbox: Sandbox, process_id: str, data: bytes, close: bool
+    ) -> None:
+        await self._processes.write_stdin(sandbox, process_id, data, close)
+
+    async def signal(self, sandbox: Sandbox, process_id: str, signal: int) -> None:
+        await self._processes.signal(sandbox, process_id, signal)
+
+    async def list_processes(self, sandbox: Sandbox) -> list[ProcessInfo]:
+        return await self._processes.processes(sandbox)

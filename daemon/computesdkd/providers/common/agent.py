@@ -1,4 +1,5 @@
-"""Client of computesdk-agent, the init process inside each local sandbox.
+"""Client of computesdk-agent, the init process inside each sandbox of ours (local,
+kubernetes).
 
 The wire is proto/computesdk/agent/v1/agent.proto, both ways: 1 type byte,
 4-byte big-endian length, payload. The first frame on a connection is a
@@ -28,7 +29,7 @@ from google.protobuf.message import DecodeError, Message
 
 from computesdkd.domain.errors import AGENT_REASONS, Aborted, ComputeError, Internal, Unavailable
 from computesdkd.domain.model import ExitStatus, Output, ProcessEvent, ProcessInfo, Started
-from computesdkd.providers.local.agentpb import agent_pb2 as pb
+from computesdkd.providers.common.agentpb import agent_pb2 as pb
 
 _HDR = struct.Struct(">BI")
 REQUEST, STDIN, CLOSE, SIGNAL = b"Q", b"I", b"C", b"K"
@@ -207,13 +208,17 @@ class AgentConnection:
 
 
 class Agent:
-    """Per-sandbox handle: opens one connection per call."""
+    """Per-sandbox handle: opens one connection per call, on the agent's Unix socket
+    (NetAgent in kubernetes/agent.py opens it over the pod network instead)."""
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
+    async def _open(self) -> AgentConnection:
+        return await AgentConnection.open(self.socket_path)
+
     async def call(self, req: pb.Request, reply: type[_M], data: bytes | None = None) -> _M:
-        conn = await AgentConnection.open(self.socket_path)
+        conn = await self._open()
         try:
             await conn.request(req)
             if data is not None:
@@ -257,7 +262,7 @@ class Agent:
             ) from None
 
     async def follow(self, req: pb.Request) -> tuple[AgentConnection, Started]:
-        conn = await AgentConnection.open(self.socket_path)
+        conn = await self._open()
         try:
             await conn.request(req)
             info = process_info(await conn.recv_reply(pb.ProcessInfo))
