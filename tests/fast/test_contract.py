@@ -44,6 +44,10 @@ EXPECTED = {
         "network.preview-url", "process.background", "resources.limits", "resources.usage",
         "snapshots",
     },
+    "kubernetes": {
+        "events", "events.out-of-memory", "exec", "exec.resume", "exec.stdin", "filesystem",
+        "process.background", "process.signal", "resources.limits", "resources.usage",
+    },
 }  # fmt: skip
 
 
